@@ -1,0 +1,66 @@
+//! Map names, key/value layouts and sizes shared by the XDP program and user space.
+//!
+//! Every type is `#[repr(C)]` with no implicit padding; compile-time size checks keep the
+//! kernel and user layouts in step.
+
+/// An IPv4 address in network byte order: the key and value of the IPv4 page tables.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Addr4 {
+    pub octets: [u8; 4],
+}
+
+/// An IPv6 address in network byte order: the key and value of the IPv6 page tables.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Addr6 {
+    pub octets: [u8; 16],
+}
+
+/// Traffic translated for one mapping, kept per CPU and keyed by its virtual address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MappingStats {
+    /// Packets in which this mapping's address was rewritten (source or destination).
+    pub packets: u64,
+    /// Bytes of those packets, from the Ethernet header to the end of the IP packet.
+    pub bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Addr4>() == 4);
+const _: () = assert!(core::mem::size_of::<Addr6>() == 16);
+const _: () = assert!(core::mem::size_of::<MappingStats>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain byte arrays and integers, `repr(C)`, no padding (checked above).
+    unsafe impl aya::Pod for super::Addr4 {}
+    unsafe impl aya::Pod for super::Addr6 {}
+    unsafe impl aya::Pod for super::MappingStats {}
+}
+
+/// IPv4 page table: virtual address -> real address.
+pub const V2R4: &str = "NP_V2R4";
+/// IPv4 inverse page table: real address -> virtual address.
+pub const R2V4: &str = "NP_R2V4";
+/// IPv6 page table: virtual address -> real address.
+pub const V2R6: &str = "NP_V2R6";
+/// IPv6 inverse page table: real address -> virtual address.
+pub const R2V6: &str = "NP_R2V6";
+/// Per-mapping traffic of IPv4 mappings, keyed by virtual address (per CPU).
+pub const STATS4: &str = "NP_STATS4";
+/// Per-mapping traffic of IPv6 mappings, keyed by virtual address (per CPU).
+pub const STATS6: &str = "NP_STATS6";
+/// Per-CPU outcome counters, indexed by [`crate::counters::Counter`].
+pub const COUNTERS: &str = "NP_COUNTERS";
+
+/// Maps whose capacity is the table size chosen at load time.
+pub const SIZED_MAPS: [&str; 6] = [V2R4, R2V4, V2R6, R2V6, STATS4, STATS6];
+
+/// Default capacity of each page table (entries per family and direction).
+pub const DEFAULT_CAPACITY: u32 = 65_536;
+
+/// The XDP program for interfaces on the virtual side (clients, VMs): VA -> RA.
+pub const PROG_VIRTUAL: &str = "netpage_virtual";
+/// The XDP program for interfaces on the physical side (the real network): RA -> VA.
+pub const PROG_PHYSICAL: &str = "netpage_physical";

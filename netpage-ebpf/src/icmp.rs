@@ -1,0 +1,97 @@
+//! ICMP and ICMPv6 errors: the quoted header of the offending packet is translated too.
+//!
+//! The quoted packet travelled the other way, so its source is the error's destination and
+//! vice versa; looking both up in this side's table translates it consistently. The quote
+//! is usually cut short: its transport checksum is fixed only where the quote reaches it.
+//!
+//! Both functions run after the outer header is rewritten and cannot fail: a quote they
+//! cannot parse is left as it is (the outer translation and the ICMP checksum stay
+//! valid). They return the change of the quoted bytes, which the ICMP checksum covers.
+
+use netpage_common::{
+    counters::Counter,
+    csum::{Delta, apply},
+    proto::{IPV4_MIN_HLEN, IPV6_HLEN, L4, MAX_QUOTED_EXT_HEADERS, ipv4_header_len},
+};
+
+use crate::{
+    ipv4, ipv6,
+    packet::{Packet, get16, put16},
+    rewrite::{check_field, fix_check},
+};
+
+/// Translates the IPv4 header quoted at `q` (the quote ends at `end`).
+// A BPF-to-BPF call: its own stack frame, which keeps every frame under 512 bytes.
+#[inline(never)]
+pub fn quoted4<const PHYSICAL: bool>(pkt: &Packet, q: usize, end: usize) -> Delta {
+    try_quoted4::<PHYSICAL>(pkt, q, end).unwrap_or(Delta::ZERO)
+}
+
+#[inline(always)]
+fn try_quoted4<const PHYSICAL: bool>(pkt: &Packet, q: usize, end: usize) -> Result<Delta, Counter> {
+    let h = pkt.field::<[u8; IPV4_MIN_HLEN]>(q)?;
+    let f = ipv4::fields(h);
+    let ihl = ipv4_header_len(f.vihl).ok_or(Counter::PassMalformed)?;
+    let addrs = ipv4::addrs::<PHYSICAL>(h);
+    if !addrs.is_hit() {
+        return Ok(Delta::ZERO);
+    }
+    let kind = L4::classify(f.proto, false, f.first_fragment, 0);
+    let l4_check = check_field(pkt, kind, q + ihl, end)?;
+
+    let d = addrs.delta();
+    addrs.write();
+    let old = get16(f.check);
+    let new = apply(old, d);
+    put16(f.check, new);
+    let mut body = d.word(old, new);
+    if let Some(p) = l4_check {
+        body = body.add(fix_check(p, kind, kind.transport_delta(d, Delta::ZERO)));
+    }
+    Ok(body)
+}
+
+/// Translates the IPv6 header quoted at `q` (the quote ends at `end`).
+// A BPF-to-BPF call: its own stack frame, which keeps every frame under 512 bytes.
+#[inline(never)]
+pub fn quoted6<const PHYSICAL: bool>(pkt: &Packet, q: usize, end: usize) -> Delta {
+    try_quoted6::<PHYSICAL>(pkt, q, end).unwrap_or(Delta::ZERO)
+}
+
+#[inline(always)]
+fn try_quoted6<const PHYSICAL: bool>(pkt: &Packet, q: usize, end: usize) -> Result<Delta, Counter> {
+    let h = pkt.field::<[u8; IPV6_HLEN]>(q)?;
+    let f = ipv6::fields(h);
+    if f.version != 6 {
+        return Ok(Delta::ZERO);
+    }
+    let addrs = ipv6::addrs::<PHYSICAL>(h);
+    if !addrs.is_hit() {
+        return Ok(Delta::ZERO);
+    }
+    // A quote cut inside its extension headers has no transport checksum to fix.
+    let (l4_check, kind, pseudo) =
+        match ipv6::walk::<MAX_QUOTED_EXT_HEADERS>(pkt, q + IPV6_HLEN, f.next, end) {
+            Ok(t) => {
+                let kind = L4::classify(t.proto, true, t.first, 0);
+                let pseudo = if t.dst_hidden {
+                    addrs.src_delta()
+                } else {
+                    addrs.delta()
+                };
+                (check_field(pkt, kind, t.off, end)?, kind, pseudo)
+            }
+            Err(_) => (None, L4::Opaque, Delta::ZERO),
+        };
+
+    let mut body = addrs.delta();
+    addrs.write();
+    if let Some(p) = l4_check {
+        body = body.add(fix_check(
+            p,
+            kind,
+            kind.transport_delta(pseudo, Delta::ZERO),
+        ));
+    }
+    Ok(body)
+}

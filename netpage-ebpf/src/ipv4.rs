@@ -1,0 +1,98 @@
+//! IPv4: header checks, address translation, and the checksums that cover the addresses.
+
+use netpage_common::{
+    counters::Counter,
+    csum::{Delta, apply},
+    proto::{ICMP_HLEN, IPPROTO_ICMP, IPV4_CHECK, IPV4_DST, IPV4_SRC, L4, ipv4_first_fragment},
+};
+
+use crate::{
+    icmp,
+    packet::{Field, Packet, Word, get16, put16, sub},
+    rewrite::{AddrPair, check_field, fix_check},
+};
+
+/// A checked pointer to the fixed part of an IPv4 header.
+pub type Header = Field<[u8; 20]>;
+
+/// The fields of an IPv4 header that netpage reads, all derived from one checked pointer.
+pub struct Fields {
+    pub vihl: u8,
+    pub total: usize,
+    pub first_fragment: bool,
+    pub proto: u8,
+    pub check: Word,
+}
+
+/// Reads the fields of the checked header `h`.
+#[inline(always)]
+pub fn fields(h: Header) -> Fields {
+    // SAFETY: `h` was bounds-checked for all 20 bytes.
+    let b = unsafe { &*h };
+    Fields {
+        vihl: b[0],
+        total: usize::from(u16::from_be_bytes([b[2], b[3]])),
+        first_fragment: ipv4_first_fragment(u16::from_be_bytes([b[6], b[7]])),
+        proto: b[9],
+        check: sub::<[u8; 2], 20, IPV4_CHECK>(h),
+    }
+}
+
+/// Looks up the addresses of the checked header `h` on this side.
+#[inline(always)]
+pub fn addrs<const PHYSICAL: bool>(h: Header) -> AddrPair<[u32; 1]> {
+    AddrPair::lookup::<PHYSICAL>(
+        sub::<[u32; 1], 20, IPV4_SRC>(h),
+        sub::<[u32; 1], 20, IPV4_DST>(h),
+    )
+}
+
+/// Translates the IPv4 packet whose header starts at `l3`.
+// A BPF-to-BPF call: its own stack frame, which keeps every frame under 512 bytes.
+#[inline(never)]
+pub fn translate<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Result<Counter, Counter> {
+    let h = pkt.field::<[u8; 20]>(l3)?;
+    let f = fields(h);
+    let ihl = netpage_common::proto::ipv4_header_len(f.vihl).ok_or(Counter::PassMalformed)?;
+    if f.total < ihl {
+        return Err(Counter::PassMalformed);
+    }
+    let end = l3 + f.total;
+    if !pkt.holds(end) {
+        return Err(Counter::PassTruncated);
+    }
+    let addrs = addrs::<PHYSICAL>(h);
+    if !addrs.is_hit() {
+        return Err(Counter::PassMiss);
+    }
+    let l4 = l3 + ihl;
+    // Type and code are read together: the verifier cannot bound a 1-byte read checked as
+    // `at < end`, which is what LLVM turns `at + 1 <= end` into.
+    let icmp_type = if f.proto == IPPROTO_ICMP && f.first_fragment && l4 + ICMP_HLEN <= end {
+        pkt.read::<2>(l4)?[0]
+    } else {
+        0
+    };
+    let kind = L4::classify(f.proto, false, f.first_fragment, icmp_type);
+    if kind == L4::Unknown {
+        return Err(Counter::PassUnknownProto);
+    }
+    if l4 + kind.min_len() > end {
+        return Err(Counter::PassMalformed);
+    }
+    let l4_check = check_field(pkt, kind, l4, end)?;
+    let d = addrs.delta();
+    addrs.record::<PHYSICAL>(end as u64);
+    addrs.write();
+    put16(f.check, apply(get16(f.check), d));
+    // From here on nothing fails: the quote is rewritten, then the ICMP checksum.
+    let body = if kind.is_error() {
+        icmp::quoted4::<PHYSICAL>(pkt, l4 + ICMP_HLEN, end)
+    } else {
+        Delta::ZERO
+    };
+    if let Some(p) = l4_check {
+        fix_check(p, kind, kind.transport_delta(d, body));
+    }
+    Ok(Counter::translated(false, PHYSICAL))
+}

@@ -1,0 +1,156 @@
+//! IPv6: the bounded walk over extension headers, address translation, and the checksums
+//! that cover the addresses.
+
+use netpage_common::{
+    counters::Counter,
+    proto::{
+        ICMP_HLEN, IPPROTO_FRAGMENT, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPV6_DST, IPV6_HLEN,
+        IPV6_SRC, L4, MAX_EXT_HEADERS, ipv6_ext_len, ipv6_first_fragment, is_ipv6_ext,
+        routing_hides_dst,
+    },
+};
+
+use crate::{
+    icmp,
+    packet::{Field, Packet, settle, sub},
+    rewrite::{AddrPair, check_field, fix_check},
+};
+
+/// A checked pointer to an IPv6 header.
+pub type Header = Field<[u8; IPV6_HLEN]>;
+
+/// The fields of an IPv6 header that netpage reads.
+pub struct Fields {
+    pub version: u8,
+    pub payload: usize,
+    pub next: u8,
+}
+
+/// Reads the fields of the checked header `h`.
+#[inline(always)]
+pub fn fields(h: Header) -> Fields {
+    // SAFETY: `h` was bounds-checked for all 40 bytes.
+    let b = unsafe { &*h };
+    Fields {
+        version: b[0] >> 4,
+        payload: usize::from(u16::from_be_bytes([b[4], b[5]])),
+        next: b[6],
+    }
+}
+
+/// Looks up the addresses of the checked header `h` on this side.
+#[inline(always)]
+pub fn addrs<const PHYSICAL: bool>(h: Header) -> AddrPair<[u32; 4]> {
+    AddrPair::lookup::<PHYSICAL>(
+        sub::<[u32; 4], IPV6_HLEN, IPV6_SRC>(h),
+        sub::<[u32; 4], IPV6_HLEN, IPV6_DST>(h),
+    )
+}
+
+/// Where the transport header of an IPv6 packet is, and what the walk learned on the way.
+pub struct Transport {
+    /// Offset of the transport header.
+    pub off: usize,
+    /// Its protocol (the last Next Header).
+    pub proto: u8,
+    /// False for a non-first fragment, which carries no transport header.
+    pub first: bool,
+    /// True when a routing header with segments left keeps the header's destination out of
+    /// the transport pseudo-header.
+    pub dst_hidden: bool,
+}
+
+/// Walks at most `MAX` extension headers from `off` (Next Header `nh`), staying before
+/// `end`.
+///
+/// What the walk carries from header to header is taken from packet bytes (fragment
+/// offset, segments left), not set as constants: the verifier then sees the same unknown
+/// values on every path and prunes them, instead of exploring each flag combination.
+#[inline(never)]
+pub fn walk<const MAX: usize>(
+    pkt: &Packet,
+    mut off: usize,
+    mut nh: u8,
+    end: usize,
+) -> Result<Transport, Counter> {
+    let mut frag_offset = 0u16;
+    let mut segments_left = 0u8;
+    let mut done = false;
+    for _ in 0..MAX {
+        if !is_ipv6_ext(nh) {
+            done = true;
+            break;
+        }
+        if off + 8 > end {
+            return Err(Counter::PassMalformed);
+        }
+        let h = pkt.read::<4>(off)?;
+        if nh == IPPROTO_FRAGMENT {
+            frag_offset |= u16::from_be_bytes([h[2], h[3]]) & 0xFFF8;
+        } else if nh == IPPROTO_ROUTING {
+            segments_left |= h[3];
+        }
+        off = settle(off + ipv6_ext_len(nh, h[1]))?;
+        nh = h[0];
+    }
+    if !done && is_ipv6_ext(nh) {
+        return Err(Counter::PassExtLimit);
+    }
+    Ok(Transport {
+        off,
+        proto: nh,
+        first: ipv6_first_fragment(frag_offset),
+        dst_hidden: routing_hides_dst(segments_left),
+    })
+}
+
+/// Translates the IPv6 packet whose header starts at `l3`.
+// A BPF-to-BPF call: its own stack frame, which keeps every frame under 512 bytes.
+#[inline(never)]
+pub fn translate<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Result<Counter, Counter> {
+    let h = pkt.field::<[u8; IPV6_HLEN]>(l3)?;
+    let f = fields(h);
+    if f.version != 6 {
+        return Err(Counter::PassMalformed);
+    }
+    let end = l3 + IPV6_HLEN + f.payload;
+    if !pkt.holds(end) {
+        return Err(Counter::PassTruncated);
+    }
+    let addrs = addrs::<PHYSICAL>(h);
+    if !addrs.is_hit() {
+        return Err(Counter::PassMiss);
+    }
+    let t = walk::<MAX_EXT_HEADERS>(pkt, l3 + IPV6_HLEN, f.next, end)?;
+    // Type and code are read together (see `ipv4::translate`).
+    let icmp_type = if t.proto == IPPROTO_ICMPV6 && t.first && t.off + ICMP_HLEN <= end {
+        pkt.read::<2>(t.off)?[0]
+    } else {
+        0
+    };
+    let kind = L4::classify(t.proto, true, t.first, icmp_type);
+    if kind == L4::Unknown {
+        return Err(Counter::PassUnknownProto);
+    }
+    if t.off + kind.min_len() > end {
+        return Err(Counter::PassMalformed);
+    }
+    let l4_check = check_field(pkt, kind, t.off, end)?;
+    let pseudo = if t.dst_hidden {
+        addrs.src_delta()
+    } else {
+        addrs.delta()
+    };
+    addrs.record::<PHYSICAL>(end as u64);
+    addrs.write();
+    // From here on nothing fails: the quote is rewritten, then the ICMPv6 checksum.
+    let body = if kind.is_error() {
+        icmp::quoted6::<PHYSICAL>(pkt, t.off + ICMP_HLEN, end)
+    } else {
+        netpage_common::csum::Delta::ZERO
+    };
+    if let Some(p) = l4_check {
+        fix_check(p, kind, kind.transport_delta(pseudo, body));
+    }
+    Ok(Counter::translated(true, PHYSICAL))
+}

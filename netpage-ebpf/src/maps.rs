@@ -1,0 +1,112 @@
+//! The page tables, their inverse, and the counters, as the program sees them.
+//!
+//! Capacities here are defaults; user space sets the real table size at load time.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+};
+use netpage_common::{
+    counters::Counter,
+    csum::Delta,
+    maps::{Addr4, Addr6, DEFAULT_CAPACITY, MappingStats},
+};
+
+// Addresses are held as 32-bit words in memory order (the bytes as on the wire), so the
+// program moves them with word loads and stores. The layout is that of `Addr4`/`Addr6`,
+// which user space writes.
+const _: () = assert!(core::mem::size_of::<[u32; 1]>() == core::mem::size_of::<Addr4>());
+const _: () = assert!(core::mem::size_of::<[u32; 4]>() == core::mem::size_of::<Addr6>());
+
+/// IPv4 page table: virtual address -> real address.
+#[map(name = "NP_V2R4")]
+static V2R4: HashMap<[u32; 1], [u32; 1]> = HashMap::with_max_entries(DEFAULT_CAPACITY, 0);
+
+/// IPv4 inverse page table: real address -> virtual address.
+#[map(name = "NP_R2V4")]
+static R2V4: HashMap<[u32; 1], [u32; 1]> = HashMap::with_max_entries(DEFAULT_CAPACITY, 0);
+
+/// IPv6 page table: virtual address -> real address.
+#[map(name = "NP_V2R6")]
+static V2R6: HashMap<[u32; 4], [u32; 4]> = HashMap::with_max_entries(DEFAULT_CAPACITY, 0);
+
+/// IPv6 inverse page table: real address -> virtual address.
+#[map(name = "NP_R2V6")]
+static R2V6: HashMap<[u32; 4], [u32; 4]> = HashMap::with_max_entries(DEFAULT_CAPACITY, 0);
+
+/// Per-mapping traffic of IPv4 mappings, keyed by virtual address. User space creates the
+/// entry with the mapping; the program only counts into existing entries.
+#[map(name = "NP_STATS4")]
+static STATS4: PerCpuHashMap<[u32; 1], MappingStats> =
+    PerCpuHashMap::with_max_entries(DEFAULT_CAPACITY, 0);
+
+/// Per-mapping traffic of IPv6 mappings, keyed by virtual address.
+#[map(name = "NP_STATS6")]
+static STATS6: PerCpuHashMap<[u32; 4], MappingStats> =
+    PerCpuHashMap::with_max_entries(DEFAULT_CAPACITY, 0);
+
+/// Outcome counters, one slot per [`Counter`].
+#[map(name = "NP_COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Counts one packet's outcome.
+#[inline(always)]
+pub fn count(c: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *p += 1 };
+    }
+}
+
+/// An address of one family, as 32-bit words: its page tables and per-mapping counters.
+pub trait Addr: Copy + 'static {
+    /// The translation of `addr` on the given side, if the table has one.
+    fn translate<const PHYSICAL: bool>(addr: &Self) -> Option<&'static Self>;
+    /// The checksum change of rewriting `old` to `new`.
+    fn delta(old: &Self, new: &Self) -> Delta;
+    /// Adds a packet of `bytes` to the mapping whose virtual address is `va`.
+    fn record(va: &Self, bytes: u64);
+}
+
+#[inline(always)]
+fn bump(s: Option<*mut MappingStats>, bytes: u64) {
+    if let Some(s) = s {
+        // SAFETY: per-CPU value, no concurrent writer.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += bytes;
+        }
+    }
+}
+
+/// Implements [`Addr`] for one family's words, tables and stats.
+macro_rules! impl_addr {
+    ($words:literal, $v2r:ident, $r2v:ident, $stats:ident) => {
+        impl Addr for [u32; $words] {
+            #[inline(always)]
+            fn translate<const PHYSICAL: bool>(addr: &Self) -> Option<&'static Self> {
+                let table = if PHYSICAL { &$r2v } else { &$v2r };
+                // SAFETY: a hash map value stays readable for the rest of this program run
+                // (RCU); a concurrent update replaces the element rather than writing into it.
+                unsafe { table.get(addr) }
+            }
+
+            #[inline(always)]
+            fn delta(old: &Self, new: &Self) -> Delta {
+                let mut d = Delta::ZERO;
+                for i in 0..$words {
+                    d = d.word32(u32::from_be(old[i]), u32::from_be(new[i]));
+                }
+                d
+            }
+
+            #[inline(always)]
+            fn record(va: &Self, bytes: u64) {
+                bump($stats.get_ptr_mut(va), bytes);
+            }
+        }
+    };
+}
+
+impl_addr!(1, V2R4, R2V4, STATS4);
+impl_addr!(4, V2R6, R2V6, STATS6);

@@ -1,0 +1,148 @@
+//! Planned rewrites: an IP header's address pair and the checksums that cover it.
+//!
+//! Each translation first checks and looks up everything it needs, then writes. Nothing
+//! between the first write and the verdict can fail, so a packet is either translated
+//! whole or left untouched.
+
+use netpage_common::{
+    counters::Counter,
+    csum::{Delta, apply, apply_udp},
+    proto::L4,
+};
+
+use crate::{
+    maps::Addr,
+    packet::{Packet, Word, get16, put16},
+};
+
+/// The source and destination of an IP header, with what each becomes.
+///
+/// An address without a translation "becomes" itself, so the checksum deltas and writes
+/// below are branch-free: the verifier then explores one path instead of one per hit/miss
+/// combination, and the translations live as copied values rather than map pointers.
+pub struct AddrPair<A: Addr> {
+    src: *mut A,
+    dst: *mut A,
+    new_src: A,
+    new_dst: A,
+    /// Which addresses hit: [`SRC`] and [`DST`] bits.
+    hits: u32,
+}
+
+/// The source address has a translation.
+const SRC: u32 = 1;
+/// The destination address has a translation.
+const DST: u32 = 2;
+
+impl<A: Addr> AddrPair<A> {
+    /// Looks up the addresses `src` and `dst` (inside a checked header) on this side.
+    #[inline(always)]
+    pub fn lookup<const PHYSICAL: bool>(src: *mut A, dst: *mut A) -> Self {
+        // SAFETY: both pointers lie inside a header checked by `Packet::field`.
+        let (old_src, old_dst) = unsafe { (*src, *dst) };
+        let mut hits = 0;
+        let new_src = match A::translate::<PHYSICAL>(&old_src) {
+            Some(a) => {
+                hits |= SRC;
+                *a
+            }
+            None => old_src,
+        };
+        let new_dst = match A::translate::<PHYSICAL>(&old_dst) {
+            Some(a) => {
+                hits |= DST;
+                *a
+            }
+            None => old_dst,
+        };
+        Self {
+            src,
+            dst,
+            new_src,
+            new_dst,
+            hits,
+        }
+    }
+
+    /// Whether either address is in the table.
+    #[inline(always)]
+    pub fn is_hit(&self) -> bool {
+        self.hits != 0
+    }
+
+    /// The checksum change of rewriting the source.
+    #[inline(always)]
+    pub fn src_delta(&self) -> Delta {
+        // SAFETY: `src` lies inside a checked header.
+        A::delta(unsafe { &*self.src }, &self.new_src)
+    }
+
+    /// The checksum change of rewriting both addresses.
+    #[inline(always)]
+    pub fn delta(&self) -> Delta {
+        // SAFETY: `dst` lies inside a checked header.
+        self.src_delta()
+            .add(A::delta(unsafe { &*self.dst }, &self.new_dst))
+    }
+
+    /// Counts a packet of `bytes` for each mapping that translates it, under the mapping's
+    /// virtual address (the old address on the virtual side, the new one on the physical).
+    #[inline(always)]
+    pub fn record<const PHYSICAL: bool>(&self, bytes: u64) {
+        // SAFETY: both pointers lie inside a checked header, not yet rewritten.
+        let (old_src, old_dst) = unsafe { (&*self.src, &*self.dst) };
+        if self.hits & SRC != 0 {
+            A::record(if PHYSICAL { &self.new_src } else { old_src }, bytes);
+        }
+        if self.hits & DST != 0 {
+            A::record(if PHYSICAL { &self.new_dst } else { old_dst }, bytes);
+        }
+    }
+
+    /// Rewrites both addresses (an address without translation is rewritten to itself).
+    #[inline(always)]
+    pub fn write(&self) {
+        // SAFETY: both pointers lie inside a checked header.
+        unsafe {
+            *self.src = self.new_src;
+            *self.dst = self.new_dst;
+        }
+    }
+}
+
+/// The checksum field of a transport header of kind `kind` at `l4`, if netpage keeps it
+/// valid and it lies before `end`.
+#[inline(always)]
+pub fn check_field(pkt: &Packet, kind: L4, l4: usize, end: usize) -> Result<Option<Word>, Counter> {
+    // One arm per constant offset: a pointer whose offset is chosen at run time would be
+    // computed in a way the verifier cannot bound (see `L4::check_offset`).
+    match kind {
+        L4::Tcp => word_at::<16>(pkt, l4, end),
+        L4::Udp => word_at::<6>(pkt, l4, end),
+        L4::Icmp4Error | L4::Icmp6 | L4::Icmp6Error => word_at::<2>(pkt, l4, end),
+        L4::Unknown | L4::Opaque => Ok(None),
+    }
+}
+
+/// The 16-bit word at `l4 + OFF`, if it lies before `end`.
+#[inline(always)]
+fn word_at<const OFF: usize>(pkt: &Packet, l4: usize, end: usize) -> Result<Option<Word>, Counter> {
+    if l4 + OFF + 2 > end {
+        return Ok(None);
+    }
+    pkt.field::<[u8; 2]>(l4 + OFF).map(Some)
+}
+
+/// Applies `d` to the checksum at `p` by the rules of `kind`, and returns the change of
+/// the checksum word itself (for a checksum that covers this one).
+#[inline(always)]
+pub fn fix_check(p: Word, kind: L4, d: Delta) -> Delta {
+    let old = get16(p);
+    let new = if kind == L4::Udp {
+        apply_udp(old, d)
+    } else {
+        apply(old, d)
+    };
+    put16(p, new);
+    Delta::ZERO.word(old, new)
+}

@@ -1,0 +1,100 @@
+//! The XDP program loaded for BPF_PROG_TEST_RUN: packet in, verdict and packet out.
+
+use std::{net::IpAddr, time::Duration};
+
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use netpage::{
+    counters::Totals,
+    loader::{self, Side},
+    table::{BpfTable, PageTable},
+};
+use netpage_common::maps::{COUNTERS, MappingStats, PROG_PHYSICAL, PROG_VIRTUAL};
+
+/// XDP_PASS, the only verdict netpage gives.
+pub const XDP_PASS: u32 = 2;
+
+/// One loaded copy of the program with its own, empty tables.
+pub struct Datapath {
+    ebpf: Ebpf,
+    table: BpfTable,
+}
+
+impl Datapath {
+    /// Loads both programs (through the verifier) with tables of `capacity` entries.
+    pub fn load(capacity: u32) -> Self {
+        let mut ebpf = loader::load(capacity).expect("load the eBPF object");
+        for name in [PROG_VIRTUAL, PROG_PHYSICAL] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .unwrap_or_else(|| panic!("program {name}"))
+                .try_into()
+                .expect("an XDP program");
+            prog.load()
+                .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+        }
+        let table = BpfTable::from_maps(|n| ebpf.take_map(n)).expect("page table maps");
+        Self { ebpf, table }
+    }
+
+    /// The node's page table.
+    pub fn table(&mut self) -> &mut BpfTable {
+        &mut self.table
+    }
+
+    /// Installs a mapping in both directions, with its counters.
+    pub fn map(&mut self, va: IpAddr, ra: IpAddr) {
+        self.table.set_reverse(ra, va).unwrap();
+        self.table.set_forward(va, ra).unwrap();
+        self.table.create_stats(va).unwrap();
+    }
+
+    fn program(&self, side: Side) -> &Xdp {
+        self.ebpf
+            .program(side.program())
+            .unwrap()
+            .try_into()
+            .unwrap()
+    }
+
+    /// Runs the program of `side` once on `input`: the verdict and the packet out.
+    pub fn run(&self, side: Side, input: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; input.len() + 512];
+        let r = self
+            .program(side)
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("test_run of {} bytes: {e:?}", input.len()));
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    /// The kernel's average time per run over `repeat` runs of `input`.
+    pub fn time(&self, side: Side, input: &[u8], repeat: u32) -> Duration {
+        let mut out = vec![0u8; input.len() + 512];
+        self.program(side)
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .expect("test_run")
+            .duration
+    }
+
+    /// The outcome counters, summed over CPUs.
+    pub fn counters(&self) -> Totals {
+        Totals::read(self.ebpf.map(COUNTERS).expect("counter map")).expect("read counters")
+    }
+
+    /// The traffic counted for the mapping of `va`.
+    pub fn stats(&self, va: IpAddr) -> MappingStats {
+        self.table.stats(va).unwrap().expect("mapping has counters")
+    }
+}

@@ -1,0 +1,1144 @@
+//! In-kernel fixture tests of the XDP datapath, through BPF_PROG_TEST_RUN.
+//!
+//! Each case builds its input with the original addresses and its expected output with the
+//! translated ones, both from scratch (every checksum computed anew), then runs the program
+//! and compares verdict, bytes and counters. Translated outputs are also re-verified by an
+//! independent checksum walk.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use netpage::loader::Side;
+use netpage_common::counters::Counter;
+use netpage_tests::{
+    build::{
+        TPID_8021AD, TPID_8021Q, V4Opts, Xlate, ether, ext, frame4, frame6, icmp4, icmp6, ipv4,
+        ipv6, tcp, udp,
+    },
+    datapath::{Datapath, XDP_PASS},
+    verify,
+};
+
+fn ip4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+fn ip6(s: &str) -> IpAddr {
+    IpAddr::V6(s.parse::<Ipv6Addr>().unwrap())
+}
+
+/// The addresses of one family in the fixture world.
+#[derive(Clone, Copy)]
+struct World {
+    client: IpAddr,
+    router: IpAddr,
+    va_a: IpAddr,
+    ra_a: IpAddr,
+    va_b: IpAddr,
+    ra_b: IpAddr,
+    v6: bool,
+}
+
+const W4: fn() -> World = || World {
+    client: ip4(203, 0, 113, 5),
+    router: ip4(192, 0, 2, 1),
+    va_a: ip4(10, 0, 0, 10),
+    ra_a: ip4(192, 0, 2, 10),
+    va_b: ip4(10, 0, 0, 20),
+    ra_b: ip4(198, 51, 100, 20),
+    v6: false,
+};
+
+const W6: fn() -> World = || World {
+    client: ip6("2001:db8:c::5"),
+    router: ip6("2001:db8:a::1"),
+    va_a: ip6("fd00::10"),
+    ra_a: ip6("2001:db8:a::10"),
+    va_b: ip6("fd00::20"),
+    ra_b: ip6("2001:db8:b::20"),
+    v6: true,
+};
+
+type Build = Box<dyn Fn(Xlate) -> Vec<u8>>;
+
+struct Case {
+    name: String,
+    side: Side,
+    build: Build,
+    outcome: Counter,
+}
+
+fn case(name: impl Into<String>, side: Side, outcome: Counter, build: Build) -> Case {
+    Case {
+        name: name.into(),
+        side,
+        build,
+        outcome,
+    }
+}
+
+fn translated(w: &World, side: Side) -> Counter {
+    Counter::translated(w.v6, side == Side::Physical)
+}
+
+const PAYLOAD: &[u8] = b"network paging: the page table is at the edge";
+
+/// The transports every address pattern is tried with.
+#[derive(Clone, Copy, Debug)]
+enum L4 {
+    Tcp,
+    Udp,
+    Echo,
+}
+
+fn segment(l4: L4, v6: bool, s: IpAddr, d: IpAddr) -> (u8, Vec<u8>) {
+    match (l4, v6) {
+        (L4::Tcp, _) => (6, tcp(s, d, PAYLOAD)),
+        (L4::Udp, _) => (17, udp(s, d, PAYLOAD)),
+        (L4::Echo, false) => (1, icmp4(8, 0, [0x12, 0x34, 0, 1], PAYLOAD)),
+        (L4::Echo, true) => (58, icmp6(s, d, 128, 0, [0x12, 0x34, 0, 1], PAYLOAD)),
+    }
+}
+
+/// A frame of transport `l4` from `src` to `dst`, with `tpids` VLAN tags.
+fn frame(w: World, tpids: &'static [u16], l4: L4, src: IpAddr, dst: IpAddr) -> Build {
+    Box::new(move |x: Xlate| {
+        let (s, d) = (x(src), x(dst));
+        let (proto, seg) = segment(l4, w.v6, s, d);
+        if w.v6 {
+            ether(tpids, 0x86DD, &ipv6(s, d, proto, &[], &seg))
+        } else {
+            ether(tpids, 0x0800, &ipv4(s, d, proto, &V4Opts::default(), &seg))
+        }
+    })
+}
+
+/// Address patterns on both sides, for every transport, with and without VLAN tags.
+fn address_cases(w: World) -> Vec<Case> {
+    let f = if w.v6 { "v6" } else { "v4" };
+    let mut cases = Vec::new();
+    for l4 in [L4::Tcp, L4::Udp, L4::Echo] {
+        let patterns = [
+            (Side::Virtual, "client->VA", w.client, w.va_a),
+            (Side::Virtual, "VA->client", w.va_a, w.client),
+            (Side::Virtual, "VA->VA", w.va_a, w.va_b),
+            (Side::Physical, "client->RA", w.client, w.ra_a),
+            (Side::Physical, "RA->client", w.ra_a, w.client),
+            (Side::Physical, "RA->RA", w.ra_a, w.ra_b),
+        ];
+        for (side, what, s, d) in patterns {
+            let t = translated(&w, side);
+            cases.push(case(
+                format!("{f} {l4:?} {side:?} {what}"),
+                side,
+                t,
+                frame(w, &[], l4, s, d),
+            ));
+        }
+        for side in [Side::Virtual, Side::Physical] {
+            cases.push(case(
+                format!("{f} {l4:?} {side:?} miss"),
+                side,
+                Counter::PassMiss,
+                frame(w, &[], l4, w.client, w.router),
+            ));
+            // A real address arriving on the virtual side is not a virtual address.
+            let other = if side == Side::Virtual {
+                w.ra_a
+            } else {
+                w.va_a
+            };
+            cases.push(case(
+                format!("{f} {l4:?} {side:?} other side's address is a miss"),
+                side,
+                Counter::PassMiss,
+                frame(w, &[], l4, w.client, other),
+            ));
+        }
+    }
+    for (tags, tpids) in [
+        ("802.1Q", &[TPID_8021Q][..]),
+        ("802.1ad+802.1Q", &[TPID_8021AD, TPID_8021Q][..]),
+        ("802.1Q+802.1Q", &[TPID_8021Q, TPID_8021Q][..]),
+    ] {
+        for side in [Side::Virtual, Side::Physical] {
+            let (s, d) = if side == Side::Virtual {
+                (w.client, w.va_a)
+            } else {
+                (w.ra_a, w.client)
+            };
+            cases.push(case(
+                format!("{f} TCP {tags} {side:?}"),
+                side,
+                translated(&w, side),
+                frame(w, tpids, L4::Tcp, s, d),
+            ));
+        }
+    }
+    cases.push(case(
+        format!("{f} three VLAN tags"),
+        Side::Virtual,
+        Counter::PassVlanDepth,
+        frame(
+            w,
+            &[TPID_8021AD, TPID_8021Q, TPID_8021Q],
+            L4::Tcp,
+            w.client,
+            w.va_a,
+        ),
+    ));
+    cases
+}
+
+/// IPv4 header variants: options, malformed headers, fragments, UDP checksum rules,
+/// protocols, padding.
+fn ipv4_cases() -> Vec<Case> {
+    let w = W4();
+    let mut cases = Vec::new();
+    for ihl in [6u8, 10, 15] {
+        let opts = V4Opts {
+            options: vec![1; usize::from(ihl - 5) * 4],
+            ..V4Opts::default()
+        };
+        for side in [Side::Virtual, Side::Physical] {
+            let (src, dst) = if side == Side::Virtual {
+                (w.client, w.va_a)
+            } else {
+                (w.ra_a, w.client)
+            };
+            let o = opts.clone();
+            cases.push(case(
+                format!("v4 IHL {ihl} UDP {side:?}"),
+                side,
+                translated(&w, side),
+                Box::new(move |x| {
+                    let (s, d) = (x(src), x(dst));
+                    ether(&[], 0x0800, &ipv4(s, d, 17, &o, &udp(s, d, PAYLOAD)))
+                }),
+            ));
+        }
+    }
+    // Raw header edits make malformed packets; they must pass untouched.
+    let patched = |what: &'static str, patch: fn(&mut Vec<u8>), outcome| {
+        case(
+            format!("v4 {what}"),
+            Side::Virtual,
+            outcome,
+            Box::new(move |x| {
+                let mut f = frame4(x, w.client, w.va_a, 6, |s, d| tcp(s, d, PAYLOAD));
+                patch(&mut f);
+                f
+            }),
+        )
+    };
+    cases.push(patched("IHL 4", |f| f[14] = 0x44, Counter::PassMalformed));
+    cases.push(patched("IHL 0", |f| f[14] = 0x40, Counter::PassMalformed));
+    cases.push(patched(
+        "version 5",
+        |f| f[14] = 0x55,
+        Counter::PassMalformed,
+    ));
+    cases.push(patched(
+        "total length below IHL",
+        |f| f[16..18].copy_from_slice(&[0, 12]),
+        Counter::PassMalformed,
+    ));
+    cases.push(patched(
+        "total length beyond the frame",
+        |f| f[16..18].copy_from_slice(&[0x05, 0xDC]),
+        Counter::PassTruncated,
+    ));
+    cases.push(patched(
+        "total length too short for TCP",
+        |f| {
+            f[16..18].copy_from_slice(&[0, 30]);
+            f.truncate(14 + 30);
+        },
+        Counter::PassMalformed,
+    ));
+
+    // Ethernet padding after the IP packet is left alone.
+    cases.push(case(
+        "v4 UDP with Ethernet padding",
+        Side::Virtual,
+        Counter::V4ToReal,
+        Box::new(move |x| {
+            let (s, d) = (x(w.client), x(w.va_a));
+            let mut f = ether(
+                &[],
+                0x0800,
+                &ipv4(s, d, 17, &V4Opts::default(), &udp(s, d, b"hi")),
+            );
+            f.extend([0xEE; 14]);
+            f
+        }),
+    ));
+
+    // UDP: a 0 checksum means none and stays 0.
+    for side in [Side::Virtual, Side::Physical] {
+        let (src, dst) = if side == Side::Virtual {
+            (w.client, w.va_a)
+        } else {
+            (w.ra_a, w.client)
+        };
+        cases.push(case(
+            format!("v4 UDP checksum 0 {side:?}"),
+            side,
+            translated(&w, side),
+            Box::new(move |x| {
+                let (s, d) = (x(src), x(dst));
+                let mut seg = udp(s, d, PAYLOAD);
+                seg[6..8].copy_from_slice(&[0, 0]);
+                ether(&[], 0x0800, &ipv4(s, d, 17, &V4Opts::default(), &seg))
+            }),
+        ));
+    }
+    // UDP: a translation that computes to 0 is sent as 0xFFFF. Find the payload for which the
+    // checksum with the translated addresses is 0xFFFF (a computed 0).
+    let zero_payload = (0..=u16::MAX)
+        .map(|v| {
+            let mut p = PAYLOAD.to_vec();
+            p.extend(v.to_be_bytes());
+            p
+        })
+        .find(|p| udp(w.client, w.ra_a, p)[6..8] == [0xFF, 0xFF])
+        .expect("a payload whose translated UDP checksum computes to zero");
+    cases.push(case(
+        "v4 UDP checksum computing to 0 is sent as 0xFFFF",
+        Side::Virtual,
+        Counter::V4ToReal,
+        Box::new(move |x| {
+            let (s, d) = (x(w.client), x(w.va_a));
+            ether(
+                &[],
+                0x0800,
+                &ipv4(s, d, 17, &V4Opts::default(), &udp(s, d, &zero_payload)),
+            )
+        }),
+    ));
+
+    // Fragments: all are translated; only the first carries the UDP checksum to fix.
+    let big: Vec<u8> = (0..64u8).collect();
+    for (name, more, offset) in [
+        ("first", true, 0u16),
+        ("middle", true, 3),
+        ("last", false, 6),
+    ] {
+        for side in [Side::Virtual, Side::Physical] {
+            let (src, dst) = if side == Side::Virtual {
+                (w.va_a, w.client)
+            } else {
+                (w.client, w.ra_a)
+            };
+            let big = big.clone();
+            cases.push(case(
+                format!("v4 UDP {name} fragment {side:?}"),
+                side,
+                translated(&w, side),
+                Box::new(move |x| {
+                    let (s, d) = (x(src), x(dst));
+                    let whole = udp(s, d, &big);
+                    let start = usize::from(offset) * 8;
+                    let piece = &whole[start..(start + 24).min(whole.len())];
+                    let o = V4Opts {
+                        options: vec![],
+                        more_fragments: more,
+                        offset,
+                    };
+                    ether(&[], 0x0800, &ipv4(s, d, 17, &o, piece))
+                }),
+            ));
+        }
+    }
+    // A non-first fragment of an unknown protocol is as unknown as its first.
+    cases.push(case(
+        "v4 DCCP non-first fragment",
+        Side::Virtual,
+        Counter::PassUnknownProto,
+        Box::new(move |x| {
+            let o = V4Opts {
+                options: vec![],
+                more_fragments: false,
+                offset: 2,
+            };
+            ether(&[], 0x0800, &ipv4(x(w.client), x(w.va_a), 33, &o, PAYLOAD))
+        }),
+    ));
+    for (proto, name, outcome) in [
+        (33u8, "DCCP", Counter::PassUnknownProto),
+        (253, "experimental 253", Counter::PassUnknownProto),
+        (47, "GRE", Counter::V4ToReal),
+        (50, "ESP", Counter::V4ToReal),
+        (132, "SCTP", Counter::V4ToReal),
+    ] {
+        cases.push(case(
+            format!("v4 protocol {name}"),
+            Side::Virtual,
+            outcome,
+            Box::new(move |x| {
+                ether(
+                    &[],
+                    0x0800,
+                    &ipv4(x(w.client), x(w.va_a), proto, &V4Opts::default(), PAYLOAD),
+                )
+            }),
+        ));
+    }
+    cases
+}
+
+/// An ICMP error from `src` to `dst`, quoting the first `quote` bytes of a packet of
+/// transport `l4` from `qsrc` to `qdst` (with quoted IP options `qopts`).
+#[allow(clippy::too_many_arguments)]
+fn icmp4_error(
+    ty: u8,
+    code: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    l4: L4,
+    qsrc: IpAddr,
+    qdst: IpAddr,
+    quote: usize,
+    qopts: V4Opts,
+) -> Build {
+    Box::new(move |x| {
+        let (qs, qd) = (x(qsrc), x(qdst));
+        let (proto, seg) = segment(l4, false, qs, qd);
+        let inner = ipv4(qs, qd, proto, &qopts, &seg);
+        let body = &inner[..quote.min(inner.len())];
+        let (s, d) = (x(src), x(dst));
+        ether(
+            &[],
+            0x0800,
+            &ipv4(
+                s,
+                d,
+                1,
+                &V4Opts::default(),
+                &icmp4(ty, code, [0, 0, 0x05, 0xDC], body),
+            ),
+        )
+    })
+}
+
+/// An ICMPv6 error from `src` to `dst`, quoting the first `quote` bytes of a packet of
+/// transport `l4` from `qsrc` to `qdst`.
+#[allow(clippy::too_many_arguments)]
+fn icmp6_error(
+    ty: u8,
+    code: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    l4: L4,
+    qsrc: IpAddr,
+    qdst: IpAddr,
+    quote: usize,
+) -> Build {
+    Box::new(move |x| {
+        let (qs, qd) = (x(qsrc), x(qdst));
+        let (proto, seg) = segment(l4, true, qs, qd);
+        let inner = ipv6(qs, qd, proto, &[], &seg);
+        let body = &inner[..quote.min(inner.len())];
+        let (s, d) = (x(src), x(dst));
+        ether(
+            &[],
+            0x86DD,
+            &ipv6(
+                s,
+                d,
+                58,
+                &[],
+                &icmp6(s, d, ty, code, [0, 0, 0x05, 0x00], body),
+            ),
+        )
+    })
+}
+
+fn icmp_error_cases() -> Vec<Case> {
+    let (w, v) = (W4(), W6());
+    let none = V4Opts::default;
+    vec![
+        // Physical side: a router's error to a real address about the VM's packet.
+        case(
+            "v4 port unreachable quoting UDP, physical",
+            Side::Physical,
+            Counter::V4ToVirtual,
+            icmp4_error(
+                3,
+                3,
+                w.router,
+                w.ra_a,
+                L4::Udp,
+                w.ra_a,
+                w.client,
+                28,
+                none(),
+            ),
+        ),
+        case(
+            "v4 time exceeded quoting whole TCP, physical",
+            Side::Physical,
+            Counter::V4ToVirtual,
+            icmp4_error(
+                11,
+                0,
+                w.router,
+                w.ra_a,
+                L4::Tcp,
+                w.ra_a,
+                w.client,
+                1000,
+                none(),
+            ),
+        ),
+        case(
+            "v4 fragmentation needed quoting TCP cut at 8 bytes, physical",
+            Side::Physical,
+            Counter::V4ToVirtual,
+            icmp4_error(
+                3,
+                4,
+                w.router,
+                w.ra_a,
+                L4::Tcp,
+                w.ra_a,
+                w.client,
+                28,
+                none(),
+            ),
+        ),
+        case(
+            "v4 parameter problem quoting ICMP echo, physical",
+            Side::Physical,
+            Counter::V4ToVirtual,
+            icmp4_error(
+                12,
+                0,
+                w.router,
+                w.ra_a,
+                L4::Echo,
+                w.ra_a,
+                w.client,
+                1000,
+                none(),
+            ),
+        ),
+        case(
+            "v4 error between two VMs quoting UDP, physical",
+            Side::Physical,
+            Counter::V4ToVirtual,
+            icmp4_error(3, 3, w.ra_b, w.ra_a, L4::Udp, w.ra_a, w.ra_b, 1000, none()),
+        ),
+        case(
+            "v4 error quoting a header with options, physical",
+            Side::Physical,
+            Counter::V4ToVirtual,
+            icmp4_error(
+                11,
+                0,
+                w.router,
+                w.ra_a,
+                L4::Tcp,
+                w.ra_a,
+                w.client,
+                1000,
+                V4Opts {
+                    options: vec![1; 8],
+                    ..none()
+                },
+            ),
+        ),
+        // Virtual side: the VM's error to a client about the client's packet.
+        case(
+            "v4 port unreachable quoting UDP, virtual",
+            Side::Virtual,
+            Counter::V4ToReal,
+            icmp4_error(
+                3,
+                3,
+                w.va_a,
+                w.client,
+                L4::Udp,
+                w.client,
+                w.va_a,
+                1000,
+                none(),
+            ),
+        ),
+        case(
+            "v4 time exceeded quoting TCP cut at 8 bytes, virtual",
+            Side::Virtual,
+            Counter::V4ToReal,
+            icmp4_error(
+                11,
+                0,
+                w.va_a,
+                w.client,
+                L4::Tcp,
+                w.client,
+                w.va_a,
+                28,
+                none(),
+            ),
+        ),
+        case(
+            "v4 error quoting only the IP header, virtual",
+            Side::Virtual,
+            Counter::V4ToReal,
+            icmp4_error(
+                3,
+                1,
+                w.va_a,
+                w.client,
+                L4::Udp,
+                w.client,
+                w.va_a,
+                20,
+                none(),
+            ),
+        ),
+        case(
+            "v4 error too short to quote an IP header",
+            Side::Virtual,
+            Counter::PassMalformed,
+            icmp4_error(
+                3,
+                1,
+                w.va_a,
+                w.client,
+                L4::Udp,
+                w.client,
+                w.va_a,
+                12,
+                none(),
+            ),
+        ),
+        case(
+            "v4 error quoting unmapped addresses, virtual",
+            Side::Virtual,
+            Counter::V4ToReal,
+            icmp4_error(
+                3,
+                3,
+                w.va_a,
+                w.client,
+                L4::Udp,
+                w.client,
+                w.router,
+                1000,
+                none(),
+            ),
+        ),
+        case(
+            "v6 packet too big quoting TCP, physical",
+            Side::Physical,
+            Counter::V6ToVirtual,
+            icmp6_error(2, 0, v.router, v.ra_a, L4::Tcp, v.ra_a, v.client, 1000),
+        ),
+        case(
+            "v6 unreachable quoting UDP, physical",
+            Side::Physical,
+            Counter::V6ToVirtual,
+            icmp6_error(1, 4, v.router, v.ra_a, L4::Udp, v.ra_a, v.client, 1000),
+        ),
+        case(
+            "v6 time exceeded quoting echo, physical",
+            Side::Physical,
+            Counter::V6ToVirtual,
+            icmp6_error(3, 0, v.router, v.ra_a, L4::Echo, v.ra_a, v.client, 1000),
+        ),
+        case(
+            "v6 parameter problem quoting TCP cut in its header, physical",
+            Side::Physical,
+            Counter::V6ToVirtual,
+            icmp6_error(4, 0, v.router, v.ra_a, L4::Tcp, v.ra_a, v.client, 52),
+        ),
+        case(
+            "v6 error between two VMs, physical",
+            Side::Physical,
+            Counter::V6ToVirtual,
+            icmp6_error(1, 4, v.ra_b, v.ra_a, L4::Udp, v.ra_a, v.ra_b, 1000),
+        ),
+        case(
+            "v6 unreachable quoting UDP, virtual",
+            Side::Virtual,
+            Counter::V6ToReal,
+            icmp6_error(1, 4, v.va_a, v.client, L4::Udp, v.client, v.va_a, 1000),
+        ),
+        case(
+            "v6 packet too big quoting TCP, virtual",
+            Side::Virtual,
+            Counter::V6ToReal,
+            icmp6_error(2, 0, v.va_a, v.client, L4::Tcp, v.client, v.va_a, 1000),
+        ),
+        case(
+            "v6 error too short to quote an IPv6 header",
+            Side::Virtual,
+            Counter::PassMalformed,
+            icmp6_error(1, 4, v.va_a, v.client, L4::Udp, v.client, v.va_a, 30),
+        ),
+    ]
+}
+
+/// IPv6 extension headers: the bounded walk, fragments, routing headers.
+fn ipv6_ext_cases() -> Vec<Case> {
+    let w = W6();
+    let final_dst = ip6("2001:db8:f::1");
+    let mut cases = Vec::new();
+    // `pseudo_dst`: the destination in the transport pseudo-header, if not the header's.
+    // A non-first fragment carries bytes, not a transport header: build it once, untranslated.
+    let chain = |name: &str,
+                 hdrs: Vec<(u8, Vec<u8>)>,
+                 l4: L4,
+                 pseudo_dst: Option<IpAddr>,
+                 outcome: Counter| {
+        let raw = name.contains("non-first");
+        let (side, src, dst) = if outcome == Counter::V6ToVirtual {
+            (Side::Physical, w.ra_a, w.client)
+        } else {
+            (Side::Virtual, w.client, w.va_a)
+        };
+        case(
+            format!("v6 {name}"),
+            side,
+            outcome,
+            Box::new(move |x: Xlate| {
+                let (s, d) = (x(src), x(dst));
+                let (proto, seg) = if raw {
+                    segment(l4, true, src, dst)
+                } else {
+                    segment(l4, true, s, pseudo_dst.unwrap_or(d))
+                };
+                let mut bytes = Vec::new();
+                for (i, (kind, body)) in hdrs.iter().enumerate() {
+                    let next = hdrs.get(i + 1).map_or(proto, |h| h.0);
+                    bytes.extend(ext(*kind, next, body));
+                }
+                let first = hdrs.first().map_or(proto, |h| h.0);
+                ether(&[], 0x86DD, &ipv6(s, d, first, &bytes, &seg))
+            }),
+        )
+    };
+    let opts = vec![1, 4, 0, 0, 0, 0]; // PadN
+    let routing = |left: u8, seg: IpAddr| {
+        let mut b = vec![0, left, 0, 0, 0, 0]; // type 0, segments left, reserved
+        if let IpAddr::V6(a) = seg {
+            b.extend(a.octets());
+        }
+        b
+    };
+    for outcome in [Counter::V6ToReal, Counter::V6ToVirtual] {
+        cases.push(chain(
+            "hop-by-hop + TCP",
+            vec![(0, opts.clone())],
+            L4::Tcp,
+            None,
+            outcome,
+        ));
+        cases.push(chain(
+            "hop-by-hop + routing (0 left) + destination options + UDP",
+            vec![
+                (0, opts.clone()),
+                (43, routing(0, final_dst)),
+                (60, opts.clone()),
+            ],
+            L4::Udp,
+            None,
+            outcome,
+        ));
+        cases.push(chain(
+            "destination options + ICMPv6 echo",
+            vec![(60, opts.clone())],
+            L4::Echo,
+            None,
+            outcome,
+        ));
+        // With segments left, the pseudo-header holds the final destination, not the header's.
+        cases.push(chain(
+            "routing (1 left) + UDP",
+            vec![(43, routing(1, final_dst))],
+            L4::Udp,
+            Some(final_dst),
+            outcome,
+        ));
+        cases.push(chain(
+            "first fragment + TCP",
+            vec![(44, vec![0, 1, 0, 0, 0, 7])],
+            L4::Tcp,
+            None,
+            outcome,
+        ));
+        cases.push(chain(
+            "non-first fragment",
+            vec![(44, vec![0, 0x19, 0, 0, 0, 7])],
+            L4::Tcp,
+            None,
+            outcome,
+        ));
+        cases.push(chain(
+            "six extension headers + TCP",
+            vec![(60, opts.clone()); 6],
+            L4::Tcp,
+            None,
+            outcome,
+        ));
+    }
+    cases.push(chain(
+        "seven extension headers",
+        vec![(60, opts.clone()); 7],
+        L4::Tcp,
+        None,
+        Counter::PassExtLimit,
+    ));
+    cases.push(chain(
+        "AH (not walked)",
+        vec![(51, vec![0; 10])],
+        L4::Tcp,
+        None,
+        Counter::PassUnknownProto,
+    ));
+    // An extension header that runs past the payload.
+    cases.push(case(
+        "v6 extension header past the payload",
+        Side::Virtual,
+        Counter::PassMalformed,
+        Box::new(move |x| {
+            let mut e = ext(60, 6, &opts);
+            e[1] = 20;
+            ether(&[], 0x86DD, &ipv6(x(w.client), x(w.va_a), 60, &e, &[0; 8]))
+        }),
+    ));
+    cases.push(case(
+        "v6 version 4 in an IPv6 EtherType",
+        Side::Virtual,
+        Counter::PassMalformed,
+        Box::new(move |x| {
+            let mut f = frame6(x, w.client, w.va_a, 6, |s, d| tcp(s, d, PAYLOAD));
+            f[14] = 0x40;
+            f
+        }),
+    ));
+    cases.push(case(
+        "v6 UDP-Lite",
+        Side::Virtual,
+        Counter::PassUnknownProto,
+        Box::new(move |x| {
+            ether(
+                &[],
+                0x86DD,
+                &ipv6(x(w.client), x(w.va_a), 136, &[], PAYLOAD),
+            )
+        }),
+    ));
+    cases
+}
+
+fn non_ip_cases() -> Vec<Case> {
+    let arp: Vec<u8> = [
+        &[0, 1, 8, 0, 6, 4, 0, 1][..],
+        &[2, 0, 0, 0, 0, 0x0A, 10, 0, 0, 10],
+        &[0; 6],
+        &[10, 0, 0, 20],
+    ]
+    .concat();
+    let arp2 = arp.clone();
+    vec![
+        case(
+            "ARP",
+            Side::Virtual,
+            Counter::PassNotIp,
+            Box::new(move |_| ether(&[], 0x0806, &arp)),
+        ),
+        case(
+            "ARP on a VLAN",
+            Side::Physical,
+            Counter::PassNotIp,
+            Box::new(move |_| ether(&[TPID_8021Q], 0x0806, &arp2)),
+        ),
+        case(
+            "unknown EtherType",
+            Side::Virtual,
+            Counter::PassNotIp,
+            Box::new(|_| ether(&[], 0x88B5, PAYLOAD)),
+        ),
+    ]
+}
+
+/// The translation each side applies, as a lookup in the tables the fixture installs.
+fn xlate_for(side: Side, maps: &[(IpAddr, IpAddr)]) -> impl Fn(IpAddr) -> IpAddr {
+    let table: HashMap<IpAddr, IpAddr> = maps
+        .iter()
+        .map(|&(va, ra)| {
+            if side == Side::Virtual {
+                (va, ra)
+            } else {
+                (ra, va)
+            }
+        })
+        .collect();
+    move |a| table.get(&a).copied().unwrap_or(a)
+}
+
+fn fixture_maps() -> Vec<(IpAddr, IpAddr)> {
+    let (w, v) = (W4(), W6());
+    vec![
+        (w.va_a, w.ra_a),
+        (w.va_b, w.ra_b),
+        (v.va_a, v.ra_a),
+        (v.va_b, v.ra_b),
+    ]
+}
+
+fn loaded(capacity: u32) -> Datapath {
+    let mut dp = Datapath::load(capacity);
+    for (va, ra) in fixture_maps() {
+        dp.map(va, ra);
+    }
+    dp
+}
+
+/// Runs one case and checks verdict, bytes, counters and checksums. Returns what the
+/// independent checksum walk verified of a translated output.
+fn check(dp: &Datapath, c: &Case) -> verify::Verified {
+    let identity = |a| a;
+    let input = (c.build)(&identity);
+    let translates = !c.outcome.name().starts_with("pass");
+    let expected = if translates {
+        (c.build)(&xlate_for(c.side, &fixture_maps()))
+    } else {
+        input.clone()
+    };
+    if translates {
+        assert_ne!(
+            input, expected,
+            "{}: a translating case must change the packet",
+            c.name
+        );
+    }
+    let before = dp.counters();
+    let (verdict, out) = dp.run(c.side, &input);
+    let delta = dp.counters().since(&before);
+    assert_eq!(verdict, XDP_PASS, "{}: verdict", c.name);
+    assert_eq!(
+        out, expected,
+        "{}: output bytes\n in  {input:02x?}\n out {out:02x?}\n exp {expected:02x?}",
+        c.name
+    );
+    for counter in Counter::ALL {
+        let want = u64::from(counter == c.outcome);
+        assert_eq!(
+            delta.get(counter),
+            want,
+            "{}: counter {}",
+            c.name,
+            counter.name()
+        );
+    }
+    if translates {
+        verify::frame(&out).unwrap_or_else(|e| panic!("{}: {e}", c.name))
+    } else {
+        verify::Verified::default()
+    }
+}
+
+fn run_all(cases: Vec<Case>) {
+    let dp = loaded(1024);
+    assert!(!cases.is_empty());
+    let (mut ip, mut l4) = (0, 0);
+    for c in &cases {
+        let v = check(&dp, c);
+        ip += v.ip_headers;
+        l4 += v.transport;
+    }
+    let translating = cases.iter().any(|c| !c.outcome.name().starts_with("pass"));
+    assert!(
+        !translating || ip + l4 > 0,
+        "the checksum walk verified nothing"
+    );
+    println!(
+        "{} fixture cases passed; independently verified {ip} IPv4 header and {l4} transport checksums",
+        cases.len()
+    );
+}
+
+#[test]
+fn ipv4_address_patterns() {
+    run_all(address_cases(W4()));
+}
+
+#[test]
+fn ipv6_address_patterns() {
+    run_all(address_cases(W6()));
+}
+
+#[test]
+fn ipv4_headers_fragments_and_protocols() {
+    run_all(ipv4_cases());
+}
+
+#[test]
+fn icmp_errors_translate_the_quoted_header() {
+    run_all(icmp_error_cases());
+}
+
+#[test]
+fn ipv6_extension_headers() {
+    run_all(ipv6_ext_cases());
+}
+
+#[test]
+fn non_ip_passes_untouched() {
+    run_all(non_ip_cases());
+}
+
+/// Every prefix of translatable packets (from the Ethernet header on; the kernel refuses
+/// test input shorter than 14 bytes) passes untouched and counts as truncated.
+#[test]
+fn truncated_packets_pass_untouched_at_every_offset() {
+    let dp = loaded(1024);
+    let (w, v) = (W4(), W6());
+    let opts = vec![1, 4, 0, 0, 0, 0];
+    let identity = |a| a;
+    let packets: Vec<(Side, Vec<u8>)> = vec![
+        (
+            Side::Virtual,
+            frame(w, &[], L4::Tcp, w.client, w.va_a)(&identity),
+        ),
+        (
+            Side::Physical,
+            frame(v, &[TPID_8021AD, TPID_8021Q], L4::Udp, v.ra_a, v.client)(&identity),
+        ),
+        (
+            Side::Physical,
+            icmp4_error(
+                11,
+                0,
+                w.router,
+                w.ra_a,
+                L4::Tcp,
+                w.ra_a,
+                w.client,
+                1000,
+                V4Opts::default(),
+            )(&identity),
+        ),
+        (
+            Side::Physical,
+            icmp6_error(2, 0, v.router, v.ra_a, L4::Tcp, v.ra_a, v.client, 1000)(&identity),
+        ),
+        (
+            Side::Virtual,
+            ether(
+                &[],
+                0x86DD,
+                &ipv6(
+                    v.client,
+                    v.va_a,
+                    0,
+                    &[ext(0, 60, &opts), ext(60, 6, &opts)].concat(),
+                    &tcp(v.client, v.va_a, PAYLOAD),
+                ),
+            ),
+        ),
+    ];
+    let mut runs = 0;
+    for (side, full) in &packets {
+        // The whole packet translates: the prefixes below are cut from a real case.
+        assert_ne!(dp.run(*side, full).1, *full);
+        for len in 14..full.len() {
+            let cut = &full[..len];
+            let before = dp.counters();
+            let (verdict, out) = dp.run(*side, cut);
+            let delta = dp.counters().since(&before);
+            assert_eq!(verdict, XDP_PASS);
+            assert_eq!(out, cut, "cut at {len} of {}", full.len());
+            assert_eq!(
+                delta.get(Counter::PassTruncated),
+                1,
+                "cut at {len}: {:?}",
+                delta.named().filter(|c| c.1 > 0).collect::<Vec<_>>()
+            );
+            runs += 1;
+        }
+    }
+    println!("{runs} truncated packets passed untouched");
+}
+
+/// Translated packets are counted per mapping, under the virtual address.
+#[test]
+fn per_mapping_counters() {
+    let mut dp = loaded(1024);
+    let w = W4();
+    let identity = |a| a;
+    let to_a = frame(w, &[], L4::Udp, w.client, w.va_a)(&identity);
+    let a_to_b = frame(w, &[], L4::Udp, w.ra_a, w.ra_b)(&identity);
+    let miss = frame(w, &[], L4::Udp, w.client, w.router)(&identity);
+    dp.run(Side::Virtual, &to_a);
+    dp.run(Side::Virtual, &to_a);
+    dp.run(Side::Physical, &a_to_b);
+    dp.run(Side::Virtual, &miss);
+    let a = dp.stats(w.va_a);
+    let b = dp.stats(w.va_b);
+    assert_eq!(
+        (a.packets, a.bytes),
+        (3, 2 * to_a.len() as u64 + a_to_b.len() as u64)
+    );
+    assert_eq!((b.packets, b.bytes), (1, a_to_b.len() as u64));
+    // A mapping installed without counters still translates.
+    use netpage::table::PageTable;
+    dp.table().remove_stats(w.va_a).unwrap();
+    assert_ne!(dp.run(Side::Virtual, &to_a).1, to_a);
+    assert_eq!(dp.table().stats(w.va_a).unwrap(), None);
+}
+
+/// A table of 1,000,000 mappings per direction translates its entries and misses others.
+#[test]
+fn million_entry_table() {
+    use netpage::table::PageTable;
+    const N: u32 = 1_000_000;
+    let mut dp = Datapath::load(N);
+    let w = W4();
+    // Fill all but one entry with other mappings, then add the fixture's own.
+    for i in 0..N - 1 {
+        let va = IpAddr::V4(Ipv4Addr::from(0x0B00_0000 + i));
+        let ra = IpAddr::V4(Ipv4Addr::from(0x6400_0000 + i));
+        dp.table().set_reverse(ra, va).unwrap();
+        dp.table().set_forward(va, ra).unwrap();
+    }
+    dp.map(w.va_a, w.ra_a);
+    assert_eq!(dp.table().forward_entries().unwrap().len(), N as usize);
+    // The table is full: one more entry is refused, and nothing is lost.
+    let extra = dp.table().set_forward(w.va_b, w.ra_b);
+    assert!(extra.is_err(), "a full table refuses a new entry");
+    let identity = |a| a;
+    for (side, s, d) in [
+        (Side::Virtual, w.client, w.va_a),
+        (Side::Physical, w.ra_a, w.client),
+    ] {
+        let c = case(
+            "1M",
+            side,
+            translated(&w, side),
+            frame(w, &[], L4::Tcp, s, d),
+        );
+        let input = (c.build)(&identity);
+        let table = vec![(w.va_a, w.ra_a)];
+        let expected = (c.build)(&xlate_for(side, &table));
+        assert_eq!(dp.run(side, &input).1, expected);
+    }
+    // One of the bulk entries, deep in the table.
+    let i = N - 2;
+    let far = frame(
+        w,
+        &[],
+        L4::Tcp,
+        w.client,
+        IpAddr::V4(Ipv4Addr::from(0x0B00_0000 + i)),
+    )(&identity);
+    let mapped = dp.run(Side::Virtual, &far).1;
+    assert_eq!(mapped[14 + 16..14 + 20], (0x6400_0000 + i).to_be_bytes());
+    let miss = frame(w, &[], L4::Tcp, w.client, w.router)(&identity);
+    assert_eq!(dp.run(Side::Virtual, &miss).1, miss);
+}
