@@ -40,7 +40,7 @@ impl Delta {
     #[inline(always)]
     #[must_use]
     pub fn bytes<const N: usize>(self, old: &[u8; N], new: &[u8; N]) -> Self {
-        const { assert!(N % 4 == 0) };
+        const { assert!(N.is_multiple_of(4)) };
         let mut d = self;
         let mut i = 0;
         while i < N {

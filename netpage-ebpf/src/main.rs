@@ -57,7 +57,8 @@ fn translate<const PHYSICAL: bool>(pkt: &Packet) -> Result<Counter, Counter> {
     }
 }
 
-#[cfg(not(test))]
+// Only for the BPF target: host builds (clippy) link std, which has its own.
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

@@ -1,6 +1,6 @@
 //! Bounds-checked access to the packet: every read and write goes through here.
 
-use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use netpage_common::{
     counters::Counter,
     proto::{ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, MAX_VLAN_TAGS, VLAN_HLEN},
@@ -12,7 +12,6 @@ const MAX_OFFSET: usize = 0x3FFF;
 
 /// The packet of one XDP invocation.
 pub struct Packet {
-    ctx: *mut xdp_md,
     data: usize,
     end: usize,
 }
@@ -24,16 +23,9 @@ impl Packet {
     #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Self {
         Self {
-            ctx: ctx.ctx,
             data: ctx.data(),
             end: ctx.data_end(),
         }
-    }
-
-    /// The XDP context, for functions that the verifier checks on their own.
-    #[inline(always)]
-    pub fn ctx(&self) -> *mut xdp_md {
-        self.ctx
     }
 
     /// Whether the packet holds at least `len` bytes from the Ethernet header on.

@@ -18,19 +18,19 @@ pub enum TableError {
         map: &'static str,
         addr: IpAddr,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("reading map {map}: {source}")]
     Read {
         map: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("map {map} is not of the expected type: {source}")]
     Open {
         map: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("map {map} is missing")]
     Missing { map: &'static str },
@@ -128,7 +128,7 @@ impl<A: Family> Table<A> {
         for kv in self.map.iter() {
             let (k, v) = kv.map_err(|source| TableError::Read {
                 map: self.name,
-                source,
+                source: Box::new(source),
             })?;
             out.push((k.to_ip(), v.to_ip()));
         }
@@ -140,7 +140,7 @@ impl<A: Family> Table<A> {
             op,
             map: self.name,
             addr: k.to_ip(),
-            source,
+            source: Box::new(source),
         }
     }
 }
@@ -170,7 +170,10 @@ impl BpfTable {
         mut take: impl FnMut(&'static str) -> Option<Map>,
     ) -> Result<Self, TableError> {
         let mut map = |name: &'static str| take(name).ok_or(TableError::Missing { map: name });
-        let open = |name: &'static str, source| TableError::Open { map: name, source };
+        let open = |name: &'static str, source| TableError::Open {
+            map: name,
+            source: Box::new(source),
+        };
         macro_rules! table {
             ($name:expr) => {
                 Table {
@@ -269,7 +272,7 @@ impl<A: Family> Stats<A> {
                 op: "creating",
                 map: self.name,
                 addr: k.to_ip(),
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -281,7 +284,7 @@ impl<A: Family> Stats<A> {
                 op: "removing",
                 map: self.name,
                 addr: k.to_ip(),
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -300,7 +303,7 @@ impl<A: Family> Stats<A> {
                 op: "reading",
                 map: self.name,
                 addr: k.to_ip(),
-                source,
+                source: Box::new(source),
             }),
         }
     }

@@ -1,1 +1,67 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | test | demo | bench`.
+//!
+//! Every task first brings the machine to a state that can build the XDP program (see
+//! `toolchain`), so each is one command on a fresh machine.
+
+mod cmd;
+mod toolchain;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "netpage project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the XDP program needs (idempotent).
+    Setup,
+    /// Set up and build the workspace.
+    Build,
+    /// Set up, build, lint and run every test (root: the tests load XDP programs).
+    Test {
+        /// Extra arguments for `cargo test` (a test name filter, `--nocapture`, ...).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let env = toolchain::setup()?;
+    match cli.task {
+        Task::Setup => Ok(()),
+        Task::Build => cmd::cargo(&env, &["build", "--workspace", "--all-targets"]),
+        Task::Test { args } => {
+            cmd::require_root("the tests load XDP programs and create network namespaces")?;
+            cmd::cargo(&env, &["fmt", "--all", "--check"])?;
+            cmd::cargo(
+                &env,
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            )?;
+            let mut test = vec!["--workspace"];
+            if !args.is_empty() {
+                test.push("--");
+                test.extend(args.iter().map(String::as_str));
+            }
+            cmd::cargo_test(&env, &test)
+        }
+    }
+}
