@@ -27,6 +27,56 @@ pub struct MappingStats {
     pub bytes: u64,
 }
 
+/// An interface name, NUL-padded as in `IFNAMSIZ`: the key of the interface registry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IfaceName {
+    pub bytes: [u8; 16],
+}
+
+/// How an interface of the node is attached: the value of the interface registry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceRecord {
+    /// [`SIDE_VIRTUAL`] or [`SIDE_PHYSICAL`].
+    pub side: u32,
+    /// [`MODE_NATIVE`] or [`MODE_SKB`].
+    pub mode: u32,
+}
+
+/// [`IfaceRecord::side`] of an interface facing clients or VMs.
+pub const SIDE_VIRTUAL: u32 = 0;
+/// [`IfaceRecord::side`] of an interface facing the network of real addresses.
+pub const SIDE_PHYSICAL: u32 = 1;
+/// [`IfaceRecord::mode`] of a program run by the driver.
+pub const MODE_NATIVE: u32 = 1;
+/// [`IfaceRecord::mode`] of a program run by the generic (skb) path.
+pub const MODE_SKB: u32 = 2;
+
+/// A real address that left the page table and is kept in R2V for a grace period.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DrainKey {
+    /// 4 or 6.
+    pub family: u32,
+    /// The real address; an IPv4 address fills the first 4 bytes, the rest are zero.
+    pub real: [u8; 16],
+}
+
+/// Until when a draining real address keeps translating to its virtual address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainEntry {
+    /// The virtual address, laid out like [`DrainKey::real`].
+    pub virt: [u8; 16],
+    /// Milliseconds since the Unix epoch after which the reverse entry may be removed.
+    pub deadline_ms: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<IfaceName>() == 16);
+const _: () = assert!(core::mem::size_of::<IfaceRecord>() == 8);
+const _: () = assert!(core::mem::size_of::<DrainKey>() == 20);
+const _: () = assert!(core::mem::size_of::<DrainEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<Addr4>() == 4);
 const _: () = assert!(core::mem::size_of::<Addr6>() == 16);
 const _: () = assert!(core::mem::size_of::<MappingStats>() == 16);
@@ -37,6 +87,10 @@ mod pod {
     unsafe impl aya::Pod for super::Addr4 {}
     unsafe impl aya::Pod for super::Addr6 {}
     unsafe impl aya::Pod for super::MappingStats {}
+    unsafe impl aya::Pod for super::IfaceName {}
+    unsafe impl aya::Pod for super::IfaceRecord {}
+    unsafe impl aya::Pod for super::DrainKey {}
+    unsafe impl aya::Pod for super::DrainEntry {}
 }
 
 /// IPv4 page table: virtual address -> real address.
@@ -54,8 +108,21 @@ pub const STATS6: &str = "NP_STATS6";
 /// Per-CPU outcome counters, indexed by [`crate::counters::Counter`].
 pub const COUNTERS: &str = "NP_COUNTERS";
 
+/// The node's attached interfaces and how each is attached (user space only).
+pub const IFACES: &str = "NP_IFACES";
+/// Real addresses kept in R2V after a switch until their drain deadline (user space only).
+pub const DRAINS: &str = "NP_DRAINS";
+
+/// Every map of the object: all are pinned, so the node's state outlives the process.
+pub const ALL_MAPS: [&str; 9] = [
+    V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, COUNTERS, IFACES, DRAINS,
+];
+
 /// Maps whose capacity is the table size chosen at load time.
-pub const SIZED_MAPS: [&str; 6] = [V2R4, R2V4, V2R6, R2V6, STATS4, STATS6];
+pub const SIZED_MAPS: [&str; 7] = [V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, DRAINS];
+
+/// Capacity of the interface registry.
+pub const MAX_IFACES: u32 = 256;
 
 /// Default capacity of each page table (entries per family and direction).
 pub const DEFAULT_CAPACITY: u32 = 65_536;

@@ -9,7 +9,10 @@ use aya_ebpf::{
 use netpage_common::{
     counters::Counter,
     csum::Delta,
-    maps::{Addr4, Addr6, DEFAULT_CAPACITY, MappingStats},
+    maps::{
+        Addr4, Addr6, DEFAULT_CAPACITY, DrainEntry, DrainKey, IfaceName, IfaceRecord, MAX_IFACES,
+        MappingStats,
+    },
 };
 
 // Addresses are held as 32-bit words in memory order (the bytes as on the wire), so the
@@ -48,6 +51,15 @@ static STATS6: PerCpuHashMap<[u32; 4], MappingStats> =
 /// Outcome counters, one slot per [`Counter`].
 #[map(name = "NP_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// The node's attached interfaces, with side and mode. Only user space reads it; it lives
+/// here so that it is pinned with the tables.
+#[map(name = "NP_IFACES")]
+static IFACES: HashMap<IfaceName, IfaceRecord> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// Real addresses draining after a switch, with their deadline. Only user space reads it.
+#[map(name = "NP_DRAINS")]
+static DRAINS: HashMap<DrainKey, DrainEntry> = HashMap::with_max_entries(DEFAULT_CAPACITY, 0);
 
 /// Counts one packet's outcome.
 #[inline(always)]

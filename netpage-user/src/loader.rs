@@ -1,22 +1,35 @@
 //! The embedded XDP object and how it is loaded with a chosen table size.
 
+use std::path::PathBuf;
+
 use aya::{Ebpf, EbpfError, EbpfLoader};
-use netpage_common::maps::{PROG_PHYSICAL, PROG_VIRTUAL, SIZED_MAPS};
+use netpage_common::maps::{PROG_PHYSICAL, PROG_VIRTUAL, SIDE_PHYSICAL, SIDE_VIRTUAL, SIZED_MAPS};
 
 /// The compiled XDP program, built for the BPF target by the build script.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpage"));
 
 /// Loads the object with every page table (and its stats) sized to `capacity` entries.
 pub fn load(capacity: u32) -> Result<Ebpf, EbpfError> {
+    load_pinned(capacity, &[])
+}
+
+/// Loads the object with its maps pinned at the given paths: a map already pinned there
+/// is reused with its contents, a missing one is created with `capacity` and pinned.
+pub fn load_pinned(capacity: u32, pins: &[(&str, PathBuf)]) -> Result<Ebpf, EbpfError> {
     let mut loader = EbpfLoader::new();
     for name in SIZED_MAPS {
         loader.map_max_entries(name, capacity);
+    }
+    for (name, path) in pins {
+        loader.map_pin_path(name, path.as_path());
     }
     loader.load(EBPF_OBJECT)
 }
 
 /// Which network an interface faces, and so which direction the program translates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
     /// Faces clients or VMs, which speak virtual addresses: VA -> RA.
@@ -32,5 +45,31 @@ impl Side {
             Side::Virtual => PROG_VIRTUAL,
             Side::Physical => PROG_PHYSICAL,
         }
+    }
+
+    /// The side as recorded in the interface registry.
+    pub fn code(self) -> u32 {
+        match self {
+            Side::Virtual => SIDE_VIRTUAL,
+            Side::Physical => SIDE_PHYSICAL,
+        }
+    }
+
+    /// The side recorded as `code`.
+    pub fn from_code(code: u32) -> Option<Self> {
+        match code {
+            SIDE_VIRTUAL => Some(Side::Virtual),
+            SIDE_PHYSICAL => Some(Side::Physical),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Virtual => "virtual",
+            Side::Physical => "physical",
+        })
     }
 }

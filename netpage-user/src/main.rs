@@ -1,1 +1,111 @@
-fn main() {}
+//! `netpage`: attach the network page table to a node's interfaces and manage its mappings.
+
+mod cli;
+mod report;
+
+use std::{
+    net::IpAddr,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Result;
+use clap::Parser;
+use cli::{Cli, Command, MapCommand};
+use netpage::{
+    attach,
+    node::{Node, OpenNode, require_root},
+    ops::{self, Mapping, OpError},
+    table::PageTable,
+    tablefile::TableFile,
+};
+use report::{Output, Stats, Status};
+
+fn main() {
+    let cli = Cli::parse();
+    let json = cli.json;
+    match run(cli) {
+        Ok(out) => out.print(json),
+        Err(e) => {
+            eprintln!("netpage: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Opens the node and first ends the drains that are over.
+fn open(node: &Node) -> Result<OpenNode> {
+    let mut open = node.open()?;
+    ops::gc(&mut open.table, now_ms())?;
+    Ok(open)
+}
+
+fn run(cli: Cli) -> Result<Output> {
+    require_root()?;
+    let node = Node::new(&cli.pin_dir);
+    Ok(match cli.command {
+        Command::Attach(a) => {
+            Output::Attached(attach::attach(&node, &a.iface, a.side, a.mode, a.capacity)?)
+        }
+        Command::Detach { iface } => {
+            attach::detach(&node, &iface)?;
+            Output::Detached { iface }
+        }
+        Command::Status => Output::Status(Status::read(&node, &open(&node)?)?),
+        Command::Map(m) => map(&node, m)?,
+        Command::Switch { vm, to, drain } => {
+            let mut n = open(&node)?;
+            Output::Switched(ops::switch(&mut n.table, vm, to, drain.drain, now_ms())?)
+        }
+        Command::Apply {
+            file,
+            dry_run,
+            drain,
+        } => {
+            let desired = TableFile::read(&file)?;
+            let mut n = open(&node)?;
+            let plan = ops::plan(&n.table, &desired.mapping)?;
+            if !dry_run {
+                ops::apply(&mut n.table, &plan, drain.drain, now_ms())?;
+            }
+            Output::Applied { plan, dry_run }
+        }
+        Command::Stats { vm } => Output::Stats(stats(&open(&node)?, vm)?),
+        Command::Gc { now } => {
+            let mut n = node.open()?;
+            let at = if now { u64::MAX } else { now_ms() };
+            Output::Gc(ops::gc(&mut n.table, at)?)
+        }
+    })
+}
+
+fn map(node: &Node, cmd: MapCommand) -> Result<Output> {
+    let mut n = open(node)?;
+    Ok(match cmd {
+        MapCommand::Add { vm, real } => {
+            let m = Mapping { vm, real };
+            ops::add(&mut n.table, m)?;
+            Output::Added(m)
+        }
+        MapCommand::Del { vm } => Output::Deleted(ops::delete(&mut n.table, vm)?),
+        MapCommand::List => Output::List(TableFile {
+            mapping: ops::list(&n.table)?,
+        }),
+    })
+}
+
+fn stats(n: &OpenNode, vm: Option<IpAddr>) -> Result<Stats> {
+    let mappings = match vm {
+        Some(vm) => {
+            let real = n.table.forward(vm)?.ok_or(OpError::UnknownVm { vm })?;
+            vec![Mapping { vm, real }]
+        }
+        None => ops::list(&n.table)?,
+    };
+    Stats::read(n, &mappings)
+}

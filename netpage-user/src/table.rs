@@ -4,15 +4,20 @@
 //! updates (the switch protocol depends on it) and a remote mapping directory can drive a
 //! node through the same interface later. [`BpfTable`] implements it over the kernel maps.
 
+mod batch;
+
 use std::net::IpAddr;
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues};
-use netpage_common::maps::{Addr4, Addr6, MappingStats, R2V4, R2V6, STATS4, STATS6, V2R4, V2R6};
+use netpage_common::maps::{
+    Addr4, Addr6, DRAINS, DrainEntry, DrainKey, MappingStats, R2V4, R2V6, STATS4, STATS6, V2R4,
+    V2R6,
+};
 
 /// A failed table operation, with the map and the address it concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
-    #[error("{op} {addr} in map {map}: {source}")]
+    #[error("{op} {addr} in map {map}")]
     Map {
         op: &'static str,
         map: &'static str,
@@ -20,13 +25,13 @@ pub enum TableError {
         #[source]
         source: Box<MapError>,
     },
-    #[error("reading map {map}: {source}")]
+    #[error("reading map {map}")]
     Read {
         map: &'static str,
         #[source]
         source: Box<MapError>,
     },
-    #[error("map {map} is not of the expected type: {source}")]
+    #[error("map {map} is not of the expected type")]
     Open {
         map: &'static str,
         #[source]
@@ -64,6 +69,35 @@ pub trait PageTable {
     fn remove_stats(&mut self, va: IpAddr) -> Result<(), TableError>;
     /// The traffic translated by the mapping of `va`, summed over CPUs.
     fn stats(&self, va: IpAddr) -> Result<Option<MappingStats>, TableError>;
+    /// Real addresses kept in R2V after a switch, with their deadlines.
+    fn drains(&self) -> Result<Vec<Drain>, TableError>;
+    /// Records (or replaces) the drain of `drain.real`.
+    fn set_drain(&mut self, drain: Drain) -> Result<(), TableError>;
+    /// Forgets the drain of `real`; forgetting an absent drain is not an error.
+    fn remove_drain(&mut self, real: IpAddr) -> Result<(), TableError>;
+
+    /// Sets R2V for many entries; a table may batch them into fewer operations.
+    fn set_reverse_many(&mut self, entries: &[(IpAddr, IpAddr)]) -> Result<(), TableError> {
+        entries
+            .iter()
+            .try_for_each(|&(ra, va)| self.set_reverse(ra, va))
+    }
+    /// Sets V2R for many entries; a table may batch them into fewer operations.
+    fn set_forward_many(&mut self, entries: &[(IpAddr, IpAddr)]) -> Result<(), TableError> {
+        entries
+            .iter()
+            .try_for_each(|&(va, ra)| self.set_forward(va, ra))
+    }
+}
+
+/// A real address that stays in R2V until `deadline_ms`, so that replies still in flight
+/// from a VM's old location are translated after the VM moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Drain {
+    pub real: IpAddr,
+    pub virt: IpAddr,
+    /// Milliseconds since the Unix epoch.
+    pub deadline_ms: u64,
 }
 
 /// An address type of one family, as stored in the maps.
@@ -119,7 +153,8 @@ impl<A: Family> Table<A> {
 
     fn remove(&mut self, k: A) -> Result<(), TableError> {
         match self.map.remove(&k) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if absent(&e) => Ok(()),
             Err(source) => Err(self.err("removing", k, source)),
         }
     }
@@ -162,6 +197,7 @@ struct FamilyMaps<A: Family> {
 pub struct BpfTable {
     v4: FamilyMaps<Addr4>,
     v6: FamilyMaps<Addr6>,
+    drains: HashMap<MapData, DrainKey, DrainEntry>,
 }
 
 impl BpfTable {
@@ -201,6 +237,7 @@ impl BpfTable {
                 r2v: table!(R2V6),
                 stats: stats!(STATS6),
             },
+            drains: HashMap::try_from(map(DRAINS)?).map_err(|e| open(DRAINS, e))?,
         })
     }
 }
@@ -250,6 +287,16 @@ fn same_family<A: Family>(a: IpAddr, b: IpAddr) -> Result<A, TableError> {
     A::from_ip(b).ok_or(TableError::FamilyMismatch { a, b })
 }
 
+/// Whether a map operation failed only because the key is not in the map (a lookup
+/// reports it as `KeyNotFound`, a delete as ENOENT).
+pub(crate) fn absent(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 /// `BPF_NOEXIST`: create the element only if it does not exist (uapi/linux/bpf.h).
 const BPF_NOEXIST: u64 = 1;
 
@@ -279,7 +326,8 @@ impl<A: Family> Stats<A> {
 
     fn remove(&mut self, k: A) -> Result<(), TableError> {
         match self.map.remove(&k) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if absent(&e) => Ok(()),
             Err(source) => Err(TableError::Map {
                 op: "removing",
                 map: self.name,
@@ -358,5 +406,88 @@ impl PageTable for BpfTable {
 
     fn stats(&self, va: IpAddr) -> Result<Option<MappingStats>, TableError> {
         by_family!(self, va, |m, k| m.stats.get(k))
+    }
+
+    fn drains(&self) -> Result<Vec<Drain>, TableError> {
+        let read = |source| TableError::Read {
+            map: DRAINS,
+            source: Box::new(source),
+        };
+        let mut out = Vec::new();
+        for kv in self.drains.iter() {
+            let (k, v) = kv.map_err(read)?;
+            let (real, virt) = drain_addrs(&k, &v);
+            out.push(Drain {
+                real,
+                virt,
+                deadline_ms: v.deadline_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    fn set_drain(&mut self, drain: Drain) -> Result<(), TableError> {
+        let value = DrainEntry {
+            virt: drain_bytes(drain.virt),
+            deadline_ms: drain.deadline_ms,
+        };
+        self.drains
+            .insert(drain_key(drain.real), value, 0)
+            .map_err(|source| drain_err("setting", drain.real, source))
+    }
+
+    fn remove_drain(&mut self, real: IpAddr) -> Result<(), TableError> {
+        match self.drains.remove(&drain_key(real)) {
+            Ok(()) => Ok(()),
+            Err(e) if absent(&e) => Ok(()),
+            Err(source) => Err(drain_err("removing", real, source)),
+        }
+    }
+
+    fn set_reverse_many(&mut self, entries: &[(IpAddr, IpAddr)]) -> Result<(), TableError> {
+        batch::update(&self.v4.r2v, &self.v6.r2v, entries)
+    }
+
+    fn set_forward_many(&mut self, entries: &[(IpAddr, IpAddr)]) -> Result<(), TableError> {
+        batch::update(&self.v4.v2r, &self.v6.v2r, entries)
+    }
+}
+
+/// An address as stored in the drain map: IPv4 in the first 4 bytes.
+fn drain_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => {
+            let mut b = [0; 16];
+            b[..4].copy_from_slice(&a.octets());
+            b
+        }
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+fn drain_key(real: IpAddr) -> DrainKey {
+    DrainKey {
+        family: if real.is_ipv4() { 4 } else { 6 },
+        real: drain_bytes(real),
+    }
+}
+
+fn drain_addrs(k: &DrainKey, v: &DrainEntry) -> (IpAddr, IpAddr) {
+    let ip = |b: &[u8; 16]| -> IpAddr {
+        if k.family == 4 {
+            IpAddr::from([b[0], b[1], b[2], b[3]])
+        } else {
+            IpAddr::from(*b)
+        }
+    };
+    (ip(&k.real), ip(&v.virt))
+}
+
+fn drain_err(op: &'static str, real: IpAddr, source: MapError) -> TableError {
+    TableError::Map {
+        op,
+        map: DRAINS,
+        addr: real,
+        source: Box::new(source),
     }
 }

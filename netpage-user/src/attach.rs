@@ -1,0 +1,285 @@
+//! Attaching the program to a node's interfaces, through XDP links pinned in its pin
+//! directory, and detaching it.
+
+use std::{io, path::PathBuf};
+
+use aya::{
+    pin::PinError,
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use netpage_common::maps::{IfaceRecord, MODE_NATIVE, MODE_SKB};
+use serde::Serialize;
+
+use crate::{
+    loader::Side,
+    node::{Node, NodeError, iface_key},
+};
+
+/// How the program is run on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Native if the driver supports it, else skb.
+    Auto,
+    /// Run by the driver, before the kernel allocates a socket buffer.
+    Native,
+    /// Run by the generic path, on socket buffers; works on every interface.
+    Skb,
+}
+
+impl Mode {
+    fn code(self) -> u32 {
+        match self {
+            Mode::Native => MODE_NATIVE,
+            _ => MODE_SKB,
+        }
+    }
+
+    /// The mode recorded as `code`.
+    pub fn from_code(code: u32) -> Option<Self> {
+        match code {
+            MODE_NATIVE => Some(Mode::Native),
+            MODE_SKB => Some(Mode::Skb),
+            _ => None,
+        }
+    }
+
+    fn xdp(self) -> XdpMode {
+        match self {
+            Mode::Auto => XdpMode::Default,
+            Mode::Native => XdpMode::Driver,
+            Mode::Skb => XdpMode::Skb,
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Auto => "auto",
+            Mode::Native => "native",
+            Mode::Skb => "skb",
+        })
+    }
+}
+
+/// A failure to attach or detach.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("no interface named {iface} in this network namespace")]
+    UnknownInterface { iface: String },
+    #[error("attaching to {iface} in {mode} mode{}", native_hint(*.mode))]
+    Attach {
+        iface: String,
+        mode: Mode,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error(
+        "{iface} is attached in {old} mode; a program can be replaced only in the same mode (use --mode auto to keep it, or `netpage detach {iface}` first)"
+    )]
+    ModeChange { iface: String, old: Mode, new: Mode },
+    #[error("the XDP link of {iface}")]
+    Link {
+        iface: String,
+        #[source]
+        source: Box<LinkError>,
+    },
+    #[error("pinning the XDP link of {iface} at {}", path.display())]
+    Pin {
+        iface: String,
+        path: PathBuf,
+        #[source]
+        source: Box<PinError>,
+    },
+    #[error("{iface} is not attached on this node (see `netpage status`)")]
+    NotAttached { iface: String },
+    #[error("removing the pinned link {}", path.display())]
+    Unpin { path: PathBuf, source: io::Error },
+}
+
+fn native_hint(mode: Mode) -> &'static str {
+    if mode == Mode::Native {
+        " (the driver may lack native XDP: try --mode skb)"
+    } else {
+        ""
+    }
+}
+
+/// What `attach` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attached {
+    pub iface: String,
+    pub side: Side,
+    /// The mode the program runs in.
+    pub mode: Mode,
+    /// Whether a program already attached there was replaced atomically.
+    pub replaced: bool,
+    /// Why native mode was not used, when `auto` fell back to skb.
+    pub fallback: Option<String>,
+}
+
+/// Attaches the program of `side` to `iface`, loading the node's table if it has none. An
+/// interface already attached gets the new program in place, with no moment without one.
+pub fn attach(
+    node: &Node,
+    iface: &str,
+    side: Side,
+    mode: Mode,
+    capacity: Option<u32>,
+) -> Result<Attached, AttachError> {
+    iface_key(iface)?;
+    if !iface_exists(iface) {
+        return Err(AttachError::UnknownInterface {
+            iface: iface.to_owned(),
+        });
+    }
+    let mut ebpf = node.load(capacity)?;
+    let mut open = node.open()?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(side.program())
+        .expect("the object has both programs")
+        .try_into()
+        .expect("both programs are XDP programs");
+    prog.load().map_err(|e| attach_err(iface, mode, e))?;
+    let previous = open.iface(iface)?.and_then(|r| Mode::from_code(r.mode));
+    let path = node.link_path(iface);
+    let (mode, replaced, fallback) = match (previous, path.exists()) {
+        (Some(old), true) => {
+            if mode != Mode::Auto && mode != old {
+                return Err(AttachError::ModeChange {
+                    iface: iface.to_owned(),
+                    old,
+                    new: mode,
+                });
+            }
+            if replace(prog, iface, &path)? {
+                (old, true, None)
+            } else {
+                let (m, f) = attach_new(prog, iface, mode, &path)?;
+                (m, false, f)
+            }
+        }
+        _ => {
+            let (m, f) = attach_new(prog, iface, mode, &path)?;
+            (m, false, f)
+        }
+    };
+    open.set_iface(
+        iface,
+        IfaceRecord {
+            side: side.code(),
+            mode: mode.code(),
+        },
+    )?;
+    Ok(Attached {
+        iface: iface.to_owned(),
+        side,
+        mode,
+        replaced,
+        fallback,
+    })
+}
+
+/// Swaps the program behind the pinned link at `path`. Returns false, having removed the
+/// pin, if the link no longer reaches an interface (it was deleted or moved away).
+fn replace(prog: &mut Xdp, iface: &str, path: &PathBuf) -> Result<bool, AttachError> {
+    let link_err = |e| AttachError::Link {
+        iface: iface.to_owned(),
+        source: Box::new(e),
+    };
+    let pinned = PinnedLink::from_pin(path).map_err(link_err)?;
+    let link = XdpLink::try_from(FdLink::from(pinned)).map_err(link_err)?;
+    match prog.attach_to_link(link) {
+        Ok(_) => Ok(true),
+        Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOLINK) => {
+            std::fs::remove_file(path).map_err(|source| AttachError::Unpin {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(false)
+        }
+        Err(e) => Err(attach_err(iface, Mode::Auto, e)),
+    }
+}
+
+/// Creates and pins a new link; `auto` tries native first, then skb.
+fn attach_new(
+    prog: &mut Xdp,
+    iface: &str,
+    mode: Mode,
+    path: &PathBuf,
+) -> Result<(Mode, Option<String>), AttachError> {
+    let (mode, id, fallback) = match mode {
+        Mode::Auto => match prog.attach(iface, Mode::Native.xdp()) {
+            Ok(id) => (Mode::Native, id, None),
+            Err(native) => {
+                let id = prog
+                    .attach(iface, Mode::Skb.xdp())
+                    .map_err(|e| attach_err(iface, Mode::Skb, e))?;
+                (Mode::Skb, id, Some(format!("native mode failed: {native}")))
+            }
+        },
+        m => {
+            let id = prog
+                .attach(iface, m.xdp())
+                .map_err(|e| attach_err(iface, m, e))?;
+            (m, id, None)
+        }
+    };
+    let link_err = |e| AttachError::Link {
+        iface: iface.to_owned(),
+        source: Box::new(e),
+    };
+    let link = prog.take_link(id).map_err(|e| attach_err(iface, mode, e))?;
+    let fd = FdLink::try_from(link).map_err(link_err)?;
+    fd.pin(path).map_err(|e| AttachError::Pin {
+        iface: iface.to_owned(),
+        path: path.clone(),
+        source: Box::new(e),
+    })?;
+    Ok((mode, fallback))
+}
+
+fn attach_err(iface: &str, mode: Mode, e: ProgramError) -> AttachError {
+    AttachError::Attach {
+        iface: iface.to_owned(),
+        mode,
+        source: Box::new(e),
+    }
+}
+
+/// Detaches the program from `iface` by removing its pinned link.
+pub fn detach(node: &Node, iface: &str) -> Result<(), AttachError> {
+    let mut open = node.open()?;
+    let path = node.link_path(iface);
+    let known = open.iface(iface)?.is_some();
+    if !known && !path.exists() {
+        return Err(AttachError::NotAttached {
+            iface: iface.to_owned(),
+        });
+    }
+    if path.exists() {
+        std::fs::remove_file(&path).map_err(|source| AttachError::Unpin {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    open.remove_iface(iface)?;
+    Ok(())
+}
+
+/// Whether `iface` exists in this network namespace.
+pub fn iface_exists(iface: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(iface) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid C string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}

@@ -1,0 +1,331 @@
+//! A node's persistent state: the bpffs pin directory that holds its maps and XDP links,
+//! so that the page table and the attachments outlive every `netpage` process.
+//!
+//! Layout: `<dir>/maps/<map name>` and `<dir>/links/<interface>`.
+
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    io,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfError,
+    maps::{HashMap as BpfHashMap, Map, MapData, MapError},
+};
+use netpage_common::maps::{ALL_MAPS, COUNTERS, IFACES, IfaceName, IfaceRecord, V2R4};
+
+use crate::{
+    counters::Totals,
+    loader,
+    table::{BpfTable, TableError, absent},
+};
+
+/// Where a node keeps its state unless told otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/netpage";
+
+/// `BPF_FS_MAGIC` (uapi/linux/magic.h): the `f_type` of a bpffs.
+const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
+
+/// A failure to find, prepare or open a node's state.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(
+        "netpage must run as root (it needs CAP_BPF and CAP_NET_ADMIN); try `sudo netpage ...`"
+    )]
+    NotRoot,
+    #[error(
+        "no page table under {}: nothing was attached on this node; run `netpage attach IFACE --side virtual|physical` first, or pass the node's --pin-dir",
+        dir.display()
+    )]
+    NoTable { dir: PathBuf },
+    #[error("cannot prepare the pin directory {}", dir.display())]
+    PinDir { dir: PathBuf, source: io::Error },
+    #[error("cannot mount a bpf filesystem at {}", dir.display())]
+    Mount { dir: PathBuf, source: io::Error },
+    #[error(
+        "this node's tables hold {have} entries each, not {want}; the capacity is fixed when a node is created (detach every interface and remove {} to start over)",
+        dir.display()
+    )]
+    Capacity { dir: PathBuf, have: u32, want: u32 },
+    #[error("opening the pinned map {}", path.display())]
+    OpenMap {
+        path: PathBuf,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("loading the XDP program with the maps pinned under {}", dir.display())]
+    Load {
+        dir: PathBuf,
+        #[source]
+        source: Box<EbpfError>,
+    },
+    #[error("interface name {0:?} is not valid (1 to 15 bytes, no '/' or NUL)")]
+    IfaceName(String),
+    #[error("registry of attached interfaces: {0}")]
+    Registry(#[source] Box<MapError>),
+    #[error(transparent)]
+    Table(#[from] TableError),
+}
+
+/// Fails unless the process runs as root.
+pub fn require_root() -> Result<(), NodeError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        Ok(())
+    } else {
+        Err(NodeError::NotRoot)
+    }
+}
+
+/// One node's pin directory.
+#[derive(Clone, Debug)]
+pub struct Node {
+    dir: PathBuf,
+}
+
+impl Node {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn maps_dir(&self) -> PathBuf {
+        self.dir.join("maps")
+    }
+
+    fn map_path(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    /// Where the XDP link of `iface` is pinned.
+    pub fn link_path(&self, iface: &str) -> PathBuf {
+        self.dir.join("links").join(iface)
+    }
+
+    /// Whether the node has a page table.
+    pub fn exists(&self) -> bool {
+        self.map_path(V2R4).exists()
+    }
+
+    /// Creates the pin directory on a bpffs (mounting one if needed) with its subdirectories.
+    pub fn prepare(&self) -> Result<(), NodeError> {
+        let pin_dir = |source| NodeError::PinDir {
+            dir: self.dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(pin_dir)?;
+        if !is_bpffs(&self.dir).map_err(pin_dir)? {
+            mount_bpffs(&self.dir).map_err(|source| NodeError::Mount {
+                dir: self.dir.clone(),
+                source,
+            })?;
+        }
+        for sub in [self.maps_dir(), self.dir.join("links")] {
+            std::fs::create_dir_all(sub).map_err(pin_dir)?;
+        }
+        Ok(())
+    }
+
+    /// The capacity of the node's tables.
+    pub fn capacity(&self) -> Result<u32, NodeError> {
+        let path = self.map_path(V2R4);
+        let info = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .map_err(|e| open_err(&path, e))?;
+        Ok(info.max_entries())
+    }
+
+    /// Loads the object over the node's pinned maps, creating and pinning them (with
+    /// `capacity` entries, or the default) if the node is new.
+    pub fn load(&self, capacity: Option<u32>) -> Result<Ebpf, NodeError> {
+        self.prepare()?;
+        let capacity = if self.exists() {
+            let have = self.capacity()?;
+            match capacity {
+                Some(want) if want != have => {
+                    return Err(NodeError::Capacity {
+                        dir: self.dir.clone(),
+                        have,
+                        want,
+                    });
+                }
+                _ => have,
+            }
+        } else {
+            capacity.unwrap_or(netpage_common::maps::DEFAULT_CAPACITY)
+        };
+        let paths: Vec<_> = ALL_MAPS.iter().map(|n| (*n, self.map_path(n))).collect();
+        loader::load_pinned(capacity, &paths).map_err(|e| NodeError::Load {
+            dir: self.dir.clone(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Opens every pinned map of an existing node.
+    fn open_maps(&self) -> Result<HashMap<&'static str, Map>, NodeError> {
+        if !self.exists() {
+            return Err(NodeError::NoTable {
+                dir: self.dir.clone(),
+            });
+        }
+        ALL_MAPS
+            .iter()
+            .map(|&name| {
+                let path = self.map_path(name);
+                let map = MapData::from_pin(&path)
+                    .and_then(Map::from_map_data)
+                    .map_err(|e| open_err(&path, e))?;
+                Ok((name, map))
+            })
+            .collect()
+    }
+
+    /// Opens the node's pinned state.
+    pub fn open(&self) -> Result<OpenNode, NodeError> {
+        let mut maps = self.open_maps()?;
+        let table = BpfTable::from_maps(|n| maps.remove(n))?;
+        let registry = |e| NodeError::Registry(Box::new(e));
+        let ifaces =
+            BpfHashMap::try_from(maps.remove(IFACES).expect("opened above")).map_err(registry)?;
+        let counters = maps.remove(COUNTERS).expect("opened above");
+        Ok(OpenNode {
+            table,
+            ifaces,
+            counters,
+        })
+    }
+}
+
+fn open_err(path: &Path, e: MapError) -> NodeError {
+    NodeError::OpenMap {
+        path: path.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+/// A node's maps, opened from their pins.
+pub struct OpenNode {
+    pub table: BpfTable,
+    ifaces: BpfHashMap<MapData, IfaceName, IfaceRecord>,
+    counters: Map,
+}
+
+impl OpenNode {
+    /// The outcome counters of every program of the node.
+    pub fn counters(&self) -> Result<Totals, NodeError> {
+        Totals::read(&self.counters).map_err(|e| NodeError::Registry(Box::new(e)))
+    }
+
+    /// The attached interfaces, sorted by name.
+    pub fn ifaces(&self) -> Result<Vec<(String, IfaceRecord)>, NodeError> {
+        let mut out = Vec::new();
+        for kv in self.ifaces.iter() {
+            let (k, v) = kv.map_err(|e| NodeError::Registry(Box::new(e)))?;
+            let len = k
+                .bytes
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(k.bytes.len());
+            out.push((String::from_utf8_lossy(&k.bytes[..len]).into_owned(), v));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// How `iface` is attached, if it is.
+    pub fn iface(&self, iface: &str) -> Result<Option<IfaceRecord>, NodeError> {
+        match self.ifaces.get(&iface_key(iface)?, 0) {
+            Ok(r) => Ok(Some(r)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(NodeError::Registry(Box::new(e))),
+        }
+    }
+
+    /// Records how `iface` is attached.
+    pub fn set_iface(&mut self, iface: &str, record: IfaceRecord) -> Result<(), NodeError> {
+        self.ifaces
+            .insert(iface_key(iface)?, record, 0)
+            .map_err(|e| NodeError::Registry(Box::new(e)))
+    }
+
+    /// Forgets `iface`.
+    pub fn remove_iface(&mut self, iface: &str) -> Result<(), NodeError> {
+        match self.ifaces.remove(&iface_key(iface)?) {
+            Ok(()) => Ok(()),
+            Err(e) if absent(&e) => Ok(()),
+            Err(e) => Err(NodeError::Registry(Box::new(e))),
+        }
+    }
+}
+
+/// The registry key of an interface name, which must be a valid Linux interface name.
+pub fn iface_key(iface: &str) -> Result<IfaceName, NodeError> {
+    let b = iface.as_bytes();
+    if b.is_empty()
+        || b.len() > 15
+        || b.contains(&b'/')
+        || b.contains(&0)
+        || iface == "."
+        || iface == ".."
+    {
+        return Err(NodeError::IfaceName(iface.to_owned()));
+    }
+    let mut key = IfaceName::default();
+    key.bytes[..b.len()].copy_from_slice(b);
+    Ok(key)
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+fn is_bpffs(path: &Path) -> io::Result<bool> {
+    let c = c_path(path)?;
+    // SAFETY: `c` is a valid C string; `st` is written by statfs before it is read.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as libc::c_long == BPF_FS_MAGIC)
+}
+
+fn mount_bpffs(path: &Path) -> io::Result<()> {
+    let target = c_path(path)?;
+    let fs = c"bpf";
+    // SAFETY: all pointers are valid C strings; no data argument.
+    let r = unsafe {
+        libc::mount(
+            fs.as_ptr(),
+            target.as_ptr(),
+            fs.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_are_checked() {
+        assert_eq!(&iface_key("eth0").unwrap().bytes[..5], b"eth0\0");
+        assert!(iface_key("fifteen-bytes-x").is_ok());
+        for bad in ["", "sixteen-bytes-xx", "a/b", "..", "a\0b"] {
+            assert!(iface_key(bad).is_err(), "{bad:?}");
+        }
+    }
+}

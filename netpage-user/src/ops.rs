@@ -1,0 +1,326 @@
+//! The mapping operations (add, delete, switch, drain, apply) and their rules, over any
+//! [`PageTable`], so that the same protocol drives a local node or, later, a remote one.
+//!
+//! Every operation checks everything first and writes only when the whole request is
+//! valid: bad input changes nothing.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use crate::table::{Drain, PageTable, TableError};
+
+/// A VM's mapping: its virtual address and the real address where it is now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    pub vm: IpAddr,
+    pub real: IpAddr,
+}
+
+/// Why a mapping operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error(
+        "{vm} and {real} are of different address families: a VM's addresses must both be IPv4 or both IPv6"
+    )]
+    FamilyMismatch { vm: IpAddr, real: IpAddr },
+    #[error(
+        "VM {vm} is already mapped (to {real}); use `netpage switch --vm {vm} --to RA` to move it"
+    )]
+    VmExists { vm: IpAddr, real: IpAddr },
+    #[error("VM {vm} is not in the page table; add it with `netpage map add --vm {vm} --real RA`")]
+    UnknownVm { vm: IpAddr },
+    #[error("real address {real} is already used by VM {owner}{}", draining_hint(*.draining))]
+    RealInUse {
+        real: IpAddr,
+        owner: IpAddr,
+        draining: bool,
+    },
+    #[error("VM {vm} appears twice in the table file")]
+    DuplicateVm { vm: IpAddr },
+    #[error("real address {real} is given to both {a} and {b} in the table file")]
+    DuplicateReal { real: IpAddr, a: IpAddr, b: IpAddr },
+    #[error(transparent)]
+    Table(#[from] TableError),
+}
+
+fn draining_hint(draining: bool) -> &'static str {
+    if draining {
+        " (still draining after a switch; wait for the drain to end or run `netpage gc --now`)"
+    } else {
+        ""
+    }
+}
+
+fn check_family(m: Mapping) -> Result<(), OpError> {
+    if m.vm.is_ipv4() == m.real.is_ipv4() {
+        Ok(())
+    } else {
+        Err(OpError::FamilyMismatch {
+            vm: m.vm,
+            real: m.real,
+        })
+    }
+}
+
+/// Fails if `real` is in R2V for a VM other than `vm`.
+fn check_real_free(t: &impl PageTable, vm: IpAddr, real: IpAddr) -> Result<(), OpError> {
+    match t.reverse(real)? {
+        Some(owner) if owner != vm => Err(OpError::RealInUse {
+            real,
+            owner,
+            draining: t.forward(owner)? != Some(real),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Installs a new mapping: R2V first, then V2R, then its counters.
+pub fn add(t: &mut impl PageTable, m: Mapping) -> Result<(), OpError> {
+    check_family(m)?;
+    if let Some(real) = t.forward(m.vm)? {
+        return Err(OpError::VmExists { vm: m.vm, real });
+    }
+    check_real_free(t, m.vm, m.real)?;
+    t.create_stats(m.vm)?;
+    t.set_reverse(m.real, m.vm)?;
+    t.set_forward(m.vm, m.real)?;
+    t.remove_drain(m.real)?;
+    Ok(())
+}
+
+/// Removes a VM's mapping in both directions, with its counters and drains.
+pub fn delete(t: &mut impl PageTable, vm: IpAddr) -> Result<Mapping, OpError> {
+    let real = t.forward(vm)?.ok_or(OpError::UnknownVm { vm })?;
+    remove_mapping(t, Mapping { vm, real })?;
+    Ok(Mapping { vm, real })
+}
+
+fn remove_mapping(t: &mut impl PageTable, Mapping { vm, real }: Mapping) -> Result<(), TableError> {
+    t.remove_forward(vm)?;
+    remove_reverse_of(t, real, vm)?;
+    for d in t.drains()?.into_iter().filter(|d| d.virt == vm) {
+        remove_reverse_of(t, d.real, vm)?;
+        t.remove_drain(d.real)?;
+    }
+    t.remove_stats(vm)
+}
+
+/// Removes R2V[real] if it still names `vm`.
+fn remove_reverse_of(t: &mut impl PageTable, real: IpAddr, vm: IpAddr) -> Result<(), TableError> {
+    if t.reverse(real)? == Some(vm) {
+        t.remove_reverse(real)?;
+    }
+    Ok(())
+}
+
+/// What a switch did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Switched {
+    pub vm: IpAddr,
+    pub from: IpAddr,
+    pub to: IpAddr,
+    /// Wall time of the one V2R update that moved the VM.
+    #[serde(rename = "update_us", serialize_with = "as_micros")]
+    pub update: Duration,
+    /// Until when the old real address keeps translating (ms since the epoch), if it drains.
+    pub drain_until_ms: Option<u64>,
+}
+
+fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_nanos() as f64 / 1000.0)
+}
+
+/// Moves a VM to `to`: R2V[to] first, then one V2R update, and the old real address
+/// drains until `now_ms + drain` (removed at once when `drain` is zero).
+pub fn switch(
+    t: &mut impl PageTable,
+    vm: IpAddr,
+    to: IpAddr,
+    drain: Duration,
+    now_ms: u64,
+) -> Result<Switched, OpError> {
+    check_family(Mapping { vm, real: to })?;
+    let from = t.forward(vm)?.ok_or(OpError::UnknownVm { vm })?;
+    check_real_free(t, vm, to)?;
+    if from == to {
+        return Ok(Switched {
+            vm,
+            from,
+            to,
+            update: Duration::ZERO,
+            drain_until_ms: None,
+        });
+    }
+    t.set_reverse(to, vm)?;
+    let start = Instant::now();
+    t.set_forward(vm, to)?;
+    let update = start.elapsed();
+    t.remove_drain(to)?;
+    let drain_until_ms = retire(t, vm, from, drain, now_ms)?;
+    Ok(Switched {
+        vm,
+        from,
+        to,
+        update,
+        drain_until_ms,
+    })
+}
+
+/// Starts the drain of `vm`'s old real address, or removes it when `drain` is zero.
+fn retire(
+    t: &mut impl PageTable,
+    vm: IpAddr,
+    real: IpAddr,
+    drain: Duration,
+    now_ms: u64,
+) -> Result<Option<u64>, TableError> {
+    if drain.is_zero() {
+        remove_reverse_of(t, real, vm)?;
+        return Ok(None);
+    }
+    let deadline_ms = now_ms + drain.as_millis() as u64;
+    t.set_drain(Drain {
+        real,
+        virt: vm,
+        deadline_ms,
+    })?;
+    Ok(Some(deadline_ms))
+}
+
+/// Ends the drains whose deadline has passed (all of them with `now_ms == u64::MAX`).
+/// An R2V entry is removed only if its VM has not come back to that address.
+pub fn gc(t: &mut impl PageTable, now_ms: u64) -> Result<Vec<Drain>, TableError> {
+    let mut ended = Vec::new();
+    for d in t.drains()? {
+        if d.deadline_ms > now_ms {
+            continue;
+        }
+        if t.forward(d.virt)? != Some(d.real) {
+            remove_reverse_of(t, d.real, d.virt)?;
+        }
+        t.remove_drain(d.real)?;
+        ended.push(d);
+    }
+    Ok(ended)
+}
+
+/// Every mapping of the table, sorted.
+pub fn list(t: &impl PageTable) -> Result<Vec<Mapping>, TableError> {
+    let mut all: Vec<Mapping> = t
+        .forward_entries()?
+        .into_iter()
+        .map(|(vm, real)| Mapping { vm, real })
+        .collect();
+    all.sort();
+    Ok(all)
+}
+
+/// What `apply` changes to make the table equal to a desired set of mappings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub added: Vec<Mapping>,
+    /// Mappings whose VM moves, with the real address it leaves.
+    pub moved: Vec<Moved>,
+    pub removed: Vec<Mapping>,
+    pub unchanged: usize,
+}
+
+/// A VM that `apply` moves from one real address to another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Moved {
+    pub vm: IpAddr,
+    pub from: IpAddr,
+    pub to: IpAddr,
+}
+
+impl Plan {
+    /// Whether applying the plan changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.moved.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// Compares the desired table with the current one. Fails, changing nothing, on a family
+/// mismatch or a VM or real address given twice. A real address may pass from one VM to
+/// another: the file is the whole table.
+pub fn plan(t: &impl PageTable, desired: &[Mapping]) -> Result<Plan, OpError> {
+    let mut by_vm = BTreeMap::new();
+    let mut by_real: BTreeMap<IpAddr, IpAddr> = BTreeMap::new();
+    for &m in desired {
+        check_family(m)?;
+        if by_vm.insert(m.vm, m.real).is_some() {
+            return Err(OpError::DuplicateVm { vm: m.vm });
+        }
+        if let Some(a) = by_real.insert(m.real, m.vm) {
+            return Err(OpError::DuplicateReal {
+                real: m.real,
+                a,
+                b: m.vm,
+            });
+        }
+    }
+    let current = list(t)?;
+    let mut plan = Plan::default();
+    for m in &current {
+        match by_vm.get(&m.vm) {
+            None => plan.removed.push(*m),
+            Some(&to) if to == m.real => plan.unchanged += 1,
+            Some(&to) => plan.moved.push(Moved {
+                vm: m.vm,
+                from: m.real,
+                to,
+            }),
+        }
+    }
+    let known: BTreeSet<IpAddr> = current.iter().map(|m| m.vm).collect();
+    plan.added = desired
+        .iter()
+        .filter(|m| !known.contains(&m.vm))
+        .copied()
+        .collect();
+    plan.added.sort();
+    Ok(plan)
+}
+
+/// Carries out a plan: all R2V entries in one batch, then all V2R entries in one batch,
+/// then removals; moved VMs' old real addresses drain as after a switch.
+pub fn apply(
+    t: &mut impl PageTable,
+    plan: &Plan,
+    drain: Duration,
+    now_ms: u64,
+) -> Result<(), TableError> {
+    let installs: Vec<(IpAddr, IpAddr)> = plan
+        .added
+        .iter()
+        .map(|m| (m.vm, m.real))
+        .chain(plan.moved.iter().map(|m| (m.vm, m.to)))
+        .collect();
+    for &(vm, _) in &installs {
+        t.create_stats(vm)?;
+    }
+    let reverse: Vec<_> = installs.iter().map(|&(vm, real)| (real, vm)).collect();
+    t.set_reverse_many(&reverse)?;
+    t.set_forward_many(&installs)?;
+    for &(_, real) in &installs {
+        t.remove_drain(real)?;
+    }
+    // An address that another VM takes over does not drain.
+    for m in plan
+        .moved
+        .iter()
+        .filter(|m| !installs.iter().any(|i| i.1 == m.from))
+    {
+        retire(t, m.vm, m.from, drain, now_ms)?;
+    }
+    plan.removed.iter().try_for_each(|&m| remove_mapping(t, m))
+}
+
+#[cfg(test)]
+mod tests;

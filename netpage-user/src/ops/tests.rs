@@ -1,0 +1,366 @@
+//! The mapping rules checked against an in-memory page table that logs every operation.
+
+use std::{cell::RefCell, collections::BTreeMap, net::IpAddr};
+
+use netpage_common::maps::MappingStats;
+
+use super::*;
+
+/// A page table in memory; `log` records each write in order.
+#[derive(Default)]
+struct MemTable {
+    v2r: BTreeMap<IpAddr, IpAddr>,
+    r2v: BTreeMap<IpAddr, IpAddr>,
+    stats: BTreeMap<IpAddr, MappingStats>,
+    drains: BTreeMap<IpAddr, Drain>,
+    log: RefCell<Vec<String>>,
+}
+
+impl MemTable {
+    fn note(&self, s: String) {
+        self.log.borrow_mut().push(s);
+    }
+
+    fn snapshot(&self) -> String {
+        format!(
+            "{:?} {:?} {:?} {:?}",
+            self.v2r,
+            self.r2v,
+            self.stats.keys().collect::<Vec<_>>(),
+            self.drains
+        )
+    }
+}
+
+impl PageTable for MemTable {
+    fn forward(&self, va: IpAddr) -> Result<Option<IpAddr>, TableError> {
+        Ok(self.v2r.get(&va).copied())
+    }
+    fn reverse(&self, ra: IpAddr) -> Result<Option<IpAddr>, TableError> {
+        Ok(self.r2v.get(&ra).copied())
+    }
+    fn set_forward(&mut self, va: IpAddr, ra: IpAddr) -> Result<(), TableError> {
+        self.note(format!("v2r {va}={ra}"));
+        self.v2r.insert(va, ra);
+        Ok(())
+    }
+    fn set_reverse(&mut self, ra: IpAddr, va: IpAddr) -> Result<(), TableError> {
+        self.note(format!("r2v {ra}={va}"));
+        self.r2v.insert(ra, va);
+        Ok(())
+    }
+    fn remove_forward(&mut self, va: IpAddr) -> Result<(), TableError> {
+        self.note(format!("v2r -{va}"));
+        self.v2r.remove(&va);
+        Ok(())
+    }
+    fn remove_reverse(&mut self, ra: IpAddr) -> Result<(), TableError> {
+        self.note(format!("r2v -{ra}"));
+        self.r2v.remove(&ra);
+        Ok(())
+    }
+    fn forward_entries(&self) -> Result<Vec<(IpAddr, IpAddr)>, TableError> {
+        Ok(self.v2r.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn reverse_entries(&self) -> Result<Vec<(IpAddr, IpAddr)>, TableError> {
+        Ok(self.r2v.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn create_stats(&mut self, va: IpAddr) -> Result<(), TableError> {
+        self.stats.entry(va).or_default();
+        Ok(())
+    }
+    fn remove_stats(&mut self, va: IpAddr) -> Result<(), TableError> {
+        self.stats.remove(&va);
+        Ok(())
+    }
+    fn stats(&self, va: IpAddr) -> Result<Option<MappingStats>, TableError> {
+        Ok(self.stats.get(&va).copied())
+    }
+    fn drains(&self) -> Result<Vec<Drain>, TableError> {
+        Ok(self.drains.values().copied().collect())
+    }
+    fn set_drain(&mut self, d: Drain) -> Result<(), TableError> {
+        self.drains.insert(d.real, d);
+        Ok(())
+    }
+    fn remove_drain(&mut self, real: IpAddr) -> Result<(), TableError> {
+        self.drains.remove(&real);
+        Ok(())
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+const VM: &str = "198.19.0.10";
+const RA_A: &str = "198.18.10.100";
+const RA_B: &str = "198.18.20.100";
+const SECOND: Duration = Duration::from_secs(1);
+
+fn mapped(vm: &str, real: &str) -> MemTable {
+    let mut t = MemTable::default();
+    add(
+        &mut t,
+        Mapping {
+            vm: ip(vm),
+            real: ip(real),
+        },
+    )
+    .unwrap();
+    t.log.borrow_mut().clear();
+    t
+}
+
+/// Asserts that `op` fails with an error matching `pat` and leaves the table as it was.
+macro_rules! refused {
+    ($t:expr, $op:expr, $pat:pat) => {{
+        let before = $t.snapshot();
+        let r = $op;
+        assert!(matches!(r, Err($pat)), "unexpected result {r:?}");
+        assert_eq!(
+            $t.snapshot(),
+            before,
+            "a refused operation changed the table"
+        );
+        assert!($t.log.borrow().is_empty(), "writes: {:?}", $t.log.borrow());
+    }};
+}
+
+#[test]
+fn add_installs_both_directions_reverse_first() {
+    let mut t = MemTable::default();
+    add(
+        &mut t,
+        Mapping {
+            vm: ip(VM),
+            real: ip(RA_A),
+        },
+    )
+    .unwrap();
+    assert_eq!(t.v2r[&ip(VM)], ip(RA_A));
+    assert_eq!(t.r2v[&ip(RA_A)], ip(VM));
+    assert!(t.stats.contains_key(&ip(VM)));
+    assert_eq!(
+        *t.log.borrow(),
+        [format!("r2v {RA_A}={VM}"), format!("v2r {VM}={RA_A}")]
+    );
+}
+
+#[test]
+fn add_refuses_bad_input() {
+    let mut t = mapped(VM, RA_A);
+    let m = |vm: &str, real: &str| Mapping {
+        vm: ip(vm),
+        real: ip(real),
+    };
+    refused!(t, add(&mut t, m(VM, RA_B)), OpError::VmExists { .. });
+    refused!(
+        t,
+        add(&mut t, m("198.19.0.11", RA_A)),
+        OpError::RealInUse {
+            draining: false,
+            ..
+        }
+    );
+    refused!(
+        t,
+        add(&mut t, m("198.19.0.11", "2001:db8::1")),
+        OpError::FamilyMismatch { .. }
+    );
+}
+
+#[test]
+fn switch_is_reverse_then_one_forward_update_then_drain() {
+    let mut t = mapped(VM, RA_A);
+    let s = switch(&mut t, ip(VM), ip(RA_B), 5 * SECOND, 1_000).unwrap();
+    assert_eq!(
+        (s.from, s.to, s.drain_until_ms),
+        (ip(RA_A), ip(RA_B), Some(6_000))
+    );
+    assert_eq!(
+        *t.log.borrow(),
+        [format!("r2v {RA_B}={VM}"), format!("v2r {VM}={RA_B}")]
+    );
+    // Replies from the old location still translate during the drain...
+    assert_eq!(t.r2v[&ip(RA_A)], ip(VM));
+    assert!(gc(&mut t, 5_999).unwrap().is_empty());
+    assert_eq!(t.r2v[&ip(RA_A)], ip(VM));
+    // ...and not after it.
+    assert_eq!(gc(&mut t, 6_000).unwrap().len(), 1);
+    assert!(!t.r2v.contains_key(&ip(RA_A)));
+    assert_eq!(t.r2v[&ip(RA_B)], ip(VM));
+    assert!(t.drains.is_empty());
+}
+
+#[test]
+fn switch_back_during_drain_keeps_the_address() {
+    let mut t = mapped(VM, RA_A);
+    switch(&mut t, ip(VM), ip(RA_B), 5 * SECOND, 0).unwrap();
+    switch(&mut t, ip(VM), ip(RA_A), 5 * SECOND, 10).unwrap();
+    gc(&mut t, u64::MAX).unwrap();
+    assert_eq!(t.v2r[&ip(VM)], ip(RA_A));
+    assert_eq!(t.r2v.get(&ip(RA_A)), Some(&ip(VM)));
+    assert_eq!(t.r2v.get(&ip(RA_B)), None);
+}
+
+#[test]
+fn switch_without_drain_removes_the_old_address_at_once() {
+    let mut t = mapped(VM, RA_A);
+    let s = switch(&mut t, ip(VM), ip(RA_B), Duration::ZERO, 0).unwrap();
+    assert_eq!(s.drain_until_ms, None);
+    assert_eq!(t.r2v.keys().copied().collect::<Vec<_>>(), [ip(RA_B)]);
+}
+
+#[test]
+fn switch_refuses_bad_input() {
+    let mut t = mapped(VM, RA_A);
+    add(
+        &mut t,
+        Mapping {
+            vm: ip("198.19.0.11"),
+            real: ip("198.18.10.101"),
+        },
+    )
+    .unwrap();
+    t.log.borrow_mut().clear();
+    refused!(
+        t,
+        switch(&mut t, ip("198.19.0.99"), ip(RA_B), SECOND, 0),
+        OpError::UnknownVm { .. }
+    );
+    refused!(
+        t,
+        switch(&mut t, ip(VM), ip("198.18.10.101"), SECOND, 0),
+        OpError::RealInUse { .. }
+    );
+    refused!(
+        t,
+        switch(&mut t, ip(VM), ip("2001:db8::1"), SECOND, 0),
+        OpError::FamilyMismatch { .. }
+    );
+}
+
+#[test]
+fn an_address_draining_for_another_vm_is_refused_with_a_hint() {
+    let mut t = mapped(VM, RA_A);
+    switch(&mut t, ip(VM), ip(RA_B), 5 * SECOND, 0).unwrap();
+    add(
+        &mut t,
+        Mapping {
+            vm: ip("198.19.0.11"),
+            real: ip("198.18.10.101"),
+        },
+    )
+    .unwrap();
+    t.log.borrow_mut().clear();
+    let other = ip("198.19.0.11");
+    refused!(
+        t,
+        switch(&mut t, other, ip(RA_A), SECOND, 0),
+        OpError::RealInUse { draining: true, .. }
+    );
+}
+
+#[test]
+fn delete_removes_mapping_counters_and_drains() {
+    let mut t = mapped(VM, RA_A);
+    switch(&mut t, ip(VM), ip(RA_B), 5 * SECOND, 0).unwrap();
+    assert_eq!(delete(&mut t, ip(VM)).unwrap().real, ip(RA_B));
+    assert!(t.v2r.is_empty() && t.r2v.is_empty() && t.stats.is_empty() && t.drains.is_empty());
+    t.log.borrow_mut().clear();
+    refused!(t, delete(&mut t, ip(VM)), OpError::UnknownVm { .. });
+}
+
+#[test]
+fn apply_reaches_the_desired_table_and_is_idempotent() {
+    let mut t = mapped(VM, RA_A);
+    add(
+        &mut t,
+        Mapping {
+            vm: ip("198.19.0.11"),
+            real: ip("198.18.10.101"),
+        },
+    )
+    .unwrap();
+    let desired = [
+        Mapping {
+            vm: ip(VM),
+            real: ip(RA_B),
+        },
+        Mapping {
+            vm: ip("2001:db8:100::10"),
+            real: ip("2001:db8:10::100"),
+        },
+    ];
+    let p = plan(&t, &desired).unwrap();
+    assert_eq!(p.added, [desired[1]]);
+    assert_eq!(
+        p.moved,
+        [Moved {
+            vm: ip(VM),
+            from: ip(RA_A),
+            to: ip(RA_B)
+        }]
+    );
+    assert_eq!(
+        p.removed,
+        [Mapping {
+            vm: ip("198.19.0.11"),
+            real: ip("198.18.10.101")
+        }]
+    );
+    apply(&mut t, &p, SECOND, 0).unwrap();
+    gc(&mut t, u64::MAX).unwrap();
+    assert_eq!(list(&t).unwrap(), desired);
+    let inverse: Vec<_> = t.reverse_entries().unwrap();
+    assert_eq!(
+        inverse,
+        [
+            (ip(RA_B), ip(VM)),
+            (ip("2001:db8:10::100"), ip("2001:db8:100::10"))
+        ]
+    );
+    let again = plan(&t, &desired).unwrap();
+    assert!(again.is_empty());
+    assert_eq!(again.unchanged, 2);
+}
+
+#[test]
+fn apply_refuses_inconsistent_files() {
+    let t = mapped(VM, RA_A);
+    let m = |vm: &str, real: &str| Mapping {
+        vm: ip(vm),
+        real: ip(real),
+    };
+    let dup_vm = [m(VM, RA_A), m(VM, RA_B)];
+    assert!(matches!(
+        plan(&t, &dup_vm),
+        Err(OpError::DuplicateVm { .. })
+    ));
+    let dup_real = [m(VM, RA_A), m("198.19.0.11", RA_A)];
+    assert!(matches!(
+        plan(&t, &dup_real),
+        Err(OpError::DuplicateReal { .. })
+    ));
+    let family = [m(VM, "2001:db8::1")];
+    assert!(matches!(
+        plan(&t, &family),
+        Err(OpError::FamilyMismatch { .. })
+    ));
+}
+
+#[test]
+fn apply_may_pass_a_real_address_to_another_vm() {
+    let mut t = mapped(VM, RA_A);
+    let m = |vm: &str, real: &str| Mapping {
+        vm: ip(vm),
+        real: ip(real),
+    };
+    let desired = [m(VM, RA_B), m("198.19.0.11", RA_A)];
+    let p = plan(&t, &desired).unwrap();
+    apply(&mut t, &p, SECOND, 0).unwrap();
+    gc(&mut t, u64::MAX).unwrap();
+    assert_eq!(t.r2v[&ip(RA_A)], ip("198.19.0.11"));
+    assert_eq!(t.r2v[&ip(RA_B)], ip(VM));
+}

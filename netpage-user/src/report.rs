@@ -1,0 +1,285 @@
+//! What each command prints: one serializable report per command, as text or as JSON.
+
+use std::{fmt, net::IpAddr};
+
+use anyhow::Result;
+use netpage::{
+    attach::{Attached, Mode, iface_exists},
+    loader::Side,
+    node::{Node, OpenNode},
+    ops::{Mapping, Plan, Switched},
+    table::{Drain, PageTable},
+    tablefile::TableFile,
+};
+use serde::Serialize;
+
+/// The result of a command.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum Output {
+    Attached(Attached),
+    Detached {
+        iface: String,
+    },
+    Status(Status),
+    Added(Mapping),
+    Deleted(Mapping),
+    List(TableFile),
+    Switched(Switched),
+    Applied {
+        #[serde(flatten)]
+        plan: Plan,
+        dry_run: bool,
+    },
+    Stats(Stats),
+    Gc(Vec<Drain>),
+}
+
+impl Output {
+    /// Prints the report to stdout.
+    pub fn print(&self, json: bool) {
+        if json {
+            let s = match self {
+                Output::Gc(ended) => serde_json::json!({ "ended": ended }).to_string(),
+                other => serde_json::to_string(other).expect("reports serialize"),
+            };
+            println!("{s}");
+        } else {
+            print!("{self}");
+        }
+    }
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Output::Attached(a) => {
+                let how = if a.replaced {
+                    "replaced the program on"
+                } else {
+                    "attached to"
+                };
+                writeln!(f, "{how} {} ({} side, {} mode)", a.iface, a.side, a.mode)?;
+                if let Some(why) = &a.fallback {
+                    writeln!(f, "note: using skb mode because {why}")?;
+                }
+                Ok(())
+            }
+            Output::Detached { iface } => writeln!(f, "detached from {iface}"),
+            Output::Status(s) => s.fmt(f),
+            Output::Added(m) => writeln!(f, "mapped {} -> {}", m.vm, m.real),
+            Output::Deleted(m) => writeln!(f, "removed {} -> {}", m.vm, m.real),
+            Output::List(t) => {
+                writeln!(f, "{:<40} REAL", "VM")?;
+                t.mapping
+                    .iter()
+                    .try_for_each(|m| writeln!(f, "{:<40} {}", m.vm, m.real))
+            }
+            Output::Switched(s) => switched(f, s),
+            Output::Applied { plan, dry_run } => applied(f, plan, *dry_run),
+            Output::Stats(s) => s.fmt(f),
+            Output::Gc(ended) => {
+                writeln!(f, "ended {} drain(s)", ended.len())?;
+                ended
+                    .iter()
+                    .try_for_each(|d| writeln!(f, "  {} (was {})", d.real, d.virt))
+            }
+        }
+    }
+}
+
+fn switched(f: &mut fmt::Formatter<'_>, s: &Switched) -> fmt::Result {
+    if s.from == s.to {
+        return writeln!(f, "{} is already at {}; nothing changed", s.vm, s.to);
+    }
+    writeln!(
+        f,
+        "switched {}: {} -> {} (V2R update {:.1} us)",
+        s.vm,
+        s.from,
+        s.to,
+        s.update.as_secs_f64() * 1e6
+    )?;
+    match s.drain_until_ms {
+        Some(_) => writeln!(
+            f,
+            "{} keeps translating replies until its drain ends",
+            s.from
+        ),
+        None => writeln!(f, "{} removed", s.from),
+    }
+}
+
+fn applied(f: &mut fmt::Formatter<'_>, p: &Plan, dry_run: bool) -> fmt::Result {
+    let verb = if dry_run { "would " } else { "" };
+    for m in &p.added {
+        writeln!(f, "{verb}add    {} -> {}", m.vm, m.real)?;
+    }
+    for m in &p.moved {
+        writeln!(f, "{verb}move   {} -> {} (from {})", m.vm, m.to, m.from)?;
+    }
+    for m in &p.removed {
+        writeln!(f, "{verb}remove {} -> {}", m.vm, m.real)?;
+    }
+    writeln!(
+        f,
+        "{} added, {} moved, {} removed, {} unchanged{}",
+        p.added.len(),
+        p.moved.len(),
+        p.removed.len(),
+        p.unchanged,
+        if dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        }
+    )
+}
+
+/// An attached interface.
+#[derive(Serialize)]
+pub struct Iface {
+    pub iface: String,
+    pub side: Option<Side>,
+    pub mode: Option<Mode>,
+    /// Whether the interface exists in this network namespace.
+    pub present: bool,
+    /// Whether its XDP link is pinned.
+    pub pinned: bool,
+}
+
+/// `netpage status`.
+#[derive(Serialize)]
+pub struct Status {
+    pub pin_dir: String,
+    pub interfaces: Vec<Iface>,
+    /// Entries each table can hold.
+    pub capacity: u32,
+    pub mappings_v4: usize,
+    pub mappings_v6: usize,
+    /// Reverse entries, including those of draining addresses.
+    pub reverse_entries: usize,
+    pub draining: usize,
+}
+
+impl Status {
+    pub fn read(node: &Node, n: &OpenNode) -> Result<Self> {
+        let interfaces = n
+            .ifaces()?
+            .into_iter()
+            .map(|(iface, r)| Iface {
+                side: Side::from_code(r.side),
+                mode: Mode::from_code(r.mode),
+                present: iface_exists(&iface),
+                pinned: node.link_path(&iface).exists(),
+                iface,
+            })
+            .collect();
+        let forward = n.table.forward_entries()?;
+        let v4 = forward.iter().filter(|(va, _)| va.is_ipv4()).count();
+        Ok(Self {
+            pin_dir: node.dir().display().to_string(),
+            interfaces,
+            capacity: node.capacity()?,
+            mappings_v4: v4,
+            mappings_v6: forward.len() - v4,
+            reverse_entries: n.table.reverse_entries()?.len(),
+            draining: n.table.drains()?.len(),
+        })
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "node {}", self.pin_dir)?;
+        if self.interfaces.is_empty() {
+            writeln!(f, "  no interface attached")?;
+        }
+        for i in &self.interfaces {
+            let state = match (i.present, i.pinned) {
+                (true, true) => "",
+                (false, _) => "  (interface missing)",
+                (true, false) => "  (link missing)",
+            };
+            writeln!(
+                f,
+                "  {:<16} {:<9} {:<7}{state}",
+                i.iface,
+                opt(&i.side),
+                opt(&i.mode)
+            )?;
+        }
+        writeln!(
+            f,
+            "table: {} IPv4 + {} IPv6 mappings, {} reverse entries ({} draining), capacity {} per table",
+            self.mappings_v4, self.mappings_v6, self.reverse_entries, self.draining, self.capacity
+        )
+    }
+}
+
+fn opt<T: fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or("?".into(), T::to_string)
+}
+
+/// The traffic of one mapping.
+#[derive(Serialize)]
+pub struct MappingTraffic {
+    pub vm: IpAddr,
+    pub real: IpAddr,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `netpage stats`.
+#[derive(Serialize)]
+pub struct Stats {
+    /// Packets by outcome, over all interfaces of the node.
+    pub counters: serde_json::Map<String, serde_json::Value>,
+    pub mappings: Vec<MappingTraffic>,
+}
+
+impl Stats {
+    pub fn read(n: &OpenNode, mappings: &[Mapping]) -> Result<Self> {
+        let counters = n
+            .counters()?
+            .named()
+            .map(|(name, v)| (name.to_owned(), v.into()))
+            .collect();
+        let mut out = Vec::new();
+        for m in mappings {
+            let s = n.table.stats(m.vm)?.unwrap_or_default();
+            out.push(MappingTraffic {
+                vm: m.vm,
+                real: m.real,
+                packets: s.packets,
+                bytes: s.bytes,
+            });
+        }
+        Ok(Self {
+            counters,
+            mappings: out,
+        })
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "packets by outcome:")?;
+        for (name, v) in &self.counters {
+            writeln!(f, "  {name:<26} {v}")?;
+        }
+        writeln!(
+            f,
+            "{:<40} {:<40} {:>12} {:>14}",
+            "VM", "REAL", "PACKETS", "BYTES"
+        )?;
+        for m in &self.mappings {
+            writeln!(
+                f,
+                "{:<40} {:<40} {:>12} {:>14}",
+                m.vm, m.real, m.packets, m.bytes
+            )?;
+        }
+        Ok(())
+    }
+}
