@@ -1,7 +1,12 @@
 //! Attaching the program to a node's interfaces, through XDP links pinned in its pin
 //! directory, and detaching it.
 
-use std::{io, path::PathBuf};
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya_obj::programs::XdpAttachType;
 
 use aya::{
     pin::PinError,
@@ -98,6 +103,18 @@ pub enum AttachError {
         #[source]
         source: Box<PinError>,
     },
+    #[error("loading {program}")]
+    Verify {
+        program: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("pinning the program at {}", path.display())]
+    PinProgram {
+        path: PathBuf,
+        #[source]
+        source: Box<PinError>,
+    },
     #[error("{iface} is not attached on this node (see `netpage status`)")]
     NotAttached { iface: String },
     #[error("removing the pinned link {}", path.display())]
@@ -133,6 +150,7 @@ pub fn attach(
     side: Side,
     mode: Mode,
     capacity: Option<u32>,
+    reload: bool,
 ) -> Result<Attached, AttachError> {
     iface_key(iface)?;
     if !iface_exists(iface) {
@@ -140,14 +158,8 @@ pub fn attach(
             iface: iface.to_owned(),
         });
     }
-    let mut ebpf = node.load(capacity)?;
+    let mut prog = program(node, side, capacity, reload)?;
     let mut open = node.open()?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(side.program())
-        .expect("the object has both programs")
-        .try_into()
-        .expect("both programs are XDP programs");
-    prog.load().map_err(|e| attach_err(iface, mode, e))?;
     let previous = open.iface(iface)?.and_then(|r| Mode::from_code(r.mode));
     let path = node.link_path(iface);
     let (mode, replaced, fallback) = match (previous, path.exists()) {
@@ -159,15 +171,15 @@ pub fn attach(
                     new: mode,
                 });
             }
-            if replace(prog, iface, &path)? {
+            if replace(&mut prog, iface, &path)? {
                 (old, true, None)
             } else {
-                let (m, f) = attach_new(prog, iface, mode, &path)?;
+                let (m, f) = attach_new(&mut prog, iface, mode, &path)?;
                 (m, false, f)
             }
         }
         _ => {
-            let (m, f) = attach_new(prog, iface, mode, &path)?;
+            let (m, f) = attach_new(&mut prog, iface, mode, &path)?;
             (m, false, f)
         }
     };
@@ -185,6 +197,59 @@ pub fn attach(
         replaced,
         fallback,
     })
+}
+
+/// The node's verified program of `side`. The first attach of a node (or `reload`, or a new
+/// build) loads the object, verifies both programs and pins them, creating the node's
+/// maps if needed; later attaches reuse the pinned program and skip the verifier, so that
+/// a migrating VM's port is attached at its new host in milliseconds.
+fn program(
+    node: &Node,
+    side: Side,
+    capacity: Option<u32>,
+    reload: bool,
+) -> Result<Xdp, AttachError> {
+    node.prepare()?;
+    let path = node.prog_path(side);
+    if reload || !path.exists() {
+        let mut ebpf = node.load(capacity)?;
+        clear_dir(&node.progs_dir())?;
+        for s in [Side::Virtual, Side::Physical] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(s.program())
+                .expect("the object has both programs")
+                .try_into()
+                .expect("both programs are XDP programs");
+            let verify = |e| AttachError::Verify {
+                program: s.program(),
+                source: Box::new(e),
+            };
+            prog.load().map_err(verify)?;
+            let at = node.prog_path(s);
+            prog.pin(&at).map_err(|e| AttachError::PinProgram {
+                path: at.clone(),
+                source: Box::new(e),
+            })?;
+        }
+    } else {
+        node.check_capacity(capacity)?;
+    }
+    Xdp::from_pin(&path, XdpAttachType::Interface).map_err(|e| AttachError::Verify {
+        program: side.program(),
+        source: Box::new(e),
+    })
+}
+
+/// Unpins every program of an older load; links keep their programs alive.
+fn clear_dir(dir: &Path) -> Result<(), AttachError> {
+    let unpin = |source| AttachError::Unpin {
+        path: dir.to_owned(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(unpin)? {
+        std::fs::remove_file(entry.map_err(unpin)?.path()).map_err(unpin)?;
+    }
+    Ok(())
 }
 
 /// Swaps the program behind the pinned link at `path`. Returns false, having removed the

@@ -86,6 +86,10 @@ pub struct AttachArgs {
     /// Entries per table when the node's table is created (fixed afterwards) [default: 65536].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub capacity: Option<u32>,
+    /// Load and verify the program again instead of reusing the node's pinned one
+    /// (attach reloads by itself after an upgrade of netpage).
+    #[arg(long)]
+    pub reload: bool,
 }
 
 #[derive(Subcommand)]

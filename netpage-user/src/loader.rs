@@ -1,12 +1,22 @@
 //! The embedded XDP object and how it is loaded with a chosen table size.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::OnceLock};
 
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use netpage_common::maps::{PROG_PHYSICAL, PROG_VIRTUAL, SIDE_PHYSICAL, SIDE_VIRTUAL, SIZED_MAPS};
 
 /// The compiled XDP program, built for the BPF target by the build script.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpage"));
+
+/// A hash of [`EBPF_OBJECT`] (64-bit FNV-1a) that tells builds of the program apart.
+pub fn object_id() -> u64 {
+    static ID: OnceLock<u64> = OnceLock::new();
+    *ID.get_or_init(|| {
+        EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    })
+}
 
 /// Loads the object with every page table (and its stats) sized to `capacity` entries.
 pub fn load(capacity: u32) -> Result<Ebpf, EbpfError> {

@@ -49,9 +49,9 @@ fn run(cli: Cli) -> Result<Output> {
     require_root()?;
     let node = Node::new(&cli.pin_dir);
     Ok(match cli.command {
-        Command::Attach(a) => {
-            Output::Attached(attach::attach(&node, &a.iface, a.side, a.mode, a.capacity)?)
-        }
+        Command::Attach(a) => Output::Attached(attach::attach(
+            &node, &a.iface, a.side, a.mode, a.capacity, a.reload,
+        )?),
         Command::Detach { iface } => {
             attach::detach(&node, &iface)?;
             Output::Detached { iface }

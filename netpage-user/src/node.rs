@@ -1,7 +1,8 @@
 //! A node's persistent state: the bpffs pin directory that holds its maps and XDP links,
 //! so that the page table and the attachments outlive every `netpage` process.
 //!
-//! Layout: `<dir>/maps/<map name>` and `<dir>/links/<interface>`.
+//! Layout: `<dir>/maps/<map name>`, `<dir>/progs/<program>-<object hash>` (verified
+//! programs, so that attaching again takes milliseconds) and `<dir>/links/<interface>`.
 
 use std::{
     collections::HashMap,
@@ -19,7 +20,7 @@ use netpage_common::maps::{ALL_MAPS, COUNTERS, IFACES, IfaceName, IfaceRecord, V
 
 use crate::{
     counters::Totals,
-    loader,
+    loader::{self, Side},
     table::{BpfTable, TableError, absent},
 };
 
@@ -126,7 +127,7 @@ impl Node {
                 source,
             })?;
         }
-        for sub in [self.maps_dir(), self.dir.join("links")] {
+        for sub in [self.maps_dir(), self.dir.join("links"), self.progs_dir()] {
             std::fs::create_dir_all(sub).map_err(pin_dir)?;
         }
         Ok(())
@@ -141,30 +142,45 @@ impl Node {
         Ok(info.max_entries())
     }
 
+    /// The capacity to create the node with, or that it has: fails if `want` differs from
+    /// the capacity of an existing node.
+    pub fn check_capacity(&self, want: Option<u32>) -> Result<u32, NodeError> {
+        if !self.exists() {
+            return Ok(want.unwrap_or(netpage_common::maps::DEFAULT_CAPACITY));
+        }
+        let have = self.capacity()?;
+        match want {
+            Some(want) if want != have => Err(NodeError::Capacity {
+                dir: self.dir.clone(),
+                have,
+                want,
+            }),
+            _ => Ok(have),
+        }
+    }
+
     /// Loads the object over the node's pinned maps, creating and pinning them (with
     /// `capacity` entries, or the default) if the node is new.
     pub fn load(&self, capacity: Option<u32>) -> Result<Ebpf, NodeError> {
         self.prepare()?;
-        let capacity = if self.exists() {
-            let have = self.capacity()?;
-            match capacity {
-                Some(want) if want != have => {
-                    return Err(NodeError::Capacity {
-                        dir: self.dir.clone(),
-                        have,
-                        want,
-                    });
-                }
-                _ => have,
-            }
-        } else {
-            capacity.unwrap_or(netpage_common::maps::DEFAULT_CAPACITY)
-        };
+        let capacity = self.check_capacity(capacity)?;
         let paths: Vec<_> = ALL_MAPS.iter().map(|n| (*n, self.map_path(n))).collect();
         loader::load_pinned(capacity, &paths).map_err(|e| NodeError::Load {
             dir: self.dir.clone(),
             source: Box::new(e),
         })
+    }
+
+    /// Where the verified program of `side` of this build of netpage is pinned. The name
+    /// carries the object's hash, so that another build loads its own.
+    pub fn prog_path(&self, side: Side) -> PathBuf {
+        self.progs_dir()
+            .join(format!("{}-{:016x}", side.program(), loader::object_id()))
+    }
+
+    /// Where the node's verified programs are pinned.
+    pub fn progs_dir(&self) -> PathBuf {
+        self.dir.join("progs")
     }
 
     /// Opens every pinned map of an existing node.
