@@ -3,7 +3,12 @@
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use netpage::{attach::Mode, loader::Side, node::DEFAULT_PIN_DIR};
+use netpage::{
+    attach::Mode,
+    loader::Side,
+    migrate::{MigrateOptions, Neighbour, SwitchAt},
+    node::DEFAULT_PIN_DIR,
+};
 
 /// The network page table at the edges of a data center network: VMs keep their virtual
 /// addresses (VA) while the network routes real addresses (RA) of the site hosting them.
@@ -65,6 +70,9 @@ pub enum Command {
         #[arg(long)]
         vm: Option<IpAddr>,
     },
+    /// Live-migrate a QEMU guest to another host and switch its page-table entry on every
+    /// node at the chosen moment; on failure the table is rolled back.
+    Migrate(Box<MigrateArgs>),
     /// End the drains whose period is over (every command also does this first).
     Gc {
         /// End every drain now.
@@ -90,6 +98,84 @@ pub struct AttachArgs {
     /// (attach reloads by itself after an upgrade of netpage).
     #[arg(long)]
     pub reload: bool,
+}
+
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// The guest's virtual address.
+    #[arg(long)]
+    pub vm: IpAddr,
+    /// Its real address at the destination site.
+    #[arg(long)]
+    pub to: IpAddr,
+    /// The source QEMU's QMP socket.
+    #[arg(long, value_name = "SOCK")]
+    pub src_qmp: PathBuf,
+    /// The destination QEMU's QMP socket (started with `-incoming`).
+    #[arg(long, value_name = "SOCK")]
+    pub dst_qmp: PathBuf,
+    /// Where the source sends the migration stream, e.g. `tcp:198.18.5.2:4444`.
+    #[arg(long, value_name = "URI")]
+    pub uri: String,
+    /// The pin directory of a node to switch; repeat for every node (gateways and hosts)
+    /// [default: --pin-dir].
+    #[arg(long = "node", value_name = "PINDIR")]
+    pub nodes: Vec<PathBuf>,
+    /// When to switch: `stop` (the source pauses; nothing is lost) or `resume`.
+    #[arg(long, value_enum, default_value = "stop")]
+    pub switch_at: SwitchAt,
+    /// The longest pause QEMU may plan for the final copy, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub downtime_limit: Option<u64>,
+    /// Give up (and roll back) if the migration has not completed by then.
+    #[arg(long, value_name = "SECONDS", default_value = "120", value_parser = parse_seconds)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub drain: DrainArg,
+    /// Install the guest's neighbour entry on the destination's tap before the switch, so
+    /// that packets wait in the tap's queue while the guest is paused: IFACE or IFACE@NETNS.
+    #[arg(long, value_name = "IFACE[@NETNS]")]
+    pub dst_neigh: Option<String>,
+    /// The guest's MAC for --dst-neigh (default: asked from the source QEMU).
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<String>,
+    /// Also draw the timeline as an SVG picture.
+    #[arg(long, value_name = "FILE.svg")]
+    pub timeline: Option<PathBuf>,
+}
+
+impl MigrateArgs {
+    /// The options of the migration, with `pin_dir` as the only node if none was given.
+    pub fn options(&self, pin_dir: &std::path::Path) -> MigrateOptions {
+        let neighbour = self.dst_neigh.as_ref().map(|s| {
+            let (iface, netns) = match s.split_once('@') {
+                Some((i, n)) => (i.to_owned(), Some(n.to_owned())),
+                None => (s.clone(), None),
+            };
+            Neighbour {
+                iface,
+                netns,
+                mac: self.mac.clone(),
+            }
+        });
+        MigrateOptions {
+            vm: self.vm,
+            to: self.to,
+            src_qmp: self.src_qmp.clone(),
+            dst_qmp: self.dst_qmp.clone(),
+            uri: self.uri.clone(),
+            nodes: if self.nodes.is_empty() {
+                vec![pin_dir.to_owned()]
+            } else {
+                self.nodes.clone()
+            },
+            switch_at: self.switch_at,
+            downtime_limit_ms: self.downtime_limit,
+            timeout: self.timeout,
+            drain: self.drain.drain,
+            neighbour,
+        }
+    }
 }
 
 #[derive(Subcommand)]

@@ -2,7 +2,10 @@
 pub mod attach;
 pub mod counters;
 pub mod loader;
+pub mod migrate;
 pub mod node;
 pub mod ops;
+pub mod qmp;
 pub mod table;
 pub mod tablefile;
+pub mod timeline;

@@ -8,11 +8,11 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use cli::{Cli, Command, MapCommand};
 use netpage::{
-    attach,
+    attach, migrate,
     node::{Node, OpenNode, require_root},
     ops::{self, Mapping, OpError},
     table::PageTable,
@@ -24,7 +24,13 @@ fn main() {
     let cli = Cli::parse();
     let json = cli.json;
     match run(cli) {
-        Ok(out) => out.print(json),
+        Ok(out) => {
+            out.print(json);
+            if let Some(why) = out.failure() {
+                eprintln!("netpage: error: {why}");
+                std::process::exit(1);
+            }
+        }
         Err(e) => {
             eprintln!("netpage: error: {e:#}");
             std::process::exit(1);
@@ -76,6 +82,19 @@ fn run(cli: Cli) -> Result<Output> {
             Output::Applied { plan, dry_run }
         }
         Command::Stats { vm } => Output::Stats(stats(&open(&node)?, vm)?),
+        Command::Migrate(m) => {
+            let opts = m.options(&cli.pin_dir);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(migrate::migrate(&opts))?;
+            if let Some(path) = &m.timeline {
+                let title = format!("netpage migrate {} -> {}", report.vm, report.to);
+                std::fs::write(path, report.timeline.svg(&title))
+                    .with_context(|| format!("writing the timeline to {}", path.display()))?;
+            }
+            Output::Migrated(report)
+        }
         Command::Gc { now } => {
             let mut n = node.open()?;
             let at = if now { u64::MAX } else { now_ms() };

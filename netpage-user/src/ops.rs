@@ -136,6 +136,14 @@ fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
     s.serialize_f64(d.as_nanos() as f64 / 1000.0)
 }
 
+/// Checks that `vm` may move to `to` and returns where it is now.
+pub fn check_switch(t: &impl PageTable, vm: IpAddr, to: IpAddr) -> Result<IpAddr, OpError> {
+    check_family(Mapping { vm, real: to })?;
+    let from = t.forward(vm)?.ok_or(OpError::UnknownVm { vm })?;
+    check_real_free(t, vm, to)?;
+    Ok(from)
+}
+
 /// Moves a VM to `to`: R2V[to] first, then one V2R update, and the old real address
 /// drains until `now_ms + drain` (removed at once when `drain` is zero).
 pub fn switch(
@@ -145,9 +153,7 @@ pub fn switch(
     drain: Duration,
     now_ms: u64,
 ) -> Result<Switched, OpError> {
-    check_family(Mapping { vm, real: to })?;
-    let from = t.forward(vm)?.ok_or(OpError::UnknownVm { vm })?;
-    check_real_free(t, vm, to)?;
+    let from = check_switch(t, vm, to)?;
     if from == to {
         return Ok(Switched {
             vm,
@@ -173,7 +179,7 @@ pub fn switch(
 }
 
 /// Starts the drain of `vm`'s old real address, or removes it when `drain` is zero.
-fn retire(
+pub fn retire(
     t: &mut impl PageTable,
     vm: IpAddr,
     real: IpAddr,

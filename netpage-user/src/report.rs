@@ -6,6 +6,7 @@ use anyhow::Result;
 use netpage::{
     attach::{Attached, Mode, iface_exists},
     loader::Side,
+    migrate::MigrateReport,
     node::{Node, OpenNode},
     ops::{Mapping, Plan, Switched},
     table::{Drain, PageTable},
@@ -33,9 +34,18 @@ pub enum Output {
     },
     Stats(Stats),
     Gc(Vec<Drain>),
+    Migrated(MigrateReport),
 }
 
 impl Output {
+    /// Why the command failed although it ran to the end (a migration rolled back).
+    pub fn failure(&self) -> Option<&str> {
+        match self {
+            Output::Migrated(r) => r.error.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Prints the report to stdout.
     pub fn print(&self, json: bool) {
         if json {
@@ -78,6 +88,7 @@ impl fmt::Display for Output {
             Output::Switched(s) => switched(f, s),
             Output::Applied { plan, dry_run } => applied(f, plan, *dry_run),
             Output::Stats(s) => s.fmt(f),
+            Output::Migrated(r) => r.fmt(f),
             Output::Gc(ended) => {
                 writeln!(f, "ended {} drain(s)", ended.len())?;
                 ended

@@ -1,0 +1,650 @@
+//! `netpage migrate`: live-migrates a QEMU guest from one host to another and switches its
+//! page-table entry on every node at the chosen moment, rolling back if the migration fails.
+//!
+//! The order is that of `switch`, stretched over the migration: R2V[new RA] on every node
+//! before the migration starts, one V2R update per node when the source pauses (`stop`) or
+//! the destination runs (`resume`), and the old RA drained once the migration completed.
+
+use std::{
+    fmt,
+    net::IpAddr,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+
+use crate::{
+    node::{Node, NodeError, OpenNode},
+    ops::{self, OpError},
+    qmp::{Event, MigrationParameters, MigrationStatus, Qmp, QmpError, RunState, Timestamp},
+    table::{PageTable, TableError},
+    timeline::{Source, Timeline},
+};
+
+/// When the page table switches to the destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SwitchAt {
+    /// When the source pauses for its last copy: packets sent during the pause wait in
+    /// the destination's tap queue and reach the guest when it resumes.
+    Stop,
+    /// When the destination runs the guest.
+    Resume,
+}
+
+/// The neighbour entry to install at the destination host, so that packets for the guest
+/// go into its tap queue while it is paused instead of waiting for ARP.
+#[derive(Clone, Debug)]
+pub struct Neighbour {
+    /// The destination's tap (or bridge) for the guest.
+    pub iface: String,
+    /// The destination host's network namespace (`ip netns` name), if not this one.
+    pub netns: Option<String>,
+    /// The guest's MAC; asked from the source QEMU if not given.
+    pub mac: Option<String>,
+}
+
+/// What to migrate, where, and how.
+#[derive(Clone, Debug)]
+pub struct MigrateOptions {
+    pub vm: IpAddr,
+    pub to: IpAddr,
+    pub src_qmp: PathBuf,
+    pub dst_qmp: PathBuf,
+    /// Where the source sends the migration stream (`tcp:HOST:PORT`).
+    pub uri: String,
+    /// The pin directories of every node whose table switches.
+    pub nodes: Vec<PathBuf>,
+    pub switch_at: SwitchAt,
+    pub downtime_limit_ms: Option<u64>,
+    /// The whole migration must complete within this.
+    pub timeout: Duration,
+    /// How long the old real address keeps translating after completion.
+    pub drain: Duration,
+    pub neighbour: Option<Neighbour>,
+}
+
+/// Why a migration could not start (nothing was changed).
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("node {}", dir.display())]
+    Node {
+        dir: PathBuf,
+        #[source]
+        source: NodeError,
+    },
+    #[error("node {}", dir.display())]
+    Op {
+        dir: PathBuf,
+        #[source]
+        source: OpError,
+    },
+    #[error(
+        "the nodes disagree on where {vm} is: {} says {a}, {} says {b}; fix the tables first",
+        first.display(),
+        other.display()
+    )]
+    Disagree {
+        vm: IpAddr,
+        first: PathBuf,
+        a: IpAddr,
+        other: PathBuf,
+        b: IpAddr,
+    },
+    #[error("the source VM is {status}, not running: nothing to migrate")]
+    SourceNotRunning { status: RunState },
+    #[error(
+        "the destination QEMU is {status}, not waiting for a migration: start it with `-incoming`"
+    )]
+    DestinationNotWaiting { status: RunState },
+    #[error("{0}")]
+    Mac(String),
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    #[error("preparing the page tables")]
+    Table(#[from] TableError),
+}
+
+/// One node's switch.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeSwitch {
+    pub node: String,
+    /// The one V2R update.
+    pub update_us: f64,
+}
+
+/// How a migration ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct MigrateReport {
+    pub vm: IpAddr,
+    pub from: IpAddr,
+    pub to: IpAddr,
+    pub switch_at: SwitchAt,
+    /// `completed`, or why it did not (the table was rolled back).
+    pub status: String,
+    pub error: Option<String>,
+    pub rolled_back: bool,
+    /// The guest's pause as QEMU measured it.
+    pub qemu_downtime_ms: Option<u64>,
+    pub qemu_total_ms: Option<u64>,
+    /// From the source's STOP to the destination's RESUME, by QEMU's event timestamps.
+    pub stop_to_resume_ms: Option<f64>,
+    pub passes: u64,
+    pub switches: Vec<NodeSwitch>,
+    pub timeline: Timeline,
+}
+
+impl MigrateReport {
+    pub fn completed(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// Runs a migration. `Err` means it could not start and nothing changed; a migration that
+/// started and failed gives a report with its error, after the rollback.
+pub async fn migrate(opts: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
+    let start = Instant::now();
+    let mut run = Run::prepare(opts, start).await?;
+    let outcome = run.drive(opts).await;
+    Ok(run.finish(opts, outcome).await)
+}
+
+/// How long one QMP exchange may take.
+const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often progress is asked for.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// A migration under way.
+struct Run {
+    start: Instant,
+    nodes: Vec<(PathBuf, OpenNode)>,
+    src: Qmp,
+    dst: Qmp,
+    vm: IpAddr,
+    from: IpAddr,
+    to: IpAddr,
+    neighbour: Option<(Neighbour, String)>,
+    timeline: Timeline,
+    switches: Vec<NodeSwitch>,
+    stop: Option<Timestamp>,
+    resume: Option<Timestamp>,
+    passes: u64,
+}
+
+/// Where the event loop ended.
+enum Outcome {
+    Completed,
+    Failed(String),
+}
+
+impl Run {
+    /// Checks everything, then installs R2V[to] everywhere (and the neighbour entry).
+    async fn prepare(opts: &MigrateOptions, start: Instant) -> Result<Self, MigrateError> {
+        let nodes = open_nodes(opts)?;
+        let from = where_is(&nodes, opts.vm, opts.to)?;
+        let mut src = Qmp::connect(&opts.src_qmp, QMP_TIMEOUT).await?;
+        let mut dst = Qmp::connect(&opts.dst_qmp, QMP_TIMEOUT).await?;
+        let s = src.query_status().await?.status;
+        if !matches!(s, RunState::Running | RunState::Paused) {
+            return Err(MigrateError::SourceNotRunning { status: s });
+        }
+        let d = dst.query_status().await?.status;
+        if d != RunState::InMigrate {
+            return Err(MigrateError::DestinationNotWaiting { status: d });
+        }
+        let neighbour = match &opts.neighbour {
+            Some(n) => Some((n.clone(), guest_mac(&mut src, n).await?)),
+            None => None,
+        };
+        let mut run = Run {
+            start,
+            nodes,
+            src,
+            dst,
+            vm: opts.vm,
+            from,
+            to: opts.to,
+            neighbour,
+            timeline: Timeline::new(start),
+            switches: Vec::new(),
+            stop: None,
+            resume: None,
+            passes: 0,
+        };
+        run.mark(Source::Netpage, "CHECKED", format!("{} at {from}", opts.vm));
+        for (_, n) in &mut run.nodes {
+            n.table.set_reverse(opts.to, opts.vm)?;
+        }
+        run.mark(
+            Source::Netpage,
+            "R2V INSTALLED",
+            format!("{} -> {}", opts.to, opts.vm),
+        );
+        if let Some((n, mac)) = &run.neighbour {
+            // A failure here is reported, not fatal: without the entry, the destination
+            // resolves the guest by ARP after it resumes.
+            match neigh(n, "replace", opts.vm, Some(mac)) {
+                Ok(()) => run.mark(
+                    Source::Netpage,
+                    "NEIGHBOUR",
+                    format!("{} {mac} on {}", opts.vm, n.iface),
+                ),
+                Err(e) => eprintln!("netpage: warning: destination neighbour entry: {e}"),
+            }
+        }
+        Ok(run)
+    }
+
+    fn mark(&mut self, source: Source, what: impl Into<String>, detail: String) {
+        self.timeline.mark(Instant::now(), source, what, detail);
+    }
+
+    /// Starts the migration and follows both QEMUs until it ends.
+    async fn drive(&mut self, opts: &MigrateOptions) -> Outcome {
+        match self.start(opts).await {
+            Ok(()) => {}
+            Err(e) => return Outcome::Failed(format!("starting the migration: {e}")),
+        }
+        let deadline = tokio::time::Instant::from_std(self.start + opts.timeout);
+        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        let (mut src_done, mut dst_running) = (false, false);
+        loop {
+            if src_done && dst_running && !self.switches.is_empty() {
+                return Outcome::Completed;
+            }
+            tokio::select! {
+                ev = self.src.next_event(Duration::from_secs(3600)) => match ev {
+                    Ok(Some(e)) => match self.on_source(&e, opts.switch_at) {
+                        Some(Ok(())) => src_done = true,
+                        Some(Err(why)) => return Outcome::Failed(why),
+                        None => {}
+                    },
+                    Ok(None) => {}
+                    Err(e) => return Outcome::Failed(format!("the source QEMU: {e}")),
+                },
+                ev = self.dst.next_event(Duration::from_secs(3600)) => match ev {
+                    Ok(Some(e)) => match self.on_destination(&e, opts.switch_at) {
+                        Some(Ok(())) => dst_running = true,
+                        Some(Err(why)) => return Outcome::Failed(why),
+                        None => {}
+                    },
+                    Ok(None) => {}
+                    Err(QmpError::Closed { .. }) => {
+                        return Outcome::Failed("the destination QEMU exited".into());
+                    }
+                    Err(e) => return Outcome::Failed(format!("the destination QEMU: {e}")),
+                },
+                _ = progress.tick() => self.progress().await,
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Outcome::Failed(format!(
+                        "the migration did not complete within {:?} (it may not converge: raise --downtime-limit or --timeout)",
+                        opts.timeout
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn start(&mut self, opts: &MigrateOptions) -> Result<(), QmpError> {
+        self.src.enable_migration_events().await?;
+        self.dst.enable_migration_events().await?;
+        if let Some(ms) = opts.downtime_limit_ms {
+            let p = MigrationParameters {
+                downtime_limit: Some(ms),
+                ..MigrationParameters::default()
+            };
+            self.src.migrate_set_parameters(&p).await?;
+        }
+        self.src.migrate(&opts.uri).await?;
+        self.mark(Source::Netpage, "MIGRATE", opts.uri.clone());
+        Ok(())
+    }
+
+    /// Handles a source event: `Some(Ok)` once it completed, `Some(Err)` if it failed.
+    fn on_source(&mut self, e: &Event, at: SwitchAt) -> Option<Result<(), String>> {
+        if let Some(pass) = e.migration_pass() {
+            self.passes = pass;
+            self.timeline.mark(
+                e.received,
+                Source::Src,
+                format!("PASS {pass}"),
+                String::new(),
+            );
+            return None;
+        }
+        match (e.event.as_str(), e.migration_status()) {
+            ("STOP", _) => {
+                self.stop = Some(e.timestamp);
+                self.timeline
+                    .mark(e.received, Source::Src, "STOP", String::new());
+                if at == SwitchAt::Stop {
+                    self.switch_all();
+                }
+                None
+            }
+            ("RESUME", _) => {
+                self.timeline
+                    .mark(e.received, Source::Src, "RESUME", String::new());
+                None
+            }
+            (_, Some(MigrationStatus::Completed)) => {
+                self.timeline
+                    .mark(e.received, Source::Src, "COMPLETED", String::new());
+                Some(Ok(()))
+            }
+            (_, Some(s @ (MigrationStatus::Failed | MigrationStatus::Cancelled))) => {
+                self.timeline.mark(
+                    e.received,
+                    Source::Src,
+                    s.to_string().to_uppercase(),
+                    String::new(),
+                );
+                Some(Err(format!("the migration {s}")))
+            }
+            (_, Some(s)) => {
+                self.timeline.mark(
+                    e.received,
+                    Source::Src,
+                    s.to_string().to_uppercase(),
+                    String::new(),
+                );
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Handles a destination event: `Some(Ok)` once the guest runs there.
+    fn on_destination(&mut self, e: &Event, at: SwitchAt) -> Option<Result<(), String>> {
+        match (e.event.as_str(), e.migration_status()) {
+            ("RESUME", _) => {
+                self.resume = Some(e.timestamp);
+                self.timeline
+                    .mark(e.received, Source::Dst, "RESUME", String::new());
+                if at == SwitchAt::Resume {
+                    self.switch_all();
+                }
+                Some(Ok(()))
+            }
+            (_, Some(MigrationStatus::Failed)) => {
+                self.timeline
+                    .mark(e.received, Source::Dst, "FAILED", String::new());
+                Some(Err("the destination failed to load the migration".into()))
+            }
+            (_, Some(s)) => {
+                self.timeline.mark(
+                    e.received,
+                    Source::Dst,
+                    s.to_string().to_uppercase(),
+                    String::new(),
+                );
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// One V2R update per node, as fast as they can follow one another.
+    fn switch_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            let t = Instant::now();
+            let r = self.nodes[i].1.table.set_forward(self.vm, self.to);
+            let update = t.elapsed();
+            let node = self.nodes[i].0.display().to_string();
+            match r {
+                Ok(()) => {
+                    let us = update.as_nanos() as f64 / 1000.0;
+                    self.timeline.mark(
+                        Instant::now(),
+                        Source::Netpage,
+                        format!("SWITCHED {node}"),
+                        format!("{us:.1} us"),
+                    );
+                    self.switches.push(NodeSwitch {
+                        node,
+                        update_us: us,
+                    });
+                }
+                Err(e) => eprintln!("netpage: error: switching {node}: {e}"),
+            }
+        }
+    }
+
+    async fn progress(&mut self) {
+        let Ok(info) = self.src.query_migrate().await else {
+            return;
+        };
+        if let (Some(ram), Some(status)) = (info.ram, info.status) {
+            eprintln!(
+                "netpage: migration {status}: pass {}, {:.1} MB sent, {:.1} MB remaining, expected downtime {} ms",
+                ram.dirty_sync_count,
+                ram.transferred as f64 / 1e6,
+                ram.remaining as f64 / 1e6,
+                info.expected_downtime.unwrap_or(0)
+            );
+        }
+    }
+
+    /// Completes (drain and figures) or rolls back, and reports.
+    async fn finish(mut self, opts: &MigrateOptions, outcome: Outcome) -> MigrateReport {
+        let (error, rolled_back) = match outcome {
+            Outcome::Completed => {
+                self.drain(opts.drain).await;
+                (None, false)
+            }
+            Outcome::Failed(why) => {
+                self.rollback().await;
+                (Some(why), true)
+            }
+        };
+        let info = self.final_info().await;
+        let stop_to_resume_ms = match (self.stop, self.resume) {
+            (Some(s), Some(r)) => Some(r.micros_since(&s) as f64 / 1e3),
+            _ => None,
+        };
+        MigrateReport {
+            vm: self.vm,
+            from: self.from,
+            to: self.to,
+            switch_at: opts.switch_at,
+            status: if error.is_none() {
+                "completed".into()
+            } else {
+                "failed".into()
+            },
+            error,
+            rolled_back,
+            qemu_downtime_ms: info.as_ref().and_then(|i| i.downtime),
+            qemu_total_ms: info.as_ref().and_then(|i| i.total_time),
+            stop_to_resume_ms,
+            passes: self.passes,
+            switches: self.switches,
+            timeline: self.timeline,
+        }
+    }
+
+    /// QEMU's figures; right after completion `downtime` may still read 0, so ask twice.
+    async fn final_info(&mut self) -> Option<crate::qmp::MigrationInfo> {
+        let mut info = self.src.query_migrate().await.ok()?;
+        if info.downtime.unwrap_or(0) == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            info = self.src.query_migrate().await.ok()?;
+        }
+        Some(info)
+    }
+
+    async fn drain(&mut self, drain: Duration) {
+        let now = now_ms();
+        for (dir, n) in &mut self.nodes {
+            if let Err(e) = ops::retire(&mut n.table, self.vm, self.from, drain, now) {
+                eprintln!(
+                    "netpage: warning: node {}: draining {}: {e}",
+                    dir.display(),
+                    self.from
+                );
+            }
+        }
+        if drain.is_zero() {
+            return;
+        }
+        self.mark(
+            Source::Netpage,
+            "DRAINING",
+            format!("{} for {:?}", self.from, drain),
+        );
+        tokio::time::sleep(drain).await;
+        for (dir, n) in &mut self.nodes {
+            if let Err(e) = ops::gc(&mut n.table, now_ms()) {
+                eprintln!(
+                    "netpage: warning: node {}: ending the drain: {e}",
+                    dir.display()
+                );
+            }
+        }
+        let from = self.from;
+        self.mark(Source::Netpage, "DRAINED", format!("{from} removed"));
+    }
+
+    /// Puts every node back: V2R to the old address, the new reverse entry removed.
+    async fn rollback(&mut self) {
+        if let Ok(info) = self.src.query_migrate().await
+            && info.status.as_ref().is_some_and(|s| !s.is_final())
+        {
+            let _ = self.src.migrate_cancel().await;
+        }
+        let (vm, from, to) = (self.vm, self.from, self.to);
+        for (dir, n) in &mut self.nodes {
+            let r = n.table.set_forward(vm, from).and_then(|()| {
+                if n.table.reverse(to)? == Some(vm) {
+                    n.table.remove_reverse(to)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = r {
+                eprintln!("netpage: error: rolling back node {}: {e}", dir.display());
+            }
+        }
+        if let Some((n, _)) = &self.neighbour
+            && let Err(e) = neigh(n, "del", vm, None)
+        {
+            eprintln!("netpage: warning: removing the destination neighbour entry: {e}");
+        }
+        self.mark(Source::Netpage, "ROLLED BACK", format!("{vm} -> {from}"));
+    }
+}
+
+fn open_nodes(opts: &MigrateOptions) -> Result<Vec<(PathBuf, OpenNode)>, MigrateError> {
+    opts.nodes
+        .iter()
+        .map(|dir| {
+            let n = Node::new(dir).open().map_err(|source| MigrateError::Node {
+                dir: dir.clone(),
+                source,
+            })?;
+            Ok((dir.clone(), n))
+        })
+        .collect()
+}
+
+/// Where every node has the VM now (they must agree), checking that it may move to `to`.
+fn where_is(nodes: &[(PathBuf, OpenNode)], vm: IpAddr, to: IpAddr) -> Result<IpAddr, MigrateError> {
+    let mut first: Option<(&PathBuf, IpAddr)> = None;
+    for (dir, n) in nodes {
+        let at = ops::check_switch(&n.table, vm, to).map_err(|source| MigrateError::Op {
+            dir: dir.clone(),
+            source,
+        })?;
+        match first {
+            None => first = Some((dir, at)),
+            Some((f, a)) if a != at => {
+                return Err(MigrateError::Disagree {
+                    vm,
+                    first: f.clone(),
+                    a,
+                    other: dir.clone(),
+                    b: at,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(first.expect("at least one node").1)
+}
+
+/// The guest's MAC: given, or the only NIC's as the source QEMU reports it.
+async fn guest_mac(src: &mut Qmp, n: &Neighbour) -> Result<String, MigrateError> {
+    if let Some(mac) = &n.mac {
+        return Ok(mac.clone());
+    }
+    let nics = src.query_rx_filter(None).await?;
+    match nics.as_slice() {
+        [one] => Ok(one.main_mac.clone()),
+        _ => Err(MigrateError::Mac(format!(
+            "the source VM has {} network devices: give the guest's MAC with --mac",
+            nics.len()
+        ))),
+    }
+}
+
+/// Runs `ip [-n NETNS] neigh OP VM [lladdr MAC nud permanent] dev IFACE`.
+fn neigh(n: &Neighbour, op: &str, vm: IpAddr, mac: Option<&str>) -> Result<(), String> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = &n.netns {
+        cmd.args(["-n", ns]);
+    }
+    cmd.args(["neigh", op, &vm.to_string()]);
+    if let Some(mac) = mac {
+        cmd.args(["lladdr", mac, "nud", "permanent"]);
+    }
+    cmd.args(["dev", &n.iface]);
+    let out = cmd.output().map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl fmt::Display for MigrateReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "migration of {} from {} to {} (switch at {:?}): {}",
+            self.vm,
+            self.from,
+            self.to,
+            self.switch_at,
+            self.error.as_deref().unwrap_or("completed")
+        )?;
+        if self.rolled_back {
+            writeln!(
+                f,
+                "  the page table was rolled back: {} is at {} again",
+                self.vm, self.from
+            )?;
+        }
+        let opt = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
+        writeln!(
+            f,
+            "  QEMU: total {}, downtime {}, {} pass(es); STOP -> RESUME {}",
+            opt(self.qemu_total_ms),
+            opt(self.qemu_downtime_ms),
+            self.passes,
+            self.stop_to_resume_ms
+                .map_or("-".into(), |v| format!("{v:.1} ms"))
+        )?;
+        for s in &self.switches {
+            writeln!(f, "  switched {}: V2R update {:.1} us", s.node, s.update_us)?;
+        }
+        writeln!(f, "timeline:")?;
+        write!(f, "{}", self.timeline)
+    }
+}
