@@ -52,6 +52,10 @@ pub enum Command {
         to: IpAddr,
         #[command(flatten)]
         drain: DrainArg,
+        /// Switch these nodes (pin directories) together: every reverse entry first, then
+        /// every V2R update; repeat for each node [default: --pin-dir].
+        #[arg(long = "node", value_name = "PINDIR")]
+        nodes: Vec<PathBuf>,
     },
     /// Make the table equal to a TOML or JSON table file, in batches; idempotent.
     Apply {

@@ -64,9 +64,33 @@ fn run(cli: Cli) -> Result<Output> {
         }
         Command::Status => Output::Status(Status::read(&node, &open(&node)?)?),
         Command::Map(m) => map(&node, m)?,
-        Command::Switch { vm, to, drain } => {
-            let mut n = open(&node)?;
-            Output::Switched(ops::switch(&mut n.table, vm, to, drain.drain, now_ms())?)
+        Command::Switch {
+            vm,
+            to,
+            drain,
+            nodes,
+        } => {
+            let dirs = if nodes.is_empty() {
+                vec![cli.pin_dir]
+            } else {
+                nodes
+            };
+            let mut open_nodes = Vec::new();
+            for dir in &dirs {
+                let n = open(&Node::new(dir)).with_context(|| format!("node {}", dir.display()))?;
+                open_nodes.push((dir.display().to_string(), n));
+            }
+            let mut tables: Vec<_> = open_nodes
+                .iter_mut()
+                .map(|(name, n)| (name.clone(), &mut n.table))
+                .collect();
+            Output::Switched(ops::switch_many(
+                &mut tables,
+                vm,
+                to,
+                drain.drain,
+                now_ms(),
+            )?)
         }
         Command::Apply {
             file,

@@ -45,6 +45,20 @@ pub enum OpError {
     DuplicateVm { vm: IpAddr },
     #[error("real address {real} is given to both {a} and {b} in the table file")]
     DuplicateReal { real: IpAddr, a: IpAddr, b: IpAddr },
+    #[error("this node has {vm} at {here}, another at {elsewhere}; make the tables agree first")]
+    Disagree {
+        vm: IpAddr,
+        here: IpAddr,
+        elsewhere: IpAddr,
+    },
+    #[error("no node to change")]
+    NoNode,
+    #[error("node {node}")]
+    OnNode {
+        node: String,
+        #[source]
+        source: Box<OpError>,
+    },
     #[error(transparent)]
     Table(#[from] TableError),
 }
@@ -120,16 +134,26 @@ fn remove_reverse_of(t: &mut impl PageTable, real: IpAddr, vm: IpAddr) -> Result
 }
 
 /// What a switch did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Switched {
     pub vm: IpAddr,
     pub from: IpAddr,
     pub to: IpAddr,
-    /// Wall time of the one V2R update that moved the VM.
+    /// The slowest node's V2R update.
     #[serde(rename = "update_us", serialize_with = "as_micros")]
     pub update: Duration,
     /// Until when the old real address keeps translating (ms since the epoch), if it drains.
     pub drain_until_ms: Option<u64>,
+    /// Each node's one V2R update, in switching order.
+    pub nodes: Vec<NodeUpdate>,
+}
+
+/// One node's V2R update.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeUpdate {
+    pub node: String,
+    #[serde(rename = "update_us", serialize_with = "as_micros")]
+    pub update: Duration,
 }
 
 fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -144,38 +168,85 @@ pub fn check_switch(t: &impl PageTable, vm: IpAddr, to: IpAddr) -> Result<IpAddr
     Ok(from)
 }
 
-/// Moves a VM to `to`: R2V[to] first, then one V2R update, and the old real address
-/// drains until `now_ms + drain` (removed at once when `drain` is zero).
-pub fn switch(
-    t: &mut impl PageTable,
+/// Moves a VM to `to` on one node; see [`switch_many`].
+pub fn switch<T: PageTable>(
+    t: &mut T,
     vm: IpAddr,
     to: IpAddr,
     drain: Duration,
     now_ms: u64,
 ) -> Result<Switched, OpError> {
-    let from = check_switch(t, vm, to)?;
-    if from == to {
-        return Ok(Switched {
-            vm,
-            from,
-            to,
-            update: Duration::ZERO,
-            drain_until_ms: None,
-        });
+    switch_many(&mut [(String::new(), t)], vm, to, drain, now_ms)
+}
+
+/// Moves a VM to `to` on every node, as one step: all nodes are checked (they must agree
+/// on where the VM is), then R2V[to] is installed on every node, then each node's V2R
+/// entry is updated (one map update each, timed), and the old real address drains until
+/// `now_ms + drain` (it is removed at once when `drain` is zero). Installing every reverse
+/// entry first means no node receives the new address before it can translate it.
+pub fn switch_many<T: PageTable>(
+    nodes: &mut [(String, &mut T)],
+    vm: IpAddr,
+    to: IpAddr,
+    drain: Duration,
+    now_ms: u64,
+) -> Result<Switched, OpError> {
+    let mut from = None;
+    for (name, t) in nodes.iter() {
+        let at = check_switch(&**t, vm, to).map_err(|e| on_node(name, e))?;
+        match from {
+            Some(f) if f != at => {
+                let e = OpError::Disagree {
+                    vm,
+                    here: at,
+                    elsewhere: f,
+                };
+                return Err(on_node(name, e));
+            }
+            _ => from = Some(at),
+        }
     }
-    t.set_reverse(to, vm)?;
-    let start = Instant::now();
-    t.set_forward(vm, to)?;
-    let update = start.elapsed();
-    t.remove_drain(to)?;
-    let drain_until_ms = retire(t, vm, from, drain, now_ms)?;
-    Ok(Switched {
+    let from = from.ok_or(OpError::NoNode)?;
+    let mut switched = Switched {
         vm,
         from,
         to,
-        update,
-        drain_until_ms,
-    })
+        update: Duration::ZERO,
+        drain_until_ms: None,
+        nodes: Vec::new(),
+    };
+    if from == to {
+        return Ok(switched);
+    }
+    for (_, t) in nodes.iter_mut() {
+        t.set_reverse(to, vm)?;
+    }
+    for (name, t) in nodes.iter_mut() {
+        let start = Instant::now();
+        t.set_forward(vm, to)?;
+        let update = start.elapsed();
+        switched.update = switched.update.max(update);
+        switched.nodes.push(NodeUpdate {
+            node: name.clone(),
+            update,
+        });
+    }
+    for (_, t) in nodes.iter_mut() {
+        t.remove_drain(to)?;
+        switched.drain_until_ms = retire(&mut **t, vm, from, drain, now_ms)?;
+    }
+    Ok(switched)
+}
+
+fn on_node(name: &str, e: OpError) -> OpError {
+    if name.is_empty() {
+        e
+    } else {
+        OpError::OnNode {
+            node: name.to_owned(),
+            source: Box::new(e),
+        }
+    }
 }
 
 /// Starts the drain of `vm`'s old real address, or removes it when `drain` is zero.

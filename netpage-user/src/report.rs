@@ -111,6 +111,11 @@ fn switched(f: &mut fmt::Formatter<'_>, s: &Switched) -> fmt::Result {
         s.to,
         s.update.as_secs_f64() * 1e6
     )?;
+    if s.nodes.len() > 1 {
+        for n in &s.nodes {
+            writeln!(f, "  {:<40} {:.1} us", n.node, n.update.as_secs_f64() * 1e6)?;
+        }
+    }
     match s.drain_until_ms {
         Some(_) => writeln!(
             f,

@@ -1,6 +1,6 @@
 //! The mapping rules checked against an in-memory page table that logs every operation.
 
-use std::{cell::RefCell, collections::BTreeMap, net::IpAddr};
+use std::{cell::RefCell, collections::BTreeMap, net::IpAddr, rc::Rc};
 
 use netpage_common::maps::MappingStats;
 
@@ -13,7 +13,7 @@ struct MemTable {
     r2v: BTreeMap<IpAddr, IpAddr>,
     stats: BTreeMap<IpAddr, MappingStats>,
     drains: BTreeMap<IpAddr, Drain>,
-    log: RefCell<Vec<String>>,
+    log: Rc<RefCell<Vec<String>>>,
 }
 
 impl MemTable {
@@ -363,4 +363,27 @@ fn apply_may_pass_a_real_address_to_another_vm() {
     gc(&mut t, u64::MAX).unwrap();
     assert_eq!(t.r2v[&ip(RA_A)], ip("198.19.0.11"));
     assert_eq!(t.r2v[&ip(RA_B)], ip(VM));
+}
+
+#[test]
+fn a_switch_over_many_nodes_installs_every_reverse_entry_first() {
+    let (mut gw, mut host) = (mapped(VM, RA_A), mapped(VM, RA_A));
+    host.log = gw.log.clone();
+    let mut nodes = [("gw".to_owned(), &mut gw), ("host".to_owned(), &mut host)];
+    let s = switch_many(&mut nodes, ip(VM), ip(RA_B), Duration::ZERO, 0).unwrap();
+    let names: Vec<_> = s.nodes.iter().map(|n| n.node.as_str()).collect();
+    assert_eq!(names, ["gw", "host"]);
+    let log = gw.log.borrow().clone();
+    let (r2v, v2r) = (format!("r2v {RA_B}={VM}"), format!("v2r {VM}={RA_B}"));
+    assert_eq!(log[..4], [r2v.clone(), r2v, v2r.clone(), v2r]);
+    assert_eq!((gw.v2r[&ip(VM)], host.v2r[&ip(VM)]), (ip(RA_B), ip(RA_B)));
+}
+
+#[test]
+fn a_switch_over_nodes_that_disagree_changes_none() {
+    let (mut gw, mut host) = (mapped(VM, RA_A), mapped(VM, "198.18.10.101"));
+    let mut nodes = [("gw".to_owned(), &mut gw), ("host".to_owned(), &mut host)];
+    let e = switch_many(&mut nodes, ip(VM), ip(RA_B), SECOND, 0).unwrap_err();
+    assert!(e.to_string().starts_with("node host"), "{e}");
+    assert!(gw.log.borrow().is_empty() && host.log.borrow().is_empty());
 }
