@@ -28,11 +28,13 @@ pub enum Counter {
     PassExtLimit = 9,
     /// A transport protocol netpage does not know, which may checksum the addresses.
     PassUnknownProto = 10,
+    /// ICMPv6 neighbour discovery, which belongs to one link and is never translated.
+    PassNeighborDiscovery = 11,
 }
 
 impl Counter {
     /// Number of counters (the size of the counter array).
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -47,6 +49,7 @@ impl Counter {
         Counter::PassMalformed,
         Counter::PassExtLimit,
         Counter::PassUnknownProto,
+        Counter::PassNeighborDiscovery,
     ];
 
     /// A stable name for reports and JSON.
@@ -63,6 +66,7 @@ impl Counter {
             Counter::PassMalformed => "pass_malformed",
             Counter::PassExtLimit => "pass_ext_limit",
             Counter::PassUnknownProto => "pass_unknown_proto",
+            Counter::PassNeighborDiscovery => "pass_neighbor_discovery",
         }
     }
 

@@ -65,6 +65,10 @@ pub enum L4 {
     Icmp6,
     /// ICMPv6 error: pseudo-header checksum, plus the quoted header.
     Icmp6Error,
+    /// ICMPv6 neighbour discovery (RFC 4861): scoped to one link, about the addresses of
+    /// the interfaces on it, so never translated. A VM resolving its gateway sends these
+    /// from its virtual address.
+    NeighborDiscovery,
 }
 
 impl L4 {
@@ -78,12 +82,13 @@ impl L4 {
             IPPROTO_ICMP if !v6 && is_icmp4_error(icmp_type) => L4::Icmp4Error,
             IPPROTO_ICMP if !v6 => L4::Opaque,
             IPPROTO_ICMPV6 if v6 && is_icmp6_error(icmp_type) => L4::Icmp6Error,
+            IPPROTO_ICMPV6 if v6 && is_icmp6_nd(icmp_type) => L4::NeighborDiscovery,
             IPPROTO_ICMPV6 if v6 => L4::Icmp6,
             p if is_opaque_proto(p) => L4::Opaque,
             _ => L4::Unknown,
         };
         match kind {
-            L4::Unknown => L4::Unknown,
+            L4::Unknown | L4::NeighborDiscovery => kind,
             _ if !first_fragment => L4::Opaque,
             kind => kind,
         }
@@ -93,7 +98,7 @@ impl L4 {
     /// program matches on the kind with these offsets as constants.)
     pub const fn check_offset(self) -> Option<usize> {
         match self {
-            L4::Unknown | L4::Opaque => None,
+            L4::Unknown | L4::Opaque | L4::NeighborDiscovery => None,
             L4::Tcp => Some(16),
             L4::Udp => Some(6),
             L4::Icmp4Error | L4::Icmp6 | L4::Icmp6Error => Some(2),
@@ -104,7 +109,7 @@ impl L4 {
     /// whose IP payload is shorter is malformed and passed untouched.
     pub const fn min_len(self) -> usize {
         match self {
-            L4::Unknown | L4::Opaque => 0,
+            L4::Unknown | L4::Opaque | L4::NeighborDiscovery => 0,
             L4::Tcp => 20,
             L4::Udp | L4::Icmp6 => 8,
             // The ICMP header and at least a minimal quoted IP header.
@@ -149,6 +154,12 @@ pub const fn is_icmp4_error(t: u8) -> bool {
 /// ICMPv6 errors: destination unreachable, packet too big, time exceeded, parameter problem.
 pub const fn is_icmp6_error(t: u8) -> bool {
     matches!(t, 1..=4)
+}
+
+/// Whether an ICMPv6 type is neighbour discovery: router solicitation and advertisement,
+/// neighbour solicitation and advertisement, redirect (RFC 4861, types 133 to 137).
+pub const fn is_icmp6_nd(t: u8) -> bool {
+    matches!(t, 133..=137)
 }
 
 /// Whether `nh` is an IPv6 extension header that the walk steps over.
@@ -214,6 +225,14 @@ mod tests {
         assert_eq!(L4::classify(IPPROTO_ICMPV6, true, true, 128), L4::Icmp6);
         assert_eq!(L4::classify(IPPROTO_ICMPV6, true, true, 2), L4::Icmp6Error);
         assert_eq!(L4::classify(IPPROTO_ICMPV6, false, true, 2), L4::Unknown);
+        for nd in 133..=137 {
+            assert_eq!(
+                L4::classify(IPPROTO_ICMPV6, true, true, nd),
+                L4::NeighborDiscovery
+            );
+        }
+        assert_eq!(L4::classify(IPPROTO_ICMPV6, true, true, 132), L4::Icmp6);
+        assert_eq!(L4::classify(IPPROTO_ICMPV6, true, true, 138), L4::Icmp6);
         assert_eq!(L4::classify(132, false, true, 0), L4::Opaque);
         assert_eq!(L4::classify(33, false, true, 0), L4::Unknown); // DCCP
         assert_eq!(L4::classify(136, true, false, 0), L4::Unknown); // UDP-Lite fragment

@@ -107,7 +107,16 @@ pub fn walk<const MAX: usize>(
 /// Translates the IPv6 packet whose header starts at `l3`.
 // A BPF-to-BPF call: its own stack frame, which keeps every frame under 512 bytes.
 #[inline(never)]
-pub fn translate<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Result<Counter, Counter> {
+pub fn translate<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Counter {
+    // The outcome goes back as one scalar: a `Result` would be returned through the
+    // caller's stack, which the verifier rejects if a stack pointer is left in r0.
+    match try_translate::<PHYSICAL>(pkt, l3) {
+        Ok(c) | Err(c) => c,
+    }
+}
+
+#[inline(always)]
+fn try_translate<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Result<Counter, Counter> {
     let h = pkt.field::<[u8; IPV6_HLEN]>(l3)?;
     let f = fields(h);
     if f.version != 6 {
@@ -131,6 +140,9 @@ pub fn translate<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Result<Counte
     let kind = L4::classify(t.proto, true, t.first, icmp_type);
     if kind == L4::Unknown {
         return Err(Counter::PassUnknownProto);
+    }
+    if kind == L4::NeighborDiscovery {
+        return Err(Counter::PassNeighborDiscovery);
     }
     if t.off + kind.min_len() > end {
         return Err(Counter::PassMalformed);

@@ -51,8 +51,8 @@ fn translate<const PHYSICAL: bool>(pkt: &Packet) -> Result<Counter, Counter> {
     // One verifier path for every VLAN depth, rather than one per depth.
     let l3 = packet::settle(l3)?;
     match ethertype {
-        ETH_P_IP => ipv4::translate::<PHYSICAL>(pkt, l3),
-        ETH_P_IPV6 => ipv6::translate::<PHYSICAL>(pkt, l3),
+        ETH_P_IP => Ok(ipv4::translate::<PHYSICAL>(pkt, l3)),
+        ETH_P_IPV6 => Ok(ipv6::translate::<PHYSICAL>(pkt, l3)),
         _ => Err(Counter::PassNotIp),
     }
 }

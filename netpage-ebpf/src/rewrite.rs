@@ -120,7 +120,7 @@ pub fn check_field(pkt: &Packet, kind: L4, l4: usize, end: usize) -> Result<Opti
         L4::Tcp => word_at::<16>(pkt, l4, end),
         L4::Udp => word_at::<6>(pkt, l4, end),
         L4::Icmp4Error | L4::Icmp6 | L4::Icmp6Error => word_at::<2>(pkt, l4, end),
-        L4::Unknown | L4::Opaque => Ok(None),
+        L4::Unknown | L4::Opaque | L4::NeighborDiscovery => Ok(None),
     }
 }
 

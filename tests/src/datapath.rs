@@ -51,9 +51,19 @@ impl Datapath {
         self.table.create_stats(va).unwrap();
     }
 
-    fn program(&self, side: Side) -> &Xdp {
+    /// The loaded program of `side`.
+    pub fn program(&self, side: Side) -> &Xdp {
         self.ebpf
             .program(side.program())
+            .unwrap()
+            .try_into()
+            .unwrap()
+    }
+
+    /// The loaded program of `side`, to attach it.
+    pub fn program_mut(&mut self, side: Side) -> &mut Xdp {
+        self.ebpf
+            .program_mut(side.program())
             .unwrap()
             .try_into()
             .unwrap()

@@ -1,5 +1,11 @@
 //! Helpers for netpage's integration tests: packet builders, independent checksum
 //! verification, and the in-kernel fixture harness.
+pub mod bench;
 pub mod build;
 pub mod datapath;
+pub mod demo;
+pub mod guest;
+pub mod netns;
+pub mod qemu;
 pub mod verify;
+pub mod world;

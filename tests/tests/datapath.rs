@@ -820,6 +820,47 @@ fn ipv6_ext_cases() -> Vec<Case> {
             f
         }),
     ));
+    // Neighbour discovery belongs to the link: a VM resolving its gateway from its VA, or
+    // a router answering at an RA, is never translated.
+    for (ty, name, side, src, dst) in [
+        (
+            133u8,
+            "router solicitation",
+            Side::Virtual,
+            w.va_a,
+            ip6("ff02::2"),
+        ),
+        (
+            135,
+            "neighbour solicitation",
+            Side::Virtual,
+            w.va_a,
+            ip6("ff02::1:ff00:1"),
+        ),
+        (
+            136,
+            "neighbour advertisement",
+            Side::Physical,
+            w.router,
+            w.ra_a,
+        ),
+        (137, "redirect", Side::Physical, w.router, w.ra_a),
+    ] {
+        cases.push(case(
+            format!("v6 {name}"),
+            side,
+            Counter::PassNeighborDiscovery,
+            Box::new(move |x| {
+                let (s, d) = (x(src), x(dst));
+                let target = match w.router {
+                    IpAddr::V6(a) => a.octets(),
+                    IpAddr::V4(_) => unreachable!("an IPv6 world"),
+                };
+                let m = icmp6(s, d, ty, 0, [0; 4], &target);
+                ether(&[], 0x86DD, &ipv6(s, d, 58, &[], &m))
+            }),
+        ));
+    }
     cases.push(case(
         "v6 UDP-Lite",
         Side::Virtual,

@@ -3,6 +3,7 @@
 //! Every task first brings the machine to a state that can build the XDP program (see
 //! `toolchain`), so each is one command on a fresh machine.
 
+mod bench;
 mod cmd;
 mod toolchain;
 
@@ -27,6 +28,13 @@ enum Task {
         /// Extra arguments for `cargo test` (a test name filter, `--nocapture`, ...).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// Set up, then measure per-packet cost and switch latency (root); writes
+    /// target/bench/report.json and report.md.
+    Bench {
+        /// A brief run that checks the benchmark works; its numbers mean nothing.
+        #[arg(long)]
+        smoke: bool,
     },
 }
 
@@ -56,6 +64,8 @@ fn run(cli: Cli) -> Result<()> {
                     "warnings",
                 ],
             )?;
+            // The namespace tests run the `netpage` binary itself.
+            cmd::cargo(&env, &["build", "-p", "netpage-user", "--bins"])?;
             let mut test = vec!["--workspace"];
             if !args.is_empty() {
                 test.push("--");
@@ -63,5 +73,6 @@ fn run(cli: Cli) -> Result<()> {
             }
             cmd::cargo_test(&env, &test)
         }
+        Task::Bench { smoke } => bench::run(&env, smoke),
     }
 }

@@ -20,8 +20,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd;
 
-/// Debian packages: Rust with a prebuilt `core` for BPF, LLVM 22 for bpf-linker, and the
-/// tools the tests and the demo drive.
+/// Debian packages: Rust with a prebuilt `core` for BPF, LLVM 22 for bpf-linker, the
+/// tools the tests and the demo drive, and QEMU with what builds its tiny guest (busybox,
+/// cpio; the guest kernel is fetched with `apt-get download`).
 const DEBIAN_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -30,7 +31,12 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
     "ethtool",
+    "iputils-ping",
+    "util-linux",
     "nftables",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
 ];
 
 /// The bpf-linker release that matches LLVM 22 and Rust 1.96.

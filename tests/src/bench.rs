@@ -1,0 +1,63 @@
+//! Measurements of netpage's costs, for `cargo xtask bench`: per-packet cost in the kernel
+//! and the latency of a switch, written as report rows.
+//!
+//! Each part is a function from a [`Config`] to rows, so the benchmark binary runs them in
+//! full and a test runs them in the smoke configuration. Nothing here asserts a timing.
+
+pub mod fill;
+pub mod packets;
+pub mod per_packet;
+pub mod report;
+pub mod stats;
+pub mod switch;
+pub mod sys;
+pub mod targets;
+
+/// How much to measure.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Table sizes (mappings per family) for the per-packet cost.
+    pub packet_sizes: Vec<u32>,
+    /// Repeats of every per-packet measurement; the reported value is their median.
+    pub repeats: usize,
+    /// Program runs in one BPF_PROG_TEST_RUN call (one repeat of one variant).
+    pub runs: u32,
+    /// Table sizes for the switch latency.
+    pub switch_sizes: Vec<u32>,
+    /// Switches timed per table size, traffic state and kind of switch.
+    pub switches: usize,
+}
+
+impl Config {
+    /// The measurement the report is made from.
+    pub fn full() -> Self {
+        Self {
+            packet_sizes: vec![1, 10_000, 1_000_000],
+            repeats: 15,
+            runs: 1_000_000,
+            switch_sizes: vec![1, 1_000_000],
+            switches: 50_000,
+        }
+    }
+
+    /// A run of seconds that exercises every measurement, with small tables and few
+    /// repeats: for checking that the benchmark works, not for its numbers.
+    pub fn smoke() -> Self {
+        Self {
+            packet_sizes: vec![1, 1_000],
+            repeats: 3,
+            runs: 10_000,
+            switch_sizes: vec![1, 1_000],
+            switches: 200,
+        }
+    }
+}
+
+/// Extra capacity beyond a table's nominal size: room for the reverse entry that a switch
+/// adds before the old one is removed.
+pub const HEADROOM: u32 = 16;
+
+/// A progress line on stderr (the report goes to stdout and files).
+pub fn note(msg: impl std::fmt::Display) {
+    eprintln!("bench: {msg}");
+}

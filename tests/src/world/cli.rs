@@ -1,0 +1,195 @@
+//! Driving the `netpage` command on the world's edge nodes: attach, map, switch, stats.
+
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    process::{Command, Output},
+};
+
+use super::{Host, Node, Vm, World};
+use crate::netns::{assert_ok, output};
+
+/// The `netpage` binary: `$NETPAGE_BIN`, else `netpage` in the cargo target directory of
+/// the running executable (`target/<profile>/` or its `deps/`).
+pub fn netpage_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NETPAGE_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let mut dir = exe
+        .parent()
+        .expect("the executable's directory")
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("netpage");
+    assert!(
+        bin.is_file(),
+        "no netpage binary at {}: build it first (cargo build -p netpage-user) or set NETPAGE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+impl World {
+    /// Runs `netpage --pin-dir <node's dir> ARGS` inside `node`; returns the output as is.
+    pub fn netpage(&self, node: Node, args: &[&str]) -> Output {
+        output(&mut self.netpage_command(node, args))
+    }
+
+    /// Like [`World::netpage`], panicking with stdout and stderr unless it succeeds;
+    /// returns stdout.
+    pub fn netpage_ok(&self, node: Node, args: &[&str]) -> String {
+        let out = self.netpage(node, args);
+        assert_ok(
+            &out,
+            &format!("netpage {} on {}", args.join(" "), node.name()),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `netpage --json ARGS` on `node`, which must succeed, and parses its output.
+    pub fn netpage_json(&self, node: Node, args: &[&str]) -> serde_json::Value {
+        let json: Vec<&str> = ["--json"].iter().chain(args).copied().collect();
+        let out = self.netpage_ok(node, &json);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("netpage {json:?} on {node:?}: not JSON ({e}):\n{out}"))
+    }
+
+    fn netpage_command(&self, node: Node, args: &[&str]) -> Command {
+        let mut c = self.ns(node).command(netpage_bin());
+        c.arg("--pin-dir").arg(self.pin_dir(node)).args(args);
+        c
+    }
+
+    /// Attaches netpage to `ifname` on `node`, on the virtual side if `virtual_side`.
+    pub fn attach(&self, node: Node, ifname: &str, virtual_side: bool) {
+        let side = if virtual_side { "virtual" } else { "physical" };
+        self.netpage_ok(node, &["attach", ifname, "--side", side]);
+    }
+
+    /// Detaches netpage from `ifname` on `node`.
+    pub fn detach(&self, node: Node, ifname: &str) {
+        self.netpage_ok(node, &["detach", ifname]);
+    }
+
+    /// Every (node, interface, virtual side?) that netpage belongs on right now.
+    pub fn attachments(&self) -> Vec<(Node, &'static str, bool)> {
+        let mut a = vec![
+            (Node::Gw, "g0", true),
+            (Node::Gw, "ga", false),
+            (Node::Gw, "gb", false),
+            (Node::HostA, "a0", false),
+            (Node::HostB, "b0", false),
+        ];
+        if self.options.host_link {
+            a.push((Node::HostA, "ax", false));
+            a.push((Node::HostB, "bx", false));
+        }
+        for vm in self.vms() {
+            a.push((self.vm_host(vm).node(), vm.port(), true));
+        }
+        a
+    }
+
+    /// Attaches netpage to every interface of [`World::attachments`].
+    pub fn attach_all(&self) {
+        for (node, ifname, virtual_side) in self.attachments() {
+            self.attach(node, ifname, virtual_side);
+        }
+    }
+
+    /// Adds the mapping `va` -> `ra` on every edge node.
+    pub fn map_all(&self, va: IpAddr, ra: IpAddr) {
+        let (va, ra) = (va.to_string(), ra.to_string());
+        for node in Node::EDGES {
+            self.netpage_ok(node, &["map", "add", "--vm", &va, "--real", &ra]);
+        }
+    }
+
+    /// Switches `va` to `ra` on every edge node: the hosts first, so that the new one
+    /// translates `ra` before the gateway sends traffic to it.
+    pub fn switch_all(&self, va: IpAddr, ra: IpAddr) {
+        let (va, ra) = (va.to_string(), ra.to_string());
+        for node in [Node::HostA, Node::HostB, Node::Gw] {
+            self.netpage_ok(node, &["switch", "--vm", &va, "--to", &ra]);
+        }
+    }
+
+    /// Moves `vm` to `to` with netpage following its port: detached on the old host before
+    /// the move, attached on the virtual side at the new one after it.
+    pub fn migrate(&self, vm: Vm, to: Host) {
+        self.move_vm_with(
+            vm,
+            to,
+            |from, port| self.detach(from.node(), port),
+            |to, port| self.attach(to.node(), port, true),
+        );
+    }
+
+    /// The packets translated by the mapping of `va` on `node` (every `*packets*` counter
+    /// of `netpage --json stats --vm VA`, summed).
+    pub fn mapped_packets(&self, node: Node, va: IpAddr) -> u64 {
+        let stats = self.netpage_json(node, &["stats", "--vm", &va.to_string()]);
+        sum_packets(&stats, false)
+    }
+}
+
+impl World {
+    /// A snapshot for a failing test's message: each node's links, routes and neighbors,
+    /// and each edge's netpage status and stats.
+    pub fn diagnostics(&self) -> String {
+        let mut d = String::new();
+        for (node, ns) in &self.namespaces {
+            for args in [
+                &["-br", "addr"][..],
+                &["route"],
+                &["-6", "route"],
+                &["neigh"],
+            ] {
+                let out = ns.exec("ip", args);
+                d += &format!("== {} ip {}\n{}", node.name(), args.join(" "), text(&out));
+            }
+            if node.is_edge() {
+                for args in [&["status"][..], &["stats"]] {
+                    let out = self.netpage(*node, args);
+                    d += &format!("== {} netpage {}\n{}", node.name(), args[0], text(&out));
+                }
+            }
+        }
+        d
+    }
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Sums the integers under keys containing "packets", anywhere in `v`.
+fn sum_packets(v: &serde_json::Value, counted: bool) -> u64 {
+    match v {
+        serde_json::Value::Number(n) if counted => n.as_u64().unwrap_or(0),
+        serde_json::Value::Array(items) => items.iter().map(|i| sum_packets(i, counted)).sum(),
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .map(|(k, f)| sum_packets(f, counted || k.contains("packets")))
+            .sum(),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sum_packets;
+
+    #[test]
+    fn sums_packet_counters_only() {
+        let v = serde_json::json!({
+            "vm": "198.19.0.10",
+            "stats": {"to_vm_packets": 3, "from_vm_packets": 4, "to_vm_bytes": 400},
+            "mappings": [{"packets": 2}]
+        });
+        assert_eq!(sum_packets(&v, false), 9);
+    }
+}

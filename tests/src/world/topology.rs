@@ -1,0 +1,239 @@
+//! The wiring of the world: which veth joins which namespaces, with which addresses and
+//! routes, and how a VM's host-side port is configured wherever it lives.
+
+use super::{Host, Node, Vm, World};
+use crate::netns::NetNs;
+
+/// One end of a veth pair.
+pub struct End {
+    pub node: Node,
+    pub ifname: &'static str,
+    /// IPv4 address with prefix length.
+    pub v4: &'static str,
+    /// IPv6 address with prefix length.
+    pub v6: &'static str,
+}
+
+const fn end(node: Node, ifname: &'static str, v4: &'static str, v6: &'static str) -> End {
+    End {
+        node,
+        ifname,
+        v4,
+        v6,
+    }
+}
+
+/// The links of the world without the VMs: client-gw, gw-hostA, gw-hostB.
+pub const WIRES: [(End, End); 3] = [
+    (
+        end(Node::Client, "c0", "198.18.1.2/24", "2001:db8:1::2/64"),
+        end(Node::Gw, "g0", "198.18.1.1/24", "2001:db8:1::1/64"),
+    ),
+    (
+        end(Node::Gw, "ga", "198.18.3.1/24", "2001:db8:3::1/64"),
+        end(Node::HostA, "a0", "198.18.3.2/24", "2001:db8:3::2/64"),
+    ),
+    (
+        end(Node::Gw, "gb", "198.18.4.1/24", "2001:db8:4::1/64"),
+        end(Node::HostB, "b0", "198.18.4.2/24", "2001:db8:4::2/64"),
+    ),
+];
+
+/// The optional direct link between the hosts, which keeps host-to-host traffic off the
+/// gateway.
+pub const HOST_LINK: (End, End) = (
+    end(Node::HostA, "ax", "198.18.5.1/24", "2001:db8:5::1/64"),
+    end(Node::HostB, "bx", "198.18.5.2/24", "2001:db8:5::2/64"),
+);
+
+/// Routes of each node (as `ip` batch lines) beyond those of its connected networks.
+pub fn routes(node: Node) -> &'static [&'static str] {
+    match node {
+        Node::Client => &[
+            "route add default via 198.18.1.1",
+            "route add ::/0 via 2001:db8:1::1",
+        ],
+        Node::Gw => &[
+            "route add 198.18.10.0/24 via 198.18.3.2",
+            "route add 2001:db8:10::/64 via 2001:db8:3::2",
+            "route add 198.18.20.0/24 via 198.18.4.2",
+            "route add 2001:db8:20::/64 via 2001:db8:4::2",
+        ],
+        Node::HostA => &[
+            "route add default via 198.18.3.1",
+            "route add ::/0 via 2001:db8:3::1",
+        ],
+        Node::HostB => &[
+            "route add default via 198.18.4.1",
+            "route add ::/0 via 2001:db8:4::1",
+        ],
+        Node::Vm | Node::Vm2 => &[],
+    }
+}
+
+/// Routes that send each host's site prefix straight over the host link.
+pub fn host_link_routes(host: Host) -> &'static [&'static str] {
+    match host {
+        Host::A => &[
+            "route add 198.18.20.0/24 via 198.18.5.2",
+            "route add 2001:db8:20::/64 via 2001:db8:5::2",
+        ],
+        Host::B => &[
+            "route add 198.18.10.0/24 via 198.18.5.1",
+            "route add 2001:db8:10::/64 via 2001:db8:5::1",
+        ],
+    }
+}
+
+/// Sysctls for a fresh namespace, set before any interface exists so that every interface
+/// inherits them: no DAD, no reverse-path filter, and forwarding on edge nodes.
+pub fn namespace_sysctls(node: Node) -> Vec<(String, &'static str)> {
+    let mut s = vec![
+        ("net.ipv6.conf.all.accept_dad".into(), "0"),
+        ("net.ipv6.conf.default.accept_dad".into(), "0"),
+        ("net.ipv4.conf.all.rp_filter".into(), "0"),
+        ("net.ipv4.conf.default.rp_filter".into(), "0"),
+    ];
+    if node.is_edge() {
+        s.push(("net.ipv4.ip_forward".into(), "1"));
+        s.push(("net.ipv6.conf.all.forwarding".into(), "1"));
+    }
+    s
+}
+
+/// Per-interface sysctls: no reverse-path filter, no DAD.
+pub fn iface_sysctls(ifname: &str) -> Vec<(String, &'static str)> {
+    vec![
+        (format!("net.ipv4.conf.{ifname}.rp_filter"), "0"),
+        (format!("net.ipv6.conf.{ifname}.accept_dad"), "0"),
+    ]
+}
+
+/// Batch lines that address and raise one end of a veth.
+pub fn end_lines(e: &End) -> Vec<String> {
+    vec![
+        format!("addr add {} dev {}", e.v4, e.ifname),
+        format!("addr add {} dev {} nodad", e.v6, e.ifname),
+        format!("link set {} up", e.ifname),
+    ]
+}
+
+/// Turns off transmit checksum offload on `ifnames`, so that receivers verify checksums.
+pub fn offload_off(ns: &NetNs, ifnames: &[&str]) {
+    ns.run(|| {
+        for ifname in ifnames {
+            crate::netns::check(
+                std::process::Command::new("ethtool").args(["-K", ifname, "tx", "off"]),
+            );
+        }
+    });
+}
+
+/// Configuration of the VM itself: its VA on eth0 and default routes through the
+/// (proxy-ARP and fe80::1) host port.
+pub fn vm_lines(vm: Vm) -> Vec<String> {
+    let (va4, va6) = vm.vas();
+    vec![
+        format!("addr add {va4}/32 dev eth0"),
+        format!("addr add {va6}/128 dev eth0 nodad"),
+        "link set eth0 up".into(),
+        "route add 198.19.0.1 dev eth0".into(),
+        "route add default via 198.19.0.1".into(),
+        "route add ::/0 via fe80::1 dev eth0".into(),
+    ]
+}
+
+/// Sysctls of a VM's host-side port: proxy ARP answering at once, plus [`iface_sysctls`].
+pub fn port_sysctls(port: &str) -> Vec<(String, &'static str)> {
+    let mut s = iface_sysctls(port);
+    s.push((format!("net.ipv4.conf.{port}.proxy_arp"), "1"));
+    s.push((format!("net.ipv4.neigh.{port}.proxy_delay"), "0"));
+    s
+}
+
+/// Batch lines for a VM's host-side port: up, fe80::1, and host routes to the VM's VAs.
+pub fn port_lines(vm: Vm) -> Vec<String> {
+    let port = vm.port();
+    let (va4, va6) = vm.vas();
+    vec![
+        format!("link set {port} up"),
+        format!("addr add fe80::1/64 dev {port} nodad"),
+        format!("route add {va4}/32 dev {port}"),
+        format!("route add {va6}/128 dev {port}"),
+    ]
+}
+
+impl World {
+    /// Creates and configures every link, route and VM of the world.
+    pub(super) fn wire(&self) {
+        for (a, b) in &WIRES {
+            self.veth(a, b);
+        }
+        if self.options.host_link {
+            self.veth(&HOST_LINK.0, &HOST_LINK.1);
+        }
+        for node in [Node::Client, Node::Gw, Node::HostA, Node::HostB] {
+            self.batch(node, routes(node));
+        }
+        if self.options.host_link {
+            self.batch(Node::HostA, host_link_routes(Host::A));
+            self.batch(Node::HostB, host_link_routes(Host::B));
+        }
+        for vm in self.vms() {
+            self.create_vm(vm);
+        }
+        for (_, ns) in &self.namespaces {
+            ns.wait_up();
+        }
+    }
+
+    /// (Re)configures `vm`'s host-side port in `host`'s namespace.
+    pub(super) fn setup_port(&self, vm: Vm, host: Host) {
+        let ns = self.ns(host.node());
+        ns.sysctls(&port_sysctls(vm.port()));
+        offload_off(ns, &[vm.port()]);
+        ns.ip_batch(&port_lines(vm));
+        ns.wait_up();
+        self.ns(vm.node()).wait_up();
+    }
+
+    fn batch(&self, node: Node, lines: &[&str]) {
+        let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        self.ns(node).ip_batch(&lines);
+    }
+
+    fn veth(&self, a: &End, b: &End) {
+        let peer_ns = self.ns(b.node).name();
+        self.ns(a.node).ip(&[
+            "link", "add", a.ifname, "type", "veth", "peer", "name", b.ifname, "netns", peer_ns,
+        ]);
+        for e in [a, b] {
+            let ns = self.ns(e.node);
+            ns.sysctls(&iface_sysctls(e.ifname));
+            offload_off(ns, &[e.ifname]);
+            ns.ip_batch(&end_lines(e));
+        }
+    }
+
+    fn create_vm(&self, vm: Vm) {
+        let host = self.vm_host(vm);
+        let vm_ns = self.ns(vm.node());
+        let host_ns = self.ns(host.node()).name();
+        vm_ns.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            vm.port(),
+            "netns",
+            host_ns,
+        ]);
+        vm_ns.sysctls(&iface_sysctls("eth0"));
+        offload_off(vm_ns, &["eth0"]);
+        vm_ns.ip_batch(&vm_lines(vm));
+        self.setup_port(vm, host);
+    }
+}

@@ -1,0 +1,341 @@
+//! The `netpage` command on a node of the namespace world: bad input is refused with its
+//! error and changes nothing, switch and apply report what they did, and the pinned state
+//! (tables and attachments) outlives every process and a re-attach.
+
+use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
+
+use netpage_tests::world::{Node, Prober, V4, V6, World};
+use serde_json::Value;
+
+/// What a node's table looks like from outside: its mappings and its status.
+fn snapshot(world: &World, node: Node) -> (Value, Value) {
+    let list = world.netpage_json(node, &["map", "list"]);
+    let mut status = world.netpage_json(node, &["status"]);
+    status.as_object_mut().unwrap().remove("pin_dir");
+    (list, status)
+}
+
+/// A world whose gateway has both VMs' families mapped at host A.
+fn mapped_world() -> World {
+    let world = World::new();
+    world.attach_all();
+    for a in [V4, V6] {
+        world.map_all(a.va, a.ra_a);
+    }
+    world
+}
+
+/// Runs netpage on the gateway expecting failure with `expect` in its message, and checks
+/// that the table is unchanged.
+fn refused(world: &World, args: &[&str], expect: &str) {
+    let before = snapshot(world, Node::Gw);
+    let out = world.netpage(Node::Gw, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "netpage {args:?} succeeded");
+    assert!(
+        stderr.contains(expect),
+        "netpage {args:?}: expected {expect:?} in:\n{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "netpage {args:?} printed to stdout");
+    assert_eq!(
+        snapshot(world, Node::Gw),
+        before,
+        "netpage {args:?} changed the table"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let world = mapped_world();
+    let (va, ra_a, ra_b) = (V4.va.to_string(), V4.ra_a.to_string(), V4.ra_b.to_string());
+    let (va6, ra6) = (V6.va.to_string(), V6.ra_b.to_string());
+    world.netpage_ok(
+        Node::Gw,
+        &[
+            "map",
+            "add",
+            "--vm",
+            "198.19.0.11",
+            "--real",
+            "198.18.10.101",
+        ],
+    );
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["map", "add", "--vm", "198.19.0.300", "--real", &ra_b],
+            "invalid IP address",
+        ),
+        (
+            &["switch", "--vm", &va, "--to", "banana"],
+            "invalid IP address",
+        ),
+        (
+            &["map", "add", "--vm", "198.19.0.12", "--real", &ra6],
+            "different address families",
+        ),
+        (
+            &["switch", "--vm", &va6, "--to", &ra_b],
+            "different address families",
+        ),
+        (
+            &["map", "add", "--vm", &va, "--real", &ra_b],
+            "is already mapped",
+        ),
+        (
+            &["switch", "--vm", "198.19.0.99", "--to", &ra_b],
+            "is not in the page table",
+        ),
+        (
+            &["map", "del", "--vm", "198.19.0.99"],
+            "is not in the page table",
+        ),
+        (
+            &["stats", "--vm", "198.19.0.99"],
+            "is not in the page table",
+        ),
+        (
+            &["map", "add", "--vm", "198.19.0.12", "--real", &ra_a],
+            "already used by VM",
+        ),
+        (
+            &["switch", "--vm", &va, "--to", "198.18.10.101"],
+            "already used by VM",
+        ),
+        (
+            &["switch", "--vm", &va, "--to", &ra_b, "--drain", "soon"],
+            "not a number",
+        ),
+        (
+            &["attach", "nosuch0", "--side", "virtual"],
+            "no interface named nosuch0",
+        ),
+        (
+            &["attach", "g0", "--side", "sideways"],
+            "invalid value 'sideways'",
+        ),
+        (
+            &["attach", "g0", "--side", "virtual", "--mode", "skb"],
+            "can be replaced only in the same mode",
+        ),
+        (
+            &["attach", "g0", "--side", "virtual", "--capacity", "10"],
+            "the capacity is fixed",
+        ),
+        (&["detach", "nosuch0"], "nosuch0 is not attached"),
+        (
+            &["apply", "-f", "/nonexistent/table.toml"],
+            "reading /nonexistent/table.toml",
+        ),
+    ];
+    for (args, expect) in cases {
+        refused(&world, args, expect);
+    }
+    let dir = tempdir(&world);
+    for (name, text, expect) in [
+        (
+            "dup.toml",
+            format!(
+                "[[mapping]]\nvm = \"{va}\"\nreal = \"{ra_a}\"\n[[mapping]]\nvm = \"{va}\"\nreal = \"{ra_b}\"\n"
+            ),
+            "appears twice",
+        ),
+        (
+            "family.toml",
+            format!("[[mapping]]\nvm = \"{va}\"\nreal = \"{ra6}\"\n"),
+            "different address families",
+        ),
+        (
+            "syntax.json",
+            "{\"mapping\": [".to_owned(),
+            "not a valid JSON table file",
+        ),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        refused(&world, &["apply", "-f", path.to_str().unwrap()], expect);
+    }
+}
+
+#[test]
+fn missing_node_and_privileges_are_explained() {
+    let world = World::new();
+    let empty = tempdir(&world).join("empty-node");
+    let out = world.ns(Node::Gw).exec(
+        netpage_tests::world::netpage_bin().to_str().unwrap(),
+        &["--pin-dir", empty.to_str().unwrap(), "map", "list"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no page table under") && stderr.contains("netpage attach"),
+        "{stderr}"
+    );
+
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(netpage_tests::world::netpage_bin())
+        .args(["--pin-dir", empty.to_str().unwrap(), "status"])
+        .output()
+        .expect("run setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("must run as root"), "{stderr}");
+}
+
+#[test]
+fn switch_reports_and_drains() {
+    let world = mapped_world();
+    for a in [V4, V6] {
+        let (va, ra_b) = (a.va.to_string(), a.ra_b.to_string());
+        let s = world.netpage_json(
+            Node::Gw,
+            &["switch", "--vm", &va, "--to", &ra_b, "--drain", "60"],
+        );
+        assert_eq!(s["from"], a.ra_a.to_string());
+        assert_eq!(s["to"], ra_b);
+        let us = s["update_us"].as_f64().unwrap();
+        assert!(us > 0.0 && us < 1e6, "update took {us} us");
+        assert!(s["drain_until_ms"].as_u64().is_some());
+        // Both real addresses translate back to the VM while the old one drains.
+        let status = world.netpage_json(Node::Gw, &["status"]);
+        assert_eq!(status["draining"], 1);
+        let ended = world.netpage_json(Node::Gw, &["gc", "--now"]);
+        assert_eq!(ended["ended"][0]["real"], a.ra_a.to_string());
+        let status = world.netpage_json(Node::Gw, &["status"]);
+        assert_eq!(status["draining"], 0);
+        // Switching to where the VM already is changes nothing.
+        let again = world.netpage_json(Node::Gw, &["switch", "--vm", &va, "--to", &ra_b]);
+        assert_eq!(again["from"], again["to"]);
+    }
+    assert_eq!(
+        status_reverse(&world),
+        2,
+        "one reverse entry per mapping after the drains"
+    );
+}
+
+fn status_reverse(world: &World) -> u64 {
+    world.netpage_json(Node::Gw, &["status"])["reverse_entries"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn apply_loads_a_table_and_is_idempotent() {
+    let world = mapped_world();
+    let dir = tempdir(&world);
+    let mut toml = String::new();
+    for i in 0..2000u32 {
+        let (b, c) = (i / 250, i % 250 + 1);
+        toml += &format!("[[mapping]]\nvm = \"10.{b}.{c}.1\"\nreal = \"10.100.{b}.{c}\"\n");
+        toml += &format!("[[mapping]]\nvm = \"fd00::{i:x}\"\nreal = \"fd01::{i:x}\"\n");
+    }
+    let file = dir.join("table.toml");
+    std::fs::write(&file, &toml).unwrap();
+    let f = file.to_str().unwrap();
+
+    let dry = world.netpage_json(Node::Gw, &["apply", "-f", f, "--dry-run"]);
+    assert_eq!(dry["added"].as_array().unwrap().len(), 4000);
+    assert_eq!(status_reverse(&world), 2, "a dry run changes nothing");
+
+    let first = world.netpage_json(Node::Gw, &["apply", "-f", f]);
+    assert_eq!(first["added"].as_array().unwrap().len(), 4000);
+    // The two mappings of the world are not in the file: the file is the whole table.
+    assert_eq!(first["removed"].as_array().unwrap().len(), 2);
+    let second = world.netpage_json(Node::Gw, &["apply", "-f", f]);
+    assert_eq!(second["unchanged"], 4000);
+    for k in ["added", "moved", "removed"] {
+        assert_eq!(second[k].as_array().unwrap().len(), 0, "second apply {k}");
+    }
+    assert_eq!(status_reverse(&world), 4000);
+
+    // What `map list --json` prints is a table file: it applies with no change, and an
+    // edited copy moves exactly the edited VM.
+    let saved = world.netpage_json(Node::Gw, &["map", "list"]);
+    let mut edited = saved.clone();
+    edited["mapping"][0]["real"] = "10.200.0.1".into();
+    for (name, table, moved) in [("saved.json", saved, 0), ("edited.json", edited, 1)] {
+        let path = dir.join(name);
+        std::fs::write(&path, table.to_string()).unwrap();
+        let r = world.netpage_json(
+            Node::Gw,
+            &["apply", "-f", path.to_str().unwrap(), "--drain", "0"],
+        );
+        assert_eq!(r["moved"].as_array().unwrap().len(), moved, "{name}");
+        assert_eq!(r["unchanged"], 4000 - moved, "{name}");
+    }
+    assert_eq!(
+        status_reverse(&world),
+        4000,
+        "the moved VM's old address is gone"
+    );
+}
+
+#[test]
+fn pinned_state_outlives_the_loader_and_a_reattach_loses_nothing() {
+    let world = mapped_world();
+    let target = SocketAddr::new(V4.va, 7100);
+    let _echo = world.udp_echo(Node::Vm, target);
+    let before = snapshot(&world, Node::Gw);
+    // Every `netpage` process has exited: translation runs on pinned state alone.
+    let client = world.udp_socket(Node::Client, SocketAddr::new(V4.client, 0));
+    let probes = Prober::spawn(
+        client,
+        target,
+        Duration::from_millis(1),
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // The first attach on each node loads and verifies a new copy of the program
+    // (`--reload`); the node's other interfaces then get that copy. Each swaps atomically.
+    let mut reloaded = Vec::new();
+    for (node, iface, virtual_side) in world.attachments() {
+        let side = if virtual_side { "virtual" } else { "physical" };
+        let mut args = vec!["attach", iface, "--side", side];
+        if !reloaded.contains(&node) {
+            args.push("--reload");
+            reloaded.push(node);
+        }
+        let r = world.netpage_json(node, &args);
+        assert_eq!(r["replaced"], true, "{r}");
+    }
+    let report = probes.join();
+    assert!(report.sent > 1000, "{report}");
+    assert_eq!(report.lost, 0, "probes lost while re-attaching: {report}");
+    assert_eq!(
+        snapshot(&world, Node::Gw),
+        before,
+        "re-attaching changed the table"
+    );
+    let status = world.netpage_json(Node::Gw, &["status"]);
+    for i in status["interfaces"].as_array().unwrap() {
+        assert_eq!(
+            (i["present"].as_bool(), i["pinned"].as_bool()),
+            (Some(true), Some(true)),
+            "{i}"
+        );
+    }
+    // The replacing programs count into the same pinned per-mapping counters.
+    assert!(world.mapped_packets(Node::Gw, V4.va) >= report.received * 2);
+}
+
+/// A scratch directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir(world: &World) -> TempDir {
+    let dir = std::env::temp_dir().join(format!("netpage-cli-{}", world.prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    TempDir(dir)
+}

@@ -1,0 +1,338 @@
+//! Network-namespace tests: a client reaching VMs by their virtual addresses across the
+//! world's gateway and hosts, first by plain routing (the plumbing), then through netpage,
+//! including a VM moving between hosts mid-connection.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use netpage_tests::world::{Addrs, Host, Node, Options, ProbeReport, Prober, V4, V6, Vm, World};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+const UDP_PORT: u16 = 7000;
+const TCP_PORT: u16 = 7001;
+
+fn sa(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
+
+/// The wildcard address of `ip`'s family, port 0.
+fn any(ip: IpAddr) -> SocketAddr {
+    let unspecified = match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    sa(unspecified, 0)
+}
+
+/// Sends a datagram from `from` (bound to `src`) to `dst` until one is echoed; returns the
+/// echo's source, or `None` if three tries went unanswered.
+fn udp_echoed_by(world: &World, from: Node, src: SocketAddr, dst: SocketAddr) -> Option<IpAddr> {
+    let socket = world.udp_socket(from, src);
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    for _ in 0..3 {
+        socket.send_to(b"hello", dst).ok()?;
+        if let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            assert_eq!(&buf[..n], b"hello", "echo from {peer}");
+            return Some(peer.ip());
+        }
+    }
+    None
+}
+
+/// Writes `line` and reads back exactly as many bytes, which must be the same.
+fn echo_line(stream: &mut TcpStream, line: &str) {
+    stream.write_all(line.as_bytes()).unwrap();
+    let mut back = vec![0u8; line.len()];
+    stream
+        .read_exact(&mut back)
+        .unwrap_or_else(|e| panic!("echo of {line:?}: {e}"));
+    assert_eq!(String::from_utf8_lossy(&back), line);
+}
+
+fn tcp_client(world: &World, dst: SocketAddr) -> TcpStream {
+    let s = world
+        .tcp_connect(Node::Client, dst, TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to {dst}: {e}"));
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+/// The reply of the line server: the line and the peer address the VM saw.
+fn whoami(line: &str, peer: SocketAddr) -> String {
+    format!("{line} from {}", peer.ip())
+}
+
+/// ICMP, UDP and TCP from the client reach the first VM, which sees the client's own
+/// address, and the answers come from the VA.
+fn client_reaches_vm(world: &World, f: &Addrs) {
+    assert!(world.ping(Node::Client, f.va), "ping {}", f.va);
+    let udp = world.udp_echo(Node::Vm, sa(f.va, UDP_PORT));
+    let echoed_by = udp_echoed_by(world, Node::Client, any(f.va), udp.addr());
+    assert_eq!(echoed_by, Some(f.va), "UDP echo source");
+    assert_eq!(
+        udp.peer_ips(),
+        vec![f.client],
+        "source seen by the VM over UDP"
+    );
+
+    let lines = world.tcp_lines(Node::Vm, sa(f.va, TCP_PORT), whoami);
+    let mut stream = tcp_client(world, lines.addr());
+    assert_eq!(stream.peer_addr().unwrap().ip(), f.va);
+    stream.write_all(b"who\n").unwrap();
+    let mut reply = String::new();
+    let mut byte = [0u8];
+    while stream.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        reply.push(byte[0] as char);
+    }
+    assert_eq!(
+        reply,
+        format!("who from {}", f.client),
+        "TCP peer seen by the VM"
+    );
+}
+
+/// The client gets no answer from the first VM at all.
+fn client_cannot_reach_vm(world: &World, f: &Addrs) {
+    assert!(!world.ping(Node::Client, f.va), "ping {} answered", f.va);
+    let udp = world.udp_echo(Node::Vm, sa(f.va, UDP_PORT));
+    let echoed_by = udp_echoed_by(world, Node::Client, any(f.va), udp.addr());
+    assert_eq!(echoed_by, None, "UDP echo answered");
+}
+
+/// A world with netpage on every edge, each VM mapped to the real address of its host.
+fn netpage_world(options: Options) -> World {
+    let world = World::with(options);
+    world.attach_all();
+    for f in [V4, V6] {
+        world.map_all(f.va, f.ra_a);
+        if options.second_vm {
+            world.map_all(f.va2, f.ra2);
+        }
+    }
+    world
+}
+
+fn plain_routing_reaches_vm(f: &Addrs) {
+    let world = World::new();
+    world.route_plain(Vm::One, Host::A);
+    client_reaches_vm(&world, f);
+}
+
+#[test]
+fn plain_routing_reaches_vm_v4() {
+    plain_routing_reaches_vm(&V4);
+}
+
+#[test]
+fn plain_routing_reaches_vm_v6() {
+    plain_routing_reaches_vm(&V6);
+}
+
+/// Moving the VM's port keeps the VM's sockets and its addressing: once the gateway routes
+/// to host B, the same echo server answers from there.
+#[test]
+fn plain_routing_follows_a_moved_vm() {
+    let world = World::new();
+    world.route_plain(Vm::One, Host::A);
+    let servers: Vec<_> = [V4, V6]
+        .iter()
+        .map(|f| world.udp_echo(Node::Vm, sa(f.va, UDP_PORT)))
+        .collect();
+    world.move_vm(Host::B);
+    assert_eq!(world.vm_host(Vm::One), Host::B);
+    for f in [V4, V6] {
+        assert!(!world.ping(Node::Client, f.va), "{} still reached", f.va);
+    }
+    world.route_plain(Vm::One, Host::B);
+    for (f, server) in [V4, V6].iter().zip(&servers) {
+        assert!(world.ping(Node::Client, f.va), "ping {} at host B", f.va);
+        let by = udp_echoed_by(&world, Node::Client, any(f.va), server.addr());
+        assert_eq!(by, Some(f.va));
+    }
+}
+
+/// The prober sees a short outage, and none after, when the VM moves and the gateway's
+/// route follows it mid-stream.
+#[test]
+fn plain_routing_prober_across_a_move() {
+    let world = World::new();
+    world.route_plain(Vm::One, Host::A);
+    let server = world.udp_echo(Node::Vm, sa(V4.va, UDP_PORT));
+    let socket = world.udp_socket(Node::Client, any(V4.va));
+    let interval = Duration::from_millis(10);
+    let probes = Prober::spawn(socket, server.addr(), interval, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500));
+    world.move_vm(Host::B);
+    world.route_plain(Vm::One, Host::B);
+    std::thread::sleep(Duration::from_millis(500));
+    let report = probes.stop();
+    println!("{report}");
+    assert!(report.received > report.sent / 2, "{report}");
+    assert_eq!(report.strangers, 0, "{report}");
+    assert!(!lost_at_end(&report), "{report}");
+}
+
+/// Whether any of the last 20 probes went unanswered.
+fn lost_at_end(report: &ProbeReport) -> bool {
+    report.lost_seqs.iter().any(|&s| s + 20 >= report.sent)
+}
+
+#[test]
+fn plain_routing_vm_to_vm() {
+    let world = World::with(Options {
+        second_vm: true,
+        host_link: false,
+    });
+    world.route_plain(Vm::One, Host::A);
+    world.route_plain(Vm::Two, Host::B);
+    for f in [V4, V6] {
+        let server = world.udp_echo(Node::Vm2, sa(f.va2, UDP_PORT));
+        let by = udp_echoed_by(&world, Node::Vm, sa(f.va, 0), server.addr());
+        assert_eq!(by, Some(f.va2));
+        assert_eq!(server.peer_ips(), vec![f.va]);
+    }
+}
+
+#[test]
+fn netpage_reaches_vm_v4() {
+    client_reaches_vm(&netpage_world(Options::default()), &V4);
+}
+
+#[test]
+fn netpage_reaches_vm_v6() {
+    client_reaches_vm(&netpage_world(Options::default()), &V6);
+}
+
+/// The negative control: after the VM moves without a switch, the page tables still send
+/// its traffic to host A, and nothing answers.
+fn unswitched_move_loses_vm(f: &Addrs) {
+    let world = netpage_world(Options::default());
+    client_reaches_vm(&world, f);
+    world.migrate(Vm::One, Host::B);
+    client_cannot_reach_vm(&world, f);
+}
+
+#[test]
+fn netpage_unswitched_move_loses_vm_v4() {
+    unswitched_move_loses_vm(&V4);
+}
+
+#[test]
+fn netpage_unswitched_move_loses_vm_v6() {
+    unswitched_move_loses_vm(&V6);
+}
+
+/// An established TCP connection survives the VM's move and switch to host B, new
+/// connections work, and the traffic now crosses host B and not host A.
+fn switch_keeps_tcp(f: &Addrs) {
+    let world = netpage_world(Options::default());
+    let server = world.tcp_echo(Node::Vm, sa(f.va, TCP_PORT));
+    let mut stream = tcp_client(&world, server.addr());
+    for i in 0..5 {
+        echo_line(&mut stream, &format!("before the move, line {i}\n"));
+    }
+    world.migrate(Vm::One, Host::B);
+    world.switch_all(f.va, f.ra_b);
+    let (a, b) = counts(&world, f.va);
+    for i in 0..5 {
+        echo_line(&mut stream, &format!("after the move, line {i}\n"));
+    }
+    echo_line(&mut tcp_client(&world, server.addr()), "a new connection\n");
+    let (a2, b2) = counts(&world, f.va);
+    assert_eq!(a2, a, "host A still translates {}", f.va);
+    assert!(
+        b2 > b,
+        "host B translated nothing for {} ({b} -> {b2})",
+        f.va
+    );
+    assert_eq!(server.peer_ips(), vec![f.client]);
+}
+
+/// Packets translated for `va` at host A and at host B.
+fn counts(world: &World, va: IpAddr) -> (u64, u64) {
+    (
+        world.mapped_packets(Node::HostA, va),
+        world.mapped_packets(Node::HostB, va),
+    )
+}
+
+#[test]
+fn netpage_switch_keeps_tcp_v4() {
+    switch_keeps_tcp(&V4);
+}
+
+#[test]
+fn netpage_switch_keeps_tcp_v6() {
+    switch_keeps_tcp(&V6);
+}
+
+/// A probe stream loses at most a few probes while the VM moves and switches mid-stream,
+/// and none once the switch is done.
+fn switch_mid_stream(f: &Addrs) {
+    let world = netpage_world(Options::default());
+    let server = world.udp_echo(Node::Vm, sa(f.va, UDP_PORT));
+    let socket = world.udp_socket(Node::Client, any(f.va));
+    let interval = Duration::from_millis(10);
+    let probes = Prober::spawn(socket, server.addr(), interval, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500));
+    world.migrate(Vm::One, Host::B);
+    world.switch_all(f.va, f.ra_b);
+    std::thread::sleep(Duration::from_millis(500));
+    let report = probes.stop();
+    println!("{}: {report}", f.va);
+    let diagnose = || format!("{report}\n{}", world.diagnostics());
+    assert!(report.received > report.sent / 2, "{}", diagnose());
+    assert_eq!(report.strangers, 0, "{}", diagnose());
+    assert!(
+        !lost_at_end(&report),
+        "lost after the switch: {}",
+        diagnose()
+    );
+}
+
+#[test]
+fn netpage_switch_mid_stream_v4() {
+    switch_mid_stream(&V4);
+}
+
+#[test]
+fn netpage_switch_mid_stream_v6() {
+    switch_mid_stream(&V6);
+}
+
+/// Two VMs at different hosts talk by their VAs and each sees the other's VA as source.
+fn vm_to_vm(f: &Addrs) {
+    let world = netpage_world(Options {
+        second_vm: true,
+        host_link: true,
+    });
+    let server = world.udp_echo(Node::Vm2, sa(f.va2, UDP_PORT));
+    let by = udp_echoed_by(&world, Node::Vm, sa(f.va, 0), server.addr());
+    assert_eq!(by, Some(f.va2), "echo source seen by VM 1");
+    assert_eq!(server.peer_ips(), vec![f.va], "source seen by VM 2");
+    let tcp = world.tcp_echo(Node::Vm, sa(f.va, TCP_PORT));
+    let mut stream = world
+        .in_ns(Node::Vm2, || {
+            TcpStream::connect_timeout(&tcp.addr(), TIMEOUT)
+        })
+        .expect("VM 2 connects to VM 1");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    echo_line(&mut stream, "from VM 2\n");
+    assert_eq!(tcp.peer_ips(), vec![f.va2], "source seen by VM 1");
+}
+
+#[test]
+fn netpage_vm_to_vm_v4() {
+    vm_to_vm(&V4);
+}
+
+#[test]
+fn netpage_vm_to_vm_v6() {
+    vm_to_vm(&V6);
+}

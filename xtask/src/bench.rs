@@ -1,0 +1,45 @@
+//! `cargo xtask bench`: builds the benchmark in release and runs it; it writes
+//! `target/bench/report.json` and `report.md` and prints the table.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Result;
+
+use crate::{cmd, toolchain::BuildEnv};
+
+/// Runs the benchmark binary of the tests crate, in full or (with `smoke`) briefly.
+pub fn run(env: &BuildEnv, smoke: bool) -> Result<()> {
+    cmd::require_root("the benchmark loads XDP programs and runs them in the kernel")?;
+    let out = target_dir().join("bench");
+    let out = out.to_string_lossy();
+    let mut args = vec![
+        "run",
+        "--release",
+        "--package",
+        "netpage-tests",
+        "--bin",
+        "netpage-bench",
+        "--",
+        "--out",
+        &out,
+    ];
+    if smoke {
+        args.push("--smoke");
+    }
+    cmd::cargo(env, &args)
+}
+
+/// The workspace's target directory (`CARGO_TARGET_DIR` if set).
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("xtask lives in the workspace")
+                .join("target")
+        })
+}
