@@ -32,7 +32,7 @@ impl Default for DemoOptions {
 /// One node's switch, as `netpage switch --json` reported it.
 #[derive(Clone, Debug)]
 pub struct NodeSwitch {
-    pub node: Node,
+    pub node: String,
     pub update_us: f64,
 }
 
@@ -91,20 +91,19 @@ pub fn run(opts: DemoOptions, stop: &AtomicBool) -> Result<DemoReport, Interrupt
     check()?;
 
     eprintln!(
-        "moving the VM to host B and switching {} to {} ...",
+        "plugging the VM into host B, switching {} to {} on every node, unplugging it from host A ...",
         V4.va, V4.ra_b
     );
     let t = Instant::now();
-    world.migrate(Vm::One, Host::B);
+    let plugged = world.plug(Vm::One, Host::B, |host, port| {
+        world.attach(host.node(), port, true)
+    });
     let move_wall = t.elapsed();
     let t = Instant::now();
-    // Host B first, so that it translates the new address before traffic reaches it; then
-    // the gateway, which sends new traffic there; then host A, whose old address drains.
-    let switches = [Node::HostB, Node::Gw, Node::HostA]
-        .into_iter()
-        .map(|node| switch(&world, node))
-        .collect();
+    let report = world.switch_all(V4.va, V4.ra_b);
     let switch_wall = t.elapsed();
+    let switches = node_switches(&report);
+    world.unplug(plugged, |host, port| world.detach(host.node(), port));
     let moved = host_counts(&world);
     let probes = probes.join();
     let end = host_counts(&world);
@@ -122,13 +121,22 @@ pub fn run(opts: DemoOptions, stop: &AtomicBool) -> Result<DemoReport, Interrupt
     })
 }
 
-fn switch(world: &World, node: Node) -> NodeSwitch {
-    let (va, to) = (V4.va.to_string(), V4.ra_b.to_string());
-    let r = world.netpage_json(node, &["switch", "--vm", &va, "--to", &to]);
-    NodeSwitch {
-        node,
-        update_us: r["update_us"].as_f64().expect("update_us in switch output"),
-    }
+/// Each node's V2R update from `netpage switch --json --node ...`, named by node.
+fn node_switches(report: &serde_json::Value) -> Vec<NodeSwitch> {
+    let nodes = report["nodes"].as_array().expect("nodes in switch output");
+    nodes
+        .iter()
+        .map(|n| {
+            let dir = n["node"].as_str().expect("node path");
+            let name = std::path::Path::new(dir)
+                .file_name()
+                .map_or(dir.into(), |f| f.to_string_lossy().into_owned());
+            NodeSwitch {
+                node: name,
+                update_us: n["update_us"].as_f64().expect("update_us"),
+            }
+        })
+        .collect()
 }
 
 /// Packets translated for the VM at host A and at host B.
@@ -142,48 +150,52 @@ impl fmt::Display for DemoReport {
         writeln!(f)?;
         writeln!(
             f,
-            "VM {} moved from host A ({}) to host B ({}) while the client probed it.",
-            self.va, self.from, self.to
+            "VM {} moved from host A ({}) to host B ({}) while the client probed it every {:?}.",
+            self.va, self.from, self.to, self.interval
         )?;
         writeln!(f)?;
-        writeln!(f, "  map update (V2R, one syscall per node):")?;
+        writeln!(
+            f,
+            "  page-table switch (V2R map update, one syscall per node):"
+        )?;
         for s in &self.switches {
-            writeln!(f, "    {:<8} {:>8.1} us", s.node.name(), s.update_us)?;
+            writeln!(f, "    {:<8} {:>6.1} us", s.node, s.update_us)?;
         }
         writeln!(
             f,
-            "  netpage switch on all {} nodes:   {:>6.1} ms (three processes, one after another)",
+            "  `netpage switch` over all {} nodes: {:.1} ms, start to exit (every R2V first, then every V2R)",
             self.switches.len(),
             ms(self.switch_wall)
         )?;
         writeln!(
             f,
-            "  moving the VM's port to host B:  {:>6.1} ms (detach, re-plug, attach)",
+            "  VM plugged into host B before the switch ({:.1} ms), unplugged from host A after it",
             ms(self.move_wall)
         )?;
+        writeln!(f)?;
         writeln!(
             f,
-            "  probes: {} sent every {:?}, {} answered, {} lost (longest run {})",
-            p.sent, self.interval, p.received, p.lost, p.longest_loss_run
+            "  probes: {} sent, {} answered, {} lost (longest run {})",
+            p.sent, p.received, p.lost, p.longest_loss_run
         )?;
         writeln!(
             f,
-            "  largest gap between replies:     {:>6.1} ms",
+            "  largest gap between replies: {:.1} ms",
             ms(p.largest_gap)
         )?;
         writeln!(
             f,
-            "  replies came from {} throughout ({} from any other address)",
+            "  every reply came from {} ({} from any other address)",
             self.va, p.strangers
         )?;
         writeln!(
             f,
-            "  before the move: via host A ({} packets translated there), host B {}",
+            "  before the switch: replies via host A ({} packets translated there; host B {})",
             self.before[0], self.before[1]
         )?;
         writeln!(
             f,
-            "  after the move:  via host B ({} packets translated there), host A {}",
+            "  after the switch:  replies via host B ({} packets translated there; host A {})",
             self.after[1], self.after[0]
         )
     }

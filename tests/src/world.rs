@@ -17,6 +17,7 @@
 mod addrs;
 mod cli;
 mod probe;
+mod replug;
 mod tools;
 mod topology;
 
@@ -33,6 +34,7 @@ use std::{
 pub use addrs::{Addrs, BOTH, V4, V6};
 pub use cli::netpage_bin;
 pub use probe::{ProbeHandle, ProbeReport, Prober};
+pub use replug::Plugged;
 pub use tools::{Server, tcp_echo, tcp_lines, udp_echo};
 
 use crate::netns::{NetNs, check, output};

@@ -5,6 +5,7 @@
 
 mod bench;
 mod cmd;
+mod demo;
 mod toolchain;
 
 use anyhow::Result;
@@ -29,6 +30,8 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Set up, then run the demo (root): a VM switched between two hosts mid-stream.
+    Demo,
     /// Set up, then measure per-packet cost and switch latency (root); writes
     /// target/bench/report.json and report.md.
     Bench {
@@ -73,6 +76,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             cmd::cargo_test(&env, &test)
         }
+        Task::Demo => demo::run(&env),
         Task::Bench { smoke } => bench::run(&env, smoke),
     }
 }

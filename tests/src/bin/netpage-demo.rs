@@ -32,11 +32,13 @@ fn main() {
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread and every thread it starts, so that
 /// they are taken only by [`wait_signal`] and never kill the process before cleanup.
 fn block_signals() -> libc::sigset_t {
-    // SAFETY: the set is initialised by sigemptyset before use.
+    // SAFETY: the set is initialised by sigemptyset before use; SIG_DFL undoes a parent's
+    // SIG_IGN, under which these signals would be discarded instead of waited for.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::signal(sig, libc::SIG_DFL);
             libc::sigaddset(&mut set, sig);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());

@@ -108,13 +108,19 @@ impl World {
         }
     }
 
-    /// Switches `va` to `ra` on every edge node: the hosts first, so that the new one
-    /// translates `ra` before the gateway sends traffic to it.
-    pub fn switch_all(&self, va: IpAddr, ra: IpAddr) {
+    /// Switches `va` to `ra` on every edge node with one `netpage switch --node ...`:
+    /// every node's reverse entry first, then every V2R update. Returns its JSON report.
+    pub fn switch_all(&self, va: IpAddr, ra: IpAddr) -> serde_json::Value {
         let (va, ra) = (va.to_string(), ra.to_string());
-        for node in [Node::HostA, Node::HostB, Node::Gw] {
-            self.netpage_ok(node, &["switch", "--vm", &va, "--to", &ra]);
+        let dirs: Vec<String> = Node::EDGES
+            .iter()
+            .map(|n| self.pin_dir(*n).display().to_string())
+            .collect();
+        let mut args = vec!["switch", "--vm", &va, "--to", &ra];
+        for d in &dirs {
+            args.extend(["--node", d.as_str()]);
         }
+        self.netpage_json(Node::Gw, &args)
     }
 
     /// Moves `vm` to `to` with netpage following its port: detached on the old host before

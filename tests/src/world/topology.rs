@@ -131,15 +131,28 @@ pub fn offload_off(ns: &NetNs, ifnames: &[&str]) {
 
 /// Configuration of the VM itself: its VA on eth0 and default routes through the
 /// (proxy-ARP and fe80::1) host port.
-pub fn vm_lines(vm: Vm) -> Vec<String> {
+pub fn vm_lines(vm: Vm, ifname: &str) -> Vec<String> {
+    let mut lines = vm_addr_lines(vm, ifname);
+    lines.extend(vm_route_lines(ifname));
+    lines
+}
+
+/// The VM's VAs on `ifname`, and the interface up.
+pub fn vm_addr_lines(vm: Vm, ifname: &str) -> Vec<String> {
     let (va4, va6) = vm.vas();
     vec![
-        format!("addr add {va4}/32 dev eth0"),
-        format!("addr add {va6}/128 dev eth0 nodad"),
-        "link set eth0 up".into(),
-        "route add 198.19.0.1 dev eth0".into(),
-        "route add default via 198.19.0.1".into(),
-        "route add ::/0 via fe80::1 dev eth0".into(),
+        format!("addr add {va4}/32 dev {ifname}"),
+        format!("addr add {va6}/128 dev {ifname} nodad"),
+        format!("link set {ifname} up"),
+    ]
+}
+
+/// The VM's default routes through `ifname` (replacing those through another interface).
+pub fn vm_route_lines(ifname: &str) -> Vec<String> {
+    vec![
+        format!("route replace 198.19.0.1 dev {ifname}"),
+        "route replace default via 198.19.0.1".into(),
+        format!("route replace ::/0 via fe80::1 dev {ifname}"),
     ]
 }
 
@@ -233,7 +246,7 @@ impl World {
         ]);
         vm_ns.sysctls(&iface_sysctls("eth0"));
         offload_off(vm_ns, &["eth0"]);
-        vm_ns.ip_batch(&vm_lines(vm));
+        vm_ns.ip_batch(&vm_lines(vm, "eth0"));
         self.setup_port(vm, host);
     }
 }

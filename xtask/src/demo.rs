@@ -1,0 +1,37 @@
+//! `cargo xtask demo`: builds netpage and the demo in release and runs the demo.
+
+use anyhow::Result;
+
+use crate::{cmd, toolchain::BuildEnv};
+
+/// Runs the demo. Ctrl-C goes to the demo, which removes its namespaces before it exits;
+/// this process waits for that instead of dying first.
+pub fn run(env: &BuildEnv) -> Result<()> {
+    cmd::require_root("the demo creates network namespaces and loads XDP programs")?;
+    cmd::cargo(
+        env,
+        &[
+            "build",
+            "--release",
+            "--package",
+            "netpage-user",
+            "--bin",
+            "netpage",
+        ],
+    )?;
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: SIG_IGN is a valid disposition; no handler code runs.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+    cmd::cargo(
+        env,
+        &[
+            "run",
+            "--release",
+            "--package",
+            "netpage-tests",
+            "--bin",
+            "netpage-demo",
+        ],
+    )
+}
