@@ -98,6 +98,22 @@ const RA_A: &str = "198.18.10.100";
 const RA_B: &str = "198.18.20.100";
 const SECOND: Duration = Duration::from_secs(1);
 
+const VM2: &str = "198.19.0.11";
+const RA2: &str = "198.18.10.101";
+
+fn m(vm: &str, real: &str) -> Mapping {
+    Mapping {
+        vm: ip(vm),
+        real: ip(real),
+    }
+}
+
+/// Maps a second VM and forgets the writes, so that `refused!` sees only what follows.
+fn add_second(t: &mut MemTable) {
+    add(t, m(VM2, RA2)).unwrap();
+    t.log.borrow_mut().clear();
+}
+
 fn mapped(vm: &str, real: &str) -> MemTable {
     let mut t = MemTable::default();
     add(
@@ -150,14 +166,10 @@ fn add_installs_both_directions_reverse_first() {
 #[test]
 fn add_refuses_bad_input() {
     let mut t = mapped(VM, RA_A);
-    let m = |vm: &str, real: &str| Mapping {
-        vm: ip(vm),
-        real: ip(real),
-    };
     refused!(t, add(&mut t, m(VM, RA_B)), OpError::VmExists { .. });
     refused!(
         t,
-        add(&mut t, m("198.19.0.11", RA_A)),
+        add(&mut t, m(VM2, RA_A)),
         OpError::RealInUse {
             draining: false,
             ..
@@ -165,7 +177,7 @@ fn add_refuses_bad_input() {
     );
     refused!(
         t,
-        add(&mut t, m("198.19.0.11", "2001:db8::1")),
+        add(&mut t, m(VM2, "2001:db8::1")),
         OpError::FamilyMismatch { .. }
     );
 }
@@ -215,15 +227,7 @@ fn switch_without_drain_removes_the_old_address_at_once() {
 #[test]
 fn switch_refuses_bad_input() {
     let mut t = mapped(VM, RA_A);
-    add(
-        &mut t,
-        Mapping {
-            vm: ip("198.19.0.11"),
-            real: ip("198.18.10.101"),
-        },
-    )
-    .unwrap();
-    t.log.borrow_mut().clear();
+    add_second(&mut t);
     refused!(
         t,
         switch(&mut t, ip("198.19.0.99"), ip(RA_B), SECOND, 0),
@@ -231,7 +235,7 @@ fn switch_refuses_bad_input() {
     );
     refused!(
         t,
-        switch(&mut t, ip(VM), ip("198.18.10.101"), SECOND, 0),
+        switch(&mut t, ip(VM), ip(RA2), SECOND, 0),
         OpError::RealInUse { .. }
     );
     refused!(
@@ -245,16 +249,8 @@ fn switch_refuses_bad_input() {
 fn an_address_draining_for_another_vm_is_refused_with_a_hint() {
     let mut t = mapped(VM, RA_A);
     switch(&mut t, ip(VM), ip(RA_B), 5 * SECOND, 0).unwrap();
-    add(
-        &mut t,
-        Mapping {
-            vm: ip("198.19.0.11"),
-            real: ip("198.18.10.101"),
-        },
-    )
-    .unwrap();
-    t.log.borrow_mut().clear();
-    let other = ip("198.19.0.11");
+    add_second(&mut t);
+    let other = ip(VM2);
     refused!(
         t,
         switch(&mut t, other, ip(RA_A), SECOND, 0),
@@ -275,14 +271,7 @@ fn delete_removes_mapping_counters_and_drains() {
 #[test]
 fn apply_reaches_the_desired_table_and_is_idempotent() {
     let mut t = mapped(VM, RA_A);
-    add(
-        &mut t,
-        Mapping {
-            vm: ip("198.19.0.11"),
-            real: ip("198.18.10.101"),
-        },
-    )
-    .unwrap();
+    add(&mut t, m(VM2, RA2)).unwrap();
     let desired = [
         Mapping {
             vm: ip(VM),
@@ -306,8 +295,8 @@ fn apply_reaches_the_desired_table_and_is_idempotent() {
     assert_eq!(
         p.removed,
         [Mapping {
-            vm: ip("198.19.0.11"),
-            real: ip("198.18.10.101")
+            vm: ip(VM2),
+            real: ip(RA2)
         }]
     );
     apply(&mut t, &p, SECOND, 0).unwrap();
@@ -329,16 +318,12 @@ fn apply_reaches_the_desired_table_and_is_idempotent() {
 #[test]
 fn apply_refuses_inconsistent_files() {
     let t = mapped(VM, RA_A);
-    let m = |vm: &str, real: &str| Mapping {
-        vm: ip(vm),
-        real: ip(real),
-    };
     let dup_vm = [m(VM, RA_A), m(VM, RA_B)];
     assert!(matches!(
         plan(&t, &dup_vm),
         Err(OpError::DuplicateVm { .. })
     ));
-    let dup_real = [m(VM, RA_A), m("198.19.0.11", RA_A)];
+    let dup_real = [m(VM, RA_A), m(VM2, RA_A)];
     assert!(matches!(
         plan(&t, &dup_real),
         Err(OpError::DuplicateReal { .. })
@@ -353,15 +338,11 @@ fn apply_refuses_inconsistent_files() {
 #[test]
 fn apply_may_pass_a_real_address_to_another_vm() {
     let mut t = mapped(VM, RA_A);
-    let m = |vm: &str, real: &str| Mapping {
-        vm: ip(vm),
-        real: ip(real),
-    };
-    let desired = [m(VM, RA_B), m("198.19.0.11", RA_A)];
+    let desired = [m(VM, RA_B), m(VM2, RA_A)];
     let p = plan(&t, &desired).unwrap();
     apply(&mut t, &p, SECOND, 0).unwrap();
     gc(&mut t, u64::MAX).unwrap();
-    assert_eq!(t.r2v[&ip(RA_A)], ip("198.19.0.11"));
+    assert_eq!(t.r2v[&ip(RA_A)], ip(VM2));
     assert_eq!(t.r2v[&ip(RA_B)], ip(VM));
 }
 
