@@ -1,4 +1,9 @@
-//! Outcome counters of the datapath: every packet the program sees is counted exactly once.
+//! Outcome counters of the datapath: every packet the program sees is counted exactly once
+//! by outcome (`translated_*` or `pass_*`).
+//!
+//! The fast-path counters (`fast_*`) are a second dimension: on an interface attached with
+//! the fast path, every translated packet is counted once more, as redirected or as fallen
+//! back to the kernel (by reason). A redirected packet is still counted as translated.
 
 /// Why a packet was translated or passed untouched. The value is the index in the per-CPU
 /// counter array.
@@ -30,11 +35,33 @@ pub enum Counter {
     PassUnknownProto = 10,
     /// ICMPv6 neighbour discovery, which belongs to one link and is never translated.
     PassNeighborDiscovery = 11,
+    /// Fast path: forwarded by the program itself (`XDP_REDIRECT` to the FIB's egress).
+    FastRedirected = 12,
+    /// Fast path, left to the kernel: the next hop's neighbour entry is not resolved.
+    FastNoNeigh = 13,
+    /// Fast path, left to the kernel: not a forward (local delivery, broadcast, blackhole,
+    /// unreachable, prohibited, forwarding disabled on the ingress interface).
+    FastNotForwarded = 14,
+    /// Fast path, left to the kernel: larger than the egress MTU.
+    FastFragNeeded = 15,
+    /// Fast path, left to the kernel: TTL or hop limit at most 1 (the kernel answers with
+    /// ICMP time exceeded).
+    FastTtl = 16,
+    /// Fast path, left to the kernel: a frame the kernel's forwarding path has more to do
+    /// for (VLAN tags, IPv4 options, an IPv6 hop-by-hop header, a frame not addressed to
+    /// the interface, special addresses, a route back out of the ingress interface).
+    FastIneligible = 17,
+    /// Fast path, left to the kernel: the egress interface has no netpage program, so it
+    /// may not accept redirected frames.
+    FastEgress = 18,
+    /// Fast path, left to the kernel: the lookup failed otherwise (an error, an unsupported
+    /// route type).
+    FastError = 19,
 }
 
 impl Counter {
     /// Number of counters (the size of the counter array).
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 20;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -50,6 +77,14 @@ impl Counter {
         Counter::PassExtLimit,
         Counter::PassUnknownProto,
         Counter::PassNeighborDiscovery,
+        Counter::FastRedirected,
+        Counter::FastNoNeigh,
+        Counter::FastNotForwarded,
+        Counter::FastFragNeeded,
+        Counter::FastTtl,
+        Counter::FastIneligible,
+        Counter::FastEgress,
+        Counter::FastError,
     ];
 
     /// A stable name for reports and JSON.
@@ -67,7 +102,29 @@ impl Counter {
             Counter::PassExtLimit => "pass_ext_limit",
             Counter::PassUnknownProto => "pass_unknown_proto",
             Counter::PassNeighborDiscovery => "pass_neighbor_discovery",
+            Counter::FastRedirected => "fast_redirected",
+            Counter::FastNoNeigh => "fast_fallback_no_neigh",
+            Counter::FastNotForwarded => "fast_fallback_not_forwarded",
+            Counter::FastFragNeeded => "fast_fallback_frag_needed",
+            Counter::FastTtl => "fast_fallback_ttl",
+            Counter::FastIneligible => "fast_fallback_ineligible",
+            Counter::FastEgress => "fast_fallback_egress",
+            Counter::FastError => "fast_fallback_error",
         }
+    }
+
+    /// Whether this is an outcome of a translated packet.
+    pub const fn is_translated(self) -> bool {
+        matches!(
+            self,
+            Counter::V4ToReal | Counter::V4ToVirtual | Counter::V6ToReal | Counter::V6ToVirtual
+        )
+    }
+
+    /// Whether this counter belongs to the fast-path dimension rather than to the outcome
+    /// that counts every packet once.
+    pub const fn is_fast_path(self) -> bool {
+        self as u32 >= Counter::FastRedirected as u32
     }
 
     /// The counter for a translated packet of the given family and side.
@@ -92,6 +149,23 @@ mod tests {
             for d in &Counter::ALL[..i] {
                 assert_ne!(c.name(), d.name());
             }
+        }
+    }
+
+    #[test]
+    fn dimensions() {
+        let outcomes = Counter::ALL.iter().filter(|c| !c.is_fast_path()).count();
+        assert_eq!(outcomes, 12);
+        for c in Counter::ALL {
+            assert_eq!(c.is_fast_path(), c.name().starts_with("fast_"), "{c:?}");
+            assert_eq!(
+                c.is_translated(),
+                c.name().starts_with("translated_"),
+                "{c:?}"
+            );
+        }
+        for (v6, physical) in [(false, false), (false, true), (true, false), (true, true)] {
+            assert!(Counter::translated(v6, physical).is_translated());
         }
     }
 }

@@ -6,5 +6,6 @@
 
 pub mod counters;
 pub mod csum;
+pub mod fastpath;
 pub mod maps;
 pub mod proto;

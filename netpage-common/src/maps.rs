@@ -42,7 +42,33 @@ pub struct IfaceRecord {
     pub side: u32,
     /// [`MODE_NATIVE`] or [`MODE_SKB`].
     pub mode: u32,
+    /// [`PORT_FAST_PATH`] if translated packets are forwarded by the program itself.
+    pub flags: u32,
+    /// The interface index when it was attached: the key of its [`PortRecord`].
+    pub ifindex: u32,
 }
+
+/// What the program does on an attached interface: the value of the port map, keyed by
+/// interface index, the only name of an interface the program knows.
+///
+/// Every attached interface has one; the fast path redirects only to interfaces that have
+/// one, since an interface without an XDP program may not accept redirected frames.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRecord {
+    /// [`PORT_FAST_PATH`] or 0.
+    pub flags: u32,
+    /// The interface's MAC address when it was attached: the fast path forwards only frames
+    /// addressed to it, as the kernel forwards only frames for the host.
+    pub mac: [u8; 6],
+    /// Zero; makes the size a multiple of the alignment without implicit padding.
+    pub reserved: [u8; 2],
+}
+
+/// Flag of [`PortRecord::flags`] and [`IfaceRecord::flags`]: after translating a packet,
+/// look up its route and, for a plain forward, rewrite the Ethernet header and redirect it
+/// to the egress interface instead of passing it to the kernel.
+pub const PORT_FAST_PATH: u32 = 1;
 
 /// [`IfaceRecord::side`] of an interface facing clients or VMs.
 pub const SIDE_VIRTUAL: u32 = 0;
@@ -74,7 +100,8 @@ pub struct DrainEntry {
 }
 
 const _: () = assert!(core::mem::size_of::<IfaceName>() == 16);
-const _: () = assert!(core::mem::size_of::<IfaceRecord>() == 8);
+const _: () = assert!(core::mem::size_of::<IfaceRecord>() == 16);
+const _: () = assert!(core::mem::size_of::<PortRecord>() == 12);
 const _: () = assert!(core::mem::size_of::<DrainKey>() == 20);
 const _: () = assert!(core::mem::size_of::<DrainEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<Addr4>() == 4);
@@ -89,6 +116,7 @@ mod pod {
     unsafe impl aya::Pod for super::MappingStats {}
     unsafe impl aya::Pod for super::IfaceName {}
     unsafe impl aya::Pod for super::IfaceRecord {}
+    unsafe impl aya::Pod for super::PortRecord {}
     unsafe impl aya::Pod for super::DrainKey {}
     unsafe impl aya::Pod for super::DrainEntry {}
 }
@@ -110,12 +138,14 @@ pub const COUNTERS: &str = "NP_COUNTERS";
 
 /// The node's attached interfaces and how each is attached (user space only).
 pub const IFACES: &str = "NP_IFACES";
+/// The node's attached interfaces by index, with what the program does there.
+pub const PORTS: &str = "NP_PORTS";
 /// Real addresses kept in R2V after a switch until their drain deadline (user space only).
 pub const DRAINS: &str = "NP_DRAINS";
 
 /// Every map of the object: all are pinned, so the node's state outlives the process.
-pub const ALL_MAPS: [&str; 9] = [
-    V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, COUNTERS, IFACES, DRAINS,
+pub const ALL_MAPS: [&str; 10] = [
+    V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, COUNTERS, IFACES, PORTS, DRAINS,
 ];
 
 /// Maps whose capacity is the table size chosen at load time.

@@ -42,6 +42,9 @@ pub const ICMP_HLEN: usize = 8;
 pub const IPV4_SRC: usize = 12;
 pub const IPV4_DST: usize = 16;
 pub const IPV4_CHECK: usize = 10;
+/// Offsets of the IPv4 TTL and the IPv6 hop limit.
+pub const IPV4_TTL: usize = 8;
+pub const IPV6_HOP_LIMIT: usize = 7;
 pub const IPV6_SRC: usize = 8;
 pub const IPV6_DST: usize = 24;
 

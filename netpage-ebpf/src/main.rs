@@ -3,10 +3,13 @@
 //! One program per side. On the virtual side (clients, VMs) addresses found in the page
 //! table V2R are rewritten to their real addresses; on the physical side addresses found in
 //! the inverse table R2V are rewritten back. Every packet is passed to the kernel
-//! (`XDP_PASS`), translated or untouched, and counted by outcome.
+//! (`XDP_PASS`), translated or untouched, and counted by outcome; on an interface attached
+//! with the fast path, a translated packet whose route is a plain forward is sent out of
+//! its egress interface by the program instead (`XDP_REDIRECT`).
 #![no_std]
 #![no_main]
 
+mod fastpath;
 mod icmp;
 mod ipv4;
 mod ipv6;
@@ -41,6 +44,10 @@ fn run<const PHYSICAL: bool>(ctx: &XdpContext) -> u32 {
         Ok(c) | Err(c) => c,
     };
     maps::count(outcome);
+    // Untranslated packets go on as they were: the fast path is for translated ones only.
+    if outcome.is_translated() {
+        return fastpath::forward(ctx.ctx);
+    }
     // A transparent translator never drops: whatever it does not understand goes on as is.
     XDP_PASS
 }

@@ -11,7 +11,7 @@ use netpage_common::{
     csum::Delta,
     maps::{
         Addr4, Addr6, DEFAULT_CAPACITY, DrainEntry, DrainKey, IfaceName, IfaceRecord, MAX_IFACES,
-        MappingStats,
+        MappingStats, PortRecord,
     },
 };
 
@@ -56,6 +56,18 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 /// here so that it is pinned with the tables.
 #[map(name = "NP_IFACES")]
 static IFACES: HashMap<IfaceName, IfaceRecord> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// The node's attached interfaces by index: whether translated packets arriving there take
+/// the fast path, and which interfaces it may redirect to. User space fills it at attach.
+#[map(name = "NP_PORTS")]
+static PORTS: HashMap<u32, PortRecord> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// The port record of the interface with index `ifindex`, if netpage is attached there.
+#[inline(always)]
+pub fn port(ifindex: u32) -> Option<PortRecord> {
+    // SAFETY: the value is copied out at once (RCU keeps it readable meanwhile).
+    unsafe { PORTS.get(ifindex).copied() }
+}
 
 /// Real addresses draining after a switch, with their deadline. Only user space reads it.
 #[map(name = "NP_DRAINS")]

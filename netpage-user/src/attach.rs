@@ -16,7 +16,7 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use netpage_common::maps::{IfaceRecord, MODE_NATIVE, MODE_SKB};
+use netpage_common::maps::{IfaceRecord, MODE_NATIVE, MODE_SKB, PORT_FAST_PATH, PortRecord};
 use serde::Serialize;
 
 use crate::{
@@ -115,6 +115,12 @@ pub enum AttachError {
         #[source]
         source: Box<PinError>,
     },
+    #[error("cannot read the MAC address of {iface}")]
+    Mac {
+        iface: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("{iface} is not attached on this node (see `netpage status`)")]
     NotAttached { iface: String },
     #[error("removing the pinned link {}", path.display())]
@@ -138,12 +144,20 @@ pub struct Attached {
     pub mode: Mode,
     /// Whether a program already attached there was replaced atomically.
     pub replaced: bool,
+    /// Whether translated packets whose route is a plain forward are redirected by the
+    /// program itself.
+    pub fast_path: bool,
     /// Why native mode was not used, when `auto` fell back to skb.
     pub fallback: Option<String>,
 }
 
 /// Attaches the program of `side` to `iface`, loading the node's table if it has none. An
 /// interface already attached gets the new program in place, with no moment without one.
+///
+/// `fast_path` turns the fast path on or off; `None` keeps the interface's setting (off
+/// for a new attachment). The setting is one entry of the port map, which the program
+/// reads per packet: changing it is one atomic map update, before the link is created or
+/// updated, so that the first packet the program sees on the interface already sees it.
 pub fn attach(
     node: &Node,
     iface: &str,
@@ -151,36 +165,68 @@ pub fn attach(
     mode: Mode,
     capacity: Option<u32>,
     reload: bool,
+    fast_path: Option<bool>,
 ) -> Result<Attached, AttachError> {
     iface_key(iface)?;
-    if !iface_exists(iface) {
+    let Some(ifindex) = if_index(iface) else {
         return Err(AttachError::UnknownInterface {
             iface: iface.to_owned(),
         });
-    }
+    };
+    let mac = mac_address(iface).map_err(|source| AttachError::Mac {
+        iface: iface.to_owned(),
+        source,
+    })?;
     let mut prog = program(node, side, capacity, reload)?;
     let mut open = node.open()?;
-    let previous = open.iface(iface)?.and_then(|r| Mode::from_code(r.mode));
+    let record = open.iface(iface)?;
+    let previous = record.and_then(|r| Mode::from_code(r.mode));
+    let fast_path =
+        fast_path.unwrap_or_else(|| record.is_some_and(|r| r.flags & PORT_FAST_PATH != 0));
+    let flags = if fast_path { PORT_FAST_PATH } else { 0 };
+    // The interface may have been re-created under the same name with another index.
+    if let Some(old) = record.filter(|r| r.ifindex != 0 && r.ifindex != ifindex) {
+        open.remove_port(old.ifindex)?;
+    }
+    let old_port = open.port(ifindex)?;
+    open.set_port(
+        ifindex,
+        PortRecord {
+            flags,
+            mac,
+            reserved: [0; 2],
+        },
+    )?;
     let path = node.link_path(iface);
-    let (mode, replaced, fallback) = match (previous, path.exists()) {
+    let linked = match (previous, path.exists()) {
         (Some(old), true) => {
             if mode != Mode::Auto && mode != old {
-                return Err(AttachError::ModeChange {
+                Err(AttachError::ModeChange {
                     iface: iface.to_owned(),
                     old,
                     new: mode,
-                });
-            }
-            if replace(&mut prog, iface, &path)? {
-                (old, true, None)
+                })
             } else {
-                let (m, f) = attach_new(&mut prog, iface, mode, &path)?;
-                (m, false, f)
+                match replace(&mut prog, iface, &path) {
+                    Ok(true) => Ok((old, true, None)),
+                    Ok(false) => {
+                        attach_new(&mut prog, iface, mode, &path).map(|(m, f)| (m, false, f))
+                    }
+                    Err(e) => Err(e),
+                }
             }
         }
-        _ => {
-            let (m, f) = attach_new(&mut prog, iface, mode, &path)?;
-            (m, false, f)
+        _ => attach_new(&mut prog, iface, mode, &path).map(|(m, f)| (m, false, f)),
+    };
+    let (mode, replaced, fallback) = match linked {
+        Ok(l) => l,
+        Err(e) => {
+            // Nothing changed: the interface keeps its program and its setting.
+            match old_port {
+                Some(p) => open.set_port(ifindex, p)?,
+                None => open.remove_port(ifindex)?,
+            }
+            return Err(e);
         }
     };
     open.set_iface(
@@ -188,6 +234,8 @@ pub fn attach(
         IfaceRecord {
             side: side.code(),
             mode: mode.code(),
+            flags,
+            ifindex,
         },
     )?;
     Ok(Attached {
@@ -195,6 +243,7 @@ pub fn attach(
         side,
         mode,
         replaced,
+        fast_path,
         fallback,
     })
 }
@@ -336,15 +385,61 @@ pub fn detach(node: &Node, iface: &str) -> Result<(), AttachError> {
             source,
         })?;
     }
+    if let Some(r) = open.iface(iface)?.filter(|r| r.ifindex != 0) {
+        open.remove_port(r.ifindex)?;
+    }
     open.remove_iface(iface)?;
     Ok(())
 }
 
 /// Whether `iface` exists in this network namespace.
 pub fn iface_exists(iface: &str) -> bool {
-    let Ok(c) = std::ffi::CString::new(iface) else {
-        return false;
-    };
+    if_index(iface).is_some()
+}
+
+/// The index of `iface` in this network namespace, if it exists.
+pub fn if_index(iface: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(iface).ok()?;
     // SAFETY: `c` is a valid C string.
-    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// The MAC address of `iface` in this network namespace (`SIOCGIFHWADDR`; /sys may show
+/// another namespace). Interfaces without one (tun, loopback) give zeros.
+pub fn mac_address(iface: &str) -> io::Result<[u8; 6]> {
+    // SAFETY: plain socket creation; the descriptor is owned right away.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // SAFETY: an all-zero ifreq is valid; the name is set below.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = iface.as_bytes();
+    if name.len() >= req.ifr_name.len() {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    for (d, &b) in req.ifr_name.iter_mut().zip(name) {
+        *d = b as libc::c_char;
+    }
+    // SAFETY: `req` is a valid ifreq for SIOCGIFHWADDR, which fills ifru_hwaddr.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SIOCGIFHWADDR,
+            &mut req,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFHWADDR filled the hardware address member of the union.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (m, &d) in mac.iter_mut().zip(&data[..6]) {
+        *m = d as u8;
+    }
+    Ok(mac)
 }

@@ -102,6 +102,27 @@ pub struct AttachArgs {
     /// (attach reloads by itself after an upgrade of netpage).
     #[arg(long)]
     pub reload: bool,
+    /// Forward translated packets from XDP: look up their route and, for a plain forward,
+    /// rewrite the Ethernet header, decrement TTL or hop limit and redirect them to the
+    /// egress interface (which must be attached too); anything else goes to the kernel.
+    /// Bypasses netfilter and xfrm on the forwarding path. A re-attach keeps the setting
+    /// unless told otherwise.
+    #[arg(long, conflicts_with = "no_fast_path")]
+    pub fast_path: bool,
+    /// Turn the fast path off (translated packets go to the kernel's stack).
+    #[arg(long)]
+    pub no_fast_path: bool,
+}
+
+impl AttachArgs {
+    /// The fast-path setting asked for: on, off, or `None` to keep the interface's.
+    pub fn fast_path(&self) -> Option<bool> {
+        match (self.fast_path, self.no_fast_path) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Args)]

@@ -56,7 +56,13 @@ fn run(cli: Cli) -> Result<Output> {
     let node = Node::new(&cli.pin_dir);
     Ok(match cli.command {
         Command::Attach(a) => Output::Attached(attach::attach(
-            &node, &a.iface, a.side, a.mode, a.capacity, a.reload,
+            &node,
+            &a.iface,
+            a.side,
+            a.mode,
+            a.capacity,
+            a.reload,
+            a.fast_path(),
         )?),
         Command::Detach { iface } => {
             attach::detach(&node, &iface)?;

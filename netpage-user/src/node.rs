@@ -16,7 +16,9 @@ use aya::{
     Ebpf, EbpfError,
     maps::{HashMap as BpfHashMap, Map, MapData, MapError},
 };
-use netpage_common::maps::{ALL_MAPS, COUNTERS, IFACES, IfaceName, IfaceRecord, V2R4};
+use netpage_common::maps::{
+    ALL_MAPS, COUNTERS, IFACES, IfaceName, IfaceRecord, PORTS, PortRecord, V2R4,
+};
 
 use crate::{
     counters::Totals,
@@ -209,10 +211,13 @@ impl Node {
         let registry = |e| NodeError::Registry(Box::new(e));
         let ifaces =
             BpfHashMap::try_from(maps.remove(IFACES).expect("opened above")).map_err(registry)?;
+        let ports =
+            BpfHashMap::try_from(maps.remove(PORTS).expect("opened above")).map_err(registry)?;
         let counters = maps.remove(COUNTERS).expect("opened above");
         Ok(OpenNode {
             table,
             ifaces,
+            ports,
             counters,
         })
     }
@@ -229,6 +234,7 @@ fn open_err(path: &Path, e: MapError) -> NodeError {
 pub struct OpenNode {
     pub table: BpfTable,
     ifaces: BpfHashMap<MapData, IfaceName, IfaceRecord>,
+    ports: BpfHashMap<MapData, u32, PortRecord>,
     counters: Map,
 }
 
@@ -268,6 +274,32 @@ impl OpenNode {
         self.ifaces
             .insert(iface_key(iface)?, record, 0)
             .map_err(|e| NodeError::Registry(Box::new(e)))
+    }
+
+    /// What the program does on the interface with index `ifindex`, if it is attached.
+    pub fn port(&self, ifindex: u32) -> Result<Option<PortRecord>, NodeError> {
+        match self.ports.get(&ifindex, 0) {
+            Ok(r) => Ok(Some(r)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(NodeError::Registry(Box::new(e))),
+        }
+    }
+
+    /// Sets what the program does on the interface with index `ifindex` (one map update,
+    /// which packets see atomically).
+    pub fn set_port(&mut self, ifindex: u32, record: PortRecord) -> Result<(), NodeError> {
+        self.ports
+            .insert(ifindex, record, 0)
+            .map_err(|e| NodeError::Registry(Box::new(e)))
+    }
+
+    /// Forgets the interface with index `ifindex`.
+    pub fn remove_port(&mut self, ifindex: u32) -> Result<(), NodeError> {
+        match self.ports.remove(&ifindex) {
+            Ok(()) => Ok(()),
+            Err(e) if absent(&e) => Ok(()),
+            Err(e) => Err(NodeError::Registry(Box::new(e))),
+        }
     }
 
     /// Forgets `iface`.

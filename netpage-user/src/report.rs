@@ -12,6 +12,7 @@ use netpage::{
     table::{Drain, PageTable},
     tablefile::TableFile,
 };
+use netpage_common::maps::PORT_FAST_PATH;
 use serde::Serialize;
 
 /// The result of a command.
@@ -69,7 +70,12 @@ impl fmt::Display for Output {
                 } else {
                     "attached to"
                 };
-                writeln!(f, "{how} {} ({} side, {} mode)", a.iface, a.side, a.mode)?;
+                let fast = if a.fast_path { ", fast path" } else { "" };
+                writeln!(
+                    f,
+                    "{how} {} ({} side, {} mode{fast})",
+                    a.iface, a.side, a.mode
+                )?;
                 if let Some(why) = &a.fallback {
                     writeln!(f, "note: using skb mode because {why}")?;
                 }
@@ -158,6 +164,8 @@ pub struct Iface {
     pub iface: String,
     pub side: Option<Side>,
     pub mode: Option<Mode>,
+    /// Whether translated packets are forwarded from XDP (`attach --fast-path`).
+    pub fast_path: bool,
     /// Whether the interface exists in this network namespace.
     pub present: bool,
     /// Whether its XDP link is pinned.
@@ -186,6 +194,7 @@ impl Status {
             .map(|(iface, r)| Iface {
                 side: Side::from_code(r.side),
                 mode: Mode::from_code(r.mode),
+                fast_path: r.flags & PORT_FAST_PATH != 0,
                 present: iface_exists(&iface),
                 pinned: node.link_path(&iface).exists(),
                 iface,
@@ -217,13 +226,14 @@ impl fmt::Display for Status {
                 (false, _) => "  (interface missing)",
                 (true, false) => "  (link missing)",
             };
-            writeln!(
-                f,
-                "  {:<16} {:<9} {:<7}{state}",
+            let fast = if i.fast_path { "fast-path" } else { "" };
+            let line = format!(
+                "  {:<16} {:<9} {:<7} {fast:<9}{state}",
                 i.iface,
                 opt(&i.side),
                 opt(&i.mode)
-            )?;
+            );
+            writeln!(f, "{}", line.trim_end())?;
         }
         writeln!(
             f,

@@ -2,6 +2,7 @@
 
 use std::{net::IpAddr, time::Duration};
 
+use aya::maps::HashMap as BpfHashMap;
 use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions, Xdp},
@@ -11,10 +12,14 @@ use netpage::{
     loader::{self, Side},
     table::{BpfTable, PageTable},
 };
-use netpage_common::maps::{COUNTERS, MappingStats, PROG_PHYSICAL, PROG_VIRTUAL};
+use netpage_common::maps::{
+    COUNTERS, MappingStats, PORTS, PROG_PHYSICAL, PROG_VIRTUAL, PortRecord,
+};
 
-/// XDP_PASS, the only verdict netpage gives.
+/// XDP_PASS: the verdict of every packet but those the fast path forwards.
 pub const XDP_PASS: u32 = 2;
+/// XDP_REDIRECT: the fast path sent the frame out of another interface.
+pub const XDP_REDIRECT: u32 = 4;
 
 /// One loaded copy of the program with its own, empty tables.
 pub struct Datapath {
@@ -82,6 +87,37 @@ impl Datapath {
             .unwrap_or_else(|e| panic!("test_run of {} bytes: {e:?}", input.len()));
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
+    }
+
+    /// Runs the program of `side` once on `input` as if it arrived on the interface with
+    /// index `ingress` of the calling thread's network namespace (the `xdp_md` context
+    /// passed in names it), so that helpers that look at the interface, such as the FIB
+    /// lookup, see it. The verdict and the packet out.
+    pub fn run_on(&self, side: Side, input: &[u8], ingress: u32) -> (u32, Vec<u8>) {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex; data and data_end are offsets into `input`.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(input.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
+        let mut out = vec![0u8; input.len() + 512];
+        let r = self
+            .program(side)
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("test_run of {} bytes on {ingress}: {e:?}", input.len()));
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    /// Sets what the program does on the interface with index `ifindex`, as attach does.
+    pub fn set_port(&mut self, ifindex: u32, record: PortRecord) {
+        let mut ports: BpfHashMap<_, u32, PortRecord> =
+            BpfHashMap::try_from(self.ebpf.map_mut(PORTS).expect("port map")).expect("port map");
+        ports.insert(ifindex, record, 0).expect("port entry");
     }
 
     /// The kernel's average time per run over `repeat` runs of `input`.

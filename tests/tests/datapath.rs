@@ -1183,3 +1183,519 @@ fn million_entry_table() {
     let miss = frame(w, &[], L4::Tcp, w.client, w.router)(&identity);
     assert_eq!(dp.run(Side::Virtual, &miss).1, miss);
 }
+
+// The fast path: after translating, the program looks up the route (bpf_fib_lookup) and,
+// for a plain forward, rewrites the Ethernet addresses and TTL or hop limit and redirects
+// the frame. The FIB lookup needs interfaces, routes and neighbours, so these fixtures run
+// in a namespace built for them, with the ingress interface passed in the `xdp_md`:
+//
+//   fin   203.0.113.1/24  2001:db8:c::1/64   client 203.0.113.5 / 2001:db8:c::5 (resolved)
+//   fout  192.0.2.1/24    2001:db8:a::1/64   RA A 192.0.2.10 / 2001:db8:a::10 (resolved),
+//                                            RA B's site via 192.0.2.254 / 2001:db8:a::fe
+//                                            (unresolved), MTU 1400
+//   foth  100.65.0.1/24   2001:db8:65::1/64  not attached: a resolved neighbour .50 / ::50
+//   blackhole 100.64.0.0/24, 2001:db8:64::/64
+//
+// fin and fout are attached (in the port map) with the fast path; foth is not.
+
+mod fast {
+    use super::*;
+    use netpage_common::maps::{PORT_FAST_PATH, PortRecord};
+    use netpage_tests::{datapath::XDP_REDIRECT, netns::NetNs};
+
+    pub const MAC_FIN: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0B];
+    pub const MAC_FOUT: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+    pub const MAC_FOTH: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
+    pub const MAC_CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0C];
+    pub const MAC_RA_A: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x0A];
+    pub const MAC_OTHER: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x0A];
+    /// A frame for some other host on the segment.
+    pub const MAC_STRANGER: [u8; 6] = [0x02, 0, 0, 0, 0, 0xEE];
+
+    /// Addresses beyond the fixture world's: one VA per kind of route.
+    #[derive(Clone, Copy)]
+    pub struct Extra {
+        /// Its RA is an address of the namespace itself: local delivery.
+        pub va_local: IpAddr,
+        pub ra_local: IpAddr,
+        /// Its RA is in a blackhole route.
+        pub va_hole: IpAddr,
+        pub ra_hole: IpAddr,
+        /// Its RA is behind the interface without netpage.
+        pub va_other: IpAddr,
+        pub ra_other: IpAddr,
+    }
+
+    pub fn extra(v6: bool) -> Extra {
+        if v6 {
+            Extra {
+                va_local: ip6("fd00::30"),
+                ra_local: ip6("2001:db8:a::1"),
+                va_hole: ip6("fd00::40"),
+                ra_hole: ip6("2001:db8:64::40"),
+                va_other: ip6("fd00::50"),
+                ra_other: ip6("2001:db8:65::50"),
+            }
+        } else {
+            Extra {
+                va_local: ip4(10, 0, 0, 30),
+                ra_local: ip4(192, 0, 2, 1),
+                va_hole: ip4(10, 0, 0, 40),
+                ra_hole: ip4(100, 64, 0, 40),
+                va_other: ip4(10, 0, 0, 50),
+                ra_other: ip4(100, 65, 0, 50),
+            }
+        }
+    }
+
+    pub fn maps() -> Vec<(IpAddr, IpAddr)> {
+        let mut m = fixture_maps();
+        for e in [extra(false), extra(true)] {
+            m.push((e.va_local, e.ra_local));
+            m.push((e.va_hole, e.ra_hole));
+            m.push((e.va_other, e.ra_other));
+        }
+        m
+    }
+
+    fn mac(m: [u8; 6]) -> String {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    /// The namespace of the fast-path fixtures.
+    pub fn namespace() -> NetNs {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ns = NetNs::create(&format!("np-fib-{}-{n}", std::process::id()));
+        ns.sysctls(&[
+            ("net.ipv4.ip_forward".into(), "1"),
+            ("net.ipv4.conf.default.forwarding".into(), "1"),
+            ("net.ipv6.conf.all.forwarding".into(), "1"),
+            ("net.ipv6.conf.default.forwarding".into(), "1"),
+            ("net.ipv6.conf.all.accept_dad".into(), "0"),
+            ("net.ipv6.conf.default.accept_dad".into(), "0"),
+        ]);
+        let mut lines = Vec::new();
+        for (name, m, v4, v6) in [
+            ("fin", MAC_FIN, "203.0.113.1/24", "2001:db8:c::1/64"),
+            ("fout", MAC_FOUT, "192.0.2.1/24", "2001:db8:a::1/64"),
+            ("foth", MAC_FOTH, "100.65.0.1/24", "2001:db8:65::1/64"),
+        ] {
+            lines.push(format!(
+                "link add {name} address {} type veth peer name {name}-p",
+                mac(m)
+            ));
+            lines.push(format!("link set {name}-p up"));
+            lines.push(format!("link set {name} up"));
+            lines.push(format!("addr add {v4} dev {name}"));
+            lines.push(format!("addr add {v6} dev {name} nodad"));
+        }
+        lines.push("link set fout mtu 1400".into());
+        for (addr, m, dev) in [
+            ("203.0.113.5", MAC_CLIENT, "fin"),
+            ("2001:db8:c::5", MAC_CLIENT, "fin"),
+            ("192.0.2.10", MAC_RA_A, "fout"),
+            ("2001:db8:a::10", MAC_RA_A, "fout"),
+            ("100.65.0.50", MAC_OTHER, "foth"),
+            ("2001:db8:65::50", MAC_OTHER, "foth"),
+        ] {
+            lines.push(format!(
+                "neigh replace {addr} lladdr {} dev {dev} nud permanent",
+                mac(m)
+            ));
+        }
+        lines.extend(
+            [
+                "route add 198.51.100.0/24 via 192.0.2.254",
+                "route add 2001:db8:b::/64 via 2001:db8:a::fe",
+                "route add blackhole 100.64.0.0/24",
+                "route add blackhole 2001:db8:64::/64",
+            ]
+            .map(String::from),
+        );
+        ns.ip_batch(&lines);
+        ns.wait_up();
+        ns
+    }
+
+    /// Sets the destination MAC of a frame.
+    pub fn to_mac(f: &mut [u8], m: [u8; 6]) {
+        f[..6].copy_from_slice(&m);
+    }
+
+    /// Sets the TTL or hop limit of an untagged frame, with the IPv4 header checksum
+    /// computed from scratch.
+    pub fn set_ttl(f: &mut [u8], ttl: u8) {
+        if f[12..14] == [0x08, 0x00] {
+            let ihl = usize::from(f[14] & 0x0F) * 4;
+            f[14 + 8] = ttl;
+            f[24..26].copy_from_slice(&[0, 0]);
+            let c = !verify::sum(&[&f[14..14 + ihl]]);
+            f[24..26].copy_from_slice(&c.to_be_bytes());
+        } else {
+            f[14 + 7] = ttl;
+        }
+    }
+
+    pub fn ttl(f: &[u8]) -> u8 {
+        if f[12..14] == [0x08, 0x00] {
+            f[14 + 8]
+        } else {
+            f[14 + 7]
+        }
+    }
+
+    /// What the fast path should do with a case.
+    #[derive(Clone, Copy)]
+    pub enum Then {
+        /// Redirect to `egress`, addressed from its MAC to `dmac`.
+        Redirect { egress: &'static str, dmac: [u8; 6] },
+        /// Pass to the kernel, counted under this reason (`None`: no fast-path count).
+        Pass(Option<Counter>),
+    }
+
+    pub struct FastCase {
+        pub name: String,
+        pub side: Side,
+        pub ingress: &'static str,
+        /// The destination MAC of the input frame.
+        pub dst_mac: [u8; 6],
+        pub build: Build,
+        /// A raw edit made to input and expected output alike.
+        pub patch: Option<fn(&mut Vec<u8>)>,
+        pub outcome: Counter,
+        pub then: Then,
+    }
+
+    pub fn interface_mac(iface: &str) -> [u8; 6] {
+        match iface {
+            "fin" => MAC_FIN,
+            "fout" => MAC_FOUT,
+            "foth" => MAC_FOTH,
+            _ => panic!("no interface {iface}"),
+        }
+    }
+
+    /// Runs one case: verdict, bytes (with the IPv4 checksum verified independently) and
+    /// both counter dimensions.
+    pub fn check(dp: &Datapath, c: &FastCase) -> bool {
+        let identity = |a| a;
+        let translates = c.outcome.is_translated();
+        let mut input = (c.build)(&identity);
+        let mut expected = if translates {
+            (c.build)(&xlate_for(c.side, &maps()))
+        } else {
+            input.clone()
+        };
+        for f in [&mut input, &mut expected] {
+            to_mac(f, c.dst_mac);
+            if let Some(p) = c.patch {
+                p(f);
+            }
+        }
+        let (want_verdict, fast) = match c.then {
+            Then::Redirect { egress, dmac } => {
+                expected[..6].copy_from_slice(&dmac);
+                expected[6..12].copy_from_slice(&interface_mac(egress));
+                let t = ttl(&expected);
+                set_ttl(&mut expected, t - 1);
+                (XDP_REDIRECT, Some(Counter::FastRedirected))
+            }
+            Then::Pass(reason) => (XDP_PASS, reason),
+        };
+        let ingress = netpage::attach::if_index(c.ingress).expect("fixture interface");
+        let before = dp.counters();
+        let (verdict, out) = dp.run_on(c.side, &input, ingress);
+        let delta = dp.counters().since(&before);
+        assert_eq!(verdict, want_verdict, "{}: verdict", c.name);
+        assert_eq!(
+            out, expected,
+            "{}: output bytes\n in  {input:02x?}\n out {out:02x?}\n exp {expected:02x?}",
+            c.name
+        );
+        for counter in Counter::ALL {
+            let want = u64::from(counter == c.outcome) + u64::from(Some(counter) == fast);
+            assert_eq!(
+                delta.get(counter),
+                want,
+                "{}: counter {}",
+                c.name,
+                counter.name()
+            );
+        }
+        if translates {
+            verify::frame(&out).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+        }
+        want_verdict == XDP_REDIRECT
+    }
+
+    /// Cases of one family.
+    pub fn cases(w: World) -> Vec<FastCase> {
+        let f = if w.v6 { "v6" } else { "v4" };
+        let x = extra(w.v6);
+        let t = translated(&w, Side::Virtual);
+        let tp = translated(&w, Side::Physical);
+        let mut v = Vec::new();
+        let mut push = |name: &str,
+                        side: Side,
+                        ingress: &'static str,
+                        build: Build,
+                        outcome: Counter,
+                        then: Then| {
+            v.push(FastCase {
+                name: format!("{f} {name}"),
+                side,
+                ingress,
+                dst_mac: interface_mac(ingress),
+                build,
+                patch: None,
+                outcome,
+                then,
+            });
+        };
+        for l4 in [L4::Tcp, L4::Udp, L4::Echo] {
+            push(
+                &format!("{l4:?} client->VA redirected to the RA's neighbour"),
+                Side::Virtual,
+                "fin",
+                frame(w, &[], l4, w.client, w.va_a),
+                t,
+                Then::Redirect {
+                    egress: "fout",
+                    dmac: MAC_RA_A,
+                },
+            );
+            push(
+                &format!("{l4:?} RA->client redirected to the client"),
+                Side::Physical,
+                "fout",
+                frame(w, &[], l4, w.ra_a, w.client),
+                tp,
+                Then::Redirect {
+                    egress: "fin",
+                    dmac: MAC_CLIENT,
+                },
+            );
+        }
+        let pass = |c| Then::Pass(Some(c));
+        let udp_to = |dst| frame(w, &[], L4::Udp, w.client, dst);
+        push(
+            "unresolved next hop",
+            Side::Virtual,
+            "fin",
+            udp_to(w.va_b),
+            t,
+            pass(Counter::FastNoNeigh),
+        );
+        push(
+            "RA local to the node",
+            Side::Virtual,
+            "fin",
+            udp_to(x.va_local),
+            t,
+            pass(Counter::FastNotForwarded),
+        );
+        push(
+            "blackhole route",
+            Side::Virtual,
+            "fin",
+            udp_to(x.va_hole),
+            t,
+            pass(Counter::FastNotForwarded),
+        );
+        push(
+            "egress without netpage",
+            Side::Virtual,
+            "fin",
+            udp_to(x.va_other),
+            t,
+            pass(Counter::FastEgress),
+        );
+        push(
+            "route back out of the ingress interface",
+            Side::Physical,
+            "fin",
+            frame(w, &[], L4::Udp, w.ra_a, w.client),
+            tp,
+            pass(Counter::FastIneligible),
+        );
+        push(
+            "802.1Q tagged",
+            Side::Virtual,
+            "fin",
+            frame(w, &[TPID_8021Q], L4::Udp, w.client, w.va_a),
+            t,
+            pass(Counter::FastIneligible),
+        );
+        push(
+            "miss: untranslated packets stay off the fast path",
+            Side::Virtual,
+            "fin",
+            udp_to(w.router),
+            Counter::PassMiss,
+            Then::Pass(None),
+        );
+        // Larger than the egress MTU (1400): the kernel fragments or answers.
+        let (client, va) = (w.client, w.va_a);
+        push(
+            "larger than the egress MTU",
+            Side::Virtual,
+            "fin",
+            Box::new(move |x: Xlate| {
+                let (s, d) = (x(client), x(va));
+                let big = vec![0x5A; 1400];
+                if w.v6 {
+                    ether(&[], 0x86DD, &ipv6(s, d, 17, &[], &udp(s, d, &big)))
+                } else {
+                    ether(
+                        &[],
+                        0x0800,
+                        &ipv4(s, d, 17, &V4Opts::default(), &udp(s, d, &big)),
+                    )
+                }
+            }),
+            t,
+            pass(Counter::FastFragNeeded),
+        );
+        if w.v6 {
+            let opts = vec![1, 4, 0, 0, 0, 0];
+            push(
+                "hop-by-hop options",
+                Side::Virtual,
+                "fin",
+                Box::new(move |x: Xlate| {
+                    let (s, d) = (x(client), x(va));
+                    ether(
+                        &[],
+                        0x86DD,
+                        &ipv6(s, d, 0, &ext(0, 17, &opts), &udp(s, d, PAYLOAD)),
+                    )
+                }),
+                t,
+                pass(Counter::FastIneligible),
+            );
+        } else {
+            push(
+                "IPv4 options",
+                Side::Virtual,
+                "fin",
+                Box::new(move |x: Xlate| {
+                    let (s, d) = (x(client), x(va));
+                    let o = V4Opts {
+                        options: vec![1; 4],
+                        ..V4Opts::default()
+                    };
+                    ether(&[], 0x0800, &ipv4(s, d, 17, &o, &udp(s, d, PAYLOAD)))
+                }),
+                t,
+                pass(Counter::FastIneligible),
+            );
+        }
+        let mut stranger = FastCase {
+            name: format!("{f} frame for another host's MAC"),
+            side: Side::Virtual,
+            ingress: "fin",
+            dst_mac: MAC_STRANGER,
+            build: udp_to(w.va_a),
+            patch: None,
+            outcome: t,
+            then: pass(Counter::FastIneligible),
+        };
+        v.push(FastCase {
+            name: format!("{f} TTL 1"),
+            side: Side::Virtual,
+            ingress: "fin",
+            dst_mac: MAC_FIN,
+            build: udp_to(w.va_a),
+            patch: Some(|f| set_ttl(f, 1)),
+            outcome: t,
+            then: pass(Counter::FastTtl),
+        });
+        v.push(FastCase {
+            name: format!("{f} TTL 2 still forwarded"),
+            side: Side::Virtual,
+            ingress: "fin",
+            dst_mac: MAC_FIN,
+            build: udp_to(w.va_a),
+            patch: Some(|f| set_ttl(f, 2)),
+            outcome: t,
+            then: Then::Redirect {
+                egress: "fout",
+                dmac: MAC_RA_A,
+            },
+        });
+        stranger.dst_mac = MAC_STRANGER;
+        v.push(stranger);
+        v
+    }
+
+    /// The fixture datapath with its mappings and the two attached ports.
+    pub fn loaded(fast_path: bool) -> Datapath {
+        let mut dp = Datapath::load(1024);
+        for (va, ra) in maps() {
+            dp.map(va, ra);
+        }
+        for iface in ["fin", "fout"] {
+            let index = netpage::attach::if_index(iface).expect("fixture interface");
+            dp.set_port(
+                index,
+                PortRecord {
+                    flags: if fast_path { PORT_FAST_PATH } else { 0 },
+                    mac: interface_mac(iface),
+                    reserved: [0; 2],
+                },
+            );
+        }
+        dp
+    }
+}
+
+/// Translated packets whose route is a plain forward are redirected with new MACs and a
+/// decremented TTL or hop limit; everything else passes as without the fast path, counted
+/// by reason.
+#[test]
+fn fast_path_redirects_plain_forwards_and_falls_back_otherwise() {
+    let ns = fast::namespace();
+    ns.run(|| {
+        let dp = fast::loaded(true);
+        let mut cases = fast::cases(W4());
+        cases.extend(fast::cases(W6()));
+        let redirected = cases.iter().filter(|c| fast::check(&dp, c)).count();
+        assert!(redirected >= 12, "only {redirected} cases were redirected");
+        println!(
+            "{} fast-path cases passed, {redirected} redirected",
+            cases.len()
+        );
+    });
+}
+
+/// Without the fast-path flag on the ingress port, translated packets pass as before and
+/// no fast-path counter moves, even where the route is a plain forward.
+#[test]
+fn fast_path_off_changes_nothing() {
+    let ns = fast::namespace();
+    ns.run(|| {
+        let dp = fast::loaded(false);
+        for w in [W4(), W6()] {
+            for (side, ingress, s, d) in [
+                (Side::Virtual, "fin", w.client, w.va_a),
+                (Side::Physical, "fout", w.ra_a, w.client),
+            ] {
+                let c = fast::FastCase {
+                    name: format!("fast path off {side:?} v6={}", w.v6),
+                    side,
+                    ingress,
+                    dst_mac: fast::interface_mac(ingress),
+                    build: frame(w, &[], L4::Tcp, s, d),
+                    patch: None,
+                    outcome: translated(&w, side),
+                    then: fast::Then::Pass(None),
+                };
+                assert!(!fast::check(&dp, &c));
+            }
+        }
+    });
+}
