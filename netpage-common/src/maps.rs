@@ -148,6 +148,40 @@ pub const ALL_MAPS: [&str; 10] = [
     V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, COUNTERS, IFACES, PORTS, DRAINS,
 ];
 
+/// How this build lays out one map: key and value sizes and, for maps whose size does not
+/// follow the table's capacity, the number of entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub name: &'static str,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: Option<u32>,
+}
+
+const fn layout<K, V>(name: &'static str, max_entries: Option<u32>) -> Layout {
+    Layout {
+        name,
+        key_size: core::mem::size_of::<K>() as u32,
+        value_size: core::mem::size_of::<V>() as u32,
+        max_entries,
+    }
+}
+
+/// The layout of every map in [`ALL_MAPS`] order. A pinned map that differs was made by
+/// another build of netpage, whose program must not be mixed with this one's.
+pub const LAYOUTS: [Layout; 10] = [
+    layout::<Addr4, Addr4>(V2R4, None),
+    layout::<Addr4, Addr4>(R2V4, None),
+    layout::<Addr6, Addr6>(V2R6, None),
+    layout::<Addr6, Addr6>(R2V6, None),
+    layout::<Addr4, MappingStats>(STATS4, None),
+    layout::<Addr6, MappingStats>(STATS6, None),
+    layout::<u32, u64>(COUNTERS, Some(crate::counters::Counter::COUNT)),
+    layout::<IfaceName, IfaceRecord>(IFACES, Some(MAX_IFACES)),
+    layout::<u32, PortRecord>(PORTS, Some(MAX_IFACES)),
+    layout::<DrainKey, DrainEntry>(DRAINS, None),
+];
+
 /// Maps whose capacity is the table size chosen at load time.
 pub const SIZED_MAPS: [&str; 7] = [V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, DRAINS];
 
@@ -161,3 +195,19 @@ pub const DEFAULT_CAPACITY: u32 = 65_536;
 pub const PROG_VIRTUAL: &str = "netpage_virtual";
 /// The XDP program for interfaces on the physical side (the real network): RA -> VA.
 pub const PROG_PHYSICAL: &str = "netpage_physical";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_map_has_its_layout() {
+        for (l, name) in LAYOUTS.iter().zip(ALL_MAPS) {
+            assert_eq!(l.name, name);
+        }
+        for name in SIZED_MAPS {
+            let l = LAYOUTS.iter().find(|l| l.name == name).unwrap();
+            assert_eq!(l.max_entries, None, "{name} follows the table's capacity");
+        }
+    }
+}

@@ -17,7 +17,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, Map, MapData, MapError},
 };
 use netpage_common::maps::{
-    ALL_MAPS, COUNTERS, IFACES, IfaceName, IfaceRecord, PORTS, PortRecord, V2R4,
+    ALL_MAPS, COUNTERS, IFACES, IfaceName, IfaceRecord, LAYOUTS, Layout, PORTS, PortRecord, V2R4,
 };
 
 use crate::{
@@ -65,6 +65,12 @@ pub enum NodeError {
         #[source]
         source: Box<EbpfError>,
     },
+    #[error(
+        "the tables under {} were made by another build of netpage (map {map} differs): use that build, or detach every interface and remove {} to start over (its table is lost)",
+        dir.display(),
+        dir.display()
+    )]
+    Incompatible { dir: PathBuf, map: &'static str },
     #[error("interface name {0:?} is not valid (1 to 15 bytes, no '/' or NUL)")]
     IfaceName(String),
     #[error("registry of attached interfaces: {0}")]
@@ -165,6 +171,9 @@ impl Node {
     /// `capacity` entries, or the default) if the node is new.
     pub fn load(&self, capacity: Option<u32>) -> Result<Ebpf, NodeError> {
         self.prepare()?;
+        if self.exists() {
+            self.check_layouts()?;
+        }
         let capacity = self.check_capacity(capacity)?;
         let paths: Vec<_> = ALL_MAPS.iter().map(|n| (*n, self.map_path(n))).collect();
         loader::load_pinned(capacity, &paths).map_err(|e| NodeError::Load {
@@ -192,16 +201,38 @@ impl Node {
                 dir: self.dir.clone(),
             });
         }
-        ALL_MAPS
+        LAYOUTS
             .iter()
-            .map(|&name| {
-                let path = self.map_path(name);
-                let map = MapData::from_pin(&path)
-                    .and_then(Map::from_map_data)
-                    .map_err(|e| open_err(&path, e))?;
-                Ok((name, map))
+            .map(|l| {
+                let path = self.map_path(l.name);
+                let data = MapData::from_pin(&path).map_err(|e| open_err(&path, e))?;
+                self.check_layout(l, &data)?;
+                let map = Map::from_map_data(data).map_err(|e| open_err(&path, e))?;
+                Ok((l.name, map))
             })
             .collect()
+    }
+
+    /// Fails unless the pinned map is laid out as this build lays it out.
+    fn check_layout(&self, l: &Layout, data: &MapData) -> Result<(), NodeError> {
+        let path = self.map_path(l.name);
+        let info = data.info().map_err(|e| open_err(&path, e))?;
+        let same = info.key_size() == l.key_size
+            && info.value_size() == l.value_size
+            && l.max_entries.is_none_or(|n| n == info.max_entries());
+        if same {
+            Ok(())
+        } else {
+            Err(NodeError::Incompatible {
+                dir: self.dir.clone(),
+                map: l.name,
+            })
+        }
+    }
+
+    /// Checks every pinned map of an existing node against this build's layouts.
+    fn check_layouts(&self) -> Result<(), NodeError> {
+        self.open_maps().map(drop)
     }
 
     /// Opens the node's pinned state.
