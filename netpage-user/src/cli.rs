@@ -146,7 +146,9 @@ pub struct MigrateArgs {
     /// [default: --pin-dir].
     #[arg(long = "node", value_name = "PINDIR")]
     pub nodes: Vec<PathBuf>,
-    /// When to switch: `stop` (the source pauses; nothing is lost) or `resume`.
+    /// When to switch: `stop` (the source pauses: what is sent during the pause waits at
+    /// the destination) or `resume` (the destination runs: what is sent during the pause
+    /// is lost).
     #[arg(long, value_enum, default_value = "stop")]
     pub switch_at: SwitchAt,
     /// The longest pause QEMU may plan for the final copy, in milliseconds.

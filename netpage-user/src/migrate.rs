@@ -4,6 +4,11 @@
 //! The order is that of `switch`, stretched over the migration: R2V[new RA] on every node
 //! before the migration starts, one V2R update per node when the source pauses (`stop`) or
 //! the destination runs (`resume`), and the old RA drained once the migration completed.
+//!
+//! While the migration runs, netpage sends the source QEMU no command: QEMU holds its big
+//! lock for the whole final stop-and-copy, so a command sent then (a progress query, say)
+//! would be answered only after it, and the STOP event queued behind that answer would be
+//! handled too late for the switch. Progress is reported from the events alone.
 
 use std::{
     fmt,
@@ -28,14 +33,19 @@ use crate::{
 #[serde(rename_all = "lowercase")]
 pub enum SwitchAt {
     /// When the source pauses for its last copy: packets sent during the pause wait in
-    /// the destination's tap queue and reach the guest when it resumes.
+    /// the destination's tap queue and reach the guest when it resumes. QEMU announces
+    /// the pause (STOP) only once it has paused the guest, so a packet that reaches the
+    /// source in that last moment (about a millisecond) is still lost.
     Stop,
-    /// When the destination runs the guest.
+    /// When the destination runs the guest: packets sent during the pause go to the
+    /// paused source and are lost.
     Resume,
 }
 
 /// The neighbour entry to install at the destination host, so that packets for the guest
-/// go into its tap queue while it is paused instead of waiting for ARP.
+/// go into its tap queue while it is paused instead of waiting for ARP. The entry is
+/// permanent: it stays after a completed migration (the guest keeps its MAC) and is
+/// deleted by a rollback.
 #[derive(Clone, Debug)]
 pub struct Neighbour {
     /// The destination's tap (or bridge) for the guest.
@@ -93,6 +103,14 @@ pub enum MigrateError {
         other: PathBuf,
         b: IpAddr,
     },
+    #[error("{vm} is already at {to}: nothing to migrate to")]
+    AlreadyThere { vm: IpAddr, to: IpAddr },
+    #[error(
+        "no QMP socket at {} for the {which} QEMU: is it running with `-qmp unix:{},server=on,wait=off`?",
+        path.display(),
+        path.display()
+    )]
+    NoSocket { which: &'static str, path: PathBuf },
     #[error("the source VM is {status}, not running: nothing to migrate")]
     SourceNotRunning { status: RunState },
     #[error(
@@ -122,8 +140,9 @@ pub struct MigrateReport {
     pub from: IpAddr,
     pub to: IpAddr,
     pub switch_at: SwitchAt,
-    /// `completed`, or why it did not (the table was rolled back).
+    /// `completed`, or `failed` (the table was rolled back).
     pub status: String,
+    /// Why the migration failed, or what went wrong although the guest did move.
     pub error: Option<String>,
     pub rolled_back: bool,
     /// The guest's pause as QEMU measured it.
@@ -131,6 +150,13 @@ pub struct MigrateReport {
     pub qemu_total_ms: Option<u64>,
     /// From the source's STOP to the destination's RESUME, by QEMU's event timestamps.
     pub stop_to_resume_ms: Option<f64>,
+    /// From the source's STOP (QEMU's timestamp) to the last node's V2R update (this
+    /// host's clock, which QEMU's shares when it runs here).
+    pub stop_to_switch_ms: Option<f64>,
+    /// QEMU's timestamps of the source's STOP and the destination's RESUME, in
+    /// milliseconds since the Unix epoch, to set beside what clients saw.
+    pub stop_unix_ms: Option<f64>,
+    pub resume_unix_ms: Option<f64>,
     pub passes: u64,
     pub switches: Vec<NodeSwitch>,
     pub timeline: Timeline,
@@ -153,8 +179,10 @@ pub async fn migrate(opts: &MigrateOptions) -> Result<MigrateReport, MigrateErro
 
 /// How long one QMP exchange may take.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often progress is asked for.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// How long a cancelled migration may take to end.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A wait with no end of its own (the migration's deadline ends it).
+const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A migration under way.
 struct Run {
@@ -168,6 +196,9 @@ struct Run {
     neighbour: Option<(Neighbour, String)>,
     timeline: Timeline,
     switches: Vec<NodeSwitch>,
+    /// Whether every node's V2R names the destination.
+    switched: bool,
+    switched_at: Option<SystemTime>,
     stop: Option<Timestamp>,
     resume: Option<Timestamp>,
     passes: u64,
@@ -179,11 +210,33 @@ enum Outcome {
     Failed(String),
 }
 
+/// What one event means for the loop.
+enum Step {
+    Continue,
+    /// This side is done: the source completed, or the destination runs the guest.
+    Done,
+    Failed(String),
+}
+
 impl Run {
     /// Checks everything, then installs R2V[to] everywhere (and the neighbour entry).
     async fn prepare(opts: &MigrateOptions, start: Instant) -> Result<Self, MigrateError> {
-        let nodes = open_nodes(opts)?;
+        let mut nodes = open_nodes(opts)?;
         let from = where_is(&nodes, opts.vm, opts.to)?;
+        if from == opts.to {
+            return Err(MigrateError::AlreadyThere {
+                vm: opts.vm,
+                to: opts.to,
+            });
+        }
+        for (which, path) in [("source", &opts.src_qmp), ("destination", &opts.dst_qmp)] {
+            if !path.exists() {
+                return Err(MigrateError::NoSocket {
+                    which,
+                    path: path.clone(),
+                });
+            }
+        }
         let mut src = Qmp::connect(&opts.src_qmp, QMP_TIMEOUT).await?;
         let mut dst = Qmp::connect(&opts.dst_qmp, QMP_TIMEOUT).await?;
         let s = src.query_status().await?.status;
@@ -198,6 +251,7 @@ impl Run {
             Some(n) => Some((n.clone(), guest_mac(&mut src, n).await?)),
             None => None,
         };
+        install_reverse(&mut nodes, opts.to, opts.vm)?;
         let mut run = Run {
             start,
             nodes,
@@ -209,14 +263,13 @@ impl Run {
             neighbour,
             timeline: Timeline::new(start),
             switches: Vec::new(),
+            switched: false,
+            switched_at: None,
             stop: None,
             resume: None,
             passes: 0,
         };
         run.mark(Source::Netpage, "CHECKED", format!("{} at {from}", opts.vm));
-        for (_, n) in &mut run.nodes {
-            n.table.set_reverse(opts.to, opts.vm)?;
-        }
         run.mark(
             Source::Netpage,
             "R2V INSTALLED",
@@ -241,50 +294,48 @@ impl Run {
         self.timeline.mark(Instant::now(), source, what, detail);
     }
 
-    /// Starts the migration and follows both QEMUs until it ends.
+    /// Starts the migration and follows both QEMUs until it ends. No command goes to the
+    /// source until then (see the module's documentation).
     async fn drive(&mut self, opts: &MigrateOptions) -> Outcome {
-        match self.start(opts).await {
-            Ok(()) => {}
-            Err(e) => return Outcome::Failed(format!("starting the migration: {e}")),
+        if let Err(e) = self.start(opts).await {
+            return Outcome::Failed(format!("starting the migration: {e}"));
         }
         let deadline = tokio::time::Instant::from_std(self.start + opts.timeout);
-        let mut progress = tokio::time::interval(PROGRESS_EVERY);
-        let (mut src_done, mut dst_running) = (false, false);
-        loop {
-            if src_done && dst_running && !self.switches.is_empty() {
-                return Outcome::Completed;
-            }
-            tokio::select! {
-                ev = self.src.next_event(Duration::from_secs(3600)) => match ev {
-                    Ok(Some(e)) => match self.on_source(&e, opts.switch_at) {
-                        Some(Ok(())) => src_done = true,
-                        Some(Err(why)) => return Outcome::Failed(why),
-                        None => {}
-                    },
-                    Ok(None) => {}
-                    Err(e) => return Outcome::Failed(format!("the source QEMU: {e}")),
+        let (mut src_done, mut dst_done) = (false, false);
+        while !(src_done && dst_done) {
+            let step = tokio::select! {
+                ev = self.src.next_event(FOREVER) => match ev {
+                    Ok(Some(e)) => self.on_source(&e, opts.switch_at),
+                    Ok(None) => Step::Continue,
+                    Err(QmpError::Closed { .. }) => Step::Failed("the source QEMU exited".into()),
+                    Err(e) => Step::Failed(format!("the source QEMU: {e}")),
                 },
-                ev = self.dst.next_event(Duration::from_secs(3600)) => match ev {
+                ev = self.dst.next_event(FOREVER) => match ev {
                     Ok(Some(e)) => match self.on_destination(&e, opts.switch_at) {
-                        Some(Ok(())) => dst_running = true,
-                        Some(Err(why)) => return Outcome::Failed(why),
-                        None => {}
+                        Step::Done => {
+                            dst_done = true;
+                            Step::Continue
+                        }
+                        other => other,
                     },
-                    Ok(None) => {}
+                    Ok(None) => Step::Continue,
                     Err(QmpError::Closed { .. }) => {
-                        return Outcome::Failed("the destination QEMU exited".into());
+                        Step::Failed("the destination QEMU exited".into())
                     }
-                    Err(e) => return Outcome::Failed(format!("the destination QEMU: {e}")),
+                    Err(e) => Step::Failed(format!("the destination QEMU: {e}")),
                 },
-                _ = progress.tick() => self.progress().await,
-                _ = tokio::time::sleep_until(deadline) => {
-                    return Outcome::Failed(format!(
-                        "the migration did not complete within {:?} (it may not converge: raise --downtime-limit or --timeout)",
-                        opts.timeout
-                    ));
-                }
+                _ = tokio::time::sleep_until(deadline) => Step::Failed(format!(
+                    "the migration did not complete within {:?} (it may not converge: raise --downtime-limit or --timeout)",
+                    opts.timeout
+                )),
+            };
+            match step {
+                Step::Continue => {}
+                Step::Done => src_done = true,
+                Step::Failed(why) => return Outcome::Failed(why),
             }
         }
+        Outcome::Completed
     }
 
     async fn start(&mut self, opts: &MigrateOptions) -> Result<(), QmpError> {
@@ -302,8 +353,8 @@ impl Run {
         Ok(())
     }
 
-    /// Handles a source event: `Some(Ok)` once it completed, `Some(Err)` if it failed.
-    fn on_source(&mut self, e: &Event, at: SwitchAt) -> Option<Result<(), String>> {
+    /// Handles a source event: `Done` once it completed.
+    fn on_source(&mut self, e: &Event, at: SwitchAt) -> Step {
         if let Some(pass) = e.migration_pass() {
             self.passes = pass;
             self.timeline.mark(
@@ -312,27 +363,36 @@ impl Run {
                 format!("PASS {pass}"),
                 String::new(),
             );
-            return None;
+            eprintln!(
+                "netpage: migration pass {pass} at {:.1} s",
+                e.received
+                    .saturating_duration_since(self.start)
+                    .as_secs_f64()
+            );
+            return Step::Continue;
         }
         match (e.event.as_str(), e.migration_status()) {
             ("STOP", _) => {
                 self.stop = Some(e.timestamp);
                 self.timeline
                     .mark(e.received, Source::Src, "STOP", String::new());
-                if at == SwitchAt::Stop {
-                    self.switch_all();
+                if at == SwitchAt::Stop
+                    && !self.switched
+                    && let Err(why) = self.switch_all()
+                {
+                    return Step::Failed(why);
                 }
-                None
+                Step::Continue
             }
             ("RESUME", _) => {
                 self.timeline
                     .mark(e.received, Source::Src, "RESUME", String::new());
-                None
+                Step::Continue
             }
             (_, Some(MigrationStatus::Completed)) => {
                 self.timeline
                     .mark(e.received, Source::Src, "COMPLETED", String::new());
-                Some(Ok(()))
+                Step::Done
             }
             (_, Some(s @ (MigrationStatus::Failed | MigrationStatus::Cancelled))) => {
                 self.timeline.mark(
@@ -341,7 +401,7 @@ impl Run {
                     s.to_string().to_uppercase(),
                     String::new(),
                 );
-                Some(Err(format!("the migration {s}")))
+                Step::Failed(format!("the migration {s}"))
             }
             (_, Some(s)) => {
                 self.timeline.mark(
@@ -350,28 +410,32 @@ impl Run {
                     s.to_string().to_uppercase(),
                     String::new(),
                 );
-                None
+                Step::Continue
             }
-            _ => None,
+            _ => Step::Continue,
         }
     }
 
-    /// Handles a destination event: `Some(Ok)` once the guest runs there.
-    fn on_destination(&mut self, e: &Event, at: SwitchAt) -> Option<Result<(), String>> {
+    /// Handles a destination event: `Done` once the guest runs there (or, if the source
+    /// was paused, once the destination has loaded it).
+    fn on_destination(&mut self, e: &Event, at: SwitchAt) -> Step {
         match (e.event.as_str(), e.migration_status()) {
             ("RESUME", _) => {
                 self.resume = Some(e.timestamp);
                 self.timeline
                     .mark(e.received, Source::Dst, "RESUME", String::new());
-                if at == SwitchAt::Resume {
-                    self.switch_all();
+                if at == SwitchAt::Resume
+                    && !self.switched
+                    && let Err(why) = self.switch_all()
+                {
+                    return Step::Failed(why);
                 }
-                Some(Ok(()))
+                Step::Done
             }
             (_, Some(MigrationStatus::Failed)) => {
                 self.timeline
                     .mark(e.received, Source::Dst, "FAILED", String::new());
-                Some(Err("the destination failed to load the migration".into()))
+                Step::Failed("the destination failed to load the migration".into())
             }
             (_, Some(s)) => {
                 self.timeline.mark(
@@ -380,14 +444,20 @@ impl Run {
                     s.to_string().to_uppercase(),
                     String::new(),
                 );
-                None
+                if s == MigrationStatus::Completed {
+                    Step::Done
+                } else {
+                    Step::Continue
+                }
             }
-            _ => None,
+            _ => Step::Continue,
         }
     }
 
-    /// One V2R update per node, as fast as they can follow one another.
-    fn switch_all(&mut self) {
+    /// One V2R update per node, in the order given, as fast as they can follow one
+    /// another. Every node is tried; the error names those that failed.
+    fn switch_all(&mut self) -> Result<(), String> {
+        let mut failed = Vec::new();
         for i in 0..self.nodes.len() {
             let t = Instant::now();
             let r = self.nodes[i].1.table.set_forward(self.vm, self.to);
@@ -407,41 +477,51 @@ impl Run {
                         update_us: us,
                     });
                 }
-                Err(e) => eprintln!("netpage: error: switching {node}: {e}"),
+                Err(e) => failed.push(format!("{node}: {e}")),
             }
         }
-    }
-
-    async fn progress(&mut self) {
-        let Ok(info) = self.src.query_migrate().await else {
-            return;
-        };
-        if let (Some(ram), Some(status)) = (info.ram, info.status) {
-            eprintln!(
-                "netpage: migration {status}: pass {}, {:.1} MB sent, {:.1} MB remaining, expected downtime {} ms",
-                ram.dirty_sync_count,
-                ram.transferred as f64 / 1e6,
-                ram.remaining as f64 / 1e6,
-                info.expected_downtime.unwrap_or(0)
-            );
+        self.switched_at = Some(SystemTime::now());
+        if failed.is_empty() {
+            self.switched = true;
+            Ok(())
+        } else {
+            Err(format!(
+                "switching {} to {} failed on {}",
+                self.vm,
+                self.to,
+                failed.join("; ")
+            ))
         }
     }
 
     /// Completes (drain and figures) or rolls back, and reports.
     async fn finish(mut self, opts: &MigrateOptions, outcome: Outcome) -> MigrateReport {
-        let (error, rolled_back) = match outcome {
-            Outcome::Completed => {
-                self.drain(opts.drain).await;
-                (None, false)
-            }
+        let (mut error, mut rolled_back) = (None, false);
+        match outcome {
+            Outcome::Completed => self.complete(opts, &mut error).await,
             Outcome::Failed(why) => {
-                self.rollback().await;
-                (Some(why), true)
+                if self.cancel().await == Some(MigrationStatus::Completed) {
+                    // Too late to cancel: the guest runs at the destination, so the table
+                    // follows it there.
+                    self.mark(Source::Netpage, "COMPLETED ANYWAY", format!("after: {why}"));
+                    self.complete(opts, &mut error).await;
+                } else {
+                    self.rollback();
+                    error = Some(why);
+                    rolled_back = true;
+                }
             }
-        };
+        }
         let info = self.final_info().await;
         let stop_to_resume_ms = match (self.stop, self.resume) {
             (Some(s), Some(r)) => Some(r.micros_since(&s) as f64 / 1e3),
+            _ => None,
+        };
+        let stop_to_switch_ms = match (self.stop, self.switched_at) {
+            (Some(s), Some(at)) => at
+                .duration_since(UNIX_EPOCH)
+                .ok()
+                .map(|d| (d.as_micros() as i64 - s.as_micros()) as f64 / 1e3),
             _ => None,
         };
         MigrateReport {
@@ -449,26 +529,77 @@ impl Run {
             from: self.from,
             to: self.to,
             switch_at: opts.switch_at,
-            status: if error.is_none() {
-                "completed".into()
-            } else {
-                "failed".into()
-            },
+            status: if rolled_back { "failed" } else { "completed" }.into(),
             error,
             rolled_back,
             qemu_downtime_ms: info.as_ref().and_then(|i| i.downtime),
             qemu_total_ms: info.as_ref().and_then(|i| i.total_time),
             stop_to_resume_ms,
+            stop_to_switch_ms,
+            stop_unix_ms: self.stop.map(|t| t.as_micros() as f64 / 1e3),
+            resume_unix_ms: self.resume.map(|t| t.as_micros() as f64 / 1e3),
             passes: self.passes,
             switches: self.switches,
             timeline: self.timeline,
         }
     }
 
-    /// QEMU's figures; right after completion `downtime` may still read 0, so ask twice.
+    /// The guest runs at the destination: switches the nodes not yet switched (all of
+    /// them if the source was paused, so that no STOP came), then drains the old address.
+    async fn complete(&mut self, opts: &MigrateOptions, error: &mut Option<String>) {
+        if !self.switched
+            && let Err(why) = self.switch_all()
+        {
+            *error = Some(format!(
+                "{why}; the guest runs at the destination: run `netpage switch --vm {} --to {}` on those nodes",
+                self.vm, self.to
+            ));
+        }
+        self.drain(opts.drain).await;
+    }
+
+    /// Cancels the migration unless it has ended, and waits for its final status.
+    async fn cancel(&mut self) -> Option<MigrationStatus> {
+        let deadline = Instant::now() + CANCEL_TIMEOUT;
+        let mut cancelled = false;
+        loop {
+            let status = match self.src.query_migrate().await {
+                Ok(info) => info.status,
+                Err(e) => {
+                    eprintln!(
+                        "netpage: warning: asking the source QEMU how the migration ended: {e}"
+                    );
+                    return None;
+                }
+            };
+            match status {
+                Some(s) if s.is_final() => return Some(s),
+                None | Some(MigrationStatus::None) => return None,
+                Some(_) if !cancelled => {
+                    cancelled = true;
+                    if let Err(e) = self.src.migrate_cancel().await {
+                        eprintln!("netpage: warning: cancelling the migration: {e}");
+                    }
+                    self.mark(Source::Netpage, "CANCEL", String::new());
+                }
+                Some(s) if Instant::now() >= deadline => {
+                    eprintln!(
+                        "netpage: warning: the migration is still {s} {CANCEL_TIMEOUT:?} after its cancel"
+                    );
+                    return Some(s);
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// QEMU's figures; right after completion `downtime` may still read 0, so ask again.
     async fn final_info(&mut self) -> Option<crate::qmp::MigrationInfo> {
         let mut info = self.src.query_migrate().await.ok()?;
-        if info.downtime.unwrap_or(0) == 0 {
+        for _ in 0..5 {
+            if info.downtime.unwrap_or(0) != 0 || info.status != Some(MigrationStatus::Completed) {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
             info = self.src.query_migrate().await.ok()?;
         }
@@ -477,12 +608,16 @@ impl Run {
 
     async fn drain(&mut self, drain: Duration) {
         let now = now_ms();
+        let (vm, from, to) = (self.vm, self.from, self.to);
         for (dir, n) in &mut self.nodes {
-            if let Err(e) = ops::retire(&mut n.table, self.vm, self.from, drain, now) {
+            let r = n
+                .table
+                .remove_drain(to)
+                .and_then(|()| ops::retire(&mut n.table, vm, from, drain, now));
+            if let Err(e) = r {
                 eprintln!(
-                    "netpage: warning: node {}: draining {}: {e}",
-                    dir.display(),
-                    self.from
+                    "netpage: warning: node {}: draining {from}: {e}",
+                    dir.display()
                 );
             }
         }
@@ -503,17 +638,12 @@ impl Run {
                 );
             }
         }
-        let from = self.from;
         self.mark(Source::Netpage, "DRAINED", format!("{from} removed"));
     }
 
-    /// Puts every node back: V2R to the old address, the new reverse entry removed.
-    async fn rollback(&mut self) {
-        if let Ok(info) = self.src.query_migrate().await
-            && info.status.as_ref().is_some_and(|s| !s.is_final())
-        {
-            let _ = self.src.migrate_cancel().await;
-        }
+    /// Puts every node back: V2R to the old address, the new reverse entry removed, and
+    /// the destination's neighbour entry deleted. The migration has ended (see `cancel`).
+    fn rollback(&mut self) {
         let (vm, from, to) = (self.vm, self.from, self.to);
         for (dir, n) in &mut self.nodes {
             let r = n.table.set_forward(vm, from).and_then(|()| {
@@ -535,17 +665,36 @@ impl Run {
     }
 }
 
+/// Opens every node and ends the drains that are over, as every command does first.
 fn open_nodes(opts: &MigrateOptions) -> Result<Vec<(PathBuf, OpenNode)>, MigrateError> {
     opts.nodes
         .iter()
         .map(|dir| {
-            let n = Node::new(dir).open().map_err(|source| MigrateError::Node {
+            let mut n = Node::new(dir).open().map_err(|source| MigrateError::Node {
                 dir: dir.clone(),
                 source,
             })?;
+            ops::gc(&mut n.table, now_ms())?;
             Ok((dir.clone(), n))
         })
         .collect()
+}
+
+/// Installs R2V[to] = vm on every node, or on none: a failure undoes those installed.
+fn install_reverse(
+    nodes: &mut [(PathBuf, OpenNode)],
+    to: IpAddr,
+    vm: IpAddr,
+) -> Result<(), MigrateError> {
+    for i in 0..nodes.len() {
+        if let Err(e) = nodes[i].1.table.set_reverse(to, vm) {
+            for (_, n) in &mut nodes[..i] {
+                let _ = n.table.remove_reverse(to);
+            }
+            return Err(MigrateError::Table(e));
+        }
+    }
+    Ok(())
 }
 
 /// Where every node has the VM now (they must agree), checking that it may move to `to`.
@@ -641,6 +790,9 @@ impl fmt::Display for MigrateReport {
             self.stop_to_resume_ms
                 .map_or("-".into(), |v| format!("{v:.1} ms"))
         )?;
+        if let Some(ms) = self.stop_to_switch_ms {
+            writeln!(f, "  STOP -> last node switched {ms:.2} ms")?;
+        }
         for s in &self.switches {
             writeln!(f, "  switched {}: V2R update {:.1} us", s.node, s.update_us)?;
         }

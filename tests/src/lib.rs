@@ -8,4 +8,5 @@ pub mod guest;
 pub mod netns;
 pub mod qemu;
 pub mod verify;
+pub mod vmworld;
 pub mod world;

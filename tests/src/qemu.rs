@@ -101,6 +101,10 @@ pub struct QemuOptions {
     /// `tcp:ADDR:PORT` to wait for an incoming migration instead of booting.
     pub incoming: Option<String>,
     pub accel: Accel,
+    /// Whether the guest may leave its transmit checksums to the host (virtio-net's
+    /// `csum` feature). A host that rewrites the guest's addresses on the tap (netpage)
+    /// needs complete checksums from it: turn this off there.
+    pub csum_offload: bool,
 }
 
 impl QemuOptions {
@@ -123,6 +127,7 @@ impl QemuOptions {
             memory_mib: 128,
             incoming: None,
             accel: Accel::Auto,
+            csum_offload: true,
         }
     }
 }
@@ -179,8 +184,9 @@ impl Qemu {
             ))
             .arg("-device")
             .arg(format!(
-                "virtio-net-pci,netdev=n0,id={NIC_ID},mac={},romfile=",
-                opts.mac
+                "virtio-net-pci,netdev=n0,id={NIC_ID},mac={},romfile={}",
+                opts.mac,
+                if opts.csum_offload { "" } else { ",csum=off" }
             ))
             .arg("-qmp")
             .arg(format!(

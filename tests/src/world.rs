@@ -195,6 +195,8 @@ pub struct World {
     namespaces: Vec<(Node, NetNs)>,
     pins: Pins,
     vm_hosts: Mutex<[Host; 2]>,
+    /// Whether the VMs are namespaces (false: the hosts run real guests of their own).
+    namespace_vms: bool,
 }
 
 static WORLDS: AtomicU32 = AtomicU32::new(0);
@@ -207,6 +209,16 @@ impl World {
 
     /// A world with `options`.
     pub fn with(options: Options) -> Self {
+        Self::build(options, true)
+    }
+
+    /// A world with `options` but no VM namespace (nor port, nor host route to a VA): the
+    /// hosts are left for real guests, such as QEMU's on taps (see [`crate::vmworld`]).
+    pub fn without_vms(options: Options) -> Self {
+        Self::build(options, false)
+    }
+
+    fn build(options: Options, namespace_vms: bool) -> Self {
         let n = WORLDS.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("np{}x{n}", std::process::id());
         let base = PathBuf::from(format!("/tmp/netpage-world-{prefix}"));
@@ -219,6 +231,7 @@ impl World {
                 mounted: Vec::new(),
             },
             vm_hosts: Mutex::new([Host::A, Host::B]),
+            namespace_vms,
         };
         world.create_namespaces();
         world.wire();
@@ -280,7 +293,9 @@ impl World {
 
     /// The VMs this world has.
     pub fn vms(&self) -> Vec<Vm> {
-        if self.options.second_vm {
+        if !self.namespace_vms {
+            vec![]
+        } else if self.options.second_vm {
             vec![Vm::One, Vm::Two]
         } else {
             vec![Vm::One]
@@ -328,7 +343,9 @@ impl World {
 
     fn create_namespaces(&mut self) {
         for node in Node::ALL {
-            if node == Node::Vm2 && !self.options.second_vm {
+            if (node == Node::Vm2 && !self.options.second_vm)
+                || (node == Node::Vm && !self.namespace_vms)
+            {
                 continue;
             }
             let ns = NetNs::create(&format!("{}-{}", self.prefix, node.name()));

@@ -1,0 +1,490 @@
+//! The world with real guests: the namespace world's client, gateway and two hosts, each
+//! host running its QEMU guest on a tap inside its own namespace, for end-to-end tests of
+//! `netpage migrate`.
+//!
+//! ```text
+//!  client ── c0 ─ g0 ── gw ── ga ─ a0 ── hostA ── tap0 ── QEMU (source)
+//!                        └─── gb ─ b0 ── hostB ── tap0 ── QEMU (-incoming)
+//!                       hostA ── ax ─ bx ── hostB   (migration link, tbf 200 Mbit/s)
+//! ```
+//!
+//! The guest has VA 198.19.0.10/32 and gateway 198.19.0.1, which every host's tap answers
+//! by proxy ARP with the same MAC, so that the guest's neighbour entry for its gateway
+//! stays valid after a move. netpage runs on the gateway (`g0` virtual, `ga`/`gb`
+//! physical) and on each host (`tap0` virtual, uplink physical); every edge maps the VA to
+//! RA_A (198.18.10.100) at first. The migration stream crosses the host link, which
+//! netpage does not translate.
+
+mod icmp;
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    thread,
+    time::{Duration, Instant},
+};
+
+pub use icmp::{IcmpProbe, IcmpReport};
+use netpage::{
+    node::Node as PinnedNode,
+    qmp::{MigrationInfo, MigrationParameters, Qmp, RunState},
+    table::PageTable,
+};
+
+use crate::{
+    guest::{BootParams, ECHO_PORT, Guest},
+    netns::output,
+    qemu::{Qemu, QemuOptions},
+    world::{Host, Node, Options, V4, World, netpage_bin},
+};
+
+/// The guest's virtual address.
+pub const VA: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+/// The guest's default gateway: an address no host has, answered by proxy ARP.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+/// The host side of the guest's NIC, on every host.
+pub const TAP: &str = "tap0";
+/// The tap's MAC, the same on every host.
+pub const TAP_MAC: &str = "02:4e:50:00:00:01";
+/// The guest's MAC.
+pub const GUEST_MAC: &str = "52:54:00:4e:50:0a";
+/// The port the destination QEMU waits on for the migration stream.
+pub const MIGRATION_PORT: u16 = 4444;
+/// Packets a tap holds while its guest is paused.
+pub const TAP_QUEUE: &str = "10000";
+/// How the migration link is shaped: `tbf` works here, `netem` does not exist.
+pub const LINK_RATE: &str = "200mbit";
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+const QEMU_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The real address of the guest at `host`.
+pub fn ra(host: Host) -> Ipv4Addr {
+    let ip = match host {
+        Host::A => V4.ra_a,
+        Host::B => V4.ra_b,
+    };
+    match ip {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(_) => unreachable!("V4 holds IPv4 addresses"),
+    }
+}
+
+/// Why this machine cannot run guests, if it cannot.
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (network namespaces, taps, bpffs)".into());
+    }
+    crate::qemu::missing_prerequisites().or_else(crate::guest::missing_prerequisites)
+}
+
+/// The guest's boot parameters: the VA, its gateway, and `dirty_mib` of memory rewritten
+/// in a loop (0: none).
+pub fn boot_params(dirty_mib: u32) -> BootParams {
+    BootParams {
+        ipv4: Some((VA, 32)),
+        gw4: Some(GATEWAY),
+        ipv6: None,
+        gw6: None,
+        dirty_mib,
+    }
+}
+
+/// The migration URI of the destination `host`: its address on the host link.
+pub fn migration_uri(host: Host) -> String {
+    let addr = match host {
+        Host::A => "198.18.5.1",
+        Host::B => "198.18.5.2",
+    };
+    format!("tcp:{addr}:{MIGRATION_PORT}")
+}
+
+/// The arguments of a `netpage migrate` that tests vary, valid or not.
+#[derive(Clone, Debug)]
+pub struct MigrateCall {
+    pub vm: String,
+    pub to: String,
+    pub src_qmp: PathBuf,
+    pub dst_qmp: PathBuf,
+    /// Where the migration stream and the neighbour entry go.
+    pub dst_host: Host,
+}
+
+/// One edge node's page table, for before/after comparisons.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableSnapshot {
+    /// `netpage --json map list`, parsed.
+    pub map_list: serde_json::Value,
+    /// Every R2V entry (real, virtual), sorted.
+    pub reverse: Vec<(IpAddr, IpAddr)>,
+    /// Every draining real address, sorted.
+    pub drains: Vec<IpAddr>,
+}
+
+/// The world, its guest, and the netpage attachments and mappings.
+pub struct VmWorld {
+    pub world: World,
+    pub guest: Guest,
+}
+
+impl VmWorld {
+    /// Builds the world, shapes the migration link, attaches netpage to the gateway and
+    /// the hosts' uplinks and maps the VA to RA_A on every edge. The taps come with QEMU.
+    pub fn new() -> Self {
+        let guest = Guest::build();
+        let world = World::without_vms(Options {
+            second_vm: false,
+            host_link: true,
+        });
+        world.exec_ok(
+            Node::HostA,
+            "tc",
+            &[
+                "qdisc", "add", "dev", "ax", "root", "tbf", "rate", LINK_RATE, "burst", "64kb",
+                "latency", "50ms",
+            ],
+        );
+        world.attach(Node::Gw, "g0", true);
+        world.attach(Node::Gw, "ga", false);
+        world.attach(Node::Gw, "gb", false);
+        world.attach(Node::HostA, "a0", false);
+        world.attach(Node::HostB, "b0", false);
+        world.map_all(VA.into(), ra(Host::A).into());
+        Self { world, guest }
+    }
+
+    /// Reshapes the migration link to `rate` (a `tc` rate such as `20mbit`).
+    pub fn shape_link(&self, rate: &str) {
+        self.world.exec_ok(
+            Node::HostA,
+            "tc",
+            &[
+                "qdisc", "replace", "dev", "ax", "root", "tbf", "rate", rate, "burst", "64kb",
+                "latency", "50ms",
+            ],
+        );
+    }
+
+    /// The name of `host`'s namespace.
+    pub fn netns(&self, host: Host) -> String {
+        self.world.ns(host.node()).name().to_owned()
+    }
+
+    fn qemu_options(&self, name: &str, host: Host, params: &BootParams) -> QemuOptions {
+        let mut opts = QemuOptions::new(
+            name,
+            &self.netns(host),
+            TAP,
+            GUEST_MAC,
+            &self.guest,
+            params.cmdline(),
+        );
+        // netpage rewrites the guest's source address on the tap: the guest must send
+        // complete checksums, not leave them to the host.
+        opts.csum_offload = false;
+        opts
+    }
+
+    /// Boots the guest at `host` and waits until it is ready.
+    pub fn boot(&self, host: Host, params: &BootParams) -> Qemu {
+        let mut qemu = Qemu::start(self.qemu_options("src", host, params));
+        qemu.wait_tap(QEMU_TIMEOUT);
+        self.setup_tap(host);
+        wait_socket(&mut qemu);
+        let boot = qemu.wait_ready(BOOT_TIMEOUT);
+        eprintln!(
+            "guest: ready at host {host:?} {:.2} s after start ({:?})",
+            boot.as_secs_f64(),
+            qemu.accel()
+        );
+        qemu
+    }
+
+    /// Starts the destination QEMU at `host`, waiting for the migration on the host link.
+    pub fn incoming(&self, host: Host, params: &BootParams) -> Qemu {
+        let mut opts = self.qemu_options("dst", host, params);
+        opts.incoming = Some(migration_uri(host));
+        let mut qemu = Qemu::start(opts);
+        qemu.wait_tap(QEMU_TIMEOUT);
+        self.setup_tap(host);
+        wait_socket(&mut qemu);
+        qemu
+    }
+
+    /// A second guest at `host` booted without `-incoming`: a destination that does not
+    /// wait for a migration.
+    pub fn not_waiting(&self, host: Host, params: &BootParams) -> Qemu {
+        let mut qemu = Qemu::start(self.qemu_options("busy", host, params));
+        qemu.wait_tap(QEMU_TIMEOUT);
+        wait_socket(&mut qemu);
+        qemu
+    }
+
+    /// Prepares the tap QEMU created at `host`: the shared MAC, proxy ARP answering at
+    /// once, no reverse-path filter, no transmit checksum offload towards the guest, a
+    /// queue long enough for what arrives while the guest is paused (a tap holds 500
+    /// packets by default: half a second of the 1 ms probes, less with the TCP traffic),
+    /// up, the host route to the VA, and netpage on the virtual side.
+    fn setup_tap(&self, host: Host) {
+        let ns = self.world.ns(host.node());
+        ns.sysctls(&[
+            (format!("net.ipv4.conf.{TAP}.proxy_arp"), "1"),
+            (format!("net.ipv4.neigh.{TAP}.proxy_delay"), "0"),
+            (format!("net.ipv4.conf.{TAP}.rp_filter"), "0"),
+        ]);
+        ns.ip(&["link", "set", TAP, "address", TAP_MAC]);
+        ns.ip(&["link", "set", TAP, "txqueuelen", TAP_QUEUE]);
+        self.world
+            .exec_ok(host.node(), "ethtool", &["-K", TAP, "tx", "off"]);
+        ns.ip(&["link", "set", TAP, "up"]);
+        ns.ip(&["route", "replace", &format!("{VA}/32"), "dev", TAP]);
+        self.world.attach(host.node(), TAP, true);
+    }
+
+    /// The pin directory of every edge, gateway first: the order `migrate` switches them.
+    pub fn nodes(&self) -> Vec<String> {
+        [Node::Gw, Node::HostA, Node::HostB]
+            .iter()
+            .map(|n| self.world.pin_dir(*n).display().to_string())
+            .collect()
+    }
+
+    /// Runs `netpage --json migrate` from the root namespace with the usual arguments from
+    /// `src` to `dst` (at `to`), plus `extra`; returns its output as is.
+    pub fn migrate(&self, src: &Qemu, dst: &Qemu, to: Host, extra: &[&str]) -> Output {
+        let call = MigrateCall {
+            vm: VA.to_string(),
+            to: ra(to).to_string(),
+            src_qmp: src.qmp_path(),
+            dst_qmp: dst.qmp_path(),
+            dst_host: to,
+        };
+        self.migrate_with(&call, extra)
+    }
+
+    /// Runs `netpage --json migrate` as `call` says, with every edge as a node, the
+    /// destination's neighbour entry and a drain of 1 s, plus `extra`.
+    pub fn migrate_with(&self, call: &MigrateCall, extra: &[&str]) -> Output {
+        let mut cmd = Command::new(netpage_bin());
+        cmd.args(["--json", "migrate", "--vm", &call.vm, "--to", &call.to])
+            .arg("--src-qmp")
+            .arg(&call.src_qmp)
+            .arg("--dst-qmp")
+            .arg(&call.dst_qmp)
+            .args(["--uri", &migration_uri(call.dst_host)]);
+        for node in self.nodes() {
+            cmd.args(["--node", &node]);
+        }
+        let neigh = format!("{TAP}@{}", self.netns(call.dst_host));
+        cmd.args(["--dst-neigh", &neigh])
+            .args(["--drain", "1"])
+            .args(extra);
+        output(&mut cmd)
+    }
+
+    /// Runs `netpage ARGS` from the root namespace; returns its output as is.
+    pub fn netpage(&self, args: &[&str]) -> Output {
+        output(Command::new(netpage_bin()).args(args))
+    }
+
+    /// Packets translated by the VA's mapping at `host` (`netpage --json stats --vm VA`).
+    pub fn mapped_packets(&self, host: Host) -> u64 {
+        let stats = self
+            .world
+            .netpage_json(host.node(), &["stats", "--vm", &VA.to_string()]);
+        stats["mappings"][0]["packets"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no packet count in {stats}"))
+    }
+
+    /// Every edge's table: `map list --json`, the reverse entries and the drains.
+    pub fn tables(&self) -> Vec<TableSnapshot> {
+        Node::EDGES
+            .iter()
+            .map(|&node| {
+                let map_list = self.world.netpage_json(node, &["map", "list"]);
+                let open = PinnedNode::new(self.world.pin_dir(node))
+                    .open()
+                    .unwrap_or_else(|e| panic!("open the table of {node:?}: {e}"));
+                let mut reverse = open.table.reverse_entries().expect("reverse entries");
+                reverse.sort();
+                let mut drains: Vec<IpAddr> = open
+                    .table
+                    .drains()
+                    .expect("drains")
+                    .iter()
+                    .map(|d| d.real)
+                    .collect();
+                drains.sort();
+                TableSnapshot {
+                    map_list,
+                    reverse,
+                    drains,
+                }
+            })
+            .collect()
+    }
+
+    /// A TCP connection from the client to the guest's echo service.
+    pub fn echo_stream(&self) -> TcpStream {
+        let addr = SocketAddr::new(VA.into(), ECHO_PORT);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self
+                .world
+                .tcp_connect(Node::Client, addr, Duration::from_secs(3))
+            {
+                Ok(s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+                    s.set_nodelay(true).unwrap();
+                    return s;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("connect to {addr}: {e}; again");
+                    thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("connect to {addr}: {e}\n{}", self.world.diagnostics()),
+            }
+        }
+    }
+
+    /// A snapshot of `host`'s tap for a failing test's message: its counters, queue,
+    /// neighbours and routes, and netpage's counters there.
+    pub fn tap_diagnostics(&self, host: Host) -> String {
+        let ns = self.world.ns(host.node());
+        let mut d = String::new();
+        for args in [
+            &["-s", "link", "show", TAP][..],
+            &["neigh", "show", "dev", TAP],
+            &["route"],
+        ] {
+            let out = ns.exec("ip", args);
+            d += &format!(
+                "== host {host:?}: ip {}\n{}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = ns.exec("tc", &["-s", "qdisc", "show", "dev", TAP]);
+        d += &format!(
+            "== host {host:?}: tc -s qdisc show dev {TAP}\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let out = self.world.netpage(host.node(), &["stats"]);
+        d += &format!(
+            "== host {host:?}: netpage stats\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        d
+    }
+
+    /// Whether the client can open a connection to the guest's echo service within `timeout`.
+    pub fn echo_reachable(&self, timeout: Duration) -> bool {
+        let addr = SocketAddr::new(VA.into(), ECHO_PORT);
+        self.world.tcp_connect(Node::Client, addr, timeout).is_ok()
+    }
+}
+
+impl Default for VmWorld {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Writes `line` and reads back exactly as many bytes, which must be the same.
+pub fn echo_line(stream: &mut TcpStream, line: &str) {
+    stream
+        .write_all(line.as_bytes())
+        .unwrap_or_else(|e| panic!("send {line:?}: {e}"));
+    let mut back = vec![0u8; line.len()];
+    stream
+        .read_exact(&mut back)
+        .unwrap_or_else(|e| panic!("echo of {line:?}: {e}"));
+    assert_eq!(String::from_utf8_lossy(&back), line, "echo differs");
+}
+
+/// Waits until QEMU has created its QMP socket.
+fn wait_socket(qemu: &mut Qemu) {
+    let deadline = Instant::now() + QEMU_TIMEOUT;
+    while !qemu.qmp_path().exists() {
+        qemu.assert_alive();
+        assert!(
+            Instant::now() < deadline,
+            "no QMP socket from qemu after {QEMU_TIMEOUT:?}\n{}",
+            qemu.diagnostics()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// The run state of the QEMU whose QMP socket is `path` (connecting only for this).
+pub fn run_state(path: &Path) -> RunState {
+    runtime().block_on(async {
+        let mut qmp = Qmp::connect(path, QEMU_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        qmp.query_status()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .status
+    })
+}
+
+/// The last migration's status and figures, from the QEMU whose QMP socket is `path`.
+pub fn query_migrate(path: &Path) -> MigrationInfo {
+    runtime().block_on(async {
+        let mut qmp = Qmp::connect(path, QEMU_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        qmp.query_migrate().await.unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+/// Migrates `src` to `uri` over QMP alone, without netpage, with the given downtime limit,
+/// and waits (on QEMU's events, sending no command meanwhile, as `netpage migrate` does)
+/// until it has ended.
+pub fn migrate_by_qmp(src: &Qemu, uri: &str, downtime_limit_ms: u64) -> MigrationInfo {
+    runtime().block_on(async {
+        let mut qmp = Qmp::connect(src.qmp_path(), QEMU_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        qmp.enable_migration_events()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let params = MigrationParameters {
+            downtime_limit: Some(downtime_limit_ms),
+            ..MigrationParameters::default()
+        };
+        qmp.migrate_set_parameters(&params)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        qmp.migrate(uri).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut seen = Vec::new();
+        qmp.wait_event(Duration::from_secs(60), &mut seen, |e| {
+            e.migration_status().is_some_and(|s| s.is_final())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}; events: {seen:?}"));
+        let mut info = qmp.query_migrate().await.unwrap_or_else(|e| panic!("{e}"));
+        for _ in 0..10 {
+            if info.downtime.unwrap_or(0) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            info = qmp.query_migrate().await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        info
+    })
+}
