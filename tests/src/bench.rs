@@ -1,10 +1,19 @@
-//! Measurements of netpage's costs, for `cargo xtask bench`: per-packet cost in the kernel
-//! and the latency of a switch, written as report rows.
+//! Measurements of netpage's costs, for `cargo xtask bench`: per-packet cost in the kernel,
+//! the latency of a switch (map updates and the whole `netpage switch` command), forwarding
+//! throughput through a gateway namespace, and the gap a VM's move leaves in a stream,
+//! written as report rows.
 //!
 //! Each part is a function from a [`Config`] to rows, so the benchmark binary runs them in
 //! full and a test runs them in the smoke configuration. Nothing here asserts a timing.
 
+use std::time::Duration;
+
+pub mod about;
+pub mod command;
 pub mod fill;
+pub mod forward;
+pub mod gap;
+pub mod leftovers;
 pub mod packets;
 pub mod per_packet;
 pub mod report;
@@ -26,6 +35,16 @@ pub struct Config {
     pub switch_sizes: Vec<u32>,
     /// Switches timed per table size, traffic state and kind of switch.
     pub switches: usize,
+    /// Table sizes (mappings per family) of the nodes the `netpage switch` command runs on.
+    pub command_sizes: Vec<u32>,
+    /// Runs of each timed command; the reported value is their median.
+    pub command_runs: usize,
+    /// Repeats of the forwarding measurement, every variant once in each.
+    pub forward_repeats: usize,
+    /// How long the stream runs through the gateway per variant and repeat.
+    pub forward_time: Duration,
+    /// Moves of the VM between hosts, each with a quiet window of the same length before it.
+    pub gap_switches: usize,
 }
 
 impl Config {
@@ -37,6 +56,11 @@ impl Config {
             runs: 1_000_000,
             switch_sizes: vec![1, 1_000_000],
             switches: 50_000,
+            command_sizes: vec![1, 1_000_000],
+            command_runs: 30,
+            forward_repeats: 9,
+            forward_time: Duration::from_millis(1500),
+            gap_switches: 5,
         }
     }
 
@@ -49,6 +73,11 @@ impl Config {
             runs: 10_000,
             switch_sizes: vec![1, 1_000],
             switches: 200,
+            command_sizes: vec![1, 1_000],
+            command_runs: 3,
+            forward_repeats: 1,
+            forward_time: Duration::from_millis(300),
+            gap_switches: 2,
         }
     }
 }

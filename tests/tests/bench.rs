@@ -1,21 +1,20 @@
 //! The benchmark's measurements, run in the smoke configuration: every part produces rows
 //! with sane values and the report renders. No timing is asserted.
 
-use netpage_tests::bench::{Config, per_packet, report, switch, targets};
+use netpage_tests::bench::{
+    Config, about, command, forward, gap, per_packet, report, switch, targets,
+};
 
-fn assert_sane(rows: &[report::Row]) {
+/// Finite, non-negative values (positive unless `counts` allows a zero, as for probes
+/// lost), ratios only with a named baseline.
+fn assert_sane(rows: &[report::Row], counts: bool) {
     assert!(!rows.is_empty(), "no rows");
     for r in rows {
-        assert!(
-            r.value.is_finite() && r.value > 0.0,
-            "{} {}: value {}",
-            r.measure,
-            r.variant,
-            r.value
-        );
+        let ok = r.value.is_finite() && (r.value > 0.0 || (counts && r.value == 0.0));
+        assert!(ok, "{} {}: value {}", r.measure, r.variant, r.value);
         if let Some(ratio) = r.ratio {
             assert!(
-                ratio.is_finite() && ratio > 0.0,
+                ratio.is_finite() && ratio >= 0.0,
                 "{} {}: ratio {ratio}",
                 r.measure,
                 r.variant
@@ -30,7 +29,7 @@ fn assert_sane(rows: &[report::Row]) {
 fn per_packet_smoke() {
     let cfg = Config::smoke();
     let rows = per_packet::run(&cfg);
-    assert_sane(&rows);
+    assert_sane(&rows, false);
     // The floor, five packets at each size, and the growth of each beyond the first size.
     let sizes = cfg.packet_sizes.len();
     assert_eq!(rows.len(), 1 + 5 * sizes + 5 * (sizes - 1));
@@ -41,10 +40,56 @@ fn per_packet_smoke() {
 fn switch_smoke() {
     let cfg = Config::smoke();
     let rows = switch::run(&cfg);
-    assert_sane(&rows);
+    assert_sane(&rows, false);
     // Two kinds of switch, three statistics, idle and under traffic, at each size.
     assert_eq!(rows.len(), 2 * 3 * 2 * cfg.switch_sizes.len());
     assert_eq!(targets::notes(&rows).len(), 2);
-    let md = report::markdown(&rows, "smoke", &targets::notes(&rows));
+    let md = report::markdown(
+        &rows,
+        "smoke",
+        &about::sections(&cfg),
+        &targets::notes(&rows),
+        &[],
+    );
     assert!(md.contains("| v2r_update | traffic |"), "{md}");
+}
+
+#[test]
+fn command_smoke() {
+    let cfg = Config::smoke();
+    let rows = command::run(&cfg);
+    assert_sane(&rows, false);
+    // The floor and a switch at each size, as p50 and max.
+    assert_eq!(rows.len(), 2 * (1 + cfg.command_sizes.len()));
+    assert!(rows.iter().all(|r| r.repeats == cfg.command_runs));
+    assert_eq!(targets::notes(&rows).len(), 1);
+}
+
+#[test]
+fn forward_smoke() {
+    let cfg = Config::smoke();
+    let rows = forward::run(&cfg);
+    // The softirq share of a CPU may well be zero.
+    assert_sane(&rows, true);
+    let variants = forward::Variant::ALL.len();
+    let pps: Vec<_> = rows.iter().filter(|r| r.measure == "forward_pps").collect();
+    assert_eq!(pps.len(), variants);
+    for r in &pps {
+        assert!(r.value > 0.0, "{}: nothing forwarded", r.variant);
+    }
+    assert_eq!(targets::notes(&rows).len(), 2);
+    assert!(!targets::diagnose(&rows).is_empty());
+}
+
+#[test]
+fn gap_smoke() {
+    let cfg = Config::smoke();
+    let rows = gap::run(&cfg);
+    assert_sane(&rows, true);
+    let largest = rows
+        .iter()
+        .find(|r| r.measure == "switch_gap_largest" && r.variant == gap::MOVE)
+        .expect("a largest-gap row");
+    assert!(largest.value > 0.0);
+    assert_eq!(targets::notes(&rows).len(), 1);
 }

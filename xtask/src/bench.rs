@@ -1,5 +1,5 @@
-//! `cargo xtask bench`: builds the benchmark in release and runs it; it writes
-//! `target/bench/report.json` and `report.md` and prints the table.
+//! `cargo xtask bench`: builds the benchmark and the `netpage` binary in release and runs
+//! the benchmark; it writes `target/bench/report.json` and `report.md` and prints them.
 
 use std::{
     env,
@@ -12,7 +12,11 @@ use crate::{cmd, toolchain::BuildEnv};
 
 /// Runs the benchmark binary of the tests crate, in full or (with `smoke`) briefly.
 pub fn run(env: &BuildEnv, smoke: bool) -> Result<()> {
-    cmd::require_root("the benchmark loads XDP programs and runs them in the kernel")?;
+    cmd::require_root(
+        "the benchmark loads XDP programs and builds network namespaces and bpffs mounts",
+    )?;
+    // The benchmark times target/release/netpage, which it finds next to itself.
+    cmd::cargo(env, &["build", "--release", "-p", "netpage-user", "--bins"])?;
     let out = target_dir().join("bench");
     let out = out.to_string_lossy();
     let mut args = vec![

@@ -10,7 +10,7 @@ use crate::{bench::note, datapath::Datapath};
 
 /// Filler mapping `i` of one family: VAs in 11.0.0.0/8 and fd00:1::/96, RAs in
 /// 100.0.0.0/8 and 2001:db8:1::/96, away from every measured address.
-fn filler(i: u32, v6: bool) -> (IpAddr, IpAddr) {
+pub fn filler(i: u32, v6: bool) -> (IpAddr, IpAddr) {
     if v6 {
         let va = Ipv6Addr::from(0xfd00_0001_0000_0000_0000_0000_0000_0000u128 | u128::from(i));
         let ra = Ipv6Addr::from(0x2001_0db8_0001_0000_0000_0000_0000_0000u128 | u128::from(i));

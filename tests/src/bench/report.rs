@@ -66,21 +66,70 @@ impl Row {
     }
 }
 
-/// Writes `report.json` and `report.md` into `dir` (created if missing).
-pub fn write(dir: &Path, rows: &[Row], preamble: &str, notes: &[String]) -> io::Result<()> {
+/// Writes `report.json` (the rows) and `report.md` (`markdown`) into `dir`, created if
+/// missing.
+pub fn write(dir: &Path, rows: &[Row], markdown: &str) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let json = serde_json::to_string_pretty(rows).map_err(io::Error::other)?;
     std::fs::write(dir.join("report.json"), json + "\n")?;
-    std::fs::write(dir.join("report.md"), markdown(rows, preamble, notes))
+    std::fs::write(dir.join("report.md"), markdown)
 }
 
-/// The report as Markdown: a preamble, the table of rows, and notes.
-pub fn markdown(rows: &[Row], preamble: &str, notes: &[String]) -> String {
-    let mut md = format!("# netpage benchmark\n\n{preamble}\n\n{}", table(rows));
-    if !notes.is_empty() {
-        md.push_str("\n## Targets (noted, not asserted)\n\n");
-        for n in notes {
-            let _ = writeln!(md, "- {n}");
+/// A part of the report: the measures it holds and a paragraph on how they were taken
+/// and how to read them.
+#[derive(Clone, Debug)]
+pub struct Section {
+    pub title: String,
+    pub about: String,
+    /// The measures whose rows the section's table holds, in this order.
+    pub measures: Vec<String>,
+}
+
+impl Section {
+    pub fn new(title: &str, about: impl Into<String>, measures: &[&str]) -> Self {
+        Self {
+            title: title.to_owned(),
+            about: about.into(),
+            measures: measures.iter().map(|m| (*m).to_owned()).collect(),
+        }
+    }
+}
+
+/// The report as Markdown: a preamble, a section per part (its paragraph and table; rows
+/// of no section last), the targets, and notes on why a target was missed.
+pub fn markdown(
+    rows: &[Row],
+    preamble: &str,
+    sections: &[Section],
+    targets: &[String],
+    notes: &[String],
+) -> String {
+    let mut md = format!("# netpage benchmark\n\n{preamble}\n");
+    for s in sections {
+        let mine: Vec<Row> = s
+            .measures
+            .iter()
+            .flat_map(|m| rows.iter().filter(move |r| &r.measure == m))
+            .cloned()
+            .collect();
+        if !mine.is_empty() {
+            let _ = write!(md, "\n## {}\n\n{}\n\n{}", s.title, s.about, table(&mine));
+        }
+    }
+    let other: Vec<Row> = rows
+        .iter()
+        .filter(|r| !sections.iter().any(|s| s.measures.contains(&r.measure)))
+        .cloned()
+        .collect();
+    if !other.is_empty() {
+        let _ = write!(md, "\n## Other measures\n\n{}", table(&other));
+    }
+    for (title, lines) in [("Targets (noted, not asserted)", targets), ("Notes", notes)] {
+        if !lines.is_empty() {
+            let _ = writeln!(md, "\n## {title}\n");
+            for n in lines {
+                let _ = writeln!(md, "- {n}");
+            }
         }
     }
     md

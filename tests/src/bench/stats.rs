@@ -28,6 +28,11 @@ impl Sorted {
         }
     }
 
+    /// The smallest sample.
+    pub fn min(&self) -> f64 {
+        self.0[0]
+    }
+
     /// The largest sample.
     pub fn max(&self) -> f64 {
         self.0[self.0.len() - 1]
@@ -50,6 +55,7 @@ mod tests {
         assert_eq!(s.percentile(99.0), 99.0);
         assert_eq!(s.percentile(100.0), 100.0);
         assert_eq!(s.max(), 100.0);
+        assert_eq!(s.min(), 1.0);
         assert_eq!(s.median(), 50.5);
         assert_eq!(Sorted::new(vec![3.0, 1.0, 2.0]).median(), 2.0);
     }

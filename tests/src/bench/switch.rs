@@ -10,8 +10,8 @@
 //!
 //! Traffic is a thread running the virtual side's program in a loop, one packet per
 //! BPF_PROG_TEST_RUN call, on packets to the VM being switched: every packet looks up the
-//! entry being updated. The wall time of the `netpage switch` command (from start to exit)
-//! is a separate measurement, to live in its own module next to this one.
+//! entry being updated. The wall time of the whole `netpage switch` command (from start to
+//! exit) is measured in `command`.
 
 use std::{
     net::{IpAddr, Ipv4Addr},

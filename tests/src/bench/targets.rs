@@ -9,6 +9,12 @@ const GROWTH: f64 = 1.10;
 const V2R_P99_US: f64 = 2.0;
 /// p99 of the whole switch, in microseconds.
 const WHOLE_P99_US: f64 = 5.0;
+/// Median wall time of the `netpage switch` command, in milliseconds.
+const COMMAND_P50_MS: f64 = 5.0;
+/// netpage's forwarding rate against plain routing.
+const FORWARD_RATIO: f64 = 0.95;
+/// The netpage variants of the forwarding measurement.
+const NETPAGE_MODES: [&str; 2] = ["netpage native", "netpage skb"];
 
 /// One line per target: what it is, the worst row against it, and whether it is met.
 pub fn notes(rows: &[Row]) -> Vec<String> {
@@ -54,7 +60,61 @@ pub fn notes(rows: &[Row]) -> Vec<String> {
             ));
         }
     }
+    notes.extend(command_note(rows));
+    notes.extend(forward_notes(rows));
+    notes.extend(gap_note(rows));
     notes
+}
+
+fn command_note(rows: &[Row]) -> Option<String> {
+    let (ms, r) = worst(rows, |r| {
+        (r.measure == "switch_command"
+            && r.variant == "switch"
+            && r.param_str("stat") == Some("p50"))
+        .then_some(r.value)
+    })?;
+    Some(format!(
+        "`netpage switch` median at most {COMMAND_P50_MS} ms: worst {ms:.2} ms ({} entries) - {}",
+        r.param_u64("table_entries").unwrap_or(0),
+        verdict(ms <= COMMAND_P50_MS)
+    ))
+}
+
+fn forward_notes(rows: &[Row]) -> Vec<String> {
+    let nft = find(rows, "forward_pps", "nft stateful dnat+snat").and_then(|r| r.ratio);
+    NETPAGE_MODES
+        .iter()
+        .filter_map(|mode| {
+            let ratio = find(rows, "forward_pps", mode)?.ratio?;
+            let scale = nft.map_or(String::new(), |x| format!(", nft stateful dnat {x:.2}x"));
+            Some(format!(
+                "{mode} forwards at least {FORWARD_RATIO}x the packets/s of plain routing: \
+                 {ratio:.2}x{scale} - {}",
+                verdict(ratio >= FORWARD_RATIO)
+            ))
+        })
+        .collect()
+}
+
+fn gap_note(rows: &[Row]) -> Option<String> {
+    let lost = find_stat(rows, "switch_gap_lost", "move + switch", "max")?.value;
+    let gap = find_stat(rows, "switch_gap_largest", "move + switch", "max")?.value;
+    Some(format!(
+        "no probe lost when the VM moves: worst {lost:.0} lost, largest gap {gap:.1} ms - {}",
+        verdict(lost == 0.0)
+    ))
+}
+
+/// The row of `measure` and `variant` (the first, if several).
+fn find<'a>(rows: &'a [Row], measure: &str, variant: &str) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.measure == measure && r.variant == variant)
+}
+
+/// The row of `measure`, `variant` and statistic `stat`.
+fn find_stat<'a>(rows: &'a [Row], measure: &str, variant: &str, stat: &str) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.measure == measure && r.variant == variant && r.param_str("stat") == Some(stat))
 }
 
 /// The largest value `pick` finds among `rows`, with its row.
@@ -66,4 +126,149 @@ fn worst(rows: &[Row], pick: impl Fn(&Row) -> Option<f64>) -> Option<(f64, &Row)
 
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "NOT met" }
+}
+
+/// Why targets were missed, as far as the rows and what is known of the kernel paths
+/// tell: one line per missed target, and one on what limited the forwarding measurement.
+pub fn diagnose(rows: &[Row]) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(n) = command_why(rows) {
+        notes.push(n);
+    }
+    notes.extend(forward_why(rows));
+    if let Some(n) = gap_why(rows) {
+        notes.push(n);
+    }
+    notes
+}
+
+fn command_why(rows: &[Row]) -> Option<String> {
+    let (ms, r) = worst(rows, |r| {
+        (r.measure == "switch_command"
+            && r.variant == "switch"
+            && r.param_str("stat") == Some("p50"))
+        .then_some(r.value)
+    })?;
+    if ms <= COMMAND_P50_MS {
+        return None;
+    }
+    let floor = find_stat(rows, "switch_command", "netpage --version", "p50")?.value;
+    Some(format!(
+        "`netpage switch` took {ms:.2} ms at {} entries; starting and ending the binary \
+         (`netpage --version`) alone took {floor:.2} ms, so {:.0}% of it is the process, \
+         not the switch (opening the pinned maps, ending drains, two map updates)",
+        r.param_u64("table_entries").unwrap_or(0),
+        100.0 * floor / ms
+    ))
+}
+
+fn forward_why(rows: &[Row]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let value = |m: &str, v: &str| find(rows, m, v).map(|r| r.value);
+    let (Some(plain_pps), Some(plain_offered), Some(plain_ns)) = (
+        value("forward_pps", "plain routing"),
+        value("forward_offered_pps", "plain routing"),
+        value("forward_cpu_ns", "plain routing"),
+    ) else {
+        return notes;
+    };
+    let gw_cpu = value("forward_gw_cpu", "plain routing").unwrap_or(0.0);
+    notes.push(format!(
+        "Forwarding: under plain routing the gateway delivered {:.0}% of what the sender \
+         offered while CPU 1 was {gw_cpu:.0}% busy in the kernel: {}. Packets/s then \
+         depend on the sender and on the machine's other load as much as on the gateway; \
+         `forward_cpu_ns` (CPU 1's kernel time per forwarded packet) is the comparison \
+         that does not",
+        100.0 * plain_pps / plain_offered.max(1.0),
+        if plain_pps < 0.97 * plain_offered {
+            "the ingress ring overflowed at times (the gateway was the limit) while at other \
+             times CPU 1 waited for packets (the sender was): with one CPU each, neither side \
+             holds the limit throughout"
+        } else {
+            "the sender, not the gateway, was the limit"
+        }
+    ));
+    // The program's own cost: the translated packet less the bare XDP_PASS floor.
+    let floor = find(rows, "per_packet", "xdp_pass floor").map_or(0.0, |r| r.value);
+    let program = find(rows, "per_packet", "ipv4 udp").map(|r| r.value - floor);
+    let missed = NETPAGE_MODES.iter().any(|mode| {
+        find(rows, "forward_pps", mode)
+            .and_then(|r| r.ratio)
+            .is_some_and(|x| x < FORWARD_RATIO)
+    });
+    if let (true, Some(p)) = (missed, program) {
+        let budget = plain_ns * (1.0 / FORWARD_RATIO - 1.0);
+        notes.push(format!(
+            "Forwarding at {FORWARD_RATIO}x plain routing leaves a translation {budget:.0} ns \
+             per packet on this machine ({:.0}% of plain routing's {plain_ns:.0} ns), less \
+             than the program's own {p:.0} ns (`per_packet`, ipv4 udp less the `XDP_PASS` \
+             floor): on these CPUs the target asks for less than running the program costs, \
+             in either mode. What remains to compare is the translators' cost per packet, \
+             `forward_cpu_ns`, whose medians still move by some hundred ns between runs \
+             (see the min and max of the repeats)",
+            (1.0 / FORWARD_RATIO - 1.0) * 100.0
+        ));
+    }
+    for mode in NETPAGE_MODES {
+        let Some(r) = find(rows, "forward_pps", mode) else {
+            continue;
+        };
+        if r.ratio.is_none_or(|x| x >= FORWARD_RATIO) {
+            continue;
+        }
+        let Some(ns) = value("forward_cpu_ns", mode) else {
+            continue;
+        };
+        let own = program.map_or(String::new(), |p| {
+            let around = ns - plain_ns - p;
+            if around > 0.0 {
+                format!(
+                    "; the program itself takes {p:.0} ns per packet (`per_packet`, ipv4 \
+                     udp less the floor), so {around:.0} ns of the difference is the mode's \
+                     path around it"
+                )
+            } else {
+                format!(
+                    "; that is within the program's own {p:.0} ns per packet (`per_packet`, \
+                     ipv4 udp less the floor): the mode adds no measurable cost around it, \
+                     and the packets/s lost beyond that come from the interplay of sender \
+                     and gateway described above, not from CPU time"
+                )
+            }
+        });
+        let why = if mode == "netpage native" {
+            "On a veth, native XDP is handed socket buffers, not driver buffers: one with \
+             less than 256 bytes of headroom is copied into a page-pool buffer before the \
+             program runs (veth_xdp_rcv_skb -> skb_pp_cow_data, with skb_copy_header, in \
+             a perf profile of CPU 1 while this variant runs), a copy a NIC driver's XDP does \
+             not make"
+        } else {
+            "Generic XDP also wants 256 bytes of headroom, so the kernel reallocates the \
+             head of every packet with less before the program runs (do_xdp_generic -> \
+             pskb_expand_head, in a perf profile of CPU 1 while this variant runs)"
+        };
+        notes.push(format!(
+            "{mode}: {:.2}x plain routing in packets/s; CPU 1 spent {ns:.0} ns per forwarded \
+             packet against {plain_ns:.0} ns for plain routing (+{:.0} ns){own}. {why}",
+            r.ratio.unwrap_or(0.0),
+            ns - plain_ns
+        ));
+    }
+    notes
+}
+
+fn gap_why(rows: &[Row]) -> Option<String> {
+    let lost = find_stat(rows, "switch_gap_lost", "move + switch", "max")?.value;
+    if lost == 0.0 {
+        return None;
+    }
+    let moved = find_stat(rows, "switch_gap_move", "move + switch", "max")?.value;
+    let cmd = find_stat(rows, "switch_gap_command", "move + switch", "max")?.value;
+    let quiet = find_stat(rows, "switch_gap_lost", "quiet window", "max").map_or(0.0, |r| r.value);
+    Some(format!(
+        "Switch gap: up to {lost:.0} probes lost in a move (up to {quiet:.0} in a quiet \
+         window); the move took up to {moved:.1} ms and the switch command {cmd:.1} ms. At \
+         one probe per millisecond, losses beyond the quiet window's are the time the VM's \
+         traffic went to a host that no longer had its port"
+    ))
 }

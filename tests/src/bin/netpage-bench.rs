@@ -1,16 +1,25 @@
-//! The benchmark behind `cargo xtask bench`: measures netpage's per-packet cost and switch
-//! latency, writes `report.json` and `report.md`, and prints the table (progress goes to
-//! stderr). Needs root: it loads XDP programs.
+//! The benchmark behind `cargo xtask bench`: measures netpage's per-packet cost, switch
+//! latency (map updates and the whole command), forwarding throughput through a gateway
+//! namespace and the gap a VM's move leaves in a stream; writes `report.json` and
+//! `report.md`, and prints the report (progress goes to stderr). Needs root: it loads XDP
+//! programs and builds network namespaces.
 //!
-//! Usage: `netpage-bench [--smoke] [--out DIR]` (default DIR: `target/bench`).
+//! Usage: `netpage-bench [--smoke] [--out DIR] [--only PART,...]` (default DIR:
+//! `target/bench`; parts: per-packet, switch, command, forward, gap).
 
-use std::{ffi::CStr, path::PathBuf, process::ExitCode};
+use std::{ffi::CStr, path::PathBuf, process::ExitCode, time::Instant};
 
-use netpage_tests::bench::{Config, note, per_packet, report, switch, targets};
+use netpage_tests::bench::{
+    Config, about, command, forward, gap, leftovers, note, per_packet, report, switch, targets,
+};
+
+/// Every part, in the order it runs.
+const PARTS: [&str; 5] = ["per-packet", "switch", "command", "forward", "gap"];
 
 fn main() -> ExitCode {
     let mut smoke = false;
     let mut out = PathBuf::from("target/bench");
+    let mut only: Vec<String> = PARTS.iter().map(|p| (*p).to_owned()).collect();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -19,8 +28,19 @@ fn main() -> ExitCode {
                 Some(dir) => out = dir.into(),
                 None => return usage("--out needs a directory"),
             },
+            "--only" => match args.next() {
+                Some(list) => only = list.split(',').map(str::to_owned).collect(),
+                None => return usage("--only needs a list of parts"),
+            },
             other => return usage(&format!("unknown argument {other}")),
         }
+    }
+    if let Some(p) = only.iter().find(|p| !PARTS.contains(&p.as_str())) {
+        return usage(&format!("unknown part {p}"));
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return usage("must run as root: it loads XDP programs and builds network namespaces");
     }
     let cfg = if smoke {
         Config::smoke()
@@ -28,13 +48,30 @@ fn main() -> ExitCode {
         Config::full()
     };
 
-    let mut rows = per_packet::run(&cfg);
-    rows.extend(switch::run(&cfg));
-    // Part 3, the wall time of the `netpage switch` command, is added here.
+    leftovers::sweep();
+    let start = Instant::now();
+    let mut rows = Vec::new();
+    for part in PARTS.iter().filter(|p| only.iter().any(|o| o == *p)) {
+        let t = Instant::now();
+        rows.extend(match *part {
+            "per-packet" => per_packet::run(&cfg),
+            "switch" => switch::run(&cfg),
+            "command" => command::run(&cfg),
+            "forward" => forward::run(&cfg),
+            "gap" => gap::run(&cfg),
+            _ => unreachable!("checked above"),
+        });
+        note(format_args!(
+            "{part} took {:.0} s",
+            t.elapsed().as_secs_f64()
+        ));
+    }
 
-    let notes = targets::notes(&rows);
-    let preamble = preamble(&cfg, smoke);
-    if let Err(e) = report::write(&out, &rows, &preamble, &notes) {
+    let goals = targets::notes(&rows);
+    let notes = targets::diagnose(&rows);
+    let preamble = preamble(smoke, start.elapsed().as_secs_f64());
+    let md = report::markdown(&rows, &preamble, &about::sections(&cfg), &goals, &notes);
+    if let Err(e) = report::write(&out, &rows, &md) {
         eprintln!(
             "netpage-bench: writing the report to {}: {e}",
             out.display()
@@ -45,36 +82,34 @@ fn main() -> ExitCode {
         "wrote {0}/report.json and {0}/report.md",
         out.display()
     ));
-    print!("{}", report::markdown(&rows, &preamble, &notes));
+    print!("{md}");
     ExitCode::SUCCESS
 }
 
 fn usage(problem: &str) -> ExitCode {
-    eprintln!("netpage-bench: {problem}\nusage: netpage-bench [--smoke] [--out DIR]");
+    eprintln!(
+        "netpage-bench: {problem}\nusage: netpage-bench [--smoke] [--out DIR] [--only {}]",
+        PARTS.join(",")
+    );
     ExitCode::from(2)
 }
 
-/// Where and how the numbers were taken.
-fn preamble(cfg: &Config, smoke: bool) -> String {
+/// Where and how the numbers were taken, and how to read the tables.
+fn preamble(smoke: bool, secs: f64) -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mode = if smoke {
-        "**smoke run: small tables and few repeats; the numbers mean nothing.**\n\n"
+        "**Smoke run: small tables, short runs and few repeats; the numbers mean nothing.**\n\n"
     } else {
         ""
     };
     format!(
-        "{mode}Kernel {}, {cpus} CPUs.\n\n\
-         - `per_packet`: CPU time of one BPF_PROG_TEST_RUN call of {} runs, per run; median \
-         of {} repeats, variants alternated within each repeat. Packets go to the virtual \
-         side; a table of N entries holds N mappings per family (V2R, R2V, counters), the \
-         measured one among them. Baselines: the bare `XDP_PASS` program, and the same \
-         packet at the smallest table (`per_packet_growth`).\n\
-         - `v2r_update`, `switch_whole`: wall time of the map updates of {} switches per row, \
-         idle and with a thread running the program on packets to the switched VM.",
+        "{mode}Kernel {}, {cpus} CPUs; the run took {secs:.0} s.\n\n\
+         Every row is one measured value: `measure` says what, `variant` and `params` which \
+         case, `value` and `unit` the number (a median unless `params` names another \
+         statistic), `repeats` how many samples it summarises. `baseline` names the row it \
+         is compared with, measured in the same run with the variants alternated, and \
+         `ratio` is value / baseline. The same rows are in `report.json`.",
         kernel_release(),
-        cfg.runs,
-        cfg.repeats,
-        cfg.switches
     )
 }
 

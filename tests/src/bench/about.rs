@@ -1,0 +1,105 @@
+//! The report's sections: which measures each part writes, and a paragraph on how they
+//! were taken and how to read them.
+
+use crate::bench::{Config, command, forward::Variant, gap, report::Section};
+
+/// The sections of the report, in the order the parts run.
+pub fn sections(cfg: &Config) -> Vec<Section> {
+    vec![
+        Section::new(
+            "Per-packet cost in the kernel",
+            format!(
+                "`per_packet`: CPU time of one BPF_PROG_TEST_RUN call of {} runs, per run; \
+                 median of {} repeats, variants alternated within each repeat. Packets go to \
+                 the virtual side; a table of N entries holds N mappings per family (V2R, R2V, \
+                 counters), the measured one among them. Baselines: the bare `XDP_PASS` \
+                 program, and (`per_packet_growth`) the same packet at the smallest table.",
+                cfg.runs, cfg.repeats
+            ),
+            &["per_packet", "per_packet_growth"],
+        ),
+        Section::new(
+            "Switch: the map updates",
+            format!(
+                "`v2r_update` is the one V2R update that redirects a VM's traffic; \
+                 `switch_whole` the R2V insert and the V2R update together, as \
+                 `netpage switch` makes them. Wall time of {} switches per row (p50, p99, \
+                 max), idle and with a thread running the program on packets to the switched \
+                 VM; the baseline is the idle row of the same size, or of the smallest table.",
+                cfg.switches
+            ),
+            &["v2r_update", "switch_whole"],
+        ),
+        Section::new(
+            "Switch: the `netpage switch` command",
+            format!(
+                "`switch_command`: wall time of the release `netpage switch` process, from \
+                 spawning it to its exit, on a node (a bpffs pin directory, netpage attached \
+                 to a veth) whose table holds N mappings per family. {} runs per \
+                 row, alternated with `{}`, the floor of starting any process of that binary, \
+                 which is the baseline of the smallest table; larger tables are compared with \
+                 the smallest.",
+                cfg.command_runs,
+                command::FLOOR
+            ),
+            &["switch_command"],
+        ),
+        Section::new(
+            "Forwarding through a gateway",
+            format!(
+                "A UDP stream of {}-byte payloads from a sender namespace through a gateway \
+                 namespace toward a receiver namespace (veth pairs, transmit checksum offload \
+                 off), {:.1} s per variant in each of {} repeats, the variants alternated; \
+                 medians (`params` give the range over the repeats). The sender (CPU 0) \
+                 sends with `sendmmsg` on a packet socket. The gateway's ingress veth \
+                 receives in a NAPI thread (GRO on) pinned to CPU 1 at a real-time \
+                 priority, so all the gateway's work (XDP, routing, nftables, \
+                 transmission) is on CPU 1. The receiver's port is down, so receiving costs \
+                 nothing: the gateway's egress veth frees and counts every packet it is \
+                 given. In the translating variants the gateway has no route to the VA, so \
+                 only translated packets count. `forward_pps`: packets that reached the \
+                 receiver's port per second; `forward_offered_pps`: what the sender offered \
+                 (the excess was refused by the full ingress ring); `forward_cpu_ns`: CPU 1's \
+                 kernel time per forwarded packet (/proc/stat), the cost that stays \
+                 comparable when the sender, not the gateway, is the limit; `forward_gw_cpu`: \
+                 how busy CPU 1 was in the kernel, and `forward_softirq` in softirq (near 0: \
+                 the NAPI thread's time is system time); `forward_sender_cpu`: how busy CPU 0 \
+                 was. Baseline: plain routing (`{}`). A ratio above 1 is better for \
+                 packets/s, worse for ns.",
+                64,
+                cfg.forward_time.as_secs_f64(),
+                cfg.forward_repeats,
+                Variant::Plain.name()
+            ),
+            &[
+                "forward_pps",
+                "forward_offered_pps",
+                "forward_cpu_ns",
+                "forward_gw_cpu",
+                "forward_softirq",
+                "forward_sender_cpu",
+            ],
+        ),
+        Section::new(
+            "Switch gap with a live VM",
+            format!(
+                "The namespace world: the client probes the VM's UDP echo every millisecond. \
+                 {} times, a quiet window (the baseline: the machine's own jitter) is followed \
+                 by a window in which the VM changes hosts: {}. `switch_gap_lost`: probes \
+                 never answered in a window; `switch_gap_largest`: the longest time between \
+                 two answers; `switch_gap_move`: how long the move took (plugging, unplugging \
+                 and netpage's attach and detach, the switch left out); \
+                 `switch_gap_command`: how long the one switch command took. p50 and max \
+                 over the windows.",
+                cfg.gap_switches,
+                gap::HOW
+            ),
+            &[
+                "switch_gap_lost",
+                "switch_gap_largest",
+                "switch_gap_move",
+                "switch_gap_command",
+            ],
+        ),
+    ]
+}

@@ -1,0 +1,747 @@
+//! Part 4: forwarding throughput through a gateway namespace, netpage against plain kernel
+//! routing and two nftables translations of the same VA -> RA mapping.
+//!
+//! ```text
+//!  sender ── s0 ─ gNNN ── gateway ── g1 ─ r0 (down) ── receiver
+//!  10.1.0.2      10.1.0.1        10.2.0.1   10.2.0.2
+//! ```
+//!
+//! The sender (a thread pinned to CPU 0 at nice -20) sends the same small UDP datagram to
+//! the VA over and over, in batches of `sendmmsg` on a packet socket that bypasses the
+//! qdisc. The gateway's ingress veth receives in a NAPI thread (GRO on, as a NIC driver's
+//! NAPI; threaded and pinned to CPU 1 at a real-time priority, so that it takes precedence
+//! over tasks as softirq work does), in every variant: XDP in native mode, the whole stack
+//! after it and the transmission to the receiver run there, so that CPU 1 does the
+//! gateway's work and nothing else of the bench. The receiver's port is down, so that
+//! receiving costs neither CPU anything: the gateway's egress veth frees each packet it is
+//! given at once and counts it (as a transmit drop of `g1`), and that count is what the
+//! receiver got. The gateway has no route to the VA in the translating variants, so a
+//! packet gets there only if it was translated.
+//!
+//! Variants, alternated in a rotated order in each repeat: plain routing of the VA, nftables
+//! stateful DNAT (+ SNAT for the way back), nftables stateless rewrite with `notrack`,
+//! netpage in native mode, netpage in skb mode.
+
+use std::{
+    ffi::CString,
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    process::Stdio,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+use crate::{
+    bench::{Config, command::PinDirs, note, report::Row, stats::Sorted},
+    build::{frame4, udp},
+    netns::{NetNs, assert_ok, check, output},
+    world::netpage_bin,
+};
+
+const SENDER: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 1, 0, 2));
+const RECEIVER: &str = "10.2.0.2";
+const VA: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 19, 0, 10));
+const RA: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 10, 100));
+/// MAC addresses: the sender's frames (see `build::ether`) go from ..:0a to ..:0b.
+const MAC_S0: &str = "02:00:00:00:00:0a";
+const MAC_GW_IN: &str = "02:00:00:00:00:0b";
+const MAC_R0: &str = "02:00:00:00:00:0d";
+/// UDP payload of every datagram.
+const PAYLOAD: [u8; 64] = [0x5a; 64];
+/// Messages per `sendmmsg` call.
+const BATCH: usize = 64;
+/// Nice value of the sender thread.
+const NICE: libc::c_int = -20;
+/// Time the stream runs before counting starts.
+const WARMUP: Duration = Duration::from_millis(300);
+/// The CPU the gateway works on, and the sender's.
+const GW_CPU: usize = 1;
+const SENDER_CPU: usize = 0;
+
+/// How the gateway treats the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    Plain,
+    NftStateful,
+    NftStateless,
+    NetpageNative,
+    NetpageSkb,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 5] = [
+        Variant::Plain,
+        Variant::NftStateful,
+        Variant::NftStateless,
+        Variant::NetpageNative,
+        Variant::NetpageSkb,
+    ];
+
+    /// The name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Plain => "plain routing",
+            Variant::NftStateful => "nft stateful dnat+snat",
+            Variant::NftStateless => "nft stateless rewrite",
+            Variant::NetpageNative => "netpage native",
+            Variant::NetpageSkb => "netpage skb",
+        }
+    }
+}
+
+/// The gateway's nftables ruleset for the mapping VA -> RA, with `ingress` its virtual
+/// side: stateful (DNAT in, SNAT out, conntrack keeps the flows) or stateless (addresses
+/// rewritten in place on every packet, conntrack off).
+fn nft_ruleset(stateful: bool, ingress: &str) -> String {
+    let (va, ra) = (VA, RA);
+    if stateful {
+        format!(
+            r#"table ip npbench {{
+	chain pre {{
+		type nat hook prerouting priority dstnat; policy accept;
+		iif "{ingress}" ip daddr {va} dnat to {ra}
+	}}
+	chain post {{
+		type nat hook postrouting priority srcnat; policy accept;
+		oif "{ingress}" ip saddr {ra} snat to {va}
+	}}
+}}
+"#
+        )
+    } else {
+        format!(
+            r#"table ip npbench {{
+	chain pre {{
+		type filter hook prerouting priority raw; policy accept;
+		notrack
+		iif "{ingress}" ip daddr {va} ip daddr set {ra}
+	}}
+	chain post {{
+		type filter hook postrouting priority raw; policy accept;
+		oif "{ingress}" ip saddr {ra} ip saddr set {va}
+	}}
+}}
+"#
+        )
+    }
+}
+
+/// One variant's stream over one measured interval.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sample {
+    /// Packets per second the sender offered (sent and refused).
+    pub offered_pps: f64,
+    /// Packets per second the receiver got.
+    pub delivered_pps: f64,
+    /// Share of the gateway CPU's time spent in softirq, in percent.
+    pub softirq_pct: f64,
+    /// Share of the gateway CPU's time that was busy in the kernel, in percent.
+    pub kernel_pct: f64,
+    /// Gateway CPU kernel time per delivered packet, in nanoseconds.
+    pub cpu_ns: f64,
+    /// Share of the sender CPU's time that was busy, in percent.
+    pub sender_busy_pct: f64,
+}
+
+/// The three namespaces and the gateway's netpage node; everything is removed on drop.
+pub struct Bed {
+    // Declared before `pins`: namespaces (and their XDP programs) go first.
+    snd: NetNs,
+    gw: NetNs,
+    rcv: NetNs,
+    _pins: PinDirs,
+    pin: PathBuf,
+    /// The gateway's ingress veth, named uniquely so its NAPI thread can be found.
+    ingress: String,
+    mapped: bool,
+}
+
+/// Measures every variant, `cfg.forward_repeats` times each, and reports medians.
+pub fn run(cfg: &Config) -> Vec<Row> {
+    assert!(
+        std::thread::available_parallelism().map_or(1, |n| n.get()) > GW_CPU,
+        "the forwarding measurement needs two CPUs"
+    );
+    note("forward: building sender, gateway and receiver namespaces");
+    let mut bed = Bed::new();
+    let n = Variant::ALL.len();
+    let mut samples = vec![Vec::with_capacity(cfg.forward_repeats); n];
+    for r in 0..cfg.forward_repeats {
+        for j in 0..n {
+            let k = (j + r) % n;
+            let v = Variant::ALL[k];
+            bed.setup(v);
+            let s = bed.measure(cfg.forward_time);
+            bed.teardown(v);
+            note(format_args!(
+                "forward: repeat {}/{}, {}: {:.0} kpps delivered of {:.0} offered, \
+                 gateway CPU {:.0}% kernel ({:.0}% softirq), {:.0} ns/packet",
+                r + 1,
+                cfg.forward_repeats,
+                v.name(),
+                s.delivered_pps / 1e3,
+                s.offered_pps / 1e3,
+                s.kernel_pct,
+                s.softirq_pct,
+                s.cpu_ns
+            ));
+            samples[k].push(s);
+        }
+    }
+    drop(bed);
+    rows(cfg, &samples)
+}
+
+/// The rows: one per variant and quantity, each against plain routing.
+fn rows(cfg: &Config, samples: &[Vec<Sample>]) -> Vec<Row> {
+    type Pick = fn(&Sample) -> f64;
+    let quantities: [(&str, &str, Pick); 6] = [
+        ("forward_pps", "packets/s", |s| s.delivered_pps),
+        ("forward_offered_pps", "packets/s", |s| s.offered_pps),
+        ("forward_cpu_ns", "ns", |s| s.cpu_ns),
+        ("forward_gw_cpu", "%", |s| s.kernel_pct),
+        ("forward_softirq", "%", |s| s.softirq_pct),
+        ("forward_sender_cpu", "%", |s| s.sender_busy_pct),
+    ];
+    let mut rows = Vec::new();
+    for (measure, unit, pick) in quantities {
+        let sorted: Vec<Sorted> = samples
+            .iter()
+            .map(|s| Sorted::new(s.iter().map(pick).collect()))
+            .collect();
+        let base = sorted[0].median();
+        for (k, (v, s)) in Variant::ALL.iter().zip(&sorted).enumerate() {
+            // The range over the repeats, to judge how noisy the machine was.
+            let params = json!({
+                "payload_bytes": PAYLOAD.len(),
+                "seconds": cfg.forward_time.as_secs_f64(),
+                "min": round(s.min()),
+                "max": round(s.max()),
+            });
+            let mut row = Row::new(measure, v.name(), params, s.median(), unit).repeats(s.count());
+            if k > 0 && base > 0.0 && s.median() > 0.0 {
+                row = row.against(Variant::Plain.name(), base);
+            }
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+/// `x` to three significant digits, for the report's parameters.
+fn round(x: f64) -> f64 {
+    if x == 0.0 {
+        return 0.0;
+    }
+    let scale = 10f64.powi(2 - x.abs().log10().floor() as i32);
+    (x * scale).round() / scale
+}
+
+impl Bed {
+    /// Builds the namespaces, links, addresses and routes shared by every variant.
+    pub fn new() -> Self {
+        let pid = std::process::id();
+        let ns = |what: &str| NetNs::create(&format!("npbench{pid}-{what}"));
+        let (snd, gw, rcv) = (ns("snd"), ns("gw"), ns("rcv"));
+        let mut pins = PinDirs::new("fwd");
+        let pin = pins.mount("gw");
+        let ingress = format!("g{}", pid % 1_000_000);
+        let bed = Bed {
+            snd,
+            gw,
+            rcv,
+            _pins: pins,
+            pin,
+            ingress,
+            mapped: false,
+        };
+        bed.wire();
+        bed
+    }
+
+    fn wire(&self) {
+        let ing = self.ingress.as_str();
+        sysctl(&self.gw, "net/ipv4/ip_forward", "1");
+        for ns in [&self.snd, &self.gw, &self.rcv] {
+            sysctl(ns, "net/ipv4/conf/all/rp_filter", "0");
+            sysctl(ns, "net/ipv4/conf/default/rp_filter", "0");
+        }
+        self.snd.ip(&[
+            "link",
+            "add",
+            "s0",
+            "address",
+            MAC_S0,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            ing,
+            "address",
+            MAC_GW_IN,
+            "netns",
+            self.gw.name(),
+        ]);
+        self.gw.ip(&[
+            "link",
+            "add",
+            "g1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "r0",
+            "address",
+            MAC_R0,
+            "netns",
+            self.rcv.name(),
+        ]);
+        for (ns, ifname, addr) in [
+            (&self.snd, "s0", "10.1.0.2/24"),
+            (&self.gw, ing, "10.1.0.1/24"),
+            (&self.gw, "g1", "10.2.0.1/24"),
+            (&self.rcv, "r0", "10.2.0.2/24"),
+        ] {
+            // Checksums in the packet (translation updates them); and without TSO on the
+            // sending side, a veth hands every packet to its peer's NAPI.
+            check(
+                ns.command("ethtool")
+                    .args(["-K", ifname, "tx", "off", "tso", "off"]),
+            );
+            ns.ip(&["addr", "add", addr, "dev", ifname]);
+            ns.ip(&["link", "set", ifname, "up"]);
+        }
+        // GRO gives the ingress veth a NAPI instance even without XDP; make it a thread.
+        check(self.gw.command("ethtool").args(["-K", ing, "gro", "on"]));
+        let script = format!("echo 1 > /sys/class/net/{ing}/threaded");
+        check(self.gw.command("sh").args(["-c", &script]));
+        self.gw.ip(&[
+            "neigh",
+            "replace",
+            RECEIVER,
+            "lladdr",
+            MAC_R0,
+            "dev",
+            "g1",
+            "nud",
+            "permanent",
+        ]);
+        self.gw
+            .ip(&["route", "add", &format!("{RA}/32"), "via", RECEIVER]);
+        for ns in [&self.snd, &self.gw, &self.rcv] {
+            ns.wait_up();
+        }
+        // The receiver's port down: every packet the gateway sends is counted and freed at
+        // once by the veth, with no work on either CPU beyond the gateway's own.
+        self.rcv.ip(&["link", "set", "r0", "down"]);
+        self.napi_on_gateway_cpu();
+    }
+
+    /// Loads an nftables script in `ns`.
+    fn nft(&self, ns: &NetNs, script: &str) {
+        let mut child = ns
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nft");
+        child
+            .stdin
+            .take()
+            .expect("nft stdin")
+            .write_all(script.as_bytes())
+            .expect("feed nft");
+        let out = child.wait_with_output().expect("wait for nft");
+        assert_ok(&out, &format!("nft -f - in {}:\n{script}", ns.name()));
+    }
+
+    fn netpage(&self, args: &[&str]) {
+        let out = output(
+            self.gw
+                .command(netpage_bin())
+                .arg("--pin-dir")
+                .arg(&self.pin)
+                .args(args),
+        );
+        assert_ok(&out, &format!("netpage {}", args.join(" ")));
+    }
+
+    /// Configures the gateway for `v`.
+    pub fn setup(&mut self, v: Variant) {
+        let ing = self.ingress.clone();
+        let (va, ra) = (VA.to_string(), RA.to_string());
+        match v {
+            Variant::Plain => {
+                self.gw
+                    .ip(&["route", "add", &format!("{VA}/32"), "via", RECEIVER]);
+            }
+            Variant::NftStateful | Variant::NftStateless => {
+                self.nft(&self.gw, &nft_ruleset(v == Variant::NftStateful, &ing));
+            }
+            Variant::NetpageNative | Variant::NetpageSkb => {
+                let mode = if v == Variant::NetpageNative {
+                    "native"
+                } else {
+                    "skb"
+                };
+                self.netpage(&["attach", &ing, "--side", "virtual", "--mode", mode]);
+                self.netpage(&["attach", "g1", "--side", "physical", "--mode", mode]);
+                if !self.mapped {
+                    self.netpage(&["map", "add", "--vm", &va, "--real", &ra]);
+                    self.mapped = true;
+                }
+            }
+        }
+        // Attaching may make the NAPI thread anew.
+        self.napi_on_gateway_cpu();
+    }
+
+    /// Undoes [`Bed::setup`] of `v`.
+    pub fn teardown(&mut self, v: Variant) {
+        let ing = self.ingress.clone();
+        match v {
+            Variant::Plain => {
+                self.gw.ip(&["route", "del", &format!("{VA}/32")]);
+            }
+            Variant::NftStateful | Variant::NftStateless => {
+                self.nft(&self.gw, "delete table ip npbench\n");
+            }
+            Variant::NetpageNative | Variant::NetpageSkb => {
+                self.netpage(&["detach", &ing]);
+                self.netpage(&["detach", "g1"]);
+            }
+        }
+    }
+
+    /// Pins the ingress veth's NAPI thread to the gateway CPU at a real-time priority.
+    fn napi_on_gateway_cpu(&self) {
+        let prefix = format!("napi/{}-", self.ingress);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let pids = loop {
+            let pids = threads_named(&prefix);
+            if !pids.is_empty() {
+                break pids;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no NAPI thread {prefix}* on the gateway's ingress"
+            );
+            thread::sleep(Duration::from_millis(10));
+        };
+        for pid in pids {
+            pin_to_cpu(pid, GW_CPU);
+            realtime(pid);
+        }
+    }
+
+    /// Runs the stream for `time` after a warm-up and measures it.
+    pub fn measure(&self, time: Duration) -> Sample {
+        let frame = frame4(&|a| a, SENDER, VA, 17, |s, d| udp(s, d, &PAYLOAD));
+        let stop = AtomicBool::new(false);
+        let counts = SendCounts::default();
+        thread::scope(|s| {
+            let sender = s.spawn(|| self.snd.run(|| send(&frame, &stop, &counts)));
+            thread::sleep(WARMUP);
+            let before = Snapshot::take(self, &counts);
+            thread::sleep(time);
+            let after = Snapshot::take(self, &counts);
+            stop.store(true, Ordering::Relaxed);
+            sender.join().expect("sender thread");
+            after.since(&before)
+        })
+    }
+}
+
+impl Default for Bed {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the sender did so far.
+#[derive(Default)]
+struct SendCounts {
+    sent: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// Counters at one moment.
+struct Snapshot {
+    at: Instant,
+    sent: u64,
+    refused: u64,
+    received: u64,
+    gw_cpu: CpuTimes,
+    sender_cpu: CpuTimes,
+}
+
+impl Snapshot {
+    fn take(bed: &Bed, counts: &SendCounts) -> Self {
+        let received = tx_dropped(&bed.gw, "g1");
+        Self {
+            at: Instant::now(),
+            sent: counts.sent.load(Ordering::Relaxed),
+            refused: counts.refused.load(Ordering::Relaxed),
+            received,
+            gw_cpu: CpuTimes::read(GW_CPU),
+            sender_cpu: CpuTimes::read(SENDER_CPU),
+        }
+    }
+
+    fn since(&self, before: &Snapshot) -> Sample {
+        let secs = self.at.duration_since(before.at).as_secs_f64();
+        let delivered = self.received - before.received;
+        let offered = (self.sent + self.refused) - (before.sent + before.refused);
+        let gw = self.gw_cpu.since(&before.gw_cpu);
+        let snd = self.sender_cpu.since(&before.sender_cpu);
+        let share = |part: u64, whole: u64| 100.0 * part as f64 / whole.max(1) as f64;
+        Sample {
+            offered_pps: offered as f64 / secs,
+            delivered_pps: delivered as f64 / secs,
+            softirq_pct: share(gw.softirq, gw.total()),
+            kernel_pct: share(gw.kernel(), gw.total()),
+            cpu_ns: gw.kernel() as f64 * 1e9 / clock_ticks() / delivered.max(1) as f64,
+            sender_busy_pct: share(snd.total() - snd.idle, snd.total()),
+        }
+    }
+}
+
+/// One CPU's line of /proc/stat, in clock ticks.
+#[derive(Clone, Copy, Debug, Default)]
+struct CpuTimes {
+    user: u64,
+    system: u64,
+    idle: u64,
+    irq: u64,
+    softirq: u64,
+    other: u64,
+}
+
+impl CpuTimes {
+    fn read(cpu: usize) -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
+        let tag = format!("cpu{cpu} ");
+        let line = stat
+            .lines()
+            .find(|l| l.starts_with(&tag))
+            .unwrap_or_else(|| panic!("no {tag}in /proc/stat"));
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().expect("a /proc/stat number"))
+            .collect();
+        Self {
+            user: f[0] + f[1],
+            system: f[2],
+            idle: f[3] + f[4],
+            irq: f[5],
+            softirq: f[6],
+            other: f[7],
+        }
+    }
+
+    fn since(&self, b: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user - b.user,
+            system: self.system - b.system,
+            idle: self.idle - b.idle,
+            irq: self.irq - b.irq,
+            softirq: self.softirq - b.softirq,
+            other: self.other - b.other,
+        }
+    }
+
+    /// Time in the kernel: system, hard and soft interrupts.
+    fn kernel(&self) -> u64 {
+        self.system + self.irq + self.softirq
+    }
+
+    fn total(&self) -> u64 {
+        self.user + self.idle + self.kernel() + self.other
+    }
+}
+
+/// Clock ticks per second, the unit of /proc/stat.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    assert!(hz > 0, "sysconf(_SC_CLK_TCK)");
+    hz as f64
+}
+
+/// Packets that veth `ifname` in `ns` freed instead of passing them to its peer (which is
+/// down).
+fn tx_dropped(ns: &NetNs, ifname: &str) -> u64 {
+    let json = ns.ip(&["-s", "-j", "link", "show", ifname]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("ip -j output");
+    v[0]["stats64"]["tx"]["dropped"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no rx packet count of {ifname}: {json}"))
+}
+
+/// `setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS)` (include/uapi/linux/if_packet.h): send
+/// straight to the driver, as pktgen would.
+const PACKET_QDISC_BYPASS: libc::c_int = 20;
+
+/// Sends `frame` out of `s0` in batches until `stop`, pinned to the sender CPU.
+fn send(frame: &[u8], stop: &AtomicBool, counts: &SendCounts) {
+    pin_to_cpu(0, SENDER_CPU);
+    renice(0, NICE);
+    let fd = packet_socket("s0");
+    let mut iov = [libc::iovec {
+        iov_base: frame.as_ptr() as *mut libc::c_void,
+        iov_len: frame.len(),
+    }; BATCH];
+    // SAFETY: an all-zero mmsghdr is a valid "no name, no control" message.
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+        m.msg_hdr.msg_iov = v;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    let (mut sent, mut refused) = (0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: `msgs` holds BATCH messages whose buffers (`iov`, `frame`) outlive the call.
+        let n = unsafe { libc::sendmmsg(fd.0, msgs.as_mut_ptr(), BATCH as u32, 0) };
+        // A short count means the message after the last one sent was refused (the
+        // gateway's queue was full); -1 that the first one was.
+        if n >= 0 {
+            sent += n as u64;
+            refused += u64::from((n as usize) < BATCH);
+        } else {
+            refused += 1;
+        }
+        counts.sent.store(sent, Ordering::Relaxed);
+        counts.refused.store(refused, Ordering::Relaxed);
+    }
+}
+
+/// A file descriptor closed on drop.
+struct Fd(libc::c_int);
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is owned by this value.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// A raw packet socket bound to `ifname` for sending only (protocol 0: it receives nothing).
+fn packet_socket(ifname: &str) -> Fd {
+    let name = CString::new(ifname).unwrap();
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(
+        ifindex != 0,
+        "no interface {ifname} in the sender namespace"
+    );
+    // SAFETY: plain socket creation.
+    let fd = Fd(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) });
+    assert!(
+        fd.0 >= 0,
+        "socket(AF_PACKET): {}",
+        std::io::Error::last_os_error()
+    );
+    let one: libc::c_int = 1;
+    // SAFETY: an int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.0,
+            libc::SOL_PACKET,
+            PACKET_QDISC_BYPASS,
+            std::ptr::from_ref(&one).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "PACKET_QDISC_BYPASS: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: an all-zero sockaddr_ll is valid; the fields set below complete it.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: `sll` is a sockaddr_ll of the size passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.0,
+            std::ptr::from_ref(&sll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "bind to {ifname}: {}",
+        std::io::Error::last_os_error()
+    );
+    fd
+}
+
+/// Pins thread `tid` (0: the calling thread) to `cpu`.
+fn pin_to_cpu(tid: libc::pid_t, cpu: usize) {
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET stays within it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(
+        rc,
+        0,
+        "pin {tid} to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Makes thread `tid` SCHED_FIFO at the lowest real-time priority: it runs as soon as it
+/// is woken, ahead of every ordinary task, as softirq work would.
+fn realtime(tid: libc::pid_t) {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: `param` is a valid sched_param for the call.
+    let rc = unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &param) };
+    assert_eq!(
+        rc,
+        0,
+        "SCHED_FIFO for {tid}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Sets the nice value of thread `tid` (0: the calling thread).
+fn renice(tid: libc::pid_t, nice: libc::c_int) {
+    // SAFETY: setpriority has no memory preconditions; PRIO_PROCESS with a thread id
+    // applies to that thread on Linux.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    assert_eq!(rc, 0, "renice {tid}: {}", std::io::Error::last_os_error());
+}
+
+/// The process ids whose name starts with `prefix` (kernel threads included).
+fn threads_named(prefix: &str) -> Vec<libc::pid_t> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let pid: libc::pid_t = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        comm.starts_with(prefix).then_some(pid)
+    })
+    .collect()
+}
+
+/// Writes a sysctl (a path under /proc/sys) inside `ns`.
+fn sysctl(ns: &NetNs, key: &str, value: &str) {
+    ns.run(|| {
+        let path = format!("/proc/sys/{key}");
+        std::fs::write(&path, value).unwrap_or_else(|e| panic!("{path}={value}: {e}"));
+    });
+}
