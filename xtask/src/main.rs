@@ -32,7 +32,8 @@ enum Task {
     },
     /// Set up, then run the demo (root): a VM switched between two hosts mid-stream.
     Demo,
-    /// Set up, then measure per-packet cost and switch latency (root); writes
+    /// Set up, then run the benchmarks (root): per-packet cost, switch latency, forwarding
+    /// against plain routing and nftables, switch gap; writes
     /// target/bench/report.json and report.md.
     Bench {
         /// A brief run that checks the benchmark works; its numbers mean nothing.

@@ -20,7 +20,8 @@
 //!
 //! Variants, alternated in a rotated order in each repeat: plain routing of the VA, nftables
 //! stateful DNAT (+ SNAT for the way back), nftables stateless rewrite with `notrack`,
-//! netpage in native mode, netpage in skb mode.
+//! netpage in native mode, netpage in skb mode, and netpage in native mode with its fast
+//! path (`bpf_fib_lookup` + `XDP_REDIRECT`, bypassing the kernel's forwarding).
 
 use std::{
     ffi::CString,
@@ -70,15 +71,18 @@ pub enum Variant {
     NftStateless,
     NetpageNative,
     NetpageSkb,
+    /// Native mode with `--fast-path`: the program forwards translated packets itself.
+    NetpageFast,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 5] = [
+    pub const ALL: [Variant; 6] = [
         Variant::Plain,
         Variant::NftStateful,
         Variant::NftStateless,
         Variant::NetpageNative,
         Variant::NetpageSkb,
+        Variant::NetpageFast,
     ];
 
     /// The name in the report.
@@ -89,6 +93,7 @@ impl Variant {
             Variant::NftStateless => "nft stateless rewrite",
             Variant::NetpageNative => "netpage native",
             Variant::NetpageSkb => "netpage skb",
+            Variant::NetpageFast => "netpage native fast path",
         }
     }
 }
@@ -158,6 +163,9 @@ pub struct Bed {
     /// The gateway's ingress veth, named uniquely so its NAPI thread can be found.
     ingress: String,
     mapped: bool,
+    /// Whether the fast path is on: its packets leave by `XDP_REDIRECT`, which the egress
+    /// veth (its peer down) frees without counting them, so the program's count is read.
+    fast: bool,
 }
 
 /// Measures every variant, `cfg.forward_repeats` times each, and reports medians.
@@ -258,6 +266,7 @@ impl Bed {
             pin,
             ingress,
             mapped: false,
+            fast: false,
         };
         bed.wire();
         bed
@@ -372,8 +381,28 @@ impl Bed {
         assert_ok(&out, &format!("netpage {}", args.join(" ")));
     }
 
+    /// Packets the fast path handed to the egress interface (0 when it is off).
+    fn redirected(&self) -> u64 {
+        if !self.fast {
+            return 0;
+        }
+        let out = output(
+            self.gw
+                .command(netpage_bin())
+                .arg("--pin-dir")
+                .arg(&self.pin)
+                .args(["--json", "stats"]),
+        );
+        assert_ok(&out, "netpage --json stats");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+        v["counters"]["fast_redirected"]
+            .as_u64()
+            .expect("fast_redirected counter")
+    }
+
     /// Configures the gateway for `v`.
     pub fn setup(&mut self, v: Variant) {
+        self.fast = v == Variant::NetpageFast;
         let ing = self.ingress.clone();
         let (va, ra) = (VA.to_string(), RA.to_string());
         match v {
@@ -384,14 +413,19 @@ impl Bed {
             Variant::NftStateful | Variant::NftStateless => {
                 self.nft(&self.gw, &nft_ruleset(v == Variant::NftStateful, &ing));
             }
-            Variant::NetpageNative | Variant::NetpageSkb => {
-                let mode = if v == Variant::NetpageNative {
-                    "native"
-                } else {
+            Variant::NetpageNative | Variant::NetpageSkb | Variant::NetpageFast => {
+                let mode = if v == Variant::NetpageSkb {
                     "skb"
+                } else {
+                    "native"
                 };
-                self.netpage(&["attach", &ing, "--side", "virtual", "--mode", mode]);
-                self.netpage(&["attach", "g1", "--side", "physical", "--mode", mode]);
+                let fast = if v == Variant::NetpageFast {
+                    "--fast-path"
+                } else {
+                    "--no-fast-path"
+                };
+                self.netpage(&["attach", &ing, "--side", "virtual", "--mode", mode, fast]);
+                self.netpage(&["attach", "g1", "--side", "physical", "--mode", mode, fast]);
                 if !self.mapped {
                     self.netpage(&["map", "add", "--vm", &va, "--real", &ra]);
                     self.mapped = true;
@@ -404,6 +438,7 @@ impl Bed {
 
     /// Undoes [`Bed::setup`] of `v`.
     pub fn teardown(&mut self, v: Variant) {
+        self.fast = false;
         let ing = self.ingress.clone();
         match v {
             Variant::Plain => {
@@ -412,7 +447,7 @@ impl Bed {
             Variant::NftStateful | Variant::NftStateless => {
                 self.nft(&self.gw, "delete table ip npbench\n");
             }
-            Variant::NetpageNative | Variant::NetpageSkb => {
+            Variant::NetpageNative | Variant::NetpageSkb | Variant::NetpageFast => {
                 self.netpage(&["detach", &ing]);
                 self.netpage(&["detach", "g1"]);
             }
@@ -483,7 +518,7 @@ struct Snapshot {
 
 impl Snapshot {
     fn take(bed: &Bed, counts: &SendCounts) -> Self {
-        let received = tx_dropped(&bed.gw, "g1");
+        let received = tx_dropped(&bed.gw, "g1") + bed.redirected();
         Self {
             at: Instant::now(),
             sent: counts.sent.load(Ordering::Relaxed),
