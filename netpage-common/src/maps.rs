@@ -70,6 +70,18 @@ pub struct PortRecord {
 /// to the egress interface instead of passing it to the kernel.
 pub const PORT_FAST_PATH: u32 = 1;
 
+impl PortRecord {
+    /// Whether the fast path is on for this port.
+    pub const fn fast_path(&self) -> bool {
+        self.flags & PORT_FAST_PATH != 0
+    }
+}
+
+/// The value of [`FAST_PORTS`] for a node's ports: how many have the fast path on.
+pub fn fast_port_count(ports: impl IntoIterator<Item = PortRecord>) -> u32 {
+    ports.into_iter().filter(PortRecord::fast_path).count() as u32
+}
+
 /// [`IfaceRecord::side`] of an interface facing clients or VMs.
 pub const SIDE_VIRTUAL: u32 = 0;
 /// [`IfaceRecord::side`] of an interface facing the network of real addresses.
@@ -142,10 +154,13 @@ pub const IFACES: &str = "NP_IFACES";
 pub const PORTS: &str = "NP_PORTS";
 /// Real addresses kept in R2V after a switch until their drain deadline (user space only).
 pub const DRAINS: &str = "NP_DRAINS";
+/// One slot: how many attached interfaces have the fast path on. The program looks a port
+/// up only when it is not 0, so a node without the fast path does not pay for it.
+pub const FAST_PORTS: &str = "NP_FAST";
 
 /// Every map of the object: all are pinned, so the node's state outlives the process.
-pub const ALL_MAPS: [&str; 10] = [
-    V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, COUNTERS, IFACES, PORTS, DRAINS,
+pub const ALL_MAPS: [&str; 11] = [
+    V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, COUNTERS, IFACES, PORTS, DRAINS, FAST_PORTS,
 ];
 
 /// How this build lays out one map: key and value sizes and, for maps whose size does not
@@ -169,7 +184,7 @@ const fn layout<K, V>(name: &'static str, max_entries: Option<u32>) -> Layout {
 
 /// The layout of every map in [`ALL_MAPS`] order. A pinned map that differs was made by
 /// another build of netpage, whose program must not be mixed with this one's.
-pub const LAYOUTS: [Layout; 10] = [
+pub const LAYOUTS: [Layout; 11] = [
     layout::<Addr4, Addr4>(V2R4, None),
     layout::<Addr4, Addr4>(R2V4, None),
     layout::<Addr6, Addr6>(V2R6, None),
@@ -180,6 +195,7 @@ pub const LAYOUTS: [Layout; 10] = [
     layout::<IfaceName, IfaceRecord>(IFACES, Some(MAX_IFACES)),
     layout::<u32, PortRecord>(PORTS, Some(MAX_IFACES)),
     layout::<DrainKey, DrainEntry>(DRAINS, None),
+    layout::<u32, u32>(FAST_PORTS, Some(1)),
 ];
 
 /// Maps whose capacity is the table size chosen at load time.

@@ -45,7 +45,7 @@ fn run<const PHYSICAL: bool>(ctx: &XdpContext) -> u32 {
     };
     maps::count(outcome);
     // Untranslated packets go on as they were: the fast path is for translated ones only.
-    if outcome.is_translated() {
+    if outcome.is_translated() && maps::fast_path_in_use() {
         return fastpath::forward(ctx.ctx);
     }
     // A transparent translator never drops: whatever it does not understand goes on as is.

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
 use netpage_common::{
     counters::Counter,
@@ -61,6 +61,18 @@ static IFACES: HashMap<IfaceName, IfaceRecord> = HashMap::with_max_entries(MAX_I
 /// the fast path, and which interfaces it may redirect to. User space fills it at attach.
 #[map(name = "NP_PORTS")]
 static PORTS: HashMap<u32, PortRecord> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// How many attached interfaces have the fast path on (one slot; user space keeps it).
+#[map(name = "NP_FAST")]
+static FAST: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether any interface of the node has the fast path on. An array lookup of a constant
+/// key, which the verifier turns into a direct load: the price a node without the fast
+/// path pays per translated packet, instead of a hash lookup of the port.
+#[inline(always)]
+pub fn fast_path_in_use() -> bool {
+    FAST.get(0).is_some_and(|n| *n != 0)
+}
 
 /// The port record of the interface with index `ifindex`, if netpage is attached there.
 #[inline(always)]

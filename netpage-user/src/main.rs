@@ -123,7 +123,7 @@ fn run(cli: Cli) -> Result<Output> {
                 std::fs::write(path, report.timeline.svg(&title))
                     .with_context(|| format!("writing the timeline to {}", path.display()))?;
             }
-            Output::Migrated(report)
+            Output::Migrated(Box::new(report))
         }
         Command::Gc { now } => {
             let mut n = node.open()?;

@@ -14,10 +14,11 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError,
-    maps::{HashMap as BpfHashMap, Map, MapData, MapError},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError},
 };
 use netpage_common::maps::{
-    ALL_MAPS, COUNTERS, IFACES, IfaceName, IfaceRecord, LAYOUTS, Layout, PORTS, PortRecord, V2R4,
+    ALL_MAPS, COUNTERS, FAST_PORTS, IFACES, IfaceName, IfaceRecord, LAYOUTS, Layout, PORTS,
+    PortRecord, V2R4, fast_port_count,
 };
 
 use crate::{
@@ -245,10 +246,13 @@ impl Node {
         let ports =
             BpfHashMap::try_from(maps.remove(PORTS).expect("opened above")).map_err(registry)?;
         let counters = maps.remove(COUNTERS).expect("opened above");
+        let fast =
+            Array::try_from(maps.remove(FAST_PORTS).expect("opened above")).map_err(registry)?;
         Ok(OpenNode {
             table,
             ifaces,
             ports,
+            fast,
             counters,
         })
     }
@@ -266,6 +270,7 @@ pub struct OpenNode {
     pub table: BpfTable,
     ifaces: BpfHashMap<MapData, IfaceName, IfaceRecord>,
     ports: BpfHashMap<MapData, u32, PortRecord>,
+    fast: Array<MapData, u32>,
     counters: Map,
 }
 
@@ -321,16 +326,32 @@ impl OpenNode {
     pub fn set_port(&mut self, ifindex: u32, record: PortRecord) -> Result<(), NodeError> {
         self.ports
             .insert(ifindex, record, 0)
-            .map_err(|e| NodeError::Registry(Box::new(e)))
+            .map_err(|e| NodeError::Registry(Box::new(e)))?;
+        self.count_fast_ports()
+    }
+
+    /// Stores how many ports have the fast path on, which gates the program's port lookup.
+    fn count_fast_ports(&mut self) -> Result<(), NodeError> {
+        let registry = |e| NodeError::Registry(Box::new(e));
+        let ports = self
+            .ports
+            .iter()
+            .map(|kv| kv.map(|(_, p)| p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(registry)?;
+        self.fast
+            .set(0, fast_port_count(ports), 0)
+            .map_err(registry)
     }
 
     /// Forgets the interface with index `ifindex`.
     pub fn remove_port(&mut self, ifindex: u32) -> Result<(), NodeError> {
         match self.ports.remove(&ifindex) {
-            Ok(()) => Ok(()),
-            Err(e) if absent(&e) => Ok(()),
-            Err(e) => Err(NodeError::Registry(Box::new(e))),
+            Ok(()) => {}
+            Err(e) if absent(&e) => {}
+            Err(e) => return Err(NodeError::Registry(Box::new(e))),
         }
+        self.count_fast_ports()
     }
 
     /// Forgets `iface`.

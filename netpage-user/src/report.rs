@@ -35,7 +35,7 @@ pub enum Output {
     },
     Stats(Stats),
     Gc(Vec<Drain>),
-    Migrated(MigrateReport),
+    Migrated(Box<MigrateReport>),
 }
 
 impl Output {

@@ -2,9 +2,9 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use aya::maps::HashMap as BpfHashMap;
 use aya::{
     Ebpf,
+    maps::{Array, HashMap as BpfHashMap},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use netpage::{
@@ -13,7 +13,8 @@ use netpage::{
     table::{BpfTable, PageTable},
 };
 use netpage_common::maps::{
-    COUNTERS, MappingStats, PORTS, PROG_PHYSICAL, PROG_VIRTUAL, PortRecord,
+    COUNTERS, FAST_PORTS, MappingStats, PORTS, PROG_PHYSICAL, PROG_VIRTUAL, PortRecord,
+    fast_port_count,
 };
 
 /// XDP_PASS: the verdict of every packet but those the fast path forwards.
@@ -118,6 +119,11 @@ impl Datapath {
         let mut ports: BpfHashMap<_, u32, PortRecord> =
             BpfHashMap::try_from(self.ebpf.map_mut(PORTS).expect("port map")).expect("port map");
         ports.insert(ifindex, record, 0).expect("port entry");
+        let records: Vec<PortRecord> = ports.iter().map(|kv| kv.expect("port entry").1).collect();
+        let mut fast: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut(FAST_PORTS).expect("fast map")).expect("fast map");
+        fast.set(0, fast_port_count(records), 0)
+            .expect("fast port count");
     }
 
     /// The kernel's average time per run over `repeat` runs of `input`.
