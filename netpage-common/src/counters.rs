@@ -127,6 +127,15 @@ impl Counter {
         self as u32 >= Counter::FastRedirected as u32
     }
 
+    /// The outcome of a step that stops early with a pass reason. A BPF-to-BPF call
+    /// returns this one scalar rather than a `Result`, which would come back through the
+    /// caller's stack: the verifier rejects a subprogram that leaves a stack pointer in r0.
+    pub const fn outcome(r: Result<Counter, Counter>) -> Counter {
+        match r {
+            Ok(c) | Err(c) => c,
+        }
+    }
+
     /// The counter for a translated packet of the given family and side.
     pub const fn translated(v6: bool, physical: bool) -> Counter {
         match (v6, physical) {

@@ -108,11 +108,7 @@ pub fn walk<const MAX: usize>(
 // A BPF-to-BPF call: its own stack frame, which keeps every frame under 512 bytes.
 #[inline(never)]
 pub fn translate<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Counter {
-    // The outcome goes back as one scalar: a `Result` would be returned through the
-    // caller's stack, which the verifier rejects if a stack pointer is left in r0.
-    match try_translate::<PHYSICAL>(pkt, l3) {
-        Ok(c) | Err(c) => c,
-    }
+    Counter::outcome(try_translate::<PHYSICAL>(pkt, l3))
 }
 
 #[inline(always)]

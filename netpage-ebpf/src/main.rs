@@ -40,9 +40,7 @@ pub fn netpage_physical(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn run<const PHYSICAL: bool>(ctx: &XdpContext) -> u32 {
     let pkt = Packet::new(ctx);
-    let outcome = match translate::<PHYSICAL>(&pkt) {
-        Ok(c) | Err(c) => c,
-    };
+    let outcome = Counter::outcome(translate::<PHYSICAL>(&pkt));
     maps::count(outcome);
     // Untranslated packets go on as they were: the fast path is for translated ones only.
     if outcome.is_translated() && maps::fast_path_in_use() {

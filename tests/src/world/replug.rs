@@ -5,7 +5,7 @@
 
 use super::{
     Host, Vm, World,
-    topology::{iface_sysctls, offload_off, vm_addr_lines, vm_route_lines},
+    topology::{vm_addr_lines, vm_route_lines},
 };
 
 /// A VM plugged into a new host and still into its old one, until [`World::unplug`].
@@ -31,21 +31,7 @@ impl World {
             "eth1"
         };
         let new_if = if old_if == "eth0" { "eth1" } else { "eth0" };
-        let host_ns = self.ns(to.node()).name().to_owned();
-        vm_ns.ip(&[
-            "link",
-            "add",
-            new_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            vm.port(),
-            "netns",
-            &host_ns,
-        ]);
-        vm_ns.sysctls(&iface_sysctls(new_if));
-        offload_off(vm_ns, &[new_if]);
+        self.vm_veth(vm, to, new_if);
         vm_ns.ip_batch(&vm_addr_lines(vm, new_if));
         self.setup_port(vm, to);
         attach(to, vm.port());

@@ -230,12 +230,20 @@ impl World {
 
     fn create_vm(&self, vm: Vm) {
         let host = self.vm_host(vm);
+        self.vm_veth(vm, host, "eth0");
+        self.ns(vm.node()).ip_batch(&vm_lines(vm, "eth0"));
+        self.setup_port(vm, host);
+    }
+
+    /// A veth from `vm` (its end `ifname`, with the VM's sysctls and offload off) to
+    /// `host` (its end `vm.port()`, not yet configured).
+    pub(super) fn vm_veth(&self, vm: Vm, host: Host, ifname: &str) {
         let vm_ns = self.ns(vm.node());
         let host_ns = self.ns(host.node()).name();
         vm_ns.ip(&[
             "link",
             "add",
-            "eth0",
+            ifname,
             "type",
             "veth",
             "peer",
@@ -244,9 +252,7 @@ impl World {
             "netns",
             host_ns,
         ]);
-        vm_ns.sysctls(&iface_sysctls("eth0"));
-        offload_off(vm_ns, &["eth0"]);
-        vm_ns.ip_batch(&vm_lines(vm, "eth0"));
-        self.setup_port(vm, host);
+        vm_ns.sysctls(&iface_sysctls(ifname));
+        offload_off(vm_ns, &[ifname]);
     }
 }
