@@ -77,17 +77,7 @@ impl Datapath {
 
     /// Runs the program of `side` once on `input`: the verdict and the packet out.
     pub fn run(&self, side: Side, input: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; input.len() + 512];
-        let r = self
-            .program(side)
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .unwrap_or_else(|e| panic!("test_run of {} bytes: {e:?}", input.len()));
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        self.run_with(side, input, None)
     }
 
     /// Runs the program of `side` once on `input` as if it arrived on the interface with
@@ -100,16 +90,20 @@ impl Datapath {
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(input.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
+        self.run_with(side, input, Some(&ctx))
+    }
+
+    fn run_with(&self, side: Side, input: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; input.len() + 512];
         let r = self
             .program(side)
             .test_run(TestRunOptions {
                 data_in: Some(input),
                 data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
+                ctx_in: ctx,
                 ..TestRunOptions::default()
             })
-            .unwrap_or_else(|e| panic!("test_run of {} bytes on {ingress}: {e:?}", input.len()));
+            .unwrap_or_else(|e| panic!("test_run of {} bytes (ctx {ctx:?}): {e:?}", input.len()));
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
     }
