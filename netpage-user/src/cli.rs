@@ -146,12 +146,17 @@ pub struct MigrateArgs {
     /// [default: --pin-dir].
     #[arg(long = "node", value_name = "PINDIR")]
     pub nodes: Vec<PathBuf>,
-    /// When to switch: `stop` (the source pauses: what is sent during the pause waits at
-    /// the destination) or `resume` (the destination runs: what is sent during the pause
-    /// is lost).
+    /// When to switch: `stop` (just before the source pauses: netpage holds QEMU's downtime
+    /// limit at 1 ms, switches once the last copy would fit --downtime-limit, then releases
+    /// it so that QEMU stops; what is sent from the switch to the end of the pause waits at
+    /// the destination and nothing is lost, but a client's gap grows by the time from the
+    /// switch to STOP, some 25 ms, timed to QEMU's next bandwidth measurement, at most one
+    /// measurement period more) or `resume` (the destination runs: what is sent
+    /// during the pause is lost).
     #[arg(long, value_enum, default_value = "stop")]
     pub switch_at: SwitchAt,
-    /// The longest pause QEMU may plan for the final copy, in milliseconds.
+    /// The longest pause QEMU may plan for the final copy, in milliseconds [default: the
+    /// source's own, 300 unless changed].
     #[arg(long, value_name = "MS")]
     pub downtime_limit: Option<u64>,
     /// Give up (and roll back) if the migration has not completed by then.

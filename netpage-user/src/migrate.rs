@@ -2,13 +2,53 @@
 //! page-table entry on every node at the chosen moment, rolling back if the migration fails.
 //!
 //! The order is that of `switch`, stretched over the migration: R2V[new RA] on every node
-//! before the migration starts, one V2R update per node when the source pauses (`stop`) or
-//! the destination runs (`resume`), and the old RA drained once the migration completed.
+//! before the migration starts, one V2R update per node just before the source pauses
+//! (`stop`) or when the destination runs (`resume`), and the old RA drained once the
+//! migration completed.
 //!
-//! While the migration runs, netpage sends the source QEMU no command: QEMU holds its big
-//! lock for the whole final stop-and-copy, so a command sent then (a progress query, say)
-//! would be answered only after it, and the STOP event queued behind that answer would be
-//! handled too late for the switch. Progress is reported from the events alone.
+//! # Switching before the source pauses
+//!
+//! QEMU announces its pause (STOP) only after it has paused the guest, so a switch made on
+//! hearing STOP comes too late for a packet that reached the source in that last
+//! millisecond: it sits in the source's tap and is never read. With `--switch-at stop`
+//! netpage therefore decides the moment of the pause itself:
+//!
+//! 1. It starts the migration with QEMU's downtime limit held at [`HOLD_MS`], a pause no
+//!    real guest's last copy fits in, so QEMU keeps copying live and never stops on its own.
+//! 2. While the live copy runs it asks QEMU for its progress (`query-migrate`) every
+//!    [`POLL`], and estimates the pause a stop would take now: the RAM still to send in
+//!    this pass, plus what the guest has dirtied since the pass began (at the dirty rate
+//!    QEMU measured, known from the second pass on), over the bandwidth QEMU measured.
+//! 3. Once that fits the downtime limit asked for (`--downtime-limit`, else the source's
+//!    own, QEMU's default being 300 ms) it switches every node (one V2R update each) and
+//!    only then raises the limit. QEMU applies the new limit at its next bandwidth
+//!    measurement (every 100 ms or so), ends the pass at once since what remains now fits,
+//!    and stops and copies; that is, the pass ends where QEMU would have ended it with the
+//!    limit set from the start, a little later, with no pass added. QEMU's measured
+//!    figures change at each measurement, so the polls learn its rhythm, and netpage
+//!    waits (the guest still running at the source, nothing switched) until the next one
+//!    is at most [`TICK_LEAD`] away before it switches and releases.
+//!
+//! From the switch to STOP the guest still runs at the source: packets sent meanwhile go
+//! to the destination and wait in its tap's queue (with `--dst-neigh`, and a queue long
+//! enough) until RESUME, while the source's replies to earlier packets still get through
+//! (the source host's V2R now gives the new RA, which every node's R2V translates). Nothing
+//! is lost, at a cost: the client's gap grows by the time from the switch to STOP (the
+//! report's `switch_to_stop_ms`): about [`TICK_LEAD`] when QEMU keeps its rhythm, up to
+//! one measurement period more when it does not.
+//!
+//! If QEMU does not stop after the pass the release ended (the guest dirtied more than
+//! estimated), netpage switches back within [`STOP_GRACE`] and falls back to switching at
+//! STOP. It also stops holding, and falls back so, if no estimate fits by the end of the
+//! second live pass ([`MAX_HELD_PASS`]): QEMU 7.2 under TCG has been seen to deliver
+//! inconsistent guest memory after migrations of four passes or more, so netpage adds
+//! none. On failure the source's limit is set back to the one asked for.
+//!
+//! After the release (and with `--switch-at resume` throughout) netpage sends the source
+//! QEMU no command until the migration has ended: QEMU holds its big lock for the whole
+//! final stop-and-copy, so a command sent then would be answered only after it, and the
+//! STOP event queued behind that answer would be handled too late. While the limit is
+//! held QEMU cannot enter that phase, so its answers come at once.
 
 use std::{
     fmt,
@@ -23,7 +63,10 @@ use serde::Serialize;
 use crate::{
     node::{Node, NodeError, OpenNode},
     ops::{self, OpError},
-    qmp::{Event, MigrationParameters, MigrationStatus, Qmp, QmpError, RunState, Timestamp},
+    qmp::{
+        Event, MigrationInfo, MigrationParameters, MigrationStatus, Qmp, QmpError, RunState,
+        Timestamp,
+    },
     table::{PageTable, TableError},
     timeline::{Source, Timeline},
 };
@@ -32,10 +75,12 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SwitchAt {
-    /// When the source pauses for its last copy: packets sent during the pause wait in
-    /// the destination's tap queue and reach the guest when it resumes. QEMU announces
-    /// the pause (STOP) only once it has paused the guest, so a packet that reaches the
-    /// source in that last moment (about a millisecond) is still lost.
+    /// Just before the source pauses for its last copy, at a moment netpage chooses: it
+    /// holds QEMU's downtime limit low, switches once the last copy would fit the limit
+    /// asked for, then releases the limit so that QEMU stops (see the module's
+    /// documentation). Packets sent from the switch to the end of the pause wait in the
+    /// destination's tap queue and reach the guest when it resumes: none is lost, but the
+    /// client's gap grows by the time from the switch to STOP (`switch_to_stop_ms`).
     Stop,
     /// When the destination runs the guest: packets sent during the pause go to the
     /// paused source and are lost.
@@ -68,6 +113,7 @@ pub struct MigrateOptions {
     /// The pin directories of every node whose table switches.
     pub nodes: Vec<PathBuf>,
     pub switch_at: SwitchAt,
+    /// The longest pause QEMU may plan for its last copy (`None`: the source's own).
     pub downtime_limit_ms: Option<u64>,
     /// The whole migration must complete within this.
     pub timeout: Duration,
@@ -133,6 +179,25 @@ pub struct NodeSwitch {
     pub update_us: f64,
 }
 
+/// The moment netpage released the downtime limit it held (`--switch-at stop`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Release {
+    /// The pass under way (QEMU's last MIGRATION_PASS).
+    pub pass: u64,
+    /// Whether the nodes were switched then (`false`: the fallback to a switch at STOP).
+    pub switched: bool,
+    /// Why: `estimate` (the last copy fits the limit) or `passes` (none fitted in time).
+    pub reason: &'static str,
+    /// RAM still to send in the pass, and QEMU's measured bandwidth.
+    pub remaining_bytes: u64,
+    pub mbps: f64,
+    /// The pause netpage estimated, and the limit it released.
+    pub estimate_ms: f64,
+    pub limit_ms: u64,
+    /// Whether netpage switched back because QEMU went on with another pass.
+    pub switched_back: bool,
+}
+
 /// How a migration ended.
 #[derive(Clone, Debug, Serialize)]
 pub struct MigrateReport {
@@ -151,8 +216,14 @@ pub struct MigrateReport {
     /// From the source's STOP to the destination's RESUME, by QEMU's event timestamps.
     pub stop_to_resume_ms: Option<f64>,
     /// From the source's STOP (QEMU's timestamp) to the last node's V2R update (this
-    /// host's clock, which QEMU's shares when it runs here).
+    /// host's clock, which QEMU's shares when it runs here): negative when the switch
+    /// came first.
     pub stop_to_switch_ms: Option<f64>,
+    /// From the last node's V2R update to the source's STOP, when the switch came first:
+    /// what the switch before the pause adds to a client's gap.
+    pub switch_to_stop_ms: Option<f64>,
+    /// How netpage ended the held downtime limit (`--switch-at stop`).
+    pub release: Option<Release>,
     /// QEMU's timestamps of the source's STOP and the destination's RESUME, in
     /// milliseconds since the Unix epoch, to set beside what clients saw.
     pub stop_unix_ms: Option<f64>,
@@ -183,6 +254,23 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A wait with no end of its own (the migration's deadline ends it).
 const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The downtime limit (ms) held while netpage waits to switch: no last copy fits in it.
+pub const HOLD_MS: u64 = 1;
+/// How often netpage asks QEMU for its progress while it holds the limit.
+pub const POLL: Duration = Duration::from_millis(10);
+/// How long before QEMU's next bandwidth measurement netpage releases the limit: enough
+/// for the polls' view of QEMU's rhythm to be off a little.
+pub const TICK_LEAD: Duration = Duration::from_millis(25);
+/// How long after the pass that a release ended QEMU may take to stop; QEMU stops within
+/// a millisecond of that pass's event when it stops at all.
+pub const STOP_GRACE: Duration = Duration::from_millis(50);
+/// The last pass during which netpage holds the limit: if no estimate fits by the time
+/// this pass begins, it releases the limit without switching.
+pub const MAX_HELD_PASS: u64 = 3;
+/// QEMU's default downtime limit, for a source that does not tell its own.
+const QEMU_DEFAULT_LIMIT_MS: u64 = 300;
+/// Guest page size: QEMU counts dirty pages of this size on x86.
+const PAGE_SIZE: f64 = 4096.0;
 
 /// A migration under way.
 struct Run {
@@ -202,6 +290,63 @@ struct Run {
     stop: Option<Timestamp>,
     resume: Option<Timestamp>,
     passes: u64,
+    /// Polling while the downtime limit is held, until released (`--switch-at stop`).
+    hold: Option<Hold>,
+    /// Whether the source's downtime limit is netpage's [`HOLD_MS`].
+    held: bool,
+    released_at: Option<Instant>,
+    /// The limit to release (and to restore after a failure).
+    limit_ms: Option<u64>,
+    release: Option<Release>,
+    /// After a release with a switch: when netpage switches back unless STOP came.
+    grace: Option<Instant>,
+}
+
+/// The downtime limit held at [`HOLD_MS`] while netpage waits for the moment to switch.
+struct Hold {
+    next_poll: Instant,
+    /// When the pass under way began (its MIGRATION_PASS event).
+    pass_began: Instant,
+    /// QEMU's measurement rhythm, seen in the answers to the polls.
+    ticks: Ticks,
+}
+
+/// When QEMU measures its bandwidth (and applies a new downtime limit): about every
+/// 100 ms, at the end of a round of sending, which makes the period steady for one
+/// migration. The measured figures (`mbps`, `pages-per-second`) change at each one, so
+/// the polls see them.
+#[derive(Default)]
+struct Ticks {
+    /// The figures of the last poll, and when it was answered.
+    last: Option<((u64, u64), Instant)>,
+    /// The last measurement seen: between the poll before the change and the poll that
+    /// saw it.
+    tick: Option<Instant>,
+    /// The last interval between two measurements seen.
+    period: Option<Duration>,
+}
+
+impl Ticks {
+    /// Records a poll's figures, answered at `now`.
+    fn observe(&mut self, mbps: f64, pages_per_second: u64, now: Instant) {
+        let figures = (mbps.to_bits(), pages_per_second);
+        if let Some((before, at)) = self.last
+            && before != figures
+        {
+            let tick = at + (now - at) / 2;
+            if let Some(prev) = self.tick {
+                self.period = Some(tick - prev);
+            }
+            self.tick = Some(tick);
+        }
+        self.last = Some((figures, now));
+    }
+
+    /// How long until QEMU's next measurement, if its rhythm is known (zero if overdue).
+    fn until_next(&self, now: Instant) -> Option<Duration> {
+        let due = self.tick? + self.period?;
+        Some(due.saturating_duration_since(now))
+    }
 }
 
 /// Where the event loop ended.
@@ -213,6 +358,8 @@ enum Outcome {
 /// What one event means for the loop.
 enum Step {
     Continue,
+    /// Pass [`MAX_HELD_PASS`] began with the limit still held.
+    GiveUp,
     /// This side is done: the source completed, or the destination runs the guest.
     Done,
     Failed(String),
@@ -268,6 +415,12 @@ impl Run {
             stop: None,
             resume: None,
             passes: 0,
+            hold: None,
+            held: false,
+            released_at: None,
+            limit_ms: opts.downtime_limit_ms,
+            release: None,
+            grace: None,
         };
         run.mark(Source::Netpage, "CHECKED", format!("{} at {from}", opts.vm));
         run.mark(
@@ -303,7 +456,13 @@ impl Run {
         let deadline = tokio::time::Instant::from_std(self.start + opts.timeout);
         let (mut src_done, mut dst_done) = (false, false);
         while !(src_done && dst_done) {
+            let poll_at = self.hold.as_ref().map(|h| h.next_poll);
+            let grace_at = self.grace;
             let step = tokio::select! {
+                _ = tokio::time::sleep_until(poll_at.map_or(deadline, Into::into)),
+                    if poll_at.is_some() => self.poll().await,
+                _ = tokio::time::sleep_until(grace_at.map_or(deadline, Into::into)),
+                    if grace_at.is_some() => self.switch_back(),
                 ev = self.src.next_event(FOREVER) => match ev {
                     Ok(Some(e)) => self.on_source(&e, opts.switch_at),
                     Ok(None) => Step::Continue,
@@ -329,8 +488,12 @@ impl Run {
                     opts.timeout
                 )),
             };
+            let step = match step {
+                Step::GiveUp => self.give_up_hold().await,
+                other => other,
+            };
             match step {
-                Step::Continue => {}
+                Step::Continue | Step::GiveUp => {}
                 Step::Done => src_done = true,
                 Step::Failed(why) => return Outcome::Failed(why),
             }
@@ -341,16 +504,211 @@ impl Run {
     async fn start(&mut self, opts: &MigrateOptions) -> Result<(), QmpError> {
         self.src.enable_migration_events().await?;
         self.dst.enable_migration_events().await?;
-        if let Some(ms) = opts.downtime_limit_ms {
-            let p = MigrationParameters {
-                downtime_limit: Some(ms),
-                ..MigrationParameters::default()
+        if opts.switch_at == SwitchAt::Stop {
+            let limit = match opts.downtime_limit_ms {
+                Some(ms) => ms,
+                None => self.source_limit().await?,
             };
-            self.src.migrate_set_parameters(&p).await?;
+            self.limit_ms = Some(limit);
+            self.set_limit(HOLD_MS).await?;
+            self.held = true;
+            self.hold = Some(Hold {
+                next_poll: Instant::now() + POLL,
+                pass_began: Instant::now(),
+                ticks: Ticks::default(),
+            });
+            self.mark(
+                Source::Netpage,
+                "LIMIT HELD",
+                format!("{HOLD_MS} ms until the switch, then {limit} ms"),
+            );
+        } else if let Some(ms) = opts.downtime_limit_ms {
+            self.set_limit(ms).await?;
         }
-        self.src.migrate(&opts.uri).await?;
+        if let Err(e) = self.src.migrate(&opts.uri).await {
+            self.restore_limit().await;
+            return Err(e);
+        }
         self.mark(Source::Netpage, "MIGRATE", opts.uri.clone());
         Ok(())
+    }
+
+    async fn set_limit(&mut self, ms: u64) -> Result<(), QmpError> {
+        let p = MigrationParameters {
+            downtime_limit: Some(ms),
+            ..MigrationParameters::default()
+        };
+        self.src.migrate_set_parameters(&p).await
+    }
+
+    /// The source's downtime limit as it stands (QEMU's default if it does not say).
+    async fn source_limit(&mut self) -> Result<u64, QmpError> {
+        let params: serde_json::Value = self
+            .src
+            .execute("query-migrate-parameters", serde_json::Value::Null)
+            .await?;
+        Ok(params["downtime-limit"]
+            .as_u64()
+            .unwrap_or(QEMU_DEFAULT_LIMIT_MS))
+    }
+
+    /// Puts the limit asked for back if netpage still holds its own (after a failure, or
+    /// a migration that ended while held), so that the next migration of this QEMU
+    /// converges.
+    async fn restore_limit(&mut self) {
+        self.hold = None;
+        if !std::mem::take(&mut self.held) {
+            return;
+        }
+        if let Some(ms) = self.limit_ms
+            && let Err(e) = self.set_limit(ms).await
+        {
+            eprintln!("netpage: warning: setting the source's downtime limit back to {ms} ms: {e}");
+        }
+    }
+
+    /// Asks the source for its progress while the limit is held, and releases the limit
+    /// (switching first) once the last copy would fit the limit asked for.
+    async fn poll(&mut self) -> Step {
+        let info = match self.src.query_migrate().await {
+            Ok(info) => info,
+            Err(QmpError::Closed { .. }) => return Step::Failed("the source QEMU exited".into()),
+            Err(e) => return Step::Failed(format!("the source QEMU: {e}")),
+        };
+        let Some(hold) = &mut self.hold else {
+            return Step::Continue;
+        };
+        let now = Instant::now();
+        hold.next_poll = now + POLL;
+        let since_pass = hold.pass_began.elapsed();
+        if info.status != Some(MigrationStatus::Active) {
+            return Step::Continue;
+        }
+        if let Some(ram) = &info.ram {
+            hold.ticks.observe(ram.mbps, ram.pages_per_second, now);
+        }
+        let limit = self.limit_ms.unwrap_or(QEMU_DEFAULT_LIMIT_MS) as f64;
+        match estimate_ms(&info, since_pass) {
+            // QEMU applies the new limit only at its next measurement: release just
+            // before it, so that the guest runs as briefly as possible after the switch.
+            Some(est)
+                if est <= limit
+                    && hold
+                        .ticks
+                        .until_next(now)
+                        .is_none_or(|left| left <= TICK_LEAD) =>
+            {
+                self.release(&info, est, "estimate", true).await
+            }
+            _ => Step::Continue,
+        }
+    }
+
+    /// Ends the hold: switches every node if `switch`, then raises the limit.
+    async fn release(
+        &mut self,
+        info: &MigrationInfo,
+        estimate_ms: f64,
+        reason: &'static str,
+        switch: bool,
+    ) -> Step {
+        if switch && let Err(why) = self.switch_all() {
+            return Step::Failed(why);
+        }
+        let limit = self.limit_ms.unwrap_or(QEMU_DEFAULT_LIMIT_MS);
+        let ram = info.ram.clone().unwrap_or_default();
+        self.release = Some(Release {
+            pass: self.passes,
+            switched: switch,
+            reason,
+            remaining_bytes: ram.remaining,
+            mbps: ram.mbps,
+            estimate_ms,
+            limit_ms: limit,
+            switched_back: false,
+        });
+        self.hold = None;
+        self.released_at = Some(Instant::now());
+        self.mark(
+            Source::Netpage,
+            "RELEASED",
+            format!(
+                "limit {limit} ms ({reason}: {:.1} MiB left at {:.0} Mbit/s, {estimate_ms:.0} ms){}",
+                ram.remaining as f64 / (1 << 20) as f64,
+                ram.mbps,
+                if switch { "" } else { "; switch at STOP" }
+            ),
+        );
+        eprintln!(
+            "netpage: downtime limit released to {limit} ms in pass {} ({reason}, estimated pause {estimate_ms:.0} ms){}",
+            self.passes,
+            if switch {
+                " after the switch"
+            } else {
+                ", switching at STOP"
+            }
+        );
+        match self.set_limit(limit).await {
+            Ok(()) => {
+                self.held = false;
+                Step::Continue
+            }
+            Err(e) => Step::Failed(format!("releasing the downtime limit: {e}")),
+        }
+    }
+
+    /// No estimate fitted by pass [`MAX_HELD_PASS`]: releases the limit without a switch
+    /// (which then comes at STOP).
+    async fn give_up_hold(&mut self) -> Step {
+        let info = match self.src.query_migrate().await {
+            Ok(info) => info,
+            Err(e) => return Step::Failed(format!("the source QEMU: {e}")),
+        };
+        let since = self
+            .hold
+            .as_ref()
+            .map_or(Duration::ZERO, |h| h.pass_began.elapsed());
+        let est = estimate_ms(&info, since).unwrap_or(f64::NAN);
+        self.release(&info, est, "passes", false).await
+    }
+
+    /// QEMU went on with another pass after the release: puts every node back on the
+    /// source, which still runs the guest, and switches again at STOP.
+    fn switch_back(&mut self) -> Step {
+        self.grace = None;
+        if self.stop.is_some() || !self.switched {
+            return Step::Continue;
+        }
+        let mut failed = Vec::new();
+        let (vm, from) = (self.vm, self.from);
+        for (dir, n) in &mut self.nodes {
+            if let Err(e) = n.table.set_forward(vm, from) {
+                failed.push(format!("{}: {e}", dir.display()));
+            }
+        }
+        self.switched = false;
+        self.switched_at = None;
+        self.switches.clear();
+        if let Some(r) = &mut self.release {
+            r.switched_back = true;
+        }
+        self.mark(
+            Source::Netpage,
+            "SWITCHED BACK",
+            format!("no STOP after pass {}: switch at STOP", self.passes),
+        );
+        eprintln!(
+            "netpage: QEMU went on with pass {} after the release: switched back, switching at STOP",
+            self.passes
+        );
+        if failed.is_empty() {
+            Step::Continue
+        } else {
+            Step::Failed(format!(
+                "switching {vm} back to {from} failed on {}",
+                failed.join("; ")
+            ))
+        }
     }
 
     /// Handles a source event: `Done` once it completed.
@@ -369,11 +727,28 @@ impl Run {
                     .saturating_duration_since(self.start)
                     .as_secs_f64()
             );
+            if let Some(h) = &mut self.hold {
+                h.pass_began = e.received;
+                if pass >= MAX_HELD_PASS {
+                    return Step::GiveUp;
+                }
+            }
+            // The pass a release with a switch ended: STOP must follow at once.
+            if self.switched
+                && self.stop.is_none()
+                && self.released_at.is_some_and(|r| e.received > r)
+            {
+                self.grace = Some(e.received + STOP_GRACE);
+            }
             return Step::Continue;
         }
         match (e.event.as_str(), e.migration_status()) {
             ("STOP", _) => {
                 self.stop = Some(e.timestamp);
+                self.grace = None;
+                // QEMU stopped with the limit held (its last copy fitted even that): no
+                // more questions until it has finished.
+                self.hold = None;
                 self.timeline
                     .mark(e.received, Source::Src, "STOP", String::new());
                 if at == SwitchAt::Stop
@@ -497,6 +872,7 @@ impl Run {
     /// Completes (drain and figures) or rolls back, and reports.
     async fn finish(mut self, opts: &MigrateOptions, outcome: Outcome) -> MigrateReport {
         let (mut error, mut rolled_back) = (None, false);
+        self.hold = None;
         match outcome {
             Outcome::Completed => self.complete(opts, &mut error).await,
             Outcome::Failed(why) => {
@@ -512,6 +888,7 @@ impl Run {
                 }
             }
         }
+        self.restore_limit().await;
         let info = self.final_info().await;
         let stop_to_resume_ms = match (self.stop, self.resume) {
             (Some(s), Some(r)) => Some(r.micros_since(&s) as f64 / 1e3),
@@ -524,6 +901,7 @@ impl Run {
                 .map(|d| (d.as_micros() as i64 - s.as_micros()) as f64 / 1e3),
             _ => None,
         };
+        let switch_to_stop_ms = stop_to_switch_ms.filter(|&ms| ms <= 0.0).map(|ms| -ms);
         MigrateReport {
             vm: self.vm,
             from: self.from,
@@ -536,6 +914,8 @@ impl Run {
             qemu_total_ms: info.as_ref().and_then(|i| i.total_time),
             stop_to_resume_ms,
             stop_to_switch_ms,
+            switch_to_stop_ms,
+            release: self.release,
             stop_unix_ms: self.stop.map(|t| t.as_micros() as f64 / 1e3),
             resume_unix_ms: self.resume.map(|t| t.as_micros() as f64 / 1e3),
             passes: self.passes,
@@ -756,6 +1136,21 @@ fn neigh(n: &Neighbour, op: &str, vm: IpAddr, mac: Option<&str>) -> Result<(), S
     }
 }
 
+/// The pause (ms) a stop-and-copy would take now: the RAM still to send in this pass
+/// plus what the guest dirtied since the pass began (at the rate QEMU last measured,
+/// none in the first pass), over the bandwidth QEMU measured. `None` before QEMU has
+/// measured a bandwidth.
+fn estimate_ms(info: &MigrationInfo, since_pass: Duration) -> Option<f64> {
+    let ram = info.ram.as_ref()?;
+    // Megabits per second to bytes per millisecond.
+    let bytes_per_ms = ram.mbps * 125.0;
+    if bytes_per_ms <= 0.0 || info.total_time.unwrap_or(0) == 0 {
+        return None;
+    }
+    let dirtied = ram.dirty_pages_rate as f64 * PAGE_SIZE * since_pass.as_secs_f64();
+    Some((ram.remaining as f64 + dirtied) / bytes_per_ms)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -790,8 +1185,30 @@ impl fmt::Display for MigrateReport {
             self.stop_to_resume_ms
                 .map_or("-".into(), |v| format!("{v:.1} ms"))
         )?;
-        if let Some(ms) = self.stop_to_switch_ms {
-            writeln!(f, "  STOP -> last node switched {ms:.2} ms")?;
+        match (self.switch_to_stop_ms, self.stop_to_switch_ms) {
+            (Some(ms), _) => writeln!(
+                f,
+                "  last node switched {ms:.2} ms before STOP (added to a client's gap)"
+            )?,
+            (None, Some(ms)) => writeln!(f, "  STOP -> last node switched {ms:.2} ms")?,
+            (None, None) => {}
+        }
+        if let Some(r) = &self.release {
+            writeln!(
+                f,
+                "  downtime limit released to {} ms in pass {} ({}: estimated pause {:.0} ms){}",
+                r.limit_ms,
+                r.pass,
+                r.reason,
+                r.estimate_ms,
+                if r.switched_back {
+                    "; QEMU went on with another pass: switched back, then at STOP"
+                } else if r.switched {
+                    ""
+                } else {
+                    "; switched at STOP"
+                }
+            )?;
         }
         for s in &self.switches {
             writeln!(f, "  switched {}: V2R update {:.1} us", s.node, s.update_us)?;

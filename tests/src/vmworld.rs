@@ -15,6 +15,7 @@
 //! RA_A (198.18.10.100) at first. The migration stream crosses the host link, which
 //! netpage does not translate.
 
+pub mod bench;
 mod icmp;
 
 use std::{
@@ -128,12 +129,35 @@ pub struct TableSnapshot {
 pub struct VmWorld {
     pub world: World,
     pub guest: Guest,
+    /// Whether netpage translates at the edges (`false`: plain routing, see [`VmWorld::plain`]).
+    translate: bool,
 }
 
 impl VmWorld {
     /// Builds the world, shapes the migration link, attaches netpage to the gateway and
     /// the hosts' uplinks and maps the VA to RA_A on every edge. The taps come with QEMU.
     pub fn new() -> Self {
+        Self::build(true)
+    }
+
+    /// The same world without netpage, routed the way operators move a VM today: the
+    /// gateway routes the VA as a /32 host route to host A (and each host to its tap),
+    /// until someone replaces that route.
+    pub fn plain() -> Self {
+        let vw = Self::build(false);
+        vw.route_va(Host::A);
+        vw
+    }
+
+    /// Points the gateway's host route to the VA at `host` (plain routing).
+    pub fn route_va(&self, host: Host) {
+        let via = host.uplink_addr(&V4).to_string();
+        self.world
+            .ns(Node::Gw)
+            .ip(&["route", "replace", &format!("{VA}/32"), "via", &via]);
+    }
+
+    fn build(translate: bool) -> Self {
         let guest = Guest::build();
         let world = World::without_vms(Options {
             second_vm: false,
@@ -147,13 +171,19 @@ impl VmWorld {
                 "latency", "50ms",
             ],
         );
-        world.attach(Node::Gw, "g0", true);
-        world.attach(Node::Gw, "ga", false);
-        world.attach(Node::Gw, "gb", false);
-        world.attach(Node::HostA, "a0", false);
-        world.attach(Node::HostB, "b0", false);
-        world.map_all(VA.into(), ra(Host::A).into());
-        Self { world, guest }
+        if translate {
+            world.attach(Node::Gw, "g0", true);
+            world.attach(Node::Gw, "ga", false);
+            world.attach(Node::Gw, "gb", false);
+            world.attach(Node::HostA, "a0", false);
+            world.attach(Node::HostB, "b0", false);
+            world.map_all(VA.into(), ra(Host::A).into());
+        }
+        Self {
+            world,
+            guest,
+            translate,
+        }
     }
 
     /// Reshapes the migration link to `rate` (a `tc` rate such as `20mbit`).
@@ -227,7 +257,7 @@ impl VmWorld {
     /// once, no reverse-path filter, no transmit checksum offload towards the guest, a
     /// queue long enough for what arrives while the guest is paused (a tap holds 500
     /// packets by default: half a second of the 1 ms probes, less with the TCP traffic),
-    /// up, the host route to the VA, and netpage on the virtual side.
+    /// up, the host route to the VA, and netpage on the virtual side (if it translates).
     fn setup_tap(&self, host: Host) {
         let ns = self.world.ns(host.node());
         ns.sysctls(&[
@@ -241,7 +271,9 @@ impl VmWorld {
             .exec_ok(host.node(), "ethtool", &["-K", TAP, "tx", "off"]);
         ns.ip(&["link", "set", TAP, "up"]);
         ns.ip(&["route", "replace", &format!("{VA}/32"), "dev", TAP]);
-        self.world.attach(host.node(), TAP, true);
+        if self.translate {
+            self.world.attach(host.node(), TAP, true);
+        }
     }
 
     /// The pin directory of every edge, gateway first: the order `migrate` switches them.

@@ -1,0 +1,458 @@
+//! Migration figures for the benchmark: the same live migration of a real guest, again and
+//! again, while a client probes it every millisecond, in three ways of moving its traffic:
+//!
+//! - `stop`: `netpage migrate --switch-at stop` (every node switched just before the
+//!   source pauses; what is sent during the pause waits in the destination's tap queue);
+//! - `resume`: `netpage migrate --switch-at resume` (switched when the destination runs);
+//! - `routes`: no netpage, the operator's way today: the gateway routes the VA as a /32
+//!   host route to host A, and when the destination QEMU announces RESUME (watched over
+//!   QMP) a script replaces it with one to host B (`ip -n GW route replace VA/32 via B`).
+//!
+//! Each run has a world and guest of its own; a run that fails (a guest whose kernel
+//! panicked after the migration, which QEMU 7.2 under TCG sometimes causes, a migration
+//! that failed, ...) is reported with its reason, not left out.
+
+use std::{
+    fmt,
+    panic::{self, AssertUnwindSafe},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use netpage::qmp::{MigrationInfo, MigrationParameters, MigrationStatus, Qmp, QmpError};
+use serde::Serialize;
+
+use super::{IcmpProbe, QEMU_TIMEOUT, VA, VmWorld, boot_params, migration_uri, runtime};
+use crate::{
+    netns::output,
+    qemu::Qemu,
+    world::{Host, Node, V4},
+};
+
+/// The pause QEMU may plan for its last copy, in every variant: high enough that the
+/// guest converges right after the first full pass over the shaped link (QEMU 7.2 under
+/// TCG sometimes delivers inconsistent guest memory after more passes).
+pub const DOWNTIME_LIMIT_MS: u64 = 1000;
+/// The client's probe interval.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(1);
+/// Traffic before the migration starts, and after it ended.
+const BEFORE: Duration = Duration::from_millis(500);
+const AFTER: Duration = Duration::from_secs(1);
+/// The longest a migration may take.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How the guest's traffic follows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// `netpage migrate --switch-at stop`.
+    Stop,
+    /// `netpage migrate --switch-at resume`.
+    Resume,
+    /// Plain routing, the gateway's host route replaced at RESUME.
+    Routes,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 3] = [Variant::Stop, Variant::Resume, Variant::Routes];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Stop => "stop",
+            Variant::Resume => "resume",
+            Variant::Routes => "routes",
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What one migration measured. Times are milliseconds; a figure is `None` when the run
+/// did not get that far.
+#[derive(Clone, Debug, Serialize)]
+pub struct MigrationRun {
+    /// The round (from 0) and the variant.
+    pub round: usize,
+    pub variant: Variant,
+    /// Why the run failed, if it did: its figures are then what it had measured.
+    pub failure: Option<String>,
+    pub probes_sent: u64,
+    pub probes_lost: u64,
+    /// The longest time between two answers at the client.
+    pub largest_gap_ms: f64,
+    /// From the source's STOP to the destination's RESUME (QEMU's event timestamps).
+    pub stop_to_resume_ms: Option<f64>,
+    /// The largest gap minus STOP -> RESUME: what the way of moving the traffic adds to
+    /// the hypervisor's pause.
+    pub gap_minus_pause_ms: Option<f64>,
+    /// The pause and the whole migration, as QEMU measured them.
+    pub qemu_downtime_ms: Option<u64>,
+    pub qemu_total_ms: Option<u64>,
+    /// When the traffic was switched (the last node's V2R update, or the route replaced),
+    /// relative to STOP: negative when before.
+    pub switch_minus_stop_ms: Option<f64>,
+    /// QEMU's dirty-bitmap passes (its last MIGRATION_PASS).
+    pub passes: Option<u64>,
+    /// When the first and the last lost probe were sent, relative to STOP.
+    pub lost_sent_ms: Option<(f64, f64)>,
+    /// `stop` only: how netpage ended its held downtime limit (the report's `release`).
+    pub release: Option<serde_json::Value>,
+}
+
+impl MigrationRun {
+    fn new(round: usize, variant: Variant) -> Self {
+        Self {
+            round,
+            variant,
+            failure: None,
+            probes_sent: 0,
+            probes_lost: 0,
+            largest_gap_ms: 0.0,
+            stop_to_resume_ms: None,
+            gap_minus_pause_ms: None,
+            qemu_downtime_ms: None,
+            qemu_total_ms: None,
+            switch_minus_stop_ms: None,
+            passes: None,
+            lost_sent_ms: None,
+            release: None,
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+impl fmt::Display for MigrationRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+        let int = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+        write!(
+            f,
+            "round {} {:<6} lost {}/{} gap {:.1} ms, STOP->RESUME {} ms, gap - pause {} ms, \
+             downtime {} ms, total {} ms, switch - STOP {} ms, passes {}",
+            self.round,
+            self.variant,
+            self.probes_lost,
+            self.probes_sent,
+            self.largest_gap_ms,
+            ms(self.stop_to_resume_ms),
+            ms(self.gap_minus_pause_ms),
+            int(self.qemu_downtime_ms),
+            int(self.qemu_total_ms),
+            ms(self.switch_minus_stop_ms),
+            int(self.passes),
+        )?;
+        if let Some((first, last)) = self.lost_sent_ms {
+            write!(f, ", lost sent at STOP {first:+.1} .. {last:+.1} ms")?;
+        }
+        if let Some(r) = &self.release {
+            write!(
+                f,
+                ", released in pass {} ({}{})",
+                r["pass"],
+                r["reason"].as_str().unwrap_or("?"),
+                if r["switched_back"] == true {
+                    ", switched back: fell back to STOP"
+                } else if r["switched"] == false {
+                    ", switched at STOP"
+                } else {
+                    ""
+                }
+            )?;
+        }
+        if let Some(why) = &self.failure {
+            write!(f, " FAILED: {why}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `runs` rounds of one migration per variant, the variants taking turns to go first.
+pub fn migration_runs(runs: usize) -> Vec<MigrationRun> {
+    let mut out = Vec::new();
+    for round in 0..runs {
+        for variant in order(round) {
+            let run = migration_run(round, variant);
+            eprintln!("migration bench: {run}");
+            out.push(run);
+        }
+    }
+    out
+}
+
+/// The variants of `round`, in turn: each goes first in one round out of three.
+fn order(round: usize) -> [Variant; 3] {
+    let n = Variant::ALL.len();
+    [0, 1, 2].map(|i| Variant::ALL[(round + i) % n])
+}
+
+/// One migration of `variant`; a panic on the way (a world that could not be built, a
+/// guest that did not boot) is a failed run.
+pub fn migration_run(round: usize, variant: Variant) -> MigrationRun {
+    let mut run = MigrationRun::new(round, variant);
+    let result = panic::catch_unwind(AssertUnwindSafe(|| measure(&mut run)));
+    if let Err(payload) = result {
+        let why = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "panicked".into());
+        run.failure.get_or_insert(why);
+    }
+    run
+}
+
+/// What a migration reported, whoever drove it.
+#[derive(Default)]
+struct Driven {
+    failure: Option<String>,
+    stop_to_resume_ms: Option<f64>,
+    qemu_downtime_ms: Option<u64>,
+    qemu_total_ms: Option<u64>,
+    switch_minus_stop_ms: Option<f64>,
+    passes: Option<u64>,
+    /// QEMU's STOP, in milliseconds since the Unix epoch.
+    stop_unix_ms: Option<f64>,
+    release: Option<serde_json::Value>,
+}
+
+fn measure(run: &mut MigrationRun) {
+    let vw = match run.variant {
+        Variant::Routes => VmWorld::plain(),
+        _ => VmWorld::new(),
+    };
+    let params = boot_params(0);
+    let src = vw.boot(Host::A, &params);
+    let dst = vw.incoming(Host::B, &params);
+    assert!(
+        (0..5).any(|_| vw.world.ping(Node::Client, VA.into())),
+        "the guest does not answer at host A"
+    );
+    let probe = IcmpProbe::spawn(
+        &vw.world,
+        Node::Client,
+        VA,
+        PROBE_INTERVAL,
+        MIGRATION_TIMEOUT * 2,
+    );
+    thread::sleep(BEFORE);
+    let driven = match run.variant {
+        Variant::Stop | Variant::Resume => by_netpage(&vw, &src, &dst, run.variant),
+        Variant::Routes => by_routes(&vw, &src, &dst),
+    };
+    thread::sleep(AFTER);
+    let icmp = probe.stop();
+    run.probes_sent = icmp.probes.sent;
+    run.probes_lost = icmp.probes.lost;
+    run.largest_gap_ms = icmp.probes.largest_gap.as_secs_f64() * 1e3;
+    run.stop_to_resume_ms = driven.stop_to_resume_ms;
+    run.gap_minus_pause_ms = driven.stop_to_resume_ms.map(|p| run.largest_gap_ms - p);
+    run.qemu_downtime_ms = driven.qemu_downtime_ms;
+    run.qemu_total_ms = driven.qemu_total_ms;
+    run.switch_minus_stop_ms = driven.switch_minus_stop_ms;
+    run.passes = driven.passes;
+    run.failure = driven.failure;
+    run.release = driven.release;
+    if let (Some(stop), Some(first), Some(last)) = (
+        driven.stop_unix_ms,
+        icmp.probes.lost_seqs.first(),
+        icmp.probes.lost_seqs.last(),
+    ) {
+        let at = |seq: u64| unix_ms(icmp.sent_at[seq as usize]) - stop;
+        run.lost_sent_ms = Some((at(*first), at(*last)));
+    }
+    for (qemu, side) in [(&dst, "destination"), (&src, "source")] {
+        if qemu.serial_log().contains("Kernel panic") {
+            let why = format!(
+                "the guest's kernel panicked at the {side} after a migration of {} passes",
+                run.passes.map_or("?".into(), |p| p.to_string())
+            );
+            run.failure = Some(match run.failure.take() {
+                Some(other) => format!("{why}; {other}"),
+                None => why,
+            });
+        }
+    }
+    if run.failure.is_none() && run.probes_sent > 0 && icmp.probes.received == 0 {
+        run.failure = Some("no probe answered".into());
+    }
+}
+
+/// `netpage migrate --switch-at stop|resume`, figures from its JSON report.
+fn by_netpage(vw: &VmWorld, src: &Qemu, dst: &Qemu, variant: Variant) -> Driven {
+    let limit = DOWNTIME_LIMIT_MS.to_string();
+    let timeout = MIGRATION_TIMEOUT.as_secs().to_string();
+    let out = vw.migrate(
+        src,
+        dst,
+        Host::B,
+        &[
+            "--switch-at",
+            variant.name(),
+            "--downtime-limit",
+            &limit,
+            "--timeout",
+            &timeout,
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut d = Driven {
+        stop_to_resume_ms: report["stop_to_resume_ms"].as_f64(),
+        qemu_downtime_ms: report["qemu_downtime_ms"].as_u64(),
+        qemu_total_ms: report["qemu_total_ms"].as_u64(),
+        switch_minus_stop_ms: report["stop_to_switch_ms"].as_f64(),
+        passes: report["passes"].as_u64(),
+        stop_unix_ms: report["stop_unix_ms"].as_f64(),
+        release: Some(report["release"].clone()).filter(|r| !r.is_null()),
+        failure: None,
+    };
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().last().unwrap_or("").trim().to_owned();
+        d.failure = Some(format!("netpage migrate failed ({}): {last}", out.status));
+    }
+    d
+}
+
+/// The migration over QMP alone, the gateway's host route replaced by a script as soon
+/// as the destination announces RESUME.
+fn by_routes(vw: &VmWorld, src: &Qemu, dst: &Qemu) -> Driven {
+    let gw = vw.world.ns(Node::Gw).name().to_owned();
+    runtime().block_on(async {
+        match drive_routes(src, dst, &gw).await {
+            Ok(d) => d,
+            Err(e) => Driven {
+                failure: Some(format!("the migration over QMP: {e}")),
+                ..Driven::default()
+            },
+        }
+    })
+}
+
+async fn drive_routes(src: &Qemu, dst: &Qemu, gw: &str) -> Result<Driven, QmpError> {
+    let mut s = Qmp::connect(src.qmp_path(), QEMU_TIMEOUT).await?;
+    let mut t = Qmp::connect(dst.qmp_path(), QEMU_TIMEOUT).await?;
+    s.enable_migration_events().await?;
+    t.enable_migration_events().await?;
+    s.migrate_set_parameters(&MigrationParameters {
+        downtime_limit: Some(DOWNTIME_LIMIT_MS),
+        ..MigrationParameters::default()
+    })
+    .await?;
+    s.migrate(&migration_uri(Host::B)).await?;
+    let deadline = Instant::now() + MIGRATION_TIMEOUT;
+    let (mut stop, mut resume, mut routed) = (None, None, None);
+    let (mut passes, mut ended, mut failure) = (None, None::<MigrationStatus>, None);
+    let via = Host::B.uplink_addr(&V4).to_string();
+    let route = format!("{VA}/32");
+    // Until the source has ended the migration and the destination runs the guest.
+    while (ended.is_none() || resume.is_none()) && failure.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            failure = Some(format!(
+                "the migration did not complete within {MIGRATION_TIMEOUT:?}"
+            ));
+            break;
+        }
+        tokio::select! {
+            ev = s.next_event(left) => {
+                let Some(e) = ev? else { continue };
+                if let Some(p) = e.migration_pass() {
+                    passes = Some(p);
+                } else if e.event == "STOP" {
+                    stop = Some(e.timestamp);
+                } else if let Some(st) = e.migration_status().filter(|st| st.is_final()) {
+                    if st != MigrationStatus::Completed {
+                        failure = Some(format!("the migration {st}"));
+                    }
+                    ended = Some(st);
+                }
+            }
+            ev = t.next_event(left), if resume.is_none() => {
+                let Some(e) = ev? else { continue };
+                if e.event == "RESUME" {
+                    resume = Some(e.timestamp);
+                    let out = output(
+                        Command::new("ip").args(["-n", gw, "route", "replace", &route, "via", &via]),
+                    );
+                    routed = Some(std::time::SystemTime::now());
+                    if !out.status.success() {
+                        failure = Some(format!(
+                            "ip route replace: {}",
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ));
+                    }
+                } else if e.migration_status() == Some(MigrationStatus::Failed) {
+                    failure = Some("the destination failed to load the migration".into());
+                }
+            }
+        }
+    }
+    let info = final_info(&mut s).await;
+    let ms =
+        |a: &netpage::qmp::Timestamp, b: &netpage::qmp::Timestamp| b.micros_since(a) as f64 / 1e3;
+    let switch_minus_stop_ms = match (stop, routed) {
+        (Some(st), Some(at)) => at
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| (d.as_micros() as i64 - st.as_micros()) as f64 / 1e3),
+        _ => None,
+    };
+    Ok(Driven {
+        failure,
+        stop_to_resume_ms: stop.zip(resume).map(|(a, b)| ms(&a, &b)),
+        qemu_downtime_ms: info.downtime,
+        qemu_total_ms: info.total_time,
+        switch_minus_stop_ms,
+        passes,
+        stop_unix_ms: stop.map(|t| t.as_micros() as f64 / 1e3),
+        release: None,
+    })
+}
+
+fn unix_ms(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+/// QEMU's figures once the migration has ended (the downtime may read 0 at first).
+async fn final_info(qmp: &mut Qmp) -> MigrationInfo {
+    let mut info = qmp.query_migrate().await.unwrap_or_default();
+    for _ in 0..10 {
+        if info.downtime.unwrap_or(0) > 0 || info.status != Some(MigrationStatus::Completed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        info = qmp.query_migrate().await.unwrap_or_default();
+    }
+    info
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_take_turns() {
+        assert_eq!(order(0), [Variant::Stop, Variant::Resume, Variant::Routes]);
+        assert_eq!(order(1), [Variant::Resume, Variant::Routes, Variant::Stop]);
+        assert_eq!(order(5)[0], Variant::Routes);
+    }
+
+    #[test]
+    fn a_failed_run_says_why() {
+        let mut run = MigrationRun::new(2, Variant::Routes);
+        run.failure = Some("the guest's kernel panicked at the destination".into());
+        let text = run.to_string();
+        assert!(text.contains("round 2 routes"), "{text}");
+        assert!(text.ends_with("FAILED: the guest's kernel panicked at the destination"));
+        assert!(!run.ok());
+    }
+}
