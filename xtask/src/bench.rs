@@ -10,8 +10,9 @@ use anyhow::Result;
 
 use crate::{cmd, toolchain::BuildEnv};
 
-/// Runs the benchmark binary of the tests crate, in full or (with `smoke`) briefly.
-pub fn run(env: &BuildEnv, smoke: bool) -> Result<()> {
+/// Runs the benchmark binary of the tests crate, in full or (with `smoke`) briefly, all
+/// its default parts or only `parts`.
+pub fn run(env: &BuildEnv, smoke: bool, parts: &[String]) -> Result<()> {
     cmd::require_root(
         "the benchmark loads XDP programs and builds network namespaces and bpffs mounts",
     )?;
@@ -32,6 +33,10 @@ pub fn run(env: &BuildEnv, smoke: bool) -> Result<()> {
     ];
     if smoke {
         args.push("--smoke");
+    }
+    let only = parts.join(",");
+    if !parts.is_empty() {
+        args.extend(["--only", &only]);
     }
     cmd::cargo(env, &args)
 }

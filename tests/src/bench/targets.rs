@@ -69,6 +69,33 @@ pub fn notes(rows: &[Row]) -> Vec<String> {
     notes.extend(forward_notes(rows));
     notes.extend(fast_path_note(rows));
     notes.extend(gap_note(rows));
+    notes.extend(migration_notes(rows));
+    notes
+}
+
+/// How much a migration's gap may exceed the hypervisor's own pause, in milliseconds.
+const MIGRATION_GAP_OVER_PAUSE_MS: f64 = 2.0;
+
+fn migration_notes(rows: &[Row]) -> Vec<String> {
+    let worst_of = |measure: &str| {
+        worst(rows, |r| {
+            (r.measure == measure && r.variant == "stop").then_some(r.value)
+        })
+    };
+    let mut notes = Vec::new();
+    if let Some((lost, _)) = worst_of("migration_lost") {
+        notes.push(format!(
+            "`netpage migrate --switch-at stop` loses no probe: worst {lost:.0} lost - {}",
+            verdict(lost == 0.0)
+        ));
+    }
+    if let Some((over, _)) = worst_of("migration_gap_minus_pause") {
+        notes.push(format!(
+            "with `stop`, the client's largest gap exceeds QEMU's STOP to RESUME by at most \
+             {MIGRATION_GAP_OVER_PAUSE_MS} ms: worst {over:.1} ms - {}",
+            verdict(over <= MIGRATION_GAP_OVER_PAUSE_MS)
+        ));
+    }
     notes
 }
 

@@ -5,21 +5,35 @@
 //! programs and builds network namespaces.
 //!
 //! Usage: `netpage-bench [--smoke] [--out DIR] [--only PART,...]` (default DIR:
-//! `target/bench`; parts: per-packet, switch, command, forward, gap).
+//! `target/bench`; parts: per-packet, switch, command, forward, gap by default, and
+//! migration — live migrations of a QEMU guest, minutes under TCG — only when named).
 
 use std::{ffi::CStr, path::PathBuf, process::ExitCode, time::Instant};
 
 use netpage_tests::bench::{
-    Config, about, command, forward, gap, leftovers, note, per_packet, report, switch, targets,
+    Config, about, command, forward, gap, leftovers, migration, note, per_packet, report, switch,
+    targets,
 };
 
 /// Every part, in the order it runs.
-const PARTS: [&str; 5] = ["per-packet", "switch", "command", "forward", "gap"];
+const PARTS: [&str; 6] = [
+    "per-packet",
+    "switch",
+    "command",
+    "forward",
+    "gap",
+    "migration",
+];
+/// The parts a run without `--only` measures.
+const DEFAULT_PARTS: usize = 5;
 
 fn main() -> ExitCode {
     let mut smoke = false;
     let mut out = PathBuf::from("target/bench");
-    let mut only: Vec<String> = PARTS.iter().map(|p| (*p).to_owned()).collect();
+    let mut only: Vec<String> = PARTS[..DEFAULT_PARTS]
+        .iter()
+        .map(|p| (*p).to_owned())
+        .collect();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -59,6 +73,7 @@ fn main() -> ExitCode {
             "command" => command::run(&cfg),
             "forward" => forward::run(&cfg),
             "gap" => gap::run(&cfg),
+            "migration" => migration::run(&cfg),
             _ => unreachable!("checked above"),
         });
         note(format_args!(
