@@ -14,6 +14,7 @@ pub mod fill;
 pub mod forward;
 pub mod gap;
 pub mod leftovers;
+pub mod migration;
 pub mod packets;
 pub mod per_packet;
 pub mod report;
@@ -45,6 +46,8 @@ pub struct Config {
     pub forward_time: Duration,
     /// Moves of the VM between hosts, each with a quiet window of the same length before it.
     pub gap_switches: usize,
+    /// Rounds of live migrations of a QEMU guest, every variant once in each.
+    pub migration_rounds: usize,
 }
 
 impl Config {
@@ -61,6 +64,7 @@ impl Config {
             forward_repeats: 9,
             forward_time: Duration::from_millis(1500),
             gap_switches: 5,
+            migration_rounds: 3,
         }
     }
 
@@ -78,6 +82,7 @@ impl Config {
             forward_repeats: 1,
             forward_time: Duration::from_millis(300),
             gap_switches: 2,
+            migration_rounds: 1,
         }
     }
 }
