@@ -3,10 +3,7 @@
 mod cli;
 mod report;
 
-use std::{
-    net::IpAddr,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::net::IpAddr;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -14,7 +11,7 @@ use cli::{Cli, Command, MapCommand};
 use netpage::{
     attach, migrate,
     node::{Node, OpenNode, require_root},
-    ops::{self, Mapping, OpError},
+    ops::{self, Mapping, OpError, now_ms},
     table::PageTable,
     tablefile::TableFile,
 };
@@ -36,12 +33,6 @@ fn main() {
             std::process::exit(1);
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Opens the node and first ends the drains that are over.

@@ -62,7 +62,7 @@ use serde::Serialize;
 
 use crate::{
     node::{Node, NodeError, OpenNode},
-    ops::{self, OpError},
+    ops::{self, OpError, now_ms},
     qmp::{
         Event, MigrationInfo, MigrationParameters, MigrationStatus, Qmp, QmpError, RunState,
         Timestamp,
@@ -1149,12 +1149,6 @@ fn estimate_ms(info: &MigrationInfo, since_pass: Duration) -> Option<f64> {
     }
     let dirtied = ram.dirty_pages_rate as f64 * PAGE_SIZE * since_pass.as_secs_f64();
     Some((ram.remaining as f64 + dirtied) / bytes_per_ms)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl fmt::Display for MigrateReport {

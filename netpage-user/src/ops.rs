@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
@@ -268,6 +268,13 @@ pub fn retire(
         deadline_ms,
     })?;
     Ok(Some(deadline_ms))
+}
+
+/// Milliseconds since the Unix epoch: the clock of drain deadlines.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Ends the drains whose deadline has passed (all of them with `now_ms == u64::MAX`).
