@@ -51,25 +51,29 @@
 //! held QEMU cannot enter that phase, so its answers come at once.
 
 use std::{
-    fmt,
     net::IpAddr,
     path::PathBuf,
-    process::Command,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
 
+mod edges;
+mod hold;
+mod report;
+
 use crate::{
-    node::{Node, NodeError, OpenNode},
+    node::{NodeError, OpenNode},
     ops::{self, OpError, now_ms},
-    qmp::{
-        Event, MigrationInfo, MigrationParameters, MigrationStatus, Qmp, QmpError, RunState,
-        Timestamp,
-    },
+    qmp::{Event, MigrationStatus, Qmp, QmpError, RunState, Timestamp},
     table::{PageTable, TableError},
     timeline::{Source, Timeline},
 };
+
+use edges::{guest_mac, install_reverse, neigh, open_nodes, where_is};
+pub use hold::{HOLD_MS, MAX_HELD_PASS, POLL, STOP_GRACE, TICK_LEAD};
+use hold::{Hold, Ticks};
+pub use report::{MigrateReport, NodeSwitch, Release};
 
 /// When the page table switches to the destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -171,74 +175,6 @@ pub enum MigrateError {
     Table(#[from] TableError),
 }
 
-/// One node's switch.
-#[derive(Clone, Debug, Serialize)]
-pub struct NodeSwitch {
-    pub node: String,
-    /// The one V2R update.
-    pub update_us: f64,
-}
-
-/// The moment netpage released the downtime limit it held (`--switch-at stop`).
-#[derive(Clone, Debug, Serialize)]
-pub struct Release {
-    /// The pass under way (QEMU's last MIGRATION_PASS).
-    pub pass: u64,
-    /// Whether the nodes were switched then (`false`: the fallback to a switch at STOP).
-    pub switched: bool,
-    /// Why: `estimate` (the last copy fits the limit) or `passes` (none fitted in time).
-    pub reason: &'static str,
-    /// RAM still to send in the pass, and QEMU's measured bandwidth.
-    pub remaining_bytes: u64,
-    pub mbps: f64,
-    /// The pause netpage estimated, and the limit it released.
-    pub estimate_ms: f64,
-    pub limit_ms: u64,
-    /// Whether netpage switched back because QEMU went on with another pass.
-    pub switched_back: bool,
-}
-
-/// How a migration ended.
-#[derive(Clone, Debug, Serialize)]
-pub struct MigrateReport {
-    pub vm: IpAddr,
-    pub from: IpAddr,
-    pub to: IpAddr,
-    pub switch_at: SwitchAt,
-    /// `completed`, or `failed` (the table was rolled back).
-    pub status: String,
-    /// Why the migration failed, or what went wrong although the guest did move.
-    pub error: Option<String>,
-    pub rolled_back: bool,
-    /// The guest's pause as QEMU measured it.
-    pub qemu_downtime_ms: Option<u64>,
-    pub qemu_total_ms: Option<u64>,
-    /// From the source's STOP to the destination's RESUME, by QEMU's event timestamps.
-    pub stop_to_resume_ms: Option<f64>,
-    /// From the source's STOP (QEMU's timestamp) to the last node's V2R update (this
-    /// host's clock, which QEMU's shares when it runs here): negative when the switch
-    /// came first.
-    pub stop_to_switch_ms: Option<f64>,
-    /// From the last node's V2R update to the source's STOP, when the switch came first:
-    /// what the switch before the pause adds to a client's gap.
-    pub switch_to_stop_ms: Option<f64>,
-    /// How netpage ended the held downtime limit (`--switch-at stop`).
-    pub release: Option<Release>,
-    /// QEMU's timestamps of the source's STOP and the destination's RESUME, in
-    /// milliseconds since the Unix epoch, to set beside what clients saw.
-    pub stop_unix_ms: Option<f64>,
-    pub resume_unix_ms: Option<f64>,
-    pub passes: u64,
-    pub switches: Vec<NodeSwitch>,
-    pub timeline: Timeline,
-}
-
-impl MigrateReport {
-    pub fn completed(&self) -> bool {
-        self.error.is_none()
-    }
-}
-
 /// Runs a migration. `Err` means it could not start and nothing changed; a migration that
 /// started and failed gives a report with its error, after the rollback.
 pub async fn migrate(opts: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
@@ -254,24 +190,6 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A wait with no end of its own (the migration's deadline ends it).
 const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
-/// The downtime limit (ms) held while netpage waits to switch: no last copy fits in it.
-pub const HOLD_MS: u64 = 1;
-/// How often netpage asks QEMU for its progress while it holds the limit.
-pub const POLL: Duration = Duration::from_millis(10);
-/// How long before QEMU's next bandwidth measurement netpage releases the limit: enough
-/// for the polls' view of QEMU's rhythm to be off a little.
-pub const TICK_LEAD: Duration = Duration::from_millis(25);
-/// How long after the pass that a release ended QEMU may take to stop; QEMU stops within
-/// a millisecond of that pass's event when it stops at all.
-pub const STOP_GRACE: Duration = Duration::from_millis(50);
-/// The last pass during which netpage holds the limit: if no estimate fits by the time
-/// this pass begins, it releases the limit without switching.
-pub const MAX_HELD_PASS: u64 = 3;
-/// QEMU's default downtime limit, for a source that does not tell its own.
-const QEMU_DEFAULT_LIMIT_MS: u64 = 300;
-/// Guest page size: QEMU counts dirty pages of this size on x86.
-const PAGE_SIZE: f64 = 4096.0;
-
 /// A migration under way.
 struct Run {
     start: Instant,
@@ -300,53 +218,6 @@ struct Run {
     release: Option<Release>,
     /// After a release with a switch: when netpage switches back unless STOP came.
     grace: Option<Instant>,
-}
-
-/// The downtime limit held at [`HOLD_MS`] while netpage waits for the moment to switch.
-struct Hold {
-    next_poll: Instant,
-    /// When the pass under way began (its MIGRATION_PASS event).
-    pass_began: Instant,
-    /// QEMU's measurement rhythm, seen in the answers to the polls.
-    ticks: Ticks,
-}
-
-/// When QEMU measures its bandwidth (and applies a new downtime limit): about every
-/// 100 ms, at the end of a round of sending, which makes the period steady for one
-/// migration. The measured figures (`mbps`, `pages-per-second`) change at each one, so
-/// the polls see them.
-#[derive(Default)]
-struct Ticks {
-    /// The figures of the last poll, and when it was answered.
-    last: Option<((u64, u64), Instant)>,
-    /// The last measurement seen: between the poll before the change and the poll that
-    /// saw it.
-    tick: Option<Instant>,
-    /// The last interval between two measurements seen.
-    period: Option<Duration>,
-}
-
-impl Ticks {
-    /// Records a poll's figures, answered at `now`.
-    fn observe(&mut self, mbps: f64, pages_per_second: u64, now: Instant) {
-        let figures = (mbps.to_bits(), pages_per_second);
-        if let Some((before, at)) = self.last
-            && before != figures
-        {
-            let tick = at + (now - at) / 2;
-            if let Some(prev) = self.tick {
-                self.period = Some(tick - prev);
-            }
-            self.tick = Some(tick);
-        }
-        self.last = Some((figures, now));
-    }
-
-    /// How long until QEMU's next measurement, if its rhythm is known (zero if overdue).
-    fn until_next(&self, now: Instant) -> Option<Duration> {
-        let due = self.tick? + self.period?;
-        Some(due.saturating_duration_since(now))
-    }
 }
 
 /// Where the event loop ended.
@@ -531,184 +402,6 @@ impl Run {
         }
         self.mark(Source::Netpage, "MIGRATE", opts.uri.clone());
         Ok(())
-    }
-
-    async fn set_limit(&mut self, ms: u64) -> Result<(), QmpError> {
-        let p = MigrationParameters {
-            downtime_limit: Some(ms),
-            ..MigrationParameters::default()
-        };
-        self.src.migrate_set_parameters(&p).await
-    }
-
-    /// The source's downtime limit as it stands (QEMU's default if it does not say).
-    async fn source_limit(&mut self) -> Result<u64, QmpError> {
-        let params: serde_json::Value = self
-            .src
-            .execute("query-migrate-parameters", serde_json::Value::Null)
-            .await?;
-        Ok(params["downtime-limit"]
-            .as_u64()
-            .unwrap_or(QEMU_DEFAULT_LIMIT_MS))
-    }
-
-    /// Puts the limit asked for back if netpage still holds its own (after a failure, or
-    /// a migration that ended while held), so that the next migration of this QEMU
-    /// converges.
-    async fn restore_limit(&mut self) {
-        self.hold = None;
-        if !std::mem::take(&mut self.held) {
-            return;
-        }
-        if let Some(ms) = self.limit_ms
-            && let Err(e) = self.set_limit(ms).await
-        {
-            eprintln!("netpage: warning: setting the source's downtime limit back to {ms} ms: {e}");
-        }
-    }
-
-    /// Asks the source for its progress while the limit is held, and releases the limit
-    /// (switching first) once the last copy would fit the limit asked for.
-    async fn poll(&mut self) -> Step {
-        let info = match self.src.query_migrate().await {
-            Ok(info) => info,
-            Err(QmpError::Closed { .. }) => return Step::Failed("the source QEMU exited".into()),
-            Err(e) => return Step::Failed(format!("the source QEMU: {e}")),
-        };
-        let Some(hold) = &mut self.hold else {
-            return Step::Continue;
-        };
-        let now = Instant::now();
-        hold.next_poll = now + POLL;
-        let since_pass = hold.pass_began.elapsed();
-        if info.status != Some(MigrationStatus::Active) {
-            return Step::Continue;
-        }
-        if let Some(ram) = &info.ram {
-            hold.ticks.observe(ram.mbps, ram.pages_per_second, now);
-        }
-        let limit = self.limit_ms.unwrap_or(QEMU_DEFAULT_LIMIT_MS) as f64;
-        match estimate_ms(&info, since_pass) {
-            // QEMU applies the new limit only at its next measurement: release just
-            // before it, so that the guest runs as briefly as possible after the switch.
-            Some(est)
-                if est <= limit
-                    && hold
-                        .ticks
-                        .until_next(now)
-                        .is_none_or(|left| left <= TICK_LEAD) =>
-            {
-                self.release(&info, est, "estimate", true).await
-            }
-            _ => Step::Continue,
-        }
-    }
-
-    /// Ends the hold: switches every node if `switch`, then raises the limit.
-    async fn release(
-        &mut self,
-        info: &MigrationInfo,
-        estimate_ms: f64,
-        reason: &'static str,
-        switch: bool,
-    ) -> Step {
-        if switch && let Err(why) = self.switch_all() {
-            return Step::Failed(why);
-        }
-        let limit = self.limit_ms.unwrap_or(QEMU_DEFAULT_LIMIT_MS);
-        let ram = info.ram.clone().unwrap_or_default();
-        self.release = Some(Release {
-            pass: self.passes,
-            switched: switch,
-            reason,
-            remaining_bytes: ram.remaining,
-            mbps: ram.mbps,
-            estimate_ms,
-            limit_ms: limit,
-            switched_back: false,
-        });
-        self.hold = None;
-        self.released_at = Some(Instant::now());
-        self.mark(
-            Source::Netpage,
-            "RELEASED",
-            format!(
-                "limit {limit} ms ({reason}: {:.1} MiB left at {:.0} Mbit/s, {estimate_ms:.0} ms){}",
-                ram.remaining as f64 / (1 << 20) as f64,
-                ram.mbps,
-                if switch { "" } else { "; switch at STOP" }
-            ),
-        );
-        eprintln!(
-            "netpage: downtime limit released to {limit} ms in pass {} ({reason}, estimated pause {estimate_ms:.0} ms){}",
-            self.passes,
-            if switch {
-                " after the switch"
-            } else {
-                ", switching at STOP"
-            }
-        );
-        match self.set_limit(limit).await {
-            Ok(()) => {
-                self.held = false;
-                Step::Continue
-            }
-            Err(e) => Step::Failed(format!("releasing the downtime limit: {e}")),
-        }
-    }
-
-    /// No estimate fitted by pass [`MAX_HELD_PASS`]: releases the limit without a switch
-    /// (which then comes at STOP).
-    async fn give_up_hold(&mut self) -> Step {
-        let info = match self.src.query_migrate().await {
-            Ok(info) => info,
-            Err(e) => return Step::Failed(format!("the source QEMU: {e}")),
-        };
-        let since = self
-            .hold
-            .as_ref()
-            .map_or(Duration::ZERO, |h| h.pass_began.elapsed());
-        let est = estimate_ms(&info, since).unwrap_or(f64::NAN);
-        self.release(&info, est, "passes", false).await
-    }
-
-    /// QEMU went on with another pass after the release: puts every node back on the
-    /// source, which still runs the guest, and switches again at STOP.
-    fn switch_back(&mut self) -> Step {
-        self.grace = None;
-        if self.stop.is_some() || !self.switched {
-            return Step::Continue;
-        }
-        let mut failed = Vec::new();
-        let (vm, from) = (self.vm, self.from);
-        for (dir, n) in &mut self.nodes {
-            if let Err(e) = n.table.set_forward(vm, from) {
-                failed.push(format!("{}: {e}", dir.display()));
-            }
-        }
-        self.switched = false;
-        self.switched_at = None;
-        self.switches.clear();
-        if let Some(r) = &mut self.release {
-            r.switched_back = true;
-        }
-        self.mark(
-            Source::Netpage,
-            "SWITCHED BACK",
-            format!("no STOP after pass {}: switch at STOP", self.passes),
-        );
-        eprintln!(
-            "netpage: QEMU went on with pass {} after the release: switched back, switching at STOP",
-            self.passes
-        );
-        if failed.is_empty() {
-            Step::Continue
-        } else {
-            Step::Failed(format!(
-                "switching {vm} back to {from} failed on {}",
-                failed.join("; ")
-            ))
-        }
     }
 
     /// Handles a source event: `Done` once it completed.
@@ -1042,172 +735,5 @@ impl Run {
             eprintln!("netpage: warning: removing the destination neighbour entry: {e}");
         }
         self.mark(Source::Netpage, "ROLLED BACK", format!("{vm} -> {from}"));
-    }
-}
-
-/// Opens every node and ends the drains that are over, as every command does first.
-fn open_nodes(opts: &MigrateOptions) -> Result<Vec<(PathBuf, OpenNode)>, MigrateError> {
-    opts.nodes
-        .iter()
-        .map(|dir| {
-            let mut n = Node::new(dir).open().map_err(|source| MigrateError::Node {
-                dir: dir.clone(),
-                source,
-            })?;
-            ops::gc(&mut n.table, now_ms())?;
-            Ok((dir.clone(), n))
-        })
-        .collect()
-}
-
-/// Installs R2V[to] = vm on every node, or on none: a failure undoes those installed.
-fn install_reverse(
-    nodes: &mut [(PathBuf, OpenNode)],
-    to: IpAddr,
-    vm: IpAddr,
-) -> Result<(), MigrateError> {
-    for i in 0..nodes.len() {
-        if let Err(e) = nodes[i].1.table.set_reverse(to, vm) {
-            for (_, n) in &mut nodes[..i] {
-                let _ = n.table.remove_reverse(to);
-            }
-            return Err(MigrateError::Table(e));
-        }
-    }
-    Ok(())
-}
-
-/// Where every node has the VM now (they must agree), checking that it may move to `to`.
-fn where_is(nodes: &[(PathBuf, OpenNode)], vm: IpAddr, to: IpAddr) -> Result<IpAddr, MigrateError> {
-    let mut first: Option<(&PathBuf, IpAddr)> = None;
-    for (dir, n) in nodes {
-        let at = ops::check_switch(&n.table, vm, to).map_err(|source| MigrateError::Op {
-            dir: dir.clone(),
-            source,
-        })?;
-        match first {
-            None => first = Some((dir, at)),
-            Some((f, a)) if a != at => {
-                return Err(MigrateError::Disagree {
-                    vm,
-                    first: f.clone(),
-                    a,
-                    other: dir.clone(),
-                    b: at,
-                });
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(first.expect("at least one node").1)
-}
-
-/// The guest's MAC: given, or the only NIC's as the source QEMU reports it.
-async fn guest_mac(src: &mut Qmp, n: &Neighbour) -> Result<String, MigrateError> {
-    if let Some(mac) = &n.mac {
-        return Ok(mac.clone());
-    }
-    let nics = src.query_rx_filter(None).await?;
-    match nics.as_slice() {
-        [one] => Ok(one.main_mac.clone()),
-        _ => Err(MigrateError::Mac(format!(
-            "the source VM has {} network devices: give the guest's MAC with --mac",
-            nics.len()
-        ))),
-    }
-}
-
-/// Runs `ip [-n NETNS] neigh OP VM [lladdr MAC nud permanent] dev IFACE`.
-fn neigh(n: &Neighbour, op: &str, vm: IpAddr, mac: Option<&str>) -> Result<(), String> {
-    let mut cmd = Command::new("ip");
-    if let Some(ns) = &n.netns {
-        cmd.args(["-n", ns]);
-    }
-    cmd.args(["neigh", op, &vm.to_string()]);
-    if let Some(mac) = mac {
-        cmd.args(["lladdr", mac, "nud", "permanent"]);
-    }
-    cmd.args(["dev", &n.iface]);
-    let out = cmd.output().map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
-}
-
-/// The pause (ms) a stop-and-copy would take now: the RAM still to send in this pass
-/// plus what the guest dirtied since the pass began (at the rate QEMU last measured,
-/// none in the first pass), over the bandwidth QEMU measured. `None` before QEMU has
-/// measured a bandwidth.
-fn estimate_ms(info: &MigrationInfo, since_pass: Duration) -> Option<f64> {
-    let ram = info.ram.as_ref()?;
-    // Megabits per second to bytes per millisecond.
-    let bytes_per_ms = ram.mbps * 125.0;
-    if bytes_per_ms <= 0.0 || info.total_time.unwrap_or(0) == 0 {
-        return None;
-    }
-    let dirtied = ram.dirty_pages_rate as f64 * PAGE_SIZE * since_pass.as_secs_f64();
-    Some((ram.remaining as f64 + dirtied) / bytes_per_ms)
-}
-
-impl fmt::Display for MigrateReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "migration of {} from {} to {} (switch at {:?}): {}",
-            self.vm,
-            self.from,
-            self.to,
-            self.switch_at,
-            self.error.as_deref().unwrap_or("completed")
-        )?;
-        if self.rolled_back {
-            writeln!(
-                f,
-                "  the page table was rolled back: {} is at {} again",
-                self.vm, self.from
-            )?;
-        }
-        let opt = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
-        writeln!(
-            f,
-            "  QEMU: total {}, downtime {}, {} pass(es); STOP -> RESUME {}",
-            opt(self.qemu_total_ms),
-            opt(self.qemu_downtime_ms),
-            self.passes,
-            self.stop_to_resume_ms
-                .map_or("-".into(), |v| format!("{v:.1} ms"))
-        )?;
-        match (self.switch_to_stop_ms, self.stop_to_switch_ms) {
-            (Some(ms), _) => writeln!(
-                f,
-                "  last node switched {ms:.2} ms before STOP (added to a client's gap)"
-            )?,
-            (None, Some(ms)) => writeln!(f, "  STOP -> last node switched {ms:.2} ms")?,
-            (None, None) => {}
-        }
-        if let Some(r) = &self.release {
-            writeln!(
-                f,
-                "  downtime limit released to {} ms in pass {} ({}: estimated pause {:.0} ms){}",
-                r.limit_ms,
-                r.pass,
-                r.reason,
-                r.estimate_ms,
-                if r.switched_back {
-                    "; QEMU went on with another pass: switched back, then at STOP"
-                } else if r.switched {
-                    ""
-                } else {
-                    "; switched at STOP"
-                }
-            )?;
-        }
-        for s in &self.switches {
-            writeln!(f, "  switched {}: V2R update {:.1} us", s.node, s.update_us)?;
-        }
-        writeln!(f, "timeline:")?;
-        write!(f, "{}", self.timeline)
     }
 }

@@ -1,0 +1,138 @@
+//! What `netpage migrate` reports: the figures, the switches, the release and the
+//! timeline of one migration, as JSON and as text.
+
+use std::{fmt, net::IpAddr};
+
+use serde::Serialize;
+
+use super::SwitchAt;
+use crate::timeline::Timeline;
+
+/// One node's switch.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeSwitch {
+    pub node: String,
+    /// The one V2R update.
+    pub update_us: f64,
+}
+
+/// The moment netpage released the downtime limit it held (`--switch-at stop`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Release {
+    /// The pass under way (QEMU's last MIGRATION_PASS).
+    pub pass: u64,
+    /// Whether the nodes were switched then (`false`: the fallback to a switch at STOP).
+    pub switched: bool,
+    /// Why: `estimate` (the last copy fits the limit) or `passes` (none fitted in time).
+    pub reason: &'static str,
+    /// RAM still to send in the pass, and QEMU's measured bandwidth.
+    pub remaining_bytes: u64,
+    pub mbps: f64,
+    /// The pause netpage estimated, and the limit it released.
+    pub estimate_ms: f64,
+    pub limit_ms: u64,
+    /// Whether netpage switched back because QEMU went on with another pass.
+    pub switched_back: bool,
+}
+
+/// How a migration ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct MigrateReport {
+    pub vm: IpAddr,
+    pub from: IpAddr,
+    pub to: IpAddr,
+    pub switch_at: SwitchAt,
+    /// `completed`, or `failed` (the table was rolled back).
+    pub status: String,
+    /// Why the migration failed, or what went wrong although the guest did move.
+    pub error: Option<String>,
+    pub rolled_back: bool,
+    /// The guest's pause as QEMU measured it.
+    pub qemu_downtime_ms: Option<u64>,
+    pub qemu_total_ms: Option<u64>,
+    /// From the source's STOP to the destination's RESUME, by QEMU's event timestamps.
+    pub stop_to_resume_ms: Option<f64>,
+    /// From the source's STOP (QEMU's timestamp) to the last node's V2R update (this
+    /// host's clock, which QEMU's shares when it runs here): negative when the switch
+    /// came first.
+    pub stop_to_switch_ms: Option<f64>,
+    /// From the last node's V2R update to the source's STOP, when the switch came first:
+    /// what the switch before the pause adds to a client's gap.
+    pub switch_to_stop_ms: Option<f64>,
+    /// How netpage ended the held downtime limit (`--switch-at stop`).
+    pub release: Option<Release>,
+    /// QEMU's timestamps of the source's STOP and the destination's RESUME, in
+    /// milliseconds since the Unix epoch, to set beside what clients saw.
+    pub stop_unix_ms: Option<f64>,
+    pub resume_unix_ms: Option<f64>,
+    pub passes: u64,
+    pub switches: Vec<NodeSwitch>,
+    pub timeline: Timeline,
+}
+
+impl MigrateReport {
+    pub fn completed(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+impl fmt::Display for MigrateReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "migration of {} from {} to {} (switch at {:?}): {}",
+            self.vm,
+            self.from,
+            self.to,
+            self.switch_at,
+            self.error.as_deref().unwrap_or("completed")
+        )?;
+        if self.rolled_back {
+            writeln!(
+                f,
+                "  the page table was rolled back: {} is at {} again",
+                self.vm, self.from
+            )?;
+        }
+        let opt = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
+        writeln!(
+            f,
+            "  QEMU: total {}, downtime {}, {} pass(es); STOP -> RESUME {}",
+            opt(self.qemu_total_ms),
+            opt(self.qemu_downtime_ms),
+            self.passes,
+            self.stop_to_resume_ms
+                .map_or("-".into(), |v| format!("{v:.1} ms"))
+        )?;
+        match (self.switch_to_stop_ms, self.stop_to_switch_ms) {
+            (Some(ms), _) => writeln!(
+                f,
+                "  last node switched {ms:.2} ms before STOP (added to a client's gap)"
+            )?,
+            (None, Some(ms)) => writeln!(f, "  STOP -> last node switched {ms:.2} ms")?,
+            (None, None) => {}
+        }
+        if let Some(r) = &self.release {
+            writeln!(
+                f,
+                "  downtime limit released to {} ms in pass {} ({}: estimated pause {:.0} ms){}",
+                r.limit_ms,
+                r.pass,
+                r.reason,
+                r.estimate_ms,
+                if r.switched_back {
+                    "; QEMU went on with another pass: switched back, then at STOP"
+                } else if r.switched {
+                    ""
+                } else {
+                    "; switched at STOP"
+                }
+            )?;
+        }
+        for s in &self.switches {
+            writeln!(f, "  switched {}: V2R update {:.1} us", s.node, s.update_us)?;
+        }
+        writeln!(f, "timeline:")?;
+        write!(f, "{}", self.timeline)
+    }
+}
