@@ -391,7 +391,10 @@ fn ipv4_cases() -> Vec<Case> {
 
 /// An ICMP error from `src` to `dst`, quoting the first `quote` bytes of a packet of
 /// transport `l4` from `qsrc` to `qdst` (with quoted IP options `qopts`).
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a fixture names every address of the error and of its quote"
+)]
 fn icmp4_error(
     ty: u8,
     code: u8,
@@ -425,7 +428,10 @@ fn icmp4_error(
 
 /// An ICMPv6 error from `src` to `dst`, quoting the first `quote` bytes of a packet of
 /// transport `l4` from `qsrc` to `qdst`.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a fixture names every address of the error and of its quote"
+)]
 fn icmp6_error(
     ty: u8,
     code: u8,
