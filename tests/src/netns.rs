@@ -50,6 +50,15 @@ impl NetNs {
         })
     }
 
+    /// Creates a veth pair: `name` in this namespace, `peer` in `peer_ns` (or in this one).
+    pub fn veth(&self, name: &str, peer: &str, peer_ns: Option<&NetNs>) {
+        let mut args = vec!["link", "add", name, "type", "veth", "peer", "name", peer];
+        if let Some(ns) = peer_ns {
+            args.extend(["netns", ns.name()]);
+        }
+        self.ip(&args);
+    }
+
     /// Runs `ip -n NAME ARGS`, panicking with its output if it fails.
     pub fn ip(&self, args: &[&str]) -> String {
         check(Command::new("ip").args(["-n", &self.name]).args(args))

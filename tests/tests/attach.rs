@@ -36,16 +36,7 @@ fn veth_netns(what: &str) -> NetNs {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let ns = NetNs::create(&format!("np-attach-{what}-{}-{n}", std::process::id()));
-    ns.ip(&[
-        "link",
-        "add",
-        PHYSICAL_IF,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        VIRTUAL_IF,
-    ]);
+    ns.veth(PHYSICAL_IF, VIRTUAL_IF, None);
     for iface in [PHYSICAL_IF, VIRTUAL_IF] {
         ns.ip(&["link", "set", iface, "up"]);
     }

@@ -106,30 +106,8 @@ impl Topology {
         sysctls(&snd, false);
         sysctls(&gw, true);
         sysctls(&rcv, false);
-        gw.ip(&[
-            "link",
-            "add",
-            "g0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "s0",
-            "netns",
-            snd.name(),
-        ]);
-        gw.ip(&[
-            "link",
-            "add",
-            "g1",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "r0",
-            "netns",
-            rcv.name(),
-        ]);
+        gw.veth("g0", "s0", Some(&snd));
+        gw.veth("g1", "r0", Some(&rcv));
         let up = |ifname: &str, v4: &str, v6: &str| {
             vec![
                 format!("addr add {v4} dev {ifname}"),

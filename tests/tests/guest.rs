@@ -202,18 +202,7 @@ impl Hosts {
     fn new() -> Self {
         let src = NetNs::create(&unique("a"));
         let dst = NetNs::create(&unique("b"));
-        src.ip(&[
-            "link",
-            "add",
-            "mig0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "mig0",
-            "netns",
-            dst.name(),
-        ]);
+        src.veth("mig0", "mig0", Some(&dst));
         src.ip(&["addr", "add", MIG_SRC, "dev", "mig0"]);
         src.ip(&["link", "set", "mig0", "up"]);
         dst.ip(&["addr", "add", &format!("{MIG_DST}/30"), "dev", "mig0"]);

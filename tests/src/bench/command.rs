@@ -89,7 +89,7 @@ pub fn run(cfg: &Config) -> Vec<Row> {
         let dir = pins.mount(&format!("node{i}"));
         let iface = format!("cmd{i}");
         let peer = format!("cmd{i}p");
-        ns.ip(&["link", "add", &iface, "type", "veth", "peer", "name", &peer]);
+        ns.veth(&iface, &peer, None);
         ns.ip(&["link", "set", &iface, "up"]);
         let capacity = (size + HEADROOM).to_string();
         check(ns.command(&bin).arg("--pin-dir").arg(&dir).args([

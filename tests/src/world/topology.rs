@@ -216,10 +216,8 @@ impl World {
     }
 
     fn veth(&self, a: &End, b: &End) {
-        let peer_ns = self.ns(b.node).name();
-        self.ns(a.node).ip(&[
-            "link", "add", a.ifname, "type", "veth", "peer", "name", b.ifname, "netns", peer_ns,
-        ]);
+        self.ns(a.node)
+            .veth(a.ifname, b.ifname, Some(self.ns(b.node)));
         for e in [a, b] {
             let ns = self.ns(e.node);
             ns.sysctls(&iface_sysctls(e.ifname));
@@ -239,19 +237,7 @@ impl World {
     /// `host` (its end `vm.port()`, not yet configured).
     pub(super) fn vm_veth(&self, vm: Vm, host: Host, ifname: &str) {
         let vm_ns = self.ns(vm.node());
-        let host_ns = self.ns(host.node()).name();
-        vm_ns.ip(&[
-            "link",
-            "add",
-            ifname,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            vm.port(),
-            "netns",
-            host_ns,
-        ]);
+        vm_ns.veth(ifname, vm.port(), Some(self.ns(host.node())));
         vm_ns.sysctls(&iface_sysctls(ifname));
         offload_off(vm_ns, &[ifname]);
     }
