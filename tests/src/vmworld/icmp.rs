@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::world::{Node, ProbeReport, World};
+use crate::world::{Answer, Node, ProbeReport, World};
 
 /// Marks an echo payload as one of ours, after its big-endian sequence number.
 const MAGIC: &[u8; 8] = b"NPICMP01";
@@ -147,7 +147,7 @@ fn run(
     done.store(true, Ordering::Relaxed);
     let arrivals = receiver.join().expect("ICMP receiver");
     let answers: Vec<Answer> = arrivals.iter().map(|&(s, t, _)| (s, t)).collect();
-    let probes = report(sent, &answers);
+    let probes = ProbeReport::from_answers(sent, &answers, 0);
     let widest = arrivals
         .windows(2)
         .max_by_key(|w| w[1].1.saturating_duration_since(w[0].1));
@@ -208,9 +208,6 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// One answer: its sequence number and when it arrived.
-type Answer = (u64, Instant);
-
 /// When an answer arrived, on both clocks.
 type Arrival = (u64, Instant, SystemTime);
 
@@ -246,43 +243,6 @@ fn parse_reply(packet: &[u8], dst: Ipv4Addr, ident: u16) -> Option<u64> {
         return None;
     }
     Some(u64::from_be_bytes(icmp[8..16].try_into().ok()?))
-}
-
-fn report(sent: u64, answers: &[Answer]) -> ProbeReport {
-    let mut got = vec![false; sent as usize];
-    let mut duplicates = 0;
-    for &(seq, _) in answers {
-        match got.get_mut(seq as usize) {
-            Some(g) if !*g => *g = true,
-            _ => duplicates += 1,
-        }
-    }
-    let lost_seqs: Vec<u64> = (0..sent).filter(|&s| !got[s as usize]).collect();
-    let mut longest_loss_run = 0;
-    let mut run = 0;
-    for (i, &s) in lost_seqs.iter().enumerate() {
-        run = if i > 0 && lost_seqs[i - 1] + 1 == s {
-            run + 1
-        } else {
-            1
-        };
-        longest_loss_run = longest_loss_run.max(run);
-    }
-    let largest_gap = answers
-        .windows(2)
-        .map(|w| w[1].1.saturating_duration_since(w[0].1))
-        .max()
-        .unwrap_or_default();
-    ProbeReport {
-        sent,
-        received: sent - lost_seqs.len() as u64,
-        lost: lost_seqs.len() as u64,
-        lost_seqs,
-        longest_loss_run,
-        largest_gap,
-        duplicates,
-        strangers: 0,
-    }
 }
 
 #[cfg(test)]
@@ -323,7 +283,7 @@ mod tests {
     fn reports_losses_and_gaps() {
         let t = Instant::now();
         let answers = [(0, t), (3, t + Duration::from_millis(40)), (3, t)];
-        let r = report(5, &answers);
+        let r = ProbeReport::from_answers(5, &answers, 0);
         assert_eq!((r.sent, r.received, r.lost), (5, 2, 3));
         assert_eq!(r.lost_seqs, vec![1, 2, 4]);
         assert_eq!((r.longest_loss_run, r.duplicates), (2, 1));

@@ -85,7 +85,7 @@ impl ProbeHandle {
 }
 
 /// One answer: its sequence number and when it arrived.
-type Answer = (u64, Instant);
+pub type Answer = (u64, Instant);
 
 impl Prober {
     /// Sends a probe from `socket` to `target` every `interval` for `duration`, waits a
@@ -139,7 +139,7 @@ fn probe(socket: UdpSocket, target: SocketAddr, run: &Run) -> ProbeReport {
     thread::sleep((run.interval * 2).max(Duration::from_millis(300)));
     done.store(true, Ordering::Relaxed);
     let (answers, strangers) = receiver.join().expect("probe receiver");
-    report(run.sent.load(Ordering::Relaxed), &answers, strangers)
+    ProbeReport::from_answers(run.sent.load(Ordering::Relaxed), &answers, strangers)
 }
 
 fn send(socket: &UdpSocket, target: SocketAddr, run: &Run) {
@@ -180,26 +180,30 @@ fn parse(datagram: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(seq.try_into().ok()?))
 }
 
-fn report(sent: u64, answers: &[Answer], strangers: u64) -> ProbeReport {
-    let mut got = vec![false; sent as usize];
-    let mut duplicates = 0;
-    for &(seq, _) in answers {
-        match got.get_mut(seq as usize) {
-            Some(g) if !*g => *g = true,
-            _ => duplicates += 1,
+impl ProbeReport {
+    /// The report of `sent` probes numbered from 0, given the answers in the order they
+    /// arrived and how many datagrams came from anyone else.
+    pub fn from_answers(sent: u64, answers: &[Answer], strangers: u64) -> Self {
+        let mut got = vec![false; sent as usize];
+        let mut duplicates = 0;
+        for &(seq, _) in answers {
+            match got.get_mut(seq as usize) {
+                Some(g) if !*g => *g = true,
+                _ => duplicates += 1,
+            }
         }
-    }
-    let lost_seqs: Vec<u64> = (0..sent).filter(|&s| !got[s as usize]).collect();
-    let received = sent - lost_seqs.len() as u64;
-    ProbeReport {
-        sent,
-        received,
-        lost: lost_seqs.len() as u64,
-        longest_loss_run: longest_run(&lost_seqs),
-        lost_seqs,
-        largest_gap: largest_gap(answers),
-        duplicates,
-        strangers,
+        let lost_seqs: Vec<u64> = (0..sent).filter(|&s| !got[s as usize]).collect();
+        let received = sent - lost_seqs.len() as u64;
+        ProbeReport {
+            sent,
+            received,
+            lost: lost_seqs.len() as u64,
+            longest_loss_run: longest_run(&lost_seqs),
+            lost_seqs,
+            largest_gap: largest_gap(answers),
+            duplicates,
+            strangers,
+        }
     }
 }
 
@@ -239,7 +243,7 @@ mod tests {
     fn report_counts_losses_and_duplicates() {
         let t = Instant::now();
         let answers = [(0, t), (2, t + Duration::from_millis(30)), (2, t)];
-        let r = report(4, &answers, 1);
+        let r = ProbeReport::from_answers(4, &answers, 1);
         assert_eq!((r.sent, r.received, r.lost), (4, 2, 2));
         assert_eq!(r.lost_seqs, vec![1, 3]);
         assert_eq!((r.duplicates, r.strangers), (1, 1));
