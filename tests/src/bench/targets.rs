@@ -99,13 +99,18 @@ fn migration_notes(rows: &[Row]) -> Vec<String> {
     notes
 }
 
-fn command_note(rows: &[Row]) -> Option<String> {
-    let (ms, r) = worst(rows, |r| {
+/// The slowest median of the `netpage switch` command, with its row.
+fn slowest_command(rows: &[Row]) -> Option<(f64, &Row)> {
+    worst(rows, |r| {
         (r.measure == "switch_command"
             && r.variant == "switch"
             && r.param_str("stat") == Some("p50"))
         .then_some(r.value)
-    })?;
+    })
+}
+
+fn command_note(rows: &[Row]) -> Option<String> {
+    let (ms, r) = slowest_command(rows)?;
     Some(format!(
         "`netpage switch` median at most {COMMAND_P50_MS} ms: worst {ms:.2} ms ({} entries) - {}",
         r.param_u64("table_entries").unwrap_or(0),
@@ -206,12 +211,7 @@ fn fast_path_why(rows: &[Row]) -> Option<String> {
 }
 
 fn command_why(rows: &[Row]) -> Option<String> {
-    let (ms, r) = worst(rows, |r| {
-        (r.measure == "switch_command"
-            && r.variant == "switch"
-            && r.param_str("stat") == Some("p50"))
-        .then_some(r.value)
-    })?;
+    let (ms, r) = slowest_command(rows)?;
     if ms <= COMMAND_P50_MS {
         return None;
     }
