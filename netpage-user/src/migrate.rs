@@ -135,24 +135,8 @@ pub enum MigrateError {
         #[source]
         source: NodeError,
     },
-    #[error("node {}", dir.display())]
-    Op {
-        dir: PathBuf,
-        #[source]
-        source: OpError,
-    },
-    #[error(
-        "the nodes disagree on where {vm} is: {} says {a}, {} says {b}; fix the tables first",
-        first.display(),
-        other.display()
-    )]
-    Disagree {
-        vm: IpAddr,
-        first: PathBuf,
-        a: IpAddr,
-        other: PathBuf,
-        b: IpAddr,
-    },
+    #[error(transparent)]
+    Op(#[from] OpError),
     #[error("{vm} is already at {to}: nothing to migrate to")]
     AlreadyThere { vm: IpAddr, to: IpAddr },
     #[error(

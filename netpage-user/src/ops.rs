@@ -191,22 +191,7 @@ pub fn switch_many<T: PageTable>(
     drain: Duration,
     now_ms: u64,
 ) -> Result<Switched, OpError> {
-    let mut from = None;
-    for (name, t) in nodes.iter() {
-        let at = check_switch(&**t, vm, to).map_err(|e| on_node(name, e))?;
-        match from {
-            Some(f) if f != at => {
-                let e = OpError::Disagree {
-                    vm,
-                    here: at,
-                    elsewhere: f,
-                };
-                return Err(on_node(name, e));
-            }
-            _ => from = Some(at),
-        }
-    }
-    let from = from.ok_or(OpError::NoNode)?;
+    let from = locate(nodes.iter().map(|(n, t)| (n.as_str(), &**t)), vm, to)?;
     let mut switched = Switched {
         vm,
         from,
@@ -236,6 +221,31 @@ pub fn switch_many<T: PageTable>(
         switched.drain_until_ms = retire(&mut **t, vm, from, drain, now_ms)?;
     }
     Ok(switched)
+}
+
+/// Where every node has `vm` now, checking on each that it may move to `to`: the nodes
+/// must agree, and there must be one. Errors name the node.
+pub fn locate<'a, T: PageTable + 'a>(
+    nodes: impl IntoIterator<Item = (&'a str, &'a T)>,
+    vm: IpAddr,
+    to: IpAddr,
+) -> Result<IpAddr, OpError> {
+    let mut from = None;
+    for (name, t) in nodes {
+        let at = check_switch(t, vm, to).map_err(|e| on_node(name, e))?;
+        match from {
+            Some(f) if f != at => {
+                let e = OpError::Disagree {
+                    vm,
+                    here: at,
+                    elsewhere: f,
+                };
+                return Err(on_node(name, e));
+            }
+            _ => from = Some(at),
+        }
+    }
+    from.ok_or(OpError::NoNode)
 }
 
 fn on_node(name: &str, e: OpError) -> OpError {

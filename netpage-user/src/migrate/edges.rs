@@ -8,7 +8,7 @@ use crate::{
     node::{Node, OpenNode},
     ops::{self, now_ms},
     qmp::Qmp,
-    table::PageTable,
+    table::{BpfTable, PageTable},
 };
 
 /// Opens every node and ends the drains that are over, as every command does first.
@@ -49,27 +49,15 @@ pub(super) fn where_is(
     vm: IpAddr,
     to: IpAddr,
 ) -> Result<IpAddr, MigrateError> {
-    let mut first: Option<(&PathBuf, IpAddr)> = None;
-    for (dir, n) in nodes {
-        let at = ops::check_switch(&n.table, vm, to).map_err(|source| MigrateError::Op {
-            dir: dir.clone(),
-            source,
-        })?;
-        match first {
-            None => first = Some((dir, at)),
-            Some((f, a)) if a != at => {
-                return Err(MigrateError::Disagree {
-                    vm,
-                    first: f.clone(),
-                    a,
-                    other: dir.clone(),
-                    b: at,
-                });
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(first.expect("at least one node").1)
+    let named: Vec<(String, &BpfTable)> = nodes
+        .iter()
+        .map(|(dir, n)| (dir.display().to_string(), &n.table))
+        .collect();
+    Ok(ops::locate(
+        named.iter().map(|(d, t)| (d.as_str(), *t)),
+        vm,
+        to,
+    )?)
 }
 
 /// The guest's MAC: given, or the only NIC's as the source QEMU reports it.
