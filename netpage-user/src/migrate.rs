@@ -703,12 +703,10 @@ impl Run {
     fn rollback(&mut self) {
         let (vm, from, to) = (self.vm, self.from, self.to);
         for (dir, n) in &mut self.nodes {
-            let r = n.table.set_forward(vm, from).and_then(|()| {
-                if n.table.reverse(to)? == Some(vm) {
-                    n.table.remove_reverse(to)?;
-                }
-                Ok(())
-            });
+            let r = n
+                .table
+                .set_forward(vm, from)
+                .and_then(|()| ops::remove_reverse_of(&mut n.table, to, vm));
             if let Err(e) = r {
                 eprintln!("netpage: error: rolling back node {}: {e}", dir.display());
             }

@@ -126,7 +126,11 @@ fn remove_mapping(t: &mut impl PageTable, Mapping { vm, real }: Mapping) -> Resu
 }
 
 /// Removes R2V[real] if it still names `vm`.
-fn remove_reverse_of(t: &mut impl PageTable, real: IpAddr, vm: IpAddr) -> Result<(), TableError> {
+pub fn remove_reverse_of(
+    t: &mut impl PageTable,
+    real: IpAddr,
+    vm: IpAddr,
+) -> Result<(), TableError> {
     if t.reverse(real)? == Some(vm) {
         t.remove_reverse(real)?;
     }
