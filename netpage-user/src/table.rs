@@ -45,6 +45,18 @@ pub enum TableError {
     Cpus(String),
 }
 
+impl TableError {
+    /// A failed `op` on the entry of `addr` in map `map`.
+    fn map(op: &'static str, map: &'static str, addr: IpAddr, source: MapError) -> Self {
+        TableError::Map {
+            op,
+            map,
+            addr,
+            source: Box::new(source),
+        }
+    }
+}
+
 /// The primitive operations on one node's page table. Each call is one map operation.
 pub trait PageTable {
     /// V2R: the real address of a virtual address.
@@ -171,12 +183,7 @@ impl<A: Family> Table<A> {
     }
 
     fn err(&self, op: &'static str, k: A, source: MapError) -> TableError {
-        TableError::Map {
-            op,
-            map: self.name,
-            addr: k.to_ip(),
-            source: Box::new(source),
-        }
+        TableError::map(op, self.name, k.to_ip(), source)
     }
 }
 
@@ -315,12 +322,7 @@ impl<A: Family> Stats<A> {
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
                 Ok(())
             }
-            Err(source) => Err(TableError::Map {
-                op: "creating",
-                map: self.name,
-                addr: k.to_ip(),
-                source: Box::new(source),
-            }),
+            Err(source) => Err(TableError::map("creating", self.name, k.to_ip(), source)),
         }
     }
 
@@ -328,12 +330,7 @@ impl<A: Family> Stats<A> {
         match self.map.remove(&k) {
             Ok(()) => Ok(()),
             Err(e) if absent(&e) => Ok(()),
-            Err(source) => Err(TableError::Map {
-                op: "removing",
-                map: self.name,
-                addr: k.to_ip(),
-                source: Box::new(source),
-            }),
+            Err(source) => Err(TableError::map("removing", self.name, k.to_ip(), source)),
         }
     }
 
@@ -347,12 +344,7 @@ impl<A: Family> Stats<A> {
                 },
             ))),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(TableError::Map {
-                op: "reading",
-                map: self.name,
-                addr: k.to_ip(),
-                source: Box::new(source),
-            }),
+            Err(source) => Err(TableError::map("reading", self.name, k.to_ip(), source)),
         }
     }
 }
@@ -484,10 +476,5 @@ fn drain_addrs(k: &DrainKey, v: &DrainEntry) -> (IpAddr, IpAddr) {
 }
 
 fn drain_err(op: &'static str, real: IpAddr, source: MapError) -> TableError {
-    TableError::Map {
-        op,
-        map: DRAINS,
-        addr: real,
-        source: Box::new(source),
-    }
+    TableError::map(op, DRAINS, real, source)
 }

@@ -78,14 +78,10 @@ impl<A: Family> Table<A> {
             return Ok(());
         }
         let io_error = io::Error::last_os_error();
-        Err(TableError::Map {
-            op: "batch-setting",
-            map: self.name,
-            addr: first.to_ip(),
-            source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_map_update_batch",
-                io_error,
-            })),
-        })
+        let source = MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_update_batch",
+            io_error,
+        });
+        Err(self.err("batch-setting", first, source))
     }
 }
