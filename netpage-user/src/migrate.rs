@@ -168,6 +168,8 @@ pub async fn migrate(opts: &MigrateOptions) -> Result<MigrateReport, MigrateErro
     Ok(run.finish(opts, outcome).await)
 }
 
+/// How a migration whose destination QEMU died is reported.
+const DESTINATION_EXITED: &str = "the destination QEMU exited";
 /// How long one QMP exchange may take.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a cancelled migration may take to end.
@@ -334,7 +336,7 @@ impl Run {
                     },
                     Ok(None) => Step::Continue,
                     Err(QmpError::Closed { .. }) => {
-                        Step::Failed("the destination QEMU exited".into())
+                        Step::Failed(DESTINATION_EXITED.into())
                     }
                     Err(e) => Step::Failed(format!("the destination QEMU: {e}")),
                 },
@@ -546,6 +548,24 @@ impl Run {
         }
     }
 
+    /// The failure, saying so if the destination QEMU died: the source then reports only
+    /// that its migration failed. Asked before the cancel, after which the destination
+    /// exits by itself.
+    async fn with_destination_state(&mut self, why: String) -> String {
+        const ASK: Duration = Duration::from_secs(1);
+        let dead = matches!(
+            self.dst
+                .execute_within::<serde_json::Value>("query-status", serde_json::Value::Null, ASK)
+                .await,
+            Err(QmpError::Closed { .. } | QmpError::Io { .. })
+        );
+        if dead && !why.contains(DESTINATION_EXITED) {
+            format!("{why}: {DESTINATION_EXITED}")
+        } else {
+            why
+        }
+    }
+
     /// Completes (drain and figures) or rolls back, and reports.
     async fn finish(mut self, opts: &MigrateOptions, outcome: Outcome) -> MigrateReport {
         let (mut error, mut rolled_back) = (None, false);
@@ -553,6 +573,7 @@ impl Run {
         match outcome {
             Outcome::Completed => self.complete(opts, &mut error).await,
             Outcome::Failed(why) => {
+                let why = self.with_destination_state(why).await;
                 if self.cancel().await == Some(MigrationStatus::Completed) {
                     // Too late to cancel: the guest runs at the destination, so the table
                     // follows it there.

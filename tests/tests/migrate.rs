@@ -591,6 +591,57 @@ fn assert_tables_unchanged(before: &[TableSnapshot], after: &[TableSnapshot], wh
     }
 }
 
+/// A destination QEMU that dies during the migration is reported as such, and every
+/// node's table is put back: the guest still answers at the source.
+#[test]
+fn a_destination_that_dies_is_reported_and_rolled_back() {
+    if skipped() {
+        return;
+    }
+    let _one = serial();
+    let vw = VmWorld::new();
+    // A guest dirtying memory over a narrow link: the live copy lasts long enough for the
+    // destination to die in the middle of it.
+    vw.shape_link("20mbit");
+    let params = boot_params(40);
+    let mut src = vw.boot(Host::A, &params);
+    let mut dst = vw.incoming(Host::B, &params);
+    let before = vw.tables();
+    let out = thread::scope(|s| {
+        let migration = s.spawn(|| {
+            vw.migrate(
+                &src,
+                &dst,
+                Host::B,
+                &["--switch-at", "stop", "--timeout", "60"],
+            )
+        });
+        thread::sleep(Duration::from_millis(1500));
+        // SAFETY: kill(2) on the destination QEMU's own pid.
+        let killed = unsafe { libc::kill(dst.pid() as libc::pid_t, libc::SIGKILL) };
+        assert_eq!(killed, 0, "kill the destination QEMU");
+        migration.join().expect("the migrate command")
+    });
+    assert!(!out.status.success(), "migrate succeeded:\n{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the destination QEMU exited"),
+        "{}",
+        text(&out)
+    );
+    let report = json(&out);
+    assert_eq!(report["status"], "failed", "{report:#}");
+    assert_eq!(report["rolled_back"], true, "{report:#}");
+    assert!(dst.wait_exit(Duration::from_secs(5)).is_some());
+    assert_tables_unchanged(&before, &vw.tables(), "after the destination died");
+    src.assert_alive();
+    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
+    assert!(
+        vw.world.ping(Node::Client, VA.into()),
+        "no answer at the source after the rollback"
+    );
+}
+
 /// Bad input gives a clear error, a non-zero exit, and changes nothing: no table, and no
 /// QEMU (the source keeps running with no migration started).
 #[test]
