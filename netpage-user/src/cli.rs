@@ -5,6 +5,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use netpage::{
     attach::Mode,
+    directory::{EtcdOptions, schema::DEFAULT_PREFIX},
     loader::Side,
     migrate::{MigrateOptions, Neighbour, SwitchAt},
     node::DEFAULT_PIN_DIR,
@@ -22,8 +23,61 @@ pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where the mapping directory is (etcd), for the commands that work on it.
+#[derive(Args)]
+pub struct EtcdArgs {
+    /// Work on the mapping directory in etcd instead of this machine's pin directory:
+    /// comma-separated client URLs (`map`, `apply`, `switch`, `status`, `check`, `nodes`,
+    /// `agent`).
+    #[arg(long, global = true, env = "NETPAGE_ETCD", value_name = "URLS")]
+    pub etcd: Option<String>,
+    /// The directory's key prefix in etcd.
+    #[arg(long, global = true, env = "NETPAGE_PREFIX", default_value = DEFAULT_PREFIX, value_name = "PREFIX")]
+    pub prefix: String,
+    /// TLS: the CA certificate that signed etcd's server certificates (PEM).
+    #[arg(long, global = true, env = "NETPAGE_ETCD_CACERT", value_name = "FILE")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// TLS: this client's certificate (PEM), for etcd's client-certificate authentication.
+    #[arg(long, global = true, env = "NETPAGE_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// TLS: this client's private key (PEM).
+    #[arg(long, global = true, env = "NETPAGE_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user (etcd's role-based access control); the password comes from
+    /// --etcd-password or NETPAGE_ETCD_PASSWORD.
+    #[arg(long, global = true, env = "NETPAGE_ETCD_USER", value_name = "USER")]
+    pub etcd_user: Option<String>,
+    /// The etcd user's password (prefer the environment variable: arguments are visible
+    /// to every user of the machine).
+    #[arg(
+        long,
+        global = true,
+        env = "NETPAGE_ETCD_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub etcd_password: Option<String>,
+}
+
+impl EtcdArgs {
+    /// The directory's options, if `--etcd` was given.
+    pub fn options(&self) -> Option<EtcdOptions> {
+        let urls = self.etcd.as_deref()?;
+        Some(EtcdOptions {
+            cacert: self.etcd_cacert.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            user: self.etcd_user.clone(),
+            password: self.etcd_password.clone(),
+            ..EtcdOptions::new(urls, &self.prefix)
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -53,9 +107,18 @@ pub enum Command {
         #[command(flatten)]
         drain: DrainArg,
         /// Switch these nodes (pin directories) together: every reverse entry first, then
-        /// every V2R update; repeat for each node [default: --pin-dir].
+        /// every V2R update; repeat for each node [default: --pin-dir]. Not with --etcd,
+        /// where every node's agent applies the switch.
         #[arg(long = "node", value_name = "PINDIR")]
         nodes: Vec<PathBuf>,
+        /// With --etcd: how long to wait for every live node to confirm each phase (the
+        /// reservation of the new RA, then the switch).
+        #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
+        timeout: Duration,
+        /// With --etcd: do not wait for the nodes to confirm the switch (the reservation
+        /// is still confirmed first).
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Make the table equal to a TOML or JSON table file, in batches; idempotent.
     Apply {
@@ -77,12 +140,36 @@ pub enum Command {
     /// Live-migrate a QEMU guest to another host and switch its page-table entry on every
     /// node at the chosen moment; on failure the table is rolled back.
     Migrate(Box<MigrateArgs>),
+    /// Run the agent of one node: mirror the directory (--etcd) into the node's table,
+    /// as its only writer, until SIGTERM.
+    Agent(AgentArgs),
+    /// List the nodes registered in the directory (--etcd), with their applied revision
+    /// and how far they are behind.
+    Nodes,
+    /// Report inconsistencies in the node's table (or the directory's, with --etcd):
+    /// reverse entries without a mapping, mappings without a reverse entry, reverse
+    /// entries of another VM, expired drains. Exits non-zero if it finds any.
+    Check,
     /// End the drains whose period is over (every command also does this first).
     Gc {
         /// End every drain now.
         #[arg(long)]
         now: bool,
     },
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The node's name in the directory (e.g. its host name): 1 to 64 of A-Z a-z 0-9 . _ -
+    #[arg(long, value_name = "NAME")]
+    pub node: String,
+    /// Seconds without word from the agent after which its node is no longer waited for
+    /// (the lease of its registration).
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub lease_ttl: u64,
+    /// Entries per table if the agent creates the node's tables [default: 65536].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub capacity: Option<u32>,
 }
 
 #[derive(Args)]

@@ -1,6 +1,9 @@
 //! netpage: the network page table at the edges of a data center network.
+pub mod agent;
 pub mod attach;
+pub mod check;
 pub mod counters;
+pub mod directory;
 pub mod loader;
 pub mod migrate;
 pub mod node;

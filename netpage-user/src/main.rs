@@ -1,6 +1,7 @@
 //! `netpage`: attach the network page table to a node's interfaces and manage its mappings.
 
 mod cli;
+mod on_directory;
 mod report;
 
 use std::net::IpAddr;
@@ -9,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use cli::{Cli, Command, MapCommand};
 use netpage::{
-    attach, migrate,
+    attach, check, migrate,
     node::{Node, OpenNode, require_root},
     ops::{self, Mapping, OpError, now_ms},
     table::PageTable,
@@ -35,14 +36,32 @@ fn main() {
     }
 }
 
-/// Opens the node and first ends the drains that are over.
+/// Opens the node to read and first ends the drains that are over, unless an agent
+/// manages the node (the agent is its only writer, and ends drains on time).
 fn open(node: &Node) -> Result<OpenNode> {
-    let mut open = node.open()?;
+    if node.managed() {
+        return Ok(node.open()?);
+    }
+    open_for_write(node)
+}
+
+/// Opens the node to write (refused while an agent manages it) and first ends the drains
+/// that are over.
+fn open_for_write(node: &Node) -> Result<OpenNode> {
+    let mut open = node.open_for_write()?;
     ops::gc(&mut open.table, now_ms())?;
     Ok(open)
 }
 
 fn run(cli: Cli) -> Result<Output> {
+    if let Some(etcd) = cli.etcd.options() {
+        return on_directory::run(cli, etcd);
+    }
+    if let Some(name) = on_directory::only_there(&cli.command) {
+        anyhow::bail!(
+            "`netpage {name}` works on the directory: give --etcd URLS (or set NETPAGE_ETCD)"
+        );
+    }
     require_root()?;
     let node = Node::new(&cli.pin_dir);
     Ok(match cli.command {
@@ -66,6 +85,7 @@ fn run(cli: Cli) -> Result<Output> {
             to,
             drain,
             nodes,
+            ..
         } => {
             let dirs = if nodes.is_empty() {
                 vec![cli.pin_dir]
@@ -74,7 +94,8 @@ fn run(cli: Cli) -> Result<Output> {
             };
             let mut open_nodes = Vec::new();
             for dir in &dirs {
-                let n = open(&Node::new(dir)).with_context(|| format!("node {}", dir.display()))?;
+                let n = open_for_write(&Node::new(dir))
+                    .with_context(|| format!("node {}", dir.display()))?;
                 open_nodes.push((dir.display().to_string(), n));
             }
             let mut tables: Vec<_> = open_nodes
@@ -95,7 +116,11 @@ fn run(cli: Cli) -> Result<Output> {
             drain,
         } => {
             let desired = TableFile::read(&file)?;
-            let mut n = open(&node)?;
+            let mut n = if dry_run {
+                open(&node)?
+            } else {
+                open_for_write(&node)?
+            };
             let plan = ops::plan(&n.table, &desired.mapping)?;
             if !dry_run {
                 ops::apply(&mut n.table, &plan, drain.drain, now_ms())?;
@@ -116,8 +141,16 @@ fn run(cli: Cli) -> Result<Output> {
             }
             Output::Migrated(Box::new(report))
         }
+        Command::Check => {
+            let n = open(&node)?;
+            Output::Checked(report::Checked {
+                table: node.dir().display().to_string(),
+                findings: check::check(&n.table, now_ms())?,
+            })
+        }
+        Command::Agent(_) | Command::Nodes => unreachable!("refused above without --etcd"),
         Command::Gc { now } => {
-            let mut n = node.open()?;
+            let mut n = node.open_for_write()?;
             let at = if now { u64::MAX } else { now_ms() };
             Output::Gc(ops::gc(&mut n.table, at)?)
         }
@@ -125,7 +158,10 @@ fn run(cli: Cli) -> Result<Output> {
 }
 
 fn map(node: &Node, cmd: MapCommand) -> Result<Output> {
-    let mut n = open(node)?;
+    let mut n = match cmd {
+        MapCommand::List => open(node)?,
+        _ => open_for_write(node)?,
+    };
     Ok(match cmd {
         MapCommand::Add { vm, real } => {
             let m = Mapping { vm, real };

@@ -76,9 +76,27 @@ pub enum NodeError {
     IfaceName(String),
     #[error("registry of attached interfaces: {0}")]
     Registry(#[source] Box<MapError>),
+    #[error(
+        "node {} is managed by `netpage agent`: change the directory instead (the same command with --etcd URLS), or stop the agent first",
+        dir.display()
+    )]
+    Managed { dir: PathBuf },
+    #[error(
+        "node {} is held by another `netpage agent` or by a running netpage command",
+        dir.display()
+    )]
+    Busy { dir: PathBuf },
+    #[error("cannot lock node {}", dir.display())]
+    Lock { dir: PathBuf, source: io::Error },
     #[error(transparent)]
     Table(#[from] TableError),
 }
+
+/// A hold on a node: an `flock` on its maps directory, released when dropped. The agent
+/// holds it exclusively for its whole life; a command that writes the table holds it
+/// shared, so that it cannot write a node whose agent is the only writer.
+#[derive(Debug)]
+pub struct NodeLock(#[expect(dead_code, reason = "held for its flock")] std::fs::File);
 
 /// Fails unless the process runs as root.
 pub fn require_root() -> Result<(), NodeError> {
@@ -116,6 +134,57 @@ impl Node {
     /// Where the XDP link of `iface` is pinned.
     pub fn link_path(&self, iface: &str) -> PathBuf {
         self.dir.join("links").join(iface)
+    }
+
+    /// Takes the node for its agent, waiting up to `patience` for commands that are
+    /// writing it now to finish.
+    pub fn lock_for_agent(&self, patience: std::time::Duration) -> Result<NodeLock, NodeError> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match self.flock(libc::LOCK_EX) {
+                Err(NodeError::Managed { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(NodeError::Managed { dir }) => return Err(NodeError::Busy { dir }),
+                other => return other,
+            }
+        }
+    }
+
+    /// Takes the node for a command that writes its table: refused while an agent manages
+    /// it. A node without a table has nothing to lock (`None`).
+    pub fn lock_for_write(&self) -> Result<Option<NodeLock>, NodeError> {
+        if !self.exists() {
+            return Ok(None);
+        }
+        self.flock(libc::LOCK_SH).map(Some)
+    }
+
+    /// Whether an agent manages the node now.
+    pub fn managed(&self) -> bool {
+        matches!(self.lock_for_write(), Err(NodeError::Managed { .. }))
+    }
+
+    /// `flock(how | LOCK_NB)` on the maps directory; `Managed` if it is held otherwise.
+    fn flock(&self, how: libc::c_int) -> Result<NodeLock, NodeError> {
+        let lock_err = |source| NodeError::Lock {
+            dir: self.dir.clone(),
+            source,
+        };
+        let file = std::fs::File::open(self.maps_dir()).map_err(lock_err)?;
+        // SAFETY: `file` is an open descriptor for the duration of the call.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), how | libc::LOCK_NB) } == 0
+        {
+            return Ok(NodeLock(file));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Err(NodeError::Managed {
+                dir: self.dir.clone(),
+            })
+        } else {
+            Err(lock_err(e))
+        }
     }
 
     /// Whether the node has a page table.
@@ -254,7 +323,17 @@ impl Node {
             ports,
             fast,
             counters,
+            _lock: None,
         })
+    }
+
+    /// Opens the node's pinned state to write its table: refused while an agent manages
+    /// the node, and held against an agent starting until the returned node is dropped.
+    pub fn open_for_write(&self) -> Result<OpenNode, NodeError> {
+        let lock = self.lock_for_write()?;
+        let mut open = self.open()?;
+        open._lock = lock;
+        Ok(open)
     }
 }
 
@@ -272,6 +351,8 @@ pub struct OpenNode {
     ports: BpfHashMap<MapData, u32, PortRecord>,
     fast: Array<MapData, u32>,
     counters: Map,
+    /// The hold of a command that writes the table ([`Node::open_for_write`]).
+    _lock: Option<NodeLock>,
 }
 
 impl OpenNode {

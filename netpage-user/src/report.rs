@@ -5,6 +5,8 @@ use std::{fmt, net::IpAddr};
 use anyhow::Result;
 use netpage::{
     attach::{Attached, Mode, iface_exists},
+    check::Finding,
+    directory::{DirSwitched, NodeStatus},
     loader::Side,
     migrate::MigrateReport,
     node::{Node, OpenNode},
@@ -36,6 +38,13 @@ pub enum Output {
     Stats(Stats),
     Gc(Vec<Drain>),
     Migrated(Box<MigrateReport>),
+    DirSwitched(DirSwitched),
+    DirStatus(DirStatus),
+    Nodes(Vec<NodeStatus>),
+    Checked(Checked),
+    AgentStopped {
+        node: String,
+    },
 }
 
 impl Output {
@@ -43,6 +52,10 @@ impl Output {
     pub fn failure(&self) -> Option<&str> {
         match self {
             Output::Migrated(r) => r.error.as_deref(),
+            Output::DirSwitched(s) if !s.unconfirmed.is_empty() => Some(
+                "the switch is in the directory, but not every live node confirmed it in time (named above); they converge when they reach etcd again",
+            ),
+            Output::Checked(c) if !c.findings.is_empty() => Some("the table is inconsistent"),
             _ => None,
         }
     }
@@ -52,6 +65,7 @@ impl Output {
         if json {
             let s = match self {
                 Output::Gc(ended) => serde_json::json!({ "ended": ended }).to_string(),
+                Output::Nodes(nodes) => serde_json::json!({ "nodes": nodes }).to_string(),
                 other => serde_json::to_string(other).expect("reports serialize"),
             };
             println!("{s}");
@@ -95,6 +109,11 @@ impl fmt::Display for Output {
             Output::Applied { plan, dry_run } => applied(f, plan, *dry_run),
             Output::Stats(s) => s.fmt(f),
             Output::Migrated(r) => r.fmt(f),
+            Output::DirSwitched(s) => dir_switched(f, s),
+            Output::DirStatus(s) => s.fmt(f),
+            Output::Nodes(n) => nodes(f, n),
+            Output::Checked(c) => c.fmt(f),
+            Output::AgentStopped { node } => writeln!(f, "agent of {node} stopped"),
             Output::Gc(ended) => {
                 writeln!(f, "ended {} drain(s)", ended.len())?;
                 ended
@@ -132,6 +151,59 @@ fn switched(f: &mut fmt::Formatter<'_>, s: &Switched) -> fmt::Result {
     }
 }
 
+fn dir_switched(f: &mut fmt::Formatter<'_>, s: &DirSwitched) -> fmt::Result {
+    if s.from == s.to {
+        return writeln!(f, "{} is already at {}; nothing changed", s.vm, s.to);
+    }
+    writeln!(
+        f,
+        "switched {}: {} -> {} in the directory (reserved at revision {}, switched at revision {}, transaction {:.1} ms)",
+        s.vm, s.from, s.to, s.reserve_revision, s.revision, s.txn_ms
+    )?;
+    if !s.waited {
+        return writeln!(f, "not waiting for the nodes (--no-wait)");
+    }
+    for c in &s.nodes {
+        let state = match (c.confirmed, c.left, c.after_ms) {
+            (true, _, Some(ms)) => format!(
+                "confirmed after {ms:.1} ms (its map update {:.1} ms after the switch)",
+                c.propagation_ms.unwrap_or(0.0)
+            ),
+            (_, true, _) => "left the directory (its agent stopped)".into(),
+            _ => "NOT CONFIRMED in time".into(),
+        };
+        writeln!(f, "  {:<24} {state}", c.node)?;
+    }
+    if s.nodes.is_empty() {
+        writeln!(f, "  no live node is registered")?;
+    }
+    Ok(())
+}
+
+fn nodes(f: &mut fmt::Formatter<'_>, nodes: &[NodeStatus]) -> fmt::Result {
+    writeln!(
+        f,
+        "{:<24} {:<18} {:>10} {:>6}  BUILD",
+        "NODE", "SIDES", "APPLIED", "LAG"
+    )?;
+    for n in nodes {
+        writeln!(
+            f,
+            "{:<24} {:<18} {:>10} {:>6}  {}",
+            n.record.node,
+            if n.record.sides.is_empty() {
+                "-".to_owned()
+            } else {
+                n.record.sides.join(",")
+            },
+            n.record.applied_revision,
+            n.lag,
+            n.record.build
+        )?;
+    }
+    Ok(())
+}
+
 fn applied(f: &mut fmt::Formatter<'_>, p: &Plan, dry_run: bool) -> fmt::Result {
     let verb = if dry_run { "would " } else { "" };
     for m in &p.added {
@@ -156,6 +228,65 @@ fn applied(f: &mut fmt::Formatter<'_>, p: &Plan, dry_run: bool) -> fmt::Result {
             ""
         }
     )
+}
+
+/// `netpage status --etcd`.
+#[derive(Serialize)]
+pub struct DirStatus {
+    pub endpoints: String,
+    pub prefix: String,
+    /// The revision the directory was read at.
+    pub revision: i64,
+    pub mappings_v4: usize,
+    pub mappings_v6: usize,
+    pub reverse_entries: usize,
+    pub draining: usize,
+    pub nodes: Vec<NodeStatus>,
+}
+
+impl fmt::Display for DirStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "directory {} at {} (revision {})",
+            self.prefix, self.endpoints, self.revision
+        )?;
+        writeln!(
+            f,
+            "table: {} IPv4 + {} IPv6 mappings, {} reverse entries ({} draining)",
+            self.mappings_v4, self.mappings_v6, self.reverse_entries, self.draining
+        )?;
+        nodes(f, &self.nodes)
+    }
+}
+
+/// `netpage check`.
+#[derive(Serialize)]
+pub struct Checked {
+    /// The table checked: a pin directory, or the directory's prefix and endpoints.
+    pub table: String,
+    pub findings: Vec<Finding>,
+}
+
+impl fmt::Display for Checked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.findings.is_empty() {
+            return writeln!(f, "{}: consistent", self.table);
+        }
+        writeln!(f, "{}: {} inconsistencies", self.table, self.findings.len())?;
+        for x in &self.findings {
+            let other = x.other.map_or(String::new(), |o| format!(" ({o})"));
+            let kind = serde_json::to_value(x.kind).expect("kinds serialize");
+            writeln!(
+                f,
+                "  {:<24} real {} vm {}{other}",
+                kind.as_str().unwrap_or("?"),
+                x.real,
+                x.vm
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// An attached interface.

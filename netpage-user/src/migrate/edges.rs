@@ -11,15 +11,18 @@ use crate::{
     table::{BpfTable, PageTable},
 };
 
-/// Opens every node and ends the drains that are over, as every command does first.
+/// Opens every node to write (refused on a node an agent manages) and ends the drains
+/// that are over, as every command does first.
 pub(super) fn open_nodes(opts: &MigrateOptions) -> Result<Vec<(PathBuf, OpenNode)>, MigrateError> {
     opts.nodes
         .iter()
         .map(|dir| {
-            let mut n = Node::new(dir).open().map_err(|source| MigrateError::Node {
-                dir: dir.clone(),
-                source,
-            })?;
+            let mut n = Node::new(dir)
+                .open_for_write()
+                .map_err(|source| MigrateError::Node {
+                    dir: dir.clone(),
+                    source,
+                })?;
             ops::gc(&mut n.table, now_ms())?;
             Ok((dir.clone(), n))
         })

@@ -1,0 +1,241 @@
+//! Making a node's table equal to the directory: all at once from a view (sync), or one
+//! revision at a time from watch events. Reverse entries always go in before the forward
+//! entries that use them and come out after, as `apply` does.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use crate::{
+    directory::{
+        View,
+        schema::{Keys, MapKey, RaValue, VmValue},
+    },
+    table::{Drain, PageTable, TableError},
+};
+
+/// What a sync changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Synced {
+    pub mappings: usize,
+    pub reverse: usize,
+    pub changed: usize,
+}
+
+/// Makes `t` equal to the directory's view: V2R = its VM entries, R2V = its reverse
+/// entries, and the drains those of the directory (whose leases end them; the node keeps
+/// them so that its own view of the table is whole).
+pub fn sync(t: &mut impl PageTable, view: &View) -> Result<Synced, TableError> {
+    let want_fwd: BTreeMap<IpAddr, IpAddr> =
+        view.vm_reads().map(|(va, r)| (va, r.value.real)).collect();
+    let want_rev: BTreeMap<IpAddr, IpAddr> = view
+        .reverse_reads()
+        .map(|(ra, r)| (ra, r.value.vm))
+        .collect();
+    let have_fwd: BTreeMap<IpAddr, IpAddr> = t.forward_entries()?.into_iter().collect();
+    let have_rev: BTreeMap<IpAddr, IpAddr> = t.reverse_entries()?.into_iter().collect();
+    let rev_set: Vec<(IpAddr, IpAddr)> = differing(&want_rev, &have_rev);
+    let fwd_set: Vec<(IpAddr, IpAddr)> = differing(&want_fwd, &have_fwd);
+    for &(va, _) in &fwd_set {
+        t.create_stats(va)?;
+    }
+    t.set_reverse_many(&rev_set)?;
+    t.set_forward_many(&fwd_set)?;
+    let mut changed = rev_set.len() + fwd_set.len();
+    for va in have_fwd.keys().filter(|va| !want_fwd.contains_key(va)) {
+        t.remove_forward(*va)?;
+        t.remove_stats(*va)?;
+        changed += 1;
+    }
+    for ra in have_rev.keys().filter(|ra| !want_rev.contains_key(ra)) {
+        t.remove_reverse(*ra)?;
+        changed += 1;
+    }
+    let want_drains: Vec<Drain> = view
+        .reverse_reads()
+        .filter_map(|(real, r)| {
+            r.value.drain_until_ms.map(|deadline_ms| Drain {
+                real,
+                virt: r.value.vm,
+                deadline_ms,
+            })
+        })
+        .collect();
+    for d in t.drains()? {
+        if !want_drains.contains(&d) {
+            t.remove_drain(d.real)?;
+        }
+    }
+    for d in want_drains {
+        t.set_drain(d)?;
+    }
+    Ok(Synced {
+        mappings: want_fwd.len(),
+        reverse: want_rev.len(),
+        changed,
+    })
+}
+
+fn differing(
+    want: &BTreeMap<IpAddr, IpAddr>,
+    have: &BTreeMap<IpAddr, IpAddr>,
+) -> Vec<(IpAddr, IpAddr)> {
+    want.iter()
+        .filter(|(k, v)| have.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .collect()
+}
+
+/// One change of a watched revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    PutVm(IpAddr, IpAddr),
+    /// A reverse entry, with its drain's deadline if it drains.
+    PutRa(IpAddr, IpAddr, Option<u64>),
+    DelVm(IpAddr),
+    DelRa(IpAddr),
+}
+
+impl Change {
+    /// Decodes a watch event on `key` (`value` is `None` for a delete); `None` for keys
+    /// outside the layout and values that do not decode (counted by the caller).
+    pub fn decode(keys: &Keys, key: &[u8], value: Option<&[u8]>) -> Option<Self> {
+        let k = keys.parse_map_key(key)?;
+        Some(match (k, value) {
+            (MapKey::Vm(va), Some(v)) => {
+                Change::PutVm(va, serde_json::from_slice::<VmValue>(v).ok()?.real)
+            }
+            (MapKey::Ra(ra), Some(v)) => {
+                let v: RaValue = serde_json::from_slice(v).ok()?;
+                Change::PutRa(ra, v.vm, v.drain_until_ms)
+            }
+            (MapKey::Vm(va), None) => Change::DelVm(va),
+            (MapKey::Ra(ra), None) => Change::DelRa(ra),
+        })
+    }
+
+    /// Reverse entries in, then forward entries in, forward out, reverse out.
+    fn order(&self) -> u8 {
+        match self {
+            Change::PutRa(..) => 0,
+            Change::PutVm(..) => 1,
+            Change::DelVm(_) => 2,
+            Change::DelRa(_) => 3,
+        }
+    }
+}
+
+/// Applies the changes of one revision (one transaction of the directory) in the safe order.
+pub fn apply_revision(t: &mut impl PageTable, changes: &mut [Change]) -> Result<(), TableError> {
+    changes.sort_by_key(Change::order);
+    for c in changes.iter() {
+        match *c {
+            Change::PutRa(ra, va, drain) => {
+                t.set_reverse(ra, va)?;
+                match drain {
+                    Some(deadline_ms) => t.set_drain(Drain {
+                        real: ra,
+                        virt: va,
+                        deadline_ms,
+                    })?,
+                    None => t.remove_drain(ra)?,
+                }
+            }
+            Change::PutVm(va, ra) => {
+                t.create_stats(va)?;
+                t.set_forward(va, ra)?;
+            }
+            Change::DelVm(va) => {
+                t.remove_forward(va)?;
+                t.remove_stats(va)?;
+            }
+            Change::DelRa(ra) => {
+                t.remove_reverse(ra)?;
+                t.remove_drain(ra)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::schema::encode;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn directory(entries: &[(String, Vec<u8>)]) -> View {
+        View::from_kvs(
+            &Keys::new("/t"),
+            9,
+            entries
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_slice(), 1, 0)),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sync_makes_the_table_equal_to_the_directory() {
+        let keys = Keys::new("/t");
+        let (va, ra, old) = (ip("198.19.0.10"), ip("198.18.20.100"), ip("198.18.10.100"));
+        let rev = |vm| {
+            encode(&RaValue {
+                vm,
+                drain_until_ms: None,
+            })
+        };
+        let dir = directory(&[
+            (keys.vm(va), encode(&VmValue { real: ra })),
+            (keys.ra(ra), rev(va)),
+            (keys.ra(old), rev(va)),
+        ]);
+        // The node holds a stale mapping and an entry the directory no longer has.
+        let mut node = directory(&[]);
+        node.set_forward(va, old).unwrap();
+        node.set_forward(ip("198.19.0.99"), ip("198.18.10.99"))
+            .unwrap();
+        node.set_reverse(ip("198.18.10.99"), ip("198.19.0.99"))
+            .unwrap();
+        let s = sync(&mut node, &dir).unwrap();
+        assert_eq!((s.mappings, s.reverse), (1, 2));
+        assert_eq!(node.forward_entries().unwrap(), vec![(va, ra)]);
+        assert_eq!(node.reverse_entries().unwrap(), vec![(old, va), (ra, va)]);
+        assert_eq!(sync(&mut node, &dir).unwrap().changed, 0, "idempotent");
+    }
+
+    #[test]
+    fn a_revision_installs_reverse_entries_first() {
+        let keys = Keys::new("/t");
+        let (va, ra) = (ip("2001:db8::10"), ip("2001:db8:20::100"));
+        let mut changes = vec![
+            Change::decode(
+                &keys,
+                keys.vm(va).as_bytes(),
+                Some(&encode(&VmValue { real: ra })),
+            )
+            .unwrap(),
+            Change::decode(
+                &keys,
+                keys.ra(ra).as_bytes(),
+                Some(&encode(&RaValue {
+                    vm: va,
+                    drain_until_ms: Some(3),
+                })),
+            )
+            .unwrap(),
+            Change::decode(&keys, keys.ra(ip("2001:db8:10::100")).as_bytes(), None).unwrap(),
+        ];
+        let mut node = directory(&[]);
+        apply_revision(&mut node, &mut changes).unwrap();
+        assert_eq!(changes[0], Change::PutRa(ra, va, Some(3)));
+        assert_eq!(node.drains().unwrap().len(), 1);
+        assert_eq!(changes[2], Change::DelRa(ip("2001:db8:10::100")));
+        assert_eq!(node.forward_entries().unwrap(), vec![(va, ra)]);
+        assert_eq!(
+            Change::decode(&keys, keys.vm(va).as_bytes(), Some(b"{bad")),
+            None
+        );
+    }
+}

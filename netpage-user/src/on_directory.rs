@@ -1,0 +1,135 @@
+//! The commands run against the mapping directory on etcd (`--etcd`), and the agent.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use netpage::{
+    agent::{self, AgentOptions},
+    check,
+    directory::{Directory, EtcdOptions},
+    node::require_root,
+    ops::{self, Mapping, now_ms},
+    table::PageTable,
+    tablefile::TableFile,
+};
+
+use crate::{
+    cli::{Cli, Command, MapCommand},
+    report::{Checked, DirStatus, Output},
+};
+
+/// The name of a command that only works with `--etcd`, if `cmd` is one.
+pub fn only_there(cmd: &Command) -> Option<&'static str> {
+    match cmd {
+        Command::Agent(_) => Some("agent"),
+        Command::Nodes => Some("nodes"),
+        _ => None,
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Runs `cli`'s command on the directory that `etcd` names.
+pub fn run(cli: Cli, etcd: EtcdOptions) -> Result<Output> {
+    let rt = runtime()?;
+    if let Command::Agent(a) = &cli.command {
+        require_root()?;
+        let opts = AgentOptions {
+            etcd,
+            node: a.node.clone(),
+            pin_dir: cli.pin_dir.clone(),
+            lease_ttl: Duration::from_secs(a.lease_ttl),
+            capacity: a.capacity,
+        };
+        rt.block_on(agent::run(&opts))?;
+        return Ok(Output::AgentStopped {
+            node: a.node.clone(),
+        });
+    }
+    rt.block_on(command(cli.command, etcd))
+}
+
+async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
+    let local_only = |name: &str| -> Result<Output> {
+        bail!(
+            "`netpage {name}` works on this machine's node (--pin-dir), not on the directory: drop --etcd"
+        )
+    };
+    let mut dir = Directory::connect(&etcd).await?;
+    Ok(match cmd {
+        Command::Map(MapCommand::Add { vm, real }) => {
+            let m = Mapping { vm, real };
+            dir.change(|v| ops::add(v, m)).await?;
+            Output::Added(m)
+        }
+        Command::Map(MapCommand::Del { vm }) => {
+            Output::Deleted(dir.change(|v| ops::delete(v, vm)).await?.0)
+        }
+        Command::Map(MapCommand::List) => Output::List(TableFile {
+            mapping: ops::list(&dir.view().await?)?,
+        }),
+        Command::Apply {
+            file,
+            dry_run,
+            drain,
+        } => {
+            let desired = TableFile::read(&file)?;
+            let (plan, _) = dir
+                .change(|v| {
+                    let plan = ops::plan(v, &desired.mapping)?;
+                    if !dry_run {
+                        ops::apply(v, &plan, drain.drain, now_ms())?;
+                    }
+                    Ok(plan)
+                })
+                .await?;
+            Output::Applied { plan, dry_run }
+        }
+        Command::Switch {
+            vm,
+            to,
+            drain,
+            nodes,
+            timeout,
+            no_wait,
+        } => {
+            if !nodes.is_empty() {
+                bail!(
+                    "--node names pin directories of this machine; with --etcd every node's agent applies the switch: drop --node"
+                );
+            }
+            let wait = (!no_wait).then_some(timeout);
+            Output::DirSwitched(dir.switch(vm, to, drain.drain, wait).await?)
+        }
+        Command::Status => {
+            let view = dir.view().await?;
+            let forward = view.forward_entries()?;
+            let v4 = forward.iter().filter(|(va, _)| va.is_ipv4()).count();
+            Output::DirStatus(DirStatus {
+                endpoints: etcd.endpoints_text(),
+                prefix: etcd.prefix.clone(),
+                revision: view.revision,
+                mappings_v4: v4,
+                mappings_v6: forward.len() - v4,
+                reverse_entries: view.reverse_entries()?.len(),
+                draining: view.drains()?.len(),
+                nodes: dir.nodes().await?,
+            })
+        }
+        Command::Check => Output::Checked(Checked {
+            table: format!("{} at {}", etcd.prefix, etcd.endpoints_text()),
+            findings: check::check(&dir.view().await?, now_ms())?,
+        }),
+        Command::Nodes => Output::Nodes(dir.nodes().await?),
+        Command::Attach(_) => return local_only("attach"),
+        Command::Detach { .. } => return local_only("detach"),
+        Command::Stats { .. } => return local_only("stats"),
+        Command::Gc { .. } => return local_only("gc"),
+        Command::Migrate(_) => return local_only("migrate"),
+        Command::Agent(_) => unreachable!("run above"),
+    })
+}
