@@ -3,6 +3,7 @@
 //! Every task first brings the machine to a state that can build the XDP program (see
 //! `toolchain`), so each is one command on a fresh machine.
 
+mod apt;
 mod bench;
 mod cmd;
 mod demo;

@@ -9,6 +9,7 @@
 //!    rustup (if present) so that aya-build can select it.
 //!
 //! Every step checks first and installs only what is missing, saying what it installs.
+//! Nothing is ever removed: apt runs with `--no-remove`.
 
 use std::{
     env,
@@ -18,10 +19,11 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::cmd;
+use crate::{apt, cmd};
 
 /// Debian packages: Rust with a prebuilt `core` for BPF, LLVM 22 for bpf-linker, the
-/// tools the tests and the demo drive, and QEMU with what builds its tiny guest (busybox,
+/// tools the tests and the demo drive, etcd (the directory), protoc (the etcd-client crate's
+/// build), openssl (test certificates), and QEMU with what builds its tiny guest (busybox,
 /// cpio; the guest kernel is fetched with `apt-get download`).
 const DEBIAN_PACKAGES: &[&str] = &[
     "rustc-web",
@@ -34,6 +36,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     "util-linux",
     "nftables",
+    "etcd-server",
+    "protobuf-compiler",
+    "openssl",
     "qemu-system-x86",
     "busybox-static",
     "cpio",
@@ -109,14 +114,7 @@ fn is_debian_12() -> bool {
 }
 
 fn ensure_debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .is_none_or(|s| !s.contains("install ok installed"))
-        })
-        .collect();
+    let missing = apt::missing(DEBIAN_PACKAGES);
     if missing.is_empty() {
         eprintln!("setup: Debian packages present");
         return Ok(());
@@ -124,25 +122,14 @@ fn ensure_debian_packages() -> Result<()> {
     if cmd::require_root("installing Debian packages").is_err() {
         bail!(
             "missing Debian packages {}: run as root, or install them with \
-             `apt-get install --no-install-recommends {}`",
+             `apt-get install --no-install-recommends --no-remove {}`",
             missing.join(" "),
             missing.join(" ")
         );
     }
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));
-    cmd::run(
-        Command::new("apt-get")
-            .args(["update", "-q"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .context("apt-get update (are the Debian package mirrors reachable?)")?;
-    cmd::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .context("installing Debian packages")
+    apt::update()?;
+    apt::install(&missing)
 }
 
 /// Installs bpf-linker with `features` unless the right version is on PATH.
