@@ -2,6 +2,7 @@
 //! and a refused install names the packages it would have removed.
 
 use std::{
+    path::Path,
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
 };
@@ -81,9 +82,86 @@ pub fn removals(packages: &[&str]) -> Result<Vec<String>> {
         .collect())
 }
 
+/// A field (`Version`, `Depends`, ...) of the version of `package` that apt would install,
+/// if apt knows the package and the record has the field.
+pub fn candidate_field(package: &str, field: &str) -> Option<String> {
+    let record =
+        cmd::output(Command::new("apt-cache").args(["show", "--no-all-versions", package]))?;
+    let mut lines = record.lines().take_while(|l| !l.is_empty());
+    let first = lines.find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+    let continued = lines.take_while(|l| l.starts_with([' ', '\t']));
+    Some(
+        std::iter::once(first)
+            .chain(continued)
+            .collect::<Vec<_>>()
+            .join(" ")
+            .trim()
+            .to_owned(),
+    )
+}
+
+/// The candidate's `Depends` of `package`: one entry per dependency, listing its
+/// alternatives by name (versions and architecture qualifiers dropped).
+pub fn candidate_depends(package: &str) -> Result<Vec<Vec<String>>> {
+    let field = candidate_field(package, "Depends")
+        .with_context(|| format!("`apt-cache show {package}` gives no Depends"))?;
+    Ok(parse_depends(&field))
+}
+
+/// The package names in a `Depends` field, one list of alternatives per dependency.
+fn parse_depends(field: &str) -> Vec<Vec<String>> {
+    field
+        .split(',')
+        .map(|dependency| {
+            dependency
+                .split('|')
+                .filter_map(|alternative| alternative.split_whitespace().next())
+                .map(|name| name.split(':').next().unwrap_or(name).to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+/// Downloads the candidate `.deb` of each of `packages` into `dir` (root's), installing
+/// nothing.
+pub fn download(packages: &[&str], dir: &Path) -> Result<()> {
+    cmd::run(
+        Command::new("apt-get")
+            // apt's unprivileged user cannot write to `dir`: download as root, as apt would
+            // anyway after a warning.
+            .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+            .args(packages)
+            .current_dir(dir),
+    )
+    .with_context(|| format!("downloading {}", packages.join(" ")))
+}
+
 /// `apt-get`, never asking questions.
 fn apt_get() -> Command {
     let mut apt = Command::new("apt-get");
     apt.env("DEBIAN_FRONTEND", "noninteractive");
     apt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depends_lists_names_without_versions_or_architectures() {
+        let parsed = parse_depends(
+            "libaio1 (>= 0.3.93), libc6:any (>= 2.34), qemu-system-data (>> 1:7.2+dfsg~), \
+             default-mta | mail-transport-agent, seabios",
+        );
+        assert_eq!(
+            parsed,
+            [
+                vec!["libaio1"],
+                vec!["libc6"],
+                vec!["qemu-system-data"],
+                vec!["default-mta", "mail-transport-agent"],
+                vec!["seabios"],
+            ]
+        );
+    }
 }

@@ -7,6 +7,9 @@ mod apt;
 mod bench;
 mod cmd;
 mod demo;
+mod qemu;
+#[path = "../../tests/src/qemu/location.rs"]
+mod qemu_location;
 mod toolchain;
 
 use anyhow::Result;

@@ -9,7 +9,8 @@
 //!    rustup (if present) so that aya-build can select it.
 //!
 //! Every step checks first and installs only what is missing, saying what it installs.
-//! Nothing is ever removed: apt runs with `--no-remove`.
+//! Nothing is ever removed: apt runs with `--no-remove`, and QEMU is unpacked privately
+//! when Debian's package would replace a newer `qemu-utils` (see `qemu`).
 
 use std::{
     env,
@@ -19,12 +20,12 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{apt, cmd};
+use crate::{apt, cmd, qemu};
 
 /// Debian packages: Rust with a prebuilt `core` for BPF, LLVM 22 for bpf-linker, the
 /// tools the tests and the demo drive, etcd (the directory), protoc (the etcd-client crate's
-/// build), openssl (test certificates), and QEMU with what builds its tiny guest (busybox,
-/// cpio; the guest kernel is fetched with `apt-get download`).
+/// build), openssl (test certificates), and what builds the tiny guest (busybox, cpio; the
+/// guest kernel is fetched with `apt-get download`). QEMU is set up apart (see `qemu`).
 const DEBIAN_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -39,7 +40,6 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "etcd-server",
     "protobuf-compiler",
     "openssl",
-    "qemu-system-x86",
     "busybox-static",
     "cpio",
 ];
@@ -89,11 +89,13 @@ pub fn setup() -> Result<BuildEnv> {
     }
     eprintln!("setup: using Debian's Rust toolchain (prebuilt core for bpfel) for the XDP program");
     ensure_debian_packages()?;
+    let qemu = qemu::ensure()?;
     ensure_bpf_linker(&cargo, &["--no-default-features", "--features", "llvm-22"])?;
     let mut vars = vec![
         // aya-ebpf uses `asm_experimental_arch`; allow unstable features for that crate only.
         ("RUSTC_BOOTSTRAP", "aya_ebpf".to_string()),
     ];
+    vars.extend(qemu);
     if cmd::succeeds(Command::new("rustup").arg("--version")) {
         ensure_rustup_link()?;
         vars.push(("NETPAGE_BPF_TOOLCHAIN", DEBIAN_TOOLCHAIN.into()));
