@@ -5,20 +5,26 @@
 //! `pc-i440fx-7.2`, CPU model `qemu64`, no default devices, a serial console to a log file,
 //! and one virtio-net NIC with a fixed MAC and no option ROM. The same options with
 //! `incoming` set give the matching destination of a live migration.
+//!
+//! [`binary`] is the one place that says which QEMU runs.
+
+mod location;
 
 use std::{
     fs::{self, File},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
 
+use self::location::{PRIVATE_BINARY, PRIVATE_PREFIX, QEMU_ENV, QEMU_NAME};
 use crate::guest::{Guest, READY_MARKER};
 
-/// The QEMU binary.
-pub const QEMU: &str = "qemu-system-x86_64";
 /// The `id=` of the guest's NIC, for QMP commands such as `query-rx-filter`.
 pub const NIC_ID: &str = "nic0";
 /// The environment variable that overrides the accelerator choice (`kvm` or `tcg`).
@@ -71,14 +77,70 @@ pub fn kvm_usable() -> bool {
             .is_ok()
 }
 
-/// Why QEMU cannot run here, if it cannot.
-pub fn missing_prerequisites() -> Option<String> {
-    let found = Command::new(QEMU)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    (!found)
-        .then(|| format!("{QEMU} is missing (package qemu-system-x86; run `cargo xtask setup`)"))
+/// A QEMU binary, and the data directory (firmware, option ROMs) to give it with `-L` when
+/// it lies beside the binary rather than where the binary was built to look.
+#[derive(Debug, Clone)]
+pub struct Binary {
+    pub path: PathBuf,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Binary {
+    /// `path`, with `BIN/../share/qemu` as its data directory if that exists (a QEMU
+    /// unpacked under a prefix, or installed under its own).
+    fn with_data_beside(path: PathBuf) -> Self {
+        let data_dir = path
+            .parent()
+            .and_then(Path::parent)
+            .map(|p| p.join("share/qemu"))
+            .filter(|d| d.is_dir());
+        Self { path, data_dir }
+    }
+
+    /// Whether `BIN --version` succeeds.
+    fn runs(&self) -> bool {
+        Command::new(&self.path)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+}
+
+/// The QEMU to start: the binary `NETPAGE_QEMU` names if it is set, else
+/// `qemu-system-x86_64` on PATH, else the one `cargo xtask setup` unpacked under its
+/// private prefix (`location::PRIVATE_PREFIX`). The error says why none runs.
+pub fn binary() -> Result<Binary, String> {
+    static FOUND: OnceLock<Result<Binary, String>> = OnceLock::new();
+    FOUND.get_or_init(find_binary).clone()
+}
+
+fn find_binary() -> Result<Binary, String> {
+    if let Some(path) = std::env::var_os(QEMU_ENV) {
+        let named = Binary::with_data_beside(path.into());
+        return if named.runs() {
+            Ok(named)
+        } else {
+            Err(format!(
+                "{QEMU_ENV}={} does not run (`--version` fails)",
+                named.path.display()
+            ))
+        };
+    }
+    let on_path = Binary {
+        path: QEMU_NAME.into(),
+        data_dir: None,
+    };
+    if on_path.runs() {
+        return Ok(on_path);
+    }
+    let private = Binary::with_data_beside(Path::new(PRIVATE_PREFIX).join(PRIVATE_BINARY));
+    if private.runs() {
+        return Ok(private);
+    }
+    Err(format!(
+        "no QEMU: {QEMU_NAME} is not on PATH, none runs under {PRIVATE_PREFIX}, and \
+         {QEMU_ENV} is not set (run `cargo xtask setup`)"
+    ))
 }
 
 /// How to start one QEMU.
@@ -159,11 +221,13 @@ impl Qemu {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let accel = opts.accel.resolve();
+        let qemu = binary().unwrap_or_else(|why| panic!("qemu {}: {why}", opts.name));
         let stderr = File::create(dir.join("stderr"))
             .unwrap_or_else(|e| panic!("create {}: {e}", dir.join("stderr").display()));
 
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &opts.netns, QEMU])
+        cmd.args(["netns", "exec", &opts.netns])
+            .arg(&qemu.path)
             .args(["-name", &opts.name])
             .args(["-machine", "pc-i440fx-7.2"])
             .args(["-accel", accel.name(), "-cpu", "qemu64"])
@@ -193,18 +257,26 @@ impl Qemu {
                 "unix:{},server=on,wait=off",
                 dir.join("qmp.sock").display()
             ));
+        if let Some(data_dir) = &qemu.data_dir {
+            cmd.arg("-L").arg(data_dir);
+        }
         if let Some(incoming) = &opts.incoming {
             cmd.args(["-incoming", incoming]);
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr));
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {QEMU} in {}: {e}", opts.netns));
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} in {}: {e}",
+                qemu.path.display(),
+                opts.netns
+            )
+        });
         eprintln!(
-            "qemu {}: started in netns {} with accel {}{}",
+            "qemu {}: {} started in netns {} with accel {}{}",
             opts.name,
+            qemu.path.display(),
             opts.netns,
             accel.name(),
             opts.incoming

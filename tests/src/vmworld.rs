@@ -79,7 +79,9 @@ pub fn skip_reason() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root (network namespaces, taps, bpffs)".into());
     }
-    crate::qemu::missing_prerequisites().or_else(crate::guest::missing_prerequisites)
+    crate::qemu::binary()
+        .err()
+        .or_else(crate::guest::missing_prerequisites)
 }
 
 /// The guest's boot parameters: the VA, its gateway, and `dirty_mib` of memory rewritten

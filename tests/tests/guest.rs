@@ -50,7 +50,7 @@ fn skip_reason() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root (network namespaces, taps)".into());
     }
-    qemu::missing_prerequisites().or_else(guest::missing_prerequisites)
+    qemu::binary().err().or_else(guest::missing_prerequisites)
 }
 
 /// A namespace name unique to this process and call.

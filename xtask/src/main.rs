@@ -3,9 +3,13 @@
 //! Every task first brings the machine to a state that can build the XDP program (see
 //! `toolchain`), so each is one command on a fresh machine.
 
+mod apt;
 mod bench;
 mod cmd;
 mod demo;
+mod qemu;
+#[path = "../../tests/src/qemu/location.rs"]
+mod qemu_location;
 mod toolchain;
 
 use anyhow::Result;

@@ -9,6 +9,8 @@
 //!    rustup (if present) so that aya-build can select it.
 //!
 //! Every step checks first and installs only what is missing, saying what it installs.
+//! Nothing is ever removed: apt runs with `--no-remove`, and QEMU is unpacked privately
+//! when Debian's package would replace a newer `qemu-utils` (see `qemu`).
 
 use std::{
     env,
@@ -18,11 +20,12 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::cmd;
+use crate::{apt, cmd, qemu};
 
 /// Debian packages: Rust with a prebuilt `core` for BPF, LLVM 22 for bpf-linker, the
-/// tools the tests and the demo drive, and QEMU with what builds its tiny guest (busybox,
-/// cpio; the guest kernel is fetched with `apt-get download`).
+/// tools the tests and the demo drive, etcd (the directory), protoc (the etcd-client crate's
+/// build), openssl (test certificates), and what builds the tiny guest (busybox, cpio; the
+/// guest kernel is fetched with `apt-get download`). QEMU is set up apart (see `qemu`).
 const DEBIAN_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -34,7 +37,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     "util-linux",
     "nftables",
-    "qemu-system-x86",
+    "etcd-server",
+    "protobuf-compiler",
+    "openssl",
     "busybox-static",
     "cpio",
 ];
@@ -84,11 +89,13 @@ pub fn setup() -> Result<BuildEnv> {
     }
     eprintln!("setup: using Debian's Rust toolchain (prebuilt core for bpfel) for the XDP program");
     ensure_debian_packages()?;
+    let qemu = qemu::ensure()?;
     ensure_bpf_linker(&cargo, &["--no-default-features", "--features", "llvm-22"])?;
     let mut vars = vec![
         // aya-ebpf uses `asm_experimental_arch`; allow unstable features for that crate only.
         ("RUSTC_BOOTSTRAP", "aya_ebpf".to_string()),
     ];
+    vars.extend(qemu);
     if cmd::succeeds(Command::new("rustup").arg("--version")) {
         ensure_rustup_link()?;
         vars.push(("NETPAGE_BPF_TOOLCHAIN", DEBIAN_TOOLCHAIN.into()));
@@ -109,14 +116,7 @@ fn is_debian_12() -> bool {
 }
 
 fn ensure_debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .is_none_or(|s| !s.contains("install ok installed"))
-        })
-        .collect();
+    let missing = apt::missing(DEBIAN_PACKAGES);
     if missing.is_empty() {
         eprintln!("setup: Debian packages present");
         return Ok(());
@@ -124,25 +124,14 @@ fn ensure_debian_packages() -> Result<()> {
     if cmd::require_root("installing Debian packages").is_err() {
         bail!(
             "missing Debian packages {}: run as root, or install them with \
-             `apt-get install --no-install-recommends {}`",
+             `apt-get install --no-install-recommends --no-remove {}`",
             missing.join(" "),
             missing.join(" ")
         );
     }
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));
-    cmd::run(
-        Command::new("apt-get")
-            .args(["update", "-q"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .context("apt-get update (are the Debian package mirrors reachable?)")?;
-    cmd::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .context("installing Debian packages")
+    apt::update()?;
+    apt::install(&missing)
 }
 
 /// Installs bpf-linker with `features` unless the right version is on PATH.
