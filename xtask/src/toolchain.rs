@@ -39,6 +39,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",
     "etcd-server",
     "protobuf-compiler",
+    "libprotobuf-dev",
     "openssl",
     "busybox-static",
     "cpio",
