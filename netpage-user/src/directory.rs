@@ -14,14 +14,15 @@ mod view;
 pub mod wait;
 
 use std::{
+    future::Future,
     net::IpAddr,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, GetOptions, GetResponse, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse, TxnResponse,
 };
 use serde::Serialize;
 
@@ -158,6 +159,51 @@ impl Directory {
         }
     }
 
+    /// Runs `op` with a client, again while it fails before reaching a server (a member
+    /// down: the client then tries another), up to the request timeout.
+    async fn retrying<T, F>(
+        &self,
+        what: &'static str,
+        mut op: impl FnMut(Client) -> F,
+    ) -> Result<T, DirError>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + self.opts.request_timeout;
+        loop {
+            match op(self.client.clone()).await {
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if s.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                r => return r.map_err(self.etcd_err(what)),
+            }
+        }
+    }
+
+    async fn txn(&self, what: &'static str, txn: Txn) -> Result<TxnResponse, DirError> {
+        self.retrying(what, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
+    async fn get(
+        &self,
+        what: &'static str,
+        key: impl Into<Vec<u8>>,
+        opts: Option<GetOptions>,
+    ) -> Result<GetResponse, DirError> {
+        let key = key.into();
+        self.retrying(what, |mut c| {
+            let (key, opts) = (key.clone(), opts.clone());
+            async move { c.get(key, opts).await }
+        })
+        .await
+    }
+
     /// The mapping range at one revision, with the schema checked.
     pub async fn view(&mut self) -> Result<View, DirError> {
         let txn = Txn::new().and_then([
@@ -167,11 +213,7 @@ impl Directory {
             ),
             TxnOp::get(self.keys.schema(), None),
         ]);
-        let resp = self
-            .client
-            .txn(txn)
-            .await
-            .map_err(self.etcd_err("reading the mappings"))?;
+        let resp = self.txn("reading the mappings", txn).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
             TxnOpResponse::Get(g) => Some(g),
@@ -254,10 +296,10 @@ impl Directory {
     async fn drain_lease(&mut self, until_ms: u64) -> Result<i64, DirError> {
         let ttl = until_ms.saturating_sub(now_ms()).div_ceil(1000).max(1);
         let resp = self
-            .client
-            .lease_grant(ttl as i64, None)
-            .await
-            .map_err(self.etcd_err("granting the lease of a drain"))?;
+            .retrying("granting the lease of a drain", |mut c| async move {
+                c.lease_grant(ttl as i64, None).await
+            })
+            .await?;
         Ok(resp.id())
     }
 
@@ -267,10 +309,8 @@ impl Directory {
     ) -> Result<Option<i64>, DirError> {
         // The schema key goes with the first write to a new directory.
         let schema = self
-            .client
-            .get(self.keys.schema(), None)
-            .await
-            .map_err(self.etcd_err("reading the schema version"))?;
+            .get("reading the schema version", self.keys.schema(), None)
+            .await?;
         if schema.kvs().is_empty() {
             let key = self.keys.schema();
             let value = encode(&SchemaValue {
@@ -293,10 +333,8 @@ impl Directory {
         for (done, chunk) in chunks.into_iter().enumerate() {
             let (cmps, ops): (Vec<_>, Vec<_>) = chunk.into_iter().unzip();
             let resp = self
-                .client
-                .txn(Txn::new().when(cmps).and_then(ops))
-                .await
-                .map_err(self.etcd_err("writing the mappings"))?;
+                .txn("writing the mappings", Txn::new().when(cmps).and_then(ops))
+                .await?;
             if !resp.succeeded() {
                 return if done == 0 {
                     Ok(None)
@@ -345,44 +383,72 @@ impl Directory {
             None => (self.reserve(vm, to, at.mod_revision).await?, true),
         };
         out.reserve_revision = reserve_rev;
-        let mut late = Vec::new();
-        if let Some(timeout) = wait {
-            out.reserved = self
-                .wait_applied(reserve_rev, timeout, Instant::now(), &[])
-                .await?;
-            late = laggards(&out.reserved);
-        }
-        let drain_until = (!drain.is_zero()).then(|| now_ms() + drain.as_millis() as u64);
-        let sent = Instant::now();
-        let rev = self
-            .switch_txn(
-                &view,
-                vm,
-                from,
-                to,
-                at.mod_revision,
-                reserve_rev,
-                drain_until,
-            )
-            .await?;
-        out.txn_ms = sent.elapsed().as_secs_f64() * 1e3;
-        let Some(rev) = rev else {
-            if created {
-                self.release(vm, to, reserve_rev).await?;
+        let switched = self
+            .confirm_and_switch(&view, &mut out, at.mod_revision, drain, wait)
+            .await;
+        let (rev, sent, late) = match switched {
+            Ok(Some(done)) => done,
+            Ok(None) => {
+                if created {
+                    self.release(vm, to, reserve_rev).await?;
+                }
+                let now = self.view().await?.read_vm(vm);
+                return Err(DirError::Conflict {
+                    vm,
+                    now: now.map_or("deleted".into(), |r| r.value.real.to_string()),
+                });
             }
-            let now = self.view().await?.read_vm(vm);
-            return Err(DirError::Conflict {
-                vm,
-                now: now.map_or("deleted".into(), |r| r.value.real.to_string()),
-            });
+            Err(e) => {
+                // Nothing switched (or, if the answer was lost, the release sees that
+                // the VM is at `to` and keeps the reservation).
+                if created {
+                    let _ = self.release(vm, to, reserve_rev).await;
+                }
+                return Err(e);
+            }
         };
         out.revision = rev;
-        out.drain_until_ms = drain_until;
         if let Some(timeout) = wait {
             out.nodes = self.wait_applied(rev, timeout, sent, &late).await?;
             out.unconfirmed = laggards(&out.nodes);
         }
         Ok(out)
+    }
+
+    /// Waits for the reservation (unless `wait` is `None`), then makes the switch
+    /// transaction. Returns its revision, when it was sent and the nodes that missed the
+    /// reservation; `None` if another writer changed the VM first.
+    async fn confirm_and_switch(
+        &mut self,
+        view: &View,
+        out: &mut DirSwitched,
+        vm_rev: i64,
+        drain: Duration,
+        wait: Option<Duration>,
+    ) -> Result<Option<(i64, Instant, Vec<String>)>, DirError> {
+        let mut late = Vec::new();
+        if let Some(timeout) = wait {
+            out.reserved = self
+                .wait_applied(out.reserve_revision, timeout, Instant::now(), &[])
+                .await?;
+            late = laggards(&out.reserved);
+        }
+        out.drain_until_ms = (!drain.is_zero()).then(|| now_ms() + drain.as_millis() as u64);
+        let sent = Instant::now();
+        let (vm, from, to) = (out.vm, out.from, out.to);
+        let rev = self
+            .switch_txn(
+                view,
+                vm,
+                from,
+                to,
+                vm_rev,
+                out.reserve_revision,
+                out.drain_until_ms,
+            )
+            .await?;
+        out.txn_ms = sent.elapsed().as_secs_f64() * 1e3;
+        Ok(rev.map(|r| (r, sent, late)))
     }
 
     /// Phase 1: R2V[to] = vm, if `to` is still free and the VM still where it was read.
@@ -398,11 +464,7 @@ impl Directory {
                 Compare::create_revision(ra.clone(), CompareOp::Equal, 0),
             ])
             .and_then([TxnOp::put(ra, value, None)]);
-        let resp = self
-            .client
-            .txn(txn)
-            .await
-            .map_err(self.etcd_err("reserving the new real address"))?;
+        let resp = self.txn("reserving the new real address", txn).await?;
         if resp.succeeded() {
             return Ok(resp.header().map_or(0, |h| h.revision()));
         }
@@ -470,10 +532,11 @@ impl Directory {
             });
         }
         let resp = self
-            .client
-            .txn(Txn::new().when(cmps).and_then(ops))
-            .await
-            .map_err(self.etcd_err("switching the VM's entry"))?;
+            .txn(
+                "switching the VM's entry",
+                Txn::new().when(cmps).and_then(ops),
+            )
+            .await?;
         Ok(resp
             .succeeded()
             .then(|| resp.header().map_or(0, |h| h.revision())))
@@ -491,18 +554,16 @@ impl Directory {
                 ),
             ])
             .and_then([TxnOp::delete(self.keys.ra(to), None)]);
-        self.client
-            .txn(txn)
-            .await
-            .map_err(self.etcd_err("releasing the reservation of a lost switch"))?;
+        self.txn("releasing the reservation of a lost switch", txn)
+            .await?;
         Ok(())
     }
 
     /// The registered nodes, by name, with how far each is behind the mapping range.
     pub async fn nodes(&mut self) -> Result<Vec<NodeStatus>, DirError> {
         let latest = self
-            .client
             .get(
+                "reading the latest mapping change",
                 self.keys.map_prefix(),
                 Some(
                     GetOptions::new()
@@ -512,8 +573,7 @@ impl Directory {
                         .with_limit(1),
                 ),
             )
-            .await
-            .map_err(self.etcd_err("reading the latest mapping change"))?;
+            .await?;
         let latest = latest.kvs().first().map_or(0, |kv| kv.mod_revision());
         Ok(self
             .node_records()
@@ -531,13 +591,12 @@ impl Directory {
     /// Every node record and the revision they were read at.
     async fn node_records(&mut self) -> Result<(i64, Vec<NodeRecord>), DirError> {
         let resp = self
-            .client
             .get(
+                "reading the nodes",
                 self.keys.nodes_prefix(),
                 Some(GetOptions::new().with_prefix()),
             )
-            .await
-            .map_err(self.etcd_err("reading the nodes"))?;
+            .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut records: Vec<NodeRecord> = resp
             .kvs()

@@ -1,5 +1,6 @@
 //! Helpers for netpage's integration tests: packet builders, independent checksum
 //! verification, and the in-kernel fixture harness.
+pub mod agents;
 pub mod bench;
 pub mod build;
 pub mod datapath;

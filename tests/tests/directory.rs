@@ -1,0 +1,597 @@
+//! The mapping directory on etcd with real etcd processes and real `netpage agent`s: a
+//! world switched through the directory, 16 agents, concurrent writers, and the faults
+//! (an agent killed, etcd stopped, a leader killed, an agent partitioned, compaction,
+//! a client without a certificate).
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant},
+};
+
+use netpage::directory::{DirError, Directory, EtcdOptions as DirOptions};
+use netpage_tests::{
+    agents::{Agents, PinRoot, directory_tables, node_tables, wait_converged},
+    etcd::{self, Etcd, EtcdCluster, EtcdOptions, Members},
+    netns::{NetNs, output},
+    world::{Host, Node, Options, Prober, V4, Vm, World, netpage_bin},
+};
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// Skips (printing why) where etcd cannot run.
+fn etcd_missing() -> bool {
+    if let Some(why) = etcd::missing_prerequisites() {
+        println!("skipped: {why}");
+        return true;
+    }
+    false
+}
+
+fn dir_options(m: &Members) -> DirOptions {
+    let mut o = DirOptions::new(&m.urls(), "/netpage");
+    if let Some(tls) = m.tls() {
+        o.cacert = Some(tls.ca().to_owned());
+        o.cert = Some(tls.client_cert().to_owned());
+        o.key = Some(tls.client_key().to_owned());
+    }
+    o
+}
+
+fn nodes(root: &PinRoot, n: usize) -> Vec<(String, PathBuf)> {
+    (0..n)
+        .map(|i| (format!("n{i}"), root.node(&format!("n{i}"))))
+        .collect()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn va(i: u32) -> IpAddr {
+    IpAddr::from([198, 19, (i / 250) as u8, (i % 250 + 1) as u8])
+}
+
+fn ra(site: u8, i: u32) -> IpAddr {
+    IpAddr::from([198, 18, site * 10 + (i / 250) as u8, (i % 250 + 1) as u8])
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Adds `n` mappings VM i -> RA (site 1, i) in one `apply` (many transactions: etcd takes
+/// 128 operations per transaction).
+fn apply_mappings(agents: &Agents, n: u32) {
+    let file = std::env::temp_dir().join(format!("np-dir-apply-{}.json", std::process::id()));
+    let mapping: Vec<serde_json::Value> = (0..n)
+        .map(|i| serde_json::json!({"vm": va(i).to_string(), "real": ra(1, i).to_string()}))
+        .collect();
+    std::fs::write(&file, serde_json::json!({ "mapping": mapping }).to_string()).unwrap();
+    let out = agents.netpage_json(&["apply", "-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(out["added"].as_array().unwrap().len(), n as usize, "{out}");
+}
+
+#[test]
+fn sixteen_agents_confirm_a_switch_and_refuse_local_writes() {
+    if etcd_missing() {
+        return;
+    }
+    let etcd = Etcd::new();
+    let root = PinRoot::new();
+    let nodes = nodes(&root, 16);
+    let agents = Agents::start(&etcd.cli_args(), &nodes);
+    agents.netpage_json(&[
+        "map",
+        "add",
+        "--vm",
+        "198.19.0.10",
+        "--real",
+        "198.18.10.100",
+    ]);
+    let s = agents.netpage_json(&["switch", "--vm", "198.19.0.10", "--to", "198.18.20.100"]);
+    println!("{s}");
+    let confirmed = s["nodes"].as_array().unwrap();
+    assert_eq!(confirmed.len(), 16, "{s}");
+    assert!(confirmed.iter().all(|c| c["confirmed"] == true), "{s}");
+    assert_eq!(s["unconfirmed"].as_array().unwrap().len(), 0);
+    assert_eq!(s["from"], "198.18.10.100");
+    wait_converged(&dir_options(&etcd), &nodes, CONVERGE);
+    let (fwd, rev) = node_tables(&nodes[7].1);
+    assert_eq!(fwd, vec![(ip("198.19.0.10"), ip("198.18.20.100"))]);
+    assert_eq!(rev.len(), 2, "the new RA and the draining old one: {rev:?}");
+    // A node an agent manages refuses local writes, and says why.
+    let out = output(
+        std::process::Command::new(netpage_bin())
+            .arg("--pin-dir")
+            .arg(&nodes[0].1)
+            .args([
+                "map",
+                "add",
+                "--vm",
+                "198.19.0.11",
+                "--real",
+                "198.18.10.101",
+            ]),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("managed by `netpage agent`"), "{err}");
+    assert_eq!(node_tables(&nodes[0].1).0.len(), 1, "nothing written");
+    // The drain ends on time through its lease, with no command run.
+    thread::sleep(Duration::from_secs(7));
+    let (_, rev) = node_tables(&nodes[3].1);
+    assert_eq!(rev, vec![(ip("198.18.20.100"), ip("198.19.0.10"))]);
+}
+
+#[test]
+fn concurrent_switches_land_and_one_vm_has_one_winner() {
+    if etcd_missing() {
+        return;
+    }
+    let etcd = Etcd::new();
+    let root = PinRoot::new();
+    let nodes = nodes(&root, 4);
+    let agents = Agents::start(&etcd.cli_args(), &nodes);
+    apply_mappings(&agents, 200);
+    let opts = dir_options(&etcd);
+    let rt = runtime();
+    // 200 concurrent switches of different VMs, each its own client.
+    let results = rt.block_on(async {
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let opts = opts.clone();
+                tokio::spawn(async move {
+                    let mut d = Directory::connect(&opts).await?;
+                    d.switch(
+                        va(i),
+                        ra(2, i),
+                        Duration::from_secs(1),
+                        Some(Duration::from_secs(10)),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    for (i, r) in results.iter().enumerate() {
+        let s = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("switch of {}: {e:#}", va(i as u32)));
+        assert_eq!(s.to, ra(2, i as u32));
+        assert!(s.unconfirmed.is_empty(), "{s:?}");
+    }
+    wait_converged(&opts, &nodes, CONVERGE);
+    let (fwd, _) = directory_tables(&opts);
+    assert!((0..200).all(|i| fwd.contains(&(va(i), ra(2, i)))));
+    // Two writers switch one VM at once, to different addresses: of those that read the
+    // same location, exactly one wins; the loser changes nothing (its reservation goes).
+    let mut conflicts = 0;
+    for round in 0..10u32 {
+        let targets = [ra(3, round * 2), ra(3, round * 2 + 1)];
+        let r = rt.block_on(async {
+            let both = targets.map(|to| {
+                let opts = opts.clone();
+                tokio::spawn(async move {
+                    let mut d = Directory::connect(&opts).await?;
+                    d.switch(va(0), to, Duration::ZERO, Some(Duration::from_secs(10)))
+                        .await
+                })
+            });
+            let [a, b] = both;
+            [a.await.unwrap(), b.await.unwrap()]
+        });
+        let won: Vec<_> = r.iter().filter_map(|x| x.as_ref().ok()).collect();
+        assert!(!won.is_empty(), "no winner: {r:?}");
+        if won.len() == 2 {
+            assert_ne!(
+                won[0].from, won[1].from,
+                "two winners from one state: {r:?}"
+            );
+        } else {
+            conflicts += 1;
+            let lost = r.iter().find_map(|x| x.as_ref().err()).unwrap();
+            assert!(matches!(lost, DirError::Conflict { .. }), "{lost:#}");
+        }
+    }
+    println!("{conflicts} of 10 rounds had a conflict");
+    assert!(conflicts > 0, "the two writers never raced");
+    let out = agents.netpage(&["check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_converged(&opts, &nodes, CONVERGE);
+}
+
+#[test]
+fn an_agent_killed_during_a_burst_converges_after_its_restart() {
+    if etcd_missing() {
+        return;
+    }
+    let etcd = Etcd::new();
+    let root = PinRoot::new();
+    let nodes = nodes(&root, 3);
+    let mut agents = Agents::start(&etcd.cli_args(), &nodes);
+    apply_mappings(&agents, 40);
+    let opts = dir_options(&etcd);
+    let burst = {
+        let opts = opts.clone();
+        thread::spawn(move || {
+            runtime().block_on(async {
+                let mut d = Directory::connect(&opts).await.unwrap();
+                for i in 0..40 {
+                    d.switch(
+                        va(i),
+                        ra(2, i),
+                        Duration::from_secs(1),
+                        Some(Duration::from_millis(300)),
+                    )
+                    .await
+                    .unwrap();
+                }
+            })
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    agents.kill9("n1");
+    burst.join().unwrap();
+    assert_ne!(
+        node_tables(&nodes[1].1),
+        directory_tables(&opts),
+        "n1 missed nothing?"
+    );
+    agents.restart("n1", None);
+    wait_converged(&opts, &nodes, CONVERGE);
+}
+
+#[test]
+fn compaction_while_an_agent_is_down_then_it_resyncs() {
+    if etcd_missing() {
+        return;
+    }
+    let etcd = Etcd::new();
+    let root = PinRoot::new();
+    let nodes = nodes(&root, 2);
+    let mut agents = Agents::start(&etcd.cli_args(), &nodes);
+    apply_mappings(&agents, 5);
+    agents.kill9("n1");
+    for i in 0..5 {
+        agents.netpage_json(&[
+            "switch",
+            "--vm",
+            &va(i).to_string(),
+            "--to",
+            &ra(2, i).to_string(),
+            "--drain",
+            "0",
+            "--no-wait",
+        ]);
+    }
+    etcd.compact(etcd.current_revision());
+    agents.restart("n1", None);
+    wait_converged(&dir_options(&etcd), &nodes, CONVERGE);
+    assert!(
+        agents.log("n1").contains("synced at revision"),
+        "{}",
+        agents.log("n1")
+    );
+}
+
+#[test]
+fn a_leader_killed_during_a_switch_leaves_it_whole() {
+    if etcd_missing() {
+        return;
+    }
+    let mut cluster = EtcdCluster::new();
+    let root = PinRoot::new();
+    let nodes = nodes(&root, 3);
+    let agents = Agents::start(&cluster.cli_args(), &nodes);
+    apply_mappings(&agents, 1);
+    let opts = dir_options(&cluster);
+    let leader = cluster.wait_for_leader();
+    let switch = {
+        let opts = opts.clone();
+        thread::spawn(move || {
+            runtime().block_on(async {
+                let mut d = Directory::connect(&opts).await?;
+                d.switch(
+                    va(0),
+                    ra(2, 0),
+                    Duration::ZERO,
+                    Some(Duration::from_secs(5)),
+                )
+                .await
+            })
+        })
+    };
+    thread::sleep(Duration::from_millis(2));
+    cluster.kill(leader);
+    let result = switch.join().unwrap();
+    println!("switch with the leader killed: {result:?}");
+    cluster.wait_for_leader();
+    wait_converged(&opts, &nodes, CONVERGE);
+    let (fwd, rev) = directory_tables(&opts);
+    let at = fwd[0].1;
+    match &result {
+        Ok(_) => assert_eq!(at, ra(2, 0)),
+        Err(_) => assert!(at == ra(1, 0) || at == ra(2, 0), "{fwd:?}"),
+    }
+    assert_eq!(
+        rev,
+        vec![(at, va(0))],
+        "no half-applied entry left: {rev:?}"
+    );
+    let out = agents.netpage(&["check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_client_without_a_certificate_is_refused_and_changes_nothing() {
+    if etcd_missing() {
+        return;
+    }
+    let etcd = Etcd::start_tls();
+    let root = PinRoot::new();
+    let nodes = nodes(&root, 1);
+    let agents = Agents::start(&etcd.cli_args(), &nodes);
+    agents.netpage_json(&[
+        "map",
+        "add",
+        "--vm",
+        "198.19.0.10",
+        "--real",
+        "198.18.10.100",
+    ]);
+    let tls = etcd.tls().unwrap();
+    let out = output(
+        std::process::Command::new(netpage_bin())
+            .args(["--etcd", &etcd.urls(), "--etcd-cacert"])
+            .arg(tls.ca())
+            .args(["switch", "--vm", "198.19.0.10", "--to", "198.18.20.100"]),
+    );
+    assert!(
+        !out.status.success(),
+        "a client without a certificate switched"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("{err}");
+    assert!(err.contains("did not answer"), "{err}");
+    let (fwd, _) = directory_tables(&dir_options(&etcd));
+    assert_eq!(fwd, vec![(ip("198.19.0.10"), ip("198.18.10.100"))]);
+    wait_converged(&dir_options(&etcd), &nodes, CONVERGE);
+}
+
+#[test]
+fn a_partitioned_agent_is_named_and_converges_after_the_partition() {
+    if etcd_missing() {
+        return;
+    }
+    // etcd listens on an address the agent's namespace reaches through a veth.
+    let (outside, inside) = (
+        Ipv4Addr::new(198, 18, 250, 1),
+        Ipv4Addr::new(198, 18, 250, 2),
+    );
+    let ns = NetNs::create(&format!("npp-{}", std::process::id()));
+    let root_if = format!("npp{}", std::process::id() % 100000);
+    let ip_root = |args: &[&str]| {
+        let out = output(std::process::Command::new("ip").args(args));
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    ip_root(&[
+        "link",
+        "add",
+        &root_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ]);
+    ns.ip(&["addr", "add", &format!("{inside}/30"), "dev", "eth0"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    ns.ip(&["link", "set", "lo", "up"]);
+    ip_root(&["addr", "add", &format!("{outside}/30"), "dev", &root_if]);
+    ip_root(&["link", "set", &root_if, "up"]);
+    let etcd = EtcdOptions::new()
+        .listen_ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        .advertise_ip(IpAddr::V4(outside))
+        .start();
+    let root = PinRoot::new();
+    let nodes = nodes(&root, 2);
+    let mut agents = Agents::start_with(&etcd.cli_args(), &nodes, &["--lease-ttl", "4"]);
+    // n1 runs inside the namespace: its only way to etcd is the veth.
+    agents.kill9("n1");
+    agents.restart("n1", Some(ns.name()));
+    thread::sleep(Duration::from_millis(500));
+    agents.wait_registered(&["n0", "n1"], CONVERGE);
+    apply_mappings(&agents, 3);
+    wait_converged(&dir_options(&etcd), &nodes, CONVERGE);
+    ip_root(&["link", "set", &root_if, "down"]);
+    let partitioned = Instant::now();
+    let out = agents.netpage(&[
+        "--json",
+        "switch",
+        "--vm",
+        &va(0).to_string(),
+        "--to",
+        &ra(2, 0).to_string(),
+        "--timeout",
+        "2",
+    ]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("{s}");
+    assert!(
+        !out.status.success(),
+        "an unconfirmed switch exits non-zero"
+    );
+    assert_eq!(s["unconfirmed"], serde_json::json!(["n1"]), "{s}");
+    assert_eq!(s["to"], ra(2, 0).to_string());
+    agents.netpage_json(&[
+        "switch",
+        "--vm",
+        &va(1).to_string(),
+        "--to",
+        &ra(2, 1).to_string(),
+        "--no-wait",
+    ]);
+    assert_ne!(
+        node_tables(&nodes[1].1),
+        directory_tables(&dir_options(&etcd))
+    );
+    thread::sleep(Duration::from_secs(10).saturating_sub(partitioned.elapsed()));
+    ip_root(&["link", "set", &root_if, "up"]);
+    wait_converged(&dir_options(&etcd), &nodes, Duration::from_secs(30));
+    drop(agents);
+    let _ = output(std::process::Command::new("ip").args(["link", "del", &root_if]));
+}
+
+/// The world (client, gateway, hosts A and B) with an agent per edge: a switch through the
+/// directory loses none of the client's 1 ms probes and keeps a TCP connection; with etcd
+/// stopped the datapath keeps translating and a switch fails, changing nothing; when etcd
+/// returns the agents sync again and the VM moves back.
+#[test]
+fn the_world_switched_through_the_directory_and_without_etcd() {
+    if etcd_missing() {
+        return;
+    }
+    let mut etcd = Etcd::new();
+    let world = World::with(Options::default());
+    world.attach_all();
+    let edges: Vec<(String, PathBuf)> = Node::EDGES
+        .iter()
+        .map(|n| (n.name().to_owned(), world.pin_dir(*n)))
+        .collect();
+    let mut agents = Agents::start(&etcd.cli_args(), &edges);
+    let f = V4;
+    agents.netpage_json(&[
+        "map",
+        "add",
+        "--vm",
+        &f.va.to_string(),
+        "--real",
+        &f.ra_a.to_string(),
+    ]);
+    wait_converged(&dir_options(&etcd), &edges, CONVERGE);
+    let server = world.tcp_echo(Node::Vm, SocketAddr::new(f.va, 7001));
+    let mut stream = world.in_ns(Node::Client, || {
+        TcpStream::connect_timeout(&server.addr(), Duration::from_secs(2)).unwrap()
+    });
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let echo = |stream: &mut TcpStream, line: &str| {
+        stream.write_all(line.as_bytes()).unwrap();
+        let mut buf = vec![0; line.len()];
+        stream.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, line.as_bytes());
+    };
+    echo(&mut stream, "before\n");
+    let udp = world.udp_echo(Node::Vm, SocketAddr::new(f.va, 7000));
+    let socket = world.udp_socket(
+        Node::Client,
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+    );
+    let probes = Prober::spawn(
+        socket,
+        udp.addr(),
+        Duration::from_millis(1),
+        Duration::from_secs(60),
+    );
+    thread::sleep(Duration::from_millis(300));
+    world.replug_vm(Vm::One, Host::B, || {
+        let s = agents.netpage_json(&[
+            "switch",
+            "--vm",
+            &f.va.to_string(),
+            "--to",
+            &f.ra_b.to_string(),
+        ]);
+        println!("{s}");
+        assert_eq!(s["unconfirmed"].as_array().unwrap().len(), 0, "{s}");
+        thread::sleep(Duration::from_millis(300));
+    });
+    thread::sleep(Duration::from_millis(300));
+    let report = probes.stop();
+    println!("through the directory: {report}");
+    assert_eq!(report.lost, 0, "{report}\n{}", world.diagnostics());
+    assert_eq!(report.strangers, 0, "{report}");
+    echo(&mut stream, "after the switch\n");
+    // etcd stops: the datapath keeps translating, a switch fails and changes nothing.
+    etcd.stop();
+    let before = node_tables(&edges[0].1);
+    let socket = world.udp_socket(
+        Node::Client,
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+    );
+    let probes = Prober::spawn(
+        socket,
+        udp.addr(),
+        Duration::from_millis(1),
+        Duration::from_secs(60),
+    );
+    let out = agents.netpage(&[
+        "switch",
+        "--vm",
+        &f.va.to_string(),
+        "--to",
+        &f.ra_a.to_string(),
+        "--timeout",
+        "1",
+    ]);
+    let report = probes.stop();
+    println!("without etcd: {report}");
+    assert_eq!(report.lost, 0, "{report}");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not answer"), "{err}");
+    for (_, dir) in &edges {
+        assert_eq!(node_tables(dir).0, before.0, "a node changed without etcd");
+    }
+    echo(&mut stream, "without etcd\n");
+    // etcd returns: the agents sync again and follow the next switch.
+    etcd.start();
+    agents.wait_registered(&["gw", "hostA", "hostB"], CONVERGE);
+    world.replug_vm(Vm::One, Host::A, || {
+        let s = agents.netpage_json(&[
+            "switch",
+            "--vm",
+            &f.va.to_string(),
+            "--to",
+            &f.ra_a.to_string(),
+        ]);
+        assert_eq!(s["unconfirmed"].as_array().unwrap().len(), 0, "{s}");
+    });
+    wait_converged(&dir_options(&etcd), &edges, CONVERGE);
+    echo(&mut stream, "back at host A\n");
+    assert!(
+        agents.log("gw").matches("synced at revision").count() >= 2,
+        "{}",
+        agents.log("gw")
+    );
+    assert!(agents.terminate("gw").success(), "{}", agents.log("gw"));
+    assert!(agents.log("gw").contains("the table stays in place"));
+    assert_eq!(
+        node_tables(&edges[0].1).0,
+        vec![(f.va, f.ra_a)],
+        "SIGTERM keeps the table"
+    );
+}
