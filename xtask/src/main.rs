@@ -34,8 +34,14 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Set up, then run the demo (root): a VM switched between two hosts mid-stream.
-    Demo,
+    /// Set up, then run the demo (root): a VM switched between two hosts mid-stream,
+    /// through the directory on etcd (an etcd member and an agent per edge node).
+    Demo {
+        /// The single-machine demo instead: one `netpage switch --node DIR ...` over every
+        /// node's pin directory, no etcd.
+        #[arg(long)]
+        local: bool,
+    },
     /// Set up, then run the benchmarks (root): per-packet cost, switch latency, forwarding
     /// against plain routing and nftables, switch gap; writes
     /// target/bench/report.json and report.md.
@@ -84,7 +90,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             cmd::cargo_test(&env, &test)
         }
-        Task::Demo => demo::run(&env),
+        Task::Demo { local } => demo::run(&env, local),
         Task::Bench { smoke, parts } => bench::run(&env, smoke, &parts),
     }
 }
