@@ -104,7 +104,15 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
         Section::new(
             "Switch through the directory on etcd",
             format!(
-                "One etcd member and N `netpage agent`s (N = {}), each on a node of its own                  (a bpffs pin directory, tables created by its agent, no interface); one VM                  mapping switched {} times per N between two RAs with `{}` (`--json`).                  `directory_propagation`: each node's map update after the switch                  transaction (`propagation_ms` of the command's JSON), p50, p99 and max over                  every node and switch. `directory_switch_command`: wall time of the whole                  command, from spawning it to its exit (reserve, wait for every node,                  switch, wait for every node), at the largest N, against `{}` over as many                  pin directories with no agent (an agent's node refuses local writes), the                  two taking turns.",
+                "One etcd member and N `netpage agent`s (N = {}), each on a node of its own \
+                 (a bpffs pin directory, tables created by its agent, no interface); one VM \
+                 mapping switched {} times per N between two RAs with `{}` (`--json`). \
+                 `directory_propagation`: each node's map update after the switch transaction \
+                 (`propagation_ms` of the command's JSON), p50, p99 and max over every node \
+                 and switch. `directory_switch_command`: wall time of the whole command, from \
+                 spawning it to its exit (reserve, wait for every node, switch, wait for \
+                 every node), at the largest N, against `{}` over as many pin directories \
+                 with no agent (an agent's node refuses local writes), the two taking turns.",
                 cfg.directory_agents
                     .iter()
                     .map(ToString::to_string)

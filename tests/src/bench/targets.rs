@@ -87,7 +87,8 @@ fn directory_p99(rows: &[Row]) -> Option<&Row> {
 fn directory_note(rows: &[Row]) -> Option<String> {
     let r = directory_p99(rows)?;
     Some(format!(
-        "a switch through the directory reaches every node's map within {DIRECTORY_P99_MS} ms          (p99) at {} agents: {:.1} ms - {}",
+        "a switch through the directory reaches every node's map within {DIRECTORY_P99_MS} ms \
+         (p99) at {} agents: {:.2} ms - {}",
         r.param_u64("agents").unwrap_or(0),
         r.value,
         verdict(r.value <= DIRECTORY_P99_MS)
@@ -120,7 +121,12 @@ fn directory_why(rows: &[Row]) -> Option<String> {
         format!(" (p99 {v:.1} ms with {fewest} agent(s))")
     });
     Some(format!(
-        "Directory: p99 propagation {:.1} ms at {agents} agents{few}, p50 {p50:.1} ms.          Each agent is a process of its own that wakes on etcd's watch event, updates its          maps and writes its confirmation; with {agents} of them on {} CPUs, the last of a          switch waits for the CPU behind the others (and behind etcd and the command), so          the tail grows with the number of agents per CPU, which a real deployment, one          agent per machine, does not have",
+        "Directory: p99 propagation {:.1} ms at {agents} agents{few}, p50 {p50:.1} ms. Each \
+         agent is a process of its own that wakes on etcd's watch event, updates its maps and \
+         writes its confirmation; with {agents} of them on {} CPUs, the last of a switch \
+         waits for the CPU behind the others (and behind etcd and the command), so the tail \
+         grows with the number of agents per CPU, which a real deployment, one agent per \
+         machine, does not have",
         r.value,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     ))
