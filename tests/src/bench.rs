@@ -1,7 +1,7 @@
 //! Measurements of netpage's costs, for `cargo xtask bench`: per-packet cost in the kernel,
 //! the latency of a switch (map updates and the whole `netpage switch` command), forwarding
-//! throughput through a gateway namespace, and the gap a VM's move leaves in a stream,
-//! written as report rows.
+//! throughput through a gateway namespace, the gap a VM's move leaves in a stream, and a
+//! switch through the directory on etcd to N agents, written as report rows.
 //!
 //! Each part is a function from a [`Config`] to rows, so the benchmark binary runs them in
 //! full and a test runs them in the smoke configuration. Nothing here asserts a timing.
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 pub mod about;
 pub mod command;
+pub mod directory;
 pub mod fill;
 pub mod forward;
 pub mod gap;
@@ -48,6 +49,10 @@ pub struct Config {
     pub gap_switches: usize,
     /// Rounds of live migrations of a QEMU guest, every variant once in each.
     pub migration_rounds: usize,
+    /// Agents (nodes) of the switch through the directory on etcd, one run per count.
+    pub directory_agents: Vec<usize>,
+    /// Switches through the directory per agent count.
+    pub directory_switches: usize,
 }
 
 impl Config {
@@ -65,6 +70,8 @@ impl Config {
             forward_time: Duration::from_millis(1500),
             gap_switches: 5,
             migration_rounds: 3,
+            directory_agents: vec![1, 4, 16],
+            directory_switches: 50,
         }
     }
 
@@ -83,6 +90,8 @@ impl Config {
             forward_time: Duration::from_millis(300),
             gap_switches: 2,
             migration_rounds: 1,
+            directory_agents: vec![1, 4, 16],
+            directory_switches: 4,
         }
     }
 }

@@ -22,6 +22,7 @@ use std::{
     io::Write,
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
     ops::{Deref, DerefMut},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -606,6 +607,14 @@ impl Members {
         })
     }
 
+    /// The revision at which `key` was last written, if it exists (a linearizable read).
+    pub fn mod_revision(&self, key: &str) -> Option<i64> {
+        self.retry(&format!("get {key}"), |mut c| async move {
+            let r = c.get(key, None).await?;
+            Ok(r.kvs().first().map(|kv| kv.mod_revision()))
+        })
+    }
+
     /// The value at `key` as member `i` has it now (a serializable read of its own state).
     pub fn get_local(&self, i: usize, key: &str) -> Result<Option<Vec<u8>>, String> {
         self.attempt(&[self.endpoint(i)], |mut c| async move {
@@ -743,7 +752,10 @@ impl Members {
                 .arg("--key-file")
                 .arg(&tls.server_key);
         }
+        // A process group of its own: a terminal's Ctrl-C reaches only the process that
+        // owns the harness, which kills the member when it drops it.
         cmd.args(&opts.extra_args)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(stderr));

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod build;
 pub mod datapath;
 pub mod demo;
+pub mod directory;
 pub mod etcd;
 pub mod guest;
 pub mod netns;

@@ -2,7 +2,7 @@
 //! with sane values and the report renders. No timing is asserted.
 
 use netpage_tests::bench::{
-    Config, about, command, forward, gap, per_packet, report, switch, targets,
+    Config, about, command, directory, forward, gap, per_packet, report, switch, targets,
 };
 
 /// Finite, non-negative values (positive unless `counts` allows a zero, as for probes
@@ -92,5 +92,28 @@ fn gap_smoke() {
         .find(|r| r.measure == "switch_gap_largest" && r.variant == gap::MOVE)
         .expect("a largest-gap row");
     assert!(largest.value > 0.0);
+    assert_eq!(targets::notes(&rows).len(), 1);
+}
+
+#[test]
+fn directory_smoke() {
+    let cfg = Config::smoke();
+    let rows = directory::run(&cfg);
+    // A propagation time may round to zero on a fast machine.
+    assert_sane(&rows, true);
+    let n = cfg.directory_agents.len();
+    // p50, p99 and max at each agent count, and the command with its local baseline.
+    assert_eq!(rows.len(), 3 * n + 2);
+    let largest = *cfg.directory_agents.iter().max().unwrap();
+    for r in rows.iter().filter(|r| r.measure == "directory_propagation") {
+        let agents = r.param_u64("agents").unwrap() as usize;
+        assert_eq!(r.repeats, agents * cfg.directory_switches, "{r:?}");
+    }
+    let cmd = rows
+        .iter()
+        .find(|r| r.measure == "directory_switch_command" && r.variant == directory::VIA_ETCD)
+        .expect("the command through etcd");
+    assert_eq!(cmd.param_u64("agents"), Some(largest as u64));
+    assert!(cmd.ratio.is_some() && cmd.baseline.is_some(), "{cmd:?}");
     assert_eq!(targets::notes(&rows).len(), 1);
 }

@@ -1,4 +1,5 @@
-//! `cargo xtask demo`: builds netpage and the demo in release and runs the demo.
+//! `cargo xtask demo [--local]`: builds netpage and the demo in release and runs the demo,
+//! through the directory on etcd or (`--local`) on the pin directories of one machine.
 
 use anyhow::Result;
 
@@ -6,7 +7,7 @@ use crate::{cmd, toolchain::BuildEnv};
 
 /// Runs the demo. Ctrl-C goes to the demo, which removes its namespaces before it exits;
 /// this process waits for that instead of dying first.
-pub fn run(env: &BuildEnv) -> Result<()> {
+pub fn run(env: &BuildEnv, local: bool) -> Result<()> {
     cmd::require_root("the demo creates network namespaces and loads XDP programs")?;
     cmd::cargo(
         env,
@@ -23,15 +24,16 @@ pub fn run(env: &BuildEnv) -> Result<()> {
         // SAFETY: SIG_IGN is a valid disposition; no handler code runs.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
-    cmd::cargo(
-        env,
-        &[
-            "run",
-            "--release",
-            "--package",
-            "netpage-tests",
-            "--bin",
-            "netpage-demo",
-        ],
-    )
+    let mut args = vec![
+        "run",
+        "--release",
+        "--package",
+        "netpage-tests",
+        "--bin",
+        "netpage-demo",
+    ];
+    if local {
+        args.extend(["--", "--local"]);
+    }
+    cmd::cargo(env, &args)
 }

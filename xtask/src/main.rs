@@ -34,17 +34,25 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Set up, then run the demo (root): a VM switched between two hosts mid-stream.
-    Demo,
+    /// Set up, then run the demo (root): a VM switched between two hosts mid-stream,
+    /// through the directory on etcd (an etcd member and an agent per edge node).
+    Demo {
+        /// The single-machine demo instead: one `netpage switch --node DIR ...` over every
+        /// node's pin directory, no etcd.
+        #[arg(long)]
+        local: bool,
+    },
     /// Set up, then run the benchmarks (root): per-packet cost, switch latency, forwarding
-    /// against plain routing and nftables, switch gap; writes
+    /// against plain routing and nftables, switch gap, propagation through the directory
+    /// on etcd; writes
     /// target/bench/report.json and report.md.
     Bench {
         /// A brief run that checks the benchmark works; its numbers mean nothing.
         #[arg(long)]
         smoke: bool,
-        /// Only these parts: per-packet, switch, command, forward, gap, migration. Without
-        /// any, all but migration (live migrations of a QEMU guest take minutes under TCG).
+        /// Only these parts: per-packet, switch, command, forward, gap, directory, migration.
+        /// Without any, all but migration (live migrations of a QEMU guest take minutes under
+        /// TCG).
         parts: Vec<String>,
     },
 }
@@ -84,7 +92,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             cmd::cargo_test(&env, &test)
         }
-        Task::Demo => demo::run(&env),
+        Task::Demo { local } => demo::run(&env, local),
         Task::Bench { smoke, parts } => bench::run(&env, smoke, &parts),
     }
 }

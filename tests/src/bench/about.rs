@@ -1,7 +1,7 @@
 //! The report's sections: which measures each part writes, and a paragraph on how they
 //! were taken and how to read them.
 
-use crate::bench::{Config, command, forward::Variant, gap, report::Section};
+use crate::bench::{Config, command, directory, forward::Variant, gap, report::Section};
 
 /// The sections of the report, in the order the parts run.
 pub fn sections(cfg: &Config) -> Vec<Section> {
@@ -100,6 +100,29 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                 "switch_gap_move",
                 "switch_gap_command",
             ],
+        ),
+        Section::new(
+            "Switch through the directory on etcd",
+            format!(
+                "One etcd member and N `netpage agent`s (N = {}), each on a node of its own \
+                 (a bpffs pin directory, tables created by its agent, no interface); one VM \
+                 mapping switched {} times per N between two RAs with `{}` (`--json`). \
+                 `directory_propagation`: each node's map update after the switch transaction \
+                 (`propagation_ms` of the command's JSON), p50, p99 and max over every node \
+                 and switch. `directory_switch_command`: wall time of the whole command, from \
+                 spawning it to its exit (reserve, wait for every node, switch, wait for \
+                 every node), at the largest N, against `{}` over as many pin directories \
+                 with no agent (an agent's node refuses local writes), the two taking turns.",
+                cfg.directory_agents
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                cfg.directory_switches,
+                directory::VIA_ETCD,
+                directory::LOCAL
+            ),
+            &["directory_propagation", "directory_switch_command"],
         ),
         Section::new(
             "Live migration of a QEMU guest",

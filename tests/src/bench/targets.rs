@@ -13,6 +13,9 @@ const WHOLE_P99_US: f64 = 5.0;
 const COMMAND_P50_MS: f64 = 5.0;
 /// netpage's forwarding rate against plain routing.
 const FORWARD_RATIO: f64 = 0.95;
+/// p99 of a node's map update after a switch through the directory, in milliseconds, at
+/// the largest number of agents measured.
+const DIRECTORY_P99_MS: f64 = 20.0;
 /// The netpage variants of the forwarding measurement that pass packets to the kernel.
 const NETPAGE_MODES: [&str; 2] = ["netpage native", "netpage skb"];
 /// The fast path's variant, and how many times cheaper per forwarded packet (gateway CPU
@@ -69,8 +72,64 @@ pub fn notes(rows: &[Row]) -> Vec<String> {
     notes.extend(forward_notes(rows));
     notes.extend(fast_path_note(rows));
     notes.extend(gap_note(rows));
+    notes.extend(directory_note(rows));
     notes.extend(migration_notes(rows));
     notes
+}
+
+/// The p99 propagation row at the largest number of agents.
+fn directory_p99(rows: &[Row]) -> Option<&Row> {
+    rows.iter()
+        .filter(|r| r.measure == "directory_propagation" && r.param_str("stat") == Some("p99"))
+        .max_by_key(|r| r.param_u64("agents"))
+}
+
+fn directory_note(rows: &[Row]) -> Option<String> {
+    let r = directory_p99(rows)?;
+    Some(format!(
+        "a switch through the directory reaches every node's map within {DIRECTORY_P99_MS} ms \
+         (p99) at {} agents: {:.2} ms - {}",
+        r.param_u64("agents").unwrap_or(0),
+        r.value,
+        verdict(r.value <= DIRECTORY_P99_MS)
+    ))
+}
+
+fn directory_why(rows: &[Row]) -> Option<String> {
+    let r = directory_p99(rows)?;
+    if r.value <= DIRECTORY_P99_MS {
+        return None;
+    }
+    let agents = r.param_u64("agents").unwrap_or(0);
+    let at = |n: u64, stat: &str| {
+        rows.iter()
+            .find(|x| {
+                x.measure == "directory_propagation"
+                    && x.param_u64("agents") == Some(n)
+                    && x.param_str("stat") == Some(stat)
+            })
+            .map(|x| x.value)
+    };
+    let p50 = at(agents, "p50").unwrap_or(0.0);
+    let fewest = rows
+        .iter()
+        .filter(|x| x.measure == "directory_propagation")
+        .filter_map(|x| x.param_u64("agents"))
+        .min()
+        .unwrap_or(agents);
+    let few = at(fewest, "p99").map_or(String::new(), |v| {
+        format!(" (p99 {v:.1} ms with {fewest} agent(s))")
+    });
+    Some(format!(
+        "Directory: p99 propagation {:.1} ms at {agents} agents{few}, p50 {p50:.1} ms. Each \
+         agent is a process of its own that wakes on etcd's watch event, updates its maps and \
+         writes its confirmation; with {agents} of them on {} CPUs, the last of a switch \
+         waits for the CPU behind the others (and behind etcd and the command), so the tail \
+         grows with the number of agents per CPU, which a real deployment, one agent per \
+         machine, does not have",
+        r.value,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    ))
 }
 
 /// How much a migration's gap may exceed the hypervisor's own pause, in milliseconds.
@@ -191,6 +250,7 @@ pub fn diagnose(rows: &[Row]) -> Vec<String> {
     if let Some(n) = gap_why(rows) {
         notes.push(n);
     }
+    notes.extend(directory_why(rows));
     notes
 }
 

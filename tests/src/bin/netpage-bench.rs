@@ -1,31 +1,33 @@
 //! The benchmark behind `cargo xtask bench`: measures netpage's per-packet cost, switch
 //! latency (map updates and the whole command), forwarding throughput through a gateway
-//! namespace and the gap a VM's move leaves in a stream; writes `report.json` and
+//! namespace, the gap a VM's move leaves in a stream and a switch's propagation through the
+//! directory on etcd to N agents; writes `report.json` and
 //! `report.md`, and prints the report (progress goes to stderr). Needs root: it loads XDP
 //! programs and builds network namespaces.
 //!
 //! Usage: `netpage-bench [--smoke] [--out DIR] [--only PART,...]` (default DIR:
-//! `target/bench`; parts: per-packet, switch, command, forward, gap by default, and
+//! `target/bench`; parts: per-packet, switch, command, forward, gap, directory by default, and
 //! migration — live migrations of a QEMU guest, minutes under TCG — only when named).
 
 use std::{ffi::CStr, path::PathBuf, process::ExitCode, time::Instant};
 
 use netpage_tests::bench::{
-    Config, about, command, forward, gap, leftovers, migration, note, per_packet, report, switch,
-    targets,
+    Config, about, command, directory, forward, gap, leftovers, migration, note, per_packet,
+    report, switch, targets,
 };
 
 /// Every part, in the order it runs.
-const PARTS: [&str; 6] = [
+const PARTS: [&str; 7] = [
     "per-packet",
     "switch",
     "command",
     "forward",
     "gap",
+    "directory",
     "migration",
 ];
 /// The parts a run without `--only` measures.
-const DEFAULT_PARTS: usize = 5;
+const DEFAULT_PARTS: usize = 6;
 
 fn main() -> ExitCode {
     let mut smoke = false;
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
             "command" => command::run(&cfg),
             "forward" => forward::run(&cfg),
             "gap" => gap::run(&cfg),
+            "directory" => directory::run(&cfg),
             "migration" => migration::run(&cfg),
             _ => unreachable!("checked above"),
         });

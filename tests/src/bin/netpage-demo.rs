@@ -1,18 +1,30 @@
-//! `netpage-demo`: runs the demo (see `netpage_tests::demo`) and prints its report. Ctrl-C
-//! or SIGTERM ends it early, with the namespace world removed.
+//! `netpage-demo [--local]`: runs the demo (see `netpage_tests::demo`) and prints its
+//! report. By default the switch goes through the directory on etcd (its own etcd member
+//! and an agent per edge node); `--local` switches this machine's pin directories directly.
+//! Ctrl-C or SIGTERM ends it early, with the namespace world, etcd and the agents removed.
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
     thread,
 };
 
-use netpage_tests::demo::{self, DemoOptions};
+use netpage_tests::demo::{self, DemoOptions, Mode};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
 fn main() {
+    let mut opts = DemoOptions::default();
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--local" => opts.mode = Mode::Local,
+            other => {
+                eprintln!("netpage-demo: unknown argument {other}\nusage: netpage-demo [--local]");
+                std::process::exit(2);
+            }
+        }
+    }
     let signals = block_signals();
-    let worker = thread::spawn(|| demo::run(DemoOptions::default(), &STOP));
+    let worker = thread::spawn(move || demo::run(opts, &STOP));
     while !worker.is_finished() {
         if let Some(sig) = wait_signal(&signals) {
             eprintln!("netpage-demo: signal {sig}: stopping and removing the world ...");

@@ -1,0 +1,231 @@
+//! Driving netpage's directory on etcd from the demo and the benchmark: `netpage agent`
+//! processes for a set of nodes (each a pin directory of this machine), and the
+//! `netpage --etcd ...` commands that change the directory and read its nodes.
+//!
+//! The agents run in the root network namespace: they only touch their node's pinned maps.
+//! Each is a child process in a process group of its own (a terminal's Ctrl-C reaches only
+//! its owner), with the signals its owner may block unblocked again, and its log in a file;
+//! [`Agents`] stops them all (SIGTERM, then SIGKILL) when dropped.
+
+use std::{
+    fs::File,
+    net::IpAddr,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    etcd::Members,
+    netns::{assert_ok, output},
+    world::netpage_bin,
+};
+
+/// How long agents may take to apply a change before [`Agents::wait_applied`] panics.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an agent may take to exit after SIGTERM before it gets SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Lines of an agent's log quoted in panic messages.
+const LOG_TAIL_LINES: usize = 20;
+
+/// `netpage --etcd URLS ...` for the directory that `etcd` serves, its arguments to follow.
+pub fn netpage_etcd(etcd: &Members) -> Command {
+    let mut c = Command::new(netpage_bin());
+    c.args(etcd.cli_args());
+    c
+}
+
+/// Runs `netpage --etcd URLS --json ARGS`, which must succeed, and parses its output.
+pub fn netpage_etcd_json(etcd: &Members, args: &[&str]) -> serde_json::Value {
+    let mut c = netpage_etcd(etcd);
+    c.arg("--json").args(args);
+    let out = output(&mut c);
+    assert_ok(&out, &format!("netpage --etcd {}", args.join(" ")));
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("netpage --etcd {args:?}: not JSON ({e}):\n{text}"))
+}
+
+/// Puts `va` -> `ra` in the directory; returns the revision of the write.
+pub fn map_add(etcd: &Members, va: IpAddr, ra: IpAddr) -> i64 {
+    let (va, ra) = (va.to_string(), ra.to_string());
+    netpage_etcd_json(etcd, &["map", "add", "--vm", &va, "--real", &ra]);
+    etcd.mod_revision(&format!("/netpage/v1/map/vm/{va}"))
+        .expect("the mapping just added")
+}
+
+/// `netpage --etcd URLS --json switch --vm VA --to RA`, as a command to run or time.
+pub fn switch_command(etcd: &Members, va: IpAddr, ra: IpAddr) -> Command {
+    let mut c = netpage_etcd(etcd);
+    c.args([
+        "--json",
+        "switch",
+        "--vm",
+        &va.to_string(),
+        "--to",
+        &ra.to_string(),
+    ]);
+    c
+}
+
+/// One running agent.
+struct Agent {
+    node: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// A `netpage agent` per node, stopped when dropped.
+pub struct Agents {
+    agents: Vec<Agent>,
+    logs: PathBuf,
+}
+
+impl Agents {
+    /// Starts `netpage --etcd URLS agent --node NAME --pin-dir DIR` for each (NAME, DIR) of
+    /// `nodes`; an agent creates its node's tables (of `capacity` entries) if it has none.
+    pub fn start(etcd: &Members, nodes: &[(String, PathBuf)], capacity: Option<u32>) -> Self {
+        let logs = std::env::temp_dir().join(format!(
+            "netpage-agents-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        std::fs::create_dir_all(&logs).unwrap_or_else(|e| panic!("create {}: {e}", logs.display()));
+        let mut this = Self {
+            agents: Vec::new(),
+            logs,
+        };
+        for (node, dir) in nodes {
+            let log = this.logs.join(format!("{node}.log"));
+            let file = File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+            let mut c = netpage_etcd(etcd);
+            c.arg("--pin-dir").arg(dir).args(["agent", "--node", node]);
+            if let Some(n) = capacity {
+                c.args(["--capacity", &n.to_string()]);
+            }
+            c.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(file))
+                .process_group(0);
+            // SAFETY: sigprocmask is async-signal-safe, and the set is built on the stack.
+            unsafe {
+                c.pre_exec(|| {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigfillset(&mut set);
+                    libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                    Ok(())
+                });
+            }
+            let child = c
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start the agent of {node}: {e}"));
+            this.agents.push(Agent {
+                node: node.clone(),
+                child: Some(child),
+                log,
+            });
+        }
+        this
+    }
+
+    /// The names of the agents' nodes.
+    pub fn nodes(&self) -> Vec<&str> {
+        self.agents.iter().map(|a| a.node.as_str()).collect()
+    }
+
+    /// Waits until every agent is live in the directory and has applied `revision` (its
+    /// `applied_revision` in `netpage --etcd nodes --json`); panics after [`APPLY_TIMEOUT`]
+    /// or if an agent exits.
+    pub fn wait_applied(&mut self, etcd: &Members, revision: i64) {
+        let deadline = Instant::now() + APPLY_TIMEOUT;
+        loop {
+            self.check_running();
+            let nodes = netpage_etcd_json(etcd, &["nodes"]);
+            let applied = |name: &str| {
+                nodes["nodes"].as_array().is_some_and(|all| {
+                    all.iter().any(|n| {
+                        n["node"] == name
+                            && n["live"].as_bool() == Some(true)
+                            && n["applied_revision"].as_i64() >= Some(revision)
+                    })
+                })
+            };
+            if self.agents.iter().all(|a| applied(&a.node)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agents did not apply revision {revision} within {APPLY_TIMEOUT:?}: {nodes}\n{}",
+                self.log_tails()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Panics, with its log, if an agent has exited.
+    fn check_running(&mut self) {
+        for a in &mut self.agents {
+            if let Some(Ok(Some(status))) = a.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "the agent of {} exited ({status}):\n{}",
+                    a.node,
+                    tail(&a.log)
+                );
+            }
+        }
+    }
+
+    /// The last lines of every agent's log.
+    pub fn log_tails(&self) -> String {
+        self.agents
+            .iter()
+            .map(|a| format!("== agent {}\n{}", a.node, tail(&a.log)))
+            .collect()
+    }
+
+    /// Stops every agent: SIGTERM (it ends its registration, the table stays), then SIGKILL
+    /// for any still running after a while.
+    pub fn stop(&mut self) {
+        for a in &self.agents {
+            if let Some(child) = &a.child {
+                // SAFETY: kill has no memory preconditions; the child is not reaped yet,
+                // so its pid is still its own.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            }
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        for a in &mut self.agents {
+            let Some(mut child) = a.child.take() else {
+                continue;
+            };
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        self.stop();
+        if !thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.logs);
+        }
+    }
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n") + "\n"
+}
+
+fn unique() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
