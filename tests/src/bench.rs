@@ -8,6 +8,9 @@
 
 use std::time::Duration;
 
+/// The prefix of the benchmark's pin directories under /tmp, which `leftovers` sweeps.
+pub const BENCH_PINS: &str = "netpage-bench";
+
 pub mod about;
 pub mod command;
 pub mod directory;

@@ -212,7 +212,7 @@ impl Pager {
                     .iter()
                     .map(|n| (n.name().to_owned(), world.pin_dir(*n)))
                     .collect();
-                let agents = Agents::start(&etcd, &nodes, None);
+                let agents = Agents::start(&etcd, &nodes, &[]);
                 Pager::Directory { etcd, agents }
             }
         }

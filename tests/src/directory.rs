@@ -1,20 +1,28 @@
-//! Driving netpage's directory on etcd from the demo and the benchmark: `netpage agent`
+//! Driving netpage's directory on etcd from the tests, the demo and the benchmark: `netpage agent`
 //! processes for a set of nodes (each a pin directory of this machine), and the
 //! `netpage --etcd ...` commands that change the directory and read its nodes.
 //!
 //! The agents run in the root network namespace: they only touch their node's pinned maps.
 //! Each is a child process in a process group of its own (a terminal's Ctrl-C reaches only
 //! its owner), with the signals its owner may block unblocked again, and its log in a file;
-//! [`Agents`] stops them all (SIGTERM, then SIGKILL) when dropped.
+//! [`Agents`] stops them all (SIGTERM, then SIGKILL) when dropped. The tests also kill,
+//! restart and partition single agents, and compare each node's kernel table with the
+//! directory's, entry by entry.
 
 use std::{
     fs::File,
     net::IpAddr,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
+};
+
+use netpage::{
+    directory::{Directory, EtcdOptions},
+    node::Node,
+    table::PageTable,
 };
 
 use crate::{
@@ -70,23 +78,29 @@ pub fn switch_command(etcd: &Members, va: IpAddr, ra: IpAddr) -> Command {
     c
 }
 
-/// One running agent.
+/// One agent: its node, and its process while it runs.
 struct Agent {
     node: String,
+    pin_dir: PathBuf,
     child: Option<Child>,
     log: PathBuf,
 }
 
 /// A `netpage agent` per node, stopped when dropped.
 pub struct Agents {
+    /// `--etcd URLS` and the TLS options.
+    etcd_args: Vec<String>,
+    /// Further arguments of every agent (`--capacity`, `--lease-ttl`).
+    args: Vec<String>,
     agents: Vec<Agent>,
     logs: PathBuf,
 }
 
 impl Agents {
-    /// Starts `netpage --etcd URLS agent --node NAME --pin-dir DIR` for each (NAME, DIR) of
-    /// `nodes`; an agent creates its node's tables (of `capacity` entries) if it has none.
-    pub fn start(etcd: &Members, nodes: &[(String, PathBuf)], capacity: Option<u32>) -> Self {
+    /// Starts `netpage --etcd URLS agent --node NAME --pin-dir DIR ARGS` for each (NAME,
+    /// DIR) of `nodes`; an agent creates its node's tables if it has none. `args` go to
+    /// every agent (such as `--capacity N`).
+    pub fn start(etcd: &Members, nodes: &[(String, PathBuf)], args: &[&str]) -> Self {
         let logs = std::env::temp_dir().join(format!(
             "netpage-agents-{}-{}",
             std::process::id(),
@@ -94,40 +108,68 @@ impl Agents {
         ));
         std::fs::create_dir_all(&logs).unwrap_or_else(|e| panic!("create {}: {e}", logs.display()));
         let mut this = Self {
+            etcd_args: etcd.cli_args(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             agents: Vec::new(),
             logs,
         };
         for (node, dir) in nodes {
-            let log = this.logs.join(format!("{node}.log"));
-            let file = File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
-            let mut c = netpage_etcd(etcd);
-            c.arg("--pin-dir").arg(dir).args(["agent", "--node", node]);
-            if let Some(n) = capacity {
-                c.args(["--capacity", &n.to_string()]);
-            }
-            c.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(file))
-                .process_group(0);
-            // SAFETY: sigprocmask is async-signal-safe, and the set is built on the stack.
-            unsafe {
-                c.pre_exec(|| {
-                    let mut set: libc::sigset_t = std::mem::zeroed();
-                    libc::sigfillset(&mut set);
-                    libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-                    Ok(())
-                });
-            }
-            let child = c
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start the agent of {node}: {e}"));
             this.agents.push(Agent {
                 node: node.clone(),
-                child: Some(child),
-                log,
+                pin_dir: dir.clone(),
+                child: None,
+                log: this.logs.join(format!("{node}.log")),
             });
+            this.spawn(this.agents.len() - 1, None);
         }
         this
+    }
+
+    /// Starts agent `i`, inside network namespace `netns` if given, its log appended to.
+    fn spawn(&mut self, i: usize, netns: Option<&str>) {
+        let a = &self.agents[i];
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(&a.log)
+            .unwrap_or_else(|e| panic!("{}: {e}", a.log.display()));
+        let mut c = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(netpage_bin());
+                c
+            }
+            None => Command::new(netpage_bin()),
+        };
+        c.args(&self.etcd_args)
+            .arg("--pin-dir")
+            .arg(&a.pin_dir)
+            .args(["agent", "--node", &a.node])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .process_group(0);
+        // SAFETY: sigprocmask is async-signal-safe, and the set is built on the stack.
+        unsafe {
+            c.pre_exec(|| {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigfillset(&mut set);
+                libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        let child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the agent of {}: {e}", a.node));
+        self.agents[i].child = Some(child);
+    }
+
+    fn index(&self, node: &str) -> usize {
+        self.agents
+            .iter()
+            .position(|a| a.node == node)
+            .unwrap_or_else(|| panic!("no agent of {node}"))
     }
 
     /// The names of the agents' nodes.
@@ -135,9 +177,43 @@ impl Agents {
         self.agents.iter().map(|a| a.node.as_str()).collect()
     }
 
-    /// Waits until every agent is live in the directory and has applied `revision` (its
-    /// `applied_revision` in `netpage --etcd nodes --json`); panics after [`APPLY_TIMEOUT`]
-    /// or if an agent exits.
+    /// Kills the agent of `node` with SIGKILL (no chance to end its registration).
+    pub fn kill(&mut self, node: &str) {
+        let i = self.index(node);
+        if let Some(mut child) = self.agents[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the agent of `node` with SIGTERM and returns how it exited.
+    pub fn terminate(&mut self, node: &str) -> ExitStatus {
+        let i = self.index(node);
+        let mut child = self.agents[i].child.take().expect("the agent runs");
+        // SAFETY: kill has no memory preconditions; the child is not reaped yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        child.wait().expect("wait for the agent")
+    }
+
+    /// Starts the agent of `node` again after [`Agents::kill`], inside network namespace
+    /// `netns` if given.
+    pub fn restart(&mut self, node: &str, netns: Option<&str>) {
+        let i = self.index(node);
+        assert!(
+            self.agents[i].child.is_none(),
+            "the agent of {node} still runs"
+        );
+        self.spawn(i, netns);
+    }
+
+    /// The whole log of the agent of `node`.
+    pub fn log(&self, node: &str) -> String {
+        std::fs::read_to_string(&self.agents[self.index(node)].log).unwrap_or_default()
+    }
+
+    /// Waits until every running agent is live in the directory and has applied
+    /// `revision` (its `applied_revision` in `netpage --etcd nodes --json`; 0: registered
+    /// at all); panics after [`APPLY_TIMEOUT`] or if an agent exits.
     pub fn wait_applied(&mut self, etcd: &Members, revision: i64) {
         let deadline = Instant::now() + APPLY_TIMEOUT;
         loop {
@@ -152,7 +228,12 @@ impl Agents {
                     })
                 })
             };
-            if self.agents.iter().all(|a| applied(&a.node)) {
+            if self
+                .agents
+                .iter()
+                .filter(|a| a.child.is_some())
+                .all(|a| applied(&a.node))
+            {
                 return;
             }
             assert!(
@@ -215,6 +296,56 @@ impl Drop for Agents {
         if !thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.logs);
         }
+    }
+}
+
+/// A node's kernel table: (V2R, R2V), each sorted.
+pub type Tables = (Vec<(IpAddr, IpAddr)>, Vec<(IpAddr, IpAddr)>);
+
+/// The kernel table of the node pinned at `dir`.
+pub fn node_tables(dir: &Path) -> Tables {
+    let n = Node::new(dir).open().expect("open the node");
+    sorted(&n.table)
+}
+
+/// The directory's table, read with netpage's own client.
+pub fn directory_tables(opts: &EtcdOptions) -> Tables {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let mut dir = Directory::connect(opts)
+            .await
+            .expect("connect to the directory");
+        sorted(&dir.view().await.expect("read the directory"))
+    })
+}
+
+fn sorted(t: &impl PageTable) -> Tables {
+    let mut f = t.forward_entries().expect("V2R");
+    let mut r = t.reverse_entries().expect("R2V");
+    f.sort();
+    r.sort();
+    (f, r)
+}
+
+/// Waits until every node's kernel table equals the directory's, entry by entry; panics
+/// naming the first node that differs.
+pub fn wait_converged(opts: &EtcdOptions, nodes: &[(String, PathBuf)], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let want = directory_tables(opts);
+        let differ = nodes
+            .iter()
+            .map(|(name, dir)| (name, node_tables(dir)))
+            .find(|(_, have)| *have != want);
+        let Some((name, have)) = differ else { return };
+        assert!(
+            Instant::now() < deadline,
+            "node {name} differs from the directory after {timeout:?}:\n node: {have:?}\n directory: {want:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -1,6 +1,5 @@
 //! Helpers for netpage's integration tests: packet builders, independent checksum
 //! verification, and the in-kernel fixture harness.
-pub mod agents;
 pub mod bench;
 pub mod build;
 pub mod datapath;
@@ -9,6 +8,7 @@ pub mod directory;
 pub mod etcd;
 pub mod guest;
 pub mod netns;
+pub mod pins;
 pub mod qemu;
 pub mod verify;
 pub mod vmworld;

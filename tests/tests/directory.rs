@@ -13,13 +13,18 @@ use std::{
 
 use netpage::directory::{DirError, Directory, EtcdOptions as DirOptions};
 use netpage_tests::{
-    agents::{Agents, PinRoot, directory_tables, node_tables, wait_converged},
+    directory::{
+        Agents, directory_tables, netpage_etcd, netpage_etcd_json, node_tables, wait_converged,
+    },
     etcd::{self, Etcd, EtcdCluster, EtcdOptions, Members},
     netns::{NetNs, output},
+    pins::PinDirs,
     world::{Host, Node, Options, Prober, V4, Vm, World, netpage_bin},
 };
 
 const CONVERGE: Duration = Duration::from_secs(20);
+/// Entries per table of the agents' nodes: small, so that 16 nodes stay light.
+const CAPACITY: &str = "4096";
 
 /// Skips (printing why) where etcd cannot run.
 fn etcd_missing() -> bool {
@@ -40,10 +45,33 @@ fn dir_options(m: &Members) -> DirOptions {
     o
 }
 
-fn nodes(root: &PinRoot, n: usize) -> Vec<(String, PathBuf)> {
-    (0..n)
-        .map(|i| (format!("n{i}"), root.node(&format!("n{i}"))))
-        .collect()
+/// `n` nodes (`n0`, `n1`, ...), each on a bpffs of its own, and an agent for each
+/// (with `args` besides `--capacity`), registered in the directory `etcd` serves.
+struct Nodes {
+    agents: Agents,
+    nodes: Vec<(String, PathBuf)>,
+    _pins: PinDirs,
+}
+
+fn agents_on(etcd: &Members, n: usize, args: &[&str]) -> Nodes {
+    static SET: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let set = SET.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut pins = PinDirs::new("netpage-dirtest", &set.to_string());
+    let nodes: Vec<(String, PathBuf)> = (0..n)
+        .map(|i| (format!("n{i}"), pins.mount(&format!("n{i}"))))
+        .collect();
+    let mut agents = Agents::start(etcd, &nodes, &[&["--capacity", CAPACITY], args].concat());
+    agents.wait_applied(etcd, 0);
+    Nodes {
+        agents,
+        nodes,
+        _pins: pins,
+    }
+}
+
+/// Runs `netpage --etcd URLS ARGS` as it is.
+fn netpage(etcd: &Members, args: &[&str]) -> std::process::Output {
+    output(netpage_etcd(etcd).args(args))
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -67,13 +95,13 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Adds `n` mappings VM i -> RA (site 1, i) in one `apply` (many transactions: etcd takes
 /// 128 operations per transaction).
-fn apply_mappings(agents: &Agents, n: u32) {
+fn apply_mappings(etcd: &Members, n: u32) {
     let file = std::env::temp_dir().join(format!("np-dir-apply-{}.json", std::process::id()));
     let mapping: Vec<serde_json::Value> = (0..n)
         .map(|i| serde_json::json!({"vm": va(i).to_string(), "real": ra(1, i).to_string()}))
         .collect();
     std::fs::write(&file, serde_json::json!({ "mapping": mapping }).to_string()).unwrap();
-    let out = agents.netpage_json(&["apply", "-f", file.to_str().unwrap()]);
+    let out = netpage_etcd_json(etcd, &["apply", "-f", file.to_str().unwrap()]);
     let _ = std::fs::remove_file(&file);
     assert_eq!(out["added"].as_array().unwrap().len(), n as usize, "{out}");
 }
@@ -84,33 +112,37 @@ fn sixteen_agents_confirm_a_switch_and_refuse_local_writes() {
         return;
     }
     let etcd = Etcd::new();
-    let root = PinRoot::new();
-    let nodes = nodes(&root, 16);
-    let agents = Agents::start(&etcd.cli_args(), &nodes);
-    agents.netpage_json(&[
-        "map",
-        "add",
-        "--vm",
-        "198.19.0.10",
-        "--real",
-        "198.18.10.100",
-    ]);
-    let s = agents.netpage_json(&["switch", "--vm", "198.19.0.10", "--to", "198.18.20.100"]);
+    let set = agents_on(&etcd, 16, &[]);
+    netpage_etcd_json(
+        &etcd,
+        &[
+            "map",
+            "add",
+            "--vm",
+            "198.19.0.10",
+            "--real",
+            "198.18.10.100",
+        ],
+    );
+    let s = netpage_etcd_json(
+        &etcd,
+        &["switch", "--vm", "198.19.0.10", "--to", "198.18.20.100"],
+    );
     println!("{s}");
     let confirmed = s["nodes"].as_array().unwrap();
     assert_eq!(confirmed.len(), 16, "{s}");
     assert!(confirmed.iter().all(|c| c["confirmed"] == true), "{s}");
     assert_eq!(s["unconfirmed"].as_array().unwrap().len(), 0);
     assert_eq!(s["from"], "198.18.10.100");
-    wait_converged(&dir_options(&etcd), &nodes, CONVERGE);
-    let (fwd, rev) = node_tables(&nodes[7].1);
+    wait_converged(&dir_options(&etcd), &set.nodes, CONVERGE);
+    let (fwd, rev) = node_tables(&set.nodes[7].1);
     assert_eq!(fwd, vec![(ip("198.19.0.10"), ip("198.18.20.100"))]);
     assert_eq!(rev.len(), 2, "the new RA and the draining old one: {rev:?}");
     // A node an agent manages refuses local writes, and says why.
     let out = output(
         std::process::Command::new(netpage_bin())
             .arg("--pin-dir")
-            .arg(&nodes[0].1)
+            .arg(&set.nodes[0].1)
             .args([
                 "map",
                 "add",
@@ -123,10 +155,10 @@ fn sixteen_agents_confirm_a_switch_and_refuse_local_writes() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("managed by `netpage agent`"), "{err}");
-    assert_eq!(node_tables(&nodes[0].1).0.len(), 1, "nothing written");
+    assert_eq!(node_tables(&set.nodes[0].1).0.len(), 1, "nothing written");
     // The drain ends on time through its lease, with no command run.
     thread::sleep(Duration::from_secs(7));
-    let (_, rev) = node_tables(&nodes[3].1);
+    let (_, rev) = node_tables(&set.nodes[3].1);
     assert_eq!(rev, vec![(ip("198.18.20.100"), ip("198.19.0.10"))]);
 }
 
@@ -136,10 +168,8 @@ fn concurrent_switches_land_and_one_vm_has_one_winner() {
         return;
     }
     let etcd = Etcd::new();
-    let root = PinRoot::new();
-    let nodes = nodes(&root, 4);
-    let agents = Agents::start(&etcd.cli_args(), &nodes);
-    apply_mappings(&agents, 200);
+    let set = agents_on(&etcd, 4, &[]);
+    apply_mappings(&etcd, 200);
     let opts = dir_options(&etcd);
     let rt = runtime();
     // 200 concurrent switches of different VMs, each its own client.
@@ -172,7 +202,7 @@ fn concurrent_switches_land_and_one_vm_has_one_winner() {
         assert_eq!(s.to, ra(2, i as u32));
         assert!(s.unconfirmed.is_empty(), "{s:?}");
     }
-    wait_converged(&opts, &nodes, CONVERGE);
+    wait_converged(&opts, &set.nodes, CONVERGE);
     let (fwd, _) = directory_tables(&opts);
     assert!((0..200).all(|i| fwd.contains(&(va(i), ra(2, i)))));
     // Two writers switch one VM at once, to different addresses: of those that read the
@@ -207,13 +237,13 @@ fn concurrent_switches_land_and_one_vm_has_one_winner() {
     }
     println!("{conflicts} of 10 rounds had a conflict");
     assert!(conflicts > 0, "the two writers never raced");
-    let out = agents.netpage(&["check"]);
+    let out = netpage(&etcd, &["check"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    wait_converged(&opts, &nodes, CONVERGE);
+    wait_converged(&opts, &set.nodes, CONVERGE);
 }
 
 #[test]
@@ -222,10 +252,8 @@ fn an_agent_killed_during_a_burst_converges_after_its_restart() {
         return;
     }
     let etcd = Etcd::new();
-    let root = PinRoot::new();
-    let nodes = nodes(&root, 3);
-    let mut agents = Agents::start(&etcd.cli_args(), &nodes);
-    apply_mappings(&agents, 40);
+    let mut set = agents_on(&etcd, 3, &[]);
+    apply_mappings(&etcd, 40);
     let opts = dir_options(&etcd);
     let burst = {
         let opts = opts.clone();
@@ -246,15 +274,15 @@ fn an_agent_killed_during_a_burst_converges_after_its_restart() {
         })
     };
     thread::sleep(Duration::from_millis(300));
-    agents.kill9("n1");
+    set.agents.kill("n1");
     burst.join().unwrap();
     assert_ne!(
-        node_tables(&nodes[1].1),
+        node_tables(&set.nodes[1].1),
         directory_tables(&opts),
         "n1 missed nothing?"
     );
-    agents.restart("n1", None);
-    wait_converged(&opts, &nodes, CONVERGE);
+    set.agents.restart("n1", None);
+    wait_converged(&opts, &set.nodes, CONVERGE);
 }
 
 #[test]
@@ -263,30 +291,31 @@ fn compaction_while_an_agent_is_down_then_it_resyncs() {
         return;
     }
     let etcd = Etcd::new();
-    let root = PinRoot::new();
-    let nodes = nodes(&root, 2);
-    let mut agents = Agents::start(&etcd.cli_args(), &nodes);
-    apply_mappings(&agents, 5);
-    agents.kill9("n1");
+    let mut set = agents_on(&etcd, 2, &[]);
+    apply_mappings(&etcd, 5);
+    set.agents.kill("n1");
     for i in 0..5 {
-        agents.netpage_json(&[
-            "switch",
-            "--vm",
-            &va(i).to_string(),
-            "--to",
-            &ra(2, i).to_string(),
-            "--drain",
-            "0",
-            "--no-wait",
-        ]);
+        netpage_etcd_json(
+            &etcd,
+            &[
+                "switch",
+                "--vm",
+                &va(i).to_string(),
+                "--to",
+                &ra(2, i).to_string(),
+                "--drain",
+                "0",
+                "--no-wait",
+            ],
+        );
     }
     etcd.compact(etcd.current_revision());
-    agents.restart("n1", None);
-    wait_converged(&dir_options(&etcd), &nodes, CONVERGE);
+    set.agents.restart("n1", None);
+    wait_converged(&dir_options(&etcd), &set.nodes, CONVERGE);
     assert!(
-        agents.log("n1").contains("synced at revision"),
+        set.agents.log("n1").contains("synced at revision"),
         "{}",
-        agents.log("n1")
+        set.agents.log("n1")
     );
 }
 
@@ -296,10 +325,8 @@ fn a_leader_killed_during_a_switch_leaves_it_whole() {
         return;
     }
     let mut cluster = EtcdCluster::new();
-    let root = PinRoot::new();
-    let nodes = nodes(&root, 3);
-    let agents = Agents::start(&cluster.cli_args(), &nodes);
-    apply_mappings(&agents, 1);
+    let set = agents_on(&cluster, 3, &[]);
+    apply_mappings(&cluster, 1);
     let opts = dir_options(&cluster);
     let leader = cluster.wait_for_leader();
     let switch = {
@@ -322,7 +349,7 @@ fn a_leader_killed_during_a_switch_leaves_it_whole() {
     let result = switch.join().unwrap();
     println!("switch with the leader killed: {result:?}");
     cluster.wait_for_leader();
-    wait_converged(&opts, &nodes, CONVERGE);
+    wait_converged(&opts, &set.nodes, CONVERGE);
     let (fwd, rev) = directory_tables(&opts);
     let at = fwd[0].1;
     match &result {
@@ -334,7 +361,7 @@ fn a_leader_killed_during_a_switch_leaves_it_whole() {
         vec![(at, va(0))],
         "no half-applied entry left: {rev:?}"
     );
-    let out = agents.netpage(&["check"]);
+    let out = netpage(&cluster, &["check"]);
     assert!(
         out.status.success(),
         "{}",
@@ -348,17 +375,18 @@ fn a_client_without_a_certificate_is_refused_and_changes_nothing() {
         return;
     }
     let etcd = Etcd::start_tls();
-    let root = PinRoot::new();
-    let nodes = nodes(&root, 1);
-    let agents = Agents::start(&etcd.cli_args(), &nodes);
-    agents.netpage_json(&[
-        "map",
-        "add",
-        "--vm",
-        "198.19.0.10",
-        "--real",
-        "198.18.10.100",
-    ]);
+    let set = agents_on(&etcd, 1, &[]);
+    netpage_etcd_json(
+        &etcd,
+        &[
+            "map",
+            "add",
+            "--vm",
+            "198.19.0.10",
+            "--real",
+            "198.18.10.100",
+        ],
+    );
     let tls = etcd.tls().unwrap();
     let out = output(
         std::process::Command::new(netpage_bin())
@@ -375,7 +403,7 @@ fn a_client_without_a_certificate_is_refused_and_changes_nothing() {
     assert!(err.contains("did not answer"), "{err}");
     let (fwd, _) = directory_tables(&dir_options(&etcd));
     assert_eq!(fwd, vec![(ip("198.19.0.10"), ip("198.18.10.100"))]);
-    wait_converged(&dir_options(&etcd), &nodes, CONVERGE);
+    wait_converged(&dir_options(&etcd), &set.nodes, CONVERGE);
 }
 
 #[test]
@@ -415,28 +443,29 @@ fn a_partitioned_agent_is_named_and_converges_after_the_partition() {
         .listen_ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
         .advertise_ip(IpAddr::V4(outside))
         .start();
-    let root = PinRoot::new();
-    let nodes = nodes(&root, 2);
-    let mut agents = Agents::start_with(&etcd.cli_args(), &nodes, &["--lease-ttl", "4"]);
+    let mut set = agents_on(&etcd, 2, &["--lease-ttl", "4"]);
     // n1 runs inside the namespace: its only way to etcd is the veth.
-    agents.kill9("n1");
-    agents.restart("n1", Some(ns.name()));
+    set.agents.kill("n1");
+    set.agents.restart("n1", Some(ns.name()));
     thread::sleep(Duration::from_millis(500));
-    agents.wait_registered(&["n0", "n1"], CONVERGE);
-    apply_mappings(&agents, 3);
-    wait_converged(&dir_options(&etcd), &nodes, CONVERGE);
+    set.agents.wait_applied(&etcd, 0);
+    apply_mappings(&etcd, 3);
+    wait_converged(&dir_options(&etcd), &set.nodes, CONVERGE);
     ip_root(&["link", "set", &root_if, "down"]);
     let partitioned = Instant::now();
-    let out = agents.netpage(&[
-        "--json",
-        "switch",
-        "--vm",
-        &va(0).to_string(),
-        "--to",
-        &ra(2, 0).to_string(),
-        "--timeout",
-        "2",
-    ]);
+    let out = netpage(
+        &etcd,
+        &[
+            "--json",
+            "switch",
+            "--vm",
+            &va(0).to_string(),
+            "--to",
+            &ra(2, 0).to_string(),
+            "--timeout",
+            "2",
+        ],
+    );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     println!("{s}");
     assert!(
@@ -445,22 +474,25 @@ fn a_partitioned_agent_is_named_and_converges_after_the_partition() {
     );
     assert_eq!(s["unconfirmed"], serde_json::json!(["n1"]), "{s}");
     assert_eq!(s["to"], ra(2, 0).to_string());
-    agents.netpage_json(&[
-        "switch",
-        "--vm",
-        &va(1).to_string(),
-        "--to",
-        &ra(2, 1).to_string(),
-        "--no-wait",
-    ]);
+    netpage_etcd_json(
+        &etcd,
+        &[
+            "switch",
+            "--vm",
+            &va(1).to_string(),
+            "--to",
+            &ra(2, 1).to_string(),
+            "--no-wait",
+        ],
+    );
     assert_ne!(
-        node_tables(&nodes[1].1),
+        node_tables(&set.nodes[1].1),
         directory_tables(&dir_options(&etcd))
     );
     thread::sleep(Duration::from_secs(10).saturating_sub(partitioned.elapsed()));
     ip_root(&["link", "set", &root_if, "up"]);
-    wait_converged(&dir_options(&etcd), &nodes, Duration::from_secs(30));
-    drop(agents);
+    wait_converged(&dir_options(&etcd), &set.nodes, Duration::from_secs(30));
+    drop(set);
     let _ = output(std::process::Command::new("ip").args(["link", "del", &root_if]));
 }
 
@@ -480,16 +512,20 @@ fn the_world_switched_through_the_directory_and_without_etcd() {
         .iter()
         .map(|n| (n.name().to_owned(), world.pin_dir(*n)))
         .collect();
-    let mut agents = Agents::start(&etcd.cli_args(), &edges);
+    let mut agents = Agents::start(&etcd, &edges, &[]);
+    agents.wait_applied(&etcd, 0);
     let f = V4;
-    agents.netpage_json(&[
-        "map",
-        "add",
-        "--vm",
-        &f.va.to_string(),
-        "--real",
-        &f.ra_a.to_string(),
-    ]);
+    netpage_etcd_json(
+        &etcd,
+        &[
+            "map",
+            "add",
+            "--vm",
+            &f.va.to_string(),
+            "--real",
+            &f.ra_a.to_string(),
+        ],
+    );
     wait_converged(&dir_options(&etcd), &edges, CONVERGE);
     let server = world.tcp_echo(Node::Vm, SocketAddr::new(f.va, 7001));
     let mut stream = world.in_ns(Node::Client, || {
@@ -518,13 +554,16 @@ fn the_world_switched_through_the_directory_and_without_etcd() {
     );
     thread::sleep(Duration::from_millis(300));
     world.replug_vm(Vm::One, Host::B, || {
-        let s = agents.netpage_json(&[
-            "switch",
-            "--vm",
-            &f.va.to_string(),
-            "--to",
-            &f.ra_b.to_string(),
-        ]);
+        let s = netpage_etcd_json(
+            &etcd,
+            &[
+                "switch",
+                "--vm",
+                &f.va.to_string(),
+                "--to",
+                &f.ra_b.to_string(),
+            ],
+        );
         println!("{s}");
         assert_eq!(s["unconfirmed"].as_array().unwrap().len(), 0, "{s}");
         thread::sleep(Duration::from_millis(300));
@@ -548,15 +587,18 @@ fn the_world_switched_through_the_directory_and_without_etcd() {
         Duration::from_millis(1),
         Duration::from_secs(60),
     );
-    let out = agents.netpage(&[
-        "switch",
-        "--vm",
-        &f.va.to_string(),
-        "--to",
-        &f.ra_a.to_string(),
-        "--timeout",
-        "1",
-    ]);
+    let out = netpage(
+        &etcd,
+        &[
+            "switch",
+            "--vm",
+            &f.va.to_string(),
+            "--to",
+            &f.ra_a.to_string(),
+            "--timeout",
+            "1",
+        ],
+    );
     let report = probes.stop();
     println!("without etcd: {report}");
     assert_eq!(report.lost, 0, "{report}");
@@ -569,15 +611,18 @@ fn the_world_switched_through_the_directory_and_without_etcd() {
     echo(&mut stream, "without etcd\n");
     // etcd returns: the agents sync again and follow the next switch.
     etcd.start();
-    agents.wait_registered(&["gw", "hostA", "hostB"], CONVERGE);
+    agents.wait_applied(&etcd, 0);
     world.replug_vm(Vm::One, Host::A, || {
-        let s = agents.netpage_json(&[
-            "switch",
-            "--vm",
-            &f.va.to_string(),
-            "--to",
-            &f.ra_a.to_string(),
-        ]);
+        let s = netpage_etcd_json(
+            &etcd,
+            &[
+                "switch",
+                "--vm",
+                &f.va.to_string(),
+                "--to",
+                &f.ra_a.to_string(),
+            ],
+        );
         assert_eq!(s["unconfirmed"].as_array().unwrap().len(), 0, "{s}");
     });
     wait_converged(&dir_options(&etcd), &edges, CONVERGE);

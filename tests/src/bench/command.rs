@@ -21,8 +21,9 @@ use netpage::{
 use serde_json::json;
 
 use crate::{
-    bench::{Config, HEADROOM, fill::filler, note, report::Row, stats::Sorted},
+    bench::{BENCH_PINS, Config, HEADROOM, fill::filler, note, report::Row, stats::Sorted},
     netns::{NetNs, check, output},
+    pins::PinDirs,
     world::netpage_bin,
 };
 
@@ -33,41 +34,6 @@ const RA_B: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
 
 /// The variant name of the floor, which the smallest node's rows name as their baseline.
 pub const FLOOR: &str = "netpage --version";
-
-/// bpffs mounts made for the measurement, unmounted (and their directory removed) on drop.
-pub struct PinDirs {
-    base: PathBuf,
-    mounted: Vec<PathBuf>,
-}
-
-impl PinDirs {
-    /// An empty set under `/tmp/netpage-bench-<pid>-<what>`.
-    pub fn new(what: &str) -> Self {
-        let base = PathBuf::from(format!("/tmp/netpage-bench-{}-{what}", std::process::id()));
-        Self {
-            base,
-            mounted: Vec::new(),
-        }
-    }
-
-    /// Creates and mounts a bpffs at `<base>/<name>`.
-    pub fn mount(&mut self, name: &str) -> PathBuf {
-        let dir = self.base.join(name);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        check(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir));
-        self.mounted.push(dir.clone());
-        dir
-    }
-}
-
-impl Drop for PinDirs {
-    fn drop(&mut self) {
-        for dir in &self.mounted {
-            let _ = output(Command::new("umount").arg("-l").arg(dir));
-        }
-        let _ = std::fs::remove_dir_all(&self.base);
-    }
-}
 
 /// One node: its pin directory and table size, and where its VM is now.
 struct CmdNode {
@@ -82,7 +48,7 @@ pub fn run(cfg: &Config) -> Vec<Row> {
     let pid = std::process::id();
     // Declared before the pin directories: the interfaces go first.
     let ns = NetNs::create(&format!("npbench{pid}-cmd"));
-    let mut pins = PinDirs::new("cmd");
+    let mut pins = PinDirs::new(BENCH_PINS, "cmd");
     let mut nodes = Vec::new();
     for (i, &size) in cfg.command_sizes.iter().enumerate() {
         note(format_args!("switch command: a node of {size} entries"));

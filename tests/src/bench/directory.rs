@@ -21,10 +21,11 @@ use netpage::node::Node;
 use serde_json::json;
 
 use crate::{
-    bench::{Config, command::PinDirs, note, report::Row, stats::Sorted},
+    bench::{BENCH_PINS, Config, note, report::Row, stats::Sorted},
     directory::{self, Agents},
     etcd::Etcd,
     netns::{assert_ok, check, output},
+    pins::PinDirs,
     world::netpage_bin,
 };
 
@@ -54,7 +55,7 @@ pub fn run(cfg: &Config) -> Vec<Row> {
 fn measure(cfg: &Config, n: usize, command: bool) -> Vec<Row> {
     note(format_args!("directory: etcd and {n} agents"));
     let etcd = Etcd::new();
-    let mut pins = PinDirs::new(&format!("dir{n}"));
+    let mut pins = PinDirs::new(BENCH_PINS, &format!("dir{n}"));
     let nodes: Vec<(String, PathBuf)> = (0..n)
         .map(|i| {
             let name = format!("node{i}");
@@ -62,12 +63,12 @@ fn measure(cfg: &Config, n: usize, command: bool) -> Vec<Row> {
             (name, dir)
         })
         .collect();
-    let mut agents = Agents::start(&etcd, &nodes, Some(CAPACITY));
+    let mut agents = Agents::start(&etcd, &nodes, &["--capacity", &CAPACITY.to_string()]);
     let revision = directory::map_add(&etcd, VM, RA_A);
     agents.wait_applied(&etcd, revision);
 
     // The baseline's nodes: tables of the same size, the VM mapped, no agent.
-    let mut local_pins = PinDirs::new(&format!("dir{n}-local"));
+    let mut local_pins = PinDirs::new(BENCH_PINS, &format!("dir{n}-local"));
     let local: Vec<PathBuf> = if command {
         (0..n)
             .map(|i| {

@@ -37,9 +37,10 @@ use std::{
 use serde_json::json;
 
 use crate::{
-    bench::{Config, command::PinDirs, note, report::Row, stats::Sorted},
+    bench::{BENCH_PINS, Config, note, report::Row, stats::Sorted},
     build::{frame4, udp},
     netns::{NetNs, assert_ok, check, output},
+    pins::PinDirs,
     world::netpage_bin,
 };
 
@@ -255,7 +256,7 @@ impl Bed {
         let pid = std::process::id();
         let ns = |what: &str| NetNs::create(&format!("npbench{pid}-{what}"));
         let (snd, gw, rcv) = (ns("snd"), ns("gw"), ns("rcv"));
-        let mut pins = PinDirs::new("fwd");
+        let mut pins = PinDirs::new(BENCH_PINS, "fwd");
         let pin = pins.mount("gw");
         let ingress = format!("g{}", pid % 1_000_000);
         let bed = Bed {
