@@ -39,6 +39,10 @@ pub const MAX_TXN_OPS: usize = 128;
 /// How often a write that lost a race is tried again on a fresh view.
 const RETRIES: usize = 8;
 
+/// How often a transaction whose drain lease expired before etcd applied it is tried
+/// again with a fresh lease.
+const LEASE_RETRIES: usize = 3;
+
 /// A failed directory operation, with what it was doing.
 #[derive(Debug, thiserror::Error)]
 pub enum DirError {
@@ -55,9 +59,7 @@ pub enum DirError {
         #[source]
         source: Box<etcd_client::Error>,
     },
-    #[error(
-        "etcd at {endpoints} did not answer ({what}): the directory was not changed by this step; check that etcd runs and is reachable"
-    )]
+    #[error("etcd at {endpoints} did not answer ({what}); check that etcd runs and is reachable")]
     Etcd {
         what: &'static str,
         endpoints: String,
@@ -84,6 +86,18 @@ pub enum DirError {
     Partial { done: usize, total: usize },
     #[error(transparent)]
     Op(#[from] OpError),
+}
+
+impl DirError {
+    /// Whether etcd refused a transaction because a lease it named had expired (it then
+    /// applied none of the transaction).
+    fn is_expired_lease(&self) -> bool {
+        matches!(self, DirError::Etcd { source, .. } if matches!(
+            &**source,
+            etcd_client::Error::GRpcStatus(s)
+                if s.code() == tonic::Code::NotFound && s.message().contains("lease not found")
+        ))
+    }
 }
 
 /// A connection to one directory.
@@ -265,20 +279,14 @@ impl Directory {
     async fn commit(&mut self, view: &View) -> Result<Option<i64>, DirError> {
         let mut writes: Vec<(MapKey, Write)> = view.writes().collect();
         writes.sort_by_key(|(k, w)| commit_order(*k, *w));
-        let mut ops: Vec<(Compare, TxnOp)> = Vec::with_capacity(writes.len() + 1);
+        let mut ops: Vec<(Compare, Op)> = Vec::with_capacity(writes.len() + 1);
         for (key, write) in writes {
             let name = self.map_key(key);
             let cmp = Compare::mod_revision(name.clone(), CompareOp::Equal, view.mod_revision(key));
             let op = match (View::encode(write), write) {
-                (Some(value), Write::Ra(v)) => {
-                    let lease = match v.drain_until_ms {
-                        Some(until) => Some(self.drain_lease(until).await?),
-                        None => None,
-                    };
-                    TxnOp::put(name, value, lease.map(|l| PutOptions::new().with_lease(l)))
-                }
-                (Some(value), _) => TxnOp::put(name, value, None),
-                (None, _) => TxnOp::delete(name, None),
+                (Some(value), Write::Ra(v)) => Op::put(name, value, v.drain_until_ms),
+                (Some(value), _) => Op::put(name, value, None),
+                (None, _) => Op::Now(TxnOp::delete(name, None)),
             };
             ops.push((cmp, op));
         }
@@ -303,9 +311,51 @@ impl Directory {
         Ok(resp.id())
     }
 
+    /// Runs the transaction of `ops` under `cmps`, granting the drains' leases (one per
+    /// deadline) just before it. If one expired before etcd applied the transaction (a
+    /// slow commit: etcd then applies none of it), it is tried again with fresh leases.
+    async fn txn_with_drains(
+        &mut self,
+        what: &'static str,
+        cmps: Vec<Compare>,
+        ops: &[Op],
+    ) -> Result<TxnResponse, DirError> {
+        let mut tries = 0;
+        loop {
+            let mut leases: Vec<(u64, i64)> = Vec::new();
+            let mut txn_ops = Vec::with_capacity(ops.len());
+            for op in ops {
+                txn_ops.push(match op {
+                    Op::Now(op) => op.clone(),
+                    Op::Drain {
+                        key,
+                        value,
+                        until_ms,
+                    } => {
+                        let lease = match leases.iter().find(|(u, _)| u == until_ms) {
+                            Some(&(_, lease)) => lease,
+                            None => {
+                                let lease = self.drain_lease(*until_ms).await?;
+                                leases.push((*until_ms, lease));
+                                lease
+                            }
+                        };
+                        let opts = PutOptions::new().with_lease(lease);
+                        TxnOp::put(key.clone(), value.clone(), Some(opts))
+                    }
+                });
+            }
+            let txn = Txn::new().when(cmps.clone()).and_then(txn_ops);
+            match self.txn(what, txn).await {
+                Err(e) if e.is_expired_lease() && tries < LEASE_RETRIES => tries += 1,
+                r => return r,
+            }
+        }
+    }
+
     async fn commit_chunks(
         &mut self,
-        mut ops: Vec<(Compare, TxnOp)>,
+        mut ops: Vec<(Compare, Op)>,
     ) -> Result<Option<i64>, DirError> {
         // The schema key goes with the first write to a new directory.
         let schema = self
@@ -320,20 +370,20 @@ impl Directory {
                 0,
                 (
                     Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                    TxnOp::put(key, value, None),
+                    Op::put(key, value, None),
                 ),
             );
         }
-        let chunks: Vec<Vec<(Compare, TxnOp)>> = ops
+        let chunks: Vec<Vec<(Compare, Op)>> = ops
             .chunks(MAX_TXN_OPS)
-            .map(<[(Compare, TxnOp)]>::to_vec)
+            .map(<[(Compare, Op)]>::to_vec)
             .collect();
         let total = chunks.len();
         let mut revision = 0;
         for (done, chunk) in chunks.into_iter().enumerate() {
             let (cmps, ops): (Vec<_>, Vec<_>) = chunk.into_iter().unzip();
             let resp = self
-                .txn("writing the mappings", Txn::new().when(cmps).and_then(ops))
+                .txn_with_drains("writing the mappings", cmps, &ops)
                 .await?;
             if !resp.succeeded() {
                 return if done == 0 {
@@ -436,7 +486,7 @@ impl Directory {
         out.drain_until_ms = (!drain.is_zero()).then(|| now_ms() + drain.as_millis() as u64);
         let sent = Instant::now();
         let (vm, from, to) = (out.vm, out.from, out.to);
-        let rev = self
+        let rev = match self
             .switch_txn(
                 view,
                 vm,
@@ -446,9 +496,25 @@ impl Directory {
                 out.reserve_revision,
                 out.drain_until_ms,
             )
-            .await?;
+            .await
+        {
+            Ok(Some(rev)) => Some(rev),
+            // The answer may be what was lost (a timeout, a retry after a leader change
+            // that had applied it after all): if the VM is at `to` now, it went through.
+            failed => match self.switched_since(vm, to, vm_rev).await {
+                Some(rev) => Some(rev),
+                None => failed?,
+            },
+        };
         out.txn_ms = sent.elapsed().as_secs_f64() * 1e3;
         Ok(rev.map(|r| (r, sent, late)))
+    }
+
+    /// The revision at which `vm` moved to `to` after revision `vm_rev`, if it did (and
+    /// the directory can be read to tell).
+    async fn switched_since(&mut self, vm: IpAddr, to: IpAddr, vm_rev: i64) -> Option<i64> {
+        let now = self.view().await.ok()?.read_vm(vm)?;
+        (now.value.real == to && now.mod_revision > vm_rev).then_some(now.mod_revision)
     }
 
     /// Phase 1: R2V[to] = vm, if `to` is still free and the VM still where it was read.
@@ -496,7 +562,7 @@ impl Directory {
             Compare::mod_revision(self.keys.vm(vm), CompareOp::Equal, vm_rev),
             Compare::mod_revision(self.keys.ra(to), CompareOp::Equal, reserve_rev),
         ];
-        let mut ops = vec![TxnOp::put(
+        let mut ops = vec![Op::put(
             self.keys.vm(vm),
             encode(&VmValue { real: to }),
             None,
@@ -507,7 +573,7 @@ impl Directory {
                 vm,
                 drain_until_ms: None,
             });
-            ops.push(TxnOp::put(self.keys.ra(to), value, None));
+            ops.push(Op::put(self.keys.ra(to), value, None));
         }
         if let Some(old) = view.read_ra(from).filter(|r| r.value.vm == vm) {
             cmps.push(Compare::mod_revision(
@@ -517,25 +583,17 @@ impl Directory {
             ));
             ops.push(match drain_until {
                 Some(until) => {
-                    let lease = self.drain_lease(until).await?;
                     let value = encode(&schema::RaValue {
                         vm,
                         drain_until_ms: Some(until),
                     });
-                    TxnOp::put(
-                        self.keys.ra(from),
-                        value,
-                        Some(PutOptions::new().with_lease(lease)),
-                    )
+                    Op::put(self.keys.ra(from), value, Some(until))
                 }
-                None => TxnOp::delete(self.keys.ra(from), None),
+                None => Op::Now(TxnOp::delete(self.keys.ra(from), None)),
             });
         }
         let resp = self
-            .txn(
-                "switching the VM's entry",
-                Txn::new().when(cmps).and_then(ops),
-            )
+            .txn_with_drains("switching the VM's entry", cmps, &ops)
             .await?;
         Ok(resp
             .succeeded()
@@ -605,6 +663,31 @@ impl Directory {
             .collect();
         records.sort_by(|a, b| a.node.cmp(&b.node));
         Ok((revision, records))
+    }
+}
+
+/// A write of a transaction; a drain's put gets its lease just before the transaction.
+#[derive(Clone, Debug)]
+enum Op {
+    Now(TxnOp),
+    Drain {
+        key: String,
+        value: Vec<u8>,
+        until_ms: u64,
+    },
+}
+
+impl Op {
+    /// A put, under a drain's lease if it drains until `drain_until_ms`.
+    fn put(key: String, value: Vec<u8>, drain_until_ms: Option<u64>) -> Self {
+        match drain_until_ms {
+            Some(until_ms) => Op::Drain {
+                key,
+                value,
+                until_ms,
+            },
+            None => Op::Now(TxnOp::put(key, value, None)),
+        }
     }
 }
 

@@ -198,7 +198,7 @@ fn concurrent_switches_land_and_one_vm_has_one_winner() {
     for (i, r) in results.iter().enumerate() {
         let s = r
             .as_ref()
-            .unwrap_or_else(|e| panic!("switch of {}: {e:#}", va(i as u32)));
+            .unwrap_or_else(|e| panic!("switch of {}: {e} ({e:?})", va(i as u32)));
         assert_eq!(s.to, ra(2, i as u32));
         assert!(s.unconfirmed.is_empty(), "{s:?}");
     }
