@@ -73,8 +73,6 @@ struct State {
     open: OpenNode,
     /// The current registration, to end it at shutdown.
     lease: Option<(Client, i64)>,
-    /// Watch events whose key or value was not understood (skipped).
-    skipped: u64,
 }
 
 fn log(name: &str, msg: std::fmt::Arguments) {
@@ -100,7 +98,6 @@ pub async fn run(opts: &AgentOptions) -> Result<(), AgentError> {
         name: opts.node.clone(),
         open,
         lease: None,
-        skipped: 0,
     };
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
@@ -260,7 +257,15 @@ fn apply_events(
         let value = (ev.event_type() == EventType::Put).then(|| kv.value());
         match Change::decode(keys, kv.key(), value) {
             Some(c) => batch.push(c),
-            None => st.skipped += 1,
+            // A key of a newer layout, or a value nobody should have written: the node
+            // keeps what it has for it, and says so.
+            None => log(
+                &st.name,
+                format_args!(
+                    "skipped {} at revision {rev}: not an entry this netpage understands",
+                    String::from_utf8_lossy(kv.key())
+                ),
+            ),
         }
     }
     apply_revision(&mut st.open.table, &mut batch)?;

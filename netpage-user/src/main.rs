@@ -121,10 +121,13 @@ fn run(cli: Cli) -> Result<Output> {
             } else {
                 open_for_write(&node)?
             };
-            let plan = ops::plan(&n.table, &desired.mapping)?;
-            if !dry_run {
-                ops::apply(&mut n.table, &plan, drain.drain, now_ms())?;
-            }
+            let plan = ops::make_equal(
+                &mut n.table,
+                &desired.mapping,
+                dry_run,
+                drain.drain,
+                now_ms(),
+            )?;
             Output::Applied { plan, dry_run }
         }
         Command::Stats { vm } => Output::Stats(stats(&open(&node)?, vm)?),

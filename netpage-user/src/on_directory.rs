@@ -79,13 +79,7 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
         } => {
             let desired = TableFile::read(&file)?;
             let (plan, _) = dir
-                .change(|v| {
-                    let plan = ops::plan(v, &desired.mapping)?;
-                    if !dry_run {
-                        ops::apply(v, &plan, drain.drain, now_ms())?;
-                    }
-                    Ok(plan)
-                })
+                .change(|v| ops::make_equal(v, &desired.mapping, dry_run, drain.drain, now_ms()))
                 .await?;
             Output::Applied { plan, dry_run }
         }

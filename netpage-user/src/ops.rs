@@ -386,6 +386,22 @@ pub fn plan(t: &impl PageTable, desired: &[Mapping]) -> Result<Plan, OpError> {
     Ok(plan)
 }
 
+/// Plans what makes the table equal to `desired` and, unless `dry_run`, carries it out
+/// ([`plan`], then [`apply`]); returns the plan.
+pub fn make_equal(
+    t: &mut impl PageTable,
+    desired: &[Mapping],
+    dry_run: bool,
+    drain: Duration,
+    now_ms: u64,
+) -> Result<Plan, OpError> {
+    let plan = plan(t, desired)?;
+    if !dry_run {
+        apply(t, &plan, drain, now_ms)?;
+    }
+    Ok(plan)
+}
+
 /// Carries out a plan: all R2V entries in one batch, then all V2R entries in one batch,
 /// then removals; moved VMs' old real addresses drain as after a switch.
 pub fn apply(

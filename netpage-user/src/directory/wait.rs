@@ -43,28 +43,20 @@ struct Waiting {
 
 impl Waiting {
     fn hear(&mut self, r: &NodeRecord) {
-        if r.applied_revision < self.revision {
-            self.out.entry(r.node.clone()).or_insert(Confirmation {
+        let c = self
+            .out
+            .entry(r.node.clone())
+            .or_insert_with(|| Confirmation {
                 node: r.node.clone(),
                 confirmed: false,
                 after_ms: None,
                 propagation_ms: None,
                 left: false,
             });
-            return;
-        }
-        let after_ms = self.since.elapsed().as_secs_f64() * 1e3;
-        let propagation_ms = r.applied_at_us as f64 / 1e3 - self.since_us as f64 / 1e3;
-        let c = self.out.entry(r.node.clone()).or_insert(Confirmation {
-            node: r.node.clone(),
-            confirmed: false,
-            after_ms: None,
-            propagation_ms: None,
-            left: false,
-        });
-        if !c.confirmed {
+        if r.applied_revision >= self.revision && !c.confirmed {
             c.confirmed = true;
-            c.after_ms = Some(after_ms);
+            c.after_ms = Some(self.since.elapsed().as_secs_f64() * 1e3);
+            let propagation_ms = r.applied_at_us as f64 / 1e3 - self.since_us as f64 / 1e3;
             c.propagation_ms = Some(propagation_ms.max(0.0));
         }
     }
