@@ -17,20 +17,10 @@ pub fn run(env: &BuildEnv, smoke: bool, parts: &[String]) -> Result<()> {
         "the benchmark loads XDP programs and builds network namespaces and bpffs mounts",
     )?;
     // The benchmark times target/release/netpage, which it finds next to itself.
-    cmd::cargo(env, &["build", "--release", "-p", "netpage-user", "--bins"])?;
+    cmd::build_release_netpage(env)?;
     let out = target_dir().join("bench");
     let out = out.to_string_lossy();
-    let mut args = vec![
-        "run",
-        "--release",
-        "--package",
-        "netpage-tests",
-        "--bin",
-        "netpage-bench",
-        "--",
-        "--out",
-        &out,
-    ];
+    let mut args = vec!["--out", &*out];
     if smoke {
         args.push("--smoke");
     }
@@ -38,7 +28,7 @@ pub fn run(env: &BuildEnv, smoke: bool, parts: &[String]) -> Result<()> {
     if !parts.is_empty() {
         args.extend(["--only", &only]);
     }
-    cmd::cargo(env, &args)
+    cmd::run_release_tool(env, "netpage-bench", &args)
 }
 
 /// The workspace's target directory (`CARGO_TARGET_DIR` if set).

@@ -41,6 +41,26 @@ pub fn cargo(env: &BuildEnv, args: &[&str]) -> Result<()> {
     run(&mut cmd)
 }
 
+/// Builds the release `netpage`, which the demo and the benchmark drive.
+pub fn build_release_netpage(env: &BuildEnv) -> Result<()> {
+    cargo(env, &["build", "--release", "-p", "netpage-user", "--bins"])
+}
+
+/// Runs the release binary `bin` of the test crate (the demo, the benchmark) with `args`.
+pub fn run_release_tool(env: &BuildEnv, bin: &str, args: &[&str]) -> Result<()> {
+    let mut all = vec![
+        "run",
+        "--release",
+        "-p",
+        "netpage-tests",
+        "--bin",
+        bin,
+        "--",
+    ];
+    all.extend(args);
+    cargo(env, &all)
+}
+
 /// Runs `cargo test` with `args`, passing its output through, and closes with one line
 /// that totals every test binary's result (`tests: N passed, N failed, N skipped`).
 pub fn cargo_test(env: &BuildEnv, args: &[&str]) -> Result<()> {

@@ -9,31 +9,11 @@ use crate::{cmd, toolchain::BuildEnv};
 /// this process waits for that instead of dying first.
 pub fn run(env: &BuildEnv, local: bool) -> Result<()> {
     cmd::require_root("the demo creates network namespaces and loads XDP programs")?;
-    cmd::cargo(
-        env,
-        &[
-            "build",
-            "--release",
-            "--package",
-            "netpage-user",
-            "--bin",
-            "netpage",
-        ],
-    )?;
+    cmd::build_release_netpage(env)?;
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: SIG_IGN is a valid disposition; no handler code runs.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
-    let mut args = vec![
-        "run",
-        "--release",
-        "--package",
-        "netpage-tests",
-        "--bin",
-        "netpage-demo",
-    ];
-    if local {
-        args.extend(["--", "--local"]);
-    }
-    cmd::cargo(env, &args)
+    let args: &[&str] = if local { &["--local"] } else { &[] };
+    cmd::run_release_tool(env, "netpage-demo", args)
 }

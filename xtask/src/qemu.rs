@@ -193,7 +193,7 @@ fn unpack(prefix: &Path, version: &str) -> Result<()> {
         cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&staging))?;
     }
     remove_dir(&debs)?;
-    make_links_relative(&staging, &staging)?;
+    make_links_relative(&staging)?;
     fs::write(staging.join(VERSION_FILE), version)
         .with_context(|| format!("write {}", staging.join(VERSION_FILE).display()))?;
     remove_dir(prefix)?;
@@ -211,9 +211,8 @@ fn remove_dir(dir: &Path) -> Result<()> {
     }
 }
 
-/// Re-points every absolute symlink under `dir` (within the unpacked tree `root`) at the
-/// same path inside `root`, relatively, so that the tree's links never leave it.
-fn make_links_relative(root: &Path, dir: &Path) -> Result<()> {
+/// Calls `f` on every symlink under `dir`, recursively (links are not followed).
+fn for_each_link(dir: &Path, f: &mut impl FnMut(&Path) -> Result<()>) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
         let path = entry
             .with_context(|| format!("read {}", dir.display()))?
@@ -221,24 +220,30 @@ fn make_links_relative(root: &Path, dir: &Path) -> Result<()> {
         let meta =
             fs::symlink_metadata(&path).with_context(|| format!("stat {}", path.display()))?;
         if meta.is_dir() {
-            make_links_relative(root, &path)?;
-            continue;
+            for_each_link(&path, f)?;
+        } else if meta.file_type().is_symlink() {
+            f(&path)?;
         }
-        if !meta.file_type().is_symlink() {
-            continue;
-        }
-        let target = fs::read_link(&path).with_context(|| format!("read {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Re-points every absolute symlink under `root` (the unpacked tree) at the same path
+/// inside `root`, relatively, so that the tree's links never leave it.
+fn make_links_relative(root: &Path) -> Result<()> {
+    for_each_link(root, &mut |path| {
+        let target = fs::read_link(path).with_context(|| format!("read {}", path.display()))?;
         if target.is_absolute() {
             let depth = path.strip_prefix(root)?.components().count() - 1;
             let inside: PathBuf = std::iter::repeat_n(Component::ParentDir.as_os_str(), depth)
                 .collect::<PathBuf>()
                 .join(target.strip_prefix("/")?);
-            fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
-            std::os::unix::fs::symlink(&inside, &path)
+            fs::remove_file(path).with_context(|| format!("remove {}", path.display()))?;
+            std::os::unix::fs::symlink(&inside, path)
                 .with_context(|| format!("link {} to {}", path.display(), inside.display()))?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Checks the QEMU under `prefix`: the binary runs, the binary and its TCG module find every
@@ -260,7 +265,7 @@ fn check(prefix: &Path) -> Result<()> {
         check_libraries(&prefix.join(file))?;
     }
     let root = fs::canonicalize(prefix).with_context(|| format!("resolve {}", prefix.display()))?;
-    check_links(&root, &root)
+    check_links(&root)
 }
 
 /// Fails, naming them, if `ldd` finds libraries of `file` missing.
@@ -283,28 +288,19 @@ fn check_libraries(file: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Fails unless every symlink under `dir` resolves to a file inside `root`.
-fn check_links(root: &Path, dir: &Path) -> Result<()> {
-    for entry in fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
-        let path = entry
-            .with_context(|| format!("read {}", dir.display()))?
-            .path();
-        let meta =
-            fs::symlink_metadata(&path).with_context(|| format!("stat {}", path.display()))?;
-        if meta.is_dir() {
-            check_links(root, &path)?;
-        } else if meta.file_type().is_symlink() {
-            let resolved = fs::canonicalize(&path).ok();
-            if !resolved.is_some_and(|r| r.starts_with(root)) {
-                bail!(
-                    "the symlink {} does not resolve inside {}",
-                    path.display(),
-                    root.display()
-                );
-            }
+/// Fails unless every symlink under `root` resolves to a file inside `root`.
+fn check_links(root: &Path) -> Result<()> {
+    for_each_link(root, &mut |path| {
+        let resolved = fs::canonicalize(path).ok();
+        if !resolved.is_some_and(|r| r.starts_with(root)) {
+            bail!(
+                "the symlink {} does not resolve inside {}",
+                path.display(),
+                root.display()
+            );
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -328,9 +324,9 @@ mod tests {
         let link = qemu.join("bios-256k.bin");
         std::os::unix::fs::symlink("/usr/share/seabios/bios-256k.bin", &link).unwrap();
 
-        make_links_relative(&root, &root).unwrap();
+        make_links_relative(&root).unwrap();
         let root = fs::canonicalize(&root).unwrap();
-        let checked = check_links(&root, &root);
+        let checked = check_links(&root);
         let target = fs::read_link(&link).unwrap();
         fs::remove_dir_all(&root).unwrap();
 
@@ -347,7 +343,7 @@ mod tests {
         fs::create_dir_all(&root).unwrap();
         std::os::unix::fs::symlink("/etc/os-release", root.join("escape")).unwrap();
         let root = fs::canonicalize(&root).unwrap();
-        let checked = check_links(&root, &root);
+        let checked = check_links(&root);
         fs::remove_dir_all(&root).unwrap();
         assert!(checked.is_err());
     }
