@@ -14,7 +14,8 @@ use std::{
 use netpage::directory::{DirError, Directory, EtcdOptions as DirOptions};
 use netpage_tests::{
     directory::{
-        Agents, directory_tables, netpage_etcd, netpage_etcd_json, node_tables, wait_converged,
+        Agents, directory_tables, map_add, netpage_etcd, netpage_etcd_json, node_tables,
+        wait_converged,
     },
     etcd::{self, Etcd, EtcdCluster, EtcdOptions, Members},
     netns::{NetNs, output},
@@ -113,17 +114,7 @@ fn sixteen_agents_confirm_a_switch_and_refuse_local_writes() {
     }
     let etcd = Etcd::new();
     let set = agents_on(&etcd, 16, &[]);
-    netpage_etcd_json(
-        &etcd,
-        &[
-            "map",
-            "add",
-            "--vm",
-            "198.19.0.10",
-            "--real",
-            "198.18.10.100",
-        ],
-    );
+    map_add(&etcd, ip("198.19.0.10"), ip("198.18.10.100"));
     let s = netpage_etcd_json(
         &etcd,
         &["switch", "--vm", "198.19.0.10", "--to", "198.18.20.100"],
@@ -376,17 +367,7 @@ fn a_client_without_a_certificate_is_refused_and_changes_nothing() {
     }
     let etcd = Etcd::start_tls();
     let set = agents_on(&etcd, 1, &[]);
-    netpage_etcd_json(
-        &etcd,
-        &[
-            "map",
-            "add",
-            "--vm",
-            "198.19.0.10",
-            "--real",
-            "198.18.10.100",
-        ],
-    );
+    map_add(&etcd, ip("198.19.0.10"), ip("198.18.10.100"));
     let tls = etcd.tls().unwrap();
     let out = output(
         std::process::Command::new(netpage_bin())
@@ -515,17 +496,7 @@ fn the_world_switched_through_the_directory_and_without_etcd() {
     let mut agents = Agents::start(&etcd, &edges, &[]);
     agents.wait_applied(&etcd, 0);
     let f = V4;
-    netpage_etcd_json(
-        &etcd,
-        &[
-            "map",
-            "add",
-            "--vm",
-            &f.va.to_string(),
-            "--real",
-            &f.ra_a.to_string(),
-        ],
-    );
+    map_add(&etcd, f.va, f.ra_a);
     wait_converged(&dir_options(&etcd), &edges, CONVERGE);
     let server = world.tcp_echo(Node::Vm, SocketAddr::new(f.va, 7001));
     let mut stream = world.in_ns(Node::Client, || {
