@@ -7,7 +7,7 @@ use netpage::{
     attach::Mode,
     directory::{EtcdOptions, schema::DEFAULT_PREFIX},
     loader::Side,
-    migrate::{MigrateOptions, Neighbour, SwitchAt},
+    migrate::{EdgeSpec, MigrateOptions, Neighbour, SwitchAt},
     node::DEFAULT_PIN_DIR,
 };
 
@@ -33,8 +33,8 @@ pub struct Cli {
 #[derive(Args)]
 pub struct EtcdArgs {
     /// Work on the mapping directory in etcd instead of this machine's pin directory:
-    /// comma-separated client URLs (`map`, `apply`, `switch`, `status`, `check`, `nodes`,
-    /// `agent`).
+    /// comma-separated client URLs (`map`, `apply`, `switch`, `migrate`, `status`,
+    /// `check`, `nodes`, `agent`).
     #[arg(long, global = true, env = "NETPAGE_ETCD", value_name = "URLS")]
     pub etcd: Option<String>,
     /// The directory's key prefix in etcd.
@@ -230,9 +230,14 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "URI")]
     pub uri: String,
     /// The pin directory of a node to switch; repeat for every node (gateways and hosts)
-    /// [default: --pin-dir].
+    /// [default: --pin-dir]. Not with --etcd, where every node's agent applies the switch.
     #[arg(long = "node", value_name = "PINDIR")]
     pub nodes: Vec<PathBuf>,
+    /// With --etcd: how long each step waits for the live nodes' confirmations (of the
+    /// reservation, of the switch, of a rollback). A node that does not confirm in time
+    /// is named; the directory keeps the change and the node converges when it returns.
+    #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = parse_seconds)]
+    pub confirm_timeout: Duration,
     /// When to switch: `stop` (just before the source pauses: netpage holds QEMU's downtime
     /// limit at 1 ms, switches once the last copy would fit --downtime-limit, then releases
     /// it so that QEMU stops; what is sent from the switch to the end of the pause waits at
@@ -264,8 +269,8 @@ pub struct MigrateArgs {
 }
 
 impl MigrateArgs {
-    /// The options of the migration, with `pin_dir` as the only node if none was given.
-    pub fn options(&self, pin_dir: &std::path::Path) -> MigrateOptions {
+    /// The options of the migration, switching `edges`.
+    pub fn options(&self, edges: EdgeSpec) -> MigrateOptions {
         let neighbour = self.dst_neigh.as_ref().map(|s| {
             let (iface, netns) = match s.split_once('@') {
                 Some((i, n)) => (i.to_owned(), Some(n.to_owned())),
@@ -283,11 +288,7 @@ impl MigrateArgs {
             src_qmp: self.src_qmp.clone(),
             dst_qmp: self.dst_qmp.clone(),
             uri: self.uri.clone(),
-            nodes: if self.nodes.is_empty() {
-                vec![pin_dir.to_owned()]
-            } else {
-                self.nodes.clone()
-            },
+            edges,
             switch_at: self.switch_at,
             downtime_limit_ms: self.downtime_limit,
             timeout: self.timeout,

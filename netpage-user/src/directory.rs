@@ -10,6 +10,7 @@
 
 mod connect;
 pub mod schema;
+mod switch;
 mod view;
 pub mod wait;
 
@@ -27,11 +28,14 @@ use etcd_client::{
 use serde::Serialize;
 
 pub use connect::{DEFAULT_REQUEST_TIMEOUT, EtcdOptions};
-use schema::{Keys, MapKey, NodeRecord, SCHEMA_VERSION, SchemaValue, VmValue, encode};
+use schema::{Keys, MapKey, NodeRecord, SCHEMA_VERSION, SchemaValue, encode};
+pub use switch::{Committed, DirSwitched, Reservation, laggards};
+#[cfg(test)]
+pub(crate) use view::view_with;
 pub use view::{BadValue, Read, View, Write};
 pub use wait::Confirmation;
 
-use crate::ops::{self, OpError, now_ms};
+use crate::ops::{OpError, now_ms};
 
 /// etcd's default limit of operations in one transaction (`--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
@@ -55,6 +59,16 @@ pub enum DirError {
     },
     #[error("cannot set up a connection to etcd at {endpoints}")]
     Connect {
+        endpoints: String,
+        #[source]
+        source: Box<etcd_client::Error>,
+    },
+    #[error(
+        "etcd at {endpoints} refused {what}: {}; see the README for the roles of writers and agents",
+        refusal(source)
+    )]
+    Refused {
+        what: &'static str,
         endpoints: String,
         #[source]
         source: Box<etcd_client::Error>,
@@ -89,6 +103,24 @@ pub enum DirError {
 }
 
 impl DirError {
+    /// A request that failed: refused for want of rights, or not answered.
+    fn failed(what: &'static str, endpoints: String, source: etcd_client::Error) -> Self {
+        let source = Box::new(source);
+        if refusal(&source).is_empty() {
+            DirError::Etcd {
+                what,
+                endpoints,
+                source,
+            }
+        } else {
+            DirError::Refused {
+                what,
+                endpoints,
+                source,
+            }
+        }
+    }
+
     /// Whether etcd refused a transaction because a lease it named had expired (it then
     /// applied none of the transaction).
     fn is_expired_lease(&self) -> bool {
@@ -101,34 +133,11 @@ impl DirError {
 }
 
 /// A connection to one directory.
+#[derive(Clone)]
 pub struct Directory {
     client: Client,
     keys: Keys,
     opts: EtcdOptions,
-}
-
-/// What a switch through the directory did.
-#[derive(Clone, Debug, Serialize)]
-pub struct DirSwitched {
-    pub vm: IpAddr,
-    pub from: IpAddr,
-    pub to: IpAddr,
-    /// The revision at which the new real address was reserved (phase 1).
-    pub reserve_revision: i64,
-    /// The revision of the switch transaction (phase 2); 0 if nothing changed.
-    pub revision: i64,
-    /// How long the switch transaction took, ms.
-    pub txn_ms: f64,
-    /// Until when the old real address keeps translating, if it drains.
-    pub drain_until_ms: Option<u64>,
-    /// Whether the command waited for the nodes.
-    pub waited: bool,
-    /// Each live node's confirmation of the reservation.
-    pub reserved: Vec<Confirmation>,
-    /// Each live node's confirmation of the switch.
-    pub nodes: Vec<Confirmation>,
-    /// The live nodes that did not confirm the switch in time.
-    pub unconfirmed: Vec<String>,
 }
 
 /// A registered node and how far it is behind.
@@ -166,11 +175,7 @@ impl Directory {
         what: &'static str,
     ) -> impl FnOnce(etcd_client::Error) -> DirError + use<> {
         let endpoints = self.opts.endpoints_text();
-        move |source| DirError::Etcd {
-            what,
-            endpoints,
-            source: Box::new(source),
-        }
+        move |source| DirError::failed(what, endpoints, source)
     }
 
     /// Runs `op` with a client, again while it fails before reaching a server (a member
@@ -301,7 +306,7 @@ impl Directory {
     }
 
     /// A lease that ends a drain at `until_ms` (at least etcd's one second).
-    async fn drain_lease(&mut self, until_ms: u64) -> Result<i64, DirError> {
+    pub(crate) async fn drain_lease(&mut self, until_ms: u64) -> Result<i64, DirError> {
         let ttl = until_ms.saturating_sub(now_ms()).div_ceil(1000).max(1);
         let resp = self
             .retrying("granting the lease of a drain", |mut c| async move {
@@ -312,17 +317,19 @@ impl Directory {
     }
 
     /// Runs the transaction of `ops` under `cmps`, granting the drains' leases (one per
-    /// deadline) just before it. If one expired before etcd applied the transaction (a
-    /// slow commit: etcd then applies none of it), it is tried again with fresh leases.
+    /// deadline) just before it, but for a lease `granted` in advance (deadline, id). If
+    /// one expired before etcd applied the transaction (a slow commit: etcd then applies
+    /// none of it), it is tried again with fresh leases.
     async fn txn_with_drains(
         &mut self,
         what: &'static str,
         cmps: Vec<Compare>,
         ops: &[Op],
+        granted: Option<(u64, i64)>,
     ) -> Result<TxnResponse, DirError> {
         let mut tries = 0;
         loop {
-            let mut leases: Vec<(u64, i64)> = Vec::new();
+            let mut leases: Vec<(u64, i64)> = granted.filter(|_| tries == 0).into_iter().collect();
             let mut txn_ops = Vec::with_capacity(ops.len());
             for op in ops {
                 txn_ops.push(match op {
@@ -383,7 +390,7 @@ impl Directory {
         for (done, chunk) in chunks.into_iter().enumerate() {
             let (cmps, ops): (Vec<_>, Vec<_>) = chunk.into_iter().unzip();
             let resp = self
-                .txn_with_drains("writing the mappings", cmps, &ops)
+                .txn_with_drains("writing the mappings", cmps, &ops, None)
                 .await?;
             if !resp.succeeded() {
                 return if done == 0 {
@@ -395,226 +402,6 @@ impl Directory {
             revision = resp.header().map_or(0, |h| h.revision());
         }
         Ok(Some(revision))
-    }
-
-    /// Moves `vm` to `to` in two transactions: reserve `to` (R2V) and wait for every live
-    /// node to apply it, then switch the VM's entry and start the old address's drain
-    /// (a lease), and wait for every live node again unless `wait` is `None`. Of two
-    /// concurrent switches of one VM exactly one wins; the other changes nothing.
-    pub async fn switch(
-        &mut self,
-        vm: IpAddr,
-        to: IpAddr,
-        drain: Duration,
-        wait: Option<Duration>,
-    ) -> Result<DirSwitched, DirError> {
-        let view = self.view().await?;
-        let from = ops::check_switch(&view, vm, to)?;
-        let at = view.read_vm(vm).expect("check_switch found the VM");
-        let mut out = DirSwitched {
-            vm,
-            from,
-            to,
-            reserve_revision: 0,
-            revision: 0,
-            txn_ms: 0.0,
-            drain_until_ms: None,
-            waited: wait.is_some(),
-            reserved: Vec::new(),
-            nodes: Vec::new(),
-            unconfirmed: Vec::new(),
-        };
-        if from == to {
-            return Ok(out);
-        }
-        let held = view.read_ra(to);
-        let (reserve_rev, created) = match held {
-            Some(r) => (r.mod_revision, false),
-            None => (self.reserve(vm, to, at.mod_revision).await?, true),
-        };
-        out.reserve_revision = reserve_rev;
-        let switched = self
-            .confirm_and_switch(&view, &mut out, at.mod_revision, drain, wait)
-            .await;
-        let (rev, sent, late) = match switched {
-            Ok(Some(done)) => done,
-            Ok(None) => {
-                if created {
-                    self.release(vm, to, reserve_rev).await?;
-                }
-                let now = self.view().await?.read_vm(vm);
-                return Err(DirError::Conflict {
-                    vm,
-                    now: now.map_or("deleted".into(), |r| r.value.real.to_string()),
-                });
-            }
-            Err(e) => {
-                // Nothing switched (or, if the answer was lost, the release sees that
-                // the VM is at `to` and keeps the reservation).
-                if created {
-                    let _ = self.release(vm, to, reserve_rev).await;
-                }
-                return Err(e);
-            }
-        };
-        out.revision = rev;
-        if let Some(timeout) = wait {
-            out.nodes = self.wait_applied(rev, timeout, sent, &late).await?;
-            out.unconfirmed = laggards(&out.nodes);
-        }
-        Ok(out)
-    }
-
-    /// Waits for the reservation (unless `wait` is `None`), then makes the switch
-    /// transaction. Returns its revision, when it was sent and the nodes that missed the
-    /// reservation; `None` if another writer changed the VM first.
-    async fn confirm_and_switch(
-        &mut self,
-        view: &View,
-        out: &mut DirSwitched,
-        vm_rev: i64,
-        drain: Duration,
-        wait: Option<Duration>,
-    ) -> Result<Option<(i64, Instant, Vec<String>)>, DirError> {
-        let mut late = Vec::new();
-        if let Some(timeout) = wait {
-            out.reserved = self
-                .wait_applied(out.reserve_revision, timeout, Instant::now(), &[])
-                .await?;
-            late = laggards(&out.reserved);
-        }
-        out.drain_until_ms = (!drain.is_zero()).then(|| now_ms() + drain.as_millis() as u64);
-        let sent = Instant::now();
-        let (vm, from, to) = (out.vm, out.from, out.to);
-        let rev = match self
-            .switch_txn(
-                view,
-                vm,
-                from,
-                to,
-                vm_rev,
-                out.reserve_revision,
-                out.drain_until_ms,
-            )
-            .await
-        {
-            Ok(Some(rev)) => Some(rev),
-            // The answer may be what was lost (a timeout, a retry after a leader change
-            // that had applied it after all): if the VM is at `to` now, it went through.
-            failed => match self.switched_since(vm, to, vm_rev).await {
-                Some(rev) => Some(rev),
-                None => failed?,
-            },
-        };
-        out.txn_ms = sent.elapsed().as_secs_f64() * 1e3;
-        Ok(rev.map(|r| (r, sent, late)))
-    }
-
-    /// The revision at which `vm` moved to `to` after revision `vm_rev`, if it did (and
-    /// the directory can be read to tell).
-    async fn switched_since(&mut self, vm: IpAddr, to: IpAddr, vm_rev: i64) -> Option<i64> {
-        let now = self.view().await.ok()?.read_vm(vm)?;
-        (now.value.real == to && now.mod_revision > vm_rev).then_some(now.mod_revision)
-    }
-
-    /// Phase 1: R2V[to] = vm, if `to` is still free and the VM still where it was read.
-    async fn reserve(&mut self, vm: IpAddr, to: IpAddr, vm_rev: i64) -> Result<i64, DirError> {
-        let ra = self.keys.ra(to);
-        let value = encode(&schema::RaValue {
-            vm,
-            drain_until_ms: None,
-        });
-        let txn = Txn::new()
-            .when([
-                Compare::mod_revision(self.keys.vm(vm), CompareOp::Equal, vm_rev),
-                Compare::create_revision(ra.clone(), CompareOp::Equal, 0),
-            ])
-            .and_then([TxnOp::put(ra, value, None)]);
-        let resp = self.txn("reserving the new real address", txn).await?;
-        if resp.succeeded() {
-            return Ok(resp.header().map_or(0, |h| h.revision()));
-        }
-        // Lost a race: say why, from what is there now.
-        let view = self.view().await?;
-        ops::check_switch(&view, vm, to)?;
-        Err(DirError::Conflict {
-            vm,
-            now: view
-                .read_vm(vm)
-                .map_or("deleted".into(), |r| r.value.real.to_string()),
-        })
-    }
-
-    /// Phase 2: V2R[vm] = to, the old address draining (or removed), if nothing that the
-    /// switch read has changed. `None` if something has.
-    #[expect(clippy::too_many_arguments, reason = "the revisions the switch read")]
-    async fn switch_txn(
-        &mut self,
-        view: &View,
-        vm: IpAddr,
-        from: IpAddr,
-        to: IpAddr,
-        vm_rev: i64,
-        reserve_rev: i64,
-        drain_until: Option<u64>,
-    ) -> Result<Option<i64>, DirError> {
-        let mut cmps = vec![
-            Compare::mod_revision(self.keys.vm(vm), CompareOp::Equal, vm_rev),
-            Compare::mod_revision(self.keys.ra(to), CompareOp::Equal, reserve_rev),
-        ];
-        let mut ops = vec![Op::put(
-            self.keys.vm(vm),
-            encode(&VmValue { real: to }),
-            None,
-        )];
-        // A drain of this VM at `to` ends: the address is its own again.
-        if view.read_ra(to).is_some_and(|r| r.lease != 0) {
-            let value = encode(&schema::RaValue {
-                vm,
-                drain_until_ms: None,
-            });
-            ops.push(Op::put(self.keys.ra(to), value, None));
-        }
-        if let Some(old) = view.read_ra(from).filter(|r| r.value.vm == vm) {
-            cmps.push(Compare::mod_revision(
-                self.keys.ra(from),
-                CompareOp::Equal,
-                old.mod_revision,
-            ));
-            ops.push(match drain_until {
-                Some(until) => {
-                    let value = encode(&schema::RaValue {
-                        vm,
-                        drain_until_ms: Some(until),
-                    });
-                    Op::put(self.keys.ra(from), value, Some(until))
-                }
-                None => Op::Now(TxnOp::delete(self.keys.ra(from), None)),
-            });
-        }
-        let resp = self
-            .txn_with_drains("switching the VM's entry", cmps, &ops)
-            .await?;
-        Ok(resp
-            .succeeded()
-            .then(|| resp.header().map_or(0, |h| h.revision())))
-    }
-
-    /// Takes back a reservation that a lost switch made, unless the VM went there after all.
-    async fn release(&mut self, vm: IpAddr, to: IpAddr, reserve_rev: i64) -> Result<(), DirError> {
-        let txn = Txn::new()
-            .when([
-                Compare::mod_revision(self.keys.ra(to), CompareOp::Equal, reserve_rev),
-                Compare::value(
-                    self.keys.vm(vm),
-                    CompareOp::NotEqual,
-                    encode(&VmValue { real: to }),
-                ),
-            ])
-            .and_then([TxnOp::delete(self.keys.ra(to), None)]);
-        self.txn("releasing the reservation of a lost switch", txn)
-            .await?;
-        Ok(())
     }
 
     /// The registered nodes, by name, with how far each is behind the mapping range.
@@ -702,11 +489,23 @@ fn commit_order(key: MapKey, write: Write) -> u8 {
     }
 }
 
-/// The nodes that did not confirm.
-fn laggards(confirmations: &[Confirmation]) -> Vec<String> {
-    confirmations
-        .iter()
-        .filter(|c| !c.confirmed && !c.left)
-        .map(|c| c.node.clone())
-        .collect()
+/// Why etcd turned a request away for want of rights, in words for an operator; empty if
+/// it did not (a failure to reach etcd, say).
+fn refusal(e: &etcd_client::Error) -> &'static str {
+    let etcd_client::Error::GRpcStatus(s) = e else {
+        return "";
+    };
+    match s.code() {
+        tonic::Code::PermissionDenied => {
+            "permission denied: this client's user (or certificate name) may not do that under the prefix"
+        }
+        tonic::Code::InvalidArgument if s.message().contains("user name is empty") => {
+            "etcd requires authentication: give --etcd-user (and NETPAGE_ETCD_PASSWORD) or a client certificate"
+        }
+        tonic::Code::InvalidArgument if s.message().contains("authentication failed") => {
+            "authentication failed: wrong user or password"
+        }
+        tonic::Code::Unauthenticated => "the authentication token was refused: try again",
+        _ => "",
+    }
 }

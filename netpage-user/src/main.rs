@@ -1,6 +1,7 @@
 //! `netpage`: attach the network page table to a node's interfaces and manage its mappings.
 
 mod cli;
+mod migrating;
 mod on_directory;
 mod report;
 
@@ -10,7 +11,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use cli::{Cli, Command, MapCommand};
 use netpage::{
-    attach, check, migrate,
+    attach, check,
+    migrate::EdgeSpec,
     node::{Node, OpenNode, require_root},
     ops::{self, Mapping, OpError, now_ms},
     table::PageTable,
@@ -132,17 +134,12 @@ fn run(cli: Cli) -> Result<Output> {
         }
         Command::Stats { vm } => Output::Stats(stats(&open(&node)?, vm)?),
         Command::Migrate(m) => {
-            let opts = m.options(&cli.pin_dir);
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let report = runtime.block_on(migrate::migrate(&opts))?;
-            if let Some(path) = &m.timeline {
-                let title = format!("netpage migrate {} -> {}", report.vm, report.to);
-                std::fs::write(path, report.timeline.svg(&title))
-                    .with_context(|| format!("writing the timeline to {}", path.display()))?;
-            }
-            Output::Migrated(Box::new(report))
+            let nodes = if m.nodes.is_empty() {
+                vec![cli.pin_dir]
+            } else {
+                m.nodes.clone()
+            };
+            migrating::run(&m, EdgeSpec::Nodes(nodes))?
         }
         Command::Check => {
             let n = open(&node)?;

@@ -60,19 +60,23 @@ use serde::Serialize;
 
 mod edges;
 mod hold;
+mod neighbour;
 mod report;
 
 use crate::{
-    node::{NodeError, OpenNode},
-    ops::{self, OpError, now_ms},
+    directory::DirError,
+    node::NodeError,
+    ops::{OpError, now_ms},
     qmp::{Event, MigrationStatus, Qmp, QmpError, RunState, Timestamp},
-    table::{PageTable, TableError},
+    table::TableError,
     timeline::{Source, Timeline},
 };
 
-use edges::{guest_mac, install_reverse, neigh, open_nodes, where_is};
+pub use edges::EdgeSpec;
+use edges::{Edges, Edit};
 pub use hold::{HOLD_MS, MAX_HELD_PASS, POLL, STOP_GRACE, TICK_LEAD};
 use hold::{Hold, Ticks};
+use neighbour::{guest_mac, neigh};
 pub use report::{MigrateReport, NodeSwitch, Release};
 
 /// When the page table switches to the destination.
@@ -114,8 +118,8 @@ pub struct MigrateOptions {
     pub dst_qmp: PathBuf,
     /// Where the source sends the migration stream (`tcp:HOST:PORT`).
     pub uri: String,
-    /// The pin directories of every node whose table switches.
-    pub nodes: Vec<PathBuf>,
+    /// The page tables that switch: nodes of this machine, or the directory.
+    pub edges: EdgeSpec,
     pub switch_at: SwitchAt,
     /// The longest pause QEMU may plan for its last copy (`None`: the source's own).
     pub downtime_limit_ms: Option<u64>,
@@ -157,6 +161,8 @@ pub enum MigrateError {
     Qmp(#[from] QmpError),
     #[error("preparing the page tables")]
     Table(#[from] TableError),
+    #[error(transparent)]
+    Dir(#[from] DirError),
 }
 
 /// Runs a migration. `Err` means it could not start and nothing changed; a migration that
@@ -179,7 +185,10 @@ const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 /// A migration under way.
 struct Run {
     start: Instant,
-    nodes: Vec<(PathBuf, OpenNode)>,
+    edges: Edges,
+    /// Until when the old address keeps translating if netpage never completes the
+    /// migration (the directory's drain lease): its deadline plus the drain.
+    old_until_ms: u64,
     src: Qmp,
     dst: Qmp,
     vm: IpAddr,
@@ -188,6 +197,8 @@ struct Run {
     neighbour: Option<(Neighbour, String)>,
     timeline: Timeline,
     switches: Vec<NodeSwitch>,
+    /// The live nodes that did not confirm the directory's switch in time.
+    unconfirmed: Vec<String>,
     /// Whether every node's V2R names the destination.
     switched: bool,
     switched_at: Option<SystemTime>,
@@ -225,8 +236,8 @@ enum Step {
 impl Run {
     /// Checks everything, then installs R2V[to] everywhere (and the neighbour entry).
     async fn prepare(opts: &MigrateOptions, start: Instant) -> Result<Self, MigrateError> {
-        let mut nodes = open_nodes(opts)?;
-        let from = where_is(&nodes, opts.vm, opts.to)?;
+        let mut edges = Edges::open(&opts.edges).await?;
+        let from = edges.locate(opts.vm, opts.to).await?;
         if from == opts.to {
             return Err(MigrateError::AlreadyThere {
                 vm: opts.vm,
@@ -255,18 +266,30 @@ impl Run {
             Some(n) => Some((n.clone(), guest_mac(&mut src, n).await?)),
             None => None,
         };
-        install_reverse(&mut nodes, opts.to, opts.vm)?;
+        let mut timeline = Timeline::new(start);
+        timeline.mark(
+            Instant::now(),
+            Source::Netpage,
+            "CHECKED",
+            format!("{} at {from}", opts.vm),
+        );
+        let old_until_ms = now_ms() + (opts.timeout + opts.drain).as_millis() as u64;
+        edges
+            .reserve(opts.vm, from, opts.to, old_until_ms, &mut timeline)
+            .await?;
         let mut run = Run {
             start,
-            nodes,
+            edges,
+            old_until_ms,
             src,
             dst,
             vm: opts.vm,
             from,
             to: opts.to,
             neighbour,
-            timeline: Timeline::new(start),
+            timeline,
             switches: Vec::new(),
+            unconfirmed: Vec::new(),
             switched: false,
             switched_at: None,
             stop: None,
@@ -279,12 +302,6 @@ impl Run {
             release: None,
             grace: None,
         };
-        run.mark(Source::Netpage, "CHECKED", format!("{} at {from}", opts.vm));
-        run.mark(
-            Source::Netpage,
-            "R2V INSTALLED",
-            format!("{} -> {}", opts.to, opts.vm),
-        );
         if let Some((n, mac)) = &run.neighbour {
             // A failure here is reported, not fatal: without the entry, the destination
             // resolves the guest by ARP after it resumes.
@@ -319,15 +336,15 @@ impl Run {
                 _ = tokio::time::sleep_until(poll_at.map_or(deadline, Into::into)),
                     if poll_at.is_some() => self.poll().await,
                 _ = tokio::time::sleep_until(grace_at.map_or(deadline, Into::into)),
-                    if grace_at.is_some() => self.switch_back(),
+                    if grace_at.is_some() => self.switch_back().await,
                 ev = self.src.next_event(FOREVER) => match ev {
-                    Ok(Some(e)) => self.on_source(&e, opts.switch_at),
+                    Ok(Some(e)) => self.on_source(&e, opts.switch_at).await,
                     Ok(None) => Step::Continue,
                     Err(QmpError::Closed { .. }) => Step::Failed("the source QEMU exited".into()),
                     Err(e) => Step::Failed(format!("the source QEMU: {e}")),
                 },
                 ev = self.dst.next_event(FOREVER) => match ev {
-                    Ok(Some(e)) => match self.on_destination(&e, opts.switch_at) {
+                    Ok(Some(e)) => match self.on_destination(&e, opts.switch_at).await {
                         Step::Done => {
                             dst_done = true;
                             Step::Continue
@@ -391,7 +408,7 @@ impl Run {
     }
 
     /// Handles a source event: `Done` once it completed.
-    fn on_source(&mut self, e: &Event, at: SwitchAt) -> Step {
+    async fn on_source(&mut self, e: &Event, at: SwitchAt) -> Step {
         if let Some(pass) = e.migration_pass() {
             self.passes = pass;
             self.timeline.mark(
@@ -432,7 +449,7 @@ impl Run {
                     .mark(e.received, Source::Src, "STOP", String::new());
                 if at == SwitchAt::Stop
                     && !self.switched
-                    && let Err(why) = self.switch_all()
+                    && let Err(why) = self.switch_all().await
                 {
                     return Step::Failed(why);
                 }
@@ -472,7 +489,7 @@ impl Run {
 
     /// Handles a destination event: `Done` once the guest runs there (or, if the source
     /// was paused, once the destination has loaded it).
-    fn on_destination(&mut self, e: &Event, at: SwitchAt) -> Step {
+    async fn on_destination(&mut self, e: &Event, at: SwitchAt) -> Step {
         match (e.event.as_str(), e.migration_status()) {
             ("RESUME", _) => {
                 self.resume = Some(e.timestamp);
@@ -480,7 +497,7 @@ impl Run {
                     .mark(e.received, Source::Dst, "RESUME", String::new());
                 if at == SwitchAt::Resume
                     && !self.switched
-                    && let Err(why) = self.switch_all()
+                    && let Err(why) = self.switch_all().await
                 {
                     return Step::Failed(why);
                 }
@@ -508,34 +525,18 @@ impl Run {
         }
     }
 
-    /// One V2R update per node, in the order given, as fast as they can follow one
-    /// another. Every node is tried; the error names those that failed.
-    fn switch_all(&mut self) -> Result<(), String> {
-        let mut failed = Vec::new();
-        for i in 0..self.nodes.len() {
-            let t = Instant::now();
-            let r = self.nodes[i].1.table.set_forward(self.vm, self.to);
-            let update = t.elapsed();
-            let node = self.nodes[i].0.display().to_string();
-            match r {
-                Ok(()) => {
-                    let us = update.as_nanos() as f64 / 1000.0;
-                    self.timeline.mark(
-                        Instant::now(),
-                        Source::Netpage,
-                        format!("SWITCHED {node}"),
-                        format!("{us:.1} us"),
-                    );
-                    self.switches.push(NodeSwitch {
-                        node,
-                        update_us: us,
-                    });
-                }
-                Err(e) => failed.push(format!("{node}: {e}")),
-            }
-        }
+    /// Switches every page table to the destination: one V2R update per node, in the
+    /// order given, or the directory's one transaction and the nodes' confirmations.
+    /// Every node is tried; the error names those that failed.
+    async fn switch_all(&mut self) -> Result<(), String> {
+        let done = self
+            .edges
+            .switch(self.vm, self.to, self.old_until_ms, &mut self.timeline)
+            .await
+            .map_err(|why| format!("switching {} to {}: {why}", self.vm, self.to))?;
         self.switched_at = Some(SystemTime::now());
-        if failed.is_empty() {
+        self.switches = done.switches;
+        if done.failed.is_empty() {
             self.switched = true;
             Ok(())
         } else {
@@ -543,7 +544,7 @@ impl Run {
                 "switching {} to {} failed on {}",
                 self.vm,
                 self.to,
-                failed.join("; ")
+                done.failed.join("; ")
             ))
         }
     }
@@ -580,11 +581,24 @@ impl Run {
                     self.mark(Source::Netpage, "COMPLETED ANYWAY", format!("after: {why}"));
                     self.complete(opts, &mut error).await;
                 } else {
-                    self.rollback();
+                    self.rollback().await;
                     error = Some(why);
                     rolled_back = true;
                 }
             }
+        }
+        if let Some(c) = self.edges.confirmed(&mut self.timeline).await {
+            self.switches = c.switches;
+            self.unconfirmed = c.unconfirmed;
+            self.switched_at = c.last_update.or(self.switched_at);
+        }
+        if error.is_none() && !self.unconfirmed.is_empty() {
+            error = Some(format!(
+                "{} did not confirm the switch in time: the directory holds {} -> {}, and they converge when they return",
+                self.unconfirmed.join(", "),
+                self.vm,
+                self.to
+            ));
         }
         self.restore_limit().await;
         let info = self.final_info().await;
@@ -618,6 +632,7 @@ impl Run {
             resume_unix_ms: self.resume.map(|t| t.as_micros() as f64 / 1e3),
             passes: self.passes,
             switches: self.switches,
+            unconfirmed: self.unconfirmed,
             timeline: self.timeline,
         }
     }
@@ -626,7 +641,7 @@ impl Run {
     /// them if the source was paused, so that no STOP came), then drains the old address.
     async fn complete(&mut self, opts: &MigrateOptions, error: &mut Option<String>) {
         if !self.switched
-            && let Err(why) = self.switch_all()
+            && let Err(why) = self.switch_all().await
         {
             *error = Some(format!(
                 "{why}; the guest runs at the destination: run `netpage switch --vm {} --to {}` on those nodes",
@@ -685,52 +700,48 @@ impl Run {
     }
 
     async fn drain(&mut self, drain: Duration) {
-        let now = now_ms();
         let (vm, from, to) = (self.vm, self.from, self.to);
-        for (dir, n) in &mut self.nodes {
-            let r = n
-                .table
-                .remove_drain(to)
-                .and_then(|()| ops::retire(&mut n.table, vm, from, drain, now));
-            if let Err(e) = r {
-                eprintln!(
-                    "netpage: warning: node {}: draining {from}: {e}",
-                    dir.display()
-                );
-            }
+        let edit = Edit::Retire {
+            drain,
+            now_ms: now_ms(),
+        };
+        for why in self
+            .edges
+            .edit(edit, vm, from, to, &mut self.timeline)
+            .await
+        {
+            eprintln!("netpage: warning: {why}");
         }
         if drain.is_zero() {
             return;
         }
-        self.mark(
-            Source::Netpage,
-            "DRAINING",
-            format!("{} for {:?}", self.from, drain),
-        );
+        if self.edges.drains_end_by_themselves() {
+            self.mark(
+                Source::Netpage,
+                "DRAINING",
+                format!("{from} for {drain:?}, ended by its lease"),
+            );
+            return;
+        }
+        self.mark(Source::Netpage, "DRAINING", format!("{from} for {drain:?}"));
         tokio::time::sleep(drain).await;
-        for (dir, n) in &mut self.nodes {
-            if let Err(e) = ops::gc(&mut n.table, now_ms()) {
-                eprintln!(
-                    "netpage: warning: node {}: ending the drain: {e}",
-                    dir.display()
-                );
-            }
+        for why in self.edges.end_drains() {
+            eprintln!("netpage: warning: {why}");
         }
         self.mark(Source::Netpage, "DRAINED", format!("{from} removed"));
     }
 
-    /// Puts every node back: V2R to the old address, the new reverse entry removed, and
-    /// the destination's neighbour entry deleted. The migration has ended (see `cancel`).
-    fn rollback(&mut self) {
+    /// Puts every page table back: V2R to the old address, the new reverse entry
+    /// removed, and the destination's neighbour entry deleted. The migration has ended
+    /// (see `cancel`).
+    async fn rollback(&mut self) {
         let (vm, from, to) = (self.vm, self.from, self.to);
-        for (dir, n) in &mut self.nodes {
-            let r = n
-                .table
-                .set_forward(vm, from)
-                .and_then(|()| ops::remove_reverse_of(&mut n.table, to, vm));
-            if let Err(e) = r {
-                eprintln!("netpage: error: rolling back node {}: {e}", dir.display());
-            }
+        let failed = self
+            .edges
+            .edit(Edit::Rollback, vm, from, to, &mut self.timeline)
+            .await;
+        for why in failed {
+            eprintln!("netpage: error: {why}");
         }
         if let Some((n, _)) = &self.neighbour
             && let Err(e) = neigh(n, "del", vm, None)

@@ -7,6 +7,7 @@ use netpage::{
     agent::{self, AgentOptions},
     check,
     directory::{Directory, EtcdOptions},
+    migrate::EdgeSpec,
     node::require_root,
     ops::{self, Mapping, now_ms},
     table::PageTable,
@@ -35,6 +36,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// Runs `cli`'s command on the directory that `etcd` names.
 pub fn run(cli: Cli, etcd: EtcdOptions) -> Result<Output> {
+    if let Command::Migrate(m) = &cli.command {
+        if !m.nodes.is_empty() {
+            bail!(NODES_WITH_ETCD);
+        }
+        let confirm = m.confirm_timeout;
+        return crate::migrating::run(m, EdgeSpec::Directory { etcd, confirm });
+    }
     let rt = runtime()?;
     if let Command::Agent(a) = &cli.command {
         require_root()?;
@@ -52,6 +60,9 @@ pub fn run(cli: Cli, etcd: EtcdOptions) -> Result<Output> {
     }
     rt.block_on(command(cli.command, etcd))
 }
+
+/// Why `--node` and `--etcd` do not go together.
+const NODES_WITH_ETCD: &str = "--node names pin directories of this machine; with --etcd every node's agent applies the switch: drop --node";
 
 async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
     let local_only = |name: &str| -> Result<Output> {
@@ -92,9 +103,7 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
             no_wait,
         } => {
             if !nodes.is_empty() {
-                bail!(
-                    "--node names pin directories of this machine; with --etcd every node's agent applies the switch: drop --node"
-                );
+                bail!(NODES_WITH_ETCD);
             }
             let wait = (!no_wait).then_some(timeout);
             Output::DirSwitched(dir.switch(vm, to, drain.drain, wait).await?)
@@ -123,7 +132,6 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
         Command::Detach { .. } => return local_only("detach"),
         Command::Stats { .. } => return local_only("stats"),
         Command::Gc { .. } => return local_only("gc"),
-        Command::Migrate(_) => return local_only("migrate"),
-        Command::Agent(_) => unreachable!("run above"),
+        Command::Agent(_) | Command::Migrate(_) => unreachable!("run above"),
     })
 }

@@ -38,6 +38,21 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Lines of an agent's log quoted in panic messages.
 const LOG_TAIL_LINES: usize = 20;
 
+/// How the library reaches the directory under `/netpage` that `etcd` serves.
+pub fn dir_options(m: &Members) -> EtcdOptions {
+    let mut o = EtcdOptions::new(&m.urls(), "/netpage");
+    if let Some(tls) = m.tls() {
+        o.cacert = Some(tls.ca().to_owned());
+        o.cert = Some(tls.client_cert().to_owned());
+        o.key = Some(tls.client_key().to_owned());
+    }
+    if let Some((user, password)) = m.root() {
+        o.user = Some(user.to_owned());
+        o.password = Some(password.to_owned());
+    }
+    o
+}
+
 /// `netpage --etcd URLS ...` for the directory that `etcd` serves, its arguments to follow.
 pub fn netpage_etcd(etcd: &Members) -> Command {
     let mut c = Command::new(netpage_bin());
@@ -101,6 +116,11 @@ impl Agents {
     /// DIR) of `nodes`; an agent creates its node's tables if it has none. `args` go to
     /// every agent (such as `--capacity N`).
     pub fn start(etcd: &Members, nodes: &[(String, PathBuf)], args: &[&str]) -> Self {
+        Self::start_with(etcd.cli_args(), nodes, args)
+    }
+
+    /// [`Agents::start`] with `etcd_args` to reach etcd (as another user, say).
+    pub fn start_with(etcd_args: Vec<String>, nodes: &[(String, PathBuf)], args: &[&str]) -> Self {
         let logs = std::env::temp_dir().join(format!(
             "netpage-agents-{}-{}",
             std::process::id(),
@@ -108,7 +128,7 @@ impl Agents {
         ));
         std::fs::create_dir_all(&logs).unwrap_or_else(|e| panic!("create {}: {e}", logs.display()));
         let mut this = Self {
-            etcd_args: etcd.cli_args(),
+            etcd_args,
             args: args.iter().map(|a| a.to_string()).collect(),
             agents: Vec::new(),
             logs,

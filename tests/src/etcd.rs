@@ -452,14 +452,35 @@ impl Members {
         self.tls.as_ref()
     }
 
-    /// The netpage command-line arguments that reach these members: `--etcd URLS` and, with
-    /// TLS, `--etcd-cacert`, `--etcd-cert` and `--etcd-key`.
+    /// The netpage command-line arguments that reach these members: `--etcd URLS`, with
+    /// TLS `--etcd-cacert`, `--etcd-cert` and `--etcd-key`, and once auth is enabled the
+    /// root user's `--etcd-user` and `--etcd-password`.
     pub fn cli_args(&self) -> Vec<String> {
+        match &self.root {
+            Some((user, password)) => self.cli_args_as(user, password),
+            None => self.cli_args_without_user(),
+        }
+    }
+
+    /// [`Members::cli_args`] as `user` with `password`.
+    pub fn cli_args_as(&self, user: &str, password: &str) -> Vec<String> {
+        let mut args = self.cli_args_without_user();
+        args.extend(["--etcd-user", user, "--etcd-password", password].map(str::to_owned));
+        args
+    }
+
+    /// [`Members::cli_args`] with no user.
+    pub fn cli_args_without_user(&self) -> Vec<String> {
         let mut args = vec!["--etcd".to_owned(), self.urls()];
         if let Some(tls) = &self.tls {
             args.extend(tls.cli_args());
         }
         args
+    }
+
+    /// The root user's name and password, once auth is enabled.
+    pub fn root(&self) -> Option<(&str, &str)> {
+        self.root.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
     }
 
     /// The directory of member `i` (its data in `data/`, its log in `etcd.log`).
@@ -661,15 +682,24 @@ impl Members {
     /// write) the keys under `prefix` and nothing else.
     pub fn add_user(&self, user: &str, password: &str, prefix: &str, access: Access) {
         self.once(&format!("add user {user}"), |mut c| async move {
+            c.role_add(user).await?;
+            c.user_add(user, password, None).await?;
+            c.user_grant_role(user, user).await.map(drop)
+        });
+        self.grant(user, prefix, access);
+    }
+
+    /// Lets `user`'s role (see [`Members::add_user`]) also read (or read and write) the
+    /// keys under `prefix`.
+    pub fn grant(&self, user: &str, prefix: &str, access: Access) {
+        self.once(&format!("grant {user} {prefix}"), |mut c| async move {
             let permission = match access {
                 Access::Read => Permission::read(prefix),
                 Access::ReadWrite => Permission::read_write(prefix),
-            }
-            .with_prefix();
-            c.role_add(user).await?;
-            c.role_grant_permission(user, permission).await?;
-            c.user_add(user, password, None).await?;
-            c.user_grant_role(user, user).await.map(drop)
+            };
+            c.role_grant_permission(user, permission.with_prefix())
+                .await
+                .map(drop)
         });
     }
 

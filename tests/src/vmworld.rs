@@ -116,6 +116,19 @@ pub struct MigrateCall {
     pub dst_host: Host,
 }
 
+impl MigrateCall {
+    /// The guest from `src` to `dst` at host `to`, moving the VA to that host's RA.
+    pub fn usual(src: &Qemu, dst: &Qemu, to: Host) -> Self {
+        Self {
+            vm: VA.to_string(),
+            to: ra(to).to_string(),
+            src_qmp: src.qmp_path(),
+            dst_qmp: dst.qmp_path(),
+            dst_host: to,
+        }
+    }
+}
+
 /// One edge node's page table, for before/after comparisons.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableSnapshot {
@@ -289,29 +302,31 @@ impl VmWorld {
     /// Runs `netpage --json migrate` from the root namespace with the usual arguments from
     /// `src` to `dst` (at `to`), plus `extra`; returns its output as is.
     pub fn migrate(&self, src: &Qemu, dst: &Qemu, to: Host, extra: &[&str]) -> Output {
-        let call = MigrateCall {
-            vm: VA.to_string(),
-            to: ra(to).to_string(),
-            src_qmp: src.qmp_path(),
-            dst_qmp: dst.qmp_path(),
-            dst_host: to,
-        };
-        self.migrate_with(&call, extra)
+        self.migrate_with(&MigrateCall::usual(src, dst, to), extra)
     }
 
     /// Runs `netpage --json migrate` as `call` says, with every edge as a node, the
     /// destination's neighbour entry and a drain of 1 s, plus `extra`.
     pub fn migrate_with(&self, call: &MigrateCall, extra: &[&str]) -> Output {
-        let mut cmd = Command::new(netpage_bin());
+        let mut args: Vec<&str> = Vec::new();
+        let nodes = self.nodes();
+        for node in &nodes {
+            args.extend(["--node", node]);
+        }
+        args.extend(extra);
+        self.migrate_by(Command::new(netpage_bin()), call, &args)
+    }
+
+    /// Runs `NETPAGE --json migrate` as `call` says, with the destination's neighbour
+    /// entry and a drain of 1 s, plus `extra`: `netpage` is the command with the
+    /// arguments that say which page tables switch (`--etcd URLS`, or `--node DIR`s).
+    pub fn migrate_by(&self, mut cmd: Command, call: &MigrateCall, extra: &[&str]) -> Output {
         cmd.args(["--json", "migrate", "--vm", &call.vm, "--to", &call.to])
             .arg("--src-qmp")
             .arg(&call.src_qmp)
             .arg("--dst-qmp")
             .arg(&call.dst_qmp)
             .args(["--uri", &migration_uri(call.dst_host)]);
-        for node in self.nodes() {
-            cmd.args(["--node", &node]);
-        }
         let neigh = format!("{TAP}@{}", self.netns(call.dst_host));
         cmd.args(["--dst-neigh", &neigh])
             .args(["--drain", "1"])

@@ -11,13 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netpage::directory::{DirError, Directory, EtcdOptions as DirOptions};
+use netpage::directory::{DirError, Directory};
 use netpage_tests::{
     directory::{
-        Agents, directory_tables, map_add, netpage_etcd, netpage_etcd_json, node_tables,
-        wait_converged,
+        Agents, dir_options, directory_tables, map_add, netpage_etcd, netpage_etcd_json,
+        node_tables, wait_converged,
     },
-    etcd::{self, Etcd, EtcdCluster, EtcdOptions, Members},
+    etcd::{self, Access, Etcd, EtcdCluster, EtcdOptions, Members},
     netns::{NetNs, output},
     pins::PinDirs,
     world::{Host, Node, Options, Prober, V4, Vm, World, netpage_bin},
@@ -34,16 +34,6 @@ fn etcd_missing() -> bool {
         return true;
     }
     false
-}
-
-fn dir_options(m: &Members) -> DirOptions {
-    let mut o = DirOptions::new(&m.urls(), "/netpage");
-    if let Some(tls) = m.tls() {
-        o.cacert = Some(tls.ca().to_owned());
-        o.cert = Some(tls.client_cert().to_owned());
-        o.key = Some(tls.client_key().to_owned());
-    }
-    o
 }
 
 /// `n` nodes (`n0`, `n1`, ...), each on a bpffs of its own, and an agent for each
@@ -385,6 +375,143 @@ fn a_client_without_a_certificate_is_refused_and_changes_nothing() {
     let (fwd, _) = directory_tables(&dir_options(&etcd));
     assert_eq!(fwd, vec![(ip("198.19.0.10"), ip("198.18.10.100"))]);
     wait_converged(&dir_options(&etcd), &set.nodes, CONVERGE);
+}
+
+/// etcd's users and roles as the README sets them up: a writer may change the mappings
+/// under the prefix; an agent's user may only read them and write its node's record;
+/// a client with no user or a wrong password is turned away. Every refused write
+/// changes nothing.
+#[test]
+fn etcd_users_hold_writers_and_agents_to_their_part() {
+    if etcd_missing() {
+        return;
+    }
+    let mut etcd = Etcd::new();
+    etcd.enable_auth("rootpw");
+    etcd.add_user("ops", "opspw", "/netpage/", Access::ReadWrite);
+    etcd.add_user("gw-a", "gwpw", "/netpage/", Access::Read);
+    etcd.grant("gw-a", "/netpage/v1/nodes/", Access::ReadWrite);
+    let mut pins = PinDirs::new("netpage-dirtest-auth", "0");
+    let nodes = vec![("gw-a".to_owned(), pins.mount("gw-a"))];
+    let mut agents = Agents::start_with(
+        etcd.cli_args_as("gw-a", "gwpw"),
+        &nodes,
+        &["--capacity", CAPACITY],
+    );
+    agents.wait_applied(&etcd, 0);
+    let as_user = |args: Vec<String>, cmd: &[&str]| {
+        output(
+            std::process::Command::new(netpage_bin())
+                .args(args)
+                .arg("--json")
+                .args(cmd),
+        )
+    };
+    let (vm, a, b) = ("198.19.0.10", "198.18.10.100", "198.18.20.100");
+    let ops = etcd.cli_args_as("ops", "opspw");
+    let out = as_user(ops.clone(), &["map", "add", "--vm", vm, "--real", a]);
+    assert!(out.status.success(), "the writer's map add: {out:?}");
+    let out = as_user(ops, &["switch", "--vm", vm, "--to", b]);
+    assert!(out.status.success(), "the writer's switch: {out:?}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["nodes"][0]["node"], "gw-a", "{s}");
+    assert_eq!(s["nodes"][0]["confirmed"], true, "{s}");
+    wait_converged(&dir_options(&etcd), &nodes, CONVERGE);
+    let before = directory_tables(&dir_options(&etcd));
+
+    let refused = [
+        (
+            "the agent's user",
+            etcd.cli_args_as("gw-a", "gwpw"),
+            "permission denied",
+        ),
+        (
+            "no user",
+            etcd.cli_args_without_user(),
+            "requires authentication",
+        ),
+        (
+            "a wrong password",
+            etcd.cli_args_as("ops", "wrong"),
+            "authentication failed",
+        ),
+    ];
+    for (who, args, why) in refused {
+        let out = as_user(args, &["switch", "--vm", vm, "--to", a]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("{who}: {err}");
+        assert!(!out.status.success(), "{who} switched");
+        assert!(err.contains(why), "{who}: {err}");
+        assert_eq!(
+            directory_tables(&dir_options(&etcd)),
+            before,
+            "{who} changed the directory"
+        );
+    }
+    assert_eq!(node_tables(&nodes[0].1).0, vec![(ip(vm), ip(b))]);
+}
+
+/// `netpage --etcd migrate` refuses what it cannot do with a clear error before it
+/// reserves anything: `--node` beside `--etcd`, an unknown VM, a real address another
+/// VM holds, QEMUs that are not there. The directory is unchanged after each.
+#[test]
+fn migrate_through_the_directory_refuses_bad_input_and_changes_nothing() {
+    if etcd_missing() {
+        return;
+    }
+    let etcd = Etcd::new();
+    map_add(&etcd, ip("198.19.0.10"), ip("198.18.10.100"));
+    map_add(&etcd, ip("198.19.0.11"), ip("198.18.10.101"));
+    let before = directory_tables(&dir_options(&etcd));
+    let absent = std::env::temp_dir().join(format!("netpage-absent-{}.sock", std::process::id()));
+    let absent = absent.to_str().unwrap();
+    let migrate = |vm: &str, to: &str, more: &[&str]| {
+        let qmp = [
+            "--src-qmp",
+            absent,
+            "--dst-qmp",
+            absent,
+            "--uri",
+            "tcp:127.0.0.1:1",
+        ];
+        netpage(
+            &etcd,
+            &[&["migrate", "--vm", vm, "--to", to], &qmp[..], more].concat(),
+        )
+    };
+    let cases = [
+        (
+            "--node beside --etcd",
+            migrate("198.19.0.10", "198.18.20.100", &["--node", "/sys/fs/bpf/x"]),
+            "drop --node",
+        ),
+        (
+            "an unknown VM",
+            migrate("198.19.0.99", "198.18.20.100", &[]),
+            "198.19.0.99 is not in the page table",
+        ),
+        (
+            "another VM's real address",
+            migrate("198.19.0.10", "198.18.10.101", &[]),
+            "already used by VM 198.19.0.11",
+        ),
+        (
+            "no QEMU",
+            migrate("198.19.0.10", "198.18.20.100", &[]),
+            "no QMP socket",
+        ),
+    ];
+    for (what, out, why) in cases {
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("{what}: {err}");
+        assert!(!out.status.success(), "{what}: migrate succeeded");
+        assert!(err.contains(why), "{what}: {err}");
+        assert_eq!(
+            directory_tables(&dir_options(&etcd)),
+            before,
+            "{what} changed the directory"
+        );
+    }
 }
 
 #[test]

@@ -20,8 +20,13 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use netpage::qmp::{MigrationStatus, RunState};
+use netpage::{
+    directory::Directory,
+    qmp::{MigrationStatus, RunState},
+};
 use netpage_tests::{
+    directory::{Agents, dir_options, map_add, netpage_etcd, netpage_etcd_json},
+    etcd::{self, Etcd},
     vmworld::{
         self, IcmpProbe, MigrateCall, TableSnapshot, VA, VmWorld, bench, boot_params, echo_line,
         migrate_by_qmp, migration_uri, query_migrate, ra, run_state,
@@ -202,16 +207,51 @@ impl Figures {
     }
 }
 
+/// Which page tables `netpage migrate` switches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// Every edge's pin directory (`--node`).
+    Nodes,
+    /// The directory on etcd, applied by an agent on every edge (`--etcd`).
+    Directory,
+}
+
+/// A directory on its own etcd member with the VA mapped to RA_A, and an agent on every
+/// edge of the world.
+struct OnDirectory {
+    etcd: Etcd,
+    _agents: Agents,
+}
+
+impl OnDirectory {
+    fn start(vw: &VmWorld) -> Self {
+        let etcd = Etcd::new();
+        let revision = map_add(&etcd, VA.into(), ra(Host::A).into());
+        let edges: Vec<(String, std::path::PathBuf)> = Node::EDGES
+            .iter()
+            .map(|n| (n.name().to_owned(), vw.world.pin_dir(*n)))
+            .collect();
+        let mut agents = Agents::start(&etcd, &edges, &[]);
+        agents.wait_applied(&etcd, revision);
+        Self {
+            etcd,
+            _agents: agents,
+        }
+    }
+}
+
 /// The guest moves from host A to host B under `netpage migrate --switch-at AT` while a
 /// TCP echo conversation and a 1 ms ICMP probe stream run from the client: the
 /// conversation survives with every byte intact, the guest answers at host B afterwards
 /// (host B's counter for the mapping grows), the source QEMU is left in `postmigrate`,
 /// and every edge maps the VA to RA_B with RA_A drained away.
-fn migrate_with_traffic(switch_at: &'static str) -> Figures {
+fn migrate_with_traffic(switch_at: &'static str, via: Via) -> Figures {
     let vw = VmWorld::new();
     let params = boot_params(0);
     let src = vw.boot(Host::A, &params);
     let dst = vw.incoming(Host::B, &params);
+    // The agents start once the taps are attached: from then on they alone write.
+    let directory = (via == Via::Directory).then(|| OnDirectory::start(&vw));
     assert!(
         vw.world.ping(Node::Client, VA.into()),
         "the guest does not answer at host A\n{}",
@@ -237,19 +277,22 @@ fn migrate_with_traffic(switch_at: &'static str) -> Figures {
         std::process::id()
     ));
     let started = Instant::now();
-    let out = vw.migrate(
-        &src,
-        &dst,
-        Host::B,
-        &[
-            "--switch-at",
-            switch_at,
-            "--timeline",
-            svg.to_str().unwrap(),
-            "--downtime-limit",
-            DOWNTIME_LIMIT_MS,
-        ],
-    );
+    let extra = [
+        "--switch-at",
+        switch_at,
+        "--timeline",
+        svg.to_str().unwrap(),
+        "--downtime-limit",
+        DOWNTIME_LIMIT_MS,
+    ];
+    let out = match &directory {
+        None => vw.migrate(&src, &dst, Host::B, &extra),
+        Some(d) => vw.migrate_by(
+            netpage_etcd(&d.etcd),
+            &MigrateCall::usual(&src, &dst, Host::B),
+            &extra,
+        ),
+    };
     let took = started.elapsed();
     thread::sleep(AFTER);
     let icmp = probe.stop();
@@ -338,7 +381,16 @@ fn migrate_with_traffic(switch_at: &'static str) -> Figures {
     assert!(picture.starts_with("<svg") && picture.contains("STOP"));
     let _ = std::fs::remove_file(&svg);
 
-    // The drain of 1 s ended before `migrate` returned: RA_A is gone everywhere.
+    match &directory {
+        // The drain of 1 s ended before `migrate` returned: RA_A is gone everywhere.
+        None => assert_moved_and_drained(&vw),
+        Some(d) => assert_through_the_directory(&vw, d, &report),
+    }
+    figures
+}
+
+/// Every edge maps the VA to RA_B, with RA_A drained away.
+fn assert_moved_and_drained(vw: &VmWorld) {
     let (va, ra_b): (IpAddr, IpAddr) = (VA.into(), ra(Host::B).into());
     for (node, t) in Node::EDGES.iter().zip(vw.tables()) {
         assert_eq!(
@@ -349,7 +401,68 @@ fn migrate_with_traffic(switch_at: &'static str) -> Figures {
         assert_eq!(t.reverse, vec![(ra_b, va)], "{node:?}");
         assert!(t.drains.is_empty(), "{node:?}: {:?}", t.drains);
     }
-    figures
+}
+
+/// A migration through the directory: the reservation and the switch are transactions
+/// that every edge's agent confirmed (each named in the timeline), RA_A's drain ends by
+/// its lease without a command, and the directory is consistent afterwards.
+fn assert_through_the_directory(vw: &VmWorld, d: &OnDirectory, report: &serde_json::Value) {
+    let marks: Vec<String> = report["timeline"]["marks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {}",
+                m["what"].as_str().unwrap(),
+                m["detail"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    for what in ["RESERVED", "SWITCHED"] {
+        assert!(
+            marks
+                .iter()
+                .any(|m| m.starts_with(what) && m.contains("at revision")),
+            "no {what} transaction in the timeline: {marks:#?}"
+        );
+    }
+    for node in Node::EDGES {
+        for step in ["R2V", "V2R"] {
+            let mark = format!("NODE {} {step}: confirmed", node.name());
+            assert!(
+                marks.iter().any(|m| m.starts_with(&mark)),
+                "no `{mark}` in the timeline: {marks:#?}"
+            );
+        }
+    }
+    let switches = report["switches"].as_array().unwrap();
+    assert!(
+        switches
+            .iter()
+            .all(|s| s["confirmed_ms"].as_f64().is_some()),
+        "{switches:#?}"
+    );
+    assert!(report.get("unconfirmed").is_none(), "{report:#}");
+    // The drain's lease (1 s, etcd's shortest) ends it on every edge.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vw
+        .tables()
+        .iter()
+        .any(|t| !t.drains.is_empty() || t.reverse.len() != 1)
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_moved_and_drained(vw);
+    let check = netpage_etcd_json(&d.etcd, &["check"]);
+    assert_eq!(check["findings"], serde_json::json!([]), "{check:#}");
+    let listed = netpage_etcd_json(&d.etcd, &["map", "list"]);
+    assert_eq!(
+        listed["mapping"],
+        serde_json::json!([{"vm": VA.to_string(), "real": ra(Host::B).to_string()}]),
+        "{listed:#}"
+    );
 }
 
 /// What [`assert_guest_alive`] says when the guest's kernel died at the destination.
@@ -423,7 +536,31 @@ fn migrate_switch_at_stop_loses_nothing_outside_the_pause() {
         return;
     }
     let _one = serial();
-    let f = retrying_a_guest_crash(|| migrate_with_traffic("stop"));
+    let f = retrying_a_guest_crash(|| migrate_with_traffic("stop", Via::Nodes));
+    assert_nothing_lost_outside_the_pause(&f);
+}
+
+/// The same migration through the directory on etcd (`netpage --etcd URL migrate`): the
+/// reservation before the migration, the one switch transaction at the moment netpage
+/// chooses, every edge's agent applying and confirming both, and nothing lost outside
+/// the pause.
+#[test]
+fn migrate_through_the_directory_loses_nothing_outside_the_pause() {
+    if skipped() {
+        return;
+    }
+    if let Some(why) = etcd::missing_prerequisites() {
+        println!("skipped: {why}");
+        return;
+    }
+    let _one = serial();
+    let f = retrying_a_guest_crash(|| migrate_with_traffic("stop", Via::Directory));
+    assert_nothing_lost_outside_the_pause(&f);
+}
+
+/// No probe was lost before STOP (but those in flight as the guest paused) or after
+/// RESUME; those lost inside the pause are printed.
+fn assert_nothing_lost_outside_the_pause(f: &Figures) {
     if f.switch_to_stop_ms.is_none() {
         println!(
             "note: netpage fell back to switching at STOP (STOP -> switched {:?} ms)",
@@ -462,7 +599,7 @@ fn migrate_switch_at_resume() {
         return;
     }
     let _one = serial();
-    let f = retrying_a_guest_crash(|| migrate_with_traffic("resume"));
+    let f = retrying_a_guest_crash(|| migrate_with_traffic("resume", Via::Nodes));
     assert!(f.probes.received > 0, "no probe answered: {}", f.probes);
 }
 
@@ -642,6 +779,109 @@ fn a_destination_that_dies_is_reported_and_rolled_back() {
     );
 }
 
+/// A migration through the directory whose destination dies right after the switch
+/// transaction: netpage rolls the switch back through the directory (the VA at RA_A
+/// again, RA_A no longer draining, RA_B's reservation gone), every edge's agent applies
+/// that, and the guest answers at the source.
+#[test]
+fn a_switch_through_the_directory_is_rolled_back_when_the_destination_dies() {
+    if skipped() {
+        return;
+    }
+    if let Some(why) = etcd::missing_prerequisites() {
+        println!("skipped: {why}");
+        return;
+    }
+    let _one = serial();
+    let vw = VmWorld::new();
+    let params = boot_params(0);
+    let mut src = vw.boot(Host::A, &params);
+    let mut dst = vw.incoming(Host::B, &params);
+    let d = OnDirectory::start(&vw);
+    let before = vw.tables();
+    let listed_before = netpage_etcd_json(&d.etcd, &["map", "list"]);
+    let switched = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    let out = thread::scope(|s| {
+        s.spawn(|| {
+            if kill_when_switched(&d.etcd, ra(Host::B).into(), dst.pid(), &done) {
+                switched.store(true, Ordering::SeqCst);
+            }
+        });
+        let out = vw.migrate_by(
+            netpage_etcd(&d.etcd),
+            &MigrateCall::usual(&src, &dst, Host::B),
+            &["--downtime-limit", DOWNTIME_LIMIT_MS],
+        );
+        done.store(true, Ordering::SeqCst);
+        out
+    });
+    assert!(
+        switched.load(Ordering::SeqCst),
+        "the directory never mapped the VA to RA_B:\n{}",
+        text(&out)
+    );
+    assert!(!out.status.success(), "migrate succeeded:\n{}", text(&out));
+    let report = json(&out);
+    print_timeline(&report);
+    assert_eq!(report["status"], "failed", "{report:#}");
+    assert_eq!(report["rolled_back"], true, "{report:#}");
+    let marks = report["timeline"]["marks"].as_array().unwrap();
+    let has = |what: &str| marks.iter().any(|m| m["what"] == what);
+    assert!(has("SWITCHED") && has("ROLLED BACK"), "{report:#}");
+    for node in Node::EDGES {
+        let mark = format!("NODE {}", node.name());
+        assert!(
+            marks.iter().any(|m| m["what"] == mark.as_str()
+                && m["detail"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("rolling back: confirmed")),
+            "{node:?} did not confirm the rollback: {report:#}"
+        );
+    }
+    assert!(dst.wait_exit(Duration::from_secs(10)).is_some());
+    assert_eq!(
+        netpage_etcd_json(&d.etcd, &["map", "list"]),
+        listed_before,
+        "the directory's mappings after the rollback"
+    );
+    let check = netpage_etcd_json(&d.etcd, &["check"]);
+    assert_eq!(check["findings"], serde_json::json!([]), "{check:#}");
+    assert_tables_unchanged(&before, &vw.tables(), "after the rollback");
+    src.assert_alive();
+    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
+    assert!(
+        vw.world.ping(Node::Client, VA.into()),
+        "no answer at the source after the rollback"
+    );
+}
+
+/// Watches the directory and kills `pid` once it maps the VA to `to`; `false` if `done`
+/// was set first.
+fn kill_when_switched(etcd: &Etcd, to: IpAddr, pid: u32, done: &AtomicBool) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let mut dir = Directory::connect(&dir_options(etcd))
+            .await
+            .expect("the directory");
+        while !done.load(Ordering::SeqCst) {
+            let view = dir.view().await.expect("reading the directory");
+            if view.read_vm(VA.into()).is_some_and(|r| r.value.real == to) {
+                // SAFETY: kill(2) on the destination QEMU's own pid.
+                let killed = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                assert_eq!(killed, 0, "kill the destination QEMU");
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        false
+    })
+}
+
 /// Bad input gives a clear error, a non-zero exit, and changes nothing: no table, and no
 /// QEMU (the source keeps running with no migration started).
 #[test]
@@ -657,13 +897,7 @@ fn bad_input_changes_nothing() {
     let busy = vw.not_waiting(Host::B, &params);
     let before = vw.tables();
     let absent = std::env::temp_dir().join(format!("netpage-absent-{}.sock", std::process::id()));
-    let good = MigrateCall {
-        vm: VA.to_string(),
-        to: ra(Host::B).to_string(),
-        src_qmp: src.qmp_path(),
-        dst_qmp: busy.qmp_path(),
-        dst_host: Host::B,
-    };
+    let good = MigrateCall::usual(&src, &busy, Host::B);
     let cases: Vec<(&str, MigrateCall, Vec<String>)> = vec![
         (
             "unknown VA",

@@ -106,9 +106,13 @@ impl EtcdOptions {
         }
         Client::connect(&self.endpoints, Some(opts))
             .await
-            .map_err(|source| DirError::Connect {
-                endpoints: self.endpoints_text(),
-                source: Box::new(source),
+            .map_err(|source| {
+                match DirError::failed("the connection", self.endpoints_text(), source) {
+                    DirError::Etcd {
+                        endpoints, source, ..
+                    } => DirError::Connect { endpoints, source },
+                    refused => refused,
+                }
             })
     }
 }

@@ -288,6 +288,34 @@ impl PageTable for View {
     }
 }
 
+/// A view of `mappings` (VA, RA), each with its reverse entry, read at revision 7.
+#[cfg(test)]
+pub(crate) fn view_with(mappings: &[(&str, &str)]) -> View {
+    let keys = Keys::new("/t");
+    let kvs: Vec<(String, Vec<u8>)> = mappings
+        .iter()
+        .flat_map(|(va, ra)| {
+            let (vm, real): (IpAddr, IpAddr) = (va.parse().unwrap(), ra.parse().unwrap());
+            [
+                (keys.vm(vm), encode(&VmValue { real })),
+                (
+                    keys.ra(real),
+                    encode(&RaValue {
+                        vm,
+                        drain_until_ms: None,
+                    }),
+                ),
+            ]
+        })
+        .collect();
+    View::from_kvs(
+        &keys,
+        7,
+        kvs.iter().map(|(k, v)| (k.as_bytes(), v.as_slice(), 3, 0)),
+    )
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -297,31 +325,6 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
-    }
-
-    fn view_with(mappings: &[(&str, &str)]) -> View {
-        let keys = Keys::new("/t");
-        let kvs: Vec<(String, Vec<u8>)> = mappings
-            .iter()
-            .flat_map(|(va, ra)| {
-                [
-                    (keys.vm(ip(va)), encode(&VmValue { real: ip(ra) })),
-                    (
-                        keys.ra(ip(ra)),
-                        encode(&RaValue {
-                            vm: ip(va),
-                            drain_until_ms: None,
-                        }),
-                    ),
-                ]
-            })
-            .collect();
-        View::from_kvs(
-            &keys,
-            7,
-            kvs.iter().map(|(k, v)| (k.as_bytes(), v.as_slice(), 3, 0)),
-        )
-        .unwrap()
     }
 
     #[test]

@@ -1,98 +1,535 @@
-//! The nodes a migration switches (opened, checked to agree, their reverse entries
-//! installed together) and the destination host's neighbour entry for the guest.
+//! The page tables a migration switches: this machine's nodes (pin directories, one V2R
+//! update each) or the directory on etcd (one transaction that every edge's agent
+//! applies and confirms), behind the same few steps: locate, reserve, switch, edit.
 
-use std::{net::IpAddr, path::PathBuf, process::Command};
-
-use super::{MigrateError, MigrateOptions, Neighbour};
-use crate::{
-    node::{Node, OpenNode},
-    ops::{self, now_ms},
-    qmp::Qmp,
-    table::{BpfTable, PageTable},
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
 };
 
-/// Opens every node to write (refused on a node an agent manages) and ends the drains
-/// that are over, as every command does first.
-pub(super) fn open_nodes(opts: &MigrateOptions) -> Result<Vec<(PathBuf, OpenNode)>, MigrateError> {
-    opts.nodes
-        .iter()
-        .map(|dir| {
-            let mut n = Node::new(dir)
-                .open_for_write()
-                .map_err(|source| MigrateError::Node {
-                    dir: dir.clone(),
-                    source,
-                })?;
-            ops::gc(&mut n.table, now_ms())?;
-            Ok((dir.clone(), n))
-        })
-        .collect()
+use tokio::task::JoinHandle;
+
+use super::{MigrateError, NodeSwitch};
+use crate::{
+    directory::{Confirmation, DirError, Directory, EtcdOptions, Reservation, laggards},
+    node::{Node, OpenNode},
+    ops::{self, now_ms},
+    table::{PageTable, TableError},
+    timeline::{Source, Timeline},
+};
+
+/// Where a migration's page tables are.
+#[derive(Clone, Debug)]
+pub enum EdgeSpec {
+    /// The pin directories of nodes on this machine.
+    Nodes(Vec<PathBuf>),
+    /// The directory on etcd; every node's agent applies it. `confirm` bounds each wait
+    /// for the nodes' confirmations.
+    Directory {
+        etcd: EtcdOptions,
+        confirm: Duration,
+    },
 }
 
-/// Installs R2V[to] = vm on every node, or on none: a failure undoes those installed.
-pub(super) fn install_reverse(
-    nodes: &mut [(PathBuf, OpenNode)],
-    to: IpAddr,
-    vm: IpAddr,
-) -> Result<(), MigrateError> {
-    for i in 0..nodes.len() {
-        if let Err(e) = nodes[i].1.table.set_reverse(to, vm) {
-            for (_, n) in &mut nodes[..i] {
-                let _ = n.table.remove_reverse(to);
+/// A change that takes back or completes a migration's switch; the same on a node's
+/// table and on the directory.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Edit {
+    /// The VM back at its old address, which stops draining; the new address stays
+    /// reserved (QEMU went on with another pass after the switch).
+    SwitchBack,
+    /// Everything back as it was: the VM at its old address, the new address's reverse
+    /// entry removed.
+    Rollback,
+    /// The migration completed: the old address drains for `drain` from `now_ms`.
+    Retire { drain: Duration, now_ms: u64 },
+}
+
+impl Edit {
+    fn apply<T: PageTable>(
+        self,
+        t: &mut T,
+        vm: IpAddr,
+        from: IpAddr,
+        to: IpAddr,
+    ) -> Result<(), TableError> {
+        match self {
+            Edit::SwitchBack | Edit::Rollback => {
+                if t.forward(vm)? != Some(from) {
+                    t.set_forward(vm, from)?;
+                }
+                t.remove_drain(from)?;
+                if matches!(self, Edit::Rollback) {
+                    ops::remove_reverse_of(t, to, vm)?;
+                }
+                Ok(())
             }
-            return Err(MigrateError::Table(e));
+            Edit::Retire { drain, now_ms } => {
+                t.remove_drain(to)?;
+                ops::retire(t, vm, from, drain, now_ms).map(drop)
+            }
         }
     }
-    Ok(())
-}
 
-/// Where every node has the VM now (they must agree), checking that it may move to `to`.
-pub(super) fn where_is(
-    nodes: &[(PathBuf, OpenNode)],
-    vm: IpAddr,
-    to: IpAddr,
-) -> Result<IpAddr, MigrateError> {
-    let named: Vec<(String, &BpfTable)> = nodes
-        .iter()
-        .map(|(dir, n)| (dir.display().to_string(), &n.table))
-        .collect();
-    Ok(ops::locate(
-        named.iter().map(|(d, t)| (d.as_str(), *t)),
-        vm,
-        to,
-    )?)
-}
-
-/// The guest's MAC: given, or the only NIC's as the source QEMU reports it.
-pub(super) async fn guest_mac(src: &mut Qmp, n: &Neighbour) -> Result<String, MigrateError> {
-    if let Some(mac) = &n.mac {
-        return Ok(mac.clone());
-    }
-    let nics = src.query_rx_filter(None).await?;
-    match nics.as_slice() {
-        [one] => Ok(one.main_mac.clone()),
-        _ => Err(MigrateError::Mac(format!(
-            "the source VM has {} network devices: give the guest's MAC with --mac",
-            nics.len()
-        ))),
+    fn name(self) -> &'static str {
+        match self {
+            Edit::SwitchBack => "switching back",
+            Edit::Rollback => "rolling back",
+            Edit::Retire { .. } => "draining the old address",
+        }
     }
 }
 
-/// Runs `ip [-n NETNS] neigh OP VM [lladdr MAC nud permanent] dev IFACE`.
-pub(super) fn neigh(n: &Neighbour, op: &str, vm: IpAddr, mac: Option<&str>) -> Result<(), String> {
-    let mut cmd = Command::new("ip");
-    if let Some(ns) = &n.netns {
-        cmd.args(["-n", ns]);
+/// The open page tables of one migration.
+pub(super) enum Edges {
+    Local(Vec<(PathBuf, OpenNode)>),
+    Directory(Box<DirEdges>),
+}
+
+/// The directory, the migration's reservation in it, and the nodes' confirmations of
+/// its switch, heard in the background.
+pub(super) struct DirEdges {
+    dir: Directory,
+    confirm: Duration,
+    reservation: Option<Reservation>,
+    confirming: Option<Confirming>,
+}
+
+/// The wait for the nodes' confirmations of a switch transaction.
+struct Confirming {
+    sent: Instant,
+    /// `sent` by the wall clock, which the nodes' reports use.
+    sent_unix: SystemTime,
+    task: JoinHandle<Result<Vec<Confirmation>, DirError>>,
+}
+
+/// The nodes' confirmations of the directory's switch.
+pub(super) struct Confirmed {
+    pub switches: Vec<NodeSwitch>,
+    /// The live nodes that did not confirm in time: the directory keeps the switch, and
+    /// they converge when they return.
+    pub unconfirmed: Vec<String>,
+    /// The last node's map update, by its clock.
+    pub last_update: Option<SystemTime>,
+}
+
+/// What a switch did on every table.
+pub(super) struct Switched {
+    pub switches: Vec<NodeSwitch>,
+    /// The nodes whose update failed, and why.
+    pub failed: Vec<String>,
+}
+
+impl Edges {
+    /// Opens every node to write (refused on a node an agent manages) and ends the drains
+    /// that are over, or connects to the directory.
+    pub(super) async fn open(spec: &EdgeSpec) -> Result<Self, MigrateError> {
+        match spec {
+            EdgeSpec::Nodes(dirs) => {
+                dirs.iter()
+                    .map(|dir| {
+                        let mut n = Node::new(dir).open_for_write().map_err(|source| {
+                            MigrateError::Node {
+                                dir: dir.clone(),
+                                source,
+                            }
+                        })?;
+                        ops::gc(&mut n.table, now_ms())?;
+                        Ok((dir.clone(), n))
+                    })
+                    .collect::<Result<_, _>>()
+                    .map(Edges::Local)
+            }
+            EdgeSpec::Directory { etcd, confirm } => Ok(Edges::Directory(Box::new(DirEdges {
+                dir: Directory::connect(etcd).await?,
+                confirm: *confirm,
+                reservation: None,
+                confirming: None,
+            }))),
+        }
     }
-    cmd.args(["neigh", op, &vm.to_string()]);
-    if let Some(mac) = mac {
-        cmd.args(["lladdr", mac, "nud", "permanent"]);
+
+    /// Where the VM is now (every node must agree), checking that it may move to `to`.
+    pub(super) async fn locate(&mut self, vm: IpAddr, to: IpAddr) -> Result<IpAddr, MigrateError> {
+        match self {
+            Edges::Local(nodes) => {
+                let named: Vec<(String, &OpenNode)> = nodes
+                    .iter()
+                    .map(|(dir, n)| (dir.display().to_string(), n))
+                    .collect();
+                Ok(ops::locate(
+                    named.iter().map(|(d, n)| (d.as_str(), &n.table)),
+                    vm,
+                    to,
+                )?)
+            }
+            Edges::Directory(d) => Ok(ops::check_switch(&d.dir.view().await?, vm, to)?),
+        }
     }
-    cmd.args(["dev", &n.iface]);
-    let out = cmd.output().map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
+
+    /// R2V[to] = vm everywhere before the migration starts: on every node or on none, or
+    /// reserved in the directory and confirmed by every live node (and the lease of the
+    /// old address's drain until `drain_until` granted). `from` is where
+    /// [`Edges::locate`] found the VM.
+    pub(super) async fn reserve(
+        &mut self,
+        vm: IpAddr,
+        from: IpAddr,
+        to: IpAddr,
+        drain_until: u64,
+        timeline: &mut Timeline,
+    ) -> Result<(), MigrateError> {
+        match self {
+            Edges::Local(nodes) => {
+                for i in 0..nodes.len() {
+                    if let Err(e) = nodes[i].1.table.set_reverse(to, vm) {
+                        for (_, n) in &mut nodes[..i] {
+                            let _ = n.table.remove_reverse(to);
+                        }
+                        return Err(MigrateError::Table(e));
+                    }
+                }
+                timeline.mark(
+                    Instant::now(),
+                    Source::Netpage,
+                    "R2V INSTALLED",
+                    format!("{to} -> {vm}"),
+                );
+            }
+            Edges::Directory(d) => {
+                let mut r = d.dir.reserve_move(vm, to, Some(d.confirm)).await?;
+                if let Err(e) = d.dir.grant_drain(&mut r, drain_until).await {
+                    d.dir.release_move(&r).await;
+                    return Err(e.into());
+                }
+                if r.from != from {
+                    d.dir.release_move(&r).await;
+                    return Err(DirError::Conflict {
+                        vm,
+                        now: r.from.to_string(),
+                    }
+                    .into());
+                }
+                timeline.mark(
+                    r.reserved_at,
+                    Source::Netpage,
+                    "RESERVED",
+                    format!("{to} -> {vm} at revision {}", r.revision),
+                );
+                mark_confirmations(timeline, r.reserved_at, &r.confirmations, "R2V");
+                if !r.late.is_empty() {
+                    eprintln!(
+                        "netpage: warning: {} did not confirm the reservation of {to} within {:?}",
+                        r.late.join(", "),
+                        d.confirm
+                    );
+                }
+                d.reservation = Some(r);
+            }
+        }
         Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+
+    /// V2R[vm] = to: one update per node, in order and as fast as they follow one
+    /// another, or the directory's one transaction. The old address keeps translating
+    /// (in the directory, under a drain lease until `drain_until`, so that nothing
+    /// outlives a migration that never finishes).
+    ///
+    /// The nodes' confirmations of the directory's switch are heard in the background
+    /// ([`Edges::confirmed`]): the migration goes on at once. An agent applies a
+    /// revision within milliseconds, but its report is an etcd write of its own, which
+    /// may take tens of milliseconds more; waiting for it would hold the guest running
+    /// at the source after the switch, and so lengthen every client's gap.
+    pub(super) async fn switch(
+        &mut self,
+        vm: IpAddr,
+        to: IpAddr,
+        drain_until: u64,
+        timeline: &mut Timeline,
+    ) -> Result<Switched, String> {
+        let mut out = Switched {
+            switches: Vec::new(),
+            failed: Vec::new(),
+        };
+        match self {
+            Edges::Local(nodes) => {
+                for (dir, n) in nodes {
+                    let t = Instant::now();
+                    let r = n.table.set_forward(vm, to);
+                    let us = t.elapsed().as_nanos() as f64 / 1000.0;
+                    let node = dir.display().to_string();
+                    match r {
+                        Ok(()) => {
+                            timeline.mark(
+                                Instant::now(),
+                                Source::Netpage,
+                                format!("SWITCHED {node}"),
+                                format!("{us:.1} us"),
+                            );
+                            out.switches.push(NodeSwitch::local(node, us));
+                        }
+                        Err(e) => out.failed.push(format!("{node}: {e}")),
+                    }
+                }
+            }
+            Edges::Directory(d) => {
+                let r = d
+                    .reservation
+                    .as_ref()
+                    .ok_or("switching before the reservation")?;
+                let done = d
+                    .dir
+                    .commit_move(r, Some(drain_until))
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                timeline.mark(
+                    done.sent + Duration::from_secs_f64(done.txn_ms / 1e3),
+                    Source::Netpage,
+                    "SWITCHED",
+                    format!(
+                        "{vm} -> {to} at revision {} ({:.1} ms)",
+                        done.revision, done.txn_ms
+                    ),
+                );
+                let mut dir = d.dir.clone();
+                let (confirm, late) = (d.confirm, r.late.clone());
+                let task = tokio::spawn(async move {
+                    dir.wait_applied(done.revision, confirm, done.sent, &late)
+                        .await
+                });
+                d.confirming = Some(Confirming {
+                    sent: done.sent,
+                    sent_unix: SystemTime::now() - done.sent.elapsed(),
+                    task,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The nodes' confirmations of the directory's last switch, once heard (`None` for
+    /// this machine's nodes, or if nothing was switched), each marked in the timeline.
+    pub(super) async fn confirmed(&mut self, timeline: &mut Timeline) -> Option<Confirmed> {
+        let Edges::Directory(d) = self else {
+            return None;
+        };
+        let c = d.confirming.take()?;
+        let confirmations = match c.task.await {
+            Ok(Ok(cs)) => cs,
+            Ok(Err(e)) => {
+                eprintln!("netpage: warning: hearing the nodes' confirmations: {e:#}");
+                Vec::new()
+            }
+            Err(e) => {
+                eprintln!("netpage: warning: hearing the nodes' confirmations: {e}");
+                Vec::new()
+            }
+        };
+        mark_confirmations(timeline, c.sent, &confirmations, "V2R");
+        let last_update = confirmations
+            .iter()
+            .filter_map(|c| c.propagation_ms)
+            .max_by(f64::total_cmp)
+            .map(|ms| c.sent_unix + Duration::from_secs_f64(ms / 1e3));
+        Some(Confirmed {
+            switches: confirmations
+                .iter()
+                .filter(|c| c.confirmed)
+                .map(NodeSwitch::confirmed)
+                .collect(),
+            unconfirmed: laggards(&confirmations),
+            last_update,
+        })
+    }
+
+    /// Makes `edit` on every node (each tried; the failures named), or as one change of
+    /// the directory that the live nodes confirm.
+    pub(super) async fn edit(
+        &mut self,
+        edit: Edit,
+        vm: IpAddr,
+        from: IpAddr,
+        to: IpAddr,
+        timeline: &mut Timeline,
+    ) -> Vec<String> {
+        match self {
+            Edges::Local(nodes) => nodes
+                .iter_mut()
+                .filter_map(|(dir, n)| {
+                    let r = edit.apply(&mut n.table, vm, from, to);
+                    r.err()
+                        .map(|e| format!("node {}: {}: {e}", dir.display(), edit.name()))
+                })
+                .collect(),
+            Edges::Directory(d) => {
+                if let (Edit::Rollback, Some(r)) = (edit, &d.reservation)
+                    && !is_at(&mut d.dir, vm, to).await
+                {
+                    // Nothing switched: only the reservation is taken back.
+                    d.dir.release_move(r).await;
+                    return Vec::new();
+                }
+                let sent = Instant::now();
+                let changed = d.dir.change(|v| Ok(edit.apply(v, vm, from, to)?)).await;
+                let rev = match changed {
+                    Ok(((), rev)) => rev,
+                    Err(e) => return vec![format!("the directory: {}: {e:#}", edit.name())],
+                };
+                if matches!(edit, Edit::SwitchBack) {
+                    // The switch taken back is no longer confirmed.
+                    if let Some(c) = d.confirming.take() {
+                        c.task.abort();
+                    }
+                }
+                if let (Edit::SwitchBack, Some(r)) = (edit, d.reservation.as_mut())
+                    && let Err(e) = d.dir.renew(r).await
+                {
+                    return vec![format!("the directory: after switching back: {e:#}")];
+                }
+                match d.dir.wait_applied(rev, d.confirm, sent, &[]).await {
+                    Ok(c) => {
+                        mark_confirmations(timeline, sent, &c, edit.name());
+                        laggards(&c)
+                            .into_iter()
+                            .map(|n| format!("node {n} did not confirm {} in time", edit.name()))
+                            .collect()
+                    }
+                    Err(e) => vec![format!("the directory: {}: {e:#}", edit.name())],
+                }
+            }
+        }
+    }
+
+    /// About how long a switch takes to reach the tables: nothing to speak of on this
+    /// machine's nodes, a transaction's round trip through the directory (as long as
+    /// the reservation's took).
+    pub(super) fn switch_cost(&self) -> Duration {
+        match self {
+            Edges::Local(_) => Duration::ZERO,
+            Edges::Directory(d) => d.reservation.as_ref().map_or(Duration::ZERO, |r| r.txn),
+        }
+    }
+
+    /// Whether the edges end drains by themselves (the directory's leases, which every
+    /// agent follows), so that a completed migration need not wait to end them.
+    pub(super) fn drains_end_by_themselves(&self) -> bool {
+        matches!(self, Edges::Directory(_))
+    }
+
+    /// Ends the drains that are over on every node of this machine; the failures named.
+    pub(super) fn end_drains(&mut self) -> Vec<String> {
+        let Edges::Local(nodes) = self else {
+            return Vec::new();
+        };
+        nodes
+            .iter_mut()
+            .filter_map(|(dir, n)| {
+                let r = ops::gc(&mut n.table, now_ms());
+                r.err()
+                    .map(|e| format!("node {}: ending the drain: {e}", dir.display()))
+            })
+            .collect()
+    }
+}
+
+/// Whether the directory has the VM at `to` (a failure to read counts as yes: a
+/// rollback then goes through the directory's change, which checks for itself).
+async fn is_at(dir: &mut Directory, vm: IpAddr, to: IpAddr) -> bool {
+    match dir.view().await {
+        Ok(v) => v.read_vm(vm).is_some_and(|r| r.value.real == to),
+        Err(_) => true,
+    }
+}
+
+/// A timeline mark for each node that confirmed `what`, at the moment it was heard.
+fn mark_confirmations(timeline: &mut Timeline, sent: Instant, cs: &[Confirmation], what: &str) {
+    for c in cs {
+        let (when, detail) = match (c.confirmed, c.after_ms) {
+            (true, Some(ms)) => (
+                sent + Duration::from_secs_f64(ms / 1e3),
+                format!(
+                    "{what}: confirmed after {ms:.1} ms, map updated after {:.1} ms",
+                    c.propagation_ms.unwrap_or(f64::NAN)
+                ),
+            ),
+            _ if c.left => (Instant::now(), format!("{what}: left the directory")),
+            _ => (Instant::now(), format!("{what}: not confirmed")),
+        };
+        timeline.mark(when, Source::Netpage, format!("NODE {}", c.node), detail);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{directory::view_with, table::Drain};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// The directory just after a migration's switch of 198.19.0.10 from A to B: B
+    /// reserved, the VM at B, A draining under the switch's lease.
+    fn switched() -> (crate::directory::View, IpAddr, IpAddr, IpAddr) {
+        let (vm, a, b) = (ip("198.19.0.10"), ip("198.18.10.100"), ip("198.18.20.100"));
+        let mut v = view_with(&[("198.19.0.10", "198.18.10.100")]);
+        v.set_reverse(b, vm).unwrap();
+        v.set_forward(vm, b).unwrap();
+        v.set_drain(Drain {
+            real: a,
+            virt: vm,
+            deadline_ms: 1_000_000,
+        })
+        .unwrap();
+        (v, vm, a, b)
+    }
+
+    #[test]
+    fn a_rollback_puts_everything_back() {
+        let (mut v, vm, a, b) = switched();
+        Edit::Rollback.apply(&mut v, vm, a, b).unwrap();
+        assert_eq!(v.forward(vm).unwrap(), Some(a));
+        assert_eq!(v.reverse(a).unwrap(), Some(vm));
+        assert_eq!(v.reverse(b).unwrap(), None, "the reservation is gone");
+        assert!(v.drains().unwrap().is_empty(), "A no longer drains");
+    }
+
+    #[test]
+    fn a_switch_back_keeps_the_reservation() {
+        let (mut v, vm, a, b) = switched();
+        Edit::SwitchBack.apply(&mut v, vm, a, b).unwrap();
+        assert_eq!(v.forward(vm).unwrap(), Some(a));
+        assert_eq!(v.reverse(a).unwrap(), Some(vm));
+        assert_eq!(v.reverse(b).unwrap(), Some(vm), "B stays reserved");
+        assert!(v.drains().unwrap().is_empty(), "A no longer drains");
+    }
+
+    #[test]
+    fn completion_drains_the_old_address_from_now() {
+        let (mut v, vm, a, b) = switched();
+        let retire = Edit::Retire {
+            drain: Duration::from_secs(2),
+            now_ms: 5_000,
+        };
+        retire.apply(&mut v, vm, a, b).unwrap();
+        assert_eq!(v.forward(vm).unwrap(), Some(b));
+        assert_eq!(v.reverse(b).unwrap(), Some(vm));
+        assert_eq!(
+            v.drains().unwrap(),
+            vec![Drain {
+                real: a,
+                virt: vm,
+                deadline_ms: 7_000
+            }]
+        );
+        let (mut v, ..) = switched();
+        let at_once = Edit::Retire {
+            drain: Duration::ZERO,
+            now_ms: 5_000,
+        };
+        at_once.apply(&mut v, vm, a, b).unwrap();
+        assert_eq!(v.reverse(a).unwrap(), None, "no drain: A is removed");
+        assert!(v.drains().unwrap().is_empty());
     }
 }

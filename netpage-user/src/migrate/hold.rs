@@ -5,11 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Release, Run, Source, Step};
-use crate::{
-    qmp::{MigrationInfo, MigrationParameters, MigrationStatus, QmpError},
-    table::PageTable,
-};
+use super::{Edit, Release, Run, Source, Step};
+use crate::qmp::{MigrationInfo, MigrationParameters, MigrationStatus, QmpError};
 
 /// The downtime limit (ms) held while netpage waits to switch: no last copy fits in it.
 pub const HOLD_MS: u64 = 1;
@@ -134,13 +131,14 @@ impl Run {
         let limit = self.limit_ms.unwrap_or(QEMU_DEFAULT_LIMIT_MS) as f64;
         match estimate_ms(&info, since_pass) {
             // QEMU applies the new limit only at its next measurement: release just
-            // before it, so that the guest runs as briefly as possible after the switch.
+            // before it, so that the guest runs as briefly as possible after the switch
+            // (which starts earlier by what it takes: a transaction, through etcd).
             Some(est)
                 if est <= limit
                     && hold
                         .ticks
                         .until_next(now)
-                        .is_none_or(|left| left <= TICK_LEAD) =>
+                        .is_none_or(|left| left <= TICK_LEAD + self.edges.switch_cost()) =>
             {
                 self.release(&info, est, "estimate", true).await
             }
@@ -156,7 +154,7 @@ impl Run {
         reason: &'static str,
         switch: bool,
     ) -> Step {
-        if switch && let Err(why) = self.switch_all() {
+        if switch && let Err(why) = self.switch_all().await {
             return Step::Failed(why);
         }
         let limit = self.limit_ms.unwrap_or(QEMU_DEFAULT_LIMIT_MS);
@@ -218,18 +216,16 @@ impl Run {
 
     /// QEMU went on with another pass after the release: puts every node back on the
     /// source, which still runs the guest, and switches again at STOP.
-    pub(super) fn switch_back(&mut self) -> Step {
+    pub(super) async fn switch_back(&mut self) -> Step {
         self.grace = None;
         if self.stop.is_some() || !self.switched {
             return Step::Continue;
         }
-        let mut failed = Vec::new();
-        let (vm, from) = (self.vm, self.from);
-        for (dir, n) in &mut self.nodes {
-            if let Err(e) = n.table.set_forward(vm, from) {
-                failed.push(format!("{}: {e}", dir.display()));
-            }
-        }
+        let (vm, from, to) = (self.vm, self.from, self.to);
+        let failed = self
+            .edges
+            .edit(Edit::SwitchBack, vm, from, to, &mut self.timeline)
+            .await;
         self.switched = false;
         self.switched_at = None;
         self.switches.clear();
@@ -249,7 +245,7 @@ impl Run {
             Step::Continue
         } else {
             Step::Failed(format!(
-                "switching {vm} back to {from} failed on {}",
+                "switching {vm} back to {from} failed: {}",
                 failed.join("; ")
             ))
         }

@@ -6,14 +6,59 @@ use std::{fmt, net::IpAddr};
 use serde::Serialize;
 
 use super::SwitchAt;
-use crate::timeline::Timeline;
+use crate::{directory::Confirmation, timeline::Timeline};
 
 /// One node's switch.
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeSwitch {
     pub node: String,
-    /// The one V2R update.
-    pub update_us: f64,
+    /// A node of this machine: its one V2R update, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_us: Option<f64>,
+    /// Through the directory: from the switch transaction to the node's map update, by
+    /// the node's clock, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propagation_ms: Option<f64>,
+    /// Through the directory: from the switch transaction to this command hearing the
+    /// node's confirmation, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmed_ms: Option<f64>,
+}
+
+impl NodeSwitch {
+    pub(super) fn local(node: String, update_us: f64) -> Self {
+        Self {
+            node,
+            update_us: Some(update_us),
+            propagation_ms: None,
+            confirmed_ms: None,
+        }
+    }
+
+    pub(super) fn confirmed(c: &Confirmation) -> Self {
+        Self {
+            node: c.node.clone(),
+            update_us: None,
+            propagation_ms: c.propagation_ms,
+            confirmed_ms: c.after_ms,
+        }
+    }
+}
+
+impl fmt::Display for NodeSwitch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} ms"));
+        match self.update_us {
+            Some(us) => write!(f, "switched {}: V2R update {us:.1} us", self.node),
+            None => write!(
+                f,
+                "switched {}: map updated {} and confirmed {} after the transaction",
+                self.node,
+                ms(self.propagation_ms),
+                ms(self.confirmed_ms)
+            ),
+        }
+    }
 }
 
 /// The moment netpage released the downtime limit it held (`--switch-at stop`).
@@ -67,6 +112,10 @@ pub struct MigrateReport {
     pub resume_unix_ms: Option<f64>,
     pub passes: u64,
     pub switches: Vec<NodeSwitch>,
+    /// Through the directory: the live nodes that did not confirm the switch in time
+    /// (the directory keeps it; they converge when they return).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unconfirmed: Vec<String>,
     pub timeline: Timeline,
 }
 
@@ -130,7 +179,7 @@ impl fmt::Display for MigrateReport {
             )?;
         }
         for s in &self.switches {
-            writeln!(f, "  switched {}: V2R update {:.1} us", s.node, s.update_us)?;
+            writeln!(f, "  {s}")?;
         }
         writeln!(f, "timeline:")?;
         write!(f, "{}", self.timeline)
