@@ -40,7 +40,7 @@ pub struct IfaceName {
 pub struct IfaceRecord {
     /// [`SIDE_VIRTUAL`] or [`SIDE_PHYSICAL`].
     pub side: u32,
-    /// [`MODE_NATIVE`] or [`MODE_SKB`].
+    /// [`MODE_NATIVE`], [`MODE_SKB`] or [`MODE_TC`].
     pub mode: u32,
     /// [`PORT_FAST_PATH`] if translated packets are forwarded by the program itself.
     pub flags: u32,
@@ -70,6 +70,10 @@ pub struct PortRecord {
 /// to the egress interface instead of passing it to the kernel.
 pub const PORT_FAST_PATH: u32 = 1;
 
+/// Flag of [`IfaceRecord::flags`] (user space only): the hook was asked for, not chosen by
+/// `attach --hook auto`.
+pub const IFACE_HOOK_ASKED: u32 = 2;
+
 impl PortRecord {
     /// Whether the fast path is on for this port.
     pub const fn fast_path(&self) -> bool {
@@ -90,6 +94,8 @@ pub const SIDE_PHYSICAL: u32 = 1;
 pub const MODE_NATIVE: u32 = 1;
 /// [`IfaceRecord::mode`] of a program run by the generic (skb) path.
 pub const MODE_SKB: u32 = 2;
+/// [`IfaceRecord::mode`] of a tc program (a tcx link on ingress).
+pub const MODE_TC: u32 = 3;
 
 /// A real address that left the page table and is kept in R2V for a grace period.
 #[repr(C)]
@@ -211,6 +217,10 @@ pub const DEFAULT_CAPACITY: u32 = 65_536;
 pub const PROG_VIRTUAL: &str = "netpage_virtual";
 /// The XDP program for interfaces on the physical side (the real network): RA -> VA.
 pub const PROG_PHYSICAL: &str = "netpage_physical";
+/// The tc program for interfaces on the virtual side.
+pub const PROG_TC_VIRTUAL: &str = "netpage_tc_virtual";
+/// The tc program for interfaces on the physical side.
+pub const PROG_TC_PHYSICAL: &str = "netpage_tc_physical";
 
 #[cfg(test)]
 mod tests {

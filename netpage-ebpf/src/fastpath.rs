@@ -42,7 +42,7 @@ use crate::{
 // explore this function once per such range instead of pruning equal states at the call.
 #[inline(never)]
 pub fn forward(ctx: *mut xdp_md) -> u32 {
-    let pkt = &Packet::new(&XdpContext::new(ctx));
+    let pkt = &Packet::xdp(&XdpContext::new(ctx));
     // SAFETY: `ctx` is the program's context.
     let ingress = unsafe { (*ctx).ingress_ifindex };
     let Some(port) = maps::port(ingress) else {

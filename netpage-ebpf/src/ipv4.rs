@@ -9,7 +9,7 @@ use netpage_common::{
 use crate::{
     icmp,
     packet::{Field, Packet, Word, get16, put16, sub},
-    rewrite::{AddrPair, check_field, fix_check},
+    rewrite::{AddrPair, check_field, fix_transport},
 };
 
 /// A checked pointer to the fixed part of an IPv4 header.
@@ -47,15 +47,18 @@ pub fn addrs<const PHYSICAL: bool>(h: Header) -> AddrPair<[u32; 1]> {
     )
 }
 
-/// Translates the IPv4 packet whose header starts at `l3`.
+/// Translates the IPv4 packet whose header starts at `l3` (under tc if `TC`).
 // A BPF-to-BPF call: its own stack frame, which keeps every frame under 512 bytes.
 #[inline(never)]
-pub fn translate<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Counter {
-    Counter::outcome(try_translate::<PHYSICAL>(pkt, l3))
+pub fn translate<const TC: bool, const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Counter {
+    Counter::outcome(try_translate::<TC, PHYSICAL>(pkt, l3))
 }
 
 #[inline(always)]
-fn try_translate<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Result<Counter, Counter> {
+fn try_translate<const TC: bool, const PHYSICAL: bool>(
+    pkt: &Packet,
+    l3: usize,
+) -> Result<Counter, Counter> {
     let h = pkt.field::<[u8; 20]>(l3)?;
     let f = fields(h);
     let ihl = netpage_common::proto::ipv4_header_len(f.vihl).ok_or(Counter::PassMalformed)?;
@@ -63,7 +66,7 @@ fn try_translate<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Result<Counte
         return Err(Counter::PassMalformed);
     }
     let end = l3 + f.total;
-    if !pkt.holds(end) {
+    if !pkt.holds::<TC>(end) {
         return Err(Counter::PassTruncated);
     }
     let addrs = addrs::<PHYSICAL>(h);
@@ -97,7 +100,7 @@ fn try_translate<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Result<Counte
         Delta::ZERO
     };
     if let Some(p) = l4_check {
-        fix_check(p, kind, kind.transport_delta(d, body));
+        fix_transport::<TC>(pkt, p, kind, d, body);
     }
     Ok(Counter::translated(false, PHYSICAL))
 }

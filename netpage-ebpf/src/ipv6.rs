@@ -13,7 +13,7 @@ use netpage_common::{
 use crate::{
     icmp,
     packet::{Field, Packet, settle, sub},
-    rewrite::{AddrPair, check_field, fix_check},
+    rewrite::{AddrPair, check_field, fix_transport},
 };
 
 /// A checked pointer to an IPv6 header.
@@ -104,22 +104,25 @@ pub fn walk<const MAX: usize>(
     })
 }
 
-/// Translates the IPv6 packet whose header starts at `l3`.
+/// Translates the IPv6 packet whose header starts at `l3` (under tc if `TC`).
 // A BPF-to-BPF call: its own stack frame, which keeps every frame under 512 bytes.
 #[inline(never)]
-pub fn translate<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Counter {
-    Counter::outcome(try_translate::<PHYSICAL>(pkt, l3))
+pub fn translate<const TC: bool, const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Counter {
+    Counter::outcome(try_translate::<TC, PHYSICAL>(pkt, l3))
 }
 
 #[inline(always)]
-fn try_translate<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Result<Counter, Counter> {
+fn try_translate<const TC: bool, const PHYSICAL: bool>(
+    pkt: &Packet,
+    l3: usize,
+) -> Result<Counter, Counter> {
     let h = pkt.field::<[u8; IPV6_HLEN]>(l3)?;
     let f = fields(h);
     if f.version != 6 {
         return Err(Counter::PassMalformed);
     }
     let end = l3 + IPV6_HLEN + f.payload;
-    if !pkt.holds(end) {
+    if !pkt.holds::<TC>(end) {
         return Err(Counter::PassTruncated);
     }
     let addrs = addrs::<PHYSICAL>(h);
@@ -158,7 +161,7 @@ fn try_translate<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Result<Counte
         netpage_common::csum::Delta::ZERO
     };
     if let Some(p) = l4_check {
-        fix_check(p, kind, kind.transport_delta(pseudo, body));
+        fix_transport::<TC>(pkt, p, kind, pseudo, body);
     }
     Ok(Counter::translated(true, PHYSICAL))
 }

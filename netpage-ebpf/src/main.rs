@@ -1,11 +1,17 @@
-//! The netpage XDP program: translates between virtual and real addresses at a network edge.
+//! The netpage programs: translate between virtual and real addresses at a network edge.
 //!
-//! One program per side. On the virtual side (clients, VMs) addresses found in the page
-//! table V2R are rewritten to their real addresses; on the physical side addresses found in
-//! the inverse table R2V are rewritten back. Every packet is passed to the kernel
-//! (`XDP_PASS`), translated or untouched, and counted by outcome; on an interface attached
-//! with the fast path, a translated packet whose route is a plain forward is sent out of
-//! its egress interface by the program instead (`XDP_REDIRECT`).
+//! One program per side and hook. On the virtual side (clients, VMs) addresses found in
+//! the page table V2R are rewritten to their real addresses; on the physical side addresses
+//! found in the inverse table R2V are rewritten back. Every packet goes on, translated or
+//! untouched, and is counted by outcome.
+//!
+//! The XDP programs run before the kernel builds a socket buffer: the fastest hook, but
+//! blind to checksum offload. On an interface attached with the fast path, a translated
+//! packet whose route is a plain forward is sent out of its egress interface by the
+//! program itself (`XDP_REDIRECT`). The tc programs run on the socket buffer, where a
+//! checksum left to the device (CHECKSUM_PARTIAL) or a GSO packet is visible, and fix the
+//! transport checksum through the kernel's helper: the hook for guests and senders with
+//! offloads on. Both run the same translation.
 #![no_std]
 #![no_main]
 
@@ -17,7 +23,11 @@ mod maps;
 mod packet;
 mod rewrite;
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_UNSPEC, xdp_action::XDP_PASS},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use netpage_common::{
     counters::Counter,
     proto::{ETH_P_IP, ETH_P_IPV6},
@@ -37,10 +47,31 @@ pub fn netpage_physical(ctx: XdpContext) -> u32 {
     run::<true>(&ctx)
 }
 
+/// Interfaces facing clients or VMs, under tc.
+#[classifier]
+pub fn netpage_tc_virtual(ctx: TcContext) -> i32 {
+    run_tc::<false>(&ctx)
+}
+
+/// Interfaces facing the network of real addresses, under tc.
+#[classifier]
+pub fn netpage_tc_physical(ctx: TcContext) -> i32 {
+    run_tc::<true>(&ctx)
+}
+
+#[inline(always)]
+fn run_tc<const PHYSICAL: bool>(ctx: &TcContext) -> i32 {
+    let pkt = Packet::tc(ctx);
+    maps::count(Counter::outcome(translate::<true, PHYSICAL>(&pkt)));
+    // The next program on the interface, if any, or the kernel: a transparent translator
+    // never drops.
+    TC_ACT_UNSPEC
+}
+
 #[inline(always)]
 fn run<const PHYSICAL: bool>(ctx: &XdpContext) -> u32 {
-    let pkt = Packet::new(ctx);
-    let outcome = Counter::outcome(translate::<PHYSICAL>(&pkt));
+    let pkt = Packet::xdp(ctx);
+    let outcome = Counter::outcome(translate::<false, PHYSICAL>(&pkt));
     maps::count(outcome);
     // Untranslated packets go on as they were: the fast path is for translated ones only.
     if outcome.is_translated() && maps::fast_path_in_use() {
@@ -51,13 +82,13 @@ fn run<const PHYSICAL: bool>(ctx: &XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn translate<const PHYSICAL: bool>(pkt: &Packet) -> Result<Counter, Counter> {
+fn translate<const TC: bool, const PHYSICAL: bool>(pkt: &Packet) -> Result<Counter, Counter> {
     let (l3, ethertype) = pkt.skip_l2()?;
     // One verifier path for every VLAN depth, rather than one per depth.
     let l3 = packet::settle(l3)?;
     match ethertype {
-        ETH_P_IP => Ok(ipv4::translate::<PHYSICAL>(pkt, l3)),
-        ETH_P_IPV6 => Ok(ipv6::translate::<PHYSICAL>(pkt, l3)),
+        ETH_P_IP => Ok(ipv4::translate::<TC, PHYSICAL>(pkt, l3)),
+        ETH_P_IPV6 => Ok(ipv6::translate::<TC, PHYSICAL>(pkt, l3)),
         _ => Err(Counter::PassNotIp),
     }
 }

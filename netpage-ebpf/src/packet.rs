@@ -1,8 +1,14 @@
-//! Bounds-checked access to the packet: every read and write goes through here.
+//! Bounds-checked access to the packet: every read and write goes through here, under XDP
+//! and under tc alike.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{
+    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_l4_csum_replace,
+    programs::{TcContext, XdpContext},
+};
 use netpage_common::{
     counters::Counter,
+    csum::Delta,
     proto::{ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, MAX_VLAN_TAGS, VLAN_HLEN},
 };
 
@@ -10,10 +16,19 @@ use netpage_common::{
 /// real headers, even behind six extension headers, end well before it.
 const MAX_OFFSET: usize = 0x3FFF;
 
-/// The packet of one XDP invocation.
+/// Bytes of a socket buffer made linear (and writable) before tc reads it: every header
+/// netpage reads or rewrites, ICMP quotes included, unless extension headers push them
+/// further (those are then passed untouched).
+const TC_PULL: u32 = 256;
+
+/// The packet of one XDP or tc invocation.
 pub struct Packet {
     data: usize,
+    /// The end of what the program may access directly: under tc, the linear part of the
+    /// socket buffer, whose tail (a GSO packet's payload, say) may lie beyond.
     end: usize,
+    /// The socket buffer under tc; null under XDP.
+    skb: *mut __sk_buff,
 }
 
 /// A bounds-checked pointer into the packet.
@@ -21,20 +36,62 @@ pub type Field<T> = *mut T;
 
 impl Packet {
     #[inline(always)]
-    pub fn new(ctx: &XdpContext) -> Self {
+    pub fn xdp(ctx: &XdpContext) -> Self {
         Self {
             data: ctx.data(),
             end: ctx.data_end(),
+            skb: core::ptr::null_mut(),
         }
     }
 
-    /// Whether the packet holds at least `len` bytes from the Ethernet header on.
+    /// The packet of a tc invocation, its headers first made linear and writable.
+    #[inline(always)]
+    pub fn tc(ctx: &TcContext) -> Self {
+        let len = ctx.len();
+        // On failure (no memory) the headers stay where they are: whatever lies beyond the
+        // linear part is then passed untouched, as truncated.
+        let _ = ctx.pull_data(if len < TC_PULL { len } else { TC_PULL });
+        Self {
+            data: ctx.data(),
+            end: ctx.data_end(),
+            skb: ctx.skb.skb,
+        }
+    }
+
+    /// Whether the packet (of a tc invocation if `TC`) holds at least `len` bytes from
+    /// the Ethernet header on, linear or not.
     ///
     /// For lengths the headers declare; it proves nothing to the verifier, which needs
     /// [`Self::field`] for every access.
     #[inline(always)]
-    pub fn holds(&self, len: usize) -> bool {
-        self.data + len <= self.end
+    pub fn holds<const TC: bool>(&self, len: usize) -> bool {
+        if TC {
+            // SAFETY: under tc, `skb` is this invocation's context.
+            len <= unsafe { (*self.skb).len } as usize
+        } else {
+            self.data + len <= self.end
+        }
+    }
+
+    /// Under tc: applies `d`, the change of a pseudo-header, to the transport checksum at
+    /// `p`, through the kernel, which knows what the field holds: a final checksum, or the
+    /// partial sum that the device or GSO completes (CHECKSUM_PARTIAL); it also keeps the
+    /// sum of a CHECKSUM_COMPLETE packet in step. A UDP checksum of 0 (none) stays 0, and
+    /// a computed 0 becomes 0xFFFF. Every packet pointer is invalid afterwards.
+    // A BPF-to-BPF call: keeps the helper's arguments out of the caller's frame.
+    #[inline(never)]
+    pub fn replace_pseudo(&self, p: Word, d: Delta, udp: bool) {
+        let off = (p as usize - self.data) as u32;
+        let mangled = if udp { BPF_F_MARK_MANGLED_0 } else { 0 };
+        // Field size 0: `to` is a difference to add, not a value to replace.
+        let flags = u64::from(BPF_F_PSEUDO_HDR | mangled);
+        // The kernel sums 16-bit words as they lie in memory, read in the CPU's order;
+        // netpage's deltas are of big-endian words.
+        let diff = u16::from_ne_bytes(d.folded().to_be_bytes());
+        // SAFETY: `skb` is the context of this tc invocation; the helper checks `off`. A
+        // failure (the field not writable) leaves the checksum as it was, and the kernel
+        // drops the packet as it would any packet with a bad checksum.
+        unsafe { bpf_l4_csum_replace(self.skb.cast(), off, 0, u64::from(diff), flags) };
     }
 
     /// A pointer to the `T` at `off` (`T` has alignment 1), or `PassTruncated` if the

@@ -133,6 +133,25 @@ fn word_at<const OFF: usize>(pkt: &Packet, l4: usize, end: usize) -> Result<Opti
     pkt.field::<[u8; 2]>(l4 + OFF).map(Some)
 }
 
+/// Applies the change of the addresses (`pseudo`, where the checksum covers a
+/// pseudo-header) and of an ICMP error's quote (`body`) to the transport checksum at `p`.
+///
+/// Under tc the pseudo-header's part goes through the kernel ([`Packet::replace_pseudo`]),
+/// so that a packet whose checksum is left to the device (CHECKSUM_PARTIAL, GSO) comes
+/// out right. A quote's change is applied here: ICMP errors are never offloaded, and the
+/// change nets to zero in the packet's sum. This is the last write of a translation.
+#[inline(always)]
+pub fn fix_transport<const TC: bool>(pkt: &Packet, p: Word, kind: L4, pseudo: Delta, body: Delta) {
+    if TC && kind.has_pseudo_header() {
+        if !body.is_zero() {
+            fix_check(p, kind, body);
+        }
+        pkt.replace_pseudo(p, pseudo, kind == L4::Udp);
+    } else {
+        fix_check(p, kind, kind.transport_delta(pseudo, body));
+    }
+}
+
 /// Applies `d` to the checksum at `p` by the rules of `kind`, and returns the change of
 /// the checksum word itself (for a checksum that covers this one).
 #[inline(always)]

@@ -1,5 +1,7 @@
-//! Attaching the program to a node's interfaces, through XDP links pinned in its pin
+//! Attaching the program to a node's interfaces, through XDP or tcx links pinned in its pin
 //! directory, and detaching it.
+
+pub mod hook;
 
 use std::{
     io,
@@ -11,12 +13,16 @@ use aya_obj::programs::XdpAttachType;
 use aya::{
     pin::PinError,
     programs::{
-        ProgramError, Xdp, XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
     },
 };
-use netpage_common::maps::{IfaceRecord, MODE_NATIVE, MODE_SKB, PORT_FAST_PATH, PortRecord};
+pub use hook::Hook;
+use netpage_common::maps::{
+    IFACE_HOOK_ASKED, IfaceRecord, MODE_NATIVE, MODE_SKB, MODE_TC, PORT_FAST_PATH, PortRecord,
+};
 use serde::Serialize;
 
 use crate::{
@@ -90,13 +96,27 @@ pub enum AttachError {
         "{iface} is attached in {old} mode; a program can be replaced only in the same mode (use --mode auto to keep it, or `netpage detach {iface}` first)"
     )]
     ModeChange { iface: String, old: Mode, new: Mode },
-    #[error("the XDP link of {iface}")]
+    #[error(
+        "attaching the tc program to {iface} (a tcx link on ingress; needs Linux 6.6 or later)"
+    )]
+    AttachTc {
+        iface: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error(
+        "the fast path runs in XDP: attach {iface} with --hook xdp (or auto), or without --fast-path"
+    )]
+    TcFastPath { iface: String },
+    #[error("--mode {mode} is an XDP mode: attach {iface} with --hook xdp, or without --mode")]
+    TcMode { iface: String, mode: Mode },
+    #[error("the link of {iface}")]
     Link {
         iface: String,
         #[source]
         source: Box<LinkError>,
     },
-    #[error("pinning the XDP link of {iface} at {}", path.display())]
+    #[error("pinning the link of {iface} at {}", path.display())]
     Pin {
         iface: String,
         path: PathBuf,
@@ -140,9 +160,13 @@ fn native_hint(mode: Mode) -> &'static str {
 pub struct Attached {
     pub iface: String,
     pub side: Side,
-    /// The mode the program runs in.
-    pub mode: Mode,
-    /// Whether a program already attached there was replaced atomically.
+    /// The hook the program runs at, and why.
+    pub hook: Hook,
+    pub hook_reason: String,
+    /// The XDP mode the program runs in (XDP only).
+    pub mode: Option<Mode>,
+    /// Whether a program already attached there was replaced atomically (or, on a change
+    /// of hook, the new one attached before the old one went).
     pub replaced: bool,
     /// Whether translated packets whose route is a plain forward are redirected by the
     /// program itself.
@@ -151,17 +175,22 @@ pub struct Attached {
     pub fallback: Option<String>,
 }
 
-/// Attaches the program of `side` to `iface`, loading the node's table if it has none. An
-/// interface already attached gets the new program in place, with no moment without one.
+/// Attaches the program of `side` to `iface` at `hook`, loading the node's table if it has
+/// none. An interface already attached gets the new program in place, with no moment
+/// without one: at the same hook by an atomic swap, at another hook by attaching the new
+/// one before detaching the old (packets translated twice meanwhile are not changed by the
+/// second pass: virtual and real addresses never overlap).
 ///
 /// `fast_path` turns the fast path on or off; `None` keeps the interface's setting (off
 /// for a new attachment). The setting is one entry of the port map, which the program
 /// reads per packet: changing it is one atomic map update, before the link is created or
 /// updated, so that the first packet the program sees on the interface already sees it.
+#[expect(clippy::too_many_arguments, reason = "the options of `netpage attach`")]
 pub fn attach(
     node: &Node,
     iface: &str,
     side: Side,
+    hook: Hook,
     mode: Mode,
     capacity: Option<u32>,
     reload: bool,
@@ -177,12 +206,18 @@ pub fn attach(
         iface: iface.to_owned(),
         source,
     })?;
-    let mut prog = program(node, side, capacity, reload)?;
+    ensure_programs(node, capacity, reload)?;
     let mut open = node.open()?;
     let record = open.iface(iface)?;
-    let previous = record.and_then(|r| Mode::from_code(r.mode));
     let fast_path =
         fast_path.unwrap_or_else(|| record.is_some_and(|r| r.flags & PORT_FAST_PATH != 0));
+    let asked = if hook == Hook::Auto {
+        0
+    } else {
+        IFACE_HOOK_ASKED
+    };
+    let (hook, hook_reason) = hook::choose(iface, hook, mode, fast_path)?;
+    let previous = record.and_then(|r| Attachment::from_code(r.mode));
     let flags = if fast_path { PORT_FAST_PATH } else { 0 };
     // The interface may have been re-created under the same name with another index.
     if let Some(old) = record.filter(|r| r.ifindex != 0 && r.ifindex != ifindex) {
@@ -197,28 +232,14 @@ pub fn attach(
             reserved: [0; 2],
         },
     )?;
-    let path = node.link_path(iface);
-    let linked = match (previous, path.exists()) {
-        (Some(old), true) => {
-            if mode != Mode::Auto && mode != old {
-                Err(AttachError::ModeChange {
-                    iface: iface.to_owned(),
-                    old,
-                    new: mode,
-                })
-            } else {
-                match replace(&mut prog, iface, &path) {
-                    Ok(true) => Ok((old, true, None)),
-                    Ok(false) => {
-                        attach_new(&mut prog, iface, mode, &path).map(|(m, f)| (m, false, f))
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-        }
-        _ => attach_new(&mut prog, iface, mode, &path).map(|(m, f)| (m, false, f)),
+    let linked = match hook {
+        Hook::Tc => attach_tc(node, side, iface).map(|replaced| {
+            let swapped = replaced || previous.is_some();
+            (Attachment::Tc, swapped, None)
+        }),
+        _ => attach_xdp(node, side, iface, mode, previous),
     };
-    let (mode, replaced, fallback) = match linked {
+    let (now, replaced, fallback) = match linked {
         Ok(l) => l,
         Err(e) => {
             // Nothing changed: the interface keeps its program and its setting.
@@ -229,64 +250,189 @@ pub fn attach(
             return Err(e);
         }
     };
+    // The other hook's link, if the interface had one, goes now that the new one runs.
+    let other = match now {
+        Attachment::Tc => node.link_path(iface),
+        Attachment::Xdp(_) => node.tc_link_path(iface),
+    };
+    remove_pin(&other)?;
     open.set_iface(
         iface,
         IfaceRecord {
             side: side.code(),
-            mode: mode.code(),
-            flags,
+            mode: now.code(),
+            flags: flags | asked,
             ifindex,
         },
     )?;
     Ok(Attached {
         iface: iface.to_owned(),
         side,
-        mode,
+        hook,
+        hook_reason,
+        mode: now.xdp_mode(),
         replaced,
         fast_path,
         fallback,
     })
 }
 
-/// The node's verified program of `side`. The first attach of a node (or `reload`, or a new
-/// build) loads the object, verifies both programs and pins them, creating the node's
-/// maps if needed; later attaches reuse the pinned program and skip the verifier, so that
-/// a migrating VM's port is attached at its new host in milliseconds.
-fn program(
+/// How an interface's program runs, as its registry entry records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// XDP in this mode (native or skb).
+    Xdp(Mode),
+    Tc,
+}
+
+impl Attachment {
+    /// The attachment recorded as `code` (the registry's `mode`).
+    pub fn from_code(code: u32) -> Option<Self> {
+        match code {
+            MODE_TC => Some(Attachment::Tc),
+            c => Mode::from_code(c).map(Attachment::Xdp),
+        }
+    }
+
+    fn code(self) -> u32 {
+        match self {
+            Attachment::Xdp(m) => m.code(),
+            Attachment::Tc => MODE_TC,
+        }
+    }
+
+    pub fn hook(self) -> Hook {
+        match self {
+            Attachment::Xdp(_) => Hook::Xdp,
+            Attachment::Tc => Hook::Tc,
+        }
+    }
+
+    pub fn xdp_mode(self) -> Option<Mode> {
+        match self {
+            Attachment::Xdp(m) => Some(m),
+            Attachment::Tc => None,
+        }
+    }
+}
+
+/// Attaches (or swaps) the XDP program of `side` on `iface`, in `mode`; `previous` is how
+/// the interface was attached. Returns the attachment, whether it replaced a program, and
+/// why `auto` fell back to skb mode.
+fn attach_xdp(
     node: &Node,
     side: Side,
-    capacity: Option<u32>,
-    reload: bool,
-) -> Result<Xdp, AttachError> {
-    node.prepare()?;
-    let path = node.prog_path(side);
-    if reload || !path.exists() {
-        let mut ebpf = node.load(capacity)?;
-        clear_dir(&node.progs_dir())?;
-        for s in [Side::Virtual, Side::Physical] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(s.program())
-                .expect("the object has both programs")
-                .try_into()
-                .expect("both programs are XDP programs");
-            let verify = |e| AttachError::Verify {
-                program: s.program(),
-                source: Box::new(e),
-            };
-            prog.load().map_err(verify)?;
-            let at = node.prog_path(s);
-            prog.pin(&at).map_err(|e| AttachError::PinProgram {
-                path: at.clone(),
-                source: Box::new(e),
-            })?;
+    iface: &str,
+    mode: Mode,
+    previous: Option<Attachment>,
+) -> Result<(Attachment, bool, Option<String>), AttachError> {
+    let mut prog = Xdp::from_pin(node.prog_path(side), XdpAttachType::Interface).map_err(|e| {
+        AttachError::Verify {
+            program: side.program(),
+            source: Box::new(e),
         }
-    } else {
-        node.check_capacity(capacity)?;
+    })?;
+    let path = node.link_path(iface);
+    if let (Some(Attachment::Xdp(old)), true) = (previous, path.exists()) {
+        if mode != Mode::Auto && mode != old {
+            return Err(AttachError::ModeChange {
+                iface: iface.to_owned(),
+                old,
+                new: mode,
+            });
+        }
+        if replace_xdp(&mut prog, iface, &path)? {
+            return Ok((Attachment::Xdp(old), true, None));
+        }
     }
-    Xdp::from_pin(&path, XdpAttachType::Interface).map_err(|e| AttachError::Verify {
-        program: side.program(),
+    let (m, fallback) = attach_new(&mut prog, iface, mode, &path)?;
+    Ok((Attachment::Xdp(m), previous.is_some(), fallback))
+}
+
+/// Attaches (or swaps) the tc program of `side` on `iface`'s ingress through a pinned
+/// tcx link. Returns whether it replaced the program of an existing link.
+fn attach_tc(node: &Node, side: Side, iface: &str) -> Result<bool, AttachError> {
+    let mut prog =
+        SchedClassifier::from_pin(node.tc_prog_path(side)).map_err(|e| AttachError::Verify {
+            program: side.tc_program(),
+            source: Box::new(e),
+        })?;
+    let path = node.tc_link_path(iface);
+    let link_err = |e| AttachError::Link {
+        iface: iface.to_owned(),
         source: Box::new(e),
-    })
+    };
+    if path.exists() {
+        let pinned = PinnedLink::from_pin(&path).map_err(link_err)?;
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(link_err)?;
+        if swapped(prog.attach_to_link(link), iface, &path)? {
+            return Ok(true);
+        }
+    }
+    let id = prog
+        .attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| tc_err(iface, e))?;
+    let link = prog.take_link(id).map_err(|e| tc_err(iface, e))?;
+    pin_link(FdLink::try_from(link).map_err(link_err)?, iface, &path)?;
+    Ok(false)
+}
+
+fn tc_err(iface: &str, e: ProgramError) -> AttachError {
+    AttachError::AttachTc {
+        iface: iface.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+/// Loads, verifies and pins the node's programs (both sides, both hooks) unless the
+/// pinned ones are of this build and no `reload` is asked; creates the node's maps if
+/// needed. Later attaches reuse the pinned programs and skip the verifier, so that a
+/// migrating VM's port is attached at its new host in milliseconds.
+fn ensure_programs(node: &Node, capacity: Option<u32>, reload: bool) -> Result<(), AttachError> {
+    node.prepare()?;
+    let all_there = [Side::Virtual, Side::Physical]
+        .iter()
+        .all(|&s| node.prog_path(s).exists() && node.tc_prog_path(s).exists());
+    if !reload && all_there {
+        node.check_capacity(capacity)?;
+        return Ok(());
+    }
+    let mut ebpf = node.load(capacity)?;
+    clear_dir(&node.progs_dir())?;
+    for s in [Side::Virtual, Side::Physical] {
+        let verify = |program| {
+            move |e| AttachError::Verify {
+                program,
+                source: Box::new(e),
+            }
+        };
+        let pin = |at: PathBuf| {
+            move |e| AttachError::PinProgram {
+                path: at,
+                source: Box::new(e),
+            }
+        };
+        let xdp: &mut Xdp = ebpf
+            .program_mut(s.program())
+            .expect("the object has both XDP programs")
+            .try_into()
+            .expect("XDP programs");
+        xdp.load().map_err(verify(s.program()))?;
+        xdp.pin(node.prog_path(s)).map_err(pin(node.prog_path(s)))?;
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(s.tc_program())
+            .expect("the object has both tc programs")
+            .try_into()
+            .expect("tc programs");
+        tc.load().map_err(verify(s.tc_program()))?;
+        tc.pin(node.tc_prog_path(s))
+            .map_err(pin(node.tc_prog_path(s)))?;
+    }
+    Ok(())
 }
 
 /// Unpins every program of an older load; links keep their programs alive.
@@ -301,34 +447,57 @@ fn clear_dir(dir: &Path) -> Result<(), AttachError> {
     Ok(())
 }
 
-/// Swaps the program behind the pinned link at `path`. Returns false, having removed the
-/// pin, if the link no longer reaches an interface (it was deleted or moved away).
-fn replace(prog: &mut Xdp, iface: &str, path: &PathBuf) -> Result<bool, AttachError> {
+/// Swaps the program behind the pinned XDP link at `path`. Returns false, having removed
+/// the pin, if the link no longer reaches an interface (it was deleted or moved away).
+fn replace_xdp(prog: &mut Xdp, iface: &str, path: &Path) -> Result<bool, AttachError> {
     let link_err = |e| AttachError::Link {
         iface: iface.to_owned(),
         source: Box::new(e),
     };
     let pinned = PinnedLink::from_pin(path).map_err(link_err)?;
     let link = XdpLink::try_from(FdLink::from(pinned)).map_err(link_err)?;
-    match prog.attach_to_link(link) {
+    swapped(prog.attach_to_link(link), iface, path)
+}
+
+/// Whether a swap of the program behind the pinned link at `path` worked; false, having
+/// removed the pin, if the link no longer reaches an interface.
+fn swapped<T>(r: Result<T, ProgramError>, iface: &str, path: &Path) -> Result<bool, AttachError> {
+    match r {
         Ok(_) => Ok(true),
         Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOLINK) => {
-            std::fs::remove_file(path).map_err(|source| AttachError::Unpin {
-                path: path.clone(),
-                source,
-            })?;
+            remove_pin(path)?;
             Ok(false)
         }
         Err(e) => Err(attach_err(iface, Mode::Auto, e)),
     }
 }
 
-/// Creates and pins a new link; `auto` tries native first, then skb.
+/// Removes the pin at `path`, if there is one.
+fn remove_pin(path: &Path) -> Result<(), AttachError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(AttachError::Unpin {
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Pins `link` at `path`.
+fn pin_link(link: FdLink, iface: &str, path: &Path) -> Result<(), AttachError> {
+    link.pin(path).map(drop).map_err(|e| AttachError::Pin {
+        iface: iface.to_owned(),
+        path: path.to_owned(),
+        source: Box::new(e),
+    })
+}
+
+/// Creates and pins a new XDP link; `auto` tries native first, then skb.
 fn attach_new(
     prog: &mut Xdp,
     iface: &str,
     mode: Mode,
-    path: &PathBuf,
+    path: &Path,
 ) -> Result<(Mode, Option<String>), AttachError> {
     let (mode, id, fallback) = match mode {
         Mode::Auto => match prog.attach(iface, Mode::Native.xdp()) {
@@ -352,12 +521,7 @@ fn attach_new(
         source: Box::new(e),
     };
     let link = prog.take_link(id).map_err(|e| attach_err(iface, mode, e))?;
-    let fd = FdLink::try_from(link).map_err(link_err)?;
-    fd.pin(path).map_err(|e| AttachError::Pin {
-        iface: iface.to_owned(),
-        path: path.clone(),
-        source: Box::new(e),
-    })?;
+    pin_link(FdLink::try_from(link).map_err(link_err)?, iface, path)?;
     Ok((mode, fallback))
 }
 
@@ -369,21 +533,18 @@ fn attach_err(iface: &str, mode: Mode, e: ProgramError) -> AttachError {
     }
 }
 
-/// Detaches the program from `iface` by removing its pinned link.
+/// Detaches the program from `iface` by removing its pinned link (XDP or tc).
 pub fn detach(node: &Node, iface: &str) -> Result<(), AttachError> {
     let mut open = node.open()?;
-    let path = node.link_path(iface);
+    let paths = [node.link_path(iface), node.tc_link_path(iface)];
     let known = open.iface(iface)?.is_some();
-    if !known && !path.exists() {
+    if !known && !paths.iter().any(|p| p.exists()) {
         return Err(AttachError::NotAttached {
             iface: iface.to_owned(),
         });
     }
-    if path.exists() {
-        std::fs::remove_file(&path).map_err(|source| AttachError::Unpin {
-            path: path.clone(),
-            source,
-        })?;
+    for p in &paths {
+        remove_pin(p)?;
     }
     if let Some(r) = open.iface(iface)?.filter(|r| r.ifindex != 0) {
         open.remove_port(r.ifindex)?;
@@ -408,6 +569,23 @@ pub fn if_index(iface: &str) -> Option<u32> {
 /// The MAC address of `iface` in this network namespace (`SIOCGIFHWADDR`; /sys may show
 /// another namespace). Interfaces without one (tun, loopback) give zeros.
 pub fn mac_address(iface: &str) -> io::Result<[u8; 6]> {
+    let req = ifreq_ioctl(iface, libc::SIOCGIFHWADDR, |_| {})?;
+    // SAFETY: SIOCGIFHWADDR filled the hardware address member of the union.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (m, &d) in mac.iter_mut().zip(&data[..6]) {
+        *m = d as u8;
+    }
+    Ok(mac)
+}
+
+/// Runs the interface ioctl `request` on `iface` with an `ifreq` that `prepare` completes,
+/// and returns the `ifreq` as the kernel left it.
+fn ifreq_ioctl(
+    iface: &str,
+    request: libc::Ioctl,
+    prepare: impl FnOnce(&mut libc::ifreq),
+) -> io::Result<libc::ifreq> {
     // SAFETY: plain socket creation; the descriptor is owned right away.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
@@ -424,22 +602,12 @@ pub fn mac_address(iface: &str) -> io::Result<[u8; 6]> {
     for (d, &b) in req.ifr_name.iter_mut().zip(name) {
         *d = b as libc::c_char;
     }
-    // SAFETY: `req` is a valid ifreq for SIOCGIFHWADDR, which fills ifru_hwaddr.
-    let rc = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&sock),
-            libc::SIOCGIFHWADDR,
-            &mut req,
-        )
-    };
+    prepare(&mut req);
+    // SAFETY: `req` is a valid ifreq for `request`, completed by `prepare`, whose pointers
+    // (if any) outlive this call.
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&sock), request, &mut req) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: SIOCGIFHWADDR filled the hardware address member of the union.
-    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
-    let mut mac = [0u8; 6];
-    for (m, &d) in mac.iter_mut().zip(&data[..6]) {
-        *m = d as u8;
-    }
-    Ok(mac)
+    Ok(req)
 }

@@ -4,7 +4,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use netpage::{
-    attach::Mode,
+    attach::{Hook, Mode},
     directory::{EtcdOptions, schema::DEFAULT_PREFIX},
     loader::Side,
     migrate::{EdgeSpec, MigrateOptions, Neighbour, SwitchAt},
@@ -179,7 +179,14 @@ pub struct AttachArgs {
     /// Which network the interface faces: `virtual` (clients or VMs) or `physical`.
     #[arg(long, value_enum)]
     pub side: Side,
-    /// How the program runs: native (in the driver), skb (generic), or auto (native, else skb).
+    /// Where the program runs: `xdp` (before the kernel builds a socket buffer: the
+    /// fastest, for devices whose packets carry final checksums), `tc` (on the socket
+    /// buffer: right with checksum offload and GSO, as from guests and veth peers with
+    /// offloads on), or `auto` (tc for tun/tap and veth devices, xdp for the rest, and xdp
+    /// whenever --fast-path or an XDP --mode is given). `status` says which runs and why.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub hook: Hook,
+    /// How XDP runs: native (in the driver), skb (generic), or auto (native, else skb).
     #[arg(long, value_enum, default_value = "auto")]
     pub mode: Mode,
     /// Entries per table when the node's table is created (fixed afterwards) [default: 65536].

@@ -3,7 +3,10 @@
 use std::{path::PathBuf, sync::OnceLock};
 
 use aya::{Ebpf, EbpfError, EbpfLoader};
-use netpage_common::maps::{PROG_PHYSICAL, PROG_VIRTUAL, SIDE_PHYSICAL, SIDE_VIRTUAL, SIZED_MAPS};
+use netpage_common::maps::{
+    PROG_PHYSICAL, PROG_TC_PHYSICAL, PROG_TC_VIRTUAL, PROG_VIRTUAL, SIDE_PHYSICAL, SIDE_VIRTUAL,
+    SIZED_MAPS,
+};
 
 /// The compiled XDP program, built for the BPF target by the build script.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpage"));
@@ -54,6 +57,14 @@ impl Side {
         match self {
             Side::Virtual => PROG_VIRTUAL,
             Side::Physical => PROG_PHYSICAL,
+        }
+    }
+
+    /// The tc program for this side.
+    pub fn tc_program(self) -> &'static str {
+        match self {
+            Side::Virtual => PROG_TC_VIRTUAL,
+            Side::Physical => PROG_TC_PHYSICAL,
         }
     }
 

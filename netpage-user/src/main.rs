@@ -71,6 +71,7 @@ fn run(cli: Cli) -> Result<Output> {
             &node,
             &a.iface,
             a.side,
+            a.hook,
             a.mode,
             a.capacity,
             a.reload,

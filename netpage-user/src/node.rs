@@ -136,6 +136,11 @@ impl Node {
         self.dir.join("links").join(iface)
     }
 
+    /// Where the tcx link of `iface` (ingress) is pinned.
+    pub fn tc_link_path(&self, iface: &str) -> PathBuf {
+        self.dir.join("links-tc").join(iface)
+    }
+
     /// Takes the node for its agent, waiting up to `patience` for commands that are
     /// writing it now to finish.
     pub fn lock_for_agent(&self, patience: std::time::Duration) -> Result<NodeLock, NodeError> {
@@ -205,7 +210,12 @@ impl Node {
                 source,
             })?;
         }
-        for sub in [self.maps_dir(), self.dir.join("links"), self.progs_dir()] {
+        for sub in [
+            self.maps_dir(),
+            self.dir.join("links"),
+            self.dir.join("links-tc"),
+            self.progs_dir(),
+        ] {
             std::fs::create_dir_all(sub).map_err(pin_dir)?;
         }
         Ok(())
@@ -257,6 +267,15 @@ impl Node {
     pub fn prog_path(&self, side: Side) -> PathBuf {
         self.progs_dir()
             .join(format!("{}-{:016x}", side.program(), loader::object_id()))
+    }
+
+    /// Where the node's verified tc program of `side` is pinned.
+    pub fn tc_prog_path(&self, side: Side) -> PathBuf {
+        self.progs_dir().join(format!(
+            "{}-{:016x}",
+            side.tc_program(),
+            loader::object_id()
+        ))
     }
 
     /// Where the node's verified programs are pinned.

@@ -4,7 +4,7 @@ use std::{fmt, net::IpAddr};
 
 use anyhow::Result;
 use netpage::{
-    attach::{Attached, Mode, iface_exists},
+    attach::{Attached, Attachment, Hook, Mode, hook, iface_exists},
     check::Finding,
     directory::{DirSwitched, NodeStatus},
     loader::Side,
@@ -14,7 +14,7 @@ use netpage::{
     table::{Drain, PageTable},
     tablefile::TableFile,
 };
-use netpage_common::maps::PORT_FAST_PATH;
+use netpage_common::maps::{IFACE_HOOK_ASKED, PORT_FAST_PATH};
 use serde::Serialize;
 
 /// The result of a command.
@@ -85,10 +85,11 @@ impl fmt::Display for Output {
                     "attached to"
                 };
                 let fast = if a.fast_path { ", fast path" } else { "" };
+                let mode = a.mode.map(|m| format!(" {m} mode")).unwrap_or_default();
                 writeln!(
                     f,
-                    "{how} {} ({} side, {} mode{fast})",
-                    a.iface, a.side, a.mode
+                    "{how} {} ({} side, {}{mode}{fast}; {})",
+                    a.iface, a.side, a.hook, a.hook_reason
                 )?;
                 if let Some(why) = &a.fallback {
                     writeln!(f, "note: using skb mode because {why}")?;
@@ -294,12 +295,17 @@ impl fmt::Display for Checked {
 pub struct Iface {
     pub iface: String,
     pub side: Option<Side>,
+    /// The hook the program runs at: `xdp` or `tc`.
+    pub hook: Option<Hook>,
+    /// Why: asked for, or why `attach --hook auto` picked it.
+    pub hook_reason: String,
+    /// The XDP mode (XDP only).
     pub mode: Option<Mode>,
     /// Whether translated packets are forwarded from XDP (`attach --fast-path`).
     pub fast_path: bool,
     /// Whether the interface exists in this network namespace.
     pub present: bool,
-    /// Whether its XDP link is pinned.
+    /// Whether its link (XDP or tcx) is pinned.
     pub pinned: bool,
 }
 
@@ -322,13 +328,28 @@ impl Status {
         let interfaces = n
             .ifaces()?
             .into_iter()
-            .map(|(iface, r)| Iface {
-                side: Side::from_code(r.side),
-                mode: Mode::from_code(r.mode),
-                fast_path: r.flags & PORT_FAST_PATH != 0,
-                present: iface_exists(&iface),
-                pinned: node.link_path(&iface).exists(),
-                iface,
+            .map(|(iface, r)| {
+                let how = Attachment::from_code(r.mode);
+                let fast_path = r.flags & PORT_FAST_PATH != 0;
+                let link = match how {
+                    Some(Attachment::Tc) => node.tc_link_path(&iface),
+                    _ => node.link_path(&iface),
+                };
+                Iface {
+                    side: Side::from_code(r.side),
+                    hook: how.map(Attachment::hook),
+                    hook_reason: if r.flags & IFACE_HOOK_ASKED != 0 {
+                        "asked for".to_owned()
+                    } else {
+                        hook::choose(&iface, Hook::Auto, Mode::Auto, fast_path)
+                            .map_or_else(|e| e.to_string(), |(_, why)| why)
+                    },
+                    mode: how.and_then(Attachment::xdp_mode),
+                    fast_path,
+                    present: iface_exists(&iface),
+                    pinned: link.exists(),
+                    iface,
+                }
             })
             .collect();
         let forward = n.table.forward_entries()?;
@@ -359,12 +380,14 @@ impl fmt::Display for Status {
             };
             let fast = if i.fast_path { "fast-path" } else { "" };
             let line = format!(
-                "  {:<16} {:<9} {:<7} {fast:<9}{state}",
+                "  {:<16} {:<9} {:<3} {:<7} {fast:<9}{state}",
                 i.iface,
                 opt(&i.side),
+                opt(&i.hook),
                 opt(&i.mode)
             );
             writeln!(f, "{}", line.trim_end())?;
+            writeln!(f, "    {}: {}", opt(&i.hook), i.hook_reason)?;
         }
         writeln!(
             f,

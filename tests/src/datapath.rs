@@ -1,11 +1,12 @@
-//! The XDP program loaded for BPF_PROG_TEST_RUN: packet in, verdict and packet out.
+//! The programs (XDP and tc) loaded for BPF_PROG_TEST_RUN: packet in, verdict and packet
+//! out.
 
 use std::{net::IpAddr, time::Duration};
 
 use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
 };
 use netpage::{
     counters::Totals,
@@ -13,14 +14,47 @@ use netpage::{
     table::{BpfTable, PageTable},
 };
 use netpage_common::maps::{
-    COUNTERS, FAST_PORTS, MappingStats, PORTS, PROG_PHYSICAL, PROG_VIRTUAL, PortRecord,
-    fast_port_count,
+    COUNTERS, FAST_PORTS, MappingStats, PORTS, PROG_PHYSICAL, PROG_TC_PHYSICAL, PROG_TC_VIRTUAL,
+    PROG_VIRTUAL, PortRecord, fast_port_count,
 };
 
 /// XDP_PASS: the verdict of every packet but those the fast path forwards.
 pub const XDP_PASS: u32 = 2;
 /// XDP_REDIRECT: the fast path sent the frame out of another interface.
 pub const XDP_REDIRECT: u32 = 4;
+/// TC_ACT_UNSPEC (-1), as `test_run` returns it: the tc programs' verdict for every
+/// packet (the next program, or the kernel).
+pub const TC_NEXT: u32 = u32::MAX;
+
+/// The hook a program runs at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    Tc,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 2] = [Hook::Xdp, Hook::Tc];
+
+    /// The verdict of a packet the program lets go on.
+    pub fn pass(self) -> u32 {
+        match self {
+            Hook::Xdp => XDP_PASS,
+            Hook::Tc => TC_NEXT,
+        }
+    }
+}
+
+/// A `struct __sk_buff` for a tc test run of a GSO packet of `segs` segments of `size`
+/// bytes (the only fields `test_run` lets a caller set are zero but these).
+pub fn gso_context(size: u32, segs: u32) -> Vec<u8> {
+    // Offsets in struct __sk_buff (linux/bpf.h): gso_segs at 164, gso_size at 176; the
+    // whole struct is 192 bytes.
+    let mut ctx = vec![0u8; 192];
+    ctx[164..168].copy_from_slice(&segs.to_ne_bytes());
+    ctx[176..180].copy_from_slice(&size.to_ne_bytes());
+    ctx
+}
 
 /// One loaded copy of the program with its own, empty tables.
 pub struct Datapath {
@@ -29,7 +63,7 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads both programs (through the verifier) with tables of `capacity` entries.
+    /// Loads every program (through the verifier) with tables of `capacity` entries.
     pub fn load(capacity: u32) -> Self {
         let mut ebpf = loader::load(capacity).expect("load the eBPF object");
         for name in [PROG_VIRTUAL, PROG_PHYSICAL] {
@@ -38,6 +72,15 @@ impl Datapath {
                 .unwrap_or_else(|| panic!("program {name}"))
                 .try_into()
                 .expect("an XDP program");
+            prog.load()
+                .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+        }
+        for name in [PROG_TC_VIRTUAL, PROG_TC_PHYSICAL] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .unwrap_or_else(|| panic!("program {name}"))
+                .try_into()
+                .expect("a tc program");
             prog.load()
                 .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
         }
@@ -80,6 +123,53 @@ impl Datapath {
         self.run_with(side, input, None)
     }
 
+    /// [`Datapath::run_at`] with no context, or `None` if the kernel refuses to build a
+    /// packet of `input` (EINVAL: under tc, one cut inside its Ethernet or IP header).
+    pub fn try_run_at(&self, hook: Hook, side: Side, input: &[u8]) -> Option<(u32, Vec<u8>)> {
+        match self.test_run_at(hook, side, input, None) {
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                None
+            }
+            r => Some(r.unwrap_or_else(|e| panic!("test_run of {} bytes: {e:?}", input.len()))),
+        }
+    }
+
+    /// Runs the program of `side` at `hook` once on `input` (under tc with the
+    /// `struct __sk_buff` context `ctx`, if given): the verdict and the packet out.
+    pub fn run_at(
+        &self,
+        hook: Hook,
+        side: Side,
+        input: &[u8],
+        ctx: Option<&[u8]>,
+    ) -> (u32, Vec<u8>) {
+        self.test_run_at(hook, side, input, ctx)
+            .unwrap_or_else(|e| panic!("test_run of {} bytes (ctx {ctx:?}): {e:?}", input.len()))
+    }
+
+    fn test_run_at(
+        &self,
+        hook: Hook,
+        side: Side,
+        input: &[u8],
+        ctx: Option<&[u8]>,
+    ) -> Result<(u32, Vec<u8>), ProgramError> {
+        match hook {
+            Hook::Xdp => test_run(self.program(side), input, ctx),
+            Hook::Tc => {
+                let prog: &SchedClassifier = self
+                    .ebpf
+                    .program(side.tc_program())
+                    .unwrap()
+                    .try_into()
+                    .unwrap();
+                test_run(prog, input, ctx)
+            }
+        }
+    }
+
     /// Runs the program of `side` once on `input` as if it arrived on the interface with
     /// index `ingress` of the calling thread's network namespace (the `xdp_md` context
     /// passed in names it), so that helpers that look at the interface, such as the FIB
@@ -94,18 +184,8 @@ impl Datapath {
     }
 
     fn run_with(&self, side: Side, input: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; input.len() + 512];
-        let r = self
-            .program(side)
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ctx_in: ctx,
-                ..TestRunOptions::default()
-            })
-            .unwrap_or_else(|e| panic!("test_run of {} bytes (ctx {ctx:?}): {e:?}", input.len()));
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        test_run(self.program(side), input, ctx)
+            .unwrap_or_else(|e| panic!("test_run of {} bytes (ctx {ctx:?}): {e:?}", input.len()))
     }
 
     /// Sets what the program does on the interface with index `ifindex`, as attach does.
@@ -143,4 +223,20 @@ impl Datapath {
     pub fn stats(&self, va: IpAddr) -> MappingStats {
         self.table.stats(va).unwrap().expect("mapping has counters")
     }
+}
+
+/// One `test_run` of `prog` on `input` (with context `ctx`): the verdict and the packet out.
+fn test_run<P>(prog: &P, input: &[u8], ctx: Option<&[u8]>) -> Result<(u32, Vec<u8>), ProgramError>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let mut out = vec![0u8; input.len() + 512];
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(input),
+        data_out: Some(&mut out),
+        ctx_in: ctx,
+        ..TestRunOptions::default()
+    })?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out))
 }

@@ -114,8 +114,26 @@ fn bad_input_is_refused_and_changes_nothing() {
             "invalid value 'sideways'",
         ),
         (
-            &["attach", "g0", "--side", "virtual", "--mode", "skb"],
-            "can be replaced only in the same mode",
+            &[
+                "attach", "g0", "--side", "virtual", "--hook", "tc", "--mode", "skb",
+            ],
+            "--mode skb is an XDP mode",
+        ),
+        (
+            &[
+                "attach",
+                "g0",
+                "--side",
+                "virtual",
+                "--hook",
+                "tc",
+                "--fast-path",
+            ],
+            "the fast path runs in XDP",
+        ),
+        (
+            &["attach", "g0", "--side", "virtual", "--hook", "hook"],
+            "invalid value 'hook'",
         ),
         (
             &["attach", "g0", "--side", "virtual", "--capacity", "10"],
@@ -317,6 +335,64 @@ fn pinned_state_outlives_the_loader_and_a_reattach_loses_nothing() {
     }
     // The replacing programs count into the same pinned per-mapping counters.
     assert!(world.mapped_packets(Node::Gw, V4.va) >= report.received * 2);
+}
+
+/// Moving an interface from one hook to the other (tc to XDP and back) while traffic
+/// flows loses nothing: the new hook's link is in place before the old one goes, and only
+/// the new one stays pinned.
+#[test]
+fn changing_the_hook_under_traffic_loses_nothing() {
+    let world = mapped_world();
+    let target = SocketAddr::new(V4.va, 7101);
+    let _echo = world.udp_echo(Node::Vm, target);
+    let client = world.udp_socket(Node::Client, SocketAddr::new(V4.client, 0));
+    let probes = Prober::spawn(
+        client,
+        target,
+        Duration::from_millis(1),
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    for hook in ["xdp", "tc", "xdp", "tc"] {
+        for (node, iface, virtual_side) in world.attachments() {
+            let side = if virtual_side { "virtual" } else { "physical" };
+            let r = world.netpage_json(node, &["attach", iface, "--side", side, "--hook", hook]);
+            assert_eq!(
+                (r["hook"].as_str(), r["replaced"].as_bool()),
+                (Some(hook), Some(true)),
+                "{r}"
+            );
+            let (kept, gone) = match hook {
+                "tc" => ("links-tc", "links"),
+                _ => ("links", "links-tc"),
+            };
+            let pins = world.pin_dir(node);
+            assert!(
+                pins.join(kept).join(iface).exists(),
+                "{node:?} {iface}: no {kept} pin"
+            );
+            assert!(
+                !pins.join(gone).join(iface).exists(),
+                "{node:?} {iface}: {gone} pin left"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report = probes.join();
+    assert!(report.sent > 500, "{report}");
+    assert_eq!(report.lost, 0, "probes lost while changing hooks: {report}");
+    let status = world.netpage_json(Node::Gw, &["status"]);
+    for i in status["interfaces"].as_array().unwrap() {
+        assert_eq!(
+            (
+                i["hook"].as_str(),
+                i["hook_reason"].as_str(),
+                i["pinned"].as_bool()
+            ),
+            (Some("tc"), Some("asked for"), Some(true)),
+            "{i}"
+        );
+    }
 }
 
 /// A scratch directory, removed on drop.

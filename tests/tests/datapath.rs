@@ -17,7 +17,7 @@ use netpage_tests::{
         TPID_8021AD, TPID_8021Q, V4Opts, Xlate, ether, ext, frame4, frame6, icmp4, icmp6, ipv4,
         ipv6, tcp, udp,
     },
-    datapath::{Datapath, XDP_PASS},
+    datapath::{Datapath, Hook, XDP_PASS, gso_context},
     verify,
 };
 
@@ -967,8 +967,8 @@ fn assert_counted(name: &str, delta: &Totals, counted: &[Counter]) {
     }
 }
 
-/// Runs one case and checks verdict, bytes, counters and checksums. Returns what the
-/// independent checksum walk verified of a translated output.
+/// Runs one case at every hook (XDP and tc) and checks verdict, bytes, counters and
+/// checksums. Returns what the independent checksum walk verified of a translated output.
 fn check(dp: &Datapath, c: &Case) -> verify::Verified {
     let identity = |a| a;
     let input = (c.build)(&identity);
@@ -985,12 +985,17 @@ fn check(dp: &Datapath, c: &Case) -> verify::Verified {
             c.name
         );
     }
-    let before = dp.counters();
-    let (verdict, out) = dp.run(c.side, &input);
-    let delta = dp.counters().since(&before);
-    assert_eq!(verdict, XDP_PASS, "{}: verdict", c.name);
-    assert_output(&c.name, &input, &out, &expected);
-    assert_counted(&c.name, &delta, &[c.outcome]);
+    let mut out = Vec::new();
+    for hook in Hook::ALL {
+        let name = format!("{} ({hook:?})", c.name);
+        let before = dp.counters();
+        let verdict;
+        (verdict, out) = dp.run_at(hook, c.side, &input, None);
+        let delta = dp.counters().since(&before);
+        assert_eq!(verdict, hook.pass(), "{name}: verdict");
+        assert_output(&name, &input, &out, &expected);
+        assert_counted(&name, &delta, &[c.outcome]);
+    }
     if translates {
         verify::frame(&out).unwrap_or_else(|e| panic!("{}: {e}", c.name))
     } else {
@@ -1048,8 +1053,9 @@ fn non_ip_passes_untouched() {
     run_all(non_ip_cases());
 }
 
-/// Every prefix of translatable packets (from the Ethernet header on; the kernel refuses
-/// test input shorter than 14 bytes) passes untouched and counts as truncated.
+/// Every prefix of translatable packets (from the Ethernet header on, as far as the kernel
+/// takes test input: from 14 bytes for XDP, from the whole IP header for tc) passes
+/// untouched and counts as truncated, at both hooks.
 #[test]
 fn truncated_packets_pass_untouched_at_every_offset() {
     let dp = loaded(1024);
@@ -1098,17 +1104,25 @@ fn truncated_packets_pass_untouched_at_every_offset() {
             ),
         ),
     ];
-    let mut runs = 0;
-    for (side, full) in &packets {
+    let (mut runs, mut refused) = (0, 0);
+    for ((side, full), hook) in packets.iter().flat_map(|p| Hook::ALL.map(|h| (p, h))) {
         // The whole packet translates: the prefixes below are cut from a real case.
-        assert_ne!(dp.run(*side, full).1, *full);
+        assert_ne!(dp.run_at(hook, *side, full, None).1, *full);
         for len in 14..full.len() {
             let cut = &full[..len];
             let before = dp.counters();
-            let (verdict, out) = dp.run(*side, cut);
+            let Some((verdict, out)) = dp.try_run_at(hook, *side, cut) else {
+                // The kernel builds a socket buffer only around a whole IP header.
+                assert!(
+                    hook == Hook::Tc && len < 14 + 8 + 40,
+                    "{hook:?}: test_run refused a cut at {len}"
+                );
+                refused += 1;
+                continue;
+            };
             let delta = dp.counters().since(&before);
-            assert_eq!(verdict, XDP_PASS);
-            assert_eq!(out, cut, "cut at {len} of {}", full.len());
+            assert_eq!(verdict, hook.pass());
+            assert_eq!(out, cut, "{hook:?}: cut at {len} of {}", full.len());
             assert_eq!(
                 delta.get(Counter::PassTruncated),
                 1,
@@ -1118,7 +1132,55 @@ fn truncated_packets_pass_untouched_at_every_offset() {
             runs += 1;
         }
     }
-    println!("{runs} truncated packets passed untouched");
+    println!(
+        "{runs} truncated packets passed untouched; {refused} cuts inside the Ethernet or IP \
+         header could not be run under tc (test_run builds a socket buffer only around a whole \
+         IP header)"
+    );
+}
+
+/// A GSO packet (a TCP segment of 3,000 bytes that the stack will cut into three) is
+/// translated under tc like any other, both ways and in both families: its addresses and
+/// the checksums that cover them, with the payload untouched.
+///
+/// `test_run` builds its socket buffer with no checksum offload (CHECKSUM_NONE); packets
+/// whose checksum is left to the device (CHECKSUM_PARTIAL) come from real senders with
+/// offloads on, in the namespace tests.
+#[test]
+fn gso_packets_translate_under_tc() {
+    let dp = loaded(1024);
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let ctx = gso_context(1000, 3);
+    let mut runs = 0;
+    for w in [W4(), W6()] {
+        for (side, src, dst) in [
+            (Side::Virtual, w.client, w.va_a),
+            (Side::Physical, w.ra_a, w.client),
+        ] {
+            let build = |x: Xlate| {
+                let (s, d) = (x(src), x(dst));
+                let seg = tcp(s, d, &payload);
+                if w.v6 {
+                    ether(&[], 0x86DD, &ipv6(s, d, 6, &[], &seg))
+                } else {
+                    ether(&[], 0x0800, &ipv4(s, d, 6, &V4Opts::default(), &seg))
+                }
+            };
+            let identity = |a| a;
+            let input = build(&identity);
+            let expected = build(&xlate_for(side, &fixture_maps()));
+            let before = dp.counters();
+            let (verdict, out) = dp.run_at(Hook::Tc, side, &input, Some(&ctx));
+            let delta = dp.counters().since(&before);
+            let name = format!("GSO {} {side:?}", if w.v6 { "v6" } else { "v4" });
+            assert_eq!(verdict, Hook::Tc.pass(), "{name}");
+            assert_output(&name, &input, &out, &expected);
+            assert_counted(&name, &delta, &[translated(&w, side)]);
+            verify::frame(&out).unwrap_or_else(|e| panic!("{name}: {e}"));
+            runs += 1;
+        }
+    }
+    println!("{runs} GSO packets translated under tc");
 }
 
 /// Translated packets are counted per mapping, under the virtual address.
