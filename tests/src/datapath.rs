@@ -1,7 +1,11 @@
 //! The programs (XDP and tc) loaded for BPF_PROG_TEST_RUN: packet in, verdict and packet
 //! out.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    net::IpAddr,
+    os::fd::{AsFd, BorrowedFd},
+    time::Duration,
+};
 
 use aya::{
     Ebpf,
@@ -35,6 +39,22 @@ pub enum Hook {
 
 impl Hook {
     pub const ALL: [Hook; 2] = [Hook::Xdp, Hook::Tc];
+
+    /// The hook's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::Tc => "tc",
+        }
+    }
+
+    /// A measured variant's name at this hook: as it is under XDP, with `(tc)` under tc.
+    pub fn variant(self, name: &str) -> String {
+        match self {
+            Hook::Xdp => name.to_owned(),
+            Hook::Tc => format!("{name} (tc)"),
+        }
+    }
 
     /// The verdict of a packet the program lets go on.
     pub fn pass(self) -> u32 {
@@ -107,6 +127,16 @@ impl Datapath {
             .unwrap()
             .try_into()
             .unwrap()
+    }
+
+    /// The descriptor of the loaded program of `side` at `hook`.
+    pub fn program_fd(&self, hook: Hook, side: Side) -> BorrowedFd<'_> {
+        let name = match hook {
+            Hook::Xdp => side.program(),
+            Hook::Tc => side.tc_program(),
+        };
+        let prog = self.ebpf.program(name).expect("the program");
+        prog.fd().expect("loaded").as_fd()
     }
 
     /// The loaded program of `side`, to attach it.

@@ -2,6 +2,7 @@
 //! verification, and the in-kernel fixture harness.
 pub mod bench;
 pub mod build;
+pub mod bulk;
 pub mod datapath;
 pub mod demo;
 pub mod directory;

@@ -163,10 +163,6 @@ pub struct QemuOptions {
     /// `tcp:ADDR:PORT` to wait for an incoming migration instead of booting.
     pub incoming: Option<String>,
     pub accel: Accel,
-    /// Whether the guest may leave its transmit checksums to the host (virtio-net's
-    /// `csum` feature). A host that rewrites the guest's addresses on the tap (netpage)
-    /// needs complete checksums from it: turn this off there.
-    pub csum_offload: bool,
 }
 
 impl QemuOptions {
@@ -189,7 +185,6 @@ impl QemuOptions {
             memory_mib: 128,
             incoming: None,
             accel: Accel::Auto,
-            csum_offload: true,
         }
     }
 }
@@ -248,9 +243,8 @@ impl Qemu {
             ))
             .arg("-device")
             .arg(format!(
-                "virtio-net-pci,netdev=n0,id={NIC_ID},mac={},romfile={}",
-                opts.mac,
-                if opts.csum_offload { "" } else { ",csum=off" }
+                "virtio-net-pci,netdev=n0,id={NIC_ID},mac={},romfile=",
+                opts.mac
             ))
             .arg("-qmp")
             .arg(format!(

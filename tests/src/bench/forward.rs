@@ -20,8 +20,9 @@
 //!
 //! Variants, alternated in a rotated order in each repeat: plain routing of the VA, nftables
 //! stateful DNAT (+ SNAT for the way back), nftables stateless rewrite with `notrack`,
-//! netpage in native mode, netpage in skb mode, and netpage in native mode with its fast
-//! path (`bpf_fib_lookup` + `XDP_REDIRECT`, bypassing the kernel's forwarding).
+//! netpage in native mode, netpage in skb mode, netpage in native mode with its fast path
+//! (`bpf_fib_lookup` + `XDP_REDIRECT`, bypassing the kernel's forwarding), and netpage at
+//! the tc hook.
 
 use std::{
     ffi::CString,
@@ -74,16 +75,19 @@ pub enum Variant {
     NetpageSkb,
     /// Native mode with `--fast-path`: the program forwards translated packets itself.
     NetpageFast,
+    /// The tc hook (a tcx link on ingress), on the socket buffer.
+    NetpageTc,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 6] = [
+    pub const ALL: [Variant; 7] = [
         Variant::Plain,
         Variant::NftStateful,
         Variant::NftStateless,
         Variant::NetpageNative,
         Variant::NetpageSkb,
         Variant::NetpageFast,
+        Variant::NetpageTc,
     ];
 
     /// The name in the report.
@@ -95,6 +99,7 @@ impl Variant {
             Variant::NetpageNative => "netpage native",
             Variant::NetpageSkb => "netpage skb",
             Variant::NetpageFast => "netpage native fast path",
+            Variant::NetpageTc => "netpage tc",
         }
     }
 }
@@ -414,19 +419,19 @@ impl Bed {
             Variant::NftStateful | Variant::NftStateless => {
                 self.nft(&self.gw, &nft_ruleset(v == Variant::NftStateful, &ing));
             }
-            Variant::NetpageNative | Variant::NetpageSkb | Variant::NetpageFast => {
-                let mode = if v == Variant::NetpageSkb {
-                    "skb"
-                } else {
-                    "native"
+            Variant::NetpageNative
+            | Variant::NetpageSkb
+            | Variant::NetpageFast
+            | Variant::NetpageTc => {
+                let how: &[&str] = match v {
+                    Variant::NetpageSkb => &["--hook", "xdp", "--mode", "skb", "--no-fast-path"],
+                    Variant::NetpageFast => &["--hook", "xdp", "--mode", "native", "--fast-path"],
+                    Variant::NetpageTc => &["--hook", "tc", "--no-fast-path"],
+                    _ => &["--hook", "xdp", "--mode", "native", "--no-fast-path"],
                 };
-                let fast = if v == Variant::NetpageFast {
-                    "--fast-path"
-                } else {
-                    "--no-fast-path"
-                };
-                self.netpage(&["attach", &ing, "--side", "virtual", "--mode", mode, fast]);
-                self.netpage(&["attach", "g1", "--side", "physical", "--mode", mode, fast]);
+                for (iface, side) in [(ing.as_str(), "virtual"), ("g1", "physical")] {
+                    self.netpage(&[&["attach", iface, "--side", side], how].concat());
+                }
                 if !self.mapped {
                     self.netpage(&["map", "add", "--vm", &va, "--real", &ra]);
                     self.mapped = true;
@@ -448,7 +453,10 @@ impl Bed {
             Variant::NftStateful | Variant::NftStateless => {
                 self.nft(&self.gw, "delete table ip npbench\n");
             }
-            Variant::NetpageNative | Variant::NetpageSkb | Variant::NetpageFast => {
+            Variant::NetpageNative
+            | Variant::NetpageSkb
+            | Variant::NetpageFast
+            | Variant::NetpageTc => {
                 self.netpage(&["detach", &ing]);
                 self.netpage(&["detach", "g1"]);
             }

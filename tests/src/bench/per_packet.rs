@@ -1,7 +1,9 @@
-//! Part 1: the per-packet cost of the program in the kernel, through BPF_PROG_TEST_RUN.
+//! Part 1: the per-packet cost of the program in the kernel, through BPF_PROG_TEST_RUN, at
+//! both hooks (XDP, and tc on a socket buffer).
 //!
-//! Every variant (each measured packet at each table size, and the bare `XDP_PASS` floor)
-//! is run `runs` times in one call, once per repeat; the variants are taken in a rotated
+//! Every variant (each measured packet at each table size and hook, and the bare floors
+//! of each hook: a program that only lets the packet go on) is run `runs` times in one
+//! call, once per repeat; the variants are taken in a rotated
 //! order in each repeat, so that a slow moment of a busy machine does not land on one
 //! variant only. The value reported is the median over the repeats.
 
@@ -12,21 +14,24 @@ use serde_json::json;
 
 use crate::{
     bench::{Config, HEADROOM, fill::fill, note, packets, report::Row, stats::Sorted, sys},
-    datapath::{Datapath, XDP_PASS},
+    datapath::{Datapath, Hook},
 };
 
-/// The floor's variant name, which the other rows name as their baseline.
+/// The floors' variant names, which the other rows name as their baseline.
 pub const FLOOR: &str = "xdp_pass floor";
+pub const TC_FLOOR: &str = "tc_next floor";
 
-/// One program on one packet.
+/// One program on one packet, at a hook.
 struct Job<'a> {
     prog: BorrowedFd<'a>,
     frame: &'a [u8],
+    hook: Hook,
 }
 
 /// Measures the floor and every variant at every table size of `cfg`.
 pub fn run(cfg: &Config) -> Vec<Row> {
     let floor = sys::load_xdp_pass().expect("load the bare XDP_PASS program");
+    let tc_floor = sys::load_tc_next().expect("load the bare tc program");
     let variants = packets::variants();
     let mut tables = Vec::new();
     for &size in &cfg.packet_sizes {
@@ -35,21 +40,34 @@ pub fn run(cfg: &Config) -> Vec<Row> {
         packets::install(&mut dp);
         fill(&mut dp, size.saturating_sub(packets::RESERVED));
         for v in &variants {
-            check(&dp, v);
+            for hook in Hook::ALL {
+                check(&dp, v, hook);
+            }
         }
         tables.push((size, dp));
     }
 
-    let mut jobs = vec![Job {
-        prog: floor.as_fd(),
-        frame: &variants[0].frame,
-    }];
+    let mut jobs = vec![
+        Job {
+            prog: floor.as_fd(),
+            frame: &variants[0].frame,
+            hook: Hook::Xdp,
+        },
+        Job {
+            prog: tc_floor.as_fd(),
+            frame: &variants[0].frame,
+            hook: Hook::Tc,
+        },
+    ];
     for (_, dp) in &tables {
-        for v in &variants {
-            jobs.push(Job {
-                prog: dp.program(v.side).fd().expect("loaded").as_fd(),
-                frame: &v.frame,
-            });
+        for hook in Hook::ALL {
+            for v in &variants {
+                jobs.push(Job {
+                    prog: dp.program_fd(hook, v.side),
+                    frame: &v.frame,
+                    hook,
+                });
+            }
         }
     }
     let mut samples = vec![Vec::with_capacity(cfg.repeats); jobs.len()];
@@ -65,35 +83,42 @@ pub fn run(cfg: &Config) -> Vec<Row> {
         .map(|s| Sorted::new(s).median())
         .collect();
 
-    let floor_ns = medians[0];
-    let params = |size: u32| json!({"table_entries": size, "side": "virtual", "runs": cfg.runs});
-    let mut rows = vec![
-        Row::new(
-            "per_packet",
-            FLOOR,
-            json!({"runs": cfg.runs}),
-            floor_ns,
-            "ns",
-        )
-        .repeats(cfg.repeats),
-    ];
-    let per_size = medians[1..].chunks(variants.len());
-    let first = medians[1..1 + variants.len()].to_vec();
+    let floors = [(FLOOR, medians[0]), (TC_FLOOR, medians[1])];
+    let params = |size: u32, hook: Hook| json!({"table_entries": size, "side": "virtual", "runs": cfg.runs, "hook": hook.name()});
+    let mut rows: Vec<Row> = floors
+        .iter()
+        .map(|&(name, ns)| {
+            Row::new("per_packet", name, json!({"runs": cfg.runs}), ns, "ns").repeats(cfg.repeats)
+        })
+        .collect();
+    let measured = &medians[2..];
+    let per_table = variants.len() * Hook::ALL.len();
     let mut growth = Vec::new();
-    for ((size, _), ns) in tables.iter().zip(per_size) {
-        for ((v, &value), &base) in variants.iter().zip(ns).zip(&first) {
-            rows.push(
-                Row::new("per_packet", v.name, params(*size), value, "ns")
-                    .against(FLOOR, floor_ns)
-                    .repeats(cfg.repeats),
-            );
-            if *size != cfg.packet_sizes[0] {
-                let baseline = format!("{}, table_entries={}", v.name, cfg.packet_sizes[0]);
-                growth.push(
-                    Row::new("per_packet_growth", v.name, params(*size), value, "ns")
-                        .against(baseline, base)
+    for ((size, _), ns) in tables.iter().zip(measured.chunks(per_table)) {
+        for (h, (hook, (floor_name, floor_ns))) in Hook::ALL.iter().zip(floors).enumerate() {
+            let at_hook = &ns[h * variants.len()..(h + 1) * variants.len()];
+            let first = &measured[h * variants.len()..(h + 1) * variants.len()];
+            for ((v, &value), &base) in variants.iter().zip(at_hook).zip(first) {
+                let name = hook.variant(v.name);
+                rows.push(
+                    Row::new("per_packet", &name, params(*size, *hook), value, "ns")
+                        .against(floor_name, floor_ns)
                         .repeats(cfg.repeats),
                 );
+                if *size != cfg.packet_sizes[0] {
+                    let baseline = format!("{name}, table_entries={}", cfg.packet_sizes[0]);
+                    growth.push(
+                        Row::new(
+                            "per_packet_growth",
+                            &name,
+                            params(*size, *hook),
+                            value,
+                            "ns",
+                        )
+                        .against(baseline, base)
+                        .repeats(cfg.repeats),
+                    );
+                }
             }
         }
     }
@@ -104,24 +129,23 @@ pub fn run(cfg: &Config) -> Vec<Row> {
 /// Nanoseconds per run of one test-run call of `runs` runs.
 fn ns_per_run(job: &Job, runs: u32) -> f64 {
     let run = sys::test_run(job.prog, job.frame, runs).expect("BPF_PROG_TEST_RUN");
-    assert_eq!(run.verdict, XDP_PASS, "verdict");
+    assert_eq!(run.verdict, job.hook.pass(), "verdict");
     run.cpu.as_nanos() as f64 / f64::from(runs)
 }
 
 /// Checks that every run of `v` has the outcome it is meant to measure (a translation each
 /// time, not only the first), so that the numbers are of what they claim to be.
-fn check(dp: &Datapath, v: &packets::Variant) {
+fn check(dp: &Datapath, v: &packets::Variant, hook: Hook) {
     const RUNS: u32 = 4;
     let before = dp.counters();
-    let prog = dp.program(v.side).fd().expect("loaded");
-    sys::test_run(prog.as_fd(), &v.frame, RUNS).expect("BPF_PROG_TEST_RUN");
+    sys::test_run(dp.program_fd(hook, v.side), &v.frame, RUNS).expect("BPF_PROG_TEST_RUN");
     let counted = dp.counters().since(&before);
     let all: u64 = Counter::ALL.iter().map(|&c| counted.get(c)).sum();
     assert_eq!(
         (counted.get(v.outcome), all),
         (u64::from(RUNS), u64::from(RUNS)),
         "{}: every run must count {:?}",
-        v.name,
+        hook.variant(v.name),
         v.outcome
     );
 }

@@ -15,11 +15,18 @@ use std::{
 const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_PROG_TEST_RUN: libc::c_int = 10;
 const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 
 /// `r0 = 2 (XDP_PASS); exit`, as `struct bpf_insn` words: opcode in the low byte,
 /// registers in the next, the 32-bit immediate in the high half.
 const XDP_PASS_PROGRAM: [u64; 2] = [
     0x0000_0002_0000_00b7, // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm 2
+    0x0000_0000_0000_0095, // BPF_JMP | BPF_EXIT
+];
+
+/// `r0 = -1 (TC_ACT_UNSPEC: the next program, or pass); exit`.
+const TC_NEXT_PROGRAM: [u64; 2] = [
+    0xFFFF_FFFF_0000_00b7, // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm -1
     0x0000_0000_0000_0095, // BPF_JMP | BPF_EXIT
 ];
 
@@ -87,13 +94,22 @@ fn bpf<A>(cmd: libc::c_int, attr: &mut A) -> io::Result<libc::c_long> {
 
 /// Loads the two-instruction XDP program that passes every packet.
 pub fn load_xdp_pass() -> io::Result<OwnedFd> {
+    load_bare(BPF_PROG_TYPE_XDP, &XDP_PASS_PROGRAM, b"xdp_pass")
+}
+
+/// Loads the two-instruction tc program that lets every packet go on.
+pub fn load_tc_next() -> io::Result<OwnedFd> {
+    load_bare(BPF_PROG_TYPE_SCHED_CLS, &TC_NEXT_PROGRAM, b"tc_next")
+}
+
+fn load_bare(prog_type: u32, insns: &[u64], program: &[u8]) -> io::Result<OwnedFd> {
     let license = c"GPL";
     let mut name = [0u8; 16];
-    name[..8].copy_from_slice(b"xdp_pass");
+    name[..program.len()].copy_from_slice(program);
     let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: XDP_PASS_PROGRAM.len() as u32,
-        insns: XDP_PASS_PROGRAM.as_ptr() as u64,
+        prog_type,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         prog_name: name,
         ..ProgLoadAttr::default()
