@@ -369,8 +369,9 @@ fn ipv4_cases() -> Vec<Case> {
     for (proto, name, outcome) in [
         (33u8, "DCCP", Counter::PassUnknownProto),
         (253, "experimental 253", Counter::PassUnknownProto),
+        // ESP in transport mode encrypts a transport checksum over the original addresses.
+        (50, "ESP", Counter::PassUnknownProto),
         (47, "GRE", Counter::V4ToReal),
-        (50, "ESP", Counter::V4ToReal),
         (132, "SCTP", Counter::V4ToReal),
     ] {
         cases.push(case(
@@ -386,7 +387,69 @@ fn ipv4_cases() -> Vec<Case> {
             }),
         ));
     }
+    for side in [Side::Virtual, Side::Physical] {
+        let (src, dst) = if side == Side::Virtual {
+            (w.va_a, w.client)
+        } else {
+            (w.client, w.ra_a)
+        };
+        cases.push(case(
+            format!("v4 ESP {side:?}"),
+            side,
+            Counter::PassUnknownProto,
+            Box::new(move |x| ether(&[], 0x0800, &esp4(x(src), x(dst), &V4Opts::default()))),
+        ));
+        let o = V4Opts {
+            options: vec![],
+            more_fragments: false,
+            offset: 4,
+        };
+        cases.push(case(
+            format!("v4 ESP non-first fragment {side:?}"),
+            side,
+            Counter::PassUnknownProto,
+            Box::new(move |x| ether(&[], 0x0800, &esp4(x(src), x(dst), &o))),
+        ));
+    }
+
+    // A first fragment too short for its TCP header passes untouched, not half rewritten:
+    // 12 bytes end before the checksum, 17 cut through it.
+    for (cut, side) in [
+        (12, Side::Virtual),
+        (12, Side::Physical),
+        (17, Side::Virtual),
+    ] {
+        let (src, dst) = if side == Side::Virtual {
+            (w.client, w.va_a)
+        } else {
+            (w.ra_a, w.client)
+        };
+        cases.push(case(
+            format!("v4 TCP first fragment of {cut} bytes {side:?}"),
+            side,
+            Counter::PassMalformed,
+            Box::new(move |x| {
+                let (s, d) = (x(src), x(dst));
+                let o = V4Opts {
+                    options: vec![],
+                    more_fragments: true,
+                    offset: 0,
+                };
+                ether(&[], 0x0800, &ipv4(s, d, 6, &o, &tcp(s, d, PAYLOAD)[..cut]))
+            }),
+        ));
+    }
     cases
+}
+
+/// An ESP packet (SPI, sequence number, then ciphertext) from `src` to `dst`.
+fn esp4(src: IpAddr, dst: IpAddr, o: &V4Opts) -> Vec<u8> {
+    ipv4(src, dst, 50, o, &esp_body())
+}
+
+/// The body of an ESP packet: SPI, sequence number, opaque payload.
+fn esp_body() -> Vec<u8> {
+    [&[0, 0, 0x10, 0x01, 0, 0, 0, 7][..], PAYLOAD].concat()
 }
 
 /// An ICMP error from `src` to `dst`, quoting the first `quote` bytes of a packet of
@@ -637,6 +700,77 @@ fn icmp_error_cases() -> Vec<Case> {
                 none(),
             ),
         ),
+        // Source quench and redirect quote the offending header too.
+        case(
+            "v4 source quench quoting TCP, physical",
+            Side::Physical,
+            Counter::V4ToVirtual,
+            icmp4_error(
+                4,
+                0,
+                w.router,
+                w.ra_a,
+                L4::Tcp,
+                w.ra_a,
+                w.client,
+                1000,
+                none(),
+            ),
+        ),
+        case(
+            "v4 source quench quoting UDP, virtual",
+            Side::Virtual,
+            Counter::V4ToReal,
+            icmp4_error(
+                4,
+                0,
+                w.va_a,
+                w.client,
+                L4::Udp,
+                w.client,
+                w.va_a,
+                28,
+                none(),
+            ),
+        ),
+        case(
+            "v4 redirect quoting UDP, physical",
+            Side::Physical,
+            Counter::V4ToVirtual,
+            icmp4_error(
+                5,
+                1,
+                w.router,
+                w.ra_a,
+                L4::Udp,
+                w.ra_a,
+                w.client,
+                1000,
+                none(),
+            ),
+        ),
+        case(
+            "v4 redirect quoting TCP cut at 8 bytes, virtual",
+            Side::Virtual,
+            Counter::V4ToReal,
+            icmp4_error(
+                5,
+                0,
+                w.va_a,
+                w.client,
+                L4::Tcp,
+                w.client,
+                w.va_a,
+                28,
+                none(),
+            ),
+        ),
+        case(
+            "v4 redirect between two VMs, physical",
+            Side::Physical,
+            Counter::V4ToVirtual,
+            icmp4_error(5, 1, w.ra_b, w.ra_a, L4::Echo, w.ra_a, w.ra_b, 1000, none()),
+        ),
         case(
             "v6 packet too big quoting TCP, physical",
             Side::Physical,
@@ -867,6 +1001,52 @@ fn ipv6_ext_cases() -> Vec<Case> {
             }),
         ));
     }
+    for side in [Side::Virtual, Side::Physical] {
+        let (src, dst) = if side == Side::Virtual {
+            (w.client, w.va_a)
+        } else {
+            (w.ra_a, w.client)
+        };
+        cases.push(case(
+            format!("v6 ESP {side:?}"),
+            side,
+            Counter::PassUnknownProto,
+            Box::new(move |x| ether(&[], 0x86DD, &ipv6(x(src), x(dst), 50, &[], &esp_body()))),
+        ));
+        cases.push(case(
+            format!("v6 ESP behind a destination options header {side:?}"),
+            side,
+            Counter::PassUnknownProto,
+            Box::new(move |x| {
+                let e = ext(60, 50, &[1, 4, 0, 0, 0, 0]);
+                ether(&[], 0x86DD, &ipv6(x(src), x(dst), 60, &e, &esp_body()))
+            }),
+        ));
+        // A first fragment (M set) with 12 bytes of TCP, before its checksum.
+        cases.push(case(
+            format!("v6 TCP first fragment of 12 bytes {side:?}"),
+            side,
+            Counter::PassMalformed,
+            Box::new(move |x| {
+                let (s, d) = (x(src), x(dst));
+                let frag = ext(44, 6, &[0, 1, 0, 0, 0, 7]);
+                ether(
+                    &[],
+                    0x86DD,
+                    &ipv6(s, d, 44, &frag, &tcp(s, d, PAYLOAD)[..12]),
+                )
+            }),
+        ));
+    }
+    cases.push(case(
+        "v6 TCP of 17 bytes",
+        Side::Virtual,
+        Counter::PassMalformed,
+        Box::new(move |x| {
+            let (s, d) = (x(w.client), x(w.va_a));
+            ether(&[], 0x86DD, &ipv6(s, d, 6, &[], &tcp(s, d, PAYLOAD)[..17]))
+        }),
+    ));
     cases.push(case(
         "v6 UDP-Lite",
         Side::Virtual,
