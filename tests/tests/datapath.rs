@@ -452,6 +452,159 @@ fn esp_body() -> Vec<u8> {
     [&[0, 0, 0x10, 0x01, 0, 0, 0, 7][..], PAYLOAD].concat()
 }
 
+/// An IPv4 source route option of `kind` (loose 131, strict 137) through `hops`, with
+/// pointer `ptr` (4 points at the first hop), after a NOP: 12 bytes of options.
+fn source_route(kind: u8, ptr: u8, hops: [IpAddr; 2]) -> Vec<u8> {
+    let mut o = vec![1, kind, 11, ptr];
+    for h in hops {
+        match h {
+            IpAddr::V4(a) => o.extend(a.octets()),
+            IpAddr::V6(_) => panic!("{h} in an IPv4 source route"),
+        }
+    }
+    o
+}
+
+/// IPv4 options that keep the header's destination out of the transport pseudo-header:
+/// a source route with hops left passes untouched; a completed one translates.
+fn source_route_cases() -> Vec<Case> {
+    let w = W4();
+    let mut cases = Vec::new();
+    let hop = ip4(198, 51, 100, 1);
+    // With hops left the header's destination is the next hop and the pseudo-header holds
+    // the final destination, the last hop: the sender's checksum is over `final_dst`.
+    let routed = |name: String,
+                  side: Side,
+                  outcome: Counter,
+                  l4: L4,
+                  (src, dst): (IpAddr, IpAddr),
+                  pseudo_dst: IpAddr,
+                  options: Vec<u8>| {
+        case(
+            name,
+            side,
+            outcome,
+            Box::new(move |x: Xlate| {
+                let (s, d) = (x(src), x(dst));
+                let (proto, seg) = segment(l4, false, s, x(pseudo_dst));
+                let o = V4Opts {
+                    options: options.clone(),
+                    ..V4Opts::default()
+                };
+                ether(&[], 0x0800, &ipv4(s, d, proto, &o, &seg))
+            }),
+        )
+    };
+    for (kind, name) in [(131u8, "LSRR"), (137, "SSRR")] {
+        for l4 in [L4::Tcp, L4::Udp] {
+            // The VM sends through a router, to a client.
+            cases.push(routed(
+                format!("v4 {name} {l4:?} with hops left from a VA, virtual"),
+                Side::Virtual,
+                Counter::PassSourceRoute,
+                l4,
+                (w.va_a, w.router),
+                w.client,
+                source_route(kind, 4, [w.router, w.client]),
+            ));
+            // A client reaches the VM through its real address as the next hop.
+            cases.push(routed(
+                format!("v4 {name} {l4:?} with the last hop left to an RA, physical"),
+                Side::Physical,
+                Counter::PassSourceRoute,
+                l4,
+                (w.client, w.ra_a),
+                hop,
+                source_route(kind, 8, [w.ra_a, hop]),
+            ));
+            // Hops all used: the header's destination is the final one.
+            cases.push(routed(
+                format!("v4 {name} {l4:?} completed, virtual"),
+                Side::Virtual,
+                Counter::V4ToReal,
+                l4,
+                (w.va_a, w.client),
+                w.client,
+                source_route(kind, 12, [w.router, w.client]),
+            ));
+            cases.push(routed(
+                format!("v4 {name} {l4:?} completed, physical"),
+                Side::Physical,
+                Counter::V4ToVirtual,
+                l4,
+                (w.client, w.ra_a),
+                w.ra_a,
+                source_route(kind, 12, [w.router, w.ra_a]),
+            ));
+        }
+    }
+    cases.push(routed(
+        "v4 LSRR with hops left, unmapped".into(),
+        Side::Virtual,
+        Counter::PassMiss,
+        L4::Tcp,
+        (w.client, w.router),
+        hop,
+        source_route(131, 4, [w.router, hop]),
+    ));
+    // A route behind a record route (7 bytes) and a route without hops (3 bytes).
+    let mut late = vec![7, 7, 4, 0, 0, 0, 0, 1, 1, 1, 1, 1, 131, 3, 4, 1];
+    late.extend(source_route(131, 4, [w.router, w.client]));
+    cases.push(routed(
+        "v4 LSRR after other options, virtual".into(),
+        Side::Virtual,
+        Counter::PassSourceRoute,
+        L4::Udp,
+        (w.va_a, w.router),
+        w.client,
+        late,
+    ));
+    // The end of the option list: what follows is not an option.
+    let mut ended = vec![0; 4];
+    ended.extend(source_route(131, 4, [w.router, w.client]));
+    cases.push(routed(
+        "v4 LSRR after the end of the option list, virtual".into(),
+        Side::Virtual,
+        Counter::V4ToReal,
+        L4::Tcp,
+        (w.va_a, w.client),
+        w.client,
+        ended,
+    ));
+    // Options the walk cannot step over.
+    for (what, options) in [
+        ("an option of length 1", vec![148, 1, 0, 0]),
+        (
+            "a timestamp past the header",
+            vec![1, 68, 12, 5, 0, 0, 0, 0],
+        ),
+        ("a source route without pointer", vec![137, 2, 0, 0]),
+    ] {
+        cases.push(routed(
+            format!("v4 {what}, virtual"),
+            Side::Virtual,
+            Counter::PassMalformed,
+            L4::Tcp,
+            (w.va_a, w.client),
+            w.client,
+            options,
+        ));
+    }
+    // 40 bytes of options, the route at their end.
+    let mut full = vec![1; 28];
+    full.extend(source_route(137, 8, [w.router, w.client]));
+    cases.push(routed(
+        "v4 SSRR at the end of 40 bytes of options, physical".into(),
+        Side::Physical,
+        Counter::PassSourceRoute,
+        L4::Udp,
+        (w.ra_a, w.router),
+        w.client,
+        full,
+    ));
+    cases
+}
+
 /// An ICMP error from `src` to `dst`, quoting the first `quote` bytes of a packet of
 /// transport `l4` from `qsrc` to `qdst` (with quoted IP options `qopts`).
 #[expect(
@@ -1216,6 +1369,11 @@ fn ipv4_headers_fragments_and_protocols() {
 #[test]
 fn icmp_errors_translate_the_quoted_header() {
     run_all(icmp_error_cases());
+}
+
+#[test]
+fn ipv4_source_routes() {
+    run_all(source_route_cases());
 }
 
 #[test]
