@@ -35,33 +35,36 @@ pub enum Counter {
     PassUnknownProto = 10,
     /// ICMPv6 neighbour discovery, which belongs to one link and is never translated.
     PassNeighborDiscovery = 11,
+    /// An IPv4 loose or strict source route with hops left: the transport pseudo-header
+    /// holds the final destination from the option, not the header's destination.
+    PassSourceRoute = 12,
     /// Fast path: forwarded by the program itself (`XDP_REDIRECT` to the FIB's egress).
-    FastRedirected = 12,
+    FastRedirected = 13,
     /// Fast path, left to the kernel: the next hop's neighbour entry is not resolved.
-    FastNoNeigh = 13,
+    FastNoNeigh = 14,
     /// Fast path, left to the kernel: not a forward (local delivery, broadcast, blackhole,
     /// unreachable, prohibited, forwarding disabled on the ingress interface).
-    FastNotForwarded = 14,
+    FastNotForwarded = 15,
     /// Fast path, left to the kernel: larger than the egress MTU.
-    FastFragNeeded = 15,
+    FastFragNeeded = 16,
     /// Fast path, left to the kernel: TTL or hop limit at most 1 (the kernel answers with
     /// ICMP time exceeded).
-    FastTtl = 16,
+    FastTtl = 17,
     /// Fast path, left to the kernel: a frame the kernel's forwarding path has more to do
     /// for (VLAN tags, IPv4 options, an IPv6 hop-by-hop header, a frame not addressed to
     /// the interface, special addresses, a route back out of the ingress interface).
-    FastIneligible = 17,
+    FastIneligible = 18,
     /// Fast path, left to the kernel: the egress interface has no netpage program, so it
     /// may not accept redirected frames.
-    FastEgress = 18,
+    FastEgress = 19,
     /// Fast path, left to the kernel: the lookup failed otherwise (an error, an unsupported
     /// route type).
-    FastError = 19,
+    FastError = 20,
 }
 
 impl Counter {
     /// Number of counters (the size of the counter array).
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -77,6 +80,7 @@ impl Counter {
         Counter::PassExtLimit,
         Counter::PassUnknownProto,
         Counter::PassNeighborDiscovery,
+        Counter::PassSourceRoute,
         Counter::FastRedirected,
         Counter::FastNoNeigh,
         Counter::FastNotForwarded,
@@ -102,6 +106,7 @@ impl Counter {
             Counter::PassExtLimit => "pass_ext_limit",
             Counter::PassUnknownProto => "pass_unknown_proto",
             Counter::PassNeighborDiscovery => "pass_neighbor_discovery",
+            Counter::PassSourceRoute => "pass_source_route",
             Counter::FastRedirected => "fast_redirected",
             Counter::FastNoNeigh => "fast_fallback_no_neigh",
             Counter::FastNotForwarded => "fast_fallback_not_forwarded",
@@ -164,7 +169,7 @@ mod tests {
     #[test]
     fn dimensions() {
         let outcomes = Counter::ALL.iter().filter(|c| !c.is_fast_path()).count();
-        assert_eq!(outcomes, 12);
+        assert_eq!(outcomes, 13);
         for c in Counter::ALL {
             assert_eq!(c.is_fast_path(), c.name().starts_with("fast_"), "{c:?}");
             assert_eq!(

@@ -7,5 +7,6 @@
 pub mod counters;
 pub mod csum;
 pub mod fastpath;
+pub mod ipv4_options;
 pub mod maps;
 pub mod proto;

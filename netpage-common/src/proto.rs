@@ -52,10 +52,11 @@ pub const IPV6_DST: usize = 24;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4 {
     /// A protocol netpage does not know: it may carry a checksum over the addresses
-    /// (DCCP, UDP-Lite, ...) that a rewrite would break, so the packet is passed untouched.
+    /// (DCCP, UDP-Lite, ESP, ...) that a rewrite would break, so the packet is passed
+    /// untouched.
     Unknown,
-    /// No checksum covers the addresses (ICMP echo, tunnels, ESP, SCTP, a non-first
-    /// fragment of a known protocol): only the IP layer changes.
+    /// No checksum covers the addresses (ICMP echo, tunnels, SCTP, a non-first fragment of
+    /// a known protocol): only the IP layer changes.
     Opaque,
     /// TCP: pseudo-header checksum at offset 16.
     Tcp,
@@ -143,15 +144,20 @@ impl L4 {
 }
 
 /// Protocols whose integrity checks do not cover the IP addresses, so that translating
-/// the IP layer alone keeps them valid: IP-in-IP, IPv6-in-IP, GRE, ESP, No Next Header, SCTP.
+/// the IP layer alone keeps them valid: IP-in-IP, IPv6-in-IP, GRE, No Next Header, SCTP.
+///
+/// Not ESP (50): in transport mode it encrypts the transport header, whose checksum covers
+/// the original addresses and cannot be fixed from outside (RFC 3715 2.2). Nor AH (51),
+/// whose integrity check covers the addresses.
 pub const fn is_opaque_proto(p: u8) -> bool {
-    matches!(p, 4 | 41 | 47 | 50 | 59 | 132)
+    matches!(p, 4 | 41 | 47 | 59 | 132)
 }
 
-/// ICMP errors that quote the offending packet: destination unreachable, time exceeded,
-/// parameter problem.
+/// ICMP messages that quote the offending packet's header (RFC 792): destination
+/// unreachable, source quench, redirect, time exceeded, parameter problem. (A redirect's
+/// gateway address, in bytes 4 to 8, is a router on the sender's link and stays as it is.)
 pub const fn is_icmp4_error(t: u8) -> bool {
-    matches!(t, 3 | 11 | 12)
+    matches!(t, 3 | 4 | 5 | 11 | 12)
 }
 
 /// ICMPv6 errors: destination unreachable, packet too big, time exceeded, parameter problem.
@@ -224,6 +230,10 @@ mod tests {
         assert_eq!(L4::classify(IPPROTO_ICMP, false, true, 3), L4::Icmp4Error);
         assert_eq!(L4::classify(IPPROTO_ICMP, false, true, 11), L4::Icmp4Error);
         assert_eq!(L4::classify(IPPROTO_ICMP, false, true, 12), L4::Icmp4Error);
+        assert_eq!(L4::classify(IPPROTO_ICMP, false, true, 4), L4::Icmp4Error); // source quench
+        assert_eq!(L4::classify(IPPROTO_ICMP, false, true, 5), L4::Icmp4Error); // redirect
+        assert_eq!(L4::classify(IPPROTO_ICMP, false, true, 0), L4::Opaque); // echo reply
+        assert_eq!(L4::classify(IPPROTO_ICMP, false, true, 13), L4::Opaque); // timestamp
         assert_eq!(L4::classify(IPPROTO_ICMP, true, true, 3), L4::Unknown);
         assert_eq!(L4::classify(IPPROTO_ICMPV6, true, true, 128), L4::Icmp6);
         assert_eq!(L4::classify(IPPROTO_ICMPV6, true, true, 2), L4::Icmp6Error);
@@ -237,6 +247,10 @@ mod tests {
         assert_eq!(L4::classify(IPPROTO_ICMPV6, true, true, 132), L4::Icmp6);
         assert_eq!(L4::classify(IPPROTO_ICMPV6, true, true, 138), L4::Icmp6);
         assert_eq!(L4::classify(132, false, true, 0), L4::Opaque);
+        assert_eq!(L4::classify(47, true, true, 0), L4::Opaque); // GRE
+        assert_eq!(L4::classify(50, false, true, 0), L4::Unknown); // ESP
+        assert_eq!(L4::classify(50, true, false, 0), L4::Unknown); // ESP fragment
+        assert_eq!(L4::classify(51, true, true, 0), L4::Unknown); // AH
         assert_eq!(L4::classify(33, false, true, 0), L4::Unknown); // DCCP
         assert_eq!(L4::classify(136, true, false, 0), L4::Unknown); // UDP-Lite fragment
         assert_eq!(L4::classify(IPPROTO_UDP, false, false, 0), L4::Opaque);

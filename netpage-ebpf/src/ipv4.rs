@@ -3,7 +3,11 @@
 use netpage_common::{
     counters::Counter,
     csum::{Delta, apply},
-    proto::{ICMP_HLEN, IPPROTO_ICMP, IPV4_CHECK, IPV4_DST, IPV4_SRC, L4, ipv4_first_fragment},
+    ipv4_options::{self, MAX_OPTIONS_LEN, OPTIONS_BUF, Options},
+    proto::{
+        ICMP_HLEN, IPPROTO_ICMP, IPV4_CHECK, IPV4_DST, IPV4_MIN_HLEN, IPV4_SRC, L4,
+        ipv4_first_fragment, ipv4_header_len,
+    },
 };
 
 use crate::{
@@ -47,6 +51,36 @@ pub fn addrs<const PHYSICAL: bool>(h: Header) -> AddrPair<[u32; 1]> {
     )
 }
 
+/// What the options of the header at `l3` (checked and inside the packet) mean for a
+/// translation.
+// A BPF-to-BPF call that returns a plain scalar: the verifier goes on from its three
+// results rather than carrying each path of the walk through the rest of the translation.
+// The header length is read afresh rather than passed: the walk's comparisons would make
+// the verifier track the caller's `ihl` exactly, and prune less after the call.
+#[inline(never)]
+fn options(pkt: &Packet, l3: usize) -> Options {
+    let Ok([vihl, _]) = pkt.read::<2>(l3) else {
+        return Options::Malformed;
+    };
+    let len = ipv4_header_len(vihl).map_or(0, |ihl| ihl - IPV4_MIN_HLEN);
+    if len == 0 {
+        return Options::Translatable;
+    }
+    // The options are copied word by word at constant offsets (a read cannot fail, as the
+    // packet holds the header); the walk ignores the bytes after them.
+    let mut buf = [0u8; OPTIONS_BUF];
+    for k in 0..MAX_OPTIONS_LEN / 4 {
+        if 4 * k >= len {
+            break;
+        }
+        let Ok(w) = pkt.read::<4>(l3 + IPV4_MIN_HLEN + 4 * k) else {
+            return Options::Malformed;
+        };
+        buf[4 * k..4 * k + 4].copy_from_slice(&w);
+    }
+    ipv4_options::walk(&buf, len)
+}
+
 /// Translates the IPv4 packet whose header starts at `l3` (under tc if `TC`).
 // A BPF-to-BPF call: its own stack frame, which keeps every frame under 512 bytes.
 #[inline(never)]
@@ -61,7 +95,7 @@ fn try_translate<const TC: bool, const PHYSICAL: bool>(
 ) -> Result<Counter, Counter> {
     let h = pkt.field::<[u8; 20]>(l3)?;
     let f = fields(h);
-    let ihl = netpage_common::proto::ipv4_header_len(f.vihl).ok_or(Counter::PassMalformed)?;
+    let ihl = ipv4_header_len(f.vihl).ok_or(Counter::PassMalformed)?;
     if f.total < ihl {
         return Err(Counter::PassMalformed);
     }
@@ -72,6 +106,12 @@ fn try_translate<const TC: bool, const PHYSICAL: bool>(
     let addrs = addrs::<PHYSICAL>(h);
     if !addrs.is_hit() {
         return Err(Counter::PassMiss);
+    }
+    // A source route with hops left: the pseudo-header holds the final destination.
+    match options(pkt, l3) {
+        Options::Translatable => {}
+        Options::SourceRoute => return Err(Counter::PassSourceRoute),
+        Options::Malformed => return Err(Counter::PassMalformed),
     }
     let l4 = l3 + ihl;
     // Type and code are read together: the verifier cannot bound a 1-byte read checked as

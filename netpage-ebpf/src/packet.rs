@@ -168,8 +168,8 @@ pub fn settle(off: usize) -> Result<usize, Counter> {
 /// A pointer to the `T` at constant offset `OFF` inside a checked header of `N` bytes.
 ///
 /// `T` may have an alignment the packet does not honour (addresses are moved as 32-bit
-/// words); BPF permits unaligned packet access on the architectures netpage runs on, and
-/// the verifier rejects the program elsewhere rather than misbehaving.
+/// words): such a pointer is only read and written with `read_unaligned` and
+/// `write_unaligned`, since a plain deref or a reference would assume the alignment.
 /// Fields are derived from one checked header pointer by constant offsets, so the verifier
 /// sees them inside the range it proved for the header. (A separate variable-offset
 /// pointer per field would need its own bounds check.)

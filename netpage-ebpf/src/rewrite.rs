@@ -17,6 +17,14 @@ use crate::{
 
 /// The source and destination of an IP header, with what each becomes.
 ///
+/// The addresses are moved as 32-bit words, but the packet does not align them (behind a
+/// 14-byte Ethernet header they lie 2 bytes off): they are read with `read_unaligned` and
+/// written with `write_unaligned`, never through a reference or a plain deref. An
+/// unaligned access is assembled from bytes, so each address is read once, at the lookup,
+/// where the checksum changes are computed and kept folded (which also leaves the verifier
+/// less state to carry through the rest of the translation); only the counters of the
+/// virtual side read the old address again.
+///
 /// An address without a translation "becomes" itself, so the checksum deltas and writes
 /// below are branch-free: the verifier then explores one path instead of one per hit/miss
 /// combination, and the translations live as copied values rather than map pointers.
@@ -25,6 +33,9 @@ pub struct AddrPair<A: Addr> {
     dst: *mut A,
     new_src: A,
     new_dst: A,
+    /// The checksum changes of rewriting the source and the destination, folded.
+    src_delta: u16,
+    dst_delta: u16,
     /// Which addresses hit: [`SRC`] and [`DST`] bits.
     hits: u32,
 }
@@ -39,7 +50,7 @@ impl<A: Addr> AddrPair<A> {
     #[inline(always)]
     pub fn lookup<const PHYSICAL: bool>(src: *mut A, dst: *mut A) -> Self {
         // SAFETY: both pointers lie inside a header checked by `Packet::field`.
-        let (old_src, old_dst) = unsafe { (*src, *dst) };
+        let (old_src, old_dst) = unsafe { (src.read_unaligned(), dst.read_unaligned()) };
         let mut hits = 0;
         let new_src = match A::translate::<PHYSICAL>(&old_src) {
             Some(a) => {
@@ -55,9 +66,15 @@ impl<A: Addr> AddrPair<A> {
             }
             None => old_dst,
         };
+        // Otherwise LLVM may test `hits` as the OR of the two lookup results: arithmetic
+        // on pointers, which the verifier refuses.
+        // SAFETY: reads a local.
+        let hits = unsafe { core::ptr::read_volatile(&hits) };
         Self {
             src,
             dst,
+            src_delta: A::delta(&old_src, &new_src).folded(),
+            dst_delta: A::delta(&old_dst, &new_dst).folded(),
             new_src,
             new_dst,
             hits,
@@ -73,29 +90,34 @@ impl<A: Addr> AddrPair<A> {
     /// The checksum change of rewriting the source.
     #[inline(always)]
     pub fn src_delta(&self) -> Delta {
-        // SAFETY: `src` lies inside a checked header.
-        A::delta(unsafe { &*self.src }, &self.new_src)
+        Delta::from_folded(self.src_delta)
     }
 
     /// The checksum change of rewriting both addresses.
     #[inline(always)]
     pub fn delta(&self) -> Delta {
-        // SAFETY: `dst` lies inside a checked header.
-        self.src_delta()
-            .add(A::delta(unsafe { &*self.dst }, &self.new_dst))
+        self.src_delta().add(Delta::from_folded(self.dst_delta))
     }
 
     /// Counts a packet of `bytes` for each mapping that translates it, under the mapping's
     /// virtual address (the old address on the virtual side, the new one on the physical).
     #[inline(always)]
     pub fn record<const PHYSICAL: bool>(&self, bytes: u64) {
-        // SAFETY: both pointers lie inside a checked header, not yet rewritten.
-        let (old_src, old_dst) = unsafe { (&*self.src, &*self.dst) };
+        // The mapping's virtual address: the new address on the physical side, the old one
+        // (still in the packet) on the virtual side.
+        let va = |new: &A, at: *mut A| {
+            if PHYSICAL {
+                *new
+            } else {
+                // SAFETY: `at` lies inside a checked header, not yet rewritten.
+                unsafe { at.read_unaligned() }
+            }
+        };
         if self.hits & SRC != 0 {
-            A::record(if PHYSICAL { &self.new_src } else { old_src }, bytes);
+            A::record(&va(&self.new_src, self.src), bytes);
         }
         if self.hits & DST != 0 {
-            A::record(if PHYSICAL { &self.new_dst } else { old_dst }, bytes);
+            A::record(&va(&self.new_dst, self.dst), bytes);
         }
     }
 
@@ -104,8 +126,8 @@ impl<A: Addr> AddrPair<A> {
     pub fn write(&self) {
         // SAFETY: both pointers lie inside a checked header.
         unsafe {
-            *self.src = self.new_src;
-            *self.dst = self.new_dst;
+            self.src.write_unaligned(self.new_src);
+            self.dst.write_unaligned(self.new_dst);
         }
     }
 }

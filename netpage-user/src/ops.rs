@@ -6,7 +6,8 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    fmt,
+    net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -29,6 +30,12 @@ pub enum OpError {
         "{vm} and {real} are of different address families: a VM's addresses must both be IPv4 or both IPv6"
     )]
     FamilyMismatch { vm: IpAddr, real: IpAddr },
+    #[error("{role} {addr} cannot be mapped: it is {why}")]
+    UnusableAddress {
+        role: Role,
+        addr: IpAddr,
+        why: Unusable,
+    },
     #[error(
         "VM {vm} is already mapped (to {real}); use `netpage switch --vm {vm} --to RA` to move it"
     )]
@@ -71,6 +78,64 @@ fn draining_hint(draining: bool) -> &'static str {
     }
 }
 
+/// Which address of a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Vm,
+    Real,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Vm => "VM address",
+            Role::Real => "real address",
+        })
+    }
+}
+
+/// Why an address cannot be a mapping's VM or real address: the datapath rewrites the
+/// unicast source or destination of one host, which these addresses do not name. (An
+/// IPv4-mapped IPv6 address stands for an IPv4 host, whose packets carry its IPv4 address.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    #[error("a multicast address")]
+    Multicast,
+    #[error("the IPv4 broadcast address")]
+    Broadcast,
+    #[error("the unspecified address")]
+    Unspecified,
+    #[error("a loopback address")]
+    Loopback,
+    #[error("an IPv4-mapped IPv6 address; map {0} as an IPv4 address instead")]
+    Ipv4Mapped(Ipv4Addr),
+}
+
+/// Why `addr` cannot be one of a mapping's addresses, if it cannot.
+pub fn unusable(addr: IpAddr) -> Option<Unusable> {
+    match addr {
+        IpAddr::V4(a) if a.is_unspecified() => Some(Unusable::Unspecified),
+        IpAddr::V4(a) if a.is_broadcast() => Some(Unusable::Broadcast),
+        IpAddr::V4(a) if a.is_multicast() => Some(Unusable::Multicast),
+        IpAddr::V4(a) if a.is_loopback() => Some(Unusable::Loopback),
+        IpAddr::V4(_) => None,
+        IpAddr::V6(a) if a.is_unspecified() => Some(Unusable::Unspecified),
+        IpAddr::V6(a) if a.is_multicast() => Some(Unusable::Multicast),
+        IpAddr::V6(a) if a.is_loopback() => Some(Unusable::Loopback),
+        IpAddr::V6(a) => a.to_ipv4_mapped().map(Unusable::Ipv4Mapped),
+    }
+}
+
+/// Checks that a mapping's addresses can be mapped, and to each other.
+fn check_mapping(m: Mapping) -> Result<(), OpError> {
+    for (role, addr) in [(Role::Vm, m.vm), (Role::Real, m.real)] {
+        if let Some(why) = unusable(addr) {
+            return Err(OpError::UnusableAddress { role, addr, why });
+        }
+    }
+    check_family(m)
+}
+
 fn check_family(m: Mapping) -> Result<(), OpError> {
     if m.vm.is_ipv4() == m.real.is_ipv4() {
         Ok(())
@@ -96,7 +161,7 @@ fn check_real_free(t: &impl PageTable, vm: IpAddr, real: IpAddr) -> Result<(), O
 
 /// Installs a new mapping: R2V first, then V2R, then its counters.
 pub fn add(t: &mut impl PageTable, m: Mapping) -> Result<(), OpError> {
-    check_family(m)?;
+    check_mapping(m)?;
     if let Some(real) = t.forward(m.vm)? {
         return Err(OpError::VmExists { vm: m.vm, real });
     }
@@ -166,7 +231,7 @@ fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
 
 /// Checks that `vm` may move to `to` and returns where it is now.
 pub fn check_switch(t: &impl PageTable, vm: IpAddr, to: IpAddr) -> Result<IpAddr, OpError> {
-    check_family(Mapping { vm, real: to })?;
+    check_mapping(Mapping { vm, real: to })?;
     let from = t.forward(vm)?.ok_or(OpError::UnknownVm { vm })?;
     check_real_free(t, vm, to)?;
     Ok(from)
@@ -344,14 +409,14 @@ impl Plan {
     }
 }
 
-/// Compares the desired table with the current one. Fails, changing nothing, on a family
-/// mismatch or a VM or real address given twice. A real address may pass from one VM to
-/// another: the file is the whole table.
+/// Compares the desired table with the current one. Fails, changing nothing, on an address
+/// that cannot be mapped, a family mismatch or a VM or real address given twice. A real
+/// address may pass from one VM to another: the file is the whole table.
 pub fn plan(t: &impl PageTable, desired: &[Mapping]) -> Result<Plan, OpError> {
     let mut by_vm = BTreeMap::new();
     let mut by_real: BTreeMap<IpAddr, IpAddr> = BTreeMap::new();
     for &m in desired {
-        check_family(m)?;
+        check_mapping(m)?;
         if by_vm.insert(m.vm, m.real).is_some() {
             return Err(OpError::DuplicateVm { vm: m.vm });
         }

@@ -107,7 +107,9 @@ fn ipv4(p: &[u8], v: &mut Verified, outer: bool) -> Result<(), String> {
         1 => {
             ensure(valid(&[seg]), "ICMP checksum")?;
             v.transport += 1;
-            if matches!(seg[0], 3 | 11 | 12) && seg.len() >= 28 {
+            // Unreachable, source quench, redirect, time exceeded, parameter problem quote
+            // the offending header (RFC 792).
+            if matches!(seg[0], 3 | 4 | 5 | 11 | 12) && seg.len() >= 28 {
                 ipv4(&seg[8..], v, false)?;
             }
             Ok(())

@@ -174,6 +174,97 @@ fn bad_input_is_refused_and_changes_nothing() {
     }
 }
 
+/// Multicast, broadcast, unspecified, loopback and IPv4-mapped addresses name no host the
+/// datapath could translate: refused as VM and as real address, wherever a mapping is
+/// given, with the address and the reason.
+#[test]
+fn special_addresses_are_refused_and_change_nothing() {
+    let world = mapped_world();
+    let (va, va6) = (V4.va.to_string(), V6.va.to_string());
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["map", "add", "--vm", "224.0.0.1", "--real", "198.18.10.102"],
+            "VM address 224.0.0.1 cannot be mapped: it is a multicast address",
+        ),
+        (
+            &[
+                "map",
+                "add",
+                "--vm",
+                "198.19.0.12",
+                "--real",
+                "255.255.255.255",
+            ],
+            "real address 255.255.255.255 cannot be mapped: it is the IPv4 broadcast address",
+        ),
+        (
+            &["map", "add", "--vm", "0.0.0.0", "--real", "198.18.10.102"],
+            "VM address 0.0.0.0 cannot be mapped: it is the unspecified address",
+        ),
+        (
+            &["map", "add", "--vm", "198.19.0.12", "--real", "127.0.0.1"],
+            "real address 127.0.0.1 cannot be mapped: it is a loopback address",
+        ),
+        (
+            &[
+                "map",
+                "add",
+                "--vm",
+                "ff02::1",
+                "--real",
+                "2001:db8:10::102",
+            ],
+            "VM address ff02::1 cannot be mapped: it is a multicast address",
+        ),
+        (
+            &["map", "add", "--vm", "2001:db8:100::12", "--real", "::"],
+            "real address :: cannot be mapped: it is the unspecified address",
+        ),
+        (
+            &["map", "add", "--vm", "::1", "--real", "2001:db8:10::102"],
+            "VM address ::1 cannot be mapped: it is a loopback address",
+        ),
+        (
+            &[
+                "map",
+                "add",
+                "--vm",
+                "::ffff:198.19.0.12",
+                "--real",
+                "2001:db8:10::102",
+            ],
+            "VM address ::ffff:198.19.0.12 cannot be mapped: it is an IPv4-mapped IPv6 address; \
+             map 198.19.0.12 as an IPv4 address instead",
+        ),
+        (
+            &["switch", "--vm", &va, "--to", "239.1.2.3"],
+            "real address 239.1.2.3 cannot be mapped: it is a multicast address",
+        ),
+        (
+            &["switch", "--vm", &va6, "--to", "::ffff:198.18.20.100"],
+            "real address ::ffff:198.18.20.100 cannot be mapped: it is an IPv4-mapped",
+        ),
+    ];
+    for (args, expect) in cases {
+        refused(&world, args, expect);
+    }
+    let dir = tempdir(&world);
+    let path = dir.join("special.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[mapping]]\nvm = \"{va}\"\nreal = \"{}\"\n[[mapping]]\nvm = \"198.19.0.12\"\nreal = \"255.255.255.255\"\n",
+            V4.ra_b
+        ),
+    )
+    .unwrap();
+    refused(
+        &world,
+        &["apply", "-f", path.to_str().unwrap()],
+        "real address 255.255.255.255 cannot be mapped: it is the IPv4 broadcast address",
+    );
+}
+
 #[test]
 fn missing_node_and_privileges_are_explained() {
     let world = World::new();

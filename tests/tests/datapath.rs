@@ -369,8 +369,9 @@ fn ipv4_cases() -> Vec<Case> {
     for (proto, name, outcome) in [
         (33u8, "DCCP", Counter::PassUnknownProto),
         (253, "experimental 253", Counter::PassUnknownProto),
+        // ESP in transport mode encrypts a transport checksum over the original addresses.
+        (50, "ESP", Counter::PassUnknownProto),
         (47, "GRE", Counter::V4ToReal),
-        (50, "ESP", Counter::V4ToReal),
         (132, "SCTP", Counter::V4ToReal),
     ] {
         cases.push(case(
@@ -386,6 +387,221 @@ fn ipv4_cases() -> Vec<Case> {
             }),
         ));
     }
+    for side in [Side::Virtual, Side::Physical] {
+        let (src, dst) = if side == Side::Virtual {
+            (w.va_a, w.client)
+        } else {
+            (w.client, w.ra_a)
+        };
+        cases.push(case(
+            format!("v4 ESP {side:?}"),
+            side,
+            Counter::PassUnknownProto,
+            Box::new(move |x| ether(&[], 0x0800, &esp4(x(src), x(dst), &V4Opts::default()))),
+        ));
+        let o = V4Opts {
+            options: vec![],
+            more_fragments: false,
+            offset: 4,
+        };
+        cases.push(case(
+            format!("v4 ESP non-first fragment {side:?}"),
+            side,
+            Counter::PassUnknownProto,
+            Box::new(move |x| ether(&[], 0x0800, &esp4(x(src), x(dst), &o))),
+        ));
+    }
+
+    // A first fragment too short for its TCP header passes untouched, not half rewritten:
+    // 12 bytes end before the checksum, 17 cut through it.
+    for (cut, side) in [
+        (12, Side::Virtual),
+        (12, Side::Physical),
+        (17, Side::Virtual),
+    ] {
+        let (src, dst) = if side == Side::Virtual {
+            (w.client, w.va_a)
+        } else {
+            (w.ra_a, w.client)
+        };
+        cases.push(case(
+            format!("v4 TCP first fragment of {cut} bytes {side:?}"),
+            side,
+            Counter::PassMalformed,
+            Box::new(move |x| {
+                let (s, d) = (x(src), x(dst));
+                let o = V4Opts {
+                    options: vec![],
+                    more_fragments: true,
+                    offset: 0,
+                };
+                ether(&[], 0x0800, &ipv4(s, d, 6, &o, &tcp(s, d, PAYLOAD)[..cut]))
+            }),
+        ));
+    }
+    cases
+}
+
+/// An ESP packet (SPI, sequence number, then ciphertext) from `src` to `dst`.
+fn esp4(src: IpAddr, dst: IpAddr, o: &V4Opts) -> Vec<u8> {
+    ipv4(src, dst, 50, o, &esp_body())
+}
+
+/// The body of an ESP packet: SPI, sequence number, opaque payload.
+fn esp_body() -> Vec<u8> {
+    [&[0, 0, 0x10, 0x01, 0, 0, 0, 7][..], PAYLOAD].concat()
+}
+
+/// An IPv4 source route option of `kind` (loose 131, strict 137) through `hops`, with
+/// pointer `ptr` (4 points at the first hop), after a NOP: 12 bytes of options.
+fn source_route(kind: u8, ptr: u8, hops: [IpAddr; 2]) -> Vec<u8> {
+    let mut o = vec![1, kind, 11, ptr];
+    for h in hops {
+        match h {
+            IpAddr::V4(a) => o.extend(a.octets()),
+            IpAddr::V6(_) => panic!("{h} in an IPv4 source route"),
+        }
+    }
+    o
+}
+
+/// IPv4 options that keep the header's destination out of the transport pseudo-header:
+/// a source route with hops left passes untouched; a completed one translates.
+fn source_route_cases() -> Vec<Case> {
+    let w = W4();
+    let mut cases = Vec::new();
+    let hop = ip4(198, 51, 100, 1);
+    // With hops left the header's destination is the next hop and the pseudo-header holds
+    // the final destination, the last hop: the sender's checksum is over `final_dst`.
+    let routed = |name: String,
+                  side: Side,
+                  outcome: Counter,
+                  l4: L4,
+                  (src, dst): (IpAddr, IpAddr),
+                  pseudo_dst: IpAddr,
+                  options: Vec<u8>| {
+        case(
+            name,
+            side,
+            outcome,
+            Box::new(move |x: Xlate| {
+                let (s, d) = (x(src), x(dst));
+                let (proto, seg) = segment(l4, false, s, x(pseudo_dst));
+                let o = V4Opts {
+                    options: options.clone(),
+                    ..V4Opts::default()
+                };
+                ether(&[], 0x0800, &ipv4(s, d, proto, &o, &seg))
+            }),
+        )
+    };
+    for (kind, name) in [(131u8, "LSRR"), (137, "SSRR")] {
+        for l4 in [L4::Tcp, L4::Udp] {
+            // The VM sends through a router, to a client.
+            cases.push(routed(
+                format!("v4 {name} {l4:?} with hops left from a VA, virtual"),
+                Side::Virtual,
+                Counter::PassSourceRoute,
+                l4,
+                (w.va_a, w.router),
+                w.client,
+                source_route(kind, 4, [w.router, w.client]),
+            ));
+            // A client reaches the VM through its real address as the next hop.
+            cases.push(routed(
+                format!("v4 {name} {l4:?} with the last hop left to an RA, physical"),
+                Side::Physical,
+                Counter::PassSourceRoute,
+                l4,
+                (w.client, w.ra_a),
+                hop,
+                source_route(kind, 8, [w.ra_a, hop]),
+            ));
+            // Hops all used: the header's destination is the final one.
+            cases.push(routed(
+                format!("v4 {name} {l4:?} completed, virtual"),
+                Side::Virtual,
+                Counter::V4ToReal,
+                l4,
+                (w.va_a, w.client),
+                w.client,
+                source_route(kind, 12, [w.router, w.client]),
+            ));
+            cases.push(routed(
+                format!("v4 {name} {l4:?} completed, physical"),
+                Side::Physical,
+                Counter::V4ToVirtual,
+                l4,
+                (w.client, w.ra_a),
+                w.ra_a,
+                source_route(kind, 12, [w.router, w.ra_a]),
+            ));
+        }
+    }
+    cases.push(routed(
+        "v4 LSRR with hops left, unmapped".into(),
+        Side::Virtual,
+        Counter::PassMiss,
+        L4::Tcp,
+        (w.client, w.router),
+        hop,
+        source_route(131, 4, [w.router, hop]),
+    ));
+    // A route behind a record route (7 bytes) and a route without hops (3 bytes).
+    let mut late = vec![7, 7, 4, 0, 0, 0, 0, 1, 1, 1, 1, 1, 131, 3, 4, 1];
+    late.extend(source_route(131, 4, [w.router, w.client]));
+    cases.push(routed(
+        "v4 LSRR after other options, virtual".into(),
+        Side::Virtual,
+        Counter::PassSourceRoute,
+        L4::Udp,
+        (w.va_a, w.router),
+        w.client,
+        late,
+    ));
+    // The end of the option list: what follows is not an option.
+    let mut ended = vec![0; 4];
+    ended.extend(source_route(131, 4, [w.router, w.client]));
+    cases.push(routed(
+        "v4 LSRR after the end of the option list, virtual".into(),
+        Side::Virtual,
+        Counter::V4ToReal,
+        L4::Tcp,
+        (w.va_a, w.client),
+        w.client,
+        ended,
+    ));
+    // Options the walk cannot step over.
+    for (what, options) in [
+        ("an option of length 1", vec![148, 1, 0, 0]),
+        (
+            "a timestamp past the header",
+            vec![1, 68, 12, 5, 0, 0, 0, 0],
+        ),
+        ("a source route without pointer", vec![137, 2, 0, 0]),
+    ] {
+        cases.push(routed(
+            format!("v4 {what}, virtual"),
+            Side::Virtual,
+            Counter::PassMalformed,
+            L4::Tcp,
+            (w.va_a, w.client),
+            w.client,
+            options,
+        ));
+    }
+    // 40 bytes of options, the route at their end.
+    let mut full = vec![1; 28];
+    full.extend(source_route(137, 8, [w.router, w.client]));
+    cases.push(routed(
+        "v4 SSRR at the end of 40 bytes of options, physical".into(),
+        Side::Physical,
+        Counter::PassSourceRoute,
+        L4::Udp,
+        (w.ra_a, w.router),
+        w.client,
+        full,
+    ));
     cases
 }
 
@@ -637,6 +853,77 @@ fn icmp_error_cases() -> Vec<Case> {
                 none(),
             ),
         ),
+        // Source quench and redirect quote the offending header too.
+        case(
+            "v4 source quench quoting TCP, physical",
+            Side::Physical,
+            Counter::V4ToVirtual,
+            icmp4_error(
+                4,
+                0,
+                w.router,
+                w.ra_a,
+                L4::Tcp,
+                w.ra_a,
+                w.client,
+                1000,
+                none(),
+            ),
+        ),
+        case(
+            "v4 source quench quoting UDP, virtual",
+            Side::Virtual,
+            Counter::V4ToReal,
+            icmp4_error(
+                4,
+                0,
+                w.va_a,
+                w.client,
+                L4::Udp,
+                w.client,
+                w.va_a,
+                28,
+                none(),
+            ),
+        ),
+        case(
+            "v4 redirect quoting UDP, physical",
+            Side::Physical,
+            Counter::V4ToVirtual,
+            icmp4_error(
+                5,
+                1,
+                w.router,
+                w.ra_a,
+                L4::Udp,
+                w.ra_a,
+                w.client,
+                1000,
+                none(),
+            ),
+        ),
+        case(
+            "v4 redirect quoting TCP cut at 8 bytes, virtual",
+            Side::Virtual,
+            Counter::V4ToReal,
+            icmp4_error(
+                5,
+                0,
+                w.va_a,
+                w.client,
+                L4::Tcp,
+                w.client,
+                w.va_a,
+                28,
+                none(),
+            ),
+        ),
+        case(
+            "v4 redirect between two VMs, physical",
+            Side::Physical,
+            Counter::V4ToVirtual,
+            icmp4_error(5, 1, w.ra_b, w.ra_a, L4::Echo, w.ra_a, w.ra_b, 1000, none()),
+        ),
         case(
             "v6 packet too big quoting TCP, physical",
             Side::Physical,
@@ -867,6 +1154,52 @@ fn ipv6_ext_cases() -> Vec<Case> {
             }),
         ));
     }
+    for side in [Side::Virtual, Side::Physical] {
+        let (src, dst) = if side == Side::Virtual {
+            (w.client, w.va_a)
+        } else {
+            (w.ra_a, w.client)
+        };
+        cases.push(case(
+            format!("v6 ESP {side:?}"),
+            side,
+            Counter::PassUnknownProto,
+            Box::new(move |x| ether(&[], 0x86DD, &ipv6(x(src), x(dst), 50, &[], &esp_body()))),
+        ));
+        cases.push(case(
+            format!("v6 ESP behind a destination options header {side:?}"),
+            side,
+            Counter::PassUnknownProto,
+            Box::new(move |x| {
+                let e = ext(60, 50, &[1, 4, 0, 0, 0, 0]);
+                ether(&[], 0x86DD, &ipv6(x(src), x(dst), 60, &e, &esp_body()))
+            }),
+        ));
+        // A first fragment (M set) with 12 bytes of TCP, before its checksum.
+        cases.push(case(
+            format!("v6 TCP first fragment of 12 bytes {side:?}"),
+            side,
+            Counter::PassMalformed,
+            Box::new(move |x| {
+                let (s, d) = (x(src), x(dst));
+                let frag = ext(44, 6, &[0, 1, 0, 0, 0, 7]);
+                ether(
+                    &[],
+                    0x86DD,
+                    &ipv6(s, d, 44, &frag, &tcp(s, d, PAYLOAD)[..12]),
+                )
+            }),
+        ));
+    }
+    cases.push(case(
+        "v6 TCP of 17 bytes",
+        Side::Virtual,
+        Counter::PassMalformed,
+        Box::new(move |x| {
+            let (s, d) = (x(w.client), x(w.va_a));
+            ether(&[], 0x86DD, &ipv6(s, d, 6, &[], &tcp(s, d, PAYLOAD)[..17]))
+        }),
+    ));
     cases.push(case(
         "v6 UDP-Lite",
         Side::Virtual,
@@ -1041,6 +1374,11 @@ fn ipv4_headers_fragments_and_protocols() {
 #[test]
 fn icmp_errors_translate_the_quoted_header() {
     run_all(icmp_error_cases());
+}
+
+#[test]
+fn ipv4_source_routes() {
+    run_all(source_route_cases());
 }
 
 #[test]

@@ -128,12 +128,13 @@ fn mapped(vm: &str, real: &str) -> MemTable {
     t
 }
 
-/// Asserts that `op` fails with an error matching `pat` and leaves the table as it was.
+/// Asserts that `op` fails with an error matching `pat` (and `guard`) and leaves the table
+/// as it was.
 macro_rules! refused {
-    ($t:expr, $op:expr, $pat:pat) => {{
+    ($t:expr, $op:expr, $pat:pat $(if $guard:expr)?) => {{
         let before = $t.snapshot();
         let r = $op;
-        assert!(matches!(r, Err($pat)), "unexpected result {r:?}");
+        assert!(matches!(r, Err($pat) $(if $guard)?), "unexpected result {r:?}");
         assert_eq!(
             $t.snapshot(),
             before,
@@ -179,6 +180,109 @@ fn add_refuses_bad_input() {
         t,
         add(&mut t, m(VM2, "2001:db8::1")),
         OpError::FamilyMismatch { .. }
+    );
+}
+
+/// Addresses no mapping may use, with why.
+fn unusable_addresses() -> Vec<(&'static str, Unusable)> {
+    vec![
+        ("224.0.0.1", Unusable::Multicast),
+        ("239.255.255.250", Unusable::Multicast),
+        ("255.255.255.255", Unusable::Broadcast),
+        ("0.0.0.0", Unusable::Unspecified),
+        ("127.0.0.1", Unusable::Loopback),
+        ("127.1.2.3", Unusable::Loopback),
+        ("ff02::1", Unusable::Multicast),
+        ("ff05::1:3", Unusable::Multicast),
+        ("::", Unusable::Unspecified),
+        ("::1", Unusable::Loopback),
+        (
+            "::ffff:198.18.10.100",
+            Unusable::Ipv4Mapped("198.18.10.100".parse().unwrap()),
+        ),
+    ]
+}
+
+#[test]
+fn special_addresses_are_unusable_and_others_are_not() {
+    for (addr, why) in unusable_addresses() {
+        assert_eq!(unusable(ip(addr)), Some(why), "{addr}");
+    }
+    for addr in [
+        VM,
+        RA_A,
+        "10.0.0.1",
+        "198.51.100.255",
+        "169.254.1.1",
+        "2001:db8::1",
+        "fd00::10",
+        "fe80::1",
+        "::ffff:0:198.18.10.100",
+        "64:ff9b::198.18.10.100",
+    ] {
+        assert_eq!(unusable(ip(addr)), None, "{addr}");
+    }
+}
+
+#[test]
+fn add_refuses_special_addresses_on_either_side() {
+    let mut t = mapped(VM, RA_A);
+    for (bad, why) in unusable_addresses() {
+        let v6 = ip(bad).is_ipv6();
+        let (vm, real) = if v6 {
+            ("2001:db8:100::11", "2001:db8:10::101")
+        } else {
+            (VM2, RA2)
+        };
+        refused!(
+            t,
+            add(&mut t, m(bad, real)),
+            OpError::UnusableAddress {
+                role: Role::Vm,
+                why: w,
+                ..
+            } if w == why
+        );
+        refused!(
+            t,
+            add(&mut t, m(vm, bad)),
+            OpError::UnusableAddress {
+                role: Role::Real,
+                why: w,
+                ..
+            } if w == why
+        );
+    }
+    // Before the family: the address itself is what is wrong.
+    refused!(
+        t,
+        add(&mut t, m("::ffff:198.19.0.11", RA2)),
+        OpError::UnusableAddress {
+            role: Role::Vm,
+            why: Unusable::Ipv4Mapped(_),
+            ..
+        }
+    );
+}
+
+#[test]
+fn the_refusal_names_the_address_and_why() {
+    let mut t = MemTable::default();
+    let e = add(&mut t, m(VM, "255.255.255.255")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "real address 255.255.255.255 cannot be mapped: it is the IPv4 broadcast address"
+    );
+    let e = add(&mut t, m("::ffff:198.19.0.10", "2001:db8::1")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "VM address ::ffff:198.19.0.10 cannot be mapped: it is an IPv4-mapped IPv6 address; \
+         map 198.19.0.10 as an IPv4 address instead"
+    );
+    let e = add(&mut t, m("ff02::1", "2001:db8::1")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "VM address ff02::1 cannot be mapped: it is a multicast address"
     );
 }
 
@@ -243,6 +347,23 @@ fn switch_refuses_bad_input() {
         switch(&mut t, ip(VM), ip("2001:db8::1"), SECOND, 0),
         OpError::FamilyMismatch { .. }
     );
+    for to in ["224.0.0.5", "255.255.255.255", "0.0.0.0", "127.0.0.1"] {
+        refused!(
+            t,
+            switch(&mut t, ip(VM), ip(to), SECOND, 0),
+            OpError::UnusableAddress {
+                role: Role::Real,
+                ..
+            }
+        );
+    }
+    // Over several nodes, the check comes before any node changes.
+    let mut other = mapped(VM, RA_A);
+    other.log = t.log.clone();
+    let mut nodes = [("gw".to_owned(), &mut t), ("host".to_owned(), &mut other)];
+    let e = switch_many(&mut nodes, ip(VM), ip("127.0.0.1"), SECOND, 0).unwrap_err();
+    assert!(e.to_string().starts_with("node gw"), "{e}");
+    assert!(t.log.borrow().is_empty(), "writes: {:?}", t.log.borrow());
 }
 
 #[test]
@@ -333,6 +454,20 @@ fn apply_refuses_inconsistent_files() {
         plan(&t, &family),
         Err(OpError::FamilyMismatch { .. })
     ));
+    for (bad, _) in unusable_addresses() {
+        let (vm, real) = if ip(bad).is_ipv6() {
+            ("2001:db8:100::10", "2001:db8:10::100")
+        } else {
+            (VM, RA_A)
+        };
+        for file in [[m(VM2, RA2), m(bad, real)], [m(VM2, RA2), m(vm, bad)]] {
+            let r = plan(&t, &file);
+            assert!(
+                matches!(r, Err(OpError::UnusableAddress { addr, .. }) if addr == ip(bad)),
+                "{file:?}: {r:?}"
+            );
+        }
+    }
 }
 
 #[test]
