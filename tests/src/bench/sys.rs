@@ -26,7 +26,7 @@ const XDP_PASS_PROGRAM: [u64; 2] = [
 
 /// `r0 = -1 (TC_ACT_UNSPEC: the next program, or pass); exit`.
 const TC_NEXT_PROGRAM: [u64; 2] = [
-    0xFFFF_FFFF_0000_00b7, // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm -1
+    0xffff_ffff_0000_00b7, // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm -1
     0x0000_0000_0000_0095, // BPF_JMP | BPF_EXIT
 ];
 
