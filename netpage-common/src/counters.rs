@@ -62,9 +62,15 @@ pub enum Counter {
     FastError = 20,
 }
 
+const _: () = assert!(Counter::COUNT <= Counter::SLOTS);
+
 impl Counter {
-    /// Number of counters (the size of the counter array).
+    /// Number of counters.
     pub const COUNT: u32 = 21;
+
+    /// Slots of the counter array: room for counters added later, which take the next
+    /// free indices, so that a node's pinned array keeps its layout across upgrades.
+    pub const SLOTS: u32 = 64;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [

@@ -197,7 +197,7 @@ pub const LAYOUTS: [Layout; 11] = [
     layout::<Addr6, Addr6>(R2V6, None),
     layout::<Addr4, MappingStats>(STATS4, None),
     layout::<Addr6, MappingStats>(STATS6, None),
-    layout::<u32, u64>(COUNTERS, Some(crate::counters::Counter::COUNT)),
+    layout::<u32, u64>(COUNTERS, Some(crate::counters::Counter::SLOTS)),
     layout::<IfaceName, IfaceRecord>(IFACES, Some(MAX_IFACES)),
     layout::<u32, PortRecord>(PORTS, Some(MAX_IFACES)),
     layout::<DrainKey, DrainEntry>(DRAINS, None),

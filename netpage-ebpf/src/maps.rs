@@ -48,9 +48,9 @@ static STATS4: PerCpuHashMap<[u32; 1], MappingStats> =
 static STATS6: PerCpuHashMap<[u32; 4], MappingStats> =
     PerCpuHashMap::with_max_entries(DEFAULT_CAPACITY, 0);
 
-/// Outcome counters, one slot per [`Counter`].
+/// Outcome counters, one slot per [`Counter`] (and free slots for counters to come).
 #[map(name = "NP_COUNTERS")]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::SLOTS, 0);
 
 /// The node's attached interfaces, with side and mode. Only user space reads it; it lives
 /// here so that it is pinned with the tables.
