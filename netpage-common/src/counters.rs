@@ -38,35 +38,39 @@ pub enum Counter {
     /// An IPv4 loose or strict source route with hops left: the transport pseudo-header
     /// holds the final destination from the option, not the header's destination.
     PassSourceRoute = 12,
+    /// An ICMP or ICMPv6 error whose own addresses are not in the table but whose quoted
+    /// packet's are (a router inside the network tells a client about its packet to a real
+    /// address): the quote and the checksum over it were translated.
+    QuoteOnly = 13,
     /// Fast path: forwarded by the program itself (`XDP_REDIRECT` to the FIB's egress).
-    FastRedirected = 13,
+    FastRedirected = 14,
     /// Fast path, left to the kernel: the next hop's neighbour entry is not resolved.
-    FastNoNeigh = 14,
+    FastNoNeigh = 15,
     /// Fast path, left to the kernel: not a forward (local delivery, broadcast, blackhole,
     /// unreachable, prohibited, forwarding disabled on the ingress interface).
-    FastNotForwarded = 15,
+    FastNotForwarded = 16,
     /// Fast path, left to the kernel: larger than the egress MTU.
-    FastFragNeeded = 16,
+    FastFragNeeded = 17,
     /// Fast path, left to the kernel: TTL or hop limit at most 1 (the kernel answers with
     /// ICMP time exceeded).
-    FastTtl = 17,
+    FastTtl = 18,
     /// Fast path, left to the kernel: a frame the kernel's forwarding path has more to do
     /// for (VLAN tags, IPv4 options, an IPv6 hop-by-hop header, a frame not addressed to
     /// the interface, special addresses, a route back out of the ingress interface).
-    FastIneligible = 18,
+    FastIneligible = 19,
     /// Fast path, left to the kernel: the egress interface has no netpage program, so it
     /// may not accept redirected frames.
-    FastEgress = 19,
+    FastEgress = 20,
     /// Fast path, left to the kernel: the lookup failed otherwise (an error, an unsupported
     /// route type).
-    FastError = 20,
+    FastError = 21,
 }
 
 const _: () = assert!(Counter::COUNT <= Counter::SLOTS);
 
 impl Counter {
     /// Number of counters.
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
 
     /// Slots of the counter array: room for counters added later, which take the next
     /// free indices, so that a node's pinned array keeps its layout across upgrades.
@@ -87,6 +91,7 @@ impl Counter {
         Counter::PassUnknownProto,
         Counter::PassNeighborDiscovery,
         Counter::PassSourceRoute,
+        Counter::QuoteOnly,
         Counter::FastRedirected,
         Counter::FastNoNeigh,
         Counter::FastNotForwarded,
@@ -113,6 +118,7 @@ impl Counter {
             Counter::PassUnknownProto => "pass_unknown_proto",
             Counter::PassNeighborDiscovery => "pass_neighbor_discovery",
             Counter::PassSourceRoute => "pass_source_route",
+            Counter::QuoteOnly => "translated_icmp_quote_only",
             Counter::FastRedirected => "fast_redirected",
             Counter::FastNoNeigh => "fast_fallback_no_neigh",
             Counter::FastNotForwarded => "fast_fallback_not_forwarded",
@@ -128,7 +134,11 @@ impl Counter {
     pub const fn is_translated(self) -> bool {
         matches!(
             self,
-            Counter::V4ToReal | Counter::V4ToVirtual | Counter::V6ToReal | Counter::V6ToVirtual
+            Counter::V4ToReal
+                | Counter::V4ToVirtual
+                | Counter::V6ToReal
+                | Counter::V6ToVirtual
+                | Counter::QuoteOnly
         )
     }
 
@@ -175,7 +185,7 @@ mod tests {
     #[test]
     fn dimensions() {
         let outcomes = Counter::ALL.iter().filter(|c| !c.is_fast_path()).count();
-        assert_eq!(outcomes, 13);
+        assert_eq!(outcomes, 14);
         for c in Counter::ALL {
             assert_eq!(c.is_fast_path(), c.name().starts_with("fast_"), "{c:?}");
             assert_eq!(

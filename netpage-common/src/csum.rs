@@ -79,6 +79,35 @@ impl Delta {
     }
 }
 
+/// What translating an ICMP error's quote did: whether an address of the quoted packet was
+/// translated, and the change of the quoted bytes (folded). One `u64`, so that a BPF-to-BPF
+/// call returns it in a register. (The change alone cannot tell: translating an IPv6 quote
+/// with its transport checksum changes the sum of the quoted bytes by nothing.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quoted(u64);
+
+impl Quoted {
+    /// No address of the quote was translated.
+    pub const NONE: Self = Self(0);
+
+    /// The quote was translated, its bytes changed by `body`.
+    #[inline(always)]
+    pub const fn translated(body: Delta) -> Self {
+        Self(1 << 16 | fold(body.0) as u64)
+    }
+
+    #[inline(always)]
+    pub const fn hit(self) -> bool {
+        self.0 >> 16 != 0
+    }
+
+    /// The change of the quoted bytes.
+    #[inline(always)]
+    pub const fn body(self) -> Delta {
+        Delta(self.0 & 0xFFFF)
+    }
+}
+
 /// Folds a one's-complement accumulator to 16 bits (end-around carry).
 #[inline(always)]
 pub const fn fold(mut sum: u64) -> u16 {
@@ -263,5 +292,18 @@ mod tests {
         // An unchanged address leaves the checksum as it is.
         assert!(Delta::ZERO.bytes(&[1, 2, 3, 4], &[1, 2, 3, 4]).is_zero());
         assert_eq!(apply_udp(0xABCD, Delta::ZERO), 0xABCD);
+    }
+
+    #[test]
+    fn a_quote_says_whether_it_hit_even_when_its_sum_did_not_change() {
+        assert!(!Quoted::NONE.hit());
+        assert_eq!(Quoted::NONE.body(), Delta::ZERO);
+        let neutral = Quoted::translated(Delta::ZERO.word(0x1234, 0x1234));
+        assert!(neutral.hit());
+        assert!(neutral.body().is_zero());
+        let d = Delta::ZERO.word32(0xC612_0A64, 0xC613_000A);
+        let q = Quoted::translated(d);
+        assert!(q.hit());
+        assert_eq!(apply(0x62FC, q.body()), apply(0x62FC, d));
     }
 }

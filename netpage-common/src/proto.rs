@@ -38,6 +38,8 @@ pub const MAX_EXT_HEADERS: usize = 6;
 pub const MAX_QUOTED_EXT_HEADERS: usize = 6;
 /// ICMP and ICMPv6 header before the body (type, code, checksum, 4 bytes).
 pub const ICMP_HLEN: usize = 8;
+/// Offset of the checksum in the ICMP and ICMPv6 header.
+pub const ICMP_CHECK: usize = 2;
 /// Offsets of the source and destination addresses in the IPv4 and IPv6 headers.
 pub const IPV4_SRC: usize = 12;
 pub const IPV4_DST: usize = 16;

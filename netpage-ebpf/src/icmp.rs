@@ -4,13 +4,14 @@
 //! vice versa; looking both up in this side's table translates it consistently. The quote
 //! is usually cut short: its transport checksum is fixed only where the quote reaches it.
 //!
-//! Both functions run after the outer header is rewritten and cannot fail: a quote they
-//! cannot parse is left as it is (the outer translation and the ICMP checksum stay
-//! valid). They return the change of the quoted bytes, which the ICMP checksum covers.
+//! Both functions cannot fail: a quote they cannot parse is left as it is (the outer
+//! translation and the ICMP checksum stay valid). They run after the outer header is
+//! rewritten, or alone when only the quote is mapped, and return whether they translated
+//! the quote and the change of the quoted bytes, which the ICMP checksum covers.
 
 use netpage_common::{
     counters::Counter,
-    csum::{Delta, apply},
+    csum::{Delta, Quoted, apply},
     proto::{IPV4_MIN_HLEN, IPV6_HLEN, L4, MAX_QUOTED_EXT_HEADERS, ipv4_header_len},
 };
 
@@ -23,8 +24,8 @@ use crate::{
 /// Translates the IPv4 header quoted at `q` (the quote ends at `end`).
 // A BPF-to-BPF call: its own stack frame, which keeps every frame under 512 bytes.
 #[inline(never)]
-pub fn quoted4<const PHYSICAL: bool>(pkt: &Packet, q: usize, end: usize) -> Delta {
-    try_quoted4::<PHYSICAL>(pkt, q, end).unwrap_or(Delta::ZERO)
+pub fn quoted4<const PHYSICAL: bool>(pkt: &Packet, q: usize, end: usize) -> Quoted {
+    try_quoted4::<PHYSICAL>(pkt, q, end).map_or(Quoted::NONE, Quoted::translated)
 }
 
 #[inline(always)]
@@ -34,7 +35,7 @@ fn try_quoted4<const PHYSICAL: bool>(pkt: &Packet, q: usize, end: usize) -> Resu
     let ihl = ipv4_header_len(f.vihl).ok_or(Counter::PassMalformed)?;
     let addrs = ipv4::addrs::<PHYSICAL>(h);
     if !addrs.is_hit() {
-        return Ok(Delta::ZERO);
+        return Err(Counter::PassMiss);
     }
     let kind = L4::classify(f.proto, false, f.first_fragment, 0);
     let l4_check = check_field(pkt, kind, q + ihl, end)?;
@@ -54,8 +55,8 @@ fn try_quoted4<const PHYSICAL: bool>(pkt: &Packet, q: usize, end: usize) -> Resu
 /// Translates the IPv6 header quoted at `q` (the quote ends at `end`).
 // A BPF-to-BPF call: its own stack frame, which keeps every frame under 512 bytes.
 #[inline(never)]
-pub fn quoted6<const PHYSICAL: bool>(pkt: &Packet, q: usize, end: usize) -> Delta {
-    try_quoted6::<PHYSICAL>(pkt, q, end).unwrap_or(Delta::ZERO)
+pub fn quoted6<const PHYSICAL: bool>(pkt: &Packet, q: usize, end: usize) -> Quoted {
+    try_quoted6::<PHYSICAL>(pkt, q, end).map_or(Quoted::NONE, Quoted::translated)
 }
 
 #[inline(always)]
@@ -63,11 +64,11 @@ fn try_quoted6<const PHYSICAL: bool>(pkt: &Packet, q: usize, end: usize) -> Resu
     let h = pkt.field::<[u8; IPV6_HLEN]>(q)?;
     let f = ipv6::fields(h);
     if f.version != 6 {
-        return Ok(Delta::ZERO);
+        return Err(Counter::PassMalformed);
     }
     let addrs = ipv6::addrs::<PHYSICAL>(h);
     if !addrs.is_hit() {
-        return Ok(Delta::ZERO);
+        return Err(Counter::PassMiss);
     }
     // A quote cut inside its extension headers has no transport checksum to fix.
     let (l4_check, kind, pseudo) =

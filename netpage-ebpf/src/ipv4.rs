@@ -5,15 +5,15 @@ use netpage_common::{
     csum::{Delta, apply},
     ipv4_options::{self, MAX_OPTIONS_LEN, OPTIONS_BUF, Options},
     proto::{
-        ICMP_HLEN, IPPROTO_ICMP, IPV4_CHECK, IPV4_DST, IPV4_MIN_HLEN, IPV4_SRC, L4,
-        ipv4_first_fragment, ipv4_header_len,
+        ICMP_CHECK, ICMP_HLEN, IPPROTO_ICMP, IPV4_CHECK, IPV4_DST, IPV4_MIN_HLEN, IPV4_SRC, L4,
+        ipv4_first_fragment, ipv4_header_len, is_icmp4_error,
     },
 };
 
 use crate::{
     icmp,
     packet::{Field, Packet, Word, get16, put16, sub},
-    rewrite::{AddrPair, check_field, fix_transport},
+    rewrite::{AddrPair, check_field, fix_check, fix_transport},
 };
 
 /// A checked pointer to the fixed part of an IPv4 header.
@@ -81,6 +81,43 @@ fn options(pkt: &Packet, l3: usize) -> Options {
     ipv4_options::walk(&buf, len)
 }
 
+/// An IPv4 packet (at `l3`) whose addresses missed: if it is an ICMP error on the physical
+/// side, translates its quote if the quoted packet's addresses are in the table, and the
+/// ICMP checksum over it. That is a router inside the network telling a client about its
+/// packet to a real address (the client knows the packet by the virtual address); errors
+/// about a VM's own packets are addressed to its real address and translated whole. The
+/// header is not rewritten, so no other checksum changes, and an ICMP error is never left
+/// to checksum offload: the arithmetic holds under tc too.
+// A BPF-to-BPF call of its own, from the top: the translation's frame stays as it is.
+#[inline(never)]
+pub fn quote_only<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Counter {
+    Counter::outcome(try_quote_only::<PHYSICAL>(pkt, l3))
+}
+
+#[inline(always)]
+fn try_quote_only<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Result<Counter, Counter> {
+    if !PHYSICAL {
+        return Err(Counter::PassMiss);
+    }
+    let f = fields(pkt.field::<[u8; 20]>(l3)?);
+    let ihl = ipv4_header_len(f.vihl).ok_or(Counter::PassMalformed)?;
+    let (l4, end) = (l3 + ihl, l3 + f.total);
+    if f.proto != IPPROTO_ICMP || !f.first_fragment || l4 + L4::Icmp4Error.min_len() > end {
+        return Err(Counter::PassMiss);
+    }
+    // Type and code are read together (see `try_translate`).
+    if !is_icmp4_error(pkt.read::<2>(l4)?[0]) {
+        return Err(Counter::PassMiss);
+    }
+    let check = pkt.field::<[u8; 2]>(l4 + ICMP_CHECK)?;
+    let quoted = icmp::quoted4::<PHYSICAL>(pkt, l4 + ICMP_HLEN, end);
+    if !quoted.hit() {
+        return Err(Counter::PassMiss);
+    }
+    fix_check(check, L4::Icmp4Error, quoted.body());
+    Ok(Counter::QuoteOnly)
+}
+
 /// Translates the IPv4 packet whose header starts at `l3` (under tc if `TC`).
 // A BPF-to-BPF call: its own stack frame, which keeps every frame under 512 bytes.
 #[inline(never)]
@@ -135,7 +172,7 @@ fn try_translate<const TC: bool, const PHYSICAL: bool>(
     put16(f.check, apply(get16(f.check), d));
     // From here on nothing fails: the quote is rewritten, then the ICMP checksum.
     let body = if kind.is_error() {
-        icmp::quoted4::<PHYSICAL>(pkt, l4 + ICMP_HLEN, end)
+        icmp::quoted4::<PHYSICAL>(pkt, l4 + ICMP_HLEN, end).body()
     } else {
         Delta::ZERO
     };

@@ -4,16 +4,16 @@
 use netpage_common::{
     counters::Counter,
     proto::{
-        ICMP_HLEN, IPPROTO_FRAGMENT, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPV6_DST, IPV6_HLEN,
-        IPV6_SRC, L4, MAX_EXT_HEADERS, ipv6_ext_len, ipv6_first_fragment, is_ipv6_ext,
-        routing_hides_dst,
+        ICMP_CHECK, ICMP_HLEN, IPPROTO_FRAGMENT, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPV6_DST,
+        IPV6_HLEN, IPV6_SRC, L4, MAX_EXT_HEADERS, ipv6_ext_len, ipv6_first_fragment,
+        is_icmp6_error, is_ipv6_ext, routing_hides_dst,
     },
 };
 
 use crate::{
     icmp,
     packet::{Field, Packet, settle, sub},
-    rewrite::{AddrPair, check_field, fix_transport},
+    rewrite::{AddrPair, check_field, fix_check, fix_transport},
 };
 
 /// A checked pointer to an IPv6 header.
@@ -104,6 +104,39 @@ pub fn walk<const MAX: usize>(
     })
 }
 
+/// An IPv6 packet (at `l3`) whose addresses missed: if it is an ICMPv6 error right after
+/// the header, on the physical side, as `ipv4::quote_only`, with the ICMPv6 checksum's
+/// pseudo-header unchanged. Errors behind extension headers are left alone: the walk would
+/// cost every missed packet.
+// A BPF-to-BPF call of its own, from the top: the translation's frame stays as it is.
+#[inline(never)]
+pub fn quote_only<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Counter {
+    Counter::outcome(try_quote_only::<PHYSICAL>(pkt, l3))
+}
+
+#[inline(always)]
+fn try_quote_only<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Result<Counter, Counter> {
+    if !PHYSICAL {
+        return Err(Counter::PassMiss);
+    }
+    let f = fields(pkt.field::<[u8; IPV6_HLEN]>(l3)?);
+    let (l4, end) = (l3 + IPV6_HLEN, l3 + IPV6_HLEN + f.payload);
+    if f.next != IPPROTO_ICMPV6 || l4 + L4::Icmp6Error.min_len() > end {
+        return Err(Counter::PassMiss);
+    }
+    // Type and code are read together (see `ipv4::translate`).
+    if !is_icmp6_error(pkt.read::<2>(l4)?[0]) {
+        return Err(Counter::PassMiss);
+    }
+    let check = pkt.field::<[u8; 2]>(l4 + ICMP_CHECK)?;
+    let quoted = icmp::quoted6::<PHYSICAL>(pkt, l4 + ICMP_HLEN, end);
+    if !quoted.hit() {
+        return Err(Counter::PassMiss);
+    }
+    fix_check(check, L4::Icmp6Error, quoted.body());
+    Ok(Counter::QuoteOnly)
+}
+
 /// Translates the IPv6 packet whose header starts at `l3` (under tc if `TC`).
 // A BPF-to-BPF call: its own stack frame, which keeps every frame under 512 bytes.
 #[inline(never)]
@@ -156,7 +189,7 @@ fn try_translate<const TC: bool, const PHYSICAL: bool>(
     addrs.write();
     // From here on nothing fails: the quote is rewritten, then the ICMPv6 checksum.
     let body = if kind.is_error() {
-        icmp::quoted6::<PHYSICAL>(pkt, t.off + ICMP_HLEN, end)
+        icmp::quoted6::<PHYSICAL>(pkt, t.off + ICMP_HLEN, end).body()
     } else {
         netpage_common::csum::Delta::ZERO
     };

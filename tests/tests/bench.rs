@@ -30,9 +30,12 @@ fn per_packet_smoke() {
     let cfg = Config::smoke();
     let rows = per_packet::run(&cfg);
     assert_sane(&rows, false);
-    // The floor, five packets at each size, and the growth of each beyond the first size.
+    // At each hook (XDP and tc): the floor, five packets at each size, and the growth of
+    // each beyond the first size.
     let sizes = cfg.packet_sizes.len();
-    assert_eq!(rows.len(), 1 + 5 * sizes + 5 * (sizes - 1));
+    assert_eq!(rows.len(), 2 * (1 + 5 * sizes + 5 * (sizes - 1)));
+    let tc = rows.iter().filter(|r| r.params["hook"] == "tc").count();
+    assert_eq!(tc, 1 + 5 * sizes + 5 * (sizes - 1), "tc rows");
     assert_eq!(targets::notes(&rows).len(), 1);
 }
 

@@ -972,6 +972,92 @@ fn icmp_error_cases() -> Vec<Case> {
             Counter::PassMalformed,
             icmp6_error(1, 4, v.va_a, v.client, L4::Udp, v.client, v.va_a, 30),
         ),
+        // Physical side, the error's own addresses unmapped: a router inside the network
+        // tells a client that its packet to a real address does not fit (path MTU
+        // discovery); only the quote and the ICMP checksum over it are translated.
+        case(
+            "v4 fragmentation needed to a client quoting TCP to an RA, physical",
+            Side::Physical,
+            Counter::QuoteOnly,
+            icmp4_error(
+                3,
+                4,
+                w.router,
+                w.client,
+                L4::Tcp,
+                w.client,
+                w.ra_a,
+                576,
+                none(),
+            ),
+        ),
+        case(
+            "v4 time exceeded to a client quoting UDP cut at 8 bytes, physical",
+            Side::Physical,
+            Counter::QuoteOnly,
+            icmp4_error(
+                11,
+                0,
+                w.router,
+                w.client,
+                L4::Udp,
+                w.client,
+                w.ra_a,
+                28,
+                none(),
+            ),
+        ),
+        case(
+            "v6 packet too big to a client quoting TCP to an RA, physical",
+            Side::Physical,
+            Counter::QuoteOnly,
+            icmp6_error(2, 0, v.router, v.client, L4::Tcp, v.client, v.ra_a, 1000),
+        ),
+        case(
+            "v6 unreachable to a client quoting UDP to an RA, physical",
+            Side::Physical,
+            Counter::QuoteOnly,
+            icmp6_error(1, 3, v.router, v.client, L4::Udp, v.client, v.ra_a, 1000),
+        ),
+        // Nothing of it mapped, or a quote only the other side maps: passed.
+        case(
+            "v4 fragmentation needed quoting unmapped addresses, physical",
+            Side::Physical,
+            Counter::PassMiss,
+            icmp4_error(
+                3,
+                4,
+                w.router,
+                w.client,
+                L4::Tcp,
+                w.client,
+                w.router,
+                576,
+                none(),
+            ),
+        ),
+        case(
+            "v6 packet too big to a client quoting TCP to a VA, physical",
+            Side::Physical,
+            Counter::PassMiss,
+            icmp6_error(2, 0, v.router, v.client, L4::Tcp, v.client, v.va_a, 1000),
+        ),
+        case(
+            "v4 fragmentation needed to a client quoting TCP to an RA, virtual",
+            Side::Virtual,
+            Counter::PassMiss,
+            icmp4_error(
+                3,
+                4,
+                w.router,
+                w.client,
+                L4::Tcp,
+                w.client,
+                w.ra_a,
+                576,
+                none(),
+            ),
+        ),
     ]
 }
 

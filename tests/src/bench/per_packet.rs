@@ -87,8 +87,10 @@ pub fn run(cfg: &Config) -> Vec<Row> {
     let params = |size: u32, hook: Hook| json!({"table_entries": size, "side": "virtual", "runs": cfg.runs, "hook": hook.name()});
     let mut rows: Vec<Row> = floors
         .iter()
-        .map(|&(name, ns)| {
-            Row::new("per_packet", name, json!({"runs": cfg.runs}), ns, "ns").repeats(cfg.repeats)
+        .zip(Hook::ALL)
+        .map(|(&(name, ns), hook)| {
+            let params = json!({"runs": cfg.runs, "hook": hook.name()});
+            Row::new("per_packet", name, params, ns, "ns").repeats(cfg.repeats)
         })
         .collect();
     let measured = &medians[2..];
