@@ -12,7 +12,10 @@
 use netpage_common::{
     counters::Counter,
     csum::{Delta, Quoted, apply},
-    proto::{IPV4_MIN_HLEN, IPV6_HLEN, L4, MAX_QUOTED_EXT_HEADERS, ipv4_header_len},
+    proto::{
+        ICMP_CHECK, ICMP_HLEN, IPV4_MIN_HLEN, IPV6_HLEN, L4, MAX_QUOTED_EXT_HEADERS,
+        ipv4_header_len,
+    },
 };
 
 use crate::{
@@ -95,4 +98,32 @@ fn try_quoted6<const PHYSICAL: bool>(pkt: &Packet, q: usize, end: usize) -> Resu
         ));
     }
     Ok(body)
+}
+
+/// The error message of `kind` at `l4` (ending at `end`), whose own addresses missed: if
+/// its type is an error's (`is_error`) and `quoted` translates its quote, the checksum
+/// over the quote follows; otherwise it is a miss. Nothing else changes.
+#[inline(always)]
+pub fn quote_only(
+    pkt: &Packet,
+    kind: L4,
+    l4: usize,
+    end: usize,
+    is_error: impl Fn(u8) -> bool,
+    quoted: impl Fn(&Packet, usize, usize) -> Quoted,
+) -> Result<Counter, Counter> {
+    if l4 + kind.min_len() > end {
+        return Err(Counter::PassMiss);
+    }
+    // Type and code are read together (see `ipv4::translate`).
+    if !is_error(pkt.read::<2>(l4)?[0]) {
+        return Err(Counter::PassMiss);
+    }
+    let check = pkt.field::<[u8; 2]>(l4 + ICMP_CHECK)?;
+    let q = quoted(pkt, l4 + ICMP_HLEN, end);
+    if !q.hit() {
+        return Err(Counter::PassMiss);
+    }
+    fix_check(check, kind, q.body());
+    Ok(Counter::QuoteOnly)
 }

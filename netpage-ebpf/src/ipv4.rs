@@ -5,7 +5,7 @@ use netpage_common::{
     csum::{Delta, apply},
     ipv4_options::{self, MAX_OPTIONS_LEN, OPTIONS_BUF, Options},
     proto::{
-        ICMP_CHECK, ICMP_HLEN, IPPROTO_ICMP, IPV4_CHECK, IPV4_DST, IPV4_MIN_HLEN, IPV4_SRC, L4,
+        ICMP_HLEN, IPPROTO_ICMP, IPV4_CHECK, IPV4_DST, IPV4_MIN_HLEN, IPV4_SRC, L4,
         ipv4_first_fragment, ipv4_header_len, is_icmp4_error,
     },
 };
@@ -13,7 +13,7 @@ use netpage_common::{
 use crate::{
     icmp,
     packet::{Field, Packet, Word, get16, put16, sub},
-    rewrite::{AddrPair, check_field, fix_check, fix_transport},
+    rewrite::{AddrPair, check_field, fix_transport},
 };
 
 /// A checked pointer to the fixed part of an IPv4 header.
@@ -102,20 +102,12 @@ fn try_quote_only<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Result<Count
     let f = fields(pkt.field::<[u8; 20]>(l3)?);
     let ihl = ipv4_header_len(f.vihl).ok_or(Counter::PassMalformed)?;
     let (l4, end) = (l3 + ihl, l3 + f.total);
-    if f.proto != IPPROTO_ICMP || !f.first_fragment || l4 + L4::Icmp4Error.min_len() > end {
+    if f.proto != IPPROTO_ICMP || !f.first_fragment {
         return Err(Counter::PassMiss);
     }
-    // Type and code are read together (see `try_translate`).
-    if !is_icmp4_error(pkt.read::<2>(l4)?[0]) {
-        return Err(Counter::PassMiss);
-    }
-    let check = pkt.field::<[u8; 2]>(l4 + ICMP_CHECK)?;
-    let quoted = icmp::quoted4::<PHYSICAL>(pkt, l4 + ICMP_HLEN, end);
-    if !quoted.hit() {
-        return Err(Counter::PassMiss);
-    }
-    fix_check(check, L4::Icmp4Error, quoted.body());
-    Ok(Counter::QuoteOnly)
+    icmp::quote_only(pkt, L4::Icmp4Error, l4, end, is_icmp4_error, |p, q, e| {
+        icmp::quoted4::<PHYSICAL>(p, q, e)
+    })
 }
 
 /// Translates the IPv4 packet whose header starts at `l3` (under tc if `TC`).

@@ -4,16 +4,16 @@
 use netpage_common::{
     counters::Counter,
     proto::{
-        ICMP_CHECK, ICMP_HLEN, IPPROTO_FRAGMENT, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPV6_DST,
-        IPV6_HLEN, IPV6_SRC, L4, MAX_EXT_HEADERS, ipv6_ext_len, ipv6_first_fragment,
-        is_icmp6_error, is_ipv6_ext, routing_hides_dst,
+        ICMP_HLEN, IPPROTO_FRAGMENT, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPV6_DST, IPV6_HLEN,
+        IPV6_SRC, L4, MAX_EXT_HEADERS, ipv6_ext_len, ipv6_first_fragment, is_icmp6_error,
+        is_ipv6_ext, routing_hides_dst,
     },
 };
 
 use crate::{
     icmp,
     packet::{Field, Packet, settle, sub},
-    rewrite::{AddrPair, check_field, fix_check, fix_transport},
+    rewrite::{AddrPair, check_field, fix_transport},
 };
 
 /// A checked pointer to an IPv6 header.
@@ -121,20 +121,12 @@ fn try_quote_only<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Result<Count
     }
     let f = fields(pkt.field::<[u8; IPV6_HLEN]>(l3)?);
     let (l4, end) = (l3 + IPV6_HLEN, l3 + IPV6_HLEN + f.payload);
-    if f.next != IPPROTO_ICMPV6 || l4 + L4::Icmp6Error.min_len() > end {
+    if f.next != IPPROTO_ICMPV6 {
         return Err(Counter::PassMiss);
     }
-    // Type and code are read together (see `ipv4::translate`).
-    if !is_icmp6_error(pkt.read::<2>(l4)?[0]) {
-        return Err(Counter::PassMiss);
-    }
-    let check = pkt.field::<[u8; 2]>(l4 + ICMP_CHECK)?;
-    let quoted = icmp::quoted6::<PHYSICAL>(pkt, l4 + ICMP_HLEN, end);
-    if !quoted.hit() {
-        return Err(Counter::PassMiss);
-    }
-    fix_check(check, L4::Icmp6Error, quoted.body());
-    Ok(Counter::QuoteOnly)
+    icmp::quote_only(pkt, L4::Icmp6Error, l4, end, is_icmp6_error, |p, q, e| {
+        icmp::quoted6::<PHYSICAL>(p, q, e)
+    })
 }
 
 /// Translates the IPv6 packet whose header starts at `l3` (under tc if `TC`).

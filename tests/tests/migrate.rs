@@ -43,6 +43,17 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Whether etcd cannot run here (for the tests through the directory); prints why.
+fn etcd_skipped() -> bool {
+    match etcd::missing_prerequisites() {
+        Some(why) => {
+            eprintln!("skipped: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
 /// Whether the test cannot run here; prints why.
 fn skipped() -> bool {
     match vmworld::skip_reason() {
@@ -548,11 +559,7 @@ fn migrate_switch_at_stop_loses_nothing_outside_the_pause() {
 /// the pause.
 #[test]
 fn migrate_through_the_directory_loses_nothing_outside_the_pause() {
-    if skipped() {
-        return;
-    }
-    if let Some(why) = etcd::missing_prerequisites() {
-        println!("skipped: {why}");
+    if skipped() || etcd_skipped() {
         return;
     }
     let _one = serial();
@@ -787,11 +794,7 @@ fn a_destination_that_dies_is_reported_and_rolled_back() {
 /// that, and the guest answers at the source.
 #[test]
 fn a_switch_through_the_directory_is_rolled_back_when_the_destination_dies() {
-    if skipped() {
-        return;
-    }
-    if let Some(why) = etcd::missing_prerequisites() {
-        println!("skipped: {why}");
+    if skipped() || etcd_skipped() {
         return;
     }
     let _one = serial();
