@@ -232,12 +232,17 @@ pub fn attach(
             reserved: [0; 2],
         },
     )?;
+    // A change of hook replaces the other hook's program, once the new one runs.
+    let other_hook = match hook {
+        Hook::Tc => node.link_path(iface),
+        _ => node.tc_link_path(iface),
+    };
+    let hook_change = other_hook.exists();
     let linked = match hook {
-        Hook::Tc => attach_tc(node, side, iface).map(|replaced| {
-            let swapped = replaced || previous.is_some();
-            (Attachment::Tc, swapped, None)
-        }),
-        _ => attach_xdp(node, side, iface, mode, previous),
+        Hook::Tc => attach_tc(node, side, iface)
+            .map(|replaced| (Attachment::Tc, replaced || hook_change, None)),
+        _ => attach_xdp(node, side, iface, mode, previous)
+            .map(|(now, replaced, fallback)| (now, replaced || hook_change, fallback)),
     };
     let (now, replaced, fallback) = match linked {
         Ok(l) => l,
@@ -250,12 +255,7 @@ pub fn attach(
             return Err(e);
         }
     };
-    // The other hook's link, if the interface had one, goes now that the new one runs.
-    let other = match now {
-        Attachment::Tc => node.link_path(iface),
-        Attachment::Xdp(_) => node.tc_link_path(iface),
-    };
-    remove_pin(&other)?;
+    remove_pin(&other_hook)?;
     open.set_iface(
         iface,
         IfaceRecord {
@@ -346,7 +346,7 @@ fn attach_xdp(
         }
     }
     let (m, fallback) = attach_new(&mut prog, iface, mode, &path)?;
-    Ok((Attachment::Xdp(m), previous.is_some(), fallback))
+    Ok((Attachment::Xdp(m), false, fallback))
 }
 
 /// Attaches (or swaps) the tc program of `side` on `iface`'s ingress through a pinned
