@@ -256,6 +256,9 @@ pub fn attach(
         }
     };
     remove_pin(&other_hook)?;
+    if now != Attachment::Tc || side != Side::Virtual {
+        remove_pin(&node.tc_egress_link_path(iface))?;
+    }
     open.set_iface(
         iface,
         IfaceRecord {
@@ -352,32 +355,53 @@ fn attach_xdp(
 /// Attaches (or swaps) the tc program of `side` on `iface`'s ingress through a pinned
 /// tcx link. Returns whether it replaced the program of an existing link.
 fn attach_tc(node: &Node, side: Side, iface: &str) -> Result<bool, AttachError> {
+    let replaced = tc_link(
+        node,
+        side,
+        iface,
+        TcAttachType::Ingress,
+        &node.tc_link_path(iface),
+    )?;
+    if side == Side::Virtual {
+        // What the node itself sends to the interface's VMs, or routes back to them (a VM
+        // talking to another VM of the node), leaves it with real addresses: turned back
+        // into virtual addresses on the way out, as the physical side does on the way in.
+        let egress = node.tc_egress_link_path(iface);
+        tc_link(node, Side::Physical, iface, TcAttachType::Egress, &egress)?;
+    }
+    Ok(replaced)
+}
+
+/// Attaches (or swaps) the tc program of `side` at `at` of `iface` through the tcx link
+/// pinned at `path`. Returns whether it replaced the program of an existing link.
+fn tc_link(
+    node: &Node,
+    side: Side,
+    iface: &str,
+    at: TcAttachType,
+    path: &Path,
+) -> Result<bool, AttachError> {
     let mut prog =
         SchedClassifier::from_pin(node.tc_prog_path(side)).map_err(|e| AttachError::Verify {
             program: side.tc_program(),
             source: Box::new(e),
         })?;
-    let path = node.tc_link_path(iface);
     let link_err = |e| AttachError::Link {
         iface: iface.to_owned(),
         source: Box::new(e),
     };
     if path.exists() {
-        let pinned = PinnedLink::from_pin(&path).map_err(link_err)?;
+        let pinned = PinnedLink::from_pin(path).map_err(link_err)?;
         let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(link_err)?;
-        if swapped(prog.attach_to_link(link), iface, &path)? {
+        if swapped(prog.attach_to_link(link), iface, path)? {
             return Ok(true);
         }
     }
     let id = prog
-        .attach_with_options(
-            iface,
-            TcAttachType::Ingress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )
+        .attach_with_options(iface, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
         .map_err(|e| tc_err(iface, e))?;
     let link = prog.take_link(id).map_err(|e| tc_err(iface, e))?;
-    pin_link(FdLink::try_from(link).map_err(link_err)?, iface, &path)?;
+    pin_link(FdLink::try_from(link).map_err(link_err)?, iface, path)?;
     Ok(false)
 }
 
@@ -536,7 +560,11 @@ fn attach_err(iface: &str, mode: Mode, e: ProgramError) -> AttachError {
 /// Detaches the program from `iface` by removing its pinned link (XDP or tc).
 pub fn detach(node: &Node, iface: &str) -> Result<(), AttachError> {
     let mut open = node.open()?;
-    let paths = [node.link_path(iface), node.tc_link_path(iface)];
+    let paths = [
+        node.link_path(iface),
+        node.tc_link_path(iface),
+        node.tc_egress_link_path(iface),
+    ];
     let known = open.iface(iface)?.is_some();
     if !known && !paths.iter().any(|p| p.exists()) {
         return Err(AttachError::NotAttached {

@@ -141,6 +141,11 @@ impl Node {
         self.dir.join("links-tc").join(iface)
     }
 
+    /// Where the tcx link on the egress of `iface` (a virtual-side interface) is pinned.
+    pub fn tc_egress_link_path(&self, iface: &str) -> PathBuf {
+        self.dir.join("links-tc-egress").join(iface)
+    }
+
     /// Takes the node for its agent, waiting up to `patience` for commands that are
     /// writing it now to finish.
     pub fn lock_for_agent(&self, patience: std::time::Duration) -> Result<NodeLock, NodeError> {
@@ -214,6 +219,7 @@ impl Node {
             self.maps_dir(),
             self.dir.join("links"),
             self.dir.join("links-tc"),
+            self.dir.join("links-tc-egress"),
             self.progs_dir(),
         ] {
             std::fs::create_dir_all(sub).map_err(pin_dir)?;

@@ -336,3 +336,103 @@ fn netpage_vm_to_vm_v4() {
 fn netpage_vm_to_vm_v6() {
     vm_to_vm(&V6);
 }
+
+/// Host A routes the real address of each VM it hosts (given with its VA) to the VM, by
+/// way of its VA, as a host does so that what it sends to a VM's real address, or routes
+/// back from another of its VMs, reaches the VM (translated back on the port's way out).
+fn route_local_ras(world: &World, vms: &[(Vm, IpAddr, IpAddr)]) {
+    for (vm, va, ra) in vms {
+        let len = if ra.is_ipv4() { 32 } else { 128 };
+        world.ns(Node::HostA).ip(&[
+            "route",
+            "replace",
+            &format!("{ra}/{len}"),
+            "via",
+            &va.to_string(),
+            "dev",
+            vm.port(),
+        ]);
+    }
+}
+
+/// Two VMs on one host talk by their VAs: what one sends is translated to real addresses
+/// on its port, routed back by the host to the other's port, and translated back on the
+/// way out of that port; each sees the other's VA.
+fn vm_to_vm_on_one_host(f: &Addrs) {
+    let world = netpage_world(Options {
+        second_vm: true,
+        host_link: false,
+    });
+    world.move_vm_with(
+        Vm::Two,
+        Host::A,
+        |host, port| world.detach(host.node(), port),
+        |host, port| world.attach(host.node(), port, true),
+    );
+    route_local_ras(&world, &[(Vm::One, f.va, f.ra_a), (Vm::Two, f.va2, f.ra2)]);
+    let tcp = world.tcp_echo(Node::Vm, sa(f.va, TCP_PORT));
+    let mut stream = world
+        .in_ns(Node::Vm2, || {
+            TcpStream::connect_timeout(&tcp.addr(), TIMEOUT)
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "VM 2 connects to VM 1 on its host: {e}\n{}",
+                world.diagnostics()
+            )
+        });
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    echo_line(&mut stream, "from VM 2, next door\n");
+    assert_eq!(tcp.peer_ips(), vec![f.va2], "source seen by VM 1");
+    assert_eq!(
+        stream.peer_addr().unwrap().ip(),
+        f.va,
+        "VM 2 talks to VM 1's VA"
+    );
+}
+
+#[test]
+fn netpage_vm_to_vm_on_one_host_v4() {
+    vm_to_vm_on_one_host(&V4);
+}
+
+#[test]
+fn netpage_vm_to_vm_on_one_host_v6() {
+    vm_to_vm_on_one_host(&V6);
+}
+
+/// A VM's probe whose TTL (hop limit) runs out at its host gets the host's ICMP error
+/// back: the host addresses it to the VM's real address, which it routes to the VM's
+/// port, and the error (its quote too) is translated back on the way out of the port.
+fn expired_probe_gets_its_error(f: &Addrs) {
+    let world = netpage_world(Options::default());
+    route_local_ras(&world, &[(Vm::One, f.va, f.ra_a)]);
+    let client = f.client.to_string();
+    let out = world.exec(
+        Node::Vm,
+        "ping",
+        &["-c", "1", "-W", "2", "-t", "1", &client],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    let expired = if f.va.is_ipv4() {
+        "Time to live exceeded"
+    } else {
+        "Time exceeded: Hop limit"
+    };
+    assert!(
+        text.contains(expired),
+        "the VM got no ICMP error for its expired probe:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn netpage_expired_probe_from_a_vm_gets_its_error_v4() {
+    expired_probe_gets_its_error(&V4);
+}
+
+#[test]
+fn netpage_expired_probe_from_a_vm_gets_its_error_v6() {
+    expired_probe_gets_its_error(&V6);
+}
