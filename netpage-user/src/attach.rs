@@ -414,14 +414,15 @@ fn tc_err(iface: &str, e: ProgramError) -> AttachError {
 
 /// Loads, verifies and pins the node's programs (both sides, both hooks) unless the
 /// pinned ones are of this build and no `reload` is asked; creates the node's maps if
-/// needed. Later attaches reuse the pinned programs and skip the verifier, so that a
+/// needed, and a new counter array over an older build's. Later attaches reuse the pinned programs and skip the verifier, so that a
 /// migrating VM's port is attached at its new host in milliseconds.
 fn ensure_programs(node: &Node, capacity: Option<u32>, reload: bool) -> Result<(), AttachError> {
     node.prepare()?;
+    let renewed = node.exists() && node.renew_counters()?;
     let all_there = [Side::Virtual, Side::Physical]
         .iter()
         .all(|&s| node.prog_path(s).exists() && node.tc_prog_path(s).exists());
-    if !reload && all_there {
+    if !reload && !renewed && all_there {
         node.check_capacity(capacity)?;
         return Ok(());
     }

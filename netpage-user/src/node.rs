@@ -72,6 +72,11 @@ pub enum NodeError {
         dir.display()
     )]
     Incompatible { dir: PathBuf, map: &'static str },
+    #[error(
+        "the node under {} was made by an older build of netpage (its counter array has another size): attach its interfaces again (`netpage attach IFACE --side SIDE`), which keeps its table and starts its counters anew",
+        dir.display()
+    )]
+    OlderCounters { dir: PathBuf },
     #[error("interface name {0:?} is not valid (1 to 15 bytes, no '/' or NUL)")]
     IfaceName(String),
     #[error("registry of attached interfaces: {0}")]
@@ -312,11 +317,13 @@ impl Node {
     fn check_layout(&self, l: &Layout, data: &MapData) -> Result<(), NodeError> {
         let path = self.map_path(l.name);
         let info = data.info().map_err(|e| open_err(&path, e))?;
-        let same = info.key_size() == l.key_size
-            && info.value_size() == l.value_size
-            && l.max_entries.is_none_or(|n| n == info.max_entries());
-        if same {
+        let sizes = info.key_size() == l.key_size && info.value_size() == l.value_size;
+        if sizes && l.max_entries.is_none_or(|n| n == info.max_entries()) {
             Ok(())
+        } else if sizes && l.name == COUNTERS {
+            Err(NodeError::OlderCounters {
+                dir: self.dir.clone(),
+            })
         } else {
             Err(NodeError::Incompatible {
                 dir: self.dir.clone(),
@@ -325,9 +332,44 @@ impl Node {
         }
     }
 
-    /// Checks every pinned map of an existing node against this build's layouts.
+    /// Replaces a counter array of another size (an older build's) with an empty one of
+    /// this build's, keeping the table: the counters are statistics, the table is not. The
+    /// programs still attached count into the old array until `attach` swaps them. Returns
+    /// whether it did (the programs must then be loaded again, over the new array).
+    pub fn renew_counters(&self) -> Result<bool, NodeError> {
+        let path = self.map_path(COUNTERS);
+        let layout = LAYOUTS
+            .iter()
+            .find(|l| l.name == COUNTERS)
+            .expect("the counters have a layout");
+        let Ok(data) = MapData::from_pin(&path) else {
+            return Ok(false);
+        };
+        let info = data.info().map_err(|e| open_err(&path, e))?;
+        let older = info.key_size() == layout.key_size
+            && info.value_size() == layout.value_size
+            && layout.max_entries != Some(info.max_entries());
+        if older {
+            std::fs::remove_file(&path).map_err(|source| NodeError::PinDir {
+                dir: path.clone(),
+                source,
+            })?;
+        }
+        Ok(older)
+    }
+
+    /// Checks every pinned map of an existing node against this build's layouts. Only the
+    /// counter array may be missing (renewed): the loader makes it anew.
     fn check_layouts(&self) -> Result<(), NodeError> {
-        self.open_maps().map(drop)
+        for l in LAYOUTS.iter() {
+            let path = self.map_path(l.name);
+            if l.name == COUNTERS && !path.exists() {
+                continue;
+            }
+            let data = MapData::from_pin(&path).map_err(|e| open_err(&path, e))?;
+            self.check_layout(l, &data)?;
+        }
+        Ok(())
     }
 
     /// Opens the node's pinned state.

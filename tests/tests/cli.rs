@@ -506,3 +506,94 @@ fn tempdir(world: &World) -> TempDir {
     std::fs::create_dir_all(&dir).unwrap();
     TempDir(dir)
 }
+
+/// A node made by an older build, whose counter array had 20 slots: a command names the
+/// problem and the way out, and attaching its interfaces again keeps its table (and its
+/// translation) and starts its counters anew.
+#[test]
+fn an_older_builds_counters_are_renewed_by_a_reattach_and_the_table_kept() {
+    let world = mapped_world();
+    let list = world.netpage_json(Node::Gw, &["map", "list"]);
+    let counters = world.pin_dir(Node::Gw).join("maps").join("NP_COUNTERS");
+    std::fs::remove_file(&counters).unwrap();
+    pin_counter_array(&counters, 20);
+    let out = world.netpage(Node::Gw, &["map", "list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "map list succeeded on an older node");
+    assert!(
+        stderr.contains("made by an older build") && stderr.contains("attach its interfaces again"),
+        "{stderr}"
+    );
+    for (node, iface, virtual_side) in world.attachments() {
+        if node == Node::Gw {
+            let side = if virtual_side { "virtual" } else { "physical" };
+            world.netpage_json(node, &["attach", iface, "--side", side]);
+        }
+    }
+    assert_eq!(world.netpage_json(Node::Gw, &["map", "list"]), list);
+    let stats = world.netpage_json(Node::Gw, &["stats"]);
+    assert!(stats["counters"]["pass_miss"].as_u64().is_some(), "{stats}");
+    assert!(
+        world.ping(Node::Client, V4.va),
+        "the VM unreachable after the upgrade"
+    );
+}
+
+/// Creates a per-CPU array of `slots` u64 counters, as an older build made it, and pins it
+/// at `path` (BPF_MAP_CREATE, BPF_OBJ_PIN).
+fn pin_counter_array(path: &std::path::Path, slots: u32) {
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+    }
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+    let create = MapCreate {
+        map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
+        key_size: 4,
+        value_size: 8,
+        max_entries: slots,
+    };
+    // SAFETY: `create` is a prefix of `union bpf_attr` for BPF_MAP_CREATE, of the size given.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &create,
+            std::mem::size_of::<MapCreate>(),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let pin = ObjPin {
+        pathname: name.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        file_flags: 0,
+    };
+    // SAFETY: `pin` is a prefix of `union bpf_attr` for BPF_OBJ_PIN; `name` outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &pin,
+            std::mem::size_of::<ObjPin>(),
+        )
+    };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: closes the descriptor made above; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
