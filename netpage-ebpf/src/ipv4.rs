@@ -81,8 +81,8 @@ fn options(pkt: &Packet, l3: usize) -> Options {
     ipv4_options::walk(&buf, len)
 }
 
-/// An IPv4 packet (at `l3`) whose addresses missed: if it is an ICMP error on the physical
-/// side, translates its quote if the quoted packet's addresses are in the table, and the
+/// An IPv4 packet (at `l3`) whose addresses missed on the physical side: if it is an ICMP
+/// error, translates its quote if the quoted packet's addresses are in the table, and the
 /// ICMP checksum over it. That is a router inside the network telling a client about its
 /// packet to a real address (the client knows the packet by the virtual address); errors
 /// about a VM's own packets are addressed to its real address and translated whole. The
@@ -90,15 +90,12 @@ fn options(pkt: &Packet, l3: usize) -> Options {
 /// to checksum offload: the arithmetic holds under tc too.
 // A BPF-to-BPF call of its own, from the top: the translation's frame stays as it is.
 #[inline(never)]
-pub fn quote_only<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Counter {
-    Counter::outcome(try_quote_only::<PHYSICAL>(pkt, l3))
+pub fn quote_only(pkt: &Packet, l3: usize) -> Counter {
+    Counter::outcome(try_quote_only(pkt, l3))
 }
 
 #[inline(always)]
-fn try_quote_only<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Result<Counter, Counter> {
-    if !PHYSICAL {
-        return Err(Counter::PassMiss);
-    }
+fn try_quote_only(pkt: &Packet, l3: usize) -> Result<Counter, Counter> {
     let f = fields(pkt.field::<[u8; 20]>(l3)?);
     let ihl = ipv4_header_len(f.vihl).ok_or(Counter::PassMalformed)?;
     let (l4, end) = (l3 + ihl, l3 + f.total);
@@ -106,7 +103,7 @@ fn try_quote_only<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Result<Count
         return Err(Counter::PassMiss);
     }
     icmp::quote_only(pkt, L4::Icmp4Error, l4, end, is_icmp4_error, |p, q, e| {
-        icmp::quoted4::<PHYSICAL>(p, q, e)
+        icmp::quoted4::<true>(p, q, e)
     })
 }
 

@@ -104,28 +104,25 @@ pub fn walk<const MAX: usize>(
     })
 }
 
-/// An IPv6 packet (at `l3`) whose addresses missed: if it is an ICMPv6 error right after
-/// the header, on the physical side, as `ipv4::quote_only`, with the ICMPv6 checksum's
+/// An IPv6 packet (at `l3`) whose addresses missed on the physical side: if it is an
+/// ICMPv6 error right after the header, as `ipv4::quote_only`, with the ICMPv6 checksum's
 /// pseudo-header unchanged. Errors behind extension headers are left alone: the walk would
 /// cost every missed packet.
 // A BPF-to-BPF call of its own, from the top: the translation's frame stays as it is.
 #[inline(never)]
-pub fn quote_only<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Counter {
-    Counter::outcome(try_quote_only::<PHYSICAL>(pkt, l3))
+pub fn quote_only(pkt: &Packet, l3: usize) -> Counter {
+    Counter::outcome(try_quote_only(pkt, l3))
 }
 
 #[inline(always)]
-fn try_quote_only<const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Result<Counter, Counter> {
-    if !PHYSICAL {
-        return Err(Counter::PassMiss);
-    }
+fn try_quote_only(pkt: &Packet, l3: usize) -> Result<Counter, Counter> {
     let f = fields(pkt.field::<[u8; IPV6_HLEN]>(l3)?);
     let (l4, end) = (l3 + IPV6_HLEN, l3 + IPV6_HLEN + f.payload);
     if f.next != IPPROTO_ICMPV6 {
         return Err(Counter::PassMiss);
     }
     icmp::quote_only(pkt, L4::Icmp6Error, l4, end, is_icmp6_error, |p, q, e| {
-        icmp::quoted6::<PHYSICAL>(p, q, e)
+        icmp::quoted6::<true>(p, q, e)
     })
 }
 

@@ -45,24 +45,20 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// Whether etcd cannot run here (for the tests through the directory); prints why.
 fn etcd_skipped() -> bool {
-    match etcd::missing_prerequisites() {
-        Some(why) => {
-            eprintln!("skipped: {why}");
-            true
-        }
-        None => false,
-    }
+    skip(etcd::missing_prerequisites())
 }
 
 /// Whether the test cannot run here; prints why.
 fn skipped() -> bool {
-    match vmworld::skip_reason() {
-        Some(why) => {
-            eprintln!("skipped: {why}");
-            true
-        }
-        None => false,
+    skip(vmworld::skip_reason())
+}
+
+/// Whether there is a reason to skip; prints it.
+fn skip(reason: Option<String>) -> bool {
+    if let Some(why) = &reason {
+        eprintln!("skipped: {why}");
     }
+    reason.is_some()
 }
 
 const PROBE_INTERVAL: Duration = Duration::from_millis(1);
