@@ -4,7 +4,8 @@
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
     time::Duration,
 };
 
@@ -401,38 +402,98 @@ fn netpage_vm_to_vm_on_one_host_v6() {
     vm_to_vm_on_one_host(&V6);
 }
 
-/// A VM's probe whose TTL (hop limit) runs out at its host gets the host's ICMP error
-/// back: the host addresses it to the VM's real address, which it routes to the VM's
-/// port, and the error (its quote too) is translated back on the way out of the port.
-fn expired_probe_gets_its_error(f: &Addrs) {
-    let world = netpage_world(Options::default());
-    route_local_ras(&world, &[(Vm::One, f.va, f.ra_a)]);
-    let client = f.client.to_string();
-    let out = world.exec(
-        Node::Vm,
-        "ping",
-        &["-c", "1", "-W", "2", "-t", "1", &client],
-    );
+/// `ping -t 1` from `from` to `dst` prints the ICMP error of the first hop: only if the
+/// error's quote names `dst`, the address the probe was sent to.
+fn expired_probe_gets_its_error(world: &World, from: Node, dst: IpAddr) {
+    let target = dst.to_string();
+    let out = world.exec(from, "ping", &["-c", "1", "-W", "2", "-t", "1", &target]);
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}");
-    let expired = if f.va.is_ipv4() {
+    let expired = if dst.is_ipv4() {
         "Time to live exceeded"
     } else {
         "Time exceeded: Hop limit"
     };
     assert!(
         text.contains(expired),
-        "the VM got no ICMP error for its expired probe:\n{text}{}",
+        "{from:?} got no ICMP error for its expired probe to {dst}:\n{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
 
+/// A VM's probe whose TTL (hop limit) runs out at its host gets the host's ICMP error
+/// back: the host addresses it to the VM's real address, which it routes to the VM's
+/// port, and the error (its quote too) is translated back on the way out of the port.
+fn vm_probe_expires_at_its_host(f: &Addrs) {
+    let world = netpage_world(Options::default());
+    route_local_ras(&world, &[(Vm::One, f.va, f.ra_a)]);
+    expired_probe_gets_its_error(&world, Node::Vm, f.client);
+}
+
+/// A client's datagram to a VM whose TTL (hop limit) runs out at the gateway gets the
+/// gateway's error back, about the VM's VA: the gateway's stack saw it already translated
+/// to the real address, and the error's quote is translated back on the way out of the
+/// client port. The client's kernel finds the socket by the quote: an error quoting the
+/// real address would reach no socket.
+fn client_probe_expires_at_the_gateway(f: &Addrs) {
+    let world = netpage_world(Options::default());
+    let err = world.in_ns(Node::Client, || {
+        let sock = UdpSocket::bind(any(f.va)).unwrap();
+        let fd = sock.as_raw_fd();
+        let (level, hops, recverr) = if f.va.is_ipv4() {
+            (libc::IPPROTO_IP, libc::IP_TTL, libc::IP_RECVERR)
+        } else {
+            (
+                libc::IPPROTO_IPV6,
+                libc::IPV6_UNICAST_HOPS,
+                libc::IPV6_RECVERR,
+            )
+        };
+        for (name, value) in [(hops, 1), (recverr, 1)] {
+            let v: libc::c_int = value;
+            // SAFETY: `fd` is an open socket; the option value is a c_int as the kernel expects.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    level,
+                    name,
+                    (&raw const v).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+        }
+        sock.connect(sa(f.va, UDP_PORT)).unwrap();
+        sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+        sock.send(b"expires at the gateway").unwrap();
+        sock.recv(&mut [0; 64])
+            .expect_err("the probe cannot be answered")
+    });
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EHOSTUNREACH),
+        "the client's socket got no ICMP error about its datagram to {} ({err}):\n{}",
+        f.va,
+        world.diagnostics()
+    );
+}
+
+#[test]
+fn netpage_expired_probe_from_a_client_gets_the_gateways_error_v4() {
+    client_probe_expires_at_the_gateway(&V4);
+}
+
+#[test]
+fn netpage_expired_probe_from_a_client_gets_the_gateways_error_v6() {
+    client_probe_expires_at_the_gateway(&V6);
+}
+
 #[test]
 fn netpage_expired_probe_from_a_vm_gets_its_error_v4() {
-    expired_probe_gets_its_error(&V4);
+    vm_probe_expires_at_its_host(&V4);
 }
 
 #[test]
 fn netpage_expired_probe_from_a_vm_gets_its_error_v6() {
-    expired_probe_gets_its_error(&V6);
+    vm_probe_expires_at_its_host(&V6);
 }
