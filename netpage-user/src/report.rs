@@ -379,12 +379,17 @@ impl fmt::Display for Status {
                 (true, false) => "  (link missing)",
             };
             let fast = if i.fast_path { "fast-path" } else { "" };
+            // Under tc, where the programs run instead of an XDP mode.
+            let at = match (i.hook, i.side) {
+                (Some(Hook::Tc), Some(Side::Virtual)) => "in+out".to_owned(),
+                (Some(Hook::Tc), _) => "in".to_owned(),
+                _ => opt(&i.mode),
+            };
             let line = format!(
-                "  {:<16} {:<9} {:<3} {:<7} {fast:<9}{state}",
+                "  {:<16} {:<9} {:<3} {at:<7} {fast:<9}{state}",
                 i.iface,
                 opt(&i.side),
                 opt(&i.hook),
-                opt(&i.mode)
             );
             writeln!(f, "{}", line.trim_end())?;
             writeln!(f, "    {}: {}", opt(&i.hook), i.hook_reason)?;
