@@ -23,6 +23,10 @@ pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// How long a command that changes a node waits for another one that is changing it
+    /// (commands that change a node run one at a time) before it gives up as busy.
+    #[arg(long, global = true, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub lock_wait: Duration,
     #[command(flatten)]
     pub etcd: EtcdArgs,
     #[command(subcommand)]

@@ -13,7 +13,10 @@ use std::{
 
 use serde::Serialize;
 
-use crate::table::{Drain, PageTable, TableError};
+use crate::{
+    pause,
+    table::{Drain, PageTable, TableError},
+};
 
 /// A VM's mapping: its virtual address and the real address where it is now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
@@ -272,10 +275,11 @@ pub fn switch_many<T: PageTable>(
     if from == to {
         return Ok(switched);
     }
-    for (_, t) in nodes.iter_mut() {
+    for (i, (_, t)) in nodes.iter_mut().enumerate() {
         t.set_reverse(to, vm)?;
+        pause::at(|| format!("switch-reverse:{}", i + 1));
     }
-    for (name, t) in nodes.iter_mut() {
+    for (i, (name, t)) in nodes.iter_mut().enumerate() {
         let start = Instant::now();
         t.set_forward(vm, to)?;
         let update = start.elapsed();
@@ -284,6 +288,7 @@ pub fn switch_many<T: PageTable>(
             node: name.clone(),
             update,
         });
+        pause::at(|| format!("switch-forward:{}", i + 1));
     }
     for (_, t) in nodes.iter_mut() {
         t.remove_drain(to)?;

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::{MigrateError, NodeSwitch};
 use crate::{
     directory::{Confirmation, DirError, Directory, EtcdOptions, Reservation, laggards},
-    node::{Node, OpenNode},
+    node::{self, Node, OpenNode},
     ops::{self, now_ms},
     table::{PageTable, TableError},
     timeline::{Source, Timeline},
@@ -127,19 +127,19 @@ impl Edges {
     pub(super) async fn open(spec: &EdgeSpec) -> Result<Self, MigrateError> {
         match spec {
             EdgeSpec::Nodes(dirs) => {
-                dirs.iter()
-                    .map(|dir| {
-                        let mut n = Node::new(dir).open_for_write().map_err(|source| {
-                            MigrateError::Node {
-                                dir: dir.clone(),
-                                source,
-                            }
-                        })?;
-                        ops::gc(&mut n.table, now_ms())?;
-                        Ok((dir.clone(), n))
-                    })
-                    .collect::<Result<_, _>>()
-                    .map(Edges::Local)
+                let nodes: Vec<Node> = dirs.iter().map(Node::new).collect();
+                let opened = node::open_many_for_write(&nodes).map_err(|(i, source)| {
+                    MigrateError::Node {
+                        dir: dirs[i].clone(),
+                        source,
+                    }
+                })?;
+                let mut local = Vec::new();
+                for (dir, mut n) in dirs.iter().zip(opened) {
+                    ops::gc(&mut n.table, now_ms())?;
+                    local.push((dir.clone(), n));
+                }
+                Ok(Edges::Local(local))
             }
             EdgeSpec::Directory { etcd, confirm } => Ok(Edges::Directory(Box::new(DirEdges {
                 dir: Directory::connect(etcd).await?,
