@@ -151,9 +151,18 @@ pub enum Command {
     /// and how far they are behind.
     Nodes,
     /// Report inconsistencies in the node's table (or the directory's, with --etcd):
-    /// reverse entries without a mapping, mappings without a reverse entry, reverse
-    /// entries of another VM, expired drains. Exits non-zero if it finds any.
-    Check,
+    /// reverse entries without a mapping nor drain, mappings without a reverse entry,
+    /// reverse entries of another VM, expired drains, drains without their reverse entry,
+    /// counters without a mapping. Exits non-zero if it finds any (with --repair: if any
+    /// is left).
+    Check {
+        /// Fix each inconsistency with its safe action and say what was done: remove an
+        /// orphan reverse entry, point a mapping's reverse entry back at its VM, end an
+        /// expired drain, forget a drain or counters that belong to nothing. Two VMs that
+        /// map to one real address are left for you to decide. Not with --etcd.
+        #[arg(long)]
+        repair: bool,
+    },
     /// End the drains whose period is over (every command also does this first).
     Gc {
         /// End every drain now.
@@ -327,7 +336,12 @@ pub enum MapCommand {
         vm: IpAddr,
     },
     /// List the mappings (with --json, in the format `apply` reads).
-    List,
+    List {
+        /// List the reverse entries (R2V) instead, each with what it is for (mapped,
+        /// draining, of another VM, orphan), and the drains.
+        #[arg(long)]
+        reverse: bool,
+    },
 }
 
 /// How long an old real address keeps translating after the VM leaves it.

@@ -148,15 +148,7 @@ fn run(cli: Cli) -> Result<Output> {
             };
             migrating::run(&m, EdgeSpec::Nodes(nodes))?
         }
-        Command::Check => {
-            // Between two commands' changes, but without writing.
-            let _lock = node.exists().then(|| node.lock_writers()).transpose()?;
-            let n = open_to_read(&node)?;
-            Output::Checked(report::Checked {
-                table: node.dir().display().to_string(),
-                findings: check::check(&n.table, now_ms())?,
-            })
-        }
+        Command::Check { repair } => check(&node, repair)?,
         Command::Agent(_) | Command::Nodes => unreachable!("refused above without --etcd"),
         Command::Gc { now } => {
             let mut n = node.open_for_write()?;
@@ -168,7 +160,7 @@ fn run(cli: Cli) -> Result<Output> {
 
 fn map(node: &Node, cmd: MapCommand) -> Result<Output> {
     let mut n = match cmd {
-        MapCommand::List => open_to_read(node)?,
+        MapCommand::List { .. } => open_to_read(node)?,
         _ => open_for_write(node)?,
     };
     Ok(match cmd {
@@ -178,10 +170,41 @@ fn map(node: &Node, cmd: MapCommand) -> Result<Output> {
             Output::Added(m)
         }
         MapCommand::Del { vm } => Output::Deleted(ops::delete(&mut n.table, vm)?),
-        MapCommand::List => Output::List(TableFile {
+        MapCommand::List { reverse: false } => Output::List(TableFile {
             mapping: ops::list(&n.table)?,
         }),
+        MapCommand::List { reverse: true } => Output::Reverse(report::ReverseList {
+            reverse: check::reverse_entries(&n.table)?,
+            drains: n.table.drains()?,
+        }),
     })
+}
+
+/// `netpage check [--repair]`: waits for the commands changing the node, so as to see the
+/// table between two changes; repairing writes it, which an agent's node refuses.
+fn check(node: &Node, repair: bool) -> Result<Output> {
+    let table = node.dir().display().to_string();
+    let now = now_ms();
+    if !repair {
+        let _lock = node.exists().then(|| node.lock_writers()).transpose()?;
+        let n = open_to_read(node)?;
+        return Ok(Output::Checked(report::Checked {
+            table,
+            findings: check::check(&n.table, now)?,
+            repaired: None,
+            remaining: None,
+        }));
+    }
+    let mut n = node.open_for_write()?;
+    let findings = check::check(&n.table, now)?;
+    let repaired = check::repair(&mut n.table, &findings, now)?;
+    let remaining = check::check(&n.table, now)?;
+    Ok(Output::Checked(report::Checked {
+        table,
+        findings,
+        repaired: Some(repaired),
+        remaining: Some(remaining),
+    }))
 }
 
 fn node_name(dir: &std::path::Path) -> String {

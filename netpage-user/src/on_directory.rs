@@ -16,7 +16,7 @@ use netpage::{
 
 use crate::{
     cli::{Cli, Command, MapCommand},
-    report::{Checked, DirStatus, Output},
+    report::{Checked, DirStatus, Output, ReverseList},
 };
 
 /// The name of a command that only works with `--etcd`, if `cmd` is one.
@@ -80,9 +80,16 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
         Command::Map(MapCommand::Del { vm }) => {
             Output::Deleted(dir.change(|v| ops::delete(v, vm)).await?.0)
         }
-        Command::Map(MapCommand::List) => Output::List(TableFile {
+        Command::Map(MapCommand::List { reverse: false }) => Output::List(TableFile {
             mapping: ops::list(&dir.view().await?)?,
         }),
+        Command::Map(MapCommand::List { reverse: true }) => {
+            let view = dir.view().await?;
+            Output::Reverse(ReverseList {
+                reverse: check::reverse_entries(&view)?,
+                drains: view.drains()?,
+            })
+        }
         Command::Apply {
             file,
             dry_run,
@@ -123,9 +130,14 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
                 nodes: dir.nodes().await?,
             })
         }
-        Command::Check => Output::Checked(Checked {
+        Command::Check { repair: true } => bail!(
+            "`netpage check --repair` is not supported on the directory (--etcd): each node's agent mirrors the directory into its table; repair a node's table with `netpage check --repair --pin-dir DIR` once its agent is stopped"
+        ),
+        Command::Check { repair: false } => Output::Checked(Checked {
             table: format!("{} at {}", etcd.prefix, etcd.endpoints_text()),
             findings: check::check(&dir.view().await?, now_ms())?,
+            repaired: None,
+            remaining: None,
         }),
         Command::Nodes => Output::Nodes(dir.nodes().await?),
         Command::Attach(_) => return local_only("attach"),

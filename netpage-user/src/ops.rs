@@ -45,11 +45,13 @@ pub enum OpError {
     VmExists { vm: IpAddr, real: IpAddr },
     #[error("VM {vm} is not in the page table; add it with `netpage map add --vm {vm} --real RA`")]
     UnknownVm { vm: IpAddr },
-    #[error("real address {real} is already used by VM {owner}{}", draining_hint(*.draining))]
+    #[error("real address {real} is already used by VM {owner}{}", in_use_hint(*.draining, *.orphan))]
     RealInUse {
         real: IpAddr,
         owner: IpAddr,
         draining: bool,
+        /// Neither mapped nor draining: a reverse entry left behind.
+        orphan: bool,
     },
     #[error("VM {vm} appears twice in the table file")]
     DuplicateVm { vm: IpAddr },
@@ -63,6 +65,12 @@ pub enum OpError {
     },
     #[error("no node to change")]
     NoNode,
+    #[error("{failed} (what the switch had changed is undone)")]
+    Undone { failed: Box<OpError> },
+    #[error(
+        "{failed}; undoing what was done before failed too ({undo}): run `netpage check --repair` on every node, then the switch again"
+    )]
+    NotUndone { failed: Box<OpError>, undo: String },
     #[error("node {node}")]
     OnNode {
         node: String,
@@ -73,8 +81,10 @@ pub enum OpError {
     Table(#[from] TableError),
 }
 
-fn draining_hint(draining: bool) -> &'static str {
-    if draining {
+fn in_use_hint(draining: bool, orphan: bool) -> &'static str {
+    if orphan {
+        " (a reverse entry left behind, with no mapping nor drain: `netpage check --repair` removes it)"
+    } else if draining {
         " (still draining after a switch; wait for the drain to end or run `netpage gc --now`)"
     } else {
         ""
@@ -153,11 +163,19 @@ fn check_family(m: Mapping) -> Result<(), OpError> {
 /// Fails if `real` is in R2V for a VM other than `vm`.
 fn check_real_free(t: &impl PageTable, vm: IpAddr, real: IpAddr) -> Result<(), OpError> {
     match t.reverse(real)? {
-        Some(owner) if owner != vm => Err(OpError::RealInUse {
-            real,
-            owner,
-            draining: t.forward(owner)? != Some(real),
-        }),
+        Some(owner) if owner != vm => {
+            let moved = t.forward(owner)? != Some(real);
+            let drains = moved
+                && t.drains()?
+                    .iter()
+                    .any(|d| d.real == real && d.virt == owner);
+            Err(OpError::RealInUse {
+                real,
+                owner,
+                draining: drains,
+                orphan: moved && !drains,
+            })
+        }
         _ => Ok(()),
     }
 }
@@ -170,7 +188,9 @@ pub fn add(t: &mut impl PageTable, m: Mapping) -> Result<(), OpError> {
     }
     check_real_free(t, m.vm, m.real)?;
     t.create_stats(m.vm)?;
+    pause::at(|| "add-stats".to_owned());
     t.set_reverse(m.real, m.vm)?;
+    pause::at(|| "add-reverse".to_owned());
     t.set_forward(m.vm, m.real)?;
     t.remove_drain(m.real)?;
     Ok(())
@@ -256,6 +276,10 @@ pub fn switch<T: PageTable>(
 /// entry is updated (one map update each, timed), and the old real address drains until
 /// `now_ms + drain` (it is removed at once when `drain` is zero). Installing every reverse
 /// entry first means no node receives the new address before it can translate it.
+///
+/// Nodes where the VM is already at `to` (a switch that stopped part-way) are left as
+/// they are, so that running the switch again completes it. If a step fails on a node,
+/// what the switch did on the nodes before is undone, and the error says so.
 pub fn switch_many<T: PageTable>(
     nodes: &mut [(String, &mut T)],
     vm: IpAddr,
@@ -263,7 +287,7 @@ pub fn switch_many<T: PageTable>(
     drain: Duration,
     now_ms: u64,
 ) -> Result<Switched, OpError> {
-    let from = locate(nodes.iter().map(|(n, t)| (n.as_str(), &**t)), vm, to)?;
+    let (from, done) = locate_resuming(nodes.iter().map(|(n, t)| (n.as_str(), &**t)), vm, to)?;
     let mut switched = Switched {
         vm,
         from,
@@ -275,13 +299,21 @@ pub fn switch_many<T: PageTable>(
     if from == to {
         return Ok(switched);
     }
-    for (i, (_, t)) in nodes.iter_mut().enumerate() {
-        t.set_reverse(to, vm)?;
+    for i in 0..nodes.len() {
+        let (name, t) = &mut nodes[i];
+        if let Err(e) = t.set_reverse(to, vm) {
+            let e = on_node(name, e.into());
+            return Err(undone(e, undo_switch(&mut nodes[..i], &done, vm, from, to)));
+        }
         pause::at(|| format!("switch-reverse:{}", i + 1));
     }
-    for (i, (name, t)) in nodes.iter_mut().enumerate() {
+    for i in 0..nodes.len() {
+        let (name, t) = &mut nodes[i];
         let start = Instant::now();
-        t.set_forward(vm, to)?;
+        if let Err(e) = t.set_forward(vm, to) {
+            let e = on_node(name, e.into());
+            return Err(undone(e, undo_switch(nodes, &done, vm, from, to)));
+        }
         let update = start.elapsed();
         switched.update = switched.update.max(update);
         switched.nodes.push(NodeUpdate {
@@ -292,9 +324,85 @@ pub fn switch_many<T: PageTable>(
     }
     for (_, t) in nodes.iter_mut() {
         t.remove_drain(to)?;
-        switched.drain_until_ms = retire(&mut **t, vm, from, drain, now_ms)?;
+        // A node that had switched already may have lost the old address's entry.
+        if t.reverse(from)? == Some(vm) {
+            let until = retire(&mut **t, vm, from, drain, now_ms)?;
+            switched.drain_until_ms = switched.drain_until_ms.or(until);
+        }
     }
     Ok(switched)
+}
+
+/// Puts the nodes that were not `done` back where the VM was (V2R[vm] = from, no
+/// R2V[to]); returns what could not be undone.
+fn undo_switch<T: PageTable>(
+    nodes: &mut [(String, &mut T)],
+    done: &[bool],
+    vm: IpAddr,
+    from: IpAddr,
+    to: IpAddr,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    for ((name, t), _) in nodes.iter_mut().zip(done).filter(|(_, d)| !**d) {
+        let undo = (|| {
+            if t.forward(vm)? == Some(to) {
+                t.set_forward(vm, from)?;
+            }
+            remove_reverse_of(&mut **t, to, vm)
+        })();
+        if let Err(e) = undo {
+            failed.push(format!("node {name}: {e}"));
+        }
+    }
+    failed
+}
+
+/// The error of a step, with whether undoing the steps before it failed.
+fn undone(e: OpError, failed: Vec<String>) -> OpError {
+    if failed.is_empty() {
+        OpError::Undone {
+            failed: Box::new(e),
+        }
+    } else {
+        OpError::NotUndone {
+            failed: Box::new(e),
+            undo: failed.join("; "),
+        }
+    }
+}
+
+/// Where the nodes that have not switched yet have `vm` (they must agree, and there must
+/// be a node), and which nodes have it at `to` already; checks on each that it may move
+/// to `to`. Errors name the node.
+fn locate_resuming<'a, T: PageTable + 'a>(
+    nodes: impl IntoIterator<Item = (&'a str, &'a T)>,
+    vm: IpAddr,
+    to: IpAddr,
+) -> Result<(IpAddr, Vec<bool>), OpError> {
+    let mut from = None;
+    let mut done = Vec::new();
+    for (name, t) in nodes {
+        let at = check_switch(t, vm, to).map_err(|e| on_node(name, e))?;
+        done.push(at == to);
+        if at == to {
+            continue;
+        }
+        match from {
+            Some(f) if f != at => {
+                let e = OpError::Disagree {
+                    vm,
+                    here: at,
+                    elsewhere: f,
+                };
+                return Err(on_node(name, e));
+            }
+            _ => from = Some(at),
+        }
+    }
+    if done.is_empty() {
+        return Err(OpError::NoNode);
+    }
+    Ok((from.unwrap_or(to), done))
 }
 
 /// Where every node has `vm` now, checking on each that it may move to `to`: the nodes

@@ -191,45 +191,6 @@ fn eight_concurrent_writers_leave_a_consistent_table() {
     );
 }
 
-/// Starts `netpage ARGS` on `node` with the test hook that stops it at `step`, and waits
-/// until it is there (holding whatever it holds at that step).
-pub fn paused_at(world: &World, node: Node, args: &[&str], step: &str) -> std::process::Child {
-    paused_at_dirs(world, node, &[], args, step)
-}
-
-/// Like [`paused_at`], with `--pin-dir` left to `args` when `pin_dir` is empty.
-fn paused_at_dirs(
-    world: &World,
-    node: Node,
-    pin_dir: &[&str],
-    args: &[&str],
-    step: &str,
-) -> std::process::Child {
-    use std::io::BufRead;
-    let mut cmd = world.ns(node).command(netpage_tests::world::netpage_bin());
-    if pin_dir.is_empty() {
-        cmd.arg("--pin-dir").arg(world.pin_dir(node));
-    } else {
-        cmd.args(pin_dir);
-    }
-    let mut child = cmd
-        .args(args)
-        .env("NETPAGE_TEST_PAUSE_AT", step)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start netpage");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    assert_eq!(
-        line.trim(),
-        format!("netpage: paused at {step}"),
-        "netpage {args:?} did not reach {step}"
-    );
-    child
-}
-
 /// A writer waits for the one changing the node, up to `--lock-wait`, then gives up as
 /// busy; reading commands do not wait; killing the holder frees the node.
 #[test]
@@ -238,8 +199,7 @@ fn a_writer_waits_for_another_then_gives_up_as_busy() {
     world.attach_all();
     let (vm, ra) = ("198.19.1.1", "198.18.30.1");
     world.netpage_ok(Node::Gw, &["map", "add", "--vm", vm, "--real", ra]);
-    let mut holder = paused_at(
-        &world,
+    let mut holder = world.netpage_paused_at(
         Node::Gw,
         &["switch", "--vm", vm, "--to", "198.18.30.2"],
         "switch-reverse:1",
