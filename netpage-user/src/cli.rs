@@ -124,7 +124,10 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Make the table equal to a TOML or JSON table file, in batches; idempotent.
+    /// Make the table equal to a TOML or JSON table file, in batches; idempotent. Removals
+    /// go first; the node's capacity is checked before any write; installs that fail are
+    /// undone. With a drain, a real address that passes from one VM to another is left to a
+    /// later apply (reported as deferred) until its drain ends, as with `switch`.
     Apply {
         /// The table file (`[[mapping]]` entries with `vm` and `real`).
         #[arg(short, long, value_name = "FILE")]
@@ -132,6 +135,10 @@ pub enum Command {
         /// Show what would change without changing it.
         #[arg(long)]
         dry_run: bool,
+        /// Accept a file without mappings, which removes every mapping (refused otherwise,
+        /// so that an empty or truncated file does not empty the table).
+        #[arg(long)]
+        allow_empty: bool,
         #[command(flatten)]
         drain: DrainArg,
     },

@@ -122,6 +122,7 @@ fn run(cli: Cli) -> Result<Output> {
         Command::Apply {
             file,
             dry_run,
+            allow_empty,
             drain,
         } => {
             let desired = TableFile::read(&file)?;
@@ -130,13 +131,14 @@ fn run(cli: Cli) -> Result<Output> {
             } else {
                 open_for_write(&node)?
             };
-            let plan = ops::make_equal(
-                &mut n.table,
-                &desired.mapping,
+            let opts = ops::ApplyOptions {
                 dry_run,
-                drain.drain,
-                now_ms(),
-            )?;
+                drain: drain.drain,
+                now_ms: now_ms(),
+                allow_empty,
+                capacity: Some(node.capacity()?),
+            };
+            let plan = ops::make_equal(&mut n.table, &desired.mapping, &opts)?;
             Output::Applied { plan, dry_run }
         }
         Command::Stats { vm } => Output::Stats(stats(&open_to_read(&node)?, vm)?),

@@ -93,11 +93,19 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
         Command::Apply {
             file,
             dry_run,
+            allow_empty,
             drain,
         } => {
             let desired = TableFile::read(&file)?;
+            let opts = ops::ApplyOptions {
+                dry_run,
+                drain: drain.drain,
+                now_ms: now_ms(),
+                allow_empty,
+                capacity: None,
+            };
             let (plan, _) = dir
-                .change(|v| ops::make_equal(v, &desired.mapping, dry_run, drain.drain, now_ms()))
+                .change(|v| ops::make_equal(v, &desired.mapping, &opts))
                 .await?;
             Output::Applied { plan, dry_run }
         }

@@ -5,7 +5,6 @@
 //! valid: bad input changes nothing.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -65,7 +64,7 @@ pub enum OpError {
     },
     #[error("no node to change")]
     NoNode,
-    #[error("{failed} (what the switch had changed is undone)")]
+    #[error("{failed} (what the switch had changed on the nodes is undone)")]
     Undone { failed: Box<OpError> },
     #[error(
         "{failed}; undoing what was done before failed too ({undo}): run `netpage check --repair` on every node, then the switch again"
@@ -77,8 +76,41 @@ pub enum OpError {
         #[source]
         source: Box<OpError>,
     },
+    #[error(
+        "the table file has no mapping: applying it would remove all {mappings} mappings of the table; pass --allow-empty if that is what you want"
+    )]
+    EmptyTable { mappings: usize },
+    #[error(
+        "the table would need {need} {family} entries in {map} at its fullest, more than the {capacity} it holds; nothing was changed (a moved VM's new real address is installed before its old one goes, which then drains for --drain: `netpage gc --now` frees the addresses that drain, and smaller steps need less room)"
+    )]
+    NoRoom {
+        family: &'static str,
+        map: &'static str,
+        need: usize,
+        capacity: u32,
+    },
+    #[error("{failed}; the installs are undone{}{}", removals_note(*.removed), undo_note(.undo.as_deref()))]
+    ApplyFailed {
+        failed: TableError,
+        removed: usize,
+        undo: Option<String>,
+    },
     #[error(transparent)]
     Table(#[from] TableError),
+}
+
+fn removals_note(removed: usize) -> String {
+    if removed == 0 {
+        String::new()
+    } else {
+        format!(" (the {removed} removals, done first, stay)")
+    }
+}
+
+fn undo_note(undo: Option<&str>) -> String {
+    undo.map_or(String::new(), |u| {
+        format!("; undoing them failed too ({u}): run `netpage check --repair`")
+    })
 }
 
 fn in_use_hint(draining: bool, orphan: bool) -> &'static str {
@@ -497,122 +529,8 @@ pub fn list(t: &impl PageTable) -> Result<Vec<Mapping>, TableError> {
     Ok(all)
 }
 
-/// What `apply` changes to make the table equal to a desired set of mappings.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Plan {
-    pub added: Vec<Mapping>,
-    /// Mappings whose VM moves, with the real address it leaves.
-    pub moved: Vec<Moved>,
-    pub removed: Vec<Mapping>,
-    pub unchanged: usize,
-}
-
-/// A VM that `apply` moves from one real address to another.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Moved {
-    pub vm: IpAddr,
-    pub from: IpAddr,
-    pub to: IpAddr,
-}
-
-impl Plan {
-    /// Whether applying the plan changes nothing.
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.moved.is_empty() && self.removed.is_empty()
-    }
-}
-
-/// Compares the desired table with the current one. Fails, changing nothing, on an address
-/// that cannot be mapped, a family mismatch or a VM or real address given twice. A real
-/// address may pass from one VM to another: the file is the whole table.
-pub fn plan(t: &impl PageTable, desired: &[Mapping]) -> Result<Plan, OpError> {
-    let mut by_vm = BTreeMap::new();
-    let mut by_real: BTreeMap<IpAddr, IpAddr> = BTreeMap::new();
-    for &m in desired {
-        check_mapping(m)?;
-        if by_vm.insert(m.vm, m.real).is_some() {
-            return Err(OpError::DuplicateVm { vm: m.vm });
-        }
-        if let Some(a) = by_real.insert(m.real, m.vm) {
-            return Err(OpError::DuplicateReal {
-                real: m.real,
-                a,
-                b: m.vm,
-            });
-        }
-    }
-    let current = list(t)?;
-    let mut plan = Plan::default();
-    for m in &current {
-        match by_vm.get(&m.vm) {
-            None => plan.removed.push(*m),
-            Some(&to) if to == m.real => plan.unchanged += 1,
-            Some(&to) => plan.moved.push(Moved {
-                vm: m.vm,
-                from: m.real,
-                to,
-            }),
-        }
-    }
-    let known: BTreeSet<IpAddr> = current.iter().map(|m| m.vm).collect();
-    plan.added = desired
-        .iter()
-        .filter(|m| !known.contains(&m.vm))
-        .copied()
-        .collect();
-    plan.added.sort();
-    Ok(plan)
-}
-
-/// Plans what makes the table equal to `desired` and, unless `dry_run`, carries it out
-/// ([`plan`], then [`apply`]); returns the plan.
-pub fn make_equal(
-    t: &mut impl PageTable,
-    desired: &[Mapping],
-    dry_run: bool,
-    drain: Duration,
-    now_ms: u64,
-) -> Result<Plan, OpError> {
-    let plan = plan(t, desired)?;
-    if !dry_run {
-        apply(t, &plan, drain, now_ms)?;
-    }
-    Ok(plan)
-}
-
-/// Carries out a plan: all R2V entries in one batch, then all V2R entries in one batch,
-/// then removals; moved VMs' old real addresses drain as after a switch.
-pub fn apply(
-    t: &mut impl PageTable,
-    plan: &Plan,
-    drain: Duration,
-    now_ms: u64,
-) -> Result<(), TableError> {
-    let installs: Vec<(IpAddr, IpAddr)> = plan
-        .added
-        .iter()
-        .map(|m| (m.vm, m.real))
-        .chain(plan.moved.iter().map(|m| (m.vm, m.to)))
-        .collect();
-    for &(vm, _) in &installs {
-        t.create_stats(vm)?;
-    }
-    let reverse: Vec<_> = installs.iter().map(|&(vm, real)| (real, vm)).collect();
-    t.set_reverse_many(&reverse)?;
-    t.set_forward_many(&installs)?;
-    for &(_, real) in &installs {
-        t.remove_drain(real)?;
-    }
-    // An address that another VM takes over does not drain.
-    for m in plan
-        .moved
-        .iter()
-        .filter(|m| !installs.iter().any(|i| i.1 == m.from))
-    {
-        retire(t, m.vm, m.from, drain, now_ms)?;
-    }
-    plan.removed.iter().try_for_each(|&m| remove_mapping(t, m))
-}
+mod apply;
+pub use apply::{ApplyOptions, Deferred, Moved, Plan, apply, make_equal, plan};
 
 #[cfg(test)]
 mod tests;

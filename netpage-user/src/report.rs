@@ -218,13 +218,21 @@ fn applied(f: &mut fmt::Formatter<'_>, p: &Plan, dry_run: bool) -> fmt::Result {
     for m in &p.removed {
         writeln!(f, "{verb}remove {} -> {}", m.vm, m.real)?;
     }
+    for d in &p.deferred {
+        writeln!(
+            f,
+            "defer  {} -> {} ({} holds it, draining: apply again once its drain ends)",
+            d.vm, d.real, d.held_by
+        )?;
+    }
     writeln!(
         f,
-        "{} added, {} moved, {} removed, {} unchanged{}",
+        "{} added, {} moved, {} removed, {} unchanged, {} deferred{}",
         p.added.len(),
         p.moved.len(),
         p.removed.len(),
         p.unchanged,
+        p.deferred.len(),
         if dry_run {
             " (dry run: nothing changed)"
         } else {

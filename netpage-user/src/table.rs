@@ -25,6 +25,17 @@ pub enum TableError {
         #[source]
         source: Box<MapError>,
     },
+    #[error(
+        "batch-setting {addr} in map {map} (the {done} entries before it, of {total}, were set)"
+    )]
+    Batch {
+        map: &'static str,
+        addr: IpAddr,
+        done: usize,
+        total: usize,
+        #[source]
+        source: Box<MapError>,
+    },
     #[error("reading map {map}")]
     Read {
         map: &'static str,

@@ -488,10 +488,132 @@ fn apply_may_pass_a_real_address_to_another_vm() {
     let mut t = mapped(VM, RA_A);
     let desired = [m(VM, RA_B), m(VM2, RA_A)];
     let p = plan(&t, &desired).unwrap();
-    apply(&mut t, &p, SECOND, 0).unwrap();
-    gc(&mut t, u64::MAX).unwrap();
+    apply(&mut t, &p, Duration::ZERO, 0).unwrap();
     assert_eq!(t.r2v[&ip(RA_A)], ip(VM2));
     assert_eq!(t.r2v[&ip(RA_B)], ip(VM));
+}
+
+fn opts(drain: Duration) -> ApplyOptions {
+    ApplyOptions {
+        drain,
+        ..ApplyOptions::default()
+    }
+}
+
+#[test]
+fn a_real_address_passed_to_another_vm_drains_first() {
+    let mut t = mapped(VM, RA_A);
+    let desired = [m(VM, RA_B), m(VM2, RA_A)];
+    let p = make_equal(&mut t, &desired, &opts(SECOND)).unwrap();
+    assert_eq!(
+        p.deferred,
+        [Deferred {
+            vm: ip(VM2),
+            real: ip(RA_A),
+            held_by: ip(VM)
+        }]
+    );
+    // The VM moved; its old address drains for it; the other VM waits.
+    assert_eq!(t.v2r[&ip(VM)], ip(RA_B));
+    assert_eq!(t.r2v[&ip(RA_A)], ip(VM));
+    assert!(!t.v2r.contains_key(&ip(VM2)));
+    assert_eq!(crate::check::check(&t, 0).unwrap(), vec![]);
+    // Once the drain is over, the same apply hands the address over.
+    gc(&mut t, u64::MAX).unwrap();
+    let p = make_equal(&mut t, &desired, &opts(SECOND)).unwrap();
+    assert_eq!((p.added, p.deferred), (vec![m(VM2, RA_A)], vec![]));
+    assert_eq!(t.r2v[&ip(RA_A)], ip(VM2));
+    assert_eq!(crate::check::check(&t, 0).unwrap(), vec![]);
+}
+
+#[test]
+fn an_empty_file_is_refused_unless_allowed() {
+    let mut t = mapped(VM, RA_A);
+    let before = t.snapshot();
+    let e = make_equal(&mut t, &[], &opts(SECOND)).unwrap_err();
+    assert!(matches!(e, OpError::EmptyTable { mappings: 1 }), "{e}");
+    assert!(e.to_string().contains("--allow-empty"), "{e}");
+    assert_eq!(t.snapshot(), before);
+    let allow = ApplyOptions {
+        allow_empty: true,
+        ..opts(SECOND)
+    };
+    let p = make_equal(&mut t, &[], &allow).unwrap();
+    assert_eq!(p.removed, [m(VM, RA_A)]);
+    assert!(t.v2r.is_empty() && t.r2v.is_empty());
+}
+
+#[test]
+fn apply_removes_first_and_checks_the_capacity_before_writing() {
+    let mut t = mapped(VM, RA_A);
+    add(&mut t, m(VM2, RA2)).unwrap();
+    let room = |n| ApplyOptions {
+        capacity: Some(n),
+        ..opts(Duration::ZERO)
+    };
+    // Two other mappings fit in two entries: the removals go first.
+    let others = [
+        m("198.19.0.12", "198.18.10.102"),
+        m("198.19.0.13", "198.18.10.103"),
+    ];
+    make_equal(&mut t, &others, &room(2)).unwrap();
+    assert_eq!(list(&t).unwrap(), others);
+    // Three do not, and nothing changes.
+    let before = t.snapshot();
+    let three = [others[0], others[1], m(VM, RA_A)];
+    let e = make_equal(&mut t, &three, &room(2)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            OpError::NoRoom {
+                need: 3,
+                capacity: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(t.snapshot(), before);
+    // A move needs one reverse entry more: its new address goes in before the old one
+    // goes (and drains).
+    let moved = [m("198.19.0.12", RA_B), others[1]];
+    for drain in [Duration::ZERO, SECOND] {
+        let e = make_equal(
+            &mut t,
+            &moved,
+            &ApplyOptions {
+                capacity: Some(2),
+                ..opts(drain)
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                OpError::NoRoom {
+                    map: "R2V",
+                    need: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(t.snapshot(), before);
+    }
+    make_equal(&mut t, &moved, &room(3)).unwrap();
+}
+
+#[test]
+fn installs_that_fail_are_undone() {
+    let mut t = mapped(VM, RA_A);
+    let before = t.snapshot();
+    t.fail_on = Some("r2v 198.18.10.103".to_owned());
+    let desired = [m(VM, RA_A), m(VM2, RA2), m("198.19.0.13", "198.18.10.103")];
+    let e = make_equal(&mut t, &desired, &opts(SECOND)).unwrap_err();
+    assert!(matches!(e, OpError::ApplyFailed { undo: None, .. }), "{e}");
+    assert!(e.to_string().contains("undone"), "{e}");
+    t.fail_on = None;
+    assert_eq!(t.snapshot(), before);
 }
 
 #[test]
