@@ -193,20 +193,32 @@ fn check(node: &Node, repair: bool) -> Result<Output> {
         return Ok(Output::Checked(report::Checked {
             table,
             findings: check::check(&n.table, now)?,
+            fast_port_count: fast_port_mismatch(&n)?,
             repaired: None,
             remaining: None,
         }));
     }
     let mut n = node.open_for_write()?;
     let findings = check::check(&n.table, now)?;
+    let fast_port_count = fast_port_mismatch(&n)?;
     let repaired = check::repair(&mut n.table, &findings, now)?;
+    if fast_port_count.is_some() {
+        n.recount_fast_ports()?;
+    }
     let remaining = check::check(&n.table, now)?;
     Ok(Output::Checked(report::Checked {
         table,
         findings,
+        fast_port_count,
         repaired: Some(repaired),
         remaining: Some(remaining),
     }))
+}
+
+/// The node's stored and actual counts of fast-path ports, if they differ.
+fn fast_port_mismatch(n: &OpenNode) -> Result<Option<[u32; 2]>> {
+    let (stored, actual) = n.fast_ports()?;
+    Ok((stored != actual).then_some([stored, actual]))
 }
 
 fn node_name(dir: &std::path::Path) -> String {

@@ -607,6 +607,15 @@ impl OpenNode {
 
     /// Stores how many ports have the fast path on, which gates the program's port lookup.
     fn count_fast_ports(&mut self) -> Result<(), NodeError> {
+        let count = self.fast_ports()?.1;
+        self.fast
+            .set(0, count, 0)
+            .map_err(|e| NodeError::Registry(Box::new(e)))
+    }
+
+    /// The count of fast-path ports that the programs read, and the count the port map
+    /// gives: they differ only if a writer was interrupted (or raced another).
+    pub fn fast_ports(&self) -> Result<(u32, u32), NodeError> {
         let registry = |e| NodeError::Registry(Box::new(e));
         let ports = self
             .ports
@@ -614,9 +623,13 @@ impl OpenNode {
             .map(|kv| kv.map(|(_, p)| p))
             .collect::<Result<Vec<_>, _>>()
             .map_err(registry)?;
-        self.fast
-            .set(0, fast_port_count(ports), 0)
-            .map_err(registry)
+        let stored = self.fast.get(&0, 0).map_err(registry)?;
+        Ok((stored, fast_port_count(ports)))
+    }
+
+    /// Stores the count of fast-path ports that the port map gives (`check --repair`).
+    pub fn recount_fast_ports(&mut self) -> Result<(), NodeError> {
+        self.count_fast_ports()
     }
 
     /// Forgets the interface with index `ifindex`.

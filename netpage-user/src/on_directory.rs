@@ -144,6 +144,7 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
         Command::Check { repair: false } => Output::Checked(Checked {
             table: format!("{} at {}", etcd.prefix, etcd.endpoints_text()),
             findings: check::check(&dir.view().await?, now_ms())?,
+            fast_port_count: None,
             repaired: None,
             remaining: None,
         }),

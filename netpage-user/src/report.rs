@@ -277,6 +277,10 @@ pub struct Checked {
     /// The table checked: a pin directory, or the directory's prefix and endpoints.
     pub table: String,
     pub findings: Vec<Finding>,
+    /// A node's count of fast-path ports, if it differs from its port map's: `[stored,
+    /// actual]` (after --repair: as it was found).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast_port_count: Option<[u32; 2]>,
     /// With --repair: what was done about each finding.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repaired: Option<Vec<Repair>>,
@@ -287,6 +291,9 @@ pub struct Checked {
 
 impl Checked {
     fn failure(&self) -> Option<&'static str> {
+        if self.fast_port_count.is_some() && self.repaired.is_none() {
+            return Some("the table is inconsistent");
+        }
         match &self.remaining {
             Some(left) if !left.is_empty() => Some("the table is still inconsistent (see above)"),
             Some(_) => None,
@@ -298,8 +305,23 @@ impl Checked {
 
 impl fmt::Display for Checked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some([stored, actual]) = self.fast_port_count {
+            let done = if self.repaired.is_some() {
+                ": recounted"
+            } else {
+                ""
+            };
+            writeln!(
+                f,
+                "{}: the programs count {stored} fast-path ports, the port map has {actual}{done}",
+                self.table
+            )?;
+        }
         if self.findings.is_empty() {
-            return writeln!(f, "{}: consistent", self.table);
+            if self.fast_port_count.is_none() || self.repaired.is_some() {
+                writeln!(f, "{}: consistent", self.table)?;
+            }
+            return Ok(());
         }
         writeln!(f, "{}: {} inconsistencies", self.table, self.findings.len())?;
         match &self.repaired {

@@ -2,6 +2,9 @@
 //! time, so that eight writers hammering one gateway for half a minute (adds, switches and
 //! switches back, deletes, gc, apply, attach and detach) leave a table `netpage check`
 //! finds consistent, and none of them fails for another reason than its own request.
+//! (Without the writers' lock, the same run fails: two attaches of one interface race
+//! and one fails with EEXIST from `bpf_link_create`, some fifteen to seventy times in
+//! 30 s here.)
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},

@@ -185,3 +185,42 @@ fn a_switch_over_nodes_killed_at_each_step_is_repaired_and_switched_again() {
         );
     }
 }
+
+/// A count of fast-path ports that does not match the port map (as two attaches that
+/// raced left it) is found, and recounted by `check --repair`.
+#[test]
+fn a_wrong_count_of_fast_path_ports_is_found_and_recounted() {
+    use aya::maps::{Array, MapData};
+    use netpage_tests::{netns::output, pins::PinDirs, world::netpage_bin};
+    use std::process::Command;
+
+    let mut pins = PinDirs::new("netpage-repair", "fast");
+    let dir = pins.mount("n");
+    netpage::node::Node::new(&dir).load(Some(4)).unwrap();
+    let path = dir.join("maps").join(netpage_common::maps::FAST_PORTS);
+    let mut fast: Array<MapData, u32> =
+        Array::try_from(aya::maps::Map::Array(MapData::from_pin(&path).unwrap())).unwrap();
+    fast.set(0, 3, 0).unwrap();
+    let netpage = |args: &[&str]| {
+        output(
+            Command::new(netpage_bin())
+                .arg("--pin-dir")
+                .arg(&dir)
+                .args(args),
+        )
+    };
+    let out = netpage(&["--json", "check"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!out.status.success(), "{report:#}");
+    assert_eq!(report["fast_port_count"], serde_json::json!([3, 0]));
+    let text = String::from_utf8_lossy(&netpage(&["check"]).stdout).into_owned();
+    assert!(text.contains("count 3 fast-path ports"), "{text}");
+    let out = netpage(&["--json", "check", "--repair"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(fast.get(&0, 0).unwrap(), 0);
+    assert!(netpage(&["check"]).status.success());
+}
