@@ -160,13 +160,14 @@ pub enum Command {
     /// Report inconsistencies in the node's table (or the directory's, with --etcd):
     /// reverse entries without a mapping nor drain, mappings without a reverse entry,
     /// reverse entries of another VM, expired drains, drains without their reverse entry,
-    /// counters without a mapping. Exits non-zero if it finds any (with --repair: if any
-    /// is left).
+    /// counters without a mapping, a wrong count of fast-path ports. Exits non-zero if it
+    /// finds any (with --repair: if any is left).
     Check {
         /// Fix each inconsistency with its safe action and say what was done: remove an
         /// orphan reverse entry, point a mapping's reverse entry back at its VM, end an
-        /// expired drain, forget a drain or counters that belong to nothing. Two VMs that
-        /// map to one real address are left for you to decide. Not with --etcd.
+        /// expired drain, forget a drain or counters that belong to nothing, recount the
+        /// fast-path ports. Two VMs that map to one real address are left for you to
+        /// decide. Not with --etcd.
         #[arg(long)]
         repair: bool,
     },

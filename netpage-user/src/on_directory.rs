@@ -43,6 +43,11 @@ pub fn run(cli: Cli, etcd: EtcdOptions) -> Result<Output> {
         let confirm = m.confirm_timeout;
         return crate::migrating::run(m, EdgeSpec::Directory { etcd, confirm });
     }
+    if let Command::Check { repair: true } = &cli.command {
+        bail!(
+            "`netpage check --repair` is not supported on the directory (--etcd): each node's agent mirrors the directory into its table; repair a node's table with `netpage check --repair --pin-dir DIR` once its agent is stopped"
+        );
+    }
     let rt = runtime()?;
     if let Command::Agent(a) = &cli.command {
         require_root()?;
@@ -138,10 +143,7 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
                 nodes: dir.nodes().await?,
             })
         }
-        Command::Check { repair: true } => bail!(
-            "`netpage check --repair` is not supported on the directory (--etcd): each node's agent mirrors the directory into its table; repair a node's table with `netpage check --repair --pin-dir DIR` once its agent is stopped"
-        ),
-        Command::Check { repair: false } => Output::Checked(Checked {
+        Command::Check { .. } => Output::Checked(Checked {
             table: format!("{} at {}", etcd.prefix, etcd.endpoints_text()),
             findings: check::check(&dir.view().await?, now_ms())?,
             fast_port_count: None,

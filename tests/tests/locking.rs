@@ -72,7 +72,9 @@ fn random_command(rng: &mut Rng, table_file: &str) -> Vec<String> {
     let drain = if rng.coin() { "0" } else { "0.3" };
     let args: Vec<&str> = match rng.next() % 9 {
         0 | 1 => vec!["map", "add", "--vm", vm, "--real", ra],
-        2 | 3 => vec!["switch", "--vm", vm, "--to", ra, "--drain", drain],
+        2 => vec!["switch", "--vm", vm, "--to", ra, "--drain", drain],
+        // A switch, then back (see `writer`).
+        3 => vec!["--json", "switch", "--vm", vm, "--to", ra, "--drain", "0.3"],
         4 => vec!["map", "del", "--vm", vm],
         5 => vec!["gc"],
         6 => vec!["apply", "-f", table_file, "--drain", drain],
@@ -123,8 +125,16 @@ fn writer(
         std::fs::write(&file, random_table(&mut rng)).unwrap();
         let args = random_command(&mut rng, file.to_str().unwrap());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = world.netpage(Node::Gw, &args);
+        let mut out = world.netpage(Node::Gw, &args);
         ran += 1;
+        if args[0] == "--json" && out.status.success() {
+            // Switch back to where the VM was, while its old address drains.
+            let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let from = s["from"].as_str().unwrap().to_owned();
+            let back = ["switch", "--vm", args[3], "--to", &from, "--drain", "0.3"];
+            out = world.netpage(Node::Gw, &back);
+            ran += 1;
+        }
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr).into_owned();
             if !REFUSALS.iter().any(|r| err.contains(r)) {

@@ -224,3 +224,18 @@ fn a_wrong_count_of_fast_path_ports_is_found_and_recounted() {
     assert_eq!(fast.get(&0, 0).unwrap(), 0);
     assert!(netpage(&["check"]).status.success());
 }
+
+/// The directory is not repaired from the command line: its agents mirror it.
+#[test]
+fn repairing_the_directory_is_refused() {
+    let out = std::process::Command::new(netpage_tests::world::netpage_bin())
+        .args(["--etcd", "http://127.0.0.1:9", "check", "--repair"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("not supported on the directory") && err.contains("--pin-dir"),
+        "{err}"
+    );
+}
