@@ -79,7 +79,7 @@ fn run(cli: Cli) -> Result<Output> {
             )?)
         }
         Command::Detach { iface } => {
-            let _lock = node.exists().then(|| node.lock_writers()).transpose()?;
+            let _lock = node.exists().then(|| node.lock_attachments()).transpose()?;
             attach::detach(&node, &iface)?;
             Output::Detached { iface }
         }
@@ -199,6 +199,7 @@ fn check(node: &Node, repair: bool) -> Result<Output> {
         }));
     }
     let mut n = node.open_for_write()?;
+    let _attachments = node.lock_attachments()?;
     let findings = check::check(&n.table, now)?;
     let fast_port_count = fast_port_mismatch(&n)?;
     let repaired = check::repair(&mut n.table, &findings, now)?;

@@ -113,16 +113,20 @@ pub enum NodeError {
     Table(#[from] TableError),
 }
 
-/// A hold on a node: `flock`s released when dropped. Two locks make it:
+/// A hold on a node: `flock`s released when dropped. Three locks make it:
 ///
 /// - the maps directory, which the agent holds exclusively for its whole life and a
 ///   command that writes the table holds shared, so that no command writes a node whose
 ///   agent is its only writer (`Managed`);
-/// - the writers' directory `<dir>/lock`, which every command that changes the node
-///   (the table, or its attachments) holds exclusively, so that they run one at a time:
-///   a command waits for it up to its patience, then gives up (`WriterBusy`).
+/// - the table writers' directory `<dir>/lock`, which every command that changes the
+///   table holds exclusively, so that they run one at a time;
+/// - the attachment writers' directory `<dir>/lock-attach`, which `attach` and `detach`
+///   hold exclusively: they change the programs, links and ports, not the table, so that
+///   an interface can be attached while a long command (`migrate`) holds the table.
 ///
-/// Read-only commands take neither: they read what the maps hold, and write nothing.
+/// A command waits for a writers' lock up to its patience, then gives up (`WriterBusy`).
+/// `check` takes both writers' locks, to see the node between two changes. Read-only
+/// commands take none: they read what the maps hold, and write nothing.
 #[derive(Debug)]
 pub struct NodeLock(#[expect(dead_code, reason = "held for their flocks")] Vec<std::fs::File>);
 
@@ -185,9 +189,14 @@ impl Node {
         self.dir.join("links-tc-egress").join(iface)
     }
 
-    /// Where the writers' lock is: a directory, since bpffs holds no regular files.
-    fn writers_dir(&self) -> PathBuf {
+    /// Where the table writers' lock is: a directory, since bpffs holds no regular files.
+    fn table_lock_dir(&self) -> PathBuf {
         self.dir.join("lock")
+    }
+
+    /// Where the attachment writers' lock is.
+    fn attach_lock_dir(&self) -> PathBuf {
+        self.dir.join("lock-attach")
     }
 
     /// Takes the node for its agent, waiting up to `patience` for commands that are
@@ -213,23 +222,31 @@ impl Node {
             return Ok(None);
         }
         let shared = self.flock(&self.maps_dir(), libc::LOCK_SH)?;
-        let writer = self.writers_lock()?;
+        let writer = self.wait_lock(self.table_lock_dir())?;
         Ok(Some(NodeLock(vec![shared, writer])))
     }
 
     /// Takes the node for a command that changes its attachments (`attach`, `detach`),
-    /// which an agent does not do: waits for any other command that is changing the node.
+    /// which an agent does not do: waits for any other command that is changing them.
     /// Prepares the pin directory first (the node may be new).
     pub fn lock_for_attach(&self) -> Result<NodeLock, NodeError> {
         self.prepare()?;
-        self.lock_writers()
+        Ok(NodeLock(vec![self.wait_lock(self.attach_lock_dir())?]))
     }
 
-    /// Takes only the writers' lock, waiting for any command that is changing the node:
-    /// for a command that must see the table between two commands' changes (`check`),
-    /// and may do so under an agent.
+    /// Takes the attachment writers' lock on an existing node (`detach`, and `check
+    /// --repair`, which recounts the fast-path ports).
+    pub fn lock_attachments(&self) -> Result<NodeLock, NodeError> {
+        Ok(NodeLock(vec![self.wait_lock(self.attach_lock_dir())?]))
+    }
+
+    /// Takes both writers' locks, waiting for any command that is changing the node: for
+    /// a command that must see the node between two commands' changes (`check`), and may
+    /// do so under an agent.
     pub fn lock_writers(&self) -> Result<NodeLock, NodeError> {
-        Ok(NodeLock(vec![self.writers_lock()?]))
+        let table = self.wait_lock(self.table_lock_dir())?;
+        let attach = self.wait_lock(self.attach_lock_dir())?;
+        Ok(NodeLock(vec![table, attach]))
     }
 
     /// Whether an agent manages the node now.
@@ -241,9 +258,8 @@ impl Node {
             )
     }
 
-    /// The writers' lock, waiting up to the node's patience.
-    fn writers_lock(&self) -> Result<std::fs::File, NodeError> {
-        let dir = self.writers_dir();
+    /// A writers' lock (made if missing), waiting up to the node's patience.
+    fn wait_lock(&self, dir: PathBuf) -> Result<std::fs::File, NodeError> {
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -319,7 +335,8 @@ impl Node {
             self.dir.join("links-tc"),
             self.dir.join("links-tc-egress"),
             self.progs_dir(),
-            self.writers_dir(),
+            self.table_lock_dir(),
+            self.attach_lock_dir(),
         ] {
             std::fs::create_dir_all(sub).map_err(pin_dir)?;
         }

@@ -204,8 +204,9 @@ fn eight_concurrent_writers_leave_a_consistent_table() {
     );
 }
 
-/// A writer waits for the one changing the node, up to `--lock-wait`, then gives up as
-/// busy; reading commands do not wait; killing the holder frees the node.
+/// A writer waits for the one changing the node's table, up to `--lock-wait`, then gives
+/// up as busy; reading commands and attachments do not wait; killing the holder frees the
+/// node.
 #[test]
 fn a_writer_waits_for_another_then_gives_up_as_busy() {
     let world = World::new();
@@ -245,6 +246,17 @@ fn a_writer_waits_for_another_then_gives_up_as_busy() {
     for read in [&["map", "list"][..], &["status"], &["stats"]] {
         world.netpage_ok(Node::Gw, read);
     }
+    // Attachments have a lock of their own: an interface attaches meanwhile.
+    world.netpage_ok(
+        Node::Gw,
+        &["--lock-wait", "0.5", "attach", "g0", "--side", "virtual"],
+    );
+    // `check` waits to see the table between two changes.
+    let out = world.netpage(Node::Gw, &["--lock-wait", "0.5", "check"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is busy"),
+        "{out:?}"
+    );
     holder.kill().unwrap();
     holder.wait().unwrap();
     world.netpage_ok(
