@@ -294,3 +294,64 @@ fn reading_commands_write_nothing() {
     assert_eq!(ended["ended"][0]["real"], ra);
     assert_eq!(world.netpage_json(Node::Gw, &["status"])["draining"], 0);
 }
+
+/// A node held by an agent (its maps directory locked exclusively, as `netpage agent`
+/// does) refuses the commands that write its table, and says why; reading and checking
+/// it still work.
+#[test]
+fn a_node_its_agent_holds_refuses_writers_and_is_still_read() {
+    use netpage_tests::{netns::output, pins::PinDirs, world::netpage_bin};
+    use std::process::Command;
+
+    let mut pins = PinDirs::new("netpage-locking", "agent");
+    let dir = pins.mount("n");
+    netpage::node::Node::new(&dir).load(Some(16)).unwrap();
+    let netpage = |args: &[&str]| {
+        output(
+            Command::new(netpage_bin())
+                .arg("--pin-dir")
+                .arg(&dir)
+                .args(args),
+        )
+    };
+    assert!(
+        netpage(&["map", "add", "--vm", "198.19.1.1", "--real", "198.18.30.1"])
+            .status
+            .success()
+    );
+    // What the agent holds: an exclusive flock on the maps directory.
+    let agent = std::fs::File::open(dir.join("maps")).unwrap();
+    // SAFETY: `agent` is an open descriptor for the duration of the call.
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&agent), libc::LOCK_EX) };
+    assert_eq!(locked, 0, "flock: {}", std::io::Error::last_os_error());
+    let out = netpage(&["map", "add", "--vm", "198.19.1.2", "--real", "198.18.30.2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("managed by `netpage agent`"), "{err}");
+    for writer in [
+        &["gc"][..],
+        &["check", "--repair"],
+        &["map", "del", "--vm", "198.19.1.1"],
+    ] {
+        let out = netpage(writer);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("managed by `netpage agent`"),
+            "{writer:?}: {err}"
+        );
+    }
+    for reader in [&["map", "list"][..], &["status"], &["check"]] {
+        let out = netpage(reader);
+        assert!(
+            out.status.success(),
+            "{reader:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    drop(agent);
+    let out = netpage(&["map", "add", "--vm", "198.19.1.2", "--real", "198.18.30.2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
