@@ -148,6 +148,10 @@ fn run(cli: Cli) -> Result<Output> {
             } else {
                 m.nodes.clone()
             };
+            let nodes = nodes
+                .iter()
+                .map(|d| Node::new(d).with_patience(patience))
+                .collect();
             migrating::run(&m, EdgeSpec::Nodes(nodes))?
         }
         Command::Check { repair } => check(&node, repair)?,

@@ -102,7 +102,7 @@ pub enum NodeError {
     )]
     WriterBusy { dir: PathBuf, waited: Duration },
     #[error(
-        "node {} is given twice (also as {}): give each node once",
+        "{} and {} are the same node: give each node once",
         dir.display(),
         again.display()
     )]

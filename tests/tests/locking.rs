@@ -297,7 +297,7 @@ fn reading_commands_write_nothing() {
 
 /// A node held by an agent (its maps directory locked exclusively, as `netpage agent`
 /// does) refuses the commands that write its table, and says why; reading and checking
-/// it still work.
+/// it still work. (And a node given twice to one command is refused.)
 #[test]
 fn a_node_its_agent_holds_refuses_writers_and_is_still_read() {
     use netpage_tests::{netns::output, pins::PinDirs, world::netpage_bin};
@@ -319,6 +319,22 @@ fn a_node_its_agent_holds_refuses_writers_and_is_still_read() {
             .status
             .success()
     );
+    // A node given twice to one command (it would wait for itself) is refused.
+    let again = dir.join("maps").join("..");
+    let (a, b) = (dir.to_str().unwrap(), again.to_str().unwrap());
+    let out = netpage(&[
+        "switch",
+        "--vm",
+        "198.19.1.1",
+        "--to",
+        "198.18.30.9",
+        "--node",
+        a,
+        "--node",
+        b,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("are the same node"), "{err}");
     // What the agent holds: an exclusive flock on the maps directory.
     let agent = std::fs::File::open(dir.join("maps")).unwrap();
     // SAFETY: `agent` is an open descriptor for the duration of the call.

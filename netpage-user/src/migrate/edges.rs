@@ -22,8 +22,9 @@ use crate::{
 /// Where a migration's page tables are.
 #[derive(Clone, Debug)]
 pub enum EdgeSpec {
-    /// The pin directories of nodes on this machine.
-    Nodes(Vec<PathBuf>),
+    /// Nodes of this machine (their pin directories, and how long to wait for their
+    /// locks).
+    Nodes(Vec<Node>),
     /// The directory on etcd; every node's agent applies it. `confirm` bounds each wait
     /// for the nodes' confirmations.
     Directory {
@@ -126,18 +127,16 @@ impl Edges {
     /// that are over, or connects to the directory.
     pub(super) async fn open(spec: &EdgeSpec) -> Result<Self, MigrateError> {
         match spec {
-            EdgeSpec::Nodes(dirs) => {
-                let nodes: Vec<Node> = dirs.iter().map(Node::new).collect();
-                let opened = node::open_many_for_write(&nodes).map_err(|(i, source)| {
-                    MigrateError::Node {
-                        dir: dirs[i].clone(),
+            EdgeSpec::Nodes(nodes) => {
+                let opened =
+                    node::open_many_for_write(nodes).map_err(|(i, source)| MigrateError::Node {
+                        dir: nodes[i].dir().to_owned(),
                         source,
-                    }
-                })?;
+                    })?;
                 let mut local = Vec::new();
-                for (dir, mut n) in dirs.iter().zip(opened) {
+                for (node, mut n) in nodes.iter().zip(opened) {
                     ops::gc(&mut n.table, now_ms())?;
-                    local.push((dir.clone(), n));
+                    local.push((node.dir().to_owned(), n));
                 }
                 Ok(Edges::Local(local))
             }
