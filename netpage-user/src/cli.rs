@@ -23,6 +23,10 @@ pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// How long a command that changes a node waits for another one that is changing it
+    /// (commands that change a node run one at a time) before it gives up as busy.
+    #[arg(long, global = true, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub lock_wait: Duration,
     #[command(flatten)]
     pub etcd: EtcdArgs,
     #[command(subcommand)]
@@ -120,7 +124,10 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Make the table equal to a TOML or JSON table file, in batches; idempotent.
+    /// Make the table equal to a TOML or JSON table file, in batches; idempotent. Removals
+    /// go first; the node's capacity is checked before any write; installs that fail are
+    /// undone. With a drain, a real address that passes from one VM to another is left to a
+    /// later apply (reported as deferred) until its drain ends, as with `switch`.
     Apply {
         /// The table file (`[[mapping]]` entries with `vm` and `real`).
         #[arg(short, long, value_name = "FILE")]
@@ -128,6 +135,10 @@ pub enum Command {
         /// Show what would change without changing it.
         #[arg(long)]
         dry_run: bool,
+        /// Accept a file without mappings, which removes every mapping (refused otherwise,
+        /// so that an empty or truncated file does not empty the table).
+        #[arg(long)]
+        allow_empty: bool,
         #[command(flatten)]
         drain: DrainArg,
     },
@@ -147,9 +158,19 @@ pub enum Command {
     /// and how far they are behind.
     Nodes,
     /// Report inconsistencies in the node's table (or the directory's, with --etcd):
-    /// reverse entries without a mapping, mappings without a reverse entry, reverse
-    /// entries of another VM, expired drains. Exits non-zero if it finds any.
-    Check,
+    /// reverse entries without a mapping nor drain, mappings without a reverse entry,
+    /// reverse entries of another VM, expired drains, drains without their reverse entry,
+    /// counters without a mapping, a wrong count of fast-path ports. Exits non-zero if it
+    /// finds any (with --repair: if any is left).
+    Check {
+        /// Fix each inconsistency with its safe action and say what was done: remove an
+        /// orphan reverse entry, point a mapping's reverse entry back at its VM, end an
+        /// expired drain, forget a drain or counters that belong to nothing, recount the
+        /// fast-path ports. Two VMs that map to one real address are left for you to
+        /// decide. Not with --etcd.
+        #[arg(long)]
+        repair: bool,
+    },
     /// End the drains whose period is over (every command also does this first).
     Gc {
         /// End every drain now.
@@ -323,7 +344,12 @@ pub enum MapCommand {
         vm: IpAddr,
     },
     /// List the mappings (with --json, in the format `apply` reads).
-    List,
+    List {
+        /// List the reverse entries (R2V) instead, each with what it is for (mapped,
+        /// draining, of another VM, orphan), and the drains.
+        #[arg(long)]
+        reverse: bool,
+    },
 }
 
 /// How long an old real address keeps translating after the VM leaves it.

@@ -13,7 +13,7 @@ use cli::{Cli, Command, MapCommand};
 use netpage::{
     attach, check,
     migrate::EdgeSpec,
-    node::{Node, OpenNode, require_root},
+    node::{self, Node, OpenNode, require_root},
     ops::{self, Mapping, OpError, now_ms},
     table::PageTable,
     tablefile::TableFile,
@@ -38,17 +38,14 @@ fn main() {
     }
 }
 
-/// Opens the node to read and first ends the drains that are over, unless an agent
-/// manages the node (the agent is its only writer, and ends drains on time).
-fn open(node: &Node) -> Result<OpenNode> {
-    if node.managed() {
-        return Ok(node.open()?);
-    }
-    open_for_write(node)
+/// Opens the node to read: no lock and no write (the drains that are over end at the next
+/// command that changes the table, or `gc`).
+fn open_to_read(node: &Node) -> Result<OpenNode> {
+    Ok(node.open()?)
 }
 
-/// Opens the node to write (refused while an agent manages it) and first ends the drains
-/// that are over.
+/// Opens the node to write (refused while an agent manages it, waiting for any other
+/// command that is changing it) and first ends the drains that are over.
 fn open_for_write(node: &Node) -> Result<OpenNode> {
     let mut open = node.open_for_write()?;
     ops::gc(&mut open.table, now_ms())?;
@@ -65,23 +62,28 @@ fn run(cli: Cli) -> Result<Output> {
         );
     }
     require_root()?;
-    let node = Node::new(&cli.pin_dir);
+    let patience = cli.lock_wait;
+    let node = Node::new(&cli.pin_dir).with_patience(patience);
     Ok(match cli.command {
-        Command::Attach(a) => Output::Attached(attach::attach(
-            &node,
-            &a.iface,
-            a.side,
-            a.hook,
-            a.mode,
-            a.capacity,
-            a.reload,
-            a.fast_path(),
-        )?),
+        Command::Attach(a) => {
+            let _lock = node.lock_for_attach()?;
+            Output::Attached(attach::attach(
+                &node,
+                &a.iface,
+                a.side,
+                a.hook,
+                a.mode,
+                a.capacity,
+                a.reload,
+                a.fast_path(),
+            )?)
+        }
         Command::Detach { iface } => {
+            let _lock = node.exists().then(|| node.lock_attachments()).transpose()?;
             attach::detach(&node, &iface)?;
             Output::Detached { iface }
         }
-        Command::Status => Output::Status(Status::read(&node, &open(&node)?)?),
+        Command::Status => Output::Status(Status::read(&node, &open_to_read(&node)?)?),
         Command::Map(m) => map(&node, m)?,
         Command::Switch {
             vm,
@@ -95,15 +97,19 @@ fn run(cli: Cli) -> Result<Output> {
             } else {
                 nodes
             };
-            let mut open_nodes = Vec::new();
-            for dir in &dirs {
-                let n = open_for_write(&Node::new(dir))
-                    .with_context(|| format!("node {}", dir.display()))?;
-                open_nodes.push((dir.display().to_string(), n));
+            let nodes: Vec<Node> = dirs
+                .iter()
+                .map(|d| Node::new(d).with_patience(patience))
+                .collect();
+            let mut open_nodes = node::open_many_for_write(&nodes)
+                .map_err(|(i, e)| anyhow::Error::from(e).context(node_name(&dirs[i])))?;
+            for (n, dir) in open_nodes.iter_mut().zip(&dirs) {
+                ops::gc(&mut n.table, now_ms()).with_context(|| node_name(dir))?;
             }
             let mut tables: Vec<_> = open_nodes
                 .iter_mut()
-                .map(|(name, n)| (name.clone(), &mut n.table))
+                .zip(&dirs)
+                .map(|(n, dir)| (dir.display().to_string(), &mut n.table))
                 .collect();
             Output::Switched(ops::switch_many(
                 &mut tables,
@@ -116,39 +122,39 @@ fn run(cli: Cli) -> Result<Output> {
         Command::Apply {
             file,
             dry_run,
+            allow_empty,
             drain,
         } => {
             let desired = TableFile::read(&file)?;
             let mut n = if dry_run {
-                open(&node)?
+                open_to_read(&node)?
             } else {
                 open_for_write(&node)?
             };
-            let plan = ops::make_equal(
-                &mut n.table,
-                &desired.mapping,
+            let opts = ops::ApplyOptions {
                 dry_run,
-                drain.drain,
-                now_ms(),
-            )?;
+                drain: drain.drain,
+                now_ms: now_ms(),
+                allow_empty,
+                capacity: Some(node.capacity()?),
+            };
+            let plan = ops::make_equal(&mut n.table, &desired.mapping, &opts)?;
             Output::Applied { plan, dry_run }
         }
-        Command::Stats { vm } => Output::Stats(stats(&open(&node)?, vm)?),
+        Command::Stats { vm } => Output::Stats(stats(&open_to_read(&node)?, vm)?),
         Command::Migrate(m) => {
             let nodes = if m.nodes.is_empty() {
                 vec![cli.pin_dir]
             } else {
                 m.nodes.clone()
             };
+            let nodes = nodes
+                .iter()
+                .map(|d| Node::new(d).with_patience(patience))
+                .collect();
             migrating::run(&m, EdgeSpec::Nodes(nodes))?
         }
-        Command::Check => {
-            let n = open(&node)?;
-            Output::Checked(report::Checked {
-                table: node.dir().display().to_string(),
-                findings: check::check(&n.table, now_ms())?,
-            })
-        }
+        Command::Check { repair } => check(&node, repair)?,
         Command::Agent(_) | Command::Nodes => unreachable!("refused above without --etcd"),
         Command::Gc { now } => {
             let mut n = node.open_for_write()?;
@@ -160,7 +166,7 @@ fn run(cli: Cli) -> Result<Output> {
 
 fn map(node: &Node, cmd: MapCommand) -> Result<Output> {
     let mut n = match cmd {
-        MapCommand::List => open(node)?,
+        MapCommand::List { .. } => open_to_read(node)?,
         _ => open_for_write(node)?,
     };
     Ok(match cmd {
@@ -170,10 +176,58 @@ fn map(node: &Node, cmd: MapCommand) -> Result<Output> {
             Output::Added(m)
         }
         MapCommand::Del { vm } => Output::Deleted(ops::delete(&mut n.table, vm)?),
-        MapCommand::List => Output::List(TableFile {
+        MapCommand::List { reverse: false } => Output::List(TableFile {
             mapping: ops::list(&n.table)?,
         }),
+        MapCommand::List { reverse: true } => Output::Reverse(report::ReverseList {
+            reverse: check::reverse_entries(&n.table)?,
+            drains: n.table.drains()?,
+        }),
     })
+}
+
+/// `netpage check [--repair]`: waits for the commands changing the node, so as to see the
+/// table between two changes; repairing writes it, which an agent's node refuses.
+fn check(node: &Node, repair: bool) -> Result<Output> {
+    let table = node.dir().display().to_string();
+    let now = now_ms();
+    if !repair {
+        let _lock = node.exists().then(|| node.lock_writers()).transpose()?;
+        let n = open_to_read(node)?;
+        return Ok(Output::Checked(report::Checked {
+            table,
+            findings: check::check(&n.table, now)?,
+            fast_port_count: fast_port_mismatch(&n)?,
+            repaired: None,
+            remaining: None,
+        }));
+    }
+    let mut n = node.open_for_write()?;
+    let _attachments = node.lock_attachments()?;
+    let findings = check::check(&n.table, now)?;
+    let fast_port_count = fast_port_mismatch(&n)?;
+    let repaired = check::repair(&mut n.table, &findings, now)?;
+    if fast_port_count.is_some() {
+        n.recount_fast_ports()?;
+    }
+    let remaining = check::check(&n.table, now)?;
+    Ok(Output::Checked(report::Checked {
+        table,
+        findings,
+        fast_port_count,
+        repaired: Some(repaired),
+        remaining: Some(remaining),
+    }))
+}
+
+/// The node's stored and actual counts of fast-path ports, if they differ.
+fn fast_port_mismatch(n: &OpenNode) -> Result<Option<[u32; 2]>> {
+    let (stored, actual) = n.fast_ports()?;
+    Ok((stored != actual).then_some([stored, actual]))
+}
+
+fn node_name(dir: &std::path::Path) -> String {
+    format!("node {}", dir.display())
 }
 
 fn stats(n: &OpenNode, vm: Option<IpAddr>) -> Result<Stats> {

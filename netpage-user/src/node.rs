@@ -10,6 +10,7 @@ use std::{
     io,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -29,6 +30,9 @@ use crate::{
 
 /// Where a node keeps its state unless told otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/netpage";
+
+/// How long a command waits, by default, for another that is changing the node.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// `BPF_FS_MAGIC` (uapi/linux/magic.h): the `f_type` of a bpffs.
 const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
@@ -91,17 +95,40 @@ pub enum NodeError {
         dir.display()
     )]
     Busy { dir: PathBuf },
+    #[error(
+        "node {} is busy: another netpage command has been changing it for the {:.1} s this one waited; try again, or wait longer with --lock-wait SECONDS",
+        dir.display(),
+        waited.as_secs_f64()
+    )]
+    WriterBusy { dir: PathBuf, waited: Duration },
+    #[error(
+        "{} and {} are the same node: give each node once",
+        dir.display(),
+        again.display()
+    )]
+    NodeTwice { dir: PathBuf, again: PathBuf },
     #[error("cannot lock node {}", dir.display())]
     Lock { dir: PathBuf, source: io::Error },
     #[error(transparent)]
     Table(#[from] TableError),
 }
 
-/// A hold on a node: an `flock` on its maps directory, released when dropped. The agent
-/// holds it exclusively for its whole life; a command that writes the table holds it
-/// shared, so that it cannot write a node whose agent is the only writer.
+/// A hold on a node: `flock`s released when dropped. Three locks make it:
+///
+/// - the maps directory, which the agent holds exclusively for its whole life and a
+///   command that writes the table holds shared, so that no command writes a node whose
+///   agent is its only writer (`Managed`);
+/// - the table writers' directory `<dir>/lock`, which every command that changes the
+///   table holds exclusively, so that they run one at a time;
+/// - the attachment writers' directory `<dir>/lock-attach`, which `attach` and `detach`
+///   hold exclusively: they change the programs, links and ports, not the table, so that
+///   an interface can be attached while a long command (`migrate`) holds the table.
+///
+/// A command waits for a writers' lock up to its patience, then gives up (`WriterBusy`).
+/// `check` takes both writers' locks, to see the node between two changes. Read-only
+/// commands take none: they read what the maps hold, and write nothing.
 #[derive(Debug)]
-pub struct NodeLock(#[expect(dead_code, reason = "held for its flock")] std::fs::File);
+pub struct NodeLock(#[expect(dead_code, reason = "held for their flocks")] Vec<std::fs::File>);
 
 /// Fails unless the process runs as root.
 pub fn require_root() -> Result<(), NodeError> {
@@ -117,11 +144,22 @@ pub fn require_root() -> Result<(), NodeError> {
 #[derive(Clone, Debug)]
 pub struct Node {
     dir: PathBuf,
+    /// How long to wait for another command that is changing the node.
+    patience: Duration,
 }
 
 impl Node {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            patience: DEFAULT_LOCK_WAIT,
+        }
+    }
+
+    /// The same node, waiting up to `patience` for another command that is changing it.
+    pub fn with_patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -151,46 +189,117 @@ impl Node {
         self.dir.join("links-tc-egress").join(iface)
     }
 
+    /// Where the table writers' lock is: a directory, since bpffs holds no regular files.
+    fn table_lock_dir(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+
+    /// Where the attachment writers' lock is.
+    fn attach_lock_dir(&self) -> PathBuf {
+        self.dir.join("lock-attach")
+    }
+
     /// Takes the node for its agent, waiting up to `patience` for commands that are
     /// writing it now to finish.
-    pub fn lock_for_agent(&self, patience: std::time::Duration) -> Result<NodeLock, NodeError> {
-        let deadline = std::time::Instant::now() + patience;
+    pub fn lock_for_agent(&self, patience: Duration) -> Result<NodeLock, NodeError> {
+        let deadline = Instant::now() + patience;
         loop {
-            match self.flock(libc::LOCK_EX) {
-                Err(NodeError::Managed { .. }) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
+            match self.flock(&self.maps_dir(), libc::LOCK_EX) {
+                Err(NodeError::Managed { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(NodeError::Managed { dir }) => return Err(NodeError::Busy { dir }),
-                other => return other,
+                other => return other.map(|f| NodeLock(vec![f])),
             }
         }
     }
 
     /// Takes the node for a command that writes its table: refused while an agent manages
-    /// it. A node without a table has nothing to lock (`None`).
+    /// it, and waits for any other command that is changing it. A node without a table has
+    /// nothing to lock (`None`).
     pub fn lock_for_write(&self) -> Result<Option<NodeLock>, NodeError> {
         if !self.exists() {
             return Ok(None);
         }
-        self.flock(libc::LOCK_SH).map(Some)
+        let shared = self.flock(&self.maps_dir(), libc::LOCK_SH)?;
+        let writer = self.wait_lock(self.table_lock_dir())?;
+        Ok(Some(NodeLock(vec![shared, writer])))
+    }
+
+    /// Takes the node for a command that changes its attachments (`attach`, `detach`),
+    /// which an agent does not do: waits for any other command that is changing them.
+    /// Prepares the pin directory first (the node may be new).
+    pub fn lock_for_attach(&self) -> Result<NodeLock, NodeError> {
+        self.prepare()?;
+        Ok(NodeLock(vec![self.wait_lock(self.attach_lock_dir())?]))
+    }
+
+    /// Takes the attachment writers' lock on an existing node (`detach`, and `check
+    /// --repair`, which recounts the fast-path ports).
+    pub fn lock_attachments(&self) -> Result<NodeLock, NodeError> {
+        Ok(NodeLock(vec![self.wait_lock(self.attach_lock_dir())?]))
+    }
+
+    /// Takes both writers' locks, waiting for any command that is changing the node: for
+    /// a command that must see the node between two commands' changes (`check`), and may
+    /// do so under an agent.
+    pub fn lock_writers(&self) -> Result<NodeLock, NodeError> {
+        let table = self.wait_lock(self.table_lock_dir())?;
+        let attach = self.wait_lock(self.attach_lock_dir())?;
+        Ok(NodeLock(vec![table, attach]))
     }
 
     /// Whether an agent manages the node now.
     pub fn managed(&self) -> bool {
-        matches!(self.lock_for_write(), Err(NodeError::Managed { .. }))
+        self.exists()
+            && matches!(
+                self.flock(&self.maps_dir(), libc::LOCK_SH),
+                Err(NodeError::Managed { .. })
+            )
     }
 
-    /// `flock(how | LOCK_NB)` on the maps directory; `Managed` if it is held otherwise.
-    fn flock(&self, how: libc::c_int) -> Result<NodeLock, NodeError> {
+    /// A writers' lock (made if missing), waiting up to the node's patience.
+    fn wait_lock(&self, dir: PathBuf) -> Result<std::fs::File, NodeError> {
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(NodeError::Lock {
+                    dir: self.dir.clone(),
+                    source,
+                });
+            }
+        }
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match self.flock(&dir, libc::LOCK_EX) {
+                Err(NodeError::Managed { .. }) if start.elapsed() < self.patience => {
+                    std::thread::sleep(pause.min(self.patience.saturating_sub(start.elapsed())));
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                Err(NodeError::Managed { .. }) => {
+                    return Err(NodeError::WriterBusy {
+                        dir: self.dir.clone(),
+                        waited: start.elapsed(),
+                    });
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `flock(how | LOCK_NB)` on `path`; `Managed` if it is held otherwise.
+    fn flock(&self, path: &Path, how: libc::c_int) -> Result<std::fs::File, NodeError> {
         let lock_err = |source| NodeError::Lock {
             dir: self.dir.clone(),
             source,
         };
-        let file = std::fs::File::open(self.maps_dir()).map_err(lock_err)?;
+        let file = std::fs::File::open(path).map_err(lock_err)?;
         // SAFETY: `file` is an open descriptor for the duration of the call.
         if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), how | libc::LOCK_NB) } == 0
         {
-            return Ok(NodeLock(file));
+            return Ok(file);
         }
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
@@ -226,6 +335,8 @@ impl Node {
             self.dir.join("links-tc"),
             self.dir.join("links-tc-egress"),
             self.progs_dir(),
+            self.table_lock_dir(),
+            self.attach_lock_dir(),
         ] {
             std::fs::create_dir_all(sub).map_err(pin_dir)?;
         }
@@ -404,6 +515,39 @@ impl Node {
     }
 }
 
+/// Opens several nodes to write their tables, locking them in one canonical order (their
+/// resolved paths, sorted) so that two commands on overlapping sets of nodes do not wait
+/// for each other in a cycle. Returns them in the order given; a node given twice is
+/// refused. An error names the node by its index in `nodes`.
+pub fn open_many_for_write(nodes: &[Node]) -> Result<Vec<OpenNode>, (usize, NodeError)> {
+    let keys: Vec<PathBuf> = nodes
+        .iter()
+        .map(|n| std::fs::canonicalize(&n.dir).unwrap_or_else(|_| n.dir.clone()))
+        .collect();
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    order.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
+    for w in order.windows(2) {
+        if keys[w[0]] == keys[w[1]] {
+            let (first, again) = (w[0].min(w[1]), w[0].max(w[1]));
+            return Err((
+                again,
+                NodeError::NodeTwice {
+                    dir: nodes[first].dir.clone(),
+                    again: nodes[again].dir.clone(),
+                },
+            ));
+        }
+    }
+    let mut opened: Vec<Option<OpenNode>> = nodes.iter().map(|_| None).collect();
+    for i in order {
+        opened[i] = Some(nodes[i].open_for_write().map_err(|e| (i, e))?);
+    }
+    Ok(opened
+        .into_iter()
+        .map(|n| n.expect("opened above"))
+        .collect())
+}
+
 fn open_err(path: &Path, e: MapError) -> NodeError {
     NodeError::OpenMap {
         path: path.to_owned(),
@@ -480,6 +624,15 @@ impl OpenNode {
 
     /// Stores how many ports have the fast path on, which gates the program's port lookup.
     fn count_fast_ports(&mut self) -> Result<(), NodeError> {
+        let count = self.fast_ports()?.1;
+        self.fast
+            .set(0, count, 0)
+            .map_err(|e| NodeError::Registry(Box::new(e)))
+    }
+
+    /// The count of fast-path ports that the programs read, and the count the port map
+    /// gives: they differ only if a writer was interrupted (or raced another).
+    pub fn fast_ports(&self) -> Result<(u32, u32), NodeError> {
         let registry = |e| NodeError::Registry(Box::new(e));
         let ports = self
             .ports
@@ -487,9 +640,13 @@ impl OpenNode {
             .map(|kv| kv.map(|(_, p)| p))
             .collect::<Result<Vec<_>, _>>()
             .map_err(registry)?;
-        self.fast
-            .set(0, fast_port_count(ports), 0)
-            .map_err(registry)
+        let stored = self.fast.get(&0, 0).map_err(registry)?;
+        Ok((stored, fast_port_count(ports)))
+    }
+
+    /// Stores the count of fast-path ports that the port map gives (`check --repair`).
+    pub fn recount_fast_ports(&mut self) -> Result<(), NodeError> {
+        self.count_fast_ports()
     }
 
     /// Forgets the interface with index `ifindex`.

@@ -16,7 +16,7 @@ use netpage::{
 
 use crate::{
     cli::{Cli, Command, MapCommand},
-    report::{Checked, DirStatus, Output},
+    report::{Checked, DirStatus, Output, ReverseList},
 };
 
 /// The name of a command that only works with `--etcd`, if `cmd` is one.
@@ -42,6 +42,11 @@ pub fn run(cli: Cli, etcd: EtcdOptions) -> Result<Output> {
         }
         let confirm = m.confirm_timeout;
         return crate::migrating::run(m, EdgeSpec::Directory { etcd, confirm });
+    }
+    if let Command::Check { repair: true } = &cli.command {
+        bail!(
+            "`netpage check --repair` is not supported on the directory (--etcd): each node's agent mirrors the directory into its table; repair a node's table with `netpage check --repair --pin-dir DIR` once its agent is stopped"
+        );
     }
     let rt = runtime()?;
     if let Command::Agent(a) = &cli.command {
@@ -80,17 +85,32 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
         Command::Map(MapCommand::Del { vm }) => {
             Output::Deleted(dir.change(|v| ops::delete(v, vm)).await?.0)
         }
-        Command::Map(MapCommand::List) => Output::List(TableFile {
+        Command::Map(MapCommand::List { reverse: false }) => Output::List(TableFile {
             mapping: ops::list(&dir.view().await?)?,
         }),
+        Command::Map(MapCommand::List { reverse: true }) => {
+            let view = dir.view().await?;
+            Output::Reverse(ReverseList {
+                reverse: check::reverse_entries(&view)?,
+                drains: view.drains()?,
+            })
+        }
         Command::Apply {
             file,
             dry_run,
+            allow_empty,
             drain,
         } => {
             let desired = TableFile::read(&file)?;
+            let opts = ops::ApplyOptions {
+                dry_run,
+                drain: drain.drain,
+                now_ms: now_ms(),
+                allow_empty,
+                capacity: None,
+            };
             let (plan, _) = dir
-                .change(|v| ops::make_equal(v, &desired.mapping, dry_run, drain.drain, now_ms()))
+                .change(|v| ops::make_equal(v, &desired.mapping, &opts))
                 .await?;
             Output::Applied { plan, dry_run }
         }
@@ -123,9 +143,12 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
                 nodes: dir.nodes().await?,
             })
         }
-        Command::Check => Output::Checked(Checked {
+        Command::Check { .. } => Output::Checked(Checked {
             table: format!("{} at {}", etcd.prefix, etcd.endpoints_text()),
             findings: check::check(&dir.view().await?, now_ms())?,
+            fast_port_count: None,
+            repaired: None,
+            remaining: None,
         }),
         Command::Nodes => Output::Nodes(dir.nodes().await?),
         Command::Attach(_) => return local_only("attach"),

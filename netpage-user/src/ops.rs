@@ -5,7 +5,6 @@
 //! valid: bad input changes nothing.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -13,7 +12,10 @@ use std::{
 
 use serde::Serialize;
 
-use crate::table::{Drain, PageTable, TableError};
+use crate::{
+    pause,
+    table::{Drain, PageTable, TableError},
+};
 
 /// A VM's mapping: its virtual address and the real address where it is now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
@@ -42,11 +44,13 @@ pub enum OpError {
     VmExists { vm: IpAddr, real: IpAddr },
     #[error("VM {vm} is not in the page table; add it with `netpage map add --vm {vm} --real RA`")]
     UnknownVm { vm: IpAddr },
-    #[error("real address {real} is already used by VM {owner}{}", draining_hint(*.draining))]
+    #[error("real address {real} is already used by VM {owner}{}", in_use_hint(*.draining, *.orphan))]
     RealInUse {
         real: IpAddr,
         owner: IpAddr,
         draining: bool,
+        /// Neither mapped nor draining: a reverse entry left behind.
+        orphan: bool,
     },
     #[error("VM {vm} appears twice in the table file")]
     DuplicateVm { vm: IpAddr },
@@ -60,18 +64,59 @@ pub enum OpError {
     },
     #[error("no node to change")]
     NoNode,
+    #[error("{failed} (what the switch had changed on the nodes is undone)")]
+    Undone { failed: Box<OpError> },
+    #[error(
+        "{failed}; undoing what was done before failed too ({undo}): run `netpage check --repair` on every node, then the switch again"
+    )]
+    NotUndone { failed: Box<OpError>, undo: String },
     #[error("node {node}")]
     OnNode {
         node: String,
         #[source]
         source: Box<OpError>,
     },
+    #[error(
+        "the table file has no mapping: applying it would remove all {mappings} mappings of the table; pass --allow-empty if that is what you want"
+    )]
+    EmptyTable { mappings: usize },
+    #[error(
+        "the table would need {need} {family} entries in {map} at its fullest, more than the {capacity} it holds; nothing was changed (a moved VM's new real address is installed before its old one goes, which then drains for --drain: `netpage gc --now` frees the addresses that drain, and smaller steps need less room)"
+    )]
+    NoRoom {
+        family: &'static str,
+        map: &'static str,
+        need: usize,
+        capacity: u32,
+    },
+    #[error("{failed}; the installs are undone{}{}", removals_note(*.removed), undo_note(.undo.as_deref()))]
+    ApplyFailed {
+        failed: TableError,
+        removed: usize,
+        undo: Option<String>,
+    },
     #[error(transparent)]
     Table(#[from] TableError),
 }
 
-fn draining_hint(draining: bool) -> &'static str {
-    if draining {
+fn removals_note(removed: usize) -> String {
+    if removed == 0 {
+        String::new()
+    } else {
+        format!(" (the {removed} removals, done first, stay)")
+    }
+}
+
+fn undo_note(undo: Option<&str>) -> String {
+    undo.map_or(String::new(), |u| {
+        format!("; undoing them failed too ({u}): run `netpage check --repair`")
+    })
+}
+
+fn in_use_hint(draining: bool, orphan: bool) -> &'static str {
+    if orphan {
+        " (a reverse entry left behind, with no mapping nor drain: `netpage check --repair` removes it)"
+    } else if draining {
         " (still draining after a switch; wait for the drain to end or run `netpage gc --now`)"
     } else {
         ""
@@ -150,11 +195,19 @@ fn check_family(m: Mapping) -> Result<(), OpError> {
 /// Fails if `real` is in R2V for a VM other than `vm`.
 fn check_real_free(t: &impl PageTable, vm: IpAddr, real: IpAddr) -> Result<(), OpError> {
     match t.reverse(real)? {
-        Some(owner) if owner != vm => Err(OpError::RealInUse {
-            real,
-            owner,
-            draining: t.forward(owner)? != Some(real),
-        }),
+        Some(owner) if owner != vm => {
+            let moved = t.forward(owner)? != Some(real);
+            let drains = moved
+                && t.drains()?
+                    .iter()
+                    .any(|d| d.real == real && d.virt == owner);
+            Err(OpError::RealInUse {
+                real,
+                owner,
+                draining: drains,
+                orphan: moved && !drains,
+            })
+        }
         _ => Ok(()),
     }
 }
@@ -167,7 +220,9 @@ pub fn add(t: &mut impl PageTable, m: Mapping) -> Result<(), OpError> {
     }
     check_real_free(t, m.vm, m.real)?;
     t.create_stats(m.vm)?;
+    pause::at(|| "add-stats".to_owned());
     t.set_reverse(m.real, m.vm)?;
+    pause::at(|| "add-reverse".to_owned());
     t.set_forward(m.vm, m.real)?;
     t.remove_drain(m.real)?;
     Ok(())
@@ -253,6 +308,10 @@ pub fn switch<T: PageTable>(
 /// entry is updated (one map update each, timed), and the old real address drains until
 /// `now_ms + drain` (it is removed at once when `drain` is zero). Installing every reverse
 /// entry first means no node receives the new address before it can translate it.
+///
+/// Nodes where the VM is already at `to` (a switch that stopped part-way) are left as
+/// they are, so that running the switch again completes it. If a step fails on a node,
+/// what the switch did on the nodes before is undone, and the error says so.
 pub fn switch_many<T: PageTable>(
     nodes: &mut [(String, &mut T)],
     vm: IpAddr,
@@ -260,7 +319,7 @@ pub fn switch_many<T: PageTable>(
     drain: Duration,
     now_ms: u64,
 ) -> Result<Switched, OpError> {
-    let from = locate(nodes.iter().map(|(n, t)| (n.as_str(), &**t)), vm, to)?;
+    let (from, done) = locate_resuming(nodes.iter().map(|(n, t)| (n.as_str(), &**t)), vm, to)?;
     let mut switched = Switched {
         vm,
         from,
@@ -272,24 +331,110 @@ pub fn switch_many<T: PageTable>(
     if from == to {
         return Ok(switched);
     }
-    for (_, t) in nodes.iter_mut() {
-        t.set_reverse(to, vm)?;
+    for i in 0..nodes.len() {
+        let (name, t) = &mut nodes[i];
+        if let Err(e) = t.set_reverse(to, vm) {
+            let e = on_node(name, e.into());
+            return Err(undone(e, undo_switch(&mut nodes[..i], &done, vm, from, to)));
+        }
+        pause::at(|| format!("switch-reverse:{}", i + 1));
     }
-    for (name, t) in nodes.iter_mut() {
+    for i in 0..nodes.len() {
+        let (name, t) = &mut nodes[i];
         let start = Instant::now();
-        t.set_forward(vm, to)?;
+        if let Err(e) = t.set_forward(vm, to) {
+            let e = on_node(name, e.into());
+            return Err(undone(e, undo_switch(nodes, &done, vm, from, to)));
+        }
         let update = start.elapsed();
         switched.update = switched.update.max(update);
         switched.nodes.push(NodeUpdate {
             node: name.clone(),
             update,
         });
+        pause::at(|| format!("switch-forward:{}", i + 1));
     }
     for (_, t) in nodes.iter_mut() {
         t.remove_drain(to)?;
-        switched.drain_until_ms = retire(&mut **t, vm, from, drain, now_ms)?;
+        // A node that had switched already may have lost the old address's entry.
+        if t.reverse(from)? == Some(vm) {
+            let until = retire(&mut **t, vm, from, drain, now_ms)?;
+            switched.drain_until_ms = switched.drain_until_ms.or(until);
+        }
     }
     Ok(switched)
+}
+
+/// Puts the nodes that were not `done` back where the VM was (V2R[vm] = from, no
+/// R2V[to]); returns what could not be undone.
+fn undo_switch<T: PageTable>(
+    nodes: &mut [(String, &mut T)],
+    done: &[bool],
+    vm: IpAddr,
+    from: IpAddr,
+    to: IpAddr,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    for ((name, t), _) in nodes.iter_mut().zip(done).filter(|(_, d)| !**d) {
+        let undo = (|| {
+            if t.forward(vm)? == Some(to) {
+                t.set_forward(vm, from)?;
+            }
+            remove_reverse_of(&mut **t, to, vm)
+        })();
+        if let Err(e) = undo {
+            failed.push(format!("node {name}: {e}"));
+        }
+    }
+    failed
+}
+
+/// The error of a step, with whether undoing the steps before it failed.
+fn undone(e: OpError, failed: Vec<String>) -> OpError {
+    if failed.is_empty() {
+        OpError::Undone {
+            failed: Box::new(e),
+        }
+    } else {
+        OpError::NotUndone {
+            failed: Box::new(e),
+            undo: failed.join("; "),
+        }
+    }
+}
+
+/// Where the nodes that have not switched yet have `vm` (they must agree, and there must
+/// be a node), and which nodes have it at `to` already; checks on each that it may move
+/// to `to`. Errors name the node.
+fn locate_resuming<'a, T: PageTable + 'a>(
+    nodes: impl IntoIterator<Item = (&'a str, &'a T)>,
+    vm: IpAddr,
+    to: IpAddr,
+) -> Result<(IpAddr, Vec<bool>), OpError> {
+    let mut from = None;
+    let mut done = Vec::new();
+    for (name, t) in nodes {
+        let at = check_switch(t, vm, to).map_err(|e| on_node(name, e))?;
+        done.push(at == to);
+        if at == to {
+            continue;
+        }
+        match from {
+            Some(f) if f != at => {
+                let e = OpError::Disagree {
+                    vm,
+                    here: at,
+                    elsewhere: f,
+                };
+                return Err(on_node(name, e));
+            }
+            _ => from = Some(at),
+        }
+    }
+    if done.is_empty() {
+        return Err(OpError::NoNode);
+    }
+    Ok((from.unwrap_or(to), done))
 }
 
 /// Where every node has `vm` now, checking on each that it may move to `to`: the nodes
@@ -384,122 +529,8 @@ pub fn list(t: &impl PageTable) -> Result<Vec<Mapping>, TableError> {
     Ok(all)
 }
 
-/// What `apply` changes to make the table equal to a desired set of mappings.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Plan {
-    pub added: Vec<Mapping>,
-    /// Mappings whose VM moves, with the real address it leaves.
-    pub moved: Vec<Moved>,
-    pub removed: Vec<Mapping>,
-    pub unchanged: usize,
-}
-
-/// A VM that `apply` moves from one real address to another.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Moved {
-    pub vm: IpAddr,
-    pub from: IpAddr,
-    pub to: IpAddr,
-}
-
-impl Plan {
-    /// Whether applying the plan changes nothing.
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.moved.is_empty() && self.removed.is_empty()
-    }
-}
-
-/// Compares the desired table with the current one. Fails, changing nothing, on an address
-/// that cannot be mapped, a family mismatch or a VM or real address given twice. A real
-/// address may pass from one VM to another: the file is the whole table.
-pub fn plan(t: &impl PageTable, desired: &[Mapping]) -> Result<Plan, OpError> {
-    let mut by_vm = BTreeMap::new();
-    let mut by_real: BTreeMap<IpAddr, IpAddr> = BTreeMap::new();
-    for &m in desired {
-        check_mapping(m)?;
-        if by_vm.insert(m.vm, m.real).is_some() {
-            return Err(OpError::DuplicateVm { vm: m.vm });
-        }
-        if let Some(a) = by_real.insert(m.real, m.vm) {
-            return Err(OpError::DuplicateReal {
-                real: m.real,
-                a,
-                b: m.vm,
-            });
-        }
-    }
-    let current = list(t)?;
-    let mut plan = Plan::default();
-    for m in &current {
-        match by_vm.get(&m.vm) {
-            None => plan.removed.push(*m),
-            Some(&to) if to == m.real => plan.unchanged += 1,
-            Some(&to) => plan.moved.push(Moved {
-                vm: m.vm,
-                from: m.real,
-                to,
-            }),
-        }
-    }
-    let known: BTreeSet<IpAddr> = current.iter().map(|m| m.vm).collect();
-    plan.added = desired
-        .iter()
-        .filter(|m| !known.contains(&m.vm))
-        .copied()
-        .collect();
-    plan.added.sort();
-    Ok(plan)
-}
-
-/// Plans what makes the table equal to `desired` and, unless `dry_run`, carries it out
-/// ([`plan`], then [`apply`]); returns the plan.
-pub fn make_equal(
-    t: &mut impl PageTable,
-    desired: &[Mapping],
-    dry_run: bool,
-    drain: Duration,
-    now_ms: u64,
-) -> Result<Plan, OpError> {
-    let plan = plan(t, desired)?;
-    if !dry_run {
-        apply(t, &plan, drain, now_ms)?;
-    }
-    Ok(plan)
-}
-
-/// Carries out a plan: all R2V entries in one batch, then all V2R entries in one batch,
-/// then removals; moved VMs' old real addresses drain as after a switch.
-pub fn apply(
-    t: &mut impl PageTable,
-    plan: &Plan,
-    drain: Duration,
-    now_ms: u64,
-) -> Result<(), TableError> {
-    let installs: Vec<(IpAddr, IpAddr)> = plan
-        .added
-        .iter()
-        .map(|m| (m.vm, m.real))
-        .chain(plan.moved.iter().map(|m| (m.vm, m.to)))
-        .collect();
-    for &(vm, _) in &installs {
-        t.create_stats(vm)?;
-    }
-    let reverse: Vec<_> = installs.iter().map(|&(vm, real)| (real, vm)).collect();
-    t.set_reverse_many(&reverse)?;
-    t.set_forward_many(&installs)?;
-    for &(_, real) in &installs {
-        t.remove_drain(real)?;
-    }
-    // An address that another VM takes over does not drain.
-    for m in plan
-        .moved
-        .iter()
-        .filter(|m| !installs.iter().any(|i| i.1 == m.from))
-    {
-        retire(t, m.vm, m.from, drain, now_ms)?;
-    }
-    plan.removed.iter().try_for_each(|&m| remove_mapping(t, m))
-}
+mod apply;
+pub use apply::{ApplyOptions, Deferred, Moved, Plan, apply, make_equal, plan};
 
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@ use std::{fmt, net::IpAddr};
 use anyhow::Result;
 use netpage::{
     attach::{Attached, Attachment, Hook, Mode, hook, iface_exists},
-    check::Finding,
+    check::{Finding, Repair, ReverseEntry},
     directory::{DirSwitched, NodeStatus},
     loader::Side,
     migrate::MigrateReport,
@@ -29,6 +29,7 @@ pub enum Output {
     Added(Mapping),
     Deleted(Mapping),
     List(TableFile),
+    Reverse(ReverseList),
     Switched(Switched),
     Applied {
         #[serde(flatten)]
@@ -55,7 +56,7 @@ impl Output {
             Output::DirSwitched(s) if !s.unconfirmed.is_empty() => Some(
                 "the switch is in the directory, but not every live node confirmed it in time (named above); they converge when they reach etcd again",
             ),
-            Output::Checked(c) if !c.findings.is_empty() => Some("the table is inconsistent"),
+            Output::Checked(c) => c.failure(),
             _ => None,
         }
     }
@@ -106,6 +107,7 @@ impl fmt::Display for Output {
                     .iter()
                     .try_for_each(|m| writeln!(f, "{:<40} {}", m.vm, m.real))
             }
+            Output::Reverse(r) => r.fmt(f),
             Output::Switched(s) => switched(f, s),
             Output::Applied { plan, dry_run } => applied(f, plan, *dry_run),
             Output::Stats(s) => s.fmt(f),
@@ -216,13 +218,21 @@ fn applied(f: &mut fmt::Formatter<'_>, p: &Plan, dry_run: bool) -> fmt::Result {
     for m in &p.removed {
         writeln!(f, "{verb}remove {} -> {}", m.vm, m.real)?;
     }
+    for d in &p.deferred {
+        writeln!(
+            f,
+            "defer  {} -> {} ({} holds it, draining: apply again once its drain ends)",
+            d.vm, d.real, d.held_by
+        )?;
+    }
     writeln!(
         f,
-        "{} added, {} moved, {} removed, {} unchanged{}",
+        "{} added, {} moved, {} removed, {} unchanged, {} deferred{}",
         p.added.len(),
         p.moved.len(),
         p.removed.len(),
         p.unchanged,
+        p.deferred.len(),
         if dry_run {
             " (dry run: nothing changed)"
         } else {
@@ -267,24 +277,111 @@ pub struct Checked {
     /// The table checked: a pin directory, or the directory's prefix and endpoints.
     pub table: String,
     pub findings: Vec<Finding>,
+    /// A node's count of fast-path ports, if it differs from its port map's: `[stored,
+    /// actual]` (after --repair: as it was found).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast_port_count: Option<[u32; 2]>,
+    /// With --repair: what was done about each finding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repaired: Option<Vec<Repair>>,
+    /// With --repair: what a check after the repairs still finds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<Vec<Finding>>,
+}
+
+impl Checked {
+    fn failure(&self) -> Option<&'static str> {
+        if self.fast_port_count.is_some() && self.repaired.is_none() {
+            return Some("the table is inconsistent");
+        }
+        match &self.remaining {
+            Some(left) if !left.is_empty() => Some("the table is still inconsistent (see above)"),
+            Some(_) => None,
+            None if !self.findings.is_empty() => Some("the table is inconsistent"),
+            None => None,
+        }
+    }
 }
 
 impl fmt::Display for Checked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.findings.is_empty() {
-            return writeln!(f, "{}: consistent", self.table);
-        }
-        writeln!(f, "{}: {} inconsistencies", self.table, self.findings.len())?;
-        for x in &self.findings {
-            let other = x.other.map_or(String::new(), |o| format!(" ({o})"));
-            let kind = serde_json::to_value(x.kind).expect("kinds serialize");
+        if let Some([stored, actual]) = self.fast_port_count {
+            let done = if self.repaired.is_some() {
+                ": recounted"
+            } else {
+                ""
+            };
             writeln!(
                 f,
-                "  {:<24} real {} vm {}{other}",
-                kind.as_str().unwrap_or("?"),
-                x.real,
-                x.vm
+                "{}: the programs count {stored} fast-path ports, the port map has {actual}{done}",
+                self.table
             )?;
+        }
+        if self.findings.is_empty() {
+            if self.fast_port_count.is_none() || self.repaired.is_some() {
+                writeln!(f, "{}: consistent", self.table)?;
+            }
+            return Ok(());
+        }
+        writeln!(f, "{}: {} inconsistencies", self.table, self.findings.len())?;
+        match &self.repaired {
+            None => self.findings.iter().try_for_each(|x| finding(f, x, "")),
+            Some(repairs) => {
+                for r in repairs {
+                    let did = serde_json::to_value(r.action).expect("actions serialize");
+                    let did = did.as_str().unwrap_or("?").replace('_', " ");
+                    finding(f, &r.finding, &format!(": {did}"))?;
+                }
+                let left = self.remaining.as_deref().unwrap_or_default();
+                if left.is_empty() {
+                    writeln!(f, "repaired: consistent now")
+                } else {
+                    writeln!(f, "{} left:", left.len())?;
+                    left.iter().try_for_each(|x| finding(f, x, ""))
+                }
+            }
+        }
+    }
+}
+
+fn finding(f: &mut fmt::Formatter<'_>, x: &Finding, then: &str) -> fmt::Result {
+    let other = x.other.map_or(String::new(), |o| format!(" ({o})"));
+    let real = x.real.map_or("-".to_owned(), |r| r.to_string());
+    let kind = serde_json::to_value(x.kind).expect("kinds serialize");
+    writeln!(
+        f,
+        "  {:<24} real {real} vm {}{other}{then}",
+        kind.as_str().unwrap_or("?"),
+        x.vm
+    )
+}
+
+/// `netpage map list --reverse`.
+#[derive(Serialize)]
+pub struct ReverseList {
+    pub reverse: Vec<ReverseEntry>,
+    pub drains: Vec<Drain>,
+}
+
+impl fmt::Display for ReverseList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{:<40} {:<40} STATE", "REAL", "VM")?;
+        for e in &self.reverse {
+            let state = serde_json::to_value(e.state).expect("states serialize");
+            let state = state.as_str().unwrap_or("?").replace('_', " ");
+            writeln!(f, "{:<40} {:<40} {state}", e.real, e.vm)?;
+        }
+        if !self.drains.is_empty() {
+            writeln!(f, "drains:")?;
+        }
+        let now = netpage::ops::now_ms();
+        for d in &self.drains {
+            let left = if d.deadline_ms > now {
+                format!("ends in {:.1} s", (d.deadline_ms - now) as f64 / 1000.0)
+            } else {
+                format!("ended {:.1} s ago", (now - d.deadline_ms) as f64 / 1000.0)
+            };
+            writeln!(f, "  {} (vm {}) {left}", d.real, d.virt)?;
         }
         Ok(())
     }

@@ -25,6 +25,17 @@ pub enum TableError {
         #[source]
         source: Box<MapError>,
     },
+    #[error(
+        "batch-setting {addr} in map {map} (the {done} entries before it, of {total}, were set)"
+    )]
+    Batch {
+        map: &'static str,
+        addr: IpAddr,
+        done: usize,
+        total: usize,
+        #[source]
+        source: Box<MapError>,
+    },
     #[error("reading map {map}")]
     Read {
         map: &'static str,
@@ -81,6 +92,11 @@ pub trait PageTable {
     fn remove_stats(&mut self, va: IpAddr) -> Result<(), TableError>;
     /// The traffic translated by the mapping of `va`, summed over CPUs.
     fn stats(&self, va: IpAddr) -> Result<Option<MappingStats>, TableError>;
+    /// The virtual addresses that have traffic counters (a table without per-mapping
+    /// counters has none).
+    fn stats_entries(&self) -> Result<Vec<IpAddr>, TableError> {
+        Ok(Vec::new())
+    }
     /// Real addresses kept in R2V after a switch, with their deadlines.
     fn drains(&self) -> Result<Vec<Drain>, TableError>;
     /// Records (or replaces) the drain of `drain.real`.
@@ -334,6 +350,17 @@ impl<A: Family> Stats<A> {
         }
     }
 
+    fn keys(&self, out: &mut Vec<IpAddr>) -> Result<(), TableError> {
+        for k in self.map.keys() {
+            let k = k.map_err(|source| TableError::Read {
+                map: self.name,
+                source: Box::new(source),
+            })?;
+            out.push(k.to_ip());
+        }
+        Ok(())
+    }
+
     fn get(&self, k: A) -> Result<Option<MappingStats>, TableError> {
         match self.map.get(&k, 0) {
             Ok(per_cpu) => Ok(Some(per_cpu.iter().fold(
@@ -398,6 +425,13 @@ impl PageTable for BpfTable {
 
     fn stats(&self, va: IpAddr) -> Result<Option<MappingStats>, TableError> {
         by_family!(self, va, |m, k| m.stats.get(k))
+    }
+
+    fn stats_entries(&self) -> Result<Vec<IpAddr>, TableError> {
+        let mut out = Vec::new();
+        self.v4.stats.keys(&mut out)?;
+        self.v6.stats.keys(&mut out)?;
+        Ok(out)
     }
 
     fn drains(&self) -> Result<Vec<Drain>, TableError> {

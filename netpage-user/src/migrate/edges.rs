@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::{MigrateError, NodeSwitch};
 use crate::{
     directory::{Confirmation, DirError, Directory, EtcdOptions, Reservation, laggards},
-    node::{Node, OpenNode},
+    node::{self, Node, OpenNode},
     ops::{self, now_ms},
     table::{PageTable, TableError},
     timeline::{Source, Timeline},
@@ -22,8 +22,9 @@ use crate::{
 /// Where a migration's page tables are.
 #[derive(Clone, Debug)]
 pub enum EdgeSpec {
-    /// The pin directories of nodes on this machine.
-    Nodes(Vec<PathBuf>),
+    /// Nodes of this machine (their pin directories, and how long to wait for their
+    /// locks).
+    Nodes(Vec<Node>),
     /// The directory on etcd; every node's agent applies it. `confirm` bounds each wait
     /// for the nodes' confirmations.
     Directory {
@@ -126,20 +127,18 @@ impl Edges {
     /// that are over, or connects to the directory.
     pub(super) async fn open(spec: &EdgeSpec) -> Result<Self, MigrateError> {
         match spec {
-            EdgeSpec::Nodes(dirs) => {
-                dirs.iter()
-                    .map(|dir| {
-                        let mut n = Node::new(dir).open_for_write().map_err(|source| {
-                            MigrateError::Node {
-                                dir: dir.clone(),
-                                source,
-                            }
-                        })?;
-                        ops::gc(&mut n.table, now_ms())?;
-                        Ok((dir.clone(), n))
-                    })
-                    .collect::<Result<_, _>>()
-                    .map(Edges::Local)
+            EdgeSpec::Nodes(nodes) => {
+                let opened =
+                    node::open_many_for_write(nodes).map_err(|(i, source)| MigrateError::Node {
+                        dir: nodes[i].dir().to_owned(),
+                        source,
+                    })?;
+                let mut local = Vec::new();
+                for (node, mut n) in nodes.iter().zip(opened) {
+                    ops::gc(&mut n.table, now_ms())?;
+                    local.push((node.dir().to_owned(), n));
+                }
+                Ok(Edges::Local(local))
             }
             EdgeSpec::Directory { etcd, confirm } => Ok(Edges::Directory(Box::new(DirEdges {
                 dir: Directory::connect(etcd).await?,

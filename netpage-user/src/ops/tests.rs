@@ -14,11 +14,24 @@ struct MemTable {
     stats: BTreeMap<IpAddr, MappingStats>,
     drains: BTreeMap<IpAddr, Drain>,
     log: Rc<RefCell<Vec<String>>>,
+    /// A write whose log line starts with this fails (after it is logged).
+    fail_on: Option<String>,
 }
 
 impl MemTable {
-    fn note(&self, s: String) {
+    fn note(&self, s: String) -> Result<(), TableError> {
+        let fails = self
+            .fail_on
+            .as_ref()
+            .is_some_and(|f| s.starts_with(f.as_str()));
         self.log.borrow_mut().push(s);
+        if fails {
+            Err(TableError::Missing {
+                map: "injected failure",
+            })
+        } else {
+            Ok(())
+        }
     }
 
     fn snapshot(&self) -> String {
@@ -40,22 +53,22 @@ impl PageTable for MemTable {
         Ok(self.r2v.get(&ra).copied())
     }
     fn set_forward(&mut self, va: IpAddr, ra: IpAddr) -> Result<(), TableError> {
-        self.note(format!("v2r {va}={ra}"));
+        self.note(format!("v2r {va}={ra}"))?;
         self.v2r.insert(va, ra);
         Ok(())
     }
     fn set_reverse(&mut self, ra: IpAddr, va: IpAddr) -> Result<(), TableError> {
-        self.note(format!("r2v {ra}={va}"));
+        self.note(format!("r2v {ra}={va}"))?;
         self.r2v.insert(ra, va);
         Ok(())
     }
     fn remove_forward(&mut self, va: IpAddr) -> Result<(), TableError> {
-        self.note(format!("v2r -{va}"));
+        self.note(format!("v2r -{va}"))?;
         self.v2r.remove(&va);
         Ok(())
     }
     fn remove_reverse(&mut self, ra: IpAddr) -> Result<(), TableError> {
-        self.note(format!("r2v -{ra}"));
+        self.note(format!("r2v -{ra}"))?;
         self.r2v.remove(&ra);
         Ok(())
     }
@@ -475,10 +488,132 @@ fn apply_may_pass_a_real_address_to_another_vm() {
     let mut t = mapped(VM, RA_A);
     let desired = [m(VM, RA_B), m(VM2, RA_A)];
     let p = plan(&t, &desired).unwrap();
-    apply(&mut t, &p, SECOND, 0).unwrap();
-    gc(&mut t, u64::MAX).unwrap();
+    apply(&mut t, &p, Duration::ZERO, 0).unwrap();
     assert_eq!(t.r2v[&ip(RA_A)], ip(VM2));
     assert_eq!(t.r2v[&ip(RA_B)], ip(VM));
+}
+
+fn opts(drain: Duration) -> ApplyOptions {
+    ApplyOptions {
+        drain,
+        ..ApplyOptions::default()
+    }
+}
+
+#[test]
+fn a_real_address_passed_to_another_vm_drains_first() {
+    let mut t = mapped(VM, RA_A);
+    let desired = [m(VM, RA_B), m(VM2, RA_A)];
+    let p = make_equal(&mut t, &desired, &opts(SECOND)).unwrap();
+    assert_eq!(
+        p.deferred,
+        [Deferred {
+            vm: ip(VM2),
+            real: ip(RA_A),
+            held_by: ip(VM)
+        }]
+    );
+    // The VM moved; its old address drains for it; the other VM waits.
+    assert_eq!(t.v2r[&ip(VM)], ip(RA_B));
+    assert_eq!(t.r2v[&ip(RA_A)], ip(VM));
+    assert!(!t.v2r.contains_key(&ip(VM2)));
+    assert_eq!(crate::check::check(&t, 0).unwrap(), vec![]);
+    // Once the drain is over, the same apply hands the address over.
+    gc(&mut t, u64::MAX).unwrap();
+    let p = make_equal(&mut t, &desired, &opts(SECOND)).unwrap();
+    assert_eq!((p.added, p.deferred), (vec![m(VM2, RA_A)], vec![]));
+    assert_eq!(t.r2v[&ip(RA_A)], ip(VM2));
+    assert_eq!(crate::check::check(&t, 0).unwrap(), vec![]);
+}
+
+#[test]
+fn an_empty_file_is_refused_unless_allowed() {
+    let mut t = mapped(VM, RA_A);
+    let before = t.snapshot();
+    let e = make_equal(&mut t, &[], &opts(SECOND)).unwrap_err();
+    assert!(matches!(e, OpError::EmptyTable { mappings: 1 }), "{e}");
+    assert!(e.to_string().contains("--allow-empty"), "{e}");
+    assert_eq!(t.snapshot(), before);
+    let allow = ApplyOptions {
+        allow_empty: true,
+        ..opts(SECOND)
+    };
+    let p = make_equal(&mut t, &[], &allow).unwrap();
+    assert_eq!(p.removed, [m(VM, RA_A)]);
+    assert!(t.v2r.is_empty() && t.r2v.is_empty());
+}
+
+#[test]
+fn apply_removes_first_and_checks_the_capacity_before_writing() {
+    let mut t = mapped(VM, RA_A);
+    add(&mut t, m(VM2, RA2)).unwrap();
+    let room = |n| ApplyOptions {
+        capacity: Some(n),
+        ..opts(Duration::ZERO)
+    };
+    // Two other mappings fit in two entries: the removals go first.
+    let others = [
+        m("198.19.0.12", "198.18.10.102"),
+        m("198.19.0.13", "198.18.10.103"),
+    ];
+    make_equal(&mut t, &others, &room(2)).unwrap();
+    assert_eq!(list(&t).unwrap(), others);
+    // Three do not, and nothing changes.
+    let before = t.snapshot();
+    let three = [others[0], others[1], m(VM, RA_A)];
+    let e = make_equal(&mut t, &three, &room(2)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            OpError::NoRoom {
+                need: 3,
+                capacity: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(t.snapshot(), before);
+    // A move needs one reverse entry more: its new address goes in before the old one
+    // goes (and drains).
+    let moved = [m("198.19.0.12", RA_B), others[1]];
+    for drain in [Duration::ZERO, SECOND] {
+        let e = make_equal(
+            &mut t,
+            &moved,
+            &ApplyOptions {
+                capacity: Some(2),
+                ..opts(drain)
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                OpError::NoRoom {
+                    map: "R2V",
+                    need: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(t.snapshot(), before);
+    }
+    make_equal(&mut t, &moved, &room(3)).unwrap();
+}
+
+#[test]
+fn installs_that_fail_are_undone() {
+    let mut t = mapped(VM, RA_A);
+    let before = t.snapshot();
+    t.fail_on = Some("r2v 198.18.10.103".to_owned());
+    let desired = [m(VM, RA_A), m(VM2, RA2), m("198.19.0.13", "198.18.10.103")];
+    let e = make_equal(&mut t, &desired, &opts(SECOND)).unwrap_err();
+    assert!(matches!(e, OpError::ApplyFailed { undo: None, .. }), "{e}");
+    assert!(e.to_string().contains("undone"), "{e}");
+    t.fail_on = None;
+    assert_eq!(t.snapshot(), before);
 }
 
 #[test]
@@ -502,4 +637,51 @@ fn a_switch_over_nodes_that_disagree_changes_none() {
     let e = switch_many(&mut nodes, ip(VM), ip(RA_B), SECOND, 0).unwrap_err();
     assert!(e.to_string().starts_with("node host"), "{e}");
     assert!(gw.log.borrow().is_empty() && host.log.borrow().is_empty());
+}
+
+#[test]
+fn a_switch_that_fails_on_a_later_node_is_undone_on_the_others() {
+    for fail in [format!("v2r {VM}={RA_B}"), format!("r2v {RA_B}={VM}")] {
+        let (mut gw, mut a, mut b) = (mapped(VM, RA_A), mapped(VM, RA_A), mapped(VM, RA_A));
+        let before = gw.snapshot();
+        b.fail_on = Some(fail.clone());
+        let mut nodes = [
+            ("gw".to_owned(), &mut gw),
+            ("a".to_owned(), &mut a),
+            ("b".to_owned(), &mut b),
+        ];
+        let e = switch_many(&mut nodes, ip(VM), ip(RA_B), SECOND, 0).unwrap_err();
+        assert!(matches!(e, OpError::Undone { .. }), "{fail}: {e}");
+        assert!(e.to_string().starts_with("node b"), "{e}");
+        b.fail_on = None;
+        for t in [&gw, &a, &b] {
+            assert_eq!(t.snapshot(), before, "{fail}");
+        }
+    }
+}
+
+#[test]
+fn a_switch_stopped_part_way_completes_when_run_again() {
+    // The gateway switched (and its old reverse entry was removed as an orphan), the host
+    // had not.
+    let (mut gw, mut host) = (mapped(VM, RA_A), mapped(VM, RA_A));
+    gw.set_reverse(ip(RA_B), ip(VM)).unwrap();
+    gw.set_forward(ip(VM), ip(RA_B)).unwrap();
+    gw.remove_reverse(ip(RA_A)).unwrap();
+    let mut nodes = [("gw".to_owned(), &mut gw), ("host".to_owned(), &mut host)];
+    let s = switch_many(&mut nodes, ip(VM), ip(RA_B), SECOND, 0).unwrap();
+    assert_eq!((s.from, s.to), (ip(RA_A), ip(RA_B)));
+    assert!(s.drain_until_ms.is_some());
+    assert_eq!((gw.v2r[&ip(VM)], host.v2r[&ip(VM)]), (ip(RA_B), ip(RA_B)));
+    assert!(gw.drains.is_empty(), "no drain without its reverse entry");
+    assert_eq!(host.drains[&ip(RA_A)].virt, ip(VM));
+}
+
+#[test]
+fn an_address_left_behind_is_refused_with_the_way_out() {
+    let mut t = mapped(VM, RA_A);
+    t.set_reverse(ip(RA_B), ip(VM)).unwrap();
+    let e = add(&mut t, m(VM2, RA_B)).unwrap_err();
+    assert!(matches!(e, OpError::RealInUse { orphan: true, .. }), "{e}");
+    assert!(e.to_string().contains("netpage check --repair"), "{e}");
 }

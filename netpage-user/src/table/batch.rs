@@ -53,9 +53,9 @@ pub(super) fn update(
 
 impl<A: Family> Table<A> {
     fn update_batch(&self, keys: &[A], values: &[A]) -> Result<(), TableError> {
-        let Some(&first) = keys.first() else {
+        if keys.is_empty() {
             return Ok(());
-        };
+        }
         let fd = self.map.map().fd().as_fd();
         let mut attr = BatchAttr {
             keys: keys.as_ptr() as u64,
@@ -82,6 +82,15 @@ impl<A: Family> Table<A> {
             call: "bpf_map_update_batch",
             io_error,
         });
-        Err(self.err("batch-setting", first, source))
+        // The kernel counts the entries it set before the one that failed.
+        let done = attr.count as usize;
+        let failed = keys[done.min(keys.len() - 1)];
+        Err(TableError::Batch {
+            map: self.name,
+            addr: failed.to_ip(),
+            done,
+            total: keys.len(),
+            source: Box::new(source),
+        })
     }
 }

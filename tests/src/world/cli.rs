@@ -1,9 +1,10 @@
 //! Driving the `netpage` command on the world's edge nodes: attach, map, switch, stats.
 
 use std::{
+    io::{BufRead, BufReader},
     net::IpAddr,
     path::PathBuf,
-    process::{Command, Output},
+    process::{Child, Command, Output, Stdio},
 };
 
 use super::{Host, Node, Vm, World};
@@ -55,6 +56,28 @@ impl World {
         let out = self.netpage_ok(node, &json);
         serde_json::from_str(&out)
             .unwrap_or_else(|e| panic!("netpage {json:?} on {node:?}: not JSON ({e}):\n{out}"))
+    }
+
+    /// Starts `netpage ARGS` on `node` with the test hook that stops it at `step`
+    /// (`NETPAGE_TEST_PAUSE_AT`, honoured by debug builds), and returns once it is there,
+    /// holding whatever it holds at that step: kill it to see what the step leaves.
+    pub fn netpage_paused_at(&self, node: Node, args: &[&str], step: &str) -> Child {
+        let mut child = self
+            .netpage_command(node, args)
+            .env("NETPAGE_TEST_PAUSE_AT", step)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start netpage");
+        let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
+        let mut line = String::new();
+        stderr.read_line(&mut line).expect("read netpage's stderr");
+        assert_eq!(
+            line.trim(),
+            format!("netpage: paused at {step}"),
+            "netpage {args:?} did not stop at {step} (a release build of netpage?)"
+        );
+        child
     }
 
     fn netpage_command(&self, node: Node, args: &[&str]) -> Command {

@@ -1,0 +1,253 @@
+//! `netpage apply` on a node near its capacity, with an empty file, and handing a real
+//! address from one VM to another: each refused or carried out without losing a mapping
+//! or leaving the table inconsistent. The nodes are bare pin directories (no interface is
+//! needed to change a table), made with a small capacity.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use netpage::{
+    node::Node,
+    table::{PageTable, TableError},
+};
+use netpage_tests::{netns::output, pins::PinDirs, world::netpage_bin};
+use serde_json::Value;
+
+/// Entries per map of the test nodes.
+const CAPACITY: u32 = 4;
+
+/// A node with empty tables of [`CAPACITY`] entries in a fresh bpffs.
+fn node(pins: &mut PinDirs, name: &str) -> PathBuf {
+    let dir = pins.mount(name);
+    Node::new(&dir)
+        .load(Some(CAPACITY))
+        .expect("create the node's tables");
+    dir
+}
+
+fn netpage(dir: &Path, args: &[&str]) -> Output {
+    output(
+        Command::new(netpage_bin())
+            .arg("--pin-dir")
+            .arg(dir)
+            .args(args),
+    )
+}
+
+fn json(dir: &Path, args: &[&str]) -> Value {
+    let out = netpage(dir, &[&["--json"][..], args].concat());
+    assert!(
+        out.status.success(),
+        "netpage {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Writes a table file of `(vm, real)` pairs and returns its path.
+fn table_file(dir: &Path, name: &str, mappings: &[(&str, &str)]) -> PathBuf {
+    let mut toml = String::new();
+    for (vm, real) in mappings {
+        toml += &format!("[[mapping]]\nvm = \"{vm}\"\nreal = \"{real}\"\n");
+    }
+    let path = dir.with_file_name(format!("{}-{name}.toml", dir.display()));
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// The node's mappings, reverse entries and drains.
+fn snapshot(dir: &Path) -> (Value, Value) {
+    (
+        json(dir, &["map", "list"]),
+        json(dir, &["map", "list", "--reverse"]),
+    )
+}
+
+fn consistent(dir: &Path) {
+    let out = netpage(dir, &["check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Runs `apply ARGS` expecting failure with `expect` in its message and no change.
+fn refused(dir: &Path, args: &[&str], expect: &str) {
+    let before = snapshot(dir);
+    let out = netpage(dir, args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "netpage {args:?} succeeded");
+    assert!(err.contains(expect), "netpage {args:?}: {err}");
+    assert_eq!(snapshot(dir), before, "netpage {args:?} changed the table");
+}
+
+const FOUR: [(&str, &str); 4] = [
+    ("198.19.0.1", "198.18.0.1"),
+    ("198.19.0.2", "198.18.0.2"),
+    ("198.19.0.3", "198.18.0.3"),
+    ("198.19.0.4", "198.18.0.4"),
+];
+const FOUR_OTHERS: [(&str, &str); 4] = [
+    ("198.19.0.5", "198.18.0.5"),
+    ("198.19.0.6", "198.18.0.6"),
+    ("198.19.0.7", "198.18.0.7"),
+    ("198.19.0.8", "198.18.0.8"),
+];
+
+#[test]
+fn a_full_node_takes_a_whole_new_table_and_refuses_one_too_big() {
+    let mut pins = PinDirs::new("netpage-apply", "full");
+    let dir = node(&mut pins, "n");
+    let path = |name, m: &[(&str, &str)]| table_file(&dir, name, m);
+    let four = path("four", &FOUR);
+    json(&dir, &["apply", "-f", four.to_str().unwrap()]);
+    // Four others replace them in a full table: the removals go first.
+    let others = path("others", &FOUR_OTHERS);
+    let p = json(&dir, &["apply", "-f", others.to_str().unwrap()]);
+    assert_eq!(p["added"].as_array().unwrap().len(), 4, "{p:#}");
+    assert_eq!(p["removed"].as_array().unwrap().len(), 4, "{p:#}");
+    consistent(&dir);
+    // Five do not fit: refused before any write.
+    let five = path("five", &[&FOUR[..], &FOUR_OTHERS[..1]].concat());
+    refused(
+        &dir,
+        &["apply", "-f", five.to_str().unwrap()],
+        "would need 5 IPv4 entries in V2R at its fullest, more than the 4 it holds",
+    );
+    // A full table cannot move a VM: its new reverse entry goes in before the old one goes.
+    let moved: Vec<(&str, &str)> = FOUR_OTHERS
+        .iter()
+        .map(|&(vm, _)| vm)
+        .zip(FOUR.iter().map(|&(_, r)| r))
+        .collect();
+    let moved = path("moved", &moved);
+    for drain in ["0", "5"] {
+        refused(
+            &dir,
+            &["apply", "-f", moved.to_str().unwrap(), "--drain", drain],
+            "would need 8 IPv4 entries in R2V at its fullest, more than the 4 it holds",
+        );
+    }
+    // With room (one mapping fewer), one VM moves and its old address drains.
+    let three = path("three", &FOUR_OTHERS[..3]);
+    json(&dir, &["apply", "-f", three.to_str().unwrap()]);
+    let one_moved = path(
+        "one-moved",
+        &[FOUR_OTHERS[0], FOUR_OTHERS[1], ("198.19.0.7", "198.18.0.1")],
+    );
+    let p = json(&dir, &["apply", "-f", one_moved.to_str().unwrap()]);
+    assert_eq!(p["moved"].as_array().unwrap().len(), 1, "{p:#}");
+    consistent(&dir);
+}
+
+/// A batch that the kernel stops part-way is reported at the entry that failed, with how
+/// many were set before it.
+#[test]
+fn a_failed_batch_names_the_entry_that_failed() {
+    let mut pins = PinDirs::new("netpage-apply", "batch");
+    let dir = node(&mut pins, "n");
+    let mut open = Node::new(&dir).open().unwrap();
+    let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+    let entries: Vec<(IpAddr, IpAddr)> = (1..=6)
+        .map(|i| (ip(&format!("198.18.0.{i}")), ip(&format!("198.19.0.{i}"))))
+        .collect();
+    let e = open.table.set_reverse_many(&entries).unwrap_err();
+    match &e {
+        TableError::Batch {
+            addr, done, total, ..
+        } => {
+            assert_eq!((*addr, *done, *total), (entries[4].0, 4, 6), "{e}");
+        }
+        other => panic!("not a batch error: {other}"),
+    }
+    assert!(e.to_string().contains("198.18.0.5"), "{e}");
+}
+
+#[test]
+fn an_empty_file_is_refused_unless_allowed() {
+    let mut pins = PinDirs::new("netpage-apply", "empty");
+    let dir = node(&mut pins, "n");
+    let four = table_file(&dir, "four", &FOUR);
+    json(&dir, &["apply", "-f", four.to_str().unwrap()]);
+    refused(
+        &dir,
+        &["apply", "-f", "/dev/null"],
+        "the table file has no mapping: applying it would remove all 4 mappings",
+    );
+    let empty_json = table_file(&dir, "empty", &[]);
+    refused(
+        &dir,
+        &["apply", "-f", empty_json.to_str().unwrap()],
+        "--allow-empty",
+    );
+    let p = json(&dir, &["apply", "-f", "/dev/null", "--allow-empty"]);
+    assert_eq!(p["removed"].as_array().unwrap().len(), 4, "{p:#}");
+    assert_eq!(
+        json(&dir, &["map", "list"])["mapping"],
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn a_real_address_handed_to_another_vm_drains_first() {
+    let mut pins = PinDirs::new("netpage-apply", "handover");
+    let dir = node(&mut pins, "n");
+    let (a, b) = ("198.19.0.1", "198.19.0.2");
+    let (x, y) = ("198.18.0.1", "198.18.0.2");
+    let first = table_file(&dir, "first", &[(a, x)]);
+    json(&dir, &["apply", "-f", first.to_str().unwrap()]);
+    let handover = table_file(&dir, "handover", &[(a, y), (b, x)]);
+    let p = json(
+        &dir,
+        &["apply", "-f", handover.to_str().unwrap(), "--drain", "60"],
+    );
+    assert_eq!(p["moved"][0]["to"], y, "{p:#}");
+    assert_eq!(
+        p["deferred"],
+        serde_json::json!([{"vm": b, "real": x, "held_by": a}]),
+        "{p:#}"
+    );
+    let text = String::from_utf8_lossy(
+        &netpage(
+            &dir,
+            &["apply", "-f", handover.to_str().unwrap(), "--dry-run"],
+        )
+        .stdout,
+    )
+    .into_owned();
+    assert!(
+        text.contains("defer") && text.contains("apply again"),
+        "{text}"
+    );
+    // Replies in flight to x still reach a while it drains; b waits.
+    let reverse = json(&dir, &["map", "list", "--reverse"]);
+    let x_entry = reverse["reverse"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["real"] == x)
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (&x_entry["vm"], &x_entry["state"]),
+        (&a.into(), &"draining".into())
+    );
+    consistent(&dir);
+    // Once the drain is over, the same file hands x over.
+    json(&dir, &["gc", "--now"]);
+    let p = json(
+        &dir,
+        &["apply", "-f", handover.to_str().unwrap(), "--drain", "60"],
+    );
+    assert_eq!(
+        p["added"],
+        serde_json::json!([{"vm": b, "real": x}]),
+        "{p:#}"
+    );
+    assert_eq!(p["deferred"], serde_json::json!([]));
+    consistent(&dir);
+}
