@@ -44,6 +44,19 @@ pub fn text(s: &Summary, seed: u64, hooks: &[Hook]) -> String {
     if let Some(p) = &s.counter_problem {
         let _ = writeln!(o, "  COUNTERS DISAGREE: {p}");
     }
+    for (name, n) in &s.known {
+        let fixture = super::run::KNOWN
+            .iter()
+            .find(|k| k.name == *name)
+            .map_or("", |k| k.fixture);
+        let _ = writeln!(
+            o,
+            "  KNOWN DEFECT met {n} times: {name} (fixture fuzz_found::{fixture})"
+        );
+    }
+    for (p, n) in &s.problems {
+        let _ = writeln!(o, "  failed {n} times: {p}");
+    }
     if s.failures == 0 {
         let _ = writeln!(o, "  no counterexample");
     } else {
@@ -77,6 +90,8 @@ pub fn json(s: &Summary, seed: u64, hooks: &[Hook]) -> serde_json::Value {
         "counters": s.counters,
         "kinds": s.kinds,
         "failures": s.failures,
+        "problems": s.problems,
+        "known_defects": s.known,
         "counter_problem": s.counter_problem,
         "counterexamples": s.counterexamples.iter().map(|c| serde_json::json!({
             "index": c.index,
