@@ -978,3 +978,63 @@ pub fn generate(rng: &mut Rng, table: &Table, policy: Policy) -> Generated {
         layout,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzz::mutate::mutate;
+
+    /// Frames stay within what BPF_PROG_TEST_RUN takes: from 14 bytes to under a page
+    /// less the kernel's head- and tailroom (about 3,500 bytes).
+    #[test]
+    fn frames_stay_within_test_run_sizes() {
+        let table = Table::standard();
+        let policy = Policy {
+            mapped_virtual_sources: false,
+        };
+        let (mut min, mut max) = (usize::MAX, 0);
+        for i in 0..20_000 {
+            let mut rng = Rng::for_packet(3, i);
+            let mut g = generate(&mut rng, &table, policy);
+            if i % 2 == 0 {
+                mutate(&mut rng, &mut g, &table, policy);
+            }
+            min = min.min(g.frame.len());
+            max = max.max(g.frame.len());
+        }
+        assert!(min >= 14 && max < 3000, "frames of {min} to {max} bytes");
+    }
+
+    /// A virtual-side frame's outer source is never a mapped address unless the policy
+    /// allows it.
+    #[test]
+    fn virtual_sources_stay_unmapped() {
+        let table = Table::standard();
+        let policy = Policy {
+            mapped_virtual_sources: false,
+        };
+        for i in 0..5_000 {
+            let mut rng = Rng::for_packet(4, i);
+            let mut g = generate(&mut rng, &table, policy);
+            mutate(&mut rng, &mut g, &table, policy);
+            let (Some(&src), Side::Virtual) = (g.layout.addrs.first(), g.side) else {
+                continue;
+            };
+            let n = if g.layout.v6 { 16 } else { 4 };
+            if src + n > g.frame.len() {
+                continue;
+            }
+            let a: IpAddr = if n == 16 {
+                <[u8; 16]>::try_from(&g.frame[src..src + n]).unwrap().into()
+            } else {
+                <[u8; 4]>::try_from(&g.frame[src..src + n]).unwrap().into()
+            };
+            let mapped = table.maps.iter().any(|&(va, ra)| a == va || a == ra);
+            // A flipped byte may still land on a mapped address: only the generator's
+            // own choices are held to the policy.
+            if !g.kinds.iter().any(|k| k.starts_with("mutated: flipped")) {
+                assert!(!mapped, "virtual-side source {a} in {:?}", g.kinds);
+            }
+        }
+    }
+}
