@@ -52,11 +52,12 @@ fn main() -> ExitCode {
                 Ok(())
             }
             "--hook" => match args.next().as_deref() {
-                Some("xdp") => Ok(cfg.hooks = vec![Hook::Xdp]),
-                Some("tc") => Ok(cfg.hooks = vec![Hook::Tc]),
-                Some("both") => Ok(cfg.hooks = Hook::ALL.to_vec()),
+                Some("xdp") => Ok(vec![Hook::Xdp]),
+                Some("tc") => Ok(vec![Hook::Tc]),
+                Some("both") => Ok(Hook::ALL.to_vec()),
                 _ => Err("--hook takes xdp, tc or both".into()),
-            },
+            }
+            .map(|hooks| cfg.hooks = hooks),
             other => Err(format!("unknown argument {other}")),
         };
         if let Err(e) = r {

@@ -127,6 +127,18 @@ fn zero_sum(seg: &mut [u8], src: IpAddr, dst: IpAddr) {
     seg[w..].copy_from_slice(&c.to_be_bytes());
 }
 
+/// A chain of IPv6 extension headers.
+struct Chain {
+    bytes: Vec<u8>,
+    /// The Next Header that leads into it.
+    first: u8,
+    /// The final destination of a routing header with segments left: the transport's
+    /// pseudo-header destination.
+    final_dst: Option<IpAddr>,
+    /// The home address of a home address option: the pseudo-header's source.
+    home: Option<IpAddr>,
+}
+
 /// The frame under construction.
 struct G<'a> {
     rng: &'a mut Rng,
@@ -472,7 +484,7 @@ impl G<'_> {
                 self.kind("ICMP echo");
                 let p = self.payload();
                 let ty = self.rng.pick(&[8, 0]);
-                let rest: [u8; 4] = self.rng.next().to_be_bytes()[..4].try_into().unwrap();
+                let rest: [u8; 4] = self.rng.bits().to_be_bytes()[..4].try_into().unwrap();
                 (1, self.icmp(ty, 0, rest, &p), 0, true)
             }
             58..61 => {
@@ -498,7 +510,7 @@ impl G<'_> {
                 quote_hit = hit && cut >= 20;
                 quote_at = Some(8);
                 let code = self.rng.below(16) as u8;
-                let rest: [u8; 4] = self.rng.next().to_be_bytes()[..4].try_into().unwrap();
+                let rest: [u8; 4] = self.rng.bits().to_be_bytes()[..4].try_into().unwrap();
                 (1, self.icmp(ty, code, rest, &q[..cut]), 28, true)
             }
             83..91 => {
@@ -601,9 +613,8 @@ impl G<'_> {
         }
     }
 
-    /// A chain of `n` extension headers ending in `proto`: the bytes, the Next Header
-    /// that leads into it, the final destination of a routing header with segments left.
-    fn ext_chain(&mut self, proto: u8, n: usize) -> (Vec<u8>, u8, Option<IpAddr>) {
+    /// A chain of `n` extension headers ending in `proto`.
+    fn ext_chain(&mut self, proto: u8, n: usize) -> Chain {
         let mut kinds = Vec::new();
         for i in 0..n {
             let k = match self.rng.below(3) {
@@ -614,7 +625,7 @@ impl G<'_> {
             kinds.push(k);
         }
         let mut bytes = Vec::new();
-        let mut final_dst = None;
+        let (mut final_dst, mut home) = (None, None);
         for (i, &k) in kinds.iter().enumerate() {
             let next = kinds.get(i + 1).copied().unwrap_or(proto);
             let body = match k {
@@ -645,6 +656,18 @@ impl G<'_> {
                     self.kind("IPv6 hop-by-hop options");
                     self.tlv_options()
                 }
+                _ if home.is_none() && self.rng.chance(8) => {
+                    // Mobile IPv6 (RFC 6275 6.3): the home address option, at 8n+6 after
+                    // a PadN; the transport's pseudo-header holds the home address as its
+                    // source.
+                    self.kind("IPv6 destination options: home address");
+                    let c = self.any_class();
+                    let a = self.addr(c, true);
+                    home = Some(a);
+                    let mut b = vec![1, 2, 0, 0, 0xC9, 16];
+                    b.extend(octets(a));
+                    b
+                }
                 _ => {
                     self.kind("IPv6 destination options");
                     self.tlv_options()
@@ -653,7 +676,12 @@ impl G<'_> {
             let e = self.ext(next, &body);
             bytes.extend(e);
         }
-        (bytes, kinds.first().copied().unwrap_or(proto), final_dst)
+        Chain {
+            bytes,
+            first: kinds.first().copied().unwrap_or(proto),
+            final_dst,
+            home,
+        }
     }
 
     /// A quoted IPv6 packet, as [`Self::quoted_v4`].
@@ -681,17 +709,19 @@ impl G<'_> {
             (58, "quoting ICMPv6 echo"),
         ]);
         self.kind(kind);
-        let (ext, next, final_dst) = self.ext_chain(proto, n);
+        let chain = self.ext_chain(proto, n);
         if n > 0 {
             self.kind("quote with IPv6 extension headers");
         }
-        let pd = final_dst.unwrap_or(qdst);
+        let (next, ext) = (chain.first, chain.bytes);
+        let pd = chain.final_dst.unwrap_or(qdst);
+        let ps = chain.home.unwrap_or(qsrc);
         let seg = match proto {
-            6 => self.tcp(qsrc, pd),
-            17 => self.udp(qsrc, pd, None),
+            6 => self.tcp(ps, pd),
+            17 => self.udp(ps, pd, None),
             _ => {
                 let p = self.payload();
-                self.icmp6(qsrc, pd, 128, [0, 1, 0, 2], &p)
+                self.icmp6(ps, pd, 128, [0, 1, 0, 2], &p)
             }
         };
         let mut q = self.ipv6_header(qsrc, qdst, next, ext.len() + seg.len());
@@ -747,20 +777,26 @@ impl G<'_> {
             ),
         };
         let chain_end = if frag.is_some() { 44 } else { proto };
-        let (ext, first_next, final_dst) = self.ext_chain(chain_end, n);
+        let chain = self.ext_chain(chain_end, n);
+        let (ext, first_next, final_dst) = (chain.bytes, chain.first, chain.final_dst);
         let pd = final_dst.unwrap_or(dst);
-        let translated = self
-            .translated(src, dst)
-            .map(|(s, d)| (s, if final_dst.is_some() { pd } else { d }));
+        // The sender's pseudo-header source: the home address of a home address option.
+        let ps = chain.home.unwrap_or(src);
+        let translated = self.translated(src, dst).map(|(s, d)| {
+            (
+                if chain.home.is_some() { ps } else { s },
+                if final_dst.is_some() { pd } else { d },
+            )
+        });
         let mut quote_hit = false;
         let seg = match (proto, error) {
             (6, _) => {
                 self.kind("TCP");
-                self.tcp(src, pd)
+                self.tcp(ps, pd)
             }
             (17, _) => {
                 self.kind("UDP");
-                self.udp(src, pd, translated)
+                self.udp(ps, pd, translated)
             }
             (58, Some(ty @ 1..=4)) => {
                 self.kind(match ty {
@@ -775,20 +811,20 @@ impl G<'_> {
                     self.kind("ICMPv6 error quoting less than an IPv6 header");
                 }
                 quote_hit = hit && cut >= 40;
-                let rest: [u8; 4] = self.rng.next().to_be_bytes()[..4].try_into().unwrap();
-                self.icmp6(src, pd, ty, rest, &q[..cut])
+                let rest: [u8; 4] = self.rng.bits().to_be_bytes()[..4].try_into().unwrap();
+                self.icmp6(ps, pd, ty, rest, &q[..cut])
             }
             (58, Some(ty)) => {
                 self.kind(if nd {
                     "ICMPv6 neighbour discovery"
-                } else if ty >= 128 && ty <= 129 {
+                } else if (128..=129).contains(&ty) {
                     "ICMPv6 echo"
                 } else {
                     "ICMPv6 informational (not echo)"
                 });
                 let p = self.payload();
-                let rest: [u8; 4] = self.rng.next().to_be_bytes()[..4].try_into().unwrap();
-                self.icmp6(src, pd, ty, rest, &p)
+                let rest: [u8; 4] = self.rng.bits().to_be_bytes()[..4].try_into().unwrap();
+                self.icmp6(ps, pd, ty, rest, &p)
             }
             (p, _) => {
                 self.kind(match p {

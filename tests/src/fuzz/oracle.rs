@@ -11,7 +11,9 @@
 //! UDP checksum is never made 0.
 //!
 //! Quote-only translation (the outer addresses unmapped, the quote mapped) is the
-//! physical side's alone. One documented relaxation: the transport checksum of a quoted
+//! physical side's alone. The pseudo-header's destination is the final one of a routing
+//! header with segments left or of an IPv4 source route with hops left, its source the
+//! home address of an IPv6 home address option (RFC 6275 6.3). One documented relaxation: the transport checksum of a quoted
 //! IPv6 packet behind more than [`QUOTED_EXT_WALK`] extension headers is not judged.
 
 use std::net::IpAddr;
@@ -125,6 +127,9 @@ pub struct Allow {
     /// On a miss, the quote of an ICMP error is translated whatever the outer IPv4
     /// options hold (malformed ones included).
     pub quote_only_ignores_options: bool,
+    /// A home address option is ignored: the transport checksum follows a change of the
+    /// header's source as if the pseudo-header held it.
+    pub home_address_ignored: bool,
 }
 
 /// The translation under way.
@@ -426,12 +431,32 @@ struct Walk {
     off: usize,
     proto: u8,
     first: bool,
+    /// A routing header with segments left: the pseudo-header holds the final destination.
     dst_hidden: bool,
+    /// A home address option (RFC 6275 6.3): the pseudo-header holds the home address.
+    src_hidden: bool,
     headers: usize,
 }
 
+/// Whether the options of a destination options header `h` hold a home address option
+/// (type 201).
+fn home_address(h: &[u8]) -> bool {
+    let mut i = 2;
+    while i < h.len() {
+        match h[i] {
+            0 => i += 1,
+            0xC9 => return true,
+            _ => match h.get(i + 1) {
+                Some(&len) => i += 2 + usize::from(len),
+                None => return false,
+            },
+        }
+    }
+    false
+}
+
 fn walk6(f: &[u8], mut off: usize, mut nh: u8, end: usize) -> Result<Walk, &'static str> {
-    let (mut first, mut dst_hidden, mut headers) = (true, false, 0);
+    let (mut first, mut dst_hidden, mut src_hidden, mut headers) = (true, false, false, 0);
     while matches!(nh, 0 | 43 | 44 | 60) {
         if off + 8 > end {
             return Err("an extension header past the packet");
@@ -451,10 +476,14 @@ fn walk6(f: &[u8], mut off: usize, mut nh: u8, end: usize) -> Result<Walk, &'sta
             if nh == 43 && f[off + 3] != 0 {
                 dst_hidden = true;
             }
-            off += (usize::from(f[off + 1]) + 1) * 8;
-            if off > end {
+            let len = (usize::from(f[off + 1]) + 1) * 8;
+            if off + len > end {
                 return Err("an extension header past the packet");
             }
+            if nh == 60 && home_address(&f[off..off + len]) {
+                src_hidden = true;
+            }
+            off += len;
         }
         nh = next;
     }
@@ -466,6 +495,7 @@ fn walk6(f: &[u8], mut off: usize, mut nh: u8, end: usize) -> Result<Walk, &'sta
         proto: nh,
         first,
         dst_hidden,
+        src_hidden,
         headers,
     })
 }
@@ -514,9 +544,11 @@ fn ipv6(cx: &mut Cx, l3: usize) -> Result<(), &'static str> {
         } else {
             let len = end - l4;
             let (pd_in, pd_out) = if w.dst_hidden { (d, d) } else { (d, nd) };
+            let hidden = w.src_hidden && !cx.allow.home_address_ignored;
+            let (p_in, p_out) = if hidden { (s, s) } else { (s, ns) };
             let ps = (
-                pseudo(s, pd_in, w.proto, len),
-                pseudo(ns, pd_out, w.proto, len),
+                pseudo(p_in, pd_in, w.proto, len),
+                pseudo(p_out, pd_out, w.proto, len),
             );
             let name = match w.proto {
                 6 => "TCP checksum",
@@ -574,9 +606,11 @@ fn quote6(cx: &mut Cx, q: usize, end: usize) -> bool {
     }
     let len = end - w.off;
     let (pd_in, pd_out) = if w.dst_hidden { (d, d) } else { (d, nd) };
+    let hidden = w.src_hidden && !cx.allow.home_address_ignored;
+    let (p_in, p_out) = if hidden { (s, s) } else { (s, ns) };
     let ps = (
-        pseudo(s, pd_in, w.proto, len),
-        pseudo(ns, pd_out, w.proto, len),
+        pseudo(p_in, pd_in, w.proto, len),
+        pseudo(p_out, pd_out, w.proto, len),
     );
     cx.check(
         "quoted transport checksum",

@@ -13,7 +13,7 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn bits(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -24,7 +24,7 @@ impl Rng {
 
     /// A number in `0..n` (`n` > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        ((self.next() >> 32) * n as u64 >> 32) as usize
+        (((self.bits() >> 32) * n as u64) >> 32) as usize
     }
 
     /// A number in `lo..=hi`.
@@ -44,12 +44,12 @@ impl Rng {
 
     /// A random byte.
     pub fn byte(&mut self) -> u8 {
-        self.next() as u8
+        self.bits() as u8
     }
 
     /// A random 16-bit word.
     pub fn word(&mut self) -> u16 {
-        self.next() as u16
+        self.bits() as u16
     }
 
     /// `n` random bytes.
@@ -71,9 +71,9 @@ mod tests {
 
     #[test]
     fn deterministic_and_spread() {
-        let a: Vec<u64> = (0..4).map(|_| Rng::for_packet(7, 3).next()).collect();
+        let a: Vec<u64> = (0..4).map(|_| Rng::for_packet(7, 3).bits()).collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
-        assert_ne!(Rng::for_packet(7, 3).next(), Rng::for_packet(7, 4).next());
+        assert_ne!(Rng::for_packet(7, 3).bits(), Rng::for_packet(7, 4).bits());
         let mut r = Rng::for_packet(1, 0);
         let mut seen = [0u32; 10];
         for _ in 0..10_000 {
