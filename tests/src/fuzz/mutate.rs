@@ -3,15 +3,16 @@
 //! VLAN tags, swapped-in addresses — or merely corrupts a checksum or pads the frame,
 //! which the datapath must translate all the same.
 
+use netpage::loader::Side;
+
 use super::{
     frames::{Expect, Generated, Policy},
     rng::Rng,
     table::{Class, Table},
 };
-use netpage::loader::Side;
 
-/// Applies one to three mutations to `g`, naming each in its kinds. Returns whether any
-/// mutation left the documented expectation in doubt (the oracle alone then judges).
+/// Applies one to three mutations to `g`, naming each in its kinds. A mutation that leaves
+/// the documented expectation in doubt makes it `Either` (the oracle alone then judges).
 pub fn mutate(rng: &mut Rng, g: &mut Generated, table: &Table, policy: Policy) {
     let n = rng.range(1, 3);
     for _ in 0..n {
