@@ -28,7 +28,7 @@ pub struct Config {
     pub seed: u64,
     pub hooks: Vec<Hook>,
     pub policy: Policy,
-    /// Counterexamples kept in full (the rest are counted).
+    /// Counterexamples kept in full, at most three of a kind (the rest are counted).
     pub keep: usize,
     /// Only this packet index (to replay a counterexample).
     pub only: Option<u64>,
@@ -243,8 +243,10 @@ pub fn run(
                     }
                 }
                 s.failures += 1;
-                *s.problems.entry(problem_kind(&problem)).or_default() += 1;
-                if s.counterexamples.len() < cfg.keep {
+                let of_kind = s.problems.entry(problem_kind(&problem)).or_default();
+                *of_kind += 1;
+                // A few of each kind, so that one kind does not hide the others.
+                if *of_kind <= 3 && s.counterexamples.len() < cfg.keep {
                     let want = match (&expected, g.expect) {
                         (Ok(t), Expect::Translate | Expect::Either) => t.bytes.clone(),
                         _ => g.frame.clone(),
