@@ -179,7 +179,9 @@ impl Datapath {
             .unwrap_or_else(|e| panic!("test_run of {} bytes (ctx {ctx:?}): {e:?}", input.len()))
     }
 
-    fn test_run_at(
+    /// Runs the program of `side` at `hook` once on `input` (with context `ctx`): the
+    /// verdict and the packet out, or the kernel's error.
+    pub fn test_run_at(
         &self,
         hook: Hook,
         side: Side,

@@ -7,6 +7,7 @@ pub mod datapath;
 pub mod demo;
 pub mod directory;
 pub mod etcd;
+pub mod fuzz;
 pub mod guest;
 pub mod netns;
 pub mod pins;

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | test | demo | bench`.
+//! Project tasks: `cargo xtask setup | build | test | demo | bench | fuzz`.
 //!
 //! Every task first brings the machine to a state that can build the XDP program (see
 //! `toolchain`), so each is one command on a fresh machine.
@@ -7,6 +7,7 @@ mod apt;
 mod bench;
 mod cmd;
 mod demo;
+mod fuzz;
 mod qemu;
 #[path = "../../tests/src/qemu/location.rs"]
 mod qemu_location;
@@ -55,6 +56,33 @@ enum Task {
         /// TCG).
         parts: Vec<String>,
     },
+    /// Set up, then fuzz the datapath (root): generated and mutated frames of every kind it
+    /// knows, run at both hooks with BPF_PROG_TEST_RUN and judged by an independent oracle;
+    /// prints packets/s and every counterexample as a fixture.
+    Fuzz {
+        /// Frames to generate (each runs at every chosen hook).
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// The seed: a run is the same every time.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The hooks to run at.
+        #[arg(long, default_value = "both", value_parser = ["xdp", "tc", "both"])]
+        hook: String,
+        /// The summary as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Only the frame of this index (to replay a counterexample).
+        #[arg(long)]
+        only: Option<u64>,
+        /// Fail on the known defects too (each a fixture in tests/tests/fuzz_found.rs).
+        #[arg(long)]
+        strict: bool,
+        /// Let virtual-side frames come from mapped addresses (source validation drops
+        /// those the ingress port does not own).
+        #[arg(long)]
+        mapped_virtual_sources: bool,
+    },
 }
 
 fn main() {
@@ -94,5 +122,25 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Demo { local } => demo::run(&env, local),
         Task::Bench { smoke, parts } => bench::run(&env, smoke, &parts),
+        Task::Fuzz {
+            packets,
+            seed,
+            hook,
+            json,
+            only,
+            strict,
+            mapped_virtual_sources,
+        } => fuzz::run(
+            &env,
+            &fuzz::Options {
+                packets,
+                seed,
+                hook,
+                json,
+                only,
+                strict,
+                mapped_virtual_sources,
+            },
+        ),
     }
 }
