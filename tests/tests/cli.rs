@@ -399,13 +399,12 @@ fn pinned_state_outlives_the_loader_and_a_reattach_loses_nothing() {
     // (`--reload`); the node's other interfaces then get that copy. Each swaps atomically.
     let mut reloaded = Vec::new();
     for (node, iface, virtual_side) in world.attachments() {
-        let side = if virtual_side { "virtual" } else { "physical" };
-        let mut args = vec!["attach", iface, "--side", side];
+        let mut args = world.attach_args(iface, virtual_side);
         if !reloaded.contains(&node) {
-            args.push("--reload");
+            args.push("--reload".into());
             reloaded.push(node);
         }
-        let r = world.netpage_json(node, &args);
+        let r = world.netpage_json(node, &args.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(r["replaced"], true, "{r}");
     }
     let report = probes.join();
@@ -446,8 +445,9 @@ fn changing_the_hook_under_traffic_loses_nothing() {
     std::thread::sleep(Duration::from_millis(200));
     for hook in ["xdp", "tc", "xdp", "tc"] {
         for (node, iface, virtual_side) in world.attachments() {
-            let side = if virtual_side { "virtual" } else { "physical" };
-            let r = world.netpage_json(node, &["attach", iface, "--side", side, "--hook", hook]);
+            let mut args = world.attach_args(iface, virtual_side);
+            args.extend(["--hook".into(), hook.into()]);
+            let r = world.netpage_json(node, &args.iter().map(String::as_str).collect::<Vec<_>>());
             assert_eq!(
                 (r["hook"].as_str(), r["replaced"].as_bool()),
                 (Some(hook), Some(true)),
@@ -526,8 +526,7 @@ fn an_older_builds_counters_are_renewed_by_a_reattach_and_the_table_kept() {
     );
     for (node, iface, virtual_side) in world.attachments() {
         if node == Node::Gw {
-            let side = if virtual_side { "virtual" } else { "physical" };
-            world.netpage_json(node, &["attach", iface, "--side", side]);
+            world.attach(node, iface, virtual_side);
         }
     }
     assert_eq!(world.netpage_json(Node::Gw, &["map", "list"]), list);
