@@ -1,5 +1,6 @@
 //! Outcome counters of the datapath: every packet the program sees is counted exactly once
-//! by outcome (`translated_*` or `pass_*`).
+//! by outcome (`translated_*`, `pass_*`, or `dropped_spoofed`, the one outcome whose packet
+//! is dropped).
 //!
 //! The fast-path counters (`fast_*`) are a second dimension: on an interface attached with
 //! the fast path, every translated packet is counted once more, as redirected or as fallen
@@ -64,13 +65,17 @@ pub enum Counter {
     /// Fast path, left to the kernel: the lookup failed otherwise (an error, an unsupported
     /// route type).
     FastError = 21,
+    /// Virtual side: the source is a mapping's address (its virtual or its real address)
+    /// and the packet did not arrive on the port that owns the VM (see
+    /// [`crate::source`]). The one packet the program drops.
+    Spoofed = 22,
 }
 
 const _: () = assert!(Counter::COUNT <= Counter::SLOTS);
 
 impl Counter {
     /// Number of counters.
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
 
     /// Slots of the counter array: room for counters added later, which take the next
     /// free indices, so that a node's pinned array keeps its layout across upgrades.
@@ -100,6 +105,7 @@ impl Counter {
         Counter::FastIneligible,
         Counter::FastEgress,
         Counter::FastError,
+        Counter::Spoofed,
     ];
 
     /// A stable name for reports and JSON.
@@ -127,6 +133,7 @@ impl Counter {
             Counter::FastIneligible => "fast_fallback_ineligible",
             Counter::FastEgress => "fast_fallback_egress",
             Counter::FastError => "fast_fallback_error",
+            Counter::Spoofed => "dropped_spoofed",
         }
     }
 
@@ -145,7 +152,13 @@ impl Counter {
     /// Whether this counter belongs to the fast-path dimension rather than to the outcome
     /// that counts every packet once.
     pub const fn is_fast_path(self) -> bool {
-        self as u32 >= Counter::FastRedirected as u32
+        let i = self as u32;
+        i >= Counter::FastRedirected as u32 && i <= Counter::FastError as u32
+    }
+
+    /// Whether the packet of this outcome is dropped rather than passed on.
+    pub const fn is_dropped(self) -> bool {
+        matches!(self, Counter::Spoofed)
     }
 
     /// The outcome of a step that stops early with a pass reason. A BPF-to-BPF call
@@ -185,9 +198,10 @@ mod tests {
     #[test]
     fn dimensions() {
         let outcomes = Counter::ALL.iter().filter(|c| !c.is_fast_path()).count();
-        assert_eq!(outcomes, 14);
+        assert_eq!(outcomes, 15);
         for c in Counter::ALL {
             assert_eq!(c.is_fast_path(), c.name().starts_with("fast_"), "{c:?}");
+            assert_eq!(c.is_dropped(), c.name().starts_with("dropped_"), "{c:?}");
             assert_eq!(
                 c.is_translated(),
                 c.name().starts_with("translated_"),

@@ -10,3 +10,4 @@ pub mod fastpath;
 pub mod ipv4_options;
 pub mod maps;
 pub mod proto;
+pub mod source;

@@ -164,10 +164,20 @@ pub const DRAINS: &str = "NP_DRAINS";
 /// up only when it is not 0, so a node without the fast path does not pay for it.
 pub const FAST_PORTS: &str = "NP_FAST";
 
+/// IPv4 owners: virtual address -> index of the port of this node that owns the VM (its
+/// tap), the only port its addresses are accepted from as a source.
+pub const OWNER4: &str = "NP_OWNER4";
+/// IPv6 owners: virtual address -> index of the port that owns the VM.
+pub const OWNER6: &str = "NP_OWNER6";
+
 /// Every map of the object: all are pinned, so the node's state outlives the process.
-pub const ALL_MAPS: [&str; 11] = [
-    V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, COUNTERS, IFACES, PORTS, DRAINS, FAST_PORTS,
+pub const ALL_MAPS: [&str; 13] = [
+    V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, COUNTERS, IFACES, PORTS, DRAINS, FAST_PORTS, OWNER4,
+    OWNER6,
 ];
+
+/// Maps that an older build's node lacks: `attach` creates them and keeps the table.
+pub const NEWER_MAPS: [&str; 2] = [OWNER4, OWNER6];
 
 /// How this build lays out one map: key and value sizes and, for maps whose size does not
 /// follow the table's capacity, the number of entries.
@@ -190,7 +200,7 @@ const fn layout<K, V>(name: &'static str, max_entries: Option<u32>) -> Layout {
 
 /// The layout of every map in [`ALL_MAPS`] order. A pinned map that differs was made by
 /// another build of netpage, whose program must not be mixed with this one's.
-pub const LAYOUTS: [Layout; 11] = [
+pub const LAYOUTS: [Layout; 13] = [
     layout::<Addr4, Addr4>(V2R4, None),
     layout::<Addr4, Addr4>(R2V4, None),
     layout::<Addr6, Addr6>(V2R6, None),
@@ -202,10 +212,14 @@ pub const LAYOUTS: [Layout; 11] = [
     layout::<u32, PortRecord>(PORTS, Some(MAX_IFACES)),
     layout::<DrainKey, DrainEntry>(DRAINS, None),
     layout::<u32, u32>(FAST_PORTS, Some(1)),
+    layout::<Addr4, u32>(OWNER4, None),
+    layout::<Addr6, u32>(OWNER6, None),
 ];
 
 /// Maps whose capacity is the table size chosen at load time.
-pub const SIZED_MAPS: [&str; 7] = [V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, DRAINS];
+pub const SIZED_MAPS: [&str; 9] = [
+    V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, DRAINS, OWNER4, OWNER6,
+];
 
 /// Capacity of the interface registry.
 pub const MAX_IFACES: u32 = 256;

@@ -38,12 +38,17 @@ pub fn fields(h: Header) -> Fields {
     }
 }
 
-/// Looks up the addresses of the checked header `h` on this side.
+/// Looks up the addresses of the checked header `h` on this side, checking the source of
+/// a packet that arrived on port `from` (see `AddrPair::lookup`).
 #[inline(always)]
-pub fn addrs<const PHYSICAL: bool>(h: Header) -> AddrPair<[u32; 4]> {
+pub fn addrs<const PHYSICAL: bool>(
+    h: Header,
+    from: Option<u32>,
+) -> Result<AddrPair<[u32; 4]>, Counter> {
     AddrPair::lookup::<PHYSICAL>(
         sub::<[u32; 4], IPV6_HLEN, IPV6_SRC>(h),
         sub::<[u32; 4], IPV6_HLEN, IPV6_DST>(h),
+        from,
     )
 }
 
@@ -147,7 +152,8 @@ fn try_translate<const TC: bool, const PHYSICAL: bool>(
     if !pkt.holds::<TC>(end) {
         return Err(Counter::PassTruncated);
     }
-    let addrs = addrs::<PHYSICAL>(h);
+    // The virtual side accepts a mapping's address as source only from its VM's port.
+    let addrs = addrs::<PHYSICAL>(h, (!PHYSICAL).then(|| pkt.ingress::<TC>()))?;
     if !addrs.is_hit() {
         return Err(Counter::PassMiss);
     }

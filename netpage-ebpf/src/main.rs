@@ -3,7 +3,9 @@
 //! One program per side and hook. On the virtual side (clients, VMs) addresses found in
 //! the page table V2R are rewritten to their real addresses; on the physical side addresses
 //! found in the inverse table R2V are rewritten back. Every packet goes on, translated or
-//! untouched, and is counted by outcome.
+//! untouched, and is counted by outcome, but one: on the virtual side, a packet whose
+//! source is a mapping's address (virtual or real) is dropped, as spoofed, unless it
+//! arrived on the port that owns the VM (see `owner`).
 //!
 //! The XDP programs run before the kernel builds a socket buffer: the fastest hook, but
 //! blind to checksum offload. On an interface attached with the fast path, a translated
@@ -20,11 +22,15 @@ mod icmp;
 mod ipv4;
 mod ipv6;
 mod maps;
+mod owner;
 mod packet;
 mod rewrite;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_UNSPEC, xdp_action::XDP_PASS},
+    bindings::{
+        TC_ACT_SHOT, TC_ACT_UNSPEC,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -62,9 +68,13 @@ pub fn netpage_tc_physical(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn run_tc<const PHYSICAL: bool>(ctx: &TcContext) -> i32 {
     let pkt = Packet::tc(ctx);
-    maps::count(Counter::outcome(translate::<true, PHYSICAL>(&pkt)));
+    let outcome = Counter::outcome(translate::<true, PHYSICAL>(&pkt));
+    maps::count(outcome);
+    if outcome.is_dropped() {
+        return TC_ACT_SHOT;
+    }
     // The next program on the interface, if any, or the kernel: a transparent translator
-    // never drops.
+    // drops nothing but spoofed sources.
     TC_ACT_UNSPEC
 }
 
@@ -77,7 +87,11 @@ fn run<const PHYSICAL: bool>(ctx: &XdpContext) -> u32 {
     if outcome.is_translated() && maps::fast_path_in_use() {
         return fastpath::forward(ctx.ctx);
     }
-    // A transparent translator never drops: whatever it does not understand goes on as is.
+    if outcome.is_dropped() {
+        return XDP_DROP;
+    }
+    // A transparent translator drops nothing else: whatever it does not understand goes on
+    // as is.
     XDP_PASS
 }
 

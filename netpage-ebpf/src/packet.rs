@@ -2,7 +2,7 @@
 //! and under tc alike.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, xdp_md},
     helpers::bpf_l4_csum_replace,
     programs::{TcContext, XdpContext},
 };
@@ -27,8 +27,8 @@ pub struct Packet {
     /// The end of what the program may access directly: under tc, the linear part of the
     /// socket buffer, whose tail (a GSO packet's payload, say) may lie beyond.
     end: usize,
-    /// The socket buffer under tc; null under XDP.
-    skb: *mut __sk_buff,
+    /// The invocation's context: the socket buffer under tc, the `xdp_md` under XDP.
+    ctx: *mut core::ffi::c_void,
 }
 
 /// A bounds-checked pointer into the packet.
@@ -40,7 +40,7 @@ impl Packet {
         Self {
             data: ctx.data(),
             end: ctx.data_end(),
-            skb: core::ptr::null_mut(),
+            ctx: ctx.ctx.cast(),
         }
     }
 
@@ -54,7 +54,27 @@ impl Packet {
         Self {
             data: ctx.data(),
             end: ctx.data_end(),
-            skb: ctx.skb.skb,
+            ctx: ctx.skb.skb.cast(),
+        }
+    }
+
+    /// The socket buffer of a tc invocation.
+    #[inline(always)]
+    fn skb(&self) -> *mut __sk_buff {
+        self.ctx.cast()
+    }
+
+    /// The index of the interface the packet (of a tc invocation if `TC`) arrived on: under
+    /// tc the device the program runs on, which at ingress is the one it arrived on.
+    #[inline(always)]
+    pub fn ingress<const TC: bool>(&self) -> u32 {
+        // SAFETY: `ctx` is this invocation's context, of the type the hook gives.
+        unsafe {
+            if TC {
+                (*self.skb()).ifindex
+            } else {
+                (*self.ctx.cast::<xdp_md>()).ingress_ifindex
+            }
         }
     }
 
@@ -66,8 +86,8 @@ impl Packet {
     #[inline(always)]
     pub fn holds<const TC: bool>(&self, len: usize) -> bool {
         if TC {
-            // SAFETY: under tc, `skb` is this invocation's context.
-            len <= unsafe { (*self.skb).len } as usize
+            // SAFETY: under tc, the context is this invocation's socket buffer.
+            len <= unsafe { (*self.skb()).len } as usize
         } else {
             self.data + len <= self.end
         }
@@ -88,10 +108,10 @@ impl Packet {
         // The kernel sums 16-bit words as they lie in memory, read in the CPU's order;
         // netpage's deltas are of big-endian words.
         let diff = u16::from_ne_bytes(d.folded().to_be_bytes());
-        // SAFETY: `skb` is the context of this tc invocation; the helper checks `off`. A
+        // SAFETY: the context is this tc invocation's socket buffer; the helper checks `off`. A
         // failure (the field not writable) leaves the checksum as it was, and the kernel
         // drops the packet as it would any packet with a bad checksum.
-        unsafe { bpf_l4_csum_replace(self.skb.cast(), off, 0, u64::from(diff), flags) };
+        unsafe { bpf_l4_csum_replace(self.skb().cast(), off, 0, u64::from(diff), flags) };
     }
 
     /// A pointer to the `T` at `off` (`T` has alignment 1), or `PassTruncated` if the

@@ -12,6 +12,7 @@ use netpage_common::{
 
 use crate::{
     maps::Addr,
+    owner::{self, Owned},
     packet::{Packet, Word, get16, put16},
 };
 
@@ -45,10 +46,18 @@ const SRC: u32 = 1;
 /// The destination address has a translation.
 const DST: u32 = 2;
 
-impl<A: Addr> AddrPair<A> {
+impl<A: Owned> AddrPair<A> {
     /// Looks up the addresses `src` and `dst` (inside a checked header) on this side.
+    ///
+    /// With `from`, the index of the port the packet arrived on (the virtual side's own
+    /// packets, not a quote), the source is checked first (see [`owner::check`]): a
+    /// mapping's address from a port that does not own its VM is `Err(Spoofed)`.
     #[inline(always)]
-    pub fn lookup<const PHYSICAL: bool>(src: *mut A, dst: *mut A) -> Self {
+    pub fn lookup<const PHYSICAL: bool>(
+        src: *mut A,
+        dst: *mut A,
+        from: Option<u32>,
+    ) -> Result<Self, Counter> {
         // SAFETY: both pointers lie inside a header checked by `Packet::field`.
         let (old_src, old_dst) = unsafe { (src.read_unaligned(), dst.read_unaligned()) };
         let mut hits = 0;
@@ -59,6 +68,9 @@ impl<A: Addr> AddrPair<A> {
             }
             None => old_src,
         };
+        if let Some(ingress) = from {
+            owner::check(&old_src, hits & SRC != 0, ingress)?;
+        }
         let new_dst = match A::translate::<PHYSICAL>(&old_dst) {
             Some(a) => {
                 hits |= DST;
@@ -70,7 +82,7 @@ impl<A: Addr> AddrPair<A> {
         // on pointers, which the verifier refuses.
         // SAFETY: reads a local.
         let hits = unsafe { core::ptr::read_volatile(&hits) };
-        Self {
+        Ok(Self {
             src,
             dst,
             src_delta: A::delta(&old_src, &new_src).folded(),
@@ -78,7 +90,7 @@ impl<A: Addr> AddrPair<A> {
             new_src,
             new_dst,
             hits,
-        }
+        })
     }
 
     /// Whether either address is in the table.

@@ -5,6 +5,7 @@ pub mod hook;
 
 use std::{
     io,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -27,7 +28,8 @@ use serde::Serialize;
 
 use crate::{
     loader::Side,
-    node::{Node, NodeError, iface_key},
+    node::{Node, NodeError, OpenNode, iface_key},
+    ops::{Unusable, unusable},
 };
 
 /// How the program is run on an interface.
@@ -145,6 +147,20 @@ pub enum AttachError {
     NotAttached { iface: String },
     #[error("removing the pinned link {}", path.display())]
     Unpin { path: PathBuf, source: io::Error },
+    #[error(
+        "--vm names the VMs behind a port of the virtual side (their tap); {iface} is attached --side physical, which owns no VM"
+    )]
+    VmOnPhysical { iface: String },
+    #[error("--vm {vm}: {why}, not a VM's address")]
+    UnusableVm { vm: IpAddr, why: Unusable },
+    #[error(
+        "{vm} is owned by {owner}, another port of this node (a VM's addresses are accepted as a source from one port only): detach {owner} first, or attach it without --vm {vm}"
+    )]
+    Owned {
+        vm: IpAddr,
+        iface: String,
+        owner: String,
+    },
 }
 
 fn native_hint(mode: Mode) -> &'static str {
@@ -173,6 +189,9 @@ pub struct Attached {
     pub fast_path: bool,
     /// Why native mode was not used, when `auto` fell back to skb.
     pub fallback: Option<String>,
+    /// The virtual addresses of the VMs the interface owns (`--vm`, this time or before):
+    /// the only port of the node they are accepted from as a source.
+    pub vms: Vec<IpAddr>,
 }
 
 /// Attaches the program of `side` to `iface` at `hook`, loading the node's table if it has
@@ -185,6 +204,11 @@ pub struct Attached {
 /// for a new attachment). The setting is one entry of the port map, which the program
 /// reads per packet: changing it is one atomic map update, before the link is created or
 /// updated, so that the first packet the program sees on the interface already sees it.
+///
+/// `vms` are the virtual addresses of the VMs behind the interface (a virtual-side port,
+/// their tap): it becomes their owner, the only port of the node their addresses are
+/// accepted from as a source, before its program runs. It adds to what the interface
+/// owned; a VM owned by another port that is still there is refused.
 #[expect(clippy::too_many_arguments, reason = "the options of `netpage attach`")]
 pub fn attach(
     node: &Node,
@@ -195,8 +219,17 @@ pub fn attach(
     capacity: Option<u32>,
     reload: bool,
     fast_path: Option<bool>,
+    vms: &[IpAddr],
 ) -> Result<Attached, AttachError> {
     iface_key(iface)?;
+    if side == Side::Physical && !vms.is_empty() {
+        return Err(AttachError::VmOnPhysical {
+            iface: iface.to_owned(),
+        });
+    }
+    if let Some((&vm, why)) = vms.iter().find_map(|vm| Some(vm).zip(unusable(*vm))) {
+        return Err(AttachError::UnusableVm { vm, why });
+    }
     let Some(ifindex) = if_index(iface) else {
         return Err(AttachError::UnknownInterface {
             iface: iface.to_owned(),
@@ -219,10 +252,13 @@ pub fn attach(
     let (hook, hook_reason) = hook::choose(iface, hook, mode, fast_path)?;
     let previous = record.and_then(|r| Attachment::from_code(r.mode));
     let flags = if fast_path { PORT_FAST_PATH } else { 0 };
+    check_owners(&open, iface, ifindex, vms)?;
     // The interface may have been re-created under the same name with another index.
     if let Some(old) = record.filter(|r| r.ifindex != 0 && r.ifindex != ifindex) {
         open.remove_port(old.ifindex)?;
+        move_owners(&mut open, old.ifindex, Some(ifindex))?;
     }
+    let old_owners = own(&mut open, side, ifindex, vms)?;
     let old_port = open.port(ifindex)?;
     open.set_port(
         ifindex,
@@ -247,10 +283,16 @@ pub fn attach(
     let (now, replaced, fallback) = match linked {
         Ok(l) => l,
         Err(e) => {
-            // Nothing changed: the interface keeps its program and its setting.
+            // Nothing changed: the interface keeps its program, its setting and its VMs.
             match old_port {
                 Some(p) => open.set_port(ifindex, p)?,
                 None => open.remove_port(ifindex)?,
+            }
+            for (vm, owner) in old_owners {
+                match owner {
+                    Some(o) => open.owners.set(vm, o).map_err(NodeError::from)?,
+                    None => open.owners.remove(vm).map_err(NodeError::from)?,
+                }
             }
             return Err(e);
         }
@@ -277,7 +319,78 @@ pub fn attach(
         replaced,
         fast_path,
         fallback,
+        vms: open.owners.owned_by(ifindex).map_err(NodeError::from)?,
     })
+}
+
+/// Fails if a VM of `vms` is owned by another port of the node than `iface` (index
+/// `ifindex`) that is still there: attached, and present under the same index. A record
+/// of a port that is gone is stale, and `iface` takes the VM over.
+fn check_owners(
+    open: &OpenNode,
+    iface: &str,
+    ifindex: u32,
+    vms: &[IpAddr],
+) -> Result<(), AttachError> {
+    for &vm in vms {
+        let Some(owner) = open.owners.get(vm).map_err(NodeError::from)? else {
+            continue;
+        };
+        if owner == ifindex {
+            continue;
+        }
+        let live = open
+            .ifaces()?
+            .into_iter()
+            .find(|(name, r)| r.ifindex == owner && name != iface && if_index(name) == Some(owner));
+        if let Some((name, _)) = live {
+            return Err(AttachError::Owned {
+                vm,
+                iface: iface.to_owned(),
+                owner: name,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Makes the port with index `ifindex` the owner of `vms`; a port of the physical side
+/// owns nothing, and loses what it owned. Returns the records it changed, with what they
+/// held, to restore them if the attachment fails.
+fn own(
+    open: &mut OpenNode,
+    side: Side,
+    ifindex: u32,
+    vms: &[IpAddr],
+) -> Result<Vec<(IpAddr, Option<u32>)>, AttachError> {
+    let mut changed = Vec::new();
+    if side == Side::Physical {
+        for vm in open.owners.owned_by(ifindex).map_err(NodeError::from)? {
+            open.owners.remove(vm).map_err(NodeError::from)?;
+            changed.push((vm, Some(ifindex)));
+        }
+        return Ok(changed);
+    }
+    for &vm in vms {
+        let old = open.owners.get(vm).map_err(NodeError::from)?;
+        if old != Some(ifindex) {
+            open.owners.set(vm, ifindex).map_err(NodeError::from)?;
+            changed.push((vm, old));
+        }
+    }
+    Ok(changed)
+}
+
+/// Hands the VMs owned by the port with index `from` to `to`, or forgets them (`None`).
+fn move_owners(open: &mut OpenNode, from: u32, to: Option<u32>) -> Result<(), AttachError> {
+    for vm in open.owners.owned_by(from).map_err(NodeError::from)? {
+        match to {
+            Some(i) => open.owners.set(vm, i),
+            None => open.owners.remove(vm),
+        }
+        .map_err(NodeError::from)?;
+    }
+    Ok(())
 }
 
 /// How an interface's program runs, as its registry entry records it.
@@ -414,11 +527,12 @@ fn tc_err(iface: &str, e: ProgramError) -> AttachError {
 
 /// Loads, verifies and pins the node's programs (both sides, both hooks) unless the
 /// pinned ones are of this build and no `reload` is asked; creates the node's maps if
-/// needed, and a new counter array over an older build's. Later attaches reuse the pinned programs and skip the verifier, so that a
+/// needed, and a new counter array over an older build's, and the maps an older build did
+/// not make. Later attaches reuse the pinned programs and skip the verifier, so that a
 /// migrating VM's port is attached at its new host in milliseconds.
 fn ensure_programs(node: &Node, capacity: Option<u32>, reload: bool) -> Result<(), AttachError> {
     node.prepare()?;
-    let renewed = node.exists() && node.renew_counters()?;
+    let renewed = node.exists() && (node.renew_counters()? | node.lacks_newer_maps());
     let all_there = [Side::Virtual, Side::Physical]
         .iter()
         .all(|&s| node.prog_path(s).exists() && node.tc_prog_path(s).exists());
@@ -558,7 +672,8 @@ fn attach_err(iface: &str, mode: Mode, e: ProgramError) -> AttachError {
     }
 }
 
-/// Detaches the program from `iface` by removing its pinned link (XDP or tc).
+/// Detaches the program from `iface` by removing its pinned link (XDP or tc), and forgets
+/// the VMs it owned.
 pub fn detach(node: &Node, iface: &str) -> Result<(), AttachError> {
     let mut open = node.open()?;
     let paths = [
@@ -577,6 +692,7 @@ pub fn detach(node: &Node, iface: &str) -> Result<(), AttachError> {
     }
     if let Some(r) = open.iface(iface)?.filter(|r| r.ifindex != 0) {
         open.remove_port(r.ifindex)?;
+        move_owners(&mut open, r.ifindex, None)?;
     }
     open.remove_iface(iface)?;
     Ok(())

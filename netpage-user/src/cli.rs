@@ -89,7 +89,7 @@ pub enum Command {
     /// Attach the program to an interface (loading the node's table if it has none).
     /// Re-attaching replaces the program atomically.
     Attach(AttachArgs),
-    /// Detach the program from an interface. The table stays.
+    /// Detach the program from an interface, and forget the VMs it owned. The table stays.
     Detach {
         /// The interface.
         iface: String,
@@ -227,6 +227,15 @@ pub struct AttachArgs {
     /// Turn the fast path off (translated packets go to the kernel's stack).
     #[arg(long)]
     pub no_fast_path: bool,
+    /// The virtual address of a VM behind this interface (its tap), IPv4 or IPv6; repeat
+    /// for each. The interface becomes the VM's owner: the only port of this node that
+    /// the VM's addresses (virtual or real) are accepted from as a source. From any other
+    /// virtual-side port (another VM's tap, a gateway's client port) they are dropped and
+    /// counted as dropped_spoofed, so a VM nobody owns on a node cannot send there. Adds to
+    /// what the interface owns; a VM owned by another attached port is refused. Virtual
+    /// side only; `detach` forgets the interface's VMs.
+    #[arg(long = "vm", value_name = "VA")]
+    pub vms: Vec<IpAddr>,
 }
 
 impl AttachArgs {
@@ -337,7 +346,8 @@ pub enum MapCommand {
         #[arg(long)]
         real: IpAddr,
     },
-    /// Remove a VM's mapping, both directions.
+    /// Remove a VM's mapping, both directions. Which port owns the VM (`attach --vm`)
+    /// stays: it belongs to the port, and counts again once the VM is mapped again.
     Del {
         /// The VM's virtual address.
         #[arg(long)]

@@ -8,6 +8,7 @@ pub mod loader;
 pub mod migrate;
 pub mod node;
 pub mod ops;
+pub mod owner;
 pub mod pause;
 pub mod qmp;
 pub mod table;

@@ -76,6 +76,7 @@ fn run(cli: Cli) -> Result<Output> {
                 a.capacity,
                 a.reload,
                 a.fast_path(),
+                &a.vms,
             )?)
         }
         Command::Detach { iface } => {

@@ -18,13 +18,14 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError},
 };
 use netpage_common::maps::{
-    ALL_MAPS, COUNTERS, FAST_PORTS, IFACES, IfaceName, IfaceRecord, LAYOUTS, Layout, PORTS,
-    PortRecord, V2R4, fast_port_count,
+    ALL_MAPS, COUNTERS, FAST_PORTS, IFACES, IfaceName, IfaceRecord, LAYOUTS, Layout, NEWER_MAPS,
+    PORTS, PortRecord, V2R4, fast_port_count,
 };
 
 use crate::{
     counters::Totals,
     loader::{self, Side},
+    owner::{OwnerError, Owners},
     table::{BpfTable, TableError, absent},
 };
 
@@ -81,6 +82,11 @@ pub enum NodeError {
         dir.display()
     )]
     OlderCounters { dir: PathBuf },
+    #[error(
+        "the node under {} was made by an older build of netpage (it has no record of which port owns each VM): attach its interfaces again (`netpage attach IFACE --side SIDE`, with `--vm VA` for each VM's port), which keeps its table",
+        dir.display()
+    )]
+    OlderOwners { dir: PathBuf },
     #[error("interface name {0:?} is not valid (1 to 15 bytes, no '/' or NUL)")]
     IfaceName(String),
     #[error("registry of attached interfaces: {0}")]
@@ -111,6 +117,8 @@ pub enum NodeError {
     Lock { dir: PathBuf, source: io::Error },
     #[error(transparent)]
     Table(#[from] TableError),
+    #[error(transparent)]
+    Owners(#[from] OwnerError),
 }
 
 /// A hold on a node: `flock`s released when dropped. Three locks make it:
@@ -416,6 +424,11 @@ impl Node {
             .iter()
             .map(|l| {
                 let path = self.map_path(l.name);
+                if NEWER_MAPS.contains(&l.name) && !path.exists() {
+                    return Err(NodeError::OlderOwners {
+                        dir: self.dir.clone(),
+                    });
+                }
                 let data = MapData::from_pin(&path).map_err(|e| open_err(&path, e))?;
                 self.check_layout(l, &data)?;
                 let map = Map::from_map_data(data).map_err(|e| open_err(&path, e))?;
@@ -469,12 +482,19 @@ impl Node {
         Ok(older)
     }
 
+    /// Whether the node lacks maps that an older build did not make (the owner records):
+    /// the loader makes them, and the programs must be loaded again, over them.
+    pub fn lacks_newer_maps(&self) -> bool {
+        NEWER_MAPS.iter().any(|n| !self.map_path(n).exists())
+    }
+
     /// Checks every pinned map of an existing node against this build's layouts. Only the
-    /// counter array may be missing (renewed): the loader makes it anew.
+    /// counter array (renewed) and the maps of [`NEWER_MAPS`] may be missing: the loader
+    /// makes them anew.
     fn check_layouts(&self) -> Result<(), NodeError> {
         for l in LAYOUTS.iter() {
             let path = self.map_path(l.name);
-            if l.name == COUNTERS && !path.exists() {
+            if (l.name == COUNTERS || NEWER_MAPS.contains(&l.name)) && !path.exists() {
                 continue;
             }
             let data = MapData::from_pin(&path).map_err(|e| open_err(&path, e))?;
@@ -487,6 +507,7 @@ impl Node {
     pub fn open(&self) -> Result<OpenNode, NodeError> {
         let mut maps = self.open_maps()?;
         let table = BpfTable::from_maps(|n| maps.remove(n))?;
+        let owners = Owners::from_maps(|n| maps.remove(n))?;
         let registry = |e| NodeError::Registry(Box::new(e));
         let ifaces =
             BpfHashMap::try_from(maps.remove(IFACES).expect("opened above")).map_err(registry)?;
@@ -497,6 +518,7 @@ impl Node {
             Array::try_from(maps.remove(FAST_PORTS).expect("opened above")).map_err(registry)?;
         Ok(OpenNode {
             table,
+            owners,
             ifaces,
             ports,
             fast,
@@ -558,6 +580,8 @@ fn open_err(path: &Path, e: MapError) -> NodeError {
 /// A node's maps, opened from their pins.
 pub struct OpenNode {
     pub table: BpfTable,
+    /// Which port owns each VM of the node.
+    pub owners: Owners,
     ifaces: BpfHashMap<MapData, IfaceName, IfaceRecord>,
     ports: BpfHashMap<MapData, u32, PortRecord>,
     fast: Array<MapData, u32>,

@@ -92,6 +92,9 @@ impl fmt::Display for Output {
                     "{how} {} ({} side, {}{mode}{fast}; {})",
                     a.iface, a.side, a.hook, a.hook_reason
                 )?;
+                if !a.vms.is_empty() {
+                    writeln!(f, "owns VMs {}", list(&a.vms))?;
+                }
                 if let Some(why) = &a.fallback {
                     writeln!(f, "note: using skb mode because {why}")?;
                 }
@@ -404,6 +407,9 @@ pub struct Iface {
     pub present: bool,
     /// Whether its link (XDP or tcx) is pinned.
     pub pinned: bool,
+    /// The virtual addresses of the VMs it owns (`attach --vm`): the only port of the node
+    /// they are accepted from as a source.
+    pub vms: Vec<IpAddr>,
 }
 
 /// `netpage status`.
@@ -422,10 +428,16 @@ pub struct Status {
 
 impl Status {
     pub fn read(node: &Node, n: &OpenNode) -> Result<Self> {
+        let owners = n.owners.entries()?;
         let interfaces = n
             .ifaces()?
             .into_iter()
             .map(|(iface, r)| {
+                let vms = owners
+                    .iter()
+                    .filter(|&&(_, i)| i != 0 && i == r.ifindex)
+                    .map(|&(va, _)| va)
+                    .collect();
                 let how = Attachment::from_code(r.mode);
                 let fast_path = r.flags & PORT_FAST_PATH != 0;
                 let link = match how {
@@ -445,6 +457,7 @@ impl Status {
                     fast_path,
                     present: iface_exists(&iface),
                     pinned: link.exists(),
+                    vms,
                     iface,
                 }
             })
@@ -490,6 +503,9 @@ impl fmt::Display for Status {
             );
             writeln!(f, "{}", line.trim_end())?;
             writeln!(f, "    {}: {}", opt(&i.hook), i.hook_reason)?;
+            if !i.vms.is_empty() {
+                writeln!(f, "    owns VMs {}", list(&i.vms))?;
+            }
         }
         writeln!(
             f,
@@ -497,6 +513,15 @@ impl fmt::Display for Status {
             self.mappings_v4, self.mappings_v6, self.reverse_entries, self.draining, self.capacity
         )
     }
+}
+
+/// Addresses separated by commas.
+fn list(addrs: &[IpAddr]) -> String {
+    addrs
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn opt<T: fmt::Display>(v: &Option<T>) -> String {

@@ -15,6 +15,7 @@ use aya::{
 use netpage::{
     counters::Totals,
     loader::{self, Side},
+    owner::Owners,
     table::{BpfTable, PageTable},
 };
 use netpage_common::maps::{
@@ -26,6 +27,13 @@ use netpage_common::maps::{
 pub const XDP_PASS: u32 = 2;
 /// XDP_REDIRECT: the fast path sent the frame out of another interface.
 pub const XDP_REDIRECT: u32 = 4;
+/// XDP_DROP: the verdict of a spoofed source.
+pub const XDP_DROP: u32 = 1;
+/// TC_ACT_SHOT (2): the tc programs' verdict for a spoofed source.
+pub const TC_SHOT: u32 = 2;
+/// The interface a test run's packet arrives on unless its context names another: the
+/// namespace's loopback (index 1), at both hooks.
+pub const LOOPBACK: u32 = 1;
 /// TC_ACT_UNSPEC (-1), as `test_run` returns it: the tc programs' verdict for every
 /// packet (the next program, or the kernel).
 pub const TC_NEXT: u32 = u32::MAX;
@@ -63,6 +71,35 @@ impl Hook {
             Hook::Tc => TC_NEXT,
         }
     }
+
+    /// The verdict of a packet the program drops (a spoofed source).
+    pub fn drop(self) -> u32 {
+        match self {
+            Hook::Xdp => XDP_DROP,
+            Hook::Tc => TC_SHOT,
+        }
+    }
+
+    /// A context for a test run at this hook in which the packet (of `len` bytes) arrives
+    /// on the interface with index `ifindex` of the calling thread's network namespace:
+    /// an `xdp_md` with its `ingress_ifindex`, or a `struct __sk_buff` with its `ifindex`.
+    pub fn arriving_on(self, ifindex: u32, len: usize) -> Vec<u8> {
+        match self {
+            Hook::Xdp => {
+                // struct xdp_md: data, data_end, data_meta, ingress_ifindex, ...
+                let mut ctx = vec![0u8; 24];
+                ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+                ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+                ctx
+            }
+            Hook::Tc => {
+                // struct __sk_buff: ifindex at 40, of 192 bytes.
+                let mut ctx = vec![0u8; 192];
+                ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+                ctx
+            }
+        }
+    }
 }
 
 /// A `struct __sk_buff` for a tc test run of a GSO packet of `segs` segments of `size`
@@ -80,6 +117,7 @@ pub fn gso_context(size: u32, segs: u32) -> Vec<u8> {
 pub struct Datapath {
     ebpf: Ebpf,
     table: BpfTable,
+    owners: Owners,
 }
 
 impl Datapath {
@@ -105,7 +143,12 @@ impl Datapath {
                 .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
         }
         let table = BpfTable::from_maps(|n| ebpf.take_map(n)).expect("page table maps");
-        Self { ebpf, table }
+        let owners = Owners::from_maps(|n| ebpf.take_map(n)).expect("owner maps");
+        Self {
+            ebpf,
+            table,
+            owners,
+        }
     }
 
     /// The node's page table.
@@ -118,6 +161,17 @@ impl Datapath {
         self.table.set_reverse(ra, va).unwrap();
         self.table.set_forward(va, ra).unwrap();
         self.table.create_stats(va).unwrap();
+    }
+
+    /// Records the interface with index `ifindex` as the owner of the VM of `va`, as
+    /// `attach --vm` does: the only port its addresses are accepted from as a source.
+    pub fn own(&mut self, va: IpAddr, ifindex: u32) {
+        self.owners.set(va, ifindex).unwrap();
+    }
+
+    /// Forgets the owner of the VM of `va`.
+    pub fn disown(&mut self, va: IpAddr) {
+        self.owners.remove(va).unwrap();
     }
 
     /// The loaded program of `side`.

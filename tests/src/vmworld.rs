@@ -269,7 +269,8 @@ impl VmWorld {
     /// Prepares the tap QEMU created at `host`: the shared MAC, proxy ARP answering at
     /// once, no reverse-path filter, a queue long enough for what arrives while the guest is paused (a tap holds 500
     /// packets by default: half a second of the 1 ms probes, less with the TCP traffic),
-    /// up, the host route to the VA, and netpage on the virtual side (if it translates).
+    /// up, the host route to the VA, and netpage on the virtual side as the owner of the
+    /// VA (if it translates).
     fn setup_tap(&self, host: Host) {
         let ns = self.world.ns(host.node());
         ns.sysctls(&[
@@ -282,7 +283,13 @@ impl VmWorld {
         ns.ip(&["link", "set", TAP, "up"]);
         ns.ip(&["route", "replace", &format!("{VA}/32"), "dev", TAP]);
         if self.translate {
-            self.world.attach(host.node(), TAP, true);
+            // The tap owns the guest's VA before the guest sends from it: at the
+            // destination of a migration, before the migration starts.
+            let va = VA.to_string();
+            self.world.netpage_ok(
+                host.node(),
+                &["attach", TAP, "--side", "virtual", "--vm", &va],
+            );
         }
     }
 

@@ -399,13 +399,12 @@ fn pinned_state_outlives_the_loader_and_a_reattach_loses_nothing() {
     // (`--reload`); the node's other interfaces then get that copy. Each swaps atomically.
     let mut reloaded = Vec::new();
     for (node, iface, virtual_side) in world.attachments() {
-        let side = if virtual_side { "virtual" } else { "physical" };
-        let mut args = vec!["attach", iface, "--side", side];
+        let mut args = world.attach_args(iface, virtual_side);
         if !reloaded.contains(&node) {
-            args.push("--reload");
+            args.push("--reload".into());
             reloaded.push(node);
         }
-        let r = world.netpage_json(node, &args);
+        let r = world.netpage_json(node, &args.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(r["replaced"], true, "{r}");
     }
     let report = probes.join();
@@ -446,8 +445,9 @@ fn changing_the_hook_under_traffic_loses_nothing() {
     std::thread::sleep(Duration::from_millis(200));
     for hook in ["xdp", "tc", "xdp", "tc"] {
         for (node, iface, virtual_side) in world.attachments() {
-            let side = if virtual_side { "virtual" } else { "physical" };
-            let r = world.netpage_json(node, &["attach", iface, "--side", side, "--hook", hook]);
+            let mut args = world.attach_args(iface, virtual_side);
+            args.extend(["--hook".into(), hook.into()]);
+            let r = world.netpage_json(node, &args.iter().map(String::as_str).collect::<Vec<_>>());
             assert_eq!(
                 (r["hook"].as_str(), r["replaced"].as_bool()),
                 (Some(hook), Some(true)),
@@ -526,8 +526,7 @@ fn an_older_builds_counters_are_renewed_by_a_reattach_and_the_table_kept() {
     );
     for (node, iface, virtual_side) in world.attachments() {
         if node == Node::Gw {
-            let side = if virtual_side { "virtual" } else { "physical" };
-            world.netpage_json(node, &["attach", iface, "--side", side]);
+            world.attach(node, iface, virtual_side);
         }
     }
     assert_eq!(world.netpage_json(Node::Gw, &["map", "list"]), list);
@@ -596,4 +595,154 @@ fn pin_counter_array(path: &std::path::Path, slots: u32) {
     assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
     // SAFETY: closes the descriptor made above; the pin keeps the map.
     unsafe { libc::close(fd as i32) };
+}
+
+/// The interface named `iface` in a `status --json` report.
+fn status_iface(status: &Value, iface: &str) -> Value {
+    status["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["iface"] == iface)
+        .unwrap_or_else(|| panic!("{iface} not in {status}"))
+        .clone()
+}
+
+/// The VMs `iface` of `node` owns, as `status --json` shows them.
+fn owned(world: &World, node: Node, iface: &str) -> Vec<String> {
+    let status = world.netpage_json(node, &["status"]);
+    status_iface(&status, iface)["vms"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no vms in {status}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `attach --vm`: a VM's port owns its VMs, shown by `status`; refused on the physical
+/// side, for an address no VM has, and for a VM another attached port owns (with nothing
+/// changed); a port that is gone gives its VMs up; `map del` leaves ownership and `detach`
+/// ends it, after which the VM cannot send until its port owns it again.
+#[test]
+fn vms_are_owned_by_their_port() {
+    let world = mapped_world();
+    let host = Node::HostA;
+    let (va, va6) = (V4.va.to_string(), V6.va.to_string());
+    assert_eq!(owned(&world, host, "vm1"), [va.clone(), va6.clone()]);
+    let text = world.netpage_ok(host, &["status"]);
+    assert!(text.contains(&format!("owns VMs {va}, {va6}")), "{text}");
+    world.ns(host).ip_batch(&[
+        "link add vmx type veth peer name vmxp".into(),
+        "link set vmx up".into(),
+        "link set vmxp up".into(),
+    ]);
+    let refusals: &[(&[&str], &str)] = &[
+        (
+            &["attach", "a0", "--side", "physical", "--vm", &va],
+            "a0 is attached --side physical, which owns no VM",
+        ),
+        (
+            &["attach", "vmx", "--side", "virtual", "--vm", "224.0.0.1"],
+            "--vm 224.0.0.1: a multicast address",
+        ),
+        (
+            &["attach", "vmx", "--side", "virtual", "--vm", &va6],
+            "is owned by vm1, another port of this node",
+        ),
+    ];
+    for (args, expect) in refusals {
+        let before = world.netpage_json(host, &["status"]);
+        let out = world.netpage(host, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "netpage {args:?} succeeded");
+        assert!(stderr.contains(expect), "netpage {args:?}: {stderr}");
+        assert_eq!(world.netpage_json(host, &["status"]), before, "{args:?}");
+    }
+    // Another port's VMs add up over re-attaches; once it is gone, they can be taken over.
+    let a = world.netpage_json(
+        host,
+        &["attach", "vmx", "--side", "virtual", "--vm", "198.19.0.77"],
+    );
+    assert_eq!(a["vms"], serde_json::json!(["198.19.0.77"]), "{a}");
+    let a = world.netpage_json(
+        host,
+        &[
+            "attach",
+            "vmx",
+            "--side",
+            "virtual",
+            "--vm",
+            "2001:db8:100::77",
+        ],
+    );
+    assert_eq!(
+        a["vms"],
+        serde_json::json!(["198.19.0.77", "2001:db8:100::77"]),
+        "{a}"
+    );
+    world.ns(host).ip(&["link", "del", "vmx"]);
+    world.netpage_ok(
+        host,
+        &["attach", "vm1", "--side", "virtual", "--vm", "198.19.0.77"],
+    );
+    assert_eq!(
+        owned(&world, host, "vm1"),
+        [va.clone(), "198.19.0.77".into(), va6.clone()]
+    );
+    // Ownership belongs to the port, not the mapping.
+    world.netpage_ok(host, &["map", "del", "--vm", &va]);
+    assert!(owned(&world, host, "vm1").contains(&va));
+    world.netpage_ok(
+        host,
+        &["map", "add", "--vm", &va, "--real", &V4.ra_a.to_string()],
+    );
+    assert!(world.ping(Node::Client, V4.va), "the VM after map del, add");
+    // Detached, the port owns nothing: attached again without --vm, the VM's answers are
+    // dropped as spoofed at its own port, until it owns the VM again.
+    world.detach(host, "vm1");
+    world.netpage_ok(host, &["attach", "vm1", "--side", "virtual"]);
+    assert!(owned(&world, host, "vm1").is_empty());
+    assert!(
+        !world.ping(Node::Client, V4.va),
+        "a VM nobody owns answered"
+    );
+    let stats = world.netpage_json(host, &["stats"]);
+    assert!(
+        stats["counters"]["dropped_spoofed"].as_u64() >= Some(1),
+        "{stats}"
+    );
+    world.netpage_ok(host, &["attach", "vm1", "--side", "virtual", "--vm", &va]);
+    assert!(world.ping(Node::Client, V4.va), "the VM owned again");
+}
+
+/// A node made by a build without owner records: other commands name the problem and the
+/// way out; attaching its interfaces again (the VM's port with --vm) creates them and keeps
+/// the table, and the VM answers again.
+#[test]
+fn an_older_node_without_owners_gets_them_at_its_next_attach() {
+    let world = mapped_world();
+    let host = Node::HostA;
+    let list = world.netpage_json(host, &["map", "list"]);
+    let maps = world.pin_dir(host).join("maps");
+    for m in ["NP_OWNER4", "NP_OWNER6"] {
+        std::fs::remove_file(maps.join(m)).unwrap();
+    }
+    let out = world.netpage(host, &["map", "list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "map list succeeded on an older node");
+    assert!(
+        stderr.contains("made by an older build") && stderr.contains("--vm VA"),
+        "{stderr}"
+    );
+    for (node, iface, virtual_side) in world.attachments() {
+        if node == host {
+            world.attach(node, iface, virtual_side);
+        }
+    }
+    assert_eq!(world.netpage_json(host, &["map", "list"]), list);
+    assert_eq!(
+        owned(&world, host, "vm1"),
+        [V4.va.to_string(), V6.va.to_string()]
+    );
+    assert!(world.ping(Node::Client, V4.va), "the VM after the upgrade");
 }

@@ -17,7 +17,7 @@ use netpage_tests::{
         TPID_8021AD, TPID_8021Q, V4Opts, Xlate, ether, ext, frame4, frame6, icmp4, icmp6, ipv4,
         ipv6, tcp, udp,
     },
-    datapath::{Datapath, Hook, XDP_PASS, gso_context},
+    datapath::{Datapath, Hook, LOOPBACK, XDP_PASS, gso_context},
     verify,
 };
 
@@ -38,6 +38,9 @@ struct World {
     ra_a: IpAddr,
     va_b: IpAddr,
     ra_b: IpAddr,
+    /// A mapping whose VM no port of the node owns.
+    va_c: IpAddr,
+    ra_c: IpAddr,
     v6: bool,
 }
 
@@ -48,6 +51,8 @@ const W4: fn() -> World = || World {
     ra_a: ip4(192, 0, 2, 10),
     va_b: ip4(10, 0, 0, 20),
     ra_b: ip4(198, 51, 100, 20),
+    va_c: ip4(10, 0, 0, 90),
+    ra_c: ip4(198, 51, 100, 90),
     v6: false,
 };
 
@@ -58,6 +63,8 @@ const W6: fn() -> World = || World {
     ra_a: ip6("2001:db8:a::10"),
     va_b: ip6("fd00::20"),
     ra_b: ip6("2001:db8:b::20"),
+    va_c: ip6("fd00::90"),
+    ra_c: ip6("2001:db8:b::90"),
     v6: true,
 };
 
@@ -116,6 +123,9 @@ fn frame(w: World, tpids: &'static [u16], l4: L4, src: IpAddr, dst: IpAddr) -> B
 }
 
 /// Address patterns on both sides, for every transport, with and without VLAN tags.
+///
+/// The test run's packets arrive on the loopback ([`LOOPBACK`]), which owns VM A; VM B is
+/// owned by another port ([`OTHER_PORT`]), VM C by none.
 fn address_cases(w: World) -> Vec<Case> {
     let f = if w.v6 { "v6" } else { "v4" };
     let mut cases = Vec::new();
@@ -123,10 +133,15 @@ fn address_cases(w: World) -> Vec<Case> {
         let patterns = [
             (Side::Virtual, "client->VA", w.client, w.va_a),
             (Side::Virtual, "VA->client", w.va_a, w.client),
-            (Side::Virtual, "VA->VA", w.va_a, w.va_b),
+            (Side::Virtual, "VA->VA from the VM's port", w.va_a, w.va_b),
+            // The VM's own real address as source passes untouched; the destination is
+            // translated.
+            (Side::Virtual, "own RA->VA", w.ra_a, w.va_b),
             (Side::Physical, "client->RA", w.client, w.ra_a),
             (Side::Physical, "RA->client", w.ra_a, w.client),
             (Side::Physical, "RA->RA", w.ra_a, w.ra_b),
+            // The physical side checks no source.
+            (Side::Physical, "unowned VM's RA->RA", w.ra_c, w.ra_a),
         ];
         for (side, what, s, d) in patterns {
             let t = translated(&w, side);
@@ -137,6 +152,32 @@ fn address_cases(w: World) -> Vec<Case> {
                 frame(w, &[], l4, s, d),
             ));
         }
+        // A mapping's address as source from a port that does not own its VM: dropped,
+        // whatever the destination.
+        let spoofed = [
+            ("VA->VA from another VM's port", w.va_b, w.va_a),
+            ("VA->client from another VM's port", w.va_b, w.client),
+            ("unowned VA->VA", w.va_c, w.va_a),
+            ("unowned VA->client", w.va_c, w.client),
+            ("another VM's RA->VA", w.ra_b, w.va_a),
+            ("another VM's RA->client", w.ra_b, w.client),
+            ("unowned RA->client", w.ra_c, w.client),
+        ];
+        for (what, s, d) in spoofed {
+            cases.push(case(
+                format!("{f} {l4:?} Virtual spoofed {what}"),
+                Side::Virtual,
+                Counter::Spoofed,
+                frame(w, &[], l4, s, d),
+            ));
+        }
+        // The own RA as source, to an unmapped destination: a miss, as before.
+        cases.push(case(
+            format!("{f} {l4:?} Virtual own RA->client is a miss"),
+            Side::Virtual,
+            Counter::PassMiss,
+            frame(w, &[], l4, w.ra_a, w.client),
+        ));
         for side in [Side::Virtual, Side::Physical] {
             cases.push(case(
                 format!("{f} {l4:?} {side:?} miss"),
@@ -177,6 +218,12 @@ fn address_cases(w: World) -> Vec<Case> {
             ));
         }
     }
+    cases.push(case(
+        format!("{f} spoofed VA on a VLAN"),
+        Side::Virtual,
+        Counter::Spoofed,
+        frame(w, &[TPID_8021Q], L4::Udp, w.va_b, w.client),
+    ));
     cases.push(case(
         format!("{f} three VLAN tags"),
         Side::Virtual,
@@ -1352,15 +1399,26 @@ fn fixture_maps() -> Vec<(IpAddr, IpAddr)> {
     vec![
         (w.va_a, w.ra_a),
         (w.va_b, w.ra_b),
+        (w.va_c, w.ra_c),
         (v.va_a, v.ra_a),
         (v.va_b, v.ra_b),
+        (v.va_c, v.ra_c),
     ]
 }
 
+/// The owner of VM B in the fixtures: a port other than the one test runs arrive on.
+const OTHER_PORT: u32 = 1000;
+
+/// The fixture datapath: every mapping, VM A owned by the port test runs arrive on, VM B
+/// by another, VM C by none.
 fn loaded(capacity: u32) -> Datapath {
     let mut dp = Datapath::load(capacity);
     for (va, ra) in fixture_maps() {
         dp.map(va, ra);
+    }
+    for w in [W4(), W6()] {
+        dp.own(w.va_a, LOOPBACK);
+        dp.own(w.va_b, OTHER_PORT);
     }
     dp
 }
@@ -1411,7 +1469,12 @@ fn check(dp: &Datapath, c: &Case) -> verify::Verified {
         let verdict;
         (verdict, out) = dp.run_at(hook, c.side, &input, None);
         let delta = dp.counters().since(&before);
-        assert_eq!(verdict, hook.pass(), "{name}: verdict");
+        let want = if c.outcome.is_dropped() {
+            hook.drop()
+        } else {
+            hook.pass()
+        };
+        assert_eq!(verdict, want, "{name}: verdict");
         assert_output(&name, &input, &out, &expected);
         assert_counted(&name, &delta, &[c.outcome]);
     }
@@ -1431,7 +1494,7 @@ fn run_all(cases: Vec<Case>) {
         ip += v.ip_headers;
         l4 += v.transport;
     }
-    let translating = cases.iter().any(|c| !c.outcome.name().starts_with("pass"));
+    let translating = cases.iter().any(|c| c.outcome.is_translated());
     assert!(
         !translating || ip + l4 > 0,
         "the checksum walk verified nothing"
@@ -1632,6 +1695,77 @@ fn per_mapping_counters() {
     dp.table().remove_stats(w.va_a).unwrap();
     assert_ne!(dp.run(Side::Virtual, &to_a).1, to_a);
     assert_eq!(dp.table().stats(w.va_a).unwrap(), None);
+}
+
+/// The source check compares the VM's owner with the port the packet arrives on, as each
+/// hook's context names it (`xdp_md.ingress_ifindex`, `__sk_buff.ifindex`): two VM ports
+/// (veths of a namespace), each the owner of one VM. A VM sending as itself is translated;
+/// as the other VM, by its virtual or its real address, dropped; the loopback, which owns
+/// nothing here, is a client's port.
+#[test]
+fn sources_are_checked_against_the_port_they_arrive_on() {
+    use netpage_tests::netns::NetNs;
+    let ns = NetNs::create(&format!("np-own-{}", std::process::id()));
+    ns.ip_batch(&[
+        "link add tapa type veth peer name tapb".into(),
+        "link set tapa up".into(),
+        "link set tapb up".into(),
+    ]);
+    ns.run(|| {
+        let index = |i| netpage::attach::if_index(i).expect("fixture interface");
+        let (tap_a, tap_b) = (index("tapa"), index("tapb"));
+        let mut dp = loaded(1024);
+        let identity = |a| a;
+        let mut runs = 0;
+        for w in [W4(), W6()] {
+            dp.own(w.va_a, tap_a);
+            dp.own(w.va_b, tap_b);
+            let t = translated(&w, Side::Virtual);
+            let cases = [
+                ("A as itself", tap_a, w.va_a, w.va_b, t),
+                ("B as itself", tap_b, w.va_b, w.va_a, t),
+                ("A from its own RA", tap_a, w.ra_a, w.va_b, t),
+                ("a client to B", LOOPBACK, w.client, w.va_b, t),
+                ("B as A", tap_b, w.va_a, w.va_b, Counter::Spoofed),
+                ("A as B's RA", tap_a, w.ra_b, w.client, Counter::Spoofed),
+                ("a client as A", LOOPBACK, w.va_a, w.va_b, Counter::Spoofed),
+                (
+                    "a client as A's RA",
+                    LOOPBACK,
+                    w.ra_a,
+                    w.va_b,
+                    Counter::Spoofed,
+                ),
+                ("A as unowned C", tap_a, w.va_c, w.client, Counter::Spoofed),
+            ];
+            for (what, port, s, d, outcome) in cases {
+                let build = frame(w, &[], L4::Udp, s, d);
+                let input = build(&identity);
+                let expected = if outcome.is_translated() {
+                    build(&xlate_for(Side::Virtual, &fixture_maps()))
+                } else {
+                    input.clone()
+                };
+                for hook in Hook::ALL {
+                    let name = format!("{what} (v6={}, {hook:?}, port {port})", w.v6);
+                    let ctx = hook.arriving_on(port, input.len());
+                    let before = dp.counters();
+                    let (verdict, out) = dp.run_at(hook, Side::Virtual, &input, Some(&ctx));
+                    let delta = dp.counters().since(&before);
+                    let want = if outcome.is_dropped() {
+                        hook.drop()
+                    } else {
+                        hook.pass()
+                    };
+                    assert_eq!(verdict, want, "{name}: verdict");
+                    assert_output(&name, &input, &out, &expected);
+                    assert_counted(&name, &delta, &[outcome]);
+                    runs += 1;
+                }
+            }
+        }
+        println!("{runs} runs checked against the port they arrived on");
+    });
 }
 
 /// A table of 1,000,000 mappings per direction translates its entries and misses others.

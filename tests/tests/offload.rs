@@ -35,8 +35,9 @@ fn offloaded_world(how: &[&str]) -> World {
         );
     }
     for (node, ifname, virtual_side) in world.attachments() {
-        let side = if virtual_side { "virtual" } else { "physical" };
-        world.netpage_json(node, &[&["attach", ifname, "--side", side], how].concat());
+        let mut args = world.attach_args(ifname, virtual_side);
+        args.extend(how.iter().map(|a| a.to_string()));
+        world.netpage_json(node, &args.iter().map(String::as_str).collect::<Vec<_>>());
     }
     for f in [&V4, &V6] {
         world.map_all(f.va, f.ra_a);

@@ -497,3 +497,82 @@ fn netpage_expired_probe_from_a_vm_gets_its_error_v4() {
 fn netpage_expired_probe_from_a_vm_gets_its_error_v6() {
     vm_probe_expires_at_its_host(&V6);
 }
+
+/// The packets counted as `dropped_spoofed` on `node` so far.
+fn spoofed(world: &World, node: Node) -> u64 {
+    let stats = world.netpage_json(node, &["stats"]);
+    stats["counters"]["dropped_spoofed"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no dropped_spoofed counter: {stats}"))
+}
+
+/// Sends `n` datagrams from `node`, bound to `src` (an address the node was given for the
+/// purpose), to `dst`.
+fn send_from(world: &World, node: Node, src: IpAddr, dst: SocketAddr, n: usize) {
+    let socket = world.udp_socket(node, sa(src, 0));
+    for _ in 0..n {
+        socket.send_to(b"spoofed", dst).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Nobody but a VM's own port sends from its addresses: the client poses as VM 2 toward VM
+/// 1, by VM 2's VA and by its RA, and is dropped at the gateway's client port (which owns
+/// no VM); VM 1 poses as VM 2 toward the client the same two ways, and is dropped at its
+/// own port on host A (VM 2's port is at host B). Each drop is counted where it happens,
+/// nothing spoofed reaches its target, and the VMs' own traffic still flows.
+fn spoofed_sources_are_dropped(f: &Addrs) {
+    let world = netpage_world(Options {
+        second_vm: true,
+        host_link: false,
+    });
+    let len = if f.va.is_ipv4() { 32 } else { 128 };
+    for node in [Node::Client, Node::Vm] {
+        for a in [f.va2, f.ra2] {
+            world
+                .ns(node)
+                .ip(&["addr", "add", &format!("{a}/{len}"), "dev", "lo"]);
+        }
+    }
+    let at_vm = world.udp_echo(Node::Vm, sa(f.va, UDP_PORT));
+    let at_client = world.udp_echo(Node::Client, sa(f.client, UDP_PORT));
+    let legit = |what: &str| {
+        let by = udp_echoed_by(&world, Node::Client, sa(f.client, 0), at_vm.addr());
+        assert_eq!(by, Some(f.va), "{what}: the client's echo from VM 1");
+        let by = udp_echoed_by(&world, Node::Vm, sa(f.va, 0), at_client.addr());
+        assert_eq!(by, Some(f.client), "{what}: VM 1's echo from the client");
+    };
+    // Every neighbour on the way is resolved before the spoofed datagrams go.
+    legit("before");
+    let (gw, host_a) = (spoofed(&world, Node::Gw), spoofed(&world, Node::HostA));
+    const N: usize = 5;
+    for src in [f.va2, f.ra2] {
+        send_from(&world, Node::Client, src, at_vm.addr(), N);
+        send_from(&world, Node::Vm, src, at_client.addr(), N);
+    }
+    legit("after");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(at_vm.peer_ips(), vec![f.client], "peers seen by VM 1");
+    assert_eq!(at_client.peer_ips(), vec![f.va], "peers seen by the client");
+    assert_eq!(
+        spoofed(&world, Node::Gw) - gw,
+        2 * N as u64,
+        "spoofed datagrams counted at the gateway"
+    );
+    assert_eq!(
+        spoofed(&world, Node::HostA) - host_a,
+        2 * N as u64,
+        "spoofed datagrams counted at host A"
+    );
+    assert_eq!(spoofed(&world, Node::HostB), 0, "spoofed counted at host B");
+}
+
+#[test]
+fn netpage_spoofed_sources_are_dropped_v4() {
+    spoofed_sources_are_dropped(&V4);
+}
+
+#[test]
+fn netpage_spoofed_sources_are_dropped_v6() {
+    spoofed_sources_are_dropped(&V6);
+}

@@ -5,6 +5,7 @@
 
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -237,7 +238,7 @@ pub fn run(
                 Err(e) => Some((e, Vec::new())),
                 Ok(Some((verdict, out))) => {
                     s.runs += 1;
-                    judge(&mut s, hook, &g, &expected, verdict, &out).map(|p| (p, out))
+                    judge(&mut s, table, hook, &g, &expected, verdict, &out).map(|p| (p, out))
                 }
             };
             if let Some((problem, output)) = problem {
@@ -321,6 +322,7 @@ fn problem_kind(p: &str) -> String {
 /// Judges one run; the problem, if any.
 fn judge(
     s: &mut Summary,
+    table: &Table,
     hook: Hook,
     g: &frames::Generated,
     expected: &oracle::Expected,
@@ -328,7 +330,7 @@ fn judge(
     out: &[u8],
 ) -> Option<String> {
     if verdict != hook.pass() {
-        if documented_drop(g).is_some() {
+        if documented_drop(table, g).is_some() {
             return None;
         }
         return Some(format!(
@@ -369,11 +371,37 @@ fn judge(
     None
 }
 
-/// The drops netpage documents, which the judges accept instead of a pass. None yet: every
-/// packet goes on. (Source validation on the virtual side will drop a packet whose outer
-/// source is a mapped VA the ingress port does not own, or a mapped RA; the generator
-/// keeps such sources off the virtual side unless `Policy::mapped_virtual_sources`.)
-fn documented_drop(_g: &frames::Generated) -> Option<&'static str> {
+/// The drops netpage documents, which the judges accept instead of a pass: source
+/// validation on the virtual side drops a packet whose outer source is a mapping's address
+/// (virtual or real) that the ingress port does not own; the fuzzer's ports own nothing.
+/// (The generator keeps such sources off the virtual side unless
+/// `Policy::mapped_virtual_sources`, but mutations may swap them in.)
+fn documented_drop(table: &Table, g: &frames::Generated) -> Option<&'static str> {
+    let src = outer_source(&g.frame)?;
+    let mapped = [Side::Virtual, Side::Physical]
+        .iter()
+        .any(|&side| table.lookup(side, src).is_some());
+    (g.side == Side::Virtual && mapped).then_some("spoofed source on the virtual side")
+}
+
+/// The source address of the frame's outer IP header, behind up to four VLAN tags.
+fn outer_source(f: &[u8]) -> Option<IpAddr> {
+    let mut off = 12;
+    for _ in 0..=4 {
+        let et = u16::from_be_bytes(f.get(off..off + 2)?.try_into().ok()?);
+        match et {
+            0x8100 | 0x88A8 => off += 4,
+            0x0800 => {
+                let a: [u8; 4] = f.get(off + 14..off + 18)?.try_into().ok()?;
+                return Some(IpAddr::from(a));
+            }
+            0x86DD => {
+                let a: [u8; 16] = f.get(off + 10..off + 26)?.try_into().ok()?;
+                return Some(IpAddr::from(a));
+            }
+            _ => return None,
+        }
+    }
     None
 }
 

@@ -86,10 +86,26 @@ impl World {
         c
     }
 
-    /// Attaches netpage to `ifname` on `node`, on the virtual side if `virtual_side`.
-    pub fn attach(&self, node: Node, ifname: &str, virtual_side: bool) {
+    /// The arguments of `netpage attach` for `ifname`, on the virtual side if
+    /// `virtual_side`: a VM's port also owns the VM's VAs (`--vm`), as a host attaches a
+    /// VM's tap, so that the VM may send from them.
+    pub fn attach_args(&self, ifname: &str, virtual_side: bool) -> Vec<String> {
         let side = if virtual_side { "virtual" } else { "physical" };
-        self.netpage_ok(node, &["attach", ifname, "--side", side]);
+        let mut args: Vec<String> = ["attach", ifname, "--side", side].map(String::from).into();
+        if virtual_side {
+            for vm in self.vms().into_iter().filter(|vm| vm.port() == ifname) {
+                let (v4, v6) = vm.vas();
+                args.extend(["--vm".into(), v4.to_string(), "--vm".into(), v6.to_string()]);
+            }
+        }
+        args
+    }
+
+    /// Attaches netpage to `ifname` on `node`, on the virtual side if `virtual_side` (a
+    /// VM's port owning its VM, see [`World::attach_args`]).
+    pub fn attach(&self, node: Node, ifname: &str, virtual_side: bool) {
+        let args = self.attach_args(ifname, virtual_side);
+        self.netpage_ok(node, &args.iter().map(String::as_str).collect::<Vec<_>>());
     }
 
     /// Detaches netpage from `ifname` on `node`.
