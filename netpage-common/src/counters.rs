@@ -58,19 +58,23 @@ pub enum Counter {
     /// for (VLAN tags, IPv4 options, an IPv6 hop-by-hop header, a frame not addressed to
     /// the interface, special addresses, a route back out of the ingress interface).
     FastIneligible = 19,
-    /// Fast path, left to the kernel: the egress interface has no netpage program, so it
-    /// may not accept redirected frames.
+    /// Fast path, left to the kernel: netpage is not attached to the egress interface.
     FastEgress = 20,
     /// Fast path, left to the kernel: the lookup failed otherwise (an error, an unsupported
     /// route type).
     FastError = 21,
+    /// Fast path, left to the kernel: netpage is attached to the egress interface, but it
+    /// cannot take frames redirected from native XDP (its driver has no `ndo_xdp_xmit`, or
+    /// it is a veth whose peer has neither an XDP program nor GRO on), so it is not in the
+    /// device map. Redirected anyway, the frame would be dropped.
+    FastNoXdpXmit = 22,
 }
 
 const _: () = assert!(Counter::COUNT <= Counter::SLOTS);
 
 impl Counter {
     /// Number of counters.
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
 
     /// Slots of the counter array: room for counters added later, which take the next
     /// free indices, so that a node's pinned array keeps its layout across upgrades.
@@ -100,6 +104,7 @@ impl Counter {
         Counter::FastIneligible,
         Counter::FastEgress,
         Counter::FastError,
+        Counter::FastNoXdpXmit,
     ];
 
     /// A stable name for reports and JSON.
@@ -127,6 +132,7 @@ impl Counter {
             Counter::FastIneligible => "fast_fallback_ineligible",
             Counter::FastEgress => "fast_fallback_egress",
             Counter::FastError => "fast_fallback_error",
+            Counter::FastNoXdpXmit => "fast_fallback_no_xdp_xmit",
         }
     }
 

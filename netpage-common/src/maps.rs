@@ -51,8 +51,9 @@ pub struct IfaceRecord {
 /// What the program does on an attached interface: the value of the port map, keyed by
 /// interface index, the only name of an interface the program knows.
 ///
-/// Every attached interface has one; the fast path redirects only to interfaces that have
-/// one, since an interface without an XDP program may not accept redirected frames.
+/// Every attached interface has one. The fast path reads the record of the interface a
+/// packet arrived on; where it may send the packet out is the device map's business
+/// ([`DEVMAP`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortRecord {
@@ -73,6 +74,12 @@ pub const PORT_FAST_PATH: u32 = 1;
 /// Flag of [`IfaceRecord::flags`] (user space only): the hook was asked for, not chosen by
 /// `attach --hook auto`.
 pub const IFACE_HOOK_ASKED: u32 = 2;
+
+/// Flag of [`PortRecord::flags`]: the interface's XDP program runs in skb (generic) mode.
+/// A frame redirected from there leaves through the kernel's generic transmit path, which
+/// every interface takes, so the fast path redirects it to any attached interface rather
+/// than only to those of the device map.
+pub const PORT_SKB: u32 = 4;
 
 impl PortRecord {
     /// Whether the fast path is on for this port.
@@ -117,7 +124,28 @@ pub struct DrainEntry {
     pub deadline_ms: u64,
 }
 
+/// The value of the device map as this build writes it (`struct bpf_devmap_val`): the
+/// interface index, and the file descriptor of a program to run at egress (none: 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DevmapValue {
+    pub ifindex: u32,
+    pub prog_fd: u32,
+}
+
+/// Whether an interface with these xdp-features (`NETDEV_XDP_ACT_*`, as the kernel reports
+/// them through the netdev generic netlink family) takes frames redirected from native
+/// XDP: it needs `NETDEV_XDP_ACT_NDO_XMIT`, else the kernel drops them.
+pub const fn takes_xdp_frames(xdp_features: u64) -> bool {
+    xdp_features & NETDEV_XDP_ACT_NDO_XMIT != 0
+}
+
+/// `NETDEV_XDP_ACT_NDO_XMIT` (include/uapi/linux/netdev.h): the driver implements
+/// `ndo_xdp_xmit`, so frames can be redirected to it.
+pub const NETDEV_XDP_ACT_NDO_XMIT: u64 = 1 << 2;
+
 const _: () = assert!(core::mem::size_of::<IfaceName>() == 16);
+const _: () = assert!(core::mem::size_of::<DevmapValue>() == 8);
 const _: () = assert!(core::mem::size_of::<IfaceRecord>() == 16);
 const _: () = assert!(core::mem::size_of::<PortRecord>() == 12);
 const _: () = assert!(core::mem::size_of::<DrainKey>() == 20);
@@ -137,6 +165,7 @@ mod pod {
     unsafe impl aya::Pod for super::PortRecord {}
     unsafe impl aya::Pod for super::DrainKey {}
     unsafe impl aya::Pod for super::DrainEntry {}
+    unsafe impl aya::Pod for super::DevmapValue {}
 }
 
 /// IPv4 page table: virtual address -> real address.
@@ -163,11 +192,20 @@ pub const DRAINS: &str = "NP_DRAINS";
 /// One slot: how many attached interfaces have the fast path on. The program looks a port
 /// up only when it is not 0, so a node without the fast path does not pay for it.
 pub const FAST_PORTS: &str = "NP_FAST";
+/// The interfaces the fast path may redirect frames to from native XDP, keyed by interface
+/// index (a `BPF_MAP_TYPE_DEVMAP_HASH`): the attached interfaces that take XDP frames. A
+/// miss leaves the packet to the kernel.
+pub const DEVMAP: &str = "NP_DEVMAP";
 
 /// Every map of the object: all are pinned, so the node's state outlives the process.
-pub const ALL_MAPS: [&str; 11] = [
-    V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, COUNTERS, IFACES, PORTS, DRAINS, FAST_PORTS,
+pub const ALL_MAPS: [&str; 12] = [
+    V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, COUNTERS, IFACES, PORTS, DRAINS, FAST_PORTS, DEVMAP,
 ];
+
+/// Maps that older builds did not have: a node without them gets them, empty, at its next
+/// attach (which loads this build's programs over them); until then its older programs
+/// run without them.
+pub const ADDED_MAPS: [&str; 1] = [DEVMAP];
 
 /// How this build lays out one map: key and value sizes and, for maps whose size does not
 /// follow the table's capacity, the number of entries.
@@ -190,7 +228,7 @@ const fn layout<K, V>(name: &'static str, max_entries: Option<u32>) -> Layout {
 
 /// The layout of every map in [`ALL_MAPS`] order. A pinned map that differs was made by
 /// another build of netpage, whose program must not be mixed with this one's.
-pub const LAYOUTS: [Layout; 11] = [
+pub const LAYOUTS: [Layout; 12] = [
     layout::<Addr4, Addr4>(V2R4, None),
     layout::<Addr4, Addr4>(R2V4, None),
     layout::<Addr6, Addr6>(V2R6, None),
@@ -202,6 +240,7 @@ pub const LAYOUTS: [Layout; 11] = [
     layout::<u32, PortRecord>(PORTS, Some(MAX_IFACES)),
     layout::<DrainKey, DrainEntry>(DRAINS, None),
     layout::<u32, u32>(FAST_PORTS, Some(1)),
+    layout::<u32, DevmapValue>(DEVMAP, Some(MAX_IFACES)),
 ];
 
 /// Maps whose capacity is the table size chosen at load time.
@@ -231,6 +270,12 @@ mod tests {
         for (l, name) in LAYOUTS.iter().zip(ALL_MAPS) {
             assert_eq!(l.name, name);
         }
+        for name in ADDED_MAPS {
+            assert!(ALL_MAPS.contains(&name));
+        }
+        assert!(takes_xdp_frames(0x7F) && takes_xdp_frames(NETDEV_XDP_ACT_NDO_XMIT));
+        // BASIC, REDIRECT and RX_SG: a veth whose peer has neither XDP nor GRO.
+        assert!(!takes_xdp_frames(0x23));
         for name in SIZED_MAPS {
             let l = LAYOUTS.iter().find(|l| l.name == name).unwrap();
             assert_eq!(l.max_entries, None, "{name} follows the table's capacity");

@@ -3,8 +3,9 @@
 //! Capacities here are defaults; user space sets the real table size at load time.
 
 use aya_ebpf::{
+    bindings::xdp_action::XDP_PASS,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray, PerCpuHashMap},
 };
 use netpage_common::{
     counters::Counter,
@@ -58,7 +59,7 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::SLOTS
 static IFACES: HashMap<IfaceName, IfaceRecord> = HashMap::with_max_entries(MAX_IFACES, 0);
 
 /// The node's attached interfaces by index: whether translated packets arriving there take
-/// the fast path, and which interfaces it may redirect to. User space fills it at attach.
+/// the fast path, their MAC address and XDP mode. User space fills it at attach.
 #[map(name = "NP_PORTS")]
 static PORTS: HashMap<u32, PortRecord> = HashMap::with_max_entries(MAX_IFACES, 0);
 
@@ -79,6 +80,20 @@ pub fn fast_path_in_use() -> bool {
 pub fn port(ifindex: u32) -> Option<PortRecord> {
     // SAFETY: the value is copied out at once (RCU keeps it readable meanwhile).
     unsafe { PORTS.get(ifindex).copied() }
+}
+
+/// The interfaces that take frames redirected from native XDP, keyed by interface index:
+/// the attached interfaces whose driver transmits XDP frames. User space keeps it at every
+/// attach and detach.
+#[map(name = "NP_DEVMAP")]
+static DEVMAP: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
+
+/// Redirects the frame to the interface with index `ifindex` if the device map has it;
+/// false (and nothing set) if not, and the frame is the kernel's to forward.
+#[inline(always)]
+pub fn redirect(ifindex: u32) -> bool {
+    // A miss returns the action in the flags' lower bits: XDP_PASS, never XDP_REDIRECT.
+    DEVMAP.redirect(ifindex, u64::from(XDP_PASS)).is_ok()
 }
 
 /// Real addresses draining after a switch, with their deadline. Only user space reads it.

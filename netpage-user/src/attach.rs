@@ -2,6 +2,7 @@
 //! directory, and detaching it.
 
 pub mod hook;
+pub mod xdp_features;
 
 use std::{
     io,
@@ -21,7 +22,8 @@ use aya::{
 };
 pub use hook::Hook;
 use netpage_common::maps::{
-    IFACE_HOOK_ASKED, IfaceRecord, MODE_NATIVE, MODE_SKB, MODE_TC, PORT_FAST_PATH, PortRecord,
+    IFACE_HOOK_ASKED, IfaceRecord, MODE_NATIVE, MODE_SKB, MODE_TC, PORT_FAST_PATH, PORT_SKB,
+    PortRecord, takes_xdp_frames,
 };
 use serde::Serialize;
 
@@ -171,6 +173,9 @@ pub struct Attached {
     /// Whether translated packets whose route is a plain forward are redirected by the
     /// program itself.
     pub fast_path: bool,
+    /// Whether the fast path may redirect frames to this interface from native XDP: its
+    /// driver takes XDP frames (for a veth: its peer has an XDP program or GRO on).
+    pub redirect_target: bool,
     /// Why native mode was not used, when `auto` fell back to skb.
     pub fallback: Option<String>,
 }
@@ -268,6 +273,7 @@ pub fn attach(
             ifindex,
         },
     )?;
+    let targets = refresh_redirects(&mut open)?;
     Ok(Attached {
         iface: iface.to_owned(),
         side,
@@ -276,8 +282,49 @@ pub fn attach(
         mode: now.xdp_mode(),
         replaced,
         fast_path,
+        redirect_target: targets.contains(&ifindex),
         fallback,
     })
+}
+
+/// Brings what the fast path reads of every attached interface up to date with the
+/// kernel: the skb-mode flag of its port, and whether the device map holds it (it takes
+/// XDP frames). Run at every attach and detach: attaching native XDP to one end of a veth
+/// pair, or detaching it, changes whether the other end takes XDP frames, and whatever
+/// changed on a peer since the last run is caught up. Returns the device map's interfaces.
+///
+/// A kernel that cannot say (no netdev generic netlink family, before 6.3) gets an empty
+/// device map: the fast path then redirects from native XDP nowhere, which is safe.
+pub fn refresh_redirects(open: &mut crate::node::OpenNode) -> Result<Vec<u32>, NodeError> {
+    let netdev = xdp_features::Netdev::open().ok();
+    let mut targets = Vec::new();
+    for (name, r) in open.ifaces()? {
+        // An interface re-created under the name has another index: its next attach
+        // records it; until then the old index is nobody's.
+        if r.ifindex == 0 || if_index(&name) != Some(r.ifindex) {
+            continue;
+        }
+        if let Some(port) = open.port(r.ifindex)? {
+            let skb = if r.mode == MODE_SKB { PORT_SKB } else { 0 };
+            if port.flags & PORT_SKB != skb {
+                let flags = (port.flags & !PORT_SKB) | skb;
+                open.set_port(r.ifindex, PortRecord { flags, ..port })?;
+            }
+        }
+        let features = netdev.as_ref().map(|n| n.xdp_features(r.ifindex));
+        if features.is_some_and(|f| f.is_ok_and(takes_xdp_frames)) {
+            targets.push(r.ifindex);
+        }
+    }
+    for old in open.redirect_targets()? {
+        if !targets.contains(&old) {
+            open.set_redirect_target(old, false)?;
+        }
+    }
+    for &t in &targets {
+        open.set_redirect_target(t, true)?;
+    }
+    Ok(targets)
 }
 
 /// How an interface's program runs, as its registry entry records it.
@@ -418,7 +465,8 @@ fn tc_err(iface: &str, e: ProgramError) -> AttachError {
 /// migrating VM's port is attached at its new host in milliseconds.
 fn ensure_programs(node: &Node, capacity: Option<u32>, reload: bool) -> Result<(), AttachError> {
     node.prepare()?;
-    let renewed = node.exists() && node.renew_counters()?;
+    // An older build's node: a counter array of another size, or maps it did not have.
+    let renewed = node.exists() && (node.renew_counters()? || node.lacks_added_maps());
     let all_there = [Side::Virtual, Side::Physical]
         .iter()
         .all(|&s| node.prog_path(s).exists() && node.tc_prog_path(s).exists());
@@ -579,6 +627,7 @@ pub fn detach(node: &Node, iface: &str) -> Result<(), AttachError> {
         open.remove_port(r.ifindex)?;
     }
     open.remove_iface(iface)?;
+    refresh_redirects(&mut open)?;
     Ok(())
 }
 

@@ -14,11 +14,11 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError,
-    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError},
+    maps::{Array, DevMapHash, HashMap as BpfHashMap, Map, MapData, MapError, xdp::XdpMapError},
 };
 use netpage_common::maps::{
-    ALL_MAPS, COUNTERS, FAST_PORTS, IFACES, IfaceName, IfaceRecord, LAYOUTS, Layout, PORTS,
-    PortRecord, V2R4, fast_port_count,
+    ADDED_MAPS, ALL_MAPS, COUNTERS, DEVMAP, FAST_PORTS, IFACES, IfaceName, IfaceRecord, LAYOUTS,
+    Layout, PORTS, PortRecord, V2R4, fast_port_count,
 };
 
 use crate::{
@@ -81,6 +81,8 @@ pub enum NodeError {
     IfaceName(String),
     #[error("registry of attached interfaces: {0}")]
     Registry(#[source] Box<MapError>),
+    #[error("device map of the fast path: {0}")]
+    Devmap(#[source] Box<XdpMapError>),
     #[error(
         "node {} is managed by `netpage agent`: change the directory instead (the same command with --etcd URLS), or stop the agent first",
         dir.display()
@@ -303,6 +305,7 @@ impl Node {
         }
         LAYOUTS
             .iter()
+            .filter(|l| !self.lacks(l.name))
             .map(|l| {
                 let path = self.map_path(l.name);
                 let data = MapData::from_pin(&path).map_err(|e| open_err(&path, e))?;
@@ -358,12 +361,24 @@ impl Node {
         Ok(older)
     }
 
+    /// Whether the node lacks `map`, one that older builds did not have ([`ADDED_MAPS`]).
+    fn lacks(&self, map: &str) -> bool {
+        ADDED_MAPS.contains(&map) && !self.map_path(map).exists()
+    }
+
+    /// Whether the node, made by an older build, lacks maps of this build: its programs
+    /// must then be loaded again, which creates them.
+    pub fn lacks_added_maps(&self) -> bool {
+        self.exists() && ADDED_MAPS.iter().any(|m| self.lacks(m))
+    }
+
     /// Checks every pinned map of an existing node against this build's layouts. Only the
-    /// counter array may be missing (renewed): the loader makes it anew.
+    /// counter array (renewed) and the maps of later builds may be missing: the loader
+    /// makes them anew.
     fn check_layouts(&self) -> Result<(), NodeError> {
         for l in LAYOUTS.iter() {
             let path = self.map_path(l.name);
-            if l.name == COUNTERS && !path.exists() {
+            if (l.name == COUNTERS && !path.exists()) || self.lacks(l.name) {
                 continue;
             }
             let data = MapData::from_pin(&path).map_err(|e| open_err(&path, e))?;
@@ -384,11 +399,17 @@ impl Node {
         let counters = maps.remove(COUNTERS).expect("opened above");
         let fast =
             Array::try_from(maps.remove(FAST_PORTS).expect("opened above")).map_err(registry)?;
+        let devmap = maps
+            .remove(DEVMAP)
+            .map(DevMapHash::try_from)
+            .transpose()
+            .map_err(registry)?;
         Ok(OpenNode {
             table,
             ifaces,
             ports,
             fast,
+            devmap,
             counters,
             _lock: None,
         })
@@ -417,6 +438,9 @@ pub struct OpenNode {
     ifaces: BpfHashMap<MapData, IfaceName, IfaceRecord>,
     ports: BpfHashMap<MapData, u32, PortRecord>,
     fast: Array<MapData, u32>,
+    /// The interfaces frames may be redirected to from native XDP; `None` on a node of an
+    /// older build until its next attach.
+    devmap: Option<DevMapHash<MapData>>,
     counters: Map,
     /// The hold of a command that writes the table ([`Node::open_for_write`]).
     _lock: Option<NodeLock>,
@@ -500,6 +524,40 @@ impl OpenNode {
             Err(e) => return Err(NodeError::Registry(Box::new(e))),
         }
         self.count_fast_ports()
+    }
+
+    /// The interfaces, by index, that the fast path may redirect frames to from native XDP.
+    pub fn redirect_targets(&self) -> Result<Vec<u32>, NodeError> {
+        let Some(devmap) = &self.devmap else {
+            return Ok(Vec::new());
+        };
+        devmap
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|e| NodeError::Registry(Box::new(e)))
+    }
+
+    /// Adds the interface with index `ifindex` to the device map, or removes it: whether
+    /// the fast path may redirect frames to it from native XDP. Nothing on a node of an
+    /// older build, whose programs have no device map.
+    pub fn set_redirect_target(&mut self, ifindex: u32, on: bool) -> Result<(), NodeError> {
+        let Some(devmap) = &mut self.devmap else {
+            return Ok(());
+        };
+        if on {
+            // Without a program to chain, the only failure is the map update's.
+            devmap
+                .insert(ifindex, ifindex, None, 0)
+                .map_err(|e| match e {
+                    XdpMapError::MapError(e) => NodeError::Registry(Box::new(e)),
+                    other => NodeError::Devmap(Box::new(other)),
+                })
+        } else {
+            devmap
+                .remove(ifindex)
+                .or_else(|e| if absent(&e) { Ok(()) } else { Err(e) })
+                .map_err(|e| NodeError::Registry(Box::new(e)))
+        }
     }
 
     /// Forgets `iface`.

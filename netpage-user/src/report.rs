@@ -94,6 +94,13 @@ impl fmt::Display for Output {
                 if let Some(why) = &a.fallback {
                     writeln!(f, "note: using skb mode because {why}")?;
                 }
+                if a.fast_path && !a.redirect_target {
+                    writeln!(
+                        f,
+                        "note: {} takes no frames redirected from native XDP (no ndo_xdp_xmit; a veth needs an XDP program or GRO on at its peer): packets routed out of it go through the kernel",
+                        a.iface
+                    )?;
+                }
                 Ok(())
             }
             Output::Detached { iface } => writeln!(f, "detached from {iface}"),
@@ -303,6 +310,9 @@ pub struct Iface {
     pub mode: Option<Mode>,
     /// Whether translated packets are forwarded from XDP (`attach --fast-path`).
     pub fast_path: bool,
+    /// Whether the fast path may redirect frames to it from native XDP (it takes XDP
+    /// frames, as of the node's last attach or detach).
+    pub redirect_target: bool,
     /// Whether the interface exists in this network namespace.
     pub present: bool,
     /// Whether its link (XDP or tcx) is pinned.
@@ -325,6 +335,7 @@ pub struct Status {
 
 impl Status {
     pub fn read(node: &Node, n: &OpenNode) -> Result<Self> {
+        let targets = n.redirect_targets()?;
         let interfaces = n
             .ifaces()?
             .into_iter()
@@ -346,6 +357,7 @@ impl Status {
                     },
                     mode: how.and_then(Attachment::xdp_mode),
                     fast_path,
+                    redirect_target: targets.contains(&r.ifindex),
                     present: iface_exists(&iface),
                     pinned: link.exists(),
                     iface,
@@ -379,8 +391,9 @@ impl fmt::Display for Status {
                 (true, false) => "  (link missing)",
             };
             let fast = if i.fast_path { "fast-path" } else { "" };
+            let target = if i.redirect_target { "xdp-xmit" } else { "" };
             let line = format!(
-                "  {:<16} {:<9} {:<3} {:<7} {fast:<9}{state}",
+                "  {:<16} {:<9} {:<3} {:<7} {fast:<9} {target:<8}{state}",
                 i.iface,
                 opt(&i.side),
                 opt(&i.hook),

@@ -1696,7 +1696,8 @@ fn million_entry_table() {
 //   foth  100.65.0.1/24   2001:db8:65::1/64  not attached: a resolved neighbour .50 / ::50
 //   blackhole 100.64.0.0/24, 2001:db8:64::/64
 //
-// fin and fout are attached (in the port map) with the fast path; foth is not.
+// fin and fout are attached (in the port map) with the fast path, and in the device map
+// (they take XDP frames); foth is not attached.
 
 mod fast {
     use super::*;
@@ -2136,6 +2137,7 @@ mod fast {
                     reserved: [0; 2],
                 },
             );
+            dp.set_redirect_target(index, true);
         }
         dp
     }
@@ -2157,6 +2159,52 @@ fn fast_path_redirects_plain_forwards_and_falls_back_otherwise() {
             "{} fast-path cases passed, {redirected} redirected",
             cases.len()
         );
+    });
+}
+
+/// An attached egress that is not in the device map (it takes no XDP frames) gets no
+/// redirect: the packet goes to the kernel as it was translated (MACs and TTL untouched),
+/// counted apart; the other direction is still redirected.
+#[test]
+fn fast_path_falls_back_where_the_egress_takes_no_xdp_frames() {
+    let ns = fast::namespace();
+    ns.run(|| {
+        let mut dp = fast::loaded(true);
+        let fout = netpage::attach::if_index("fout").expect("fixture interface");
+        dp.set_redirect_target(fout, false);
+        for w in [W4(), W6()] {
+            for (side, ingress, s, d, then) in [
+                (
+                    Side::Virtual,
+                    "fin",
+                    w.client,
+                    w.va_a,
+                    fast::Then::Pass(Some(Counter::FastNoXdpXmit)),
+                ),
+                (
+                    Side::Physical,
+                    "fout",
+                    w.ra_a,
+                    w.client,
+                    fast::Then::Redirect {
+                        egress: "fin",
+                        dmac: fast::MAC_CLIENT,
+                    },
+                ),
+            ] {
+                let c = fast::FastCase {
+                    name: format!("egress out of the device map {side:?} v6={}", w.v6),
+                    side,
+                    ingress,
+                    dst_mac: fast::interface_mac(ingress),
+                    build: frame(w, &[], L4::Udp, s, d),
+                    patch: None,
+                    outcome: translated(&w, side),
+                    then,
+                };
+                fast::check(&dp, &c);
+            }
+        }
     });
 }
 
