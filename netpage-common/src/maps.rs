@@ -3,21 +3,41 @@
 //! Every type is `#[repr(C)]` with no implicit padding; compile-time size checks keep the
 //! kernel and user layouts in step.
 
-/// An IPv4 address in network byte order: the key and value of the IPv4 page tables.
+/// An IPv4 address in network byte order: the key of the IPv4 page tables.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Addr4 {
     pub octets: [u8; 4],
 }
 
-/// An IPv6 address in network byte order: the key and value of the IPv6 page tables.
+/// An IPv6 address in network byte order: the key of the IPv6 page tables.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Addr6 {
     pub octets: [u8; 16],
 }
 
-/// Traffic translated for one mapping, kept per CPU and keyed by its virtual address.
+/// The value of the IPv4 page tables: the address the key translates to, and the counter
+/// slot of the mapping (the index of its [`MappingStats`] in [`SLOT_STATS4`]). V2R and R2V
+/// entries of one mapping carry the same slot, so that the program counts a packet without
+/// another lookup by address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Entry4 {
+    pub addr: Addr4,
+    pub slot: u32,
+}
+
+/// The value of the IPv6 page tables: the address and the mapping's counter slot (in
+/// [`SLOT_STATS6`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Entry6 {
+    pub addr: Addr6,
+    pub slot: u32,
+}
+
+/// Traffic translated for one mapping, kept per CPU in the slot its table entries name.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MappingStats {
@@ -153,12 +173,16 @@ const _: () = assert!(core::mem::size_of::<DrainEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<Addr4>() == 4);
 const _: () = assert!(core::mem::size_of::<Addr6>() == 16);
 const _: () = assert!(core::mem::size_of::<MappingStats>() == 16);
+const _: () = assert!(core::mem::size_of::<Entry4>() == 8);
+const _: () = assert!(core::mem::size_of::<Entry6>() == 20);
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain byte arrays and integers, `repr(C)`, no padding (checked above).
     unsafe impl aya::Pod for super::Addr4 {}
     unsafe impl aya::Pod for super::Addr6 {}
+    unsafe impl aya::Pod for super::Entry4 {}
+    unsafe impl aya::Pod for super::Entry6 {}
     unsafe impl aya::Pod for super::MappingStats {}
     unsafe impl aya::Pod for super::IfaceName {}
     unsafe impl aya::Pod for super::IfaceRecord {}
@@ -176,10 +200,16 @@ pub const R2V4: &str = "NP_R2V4";
 pub const V2R6: &str = "NP_V2R6";
 /// IPv6 inverse page table: real address -> virtual address.
 pub const R2V6: &str = "NP_R2V6";
-/// Per-mapping traffic of IPv4 mappings, keyed by virtual address (per CPU).
-pub const STATS4: &str = "NP_STATS4";
-/// Per-mapping traffic of IPv6 mappings, keyed by virtual address (per CPU).
-pub const STATS6: &str = "NP_STATS6";
+/// Per-mapping traffic of IPv4 mappings, per CPU, indexed by the slot of the mapping's
+/// table entries.
+pub const SLOT_STATS4: &str = "NP_SLOTSTATS4";
+/// Per-mapping traffic of IPv6 mappings, per CPU, indexed by slot.
+pub const SLOT_STATS6: &str = "NP_SLOTSTATS6";
+/// The per-mapping counters of older builds, hash maps keyed by virtual address: a node
+/// that has them is upgraded at its next attach, which removes them.
+pub const OLD_STATS: [&str; 2] = ["NP_STATS4", "NP_STATS6"];
+/// The page tables of a node, whose values older builds laid out without a slot.
+pub const TABLES: [&str; 4] = [V2R4, R2V4, V2R6, R2V6];
 /// Per-CPU outcome counters, indexed by [`crate::counters::Counter`].
 pub const COUNTERS: &str = "NP_COUNTERS";
 
@@ -199,7 +229,18 @@ pub const DEVMAP: &str = "NP_DEVMAP";
 
 /// Every map of the object: all are pinned, so the node's state outlives the process.
 pub const ALL_MAPS: [&str; 12] = [
-    V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, COUNTERS, IFACES, PORTS, DRAINS, FAST_PORTS, DEVMAP,
+    V2R4,
+    R2V4,
+    V2R6,
+    R2V6,
+    SLOT_STATS4,
+    SLOT_STATS6,
+    COUNTERS,
+    IFACES,
+    PORTS,
+    DRAINS,
+    FAST_PORTS,
+    DEVMAP,
 ];
 
 /// Maps that older builds did not have: a node without them gets them, empty, at its next
@@ -229,12 +270,12 @@ const fn layout<K, V>(name: &'static str, max_entries: Option<u32>) -> Layout {
 /// The layout of every map in [`ALL_MAPS`] order. A pinned map that differs was made by
 /// another build of netpage, whose program must not be mixed with this one's.
 pub const LAYOUTS: [Layout; 12] = [
-    layout::<Addr4, Addr4>(V2R4, None),
-    layout::<Addr4, Addr4>(R2V4, None),
-    layout::<Addr6, Addr6>(V2R6, None),
-    layout::<Addr6, Addr6>(R2V6, None),
-    layout::<Addr4, MappingStats>(STATS4, None),
-    layout::<Addr6, MappingStats>(STATS6, None),
+    layout::<Addr4, Entry4>(V2R4, None),
+    layout::<Addr4, Entry4>(R2V4, None),
+    layout::<Addr6, Entry6>(V2R6, None),
+    layout::<Addr6, Entry6>(R2V6, None),
+    layout::<u32, MappingStats>(SLOT_STATS4, None),
+    layout::<u32, MappingStats>(SLOT_STATS6, None),
     layout::<u32, u64>(COUNTERS, Some(crate::counters::Counter::SLOTS)),
     layout::<IfaceName, IfaceRecord>(IFACES, Some(MAX_IFACES)),
     layout::<u32, PortRecord>(PORTS, Some(MAX_IFACES)),
@@ -244,7 +285,15 @@ pub const LAYOUTS: [Layout; 12] = [
 ];
 
 /// Maps whose capacity is the table size chosen at load time.
-pub const SIZED_MAPS: [&str; 7] = [V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, DRAINS];
+pub const SIZED_MAPS: [&str; 7] = [V2R4, R2V4, V2R6, R2V6, SLOT_STATS4, SLOT_STATS6, DRAINS];
+
+/// The value size of an older build's page table of `map` (the address alone, no slot).
+pub const fn old_table_value_size(map: &str) -> u32 {
+    match map.as_bytes() {
+        b"NP_V2R4" | b"NP_R2V4" => core::mem::size_of::<Addr4>() as u32,
+        _ => core::mem::size_of::<Addr6>() as u32,
+    }
+}
 
 /// Capacity of the interface registry.
 pub const MAX_IFACES: u32 = 256;

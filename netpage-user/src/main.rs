@@ -147,6 +147,7 @@ fn run(cli: Cli) -> Result<Output> {
             Output::Checked(report::Checked {
                 table: node.dir().display().to_string(),
                 findings: check::check(&n.table, now_ms())?,
+                slots: n.table.slot_problems()?,
             })
         }
         Command::Agent(_) | Command::Nodes => unreachable!("refused above without --etcd"),

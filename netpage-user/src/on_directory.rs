@@ -126,6 +126,7 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
         Command::Check => Output::Checked(Checked {
             table: format!("{} at {}", etcd.prefix, etcd.endpoints_text()),
             findings: check::check(&dir.view().await?, now_ms())?,
+            slots: Vec::new(),
         }),
         Command::Nodes => Output::Nodes(dir.nodes().await?),
         Command::Attach(_) => return local_only("attach"),

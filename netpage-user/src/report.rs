@@ -11,7 +11,7 @@ use netpage::{
     migrate::MigrateReport,
     node::{Node, OpenNode},
     ops::{Mapping, Plan, Switched},
-    table::{Drain, PageTable},
+    table::{Drain, PageTable, slots::SlotProblem},
     tablefile::TableFile,
 };
 use netpage_common::maps::{IFACE_HOOK_ASKED, PORT_FAST_PATH};
@@ -55,7 +55,9 @@ impl Output {
             Output::DirSwitched(s) if !s.unconfirmed.is_empty() => Some(
                 "the switch is in the directory, but not every live node confirmed it in time (named above); they converge when they reach etcd again",
             ),
-            Output::Checked(c) if !c.findings.is_empty() => Some("the table is inconsistent"),
+            Output::Checked(c) if !c.findings.is_empty() || !c.slots.is_empty() => {
+                Some("the table is inconsistent")
+            }
             _ => None,
         }
     }
@@ -274,14 +276,42 @@ pub struct Checked {
     /// The table checked: a pin directory, or the directory's prefix and endpoints.
     pub table: String,
     pub findings: Vec<Finding>,
+    /// What is wrong with the counter slots of a node's entries (none in the directory,
+    /// which has no counters).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<SlotProblem>,
 }
 
 impl fmt::Display for Checked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.findings.is_empty() {
+        if self.findings.is_empty() && self.slots.is_empty() {
             return writeln!(f, "{}: consistent", self.table);
         }
-        writeln!(f, "{}: {} inconsistencies", self.table, self.findings.len())?;
+        writeln!(
+            f,
+            "{}: {} inconsistencies",
+            self.table,
+            self.findings.len() + self.slots.len()
+        )?;
+        for p in &self.slots {
+            match *p {
+                SlotProblem::Shared { slot, vm, other } => writeln!(
+                    f,
+                    "  {:<24} slot {slot} vm {vm} ({other})",
+                    "shared_counter_slot"
+                )?,
+                SlotProblem::Split { vm, slot, other } => writeln!(
+                    f,
+                    "  {:<24} vm {vm} slots {slot} and {other}",
+                    "split_counter_slots"
+                )?,
+                SlotProblem::OutOfRange { vm, slot } => writeln!(
+                    f,
+                    "  {:<24} vm {vm} slot {slot}",
+                    "counter_slot_out_of_range"
+                )?,
+            }
+        }
         for x in &self.findings {
             let other = x.other.map_or(String::new(), |o| format!(" ({o})"));
             let kind = serde_json::to_value(x.kind).expect("kinds serialize");

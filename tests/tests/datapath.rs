@@ -11,7 +11,7 @@ use std::{
 };
 
 use netpage::{counters::Totals, loader::Side};
-use netpage_common::counters::Counter;
+use netpage_common::{counters::Counter, maps::MappingStats};
 use netpage_tests::{
     build::{
         TPID_8021AD, TPID_8021Q, V4Opts, Xlate, ether, ext, frame4, frame6, icmp4, icmp6, ipv4,
@@ -1607,7 +1607,7 @@ fn gso_packets_translate_under_tc() {
     println!("{runs} GSO packets translated under tc");
 }
 
-/// Translated packets are counted per mapping, under the virtual address.
+/// Translated packets are counted per mapping, in the counter slot its entries carry.
 #[test]
 fn per_mapping_counters() {
     let mut dp = loaded(1024);
@@ -1627,11 +1627,40 @@ fn per_mapping_counters() {
         (3, 2 * to_a.len() as u64 + a_to_b.len() as u64)
     );
     assert_eq!((b.packets, b.bytes), (1, a_to_b.len() as u64));
-    // A mapping installed without counters still translates.
+    // Deleted, the mapping has no counters; mapped again, it gets a slot counted from
+    // zero (the freed one, which still held its old traffic).
     use netpage::table::PageTable;
-    dp.table().remove_stats(w.va_a).unwrap();
-    assert_ne!(dp.run(Side::Virtual, &to_a).1, to_a);
+    let t = dp.table();
+    t.remove_forward(w.va_a).unwrap();
+    t.remove_reverse(w.ra_a).unwrap();
+    t.remove_stats(w.va_a).unwrap();
     assert_eq!(dp.table().stats(w.va_a).unwrap(), None);
+    assert_eq!(
+        dp.stats(w.va_b).packets,
+        1,
+        "another mapping keeps its slot"
+    );
+    dp.map(w.va_a, w.ra_a);
+    assert_eq!(dp.stats(w.va_a), MappingStats::default());
+    assert_ne!(dp.run(Side::Virtual, &to_a).1, to_a);
+    assert_eq!(dp.stats(w.va_a).packets, 1);
+    // A switch keeps the slot: V2R and the new reverse entry carry it, and so does the old
+    // reverse entry while it drains.
+    let moved: IpAddr = "203.0.113.77".parse().unwrap();
+    dp.table().set_reverse(moved, w.va_b).unwrap();
+    dp.table().set_forward(w.va_b, moved).unwrap();
+    assert_eq!(
+        dp.stats(w.va_b).packets,
+        1,
+        "counters kept across the switch"
+    );
+    let from_new = frame(w, &[], L4::Udp, moved, w.client)(&identity);
+    let from_old = frame(w, &[], L4::Udp, w.ra_b, w.client)(&identity);
+    dp.run(Side::Physical, &from_new);
+    dp.run(Side::Physical, &from_old);
+    assert_eq!(dp.stats(w.va_b).packets, 3);
+    let slots = dp.table().slot_problems().unwrap();
+    assert!(slots.is_empty(), "{slots:?}");
 }
 
 /// A table of 1,000,000 mappings per direction translates its entries and misses others.
