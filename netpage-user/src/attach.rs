@@ -211,7 +211,11 @@ pub fn attach(
         iface: iface.to_owned(),
         source,
     })?;
-    ensure_programs(node, capacity, reload)?;
+    let upgraded = ensure_programs(node, capacity, reload)?;
+    if upgraded {
+        // The other interfaces' programs still use the older maps: swap them too.
+        relink_others(node, iface)?;
+    }
     let mut open = node.open()?;
     let record = open.iface(iface)?;
     let fast_path =
@@ -461,18 +465,29 @@ fn tc_err(iface: &str, e: ProgramError) -> AttachError {
 
 /// Loads, verifies and pins the node's programs (both sides, both hooks) unless the
 /// pinned ones are of this build and no `reload` is asked; creates the node's maps if
-/// needed, and a new counter array over an older build's. Later attaches reuse the pinned programs and skip the verifier, so that a
-/// migrating VM's port is attached at its new host in milliseconds.
-fn ensure_programs(node: &Node, capacity: Option<u32>, reload: bool) -> Result<(), AttachError> {
+/// needed, and a new counter array over an older build's. Later attaches reuse the
+/// pinned programs and skip the verifier, so that a migrating VM's port is attached at its
+/// new host in milliseconds.
+///
+/// A node whose page tables an older build made (no counter slots) gets new ones with
+/// its entries, each mapping with a slot of its own: returns true then, since every
+/// attached interface must get this build's programs, which use the new maps.
+fn ensure_programs(node: &Node, capacity: Option<u32>, reload: bool) -> Result<bool, AttachError> {
     node.prepare()?;
     // An older build's node: a counter array of another size, or maps it did not have.
     let renewed = node.exists() && (node.renew_counters()? || node.lacks_added_maps());
+    let older = if node.exists() {
+        node.take_older_table(capacity)?
+    } else {
+        None
+    };
+    let capacity = older.as_ref().map_or(capacity, |o| Some(o.capacity));
     let all_there = [Side::Virtual, Side::Physical]
         .iter()
         .all(|&s| node.prog_path(s).exists() && node.tc_prog_path(s).exists());
-    if !reload && !renewed && all_there {
+    if !reload && !renewed && older.is_none() && all_there {
         node.check_capacity(capacity)?;
-        return Ok(());
+        return Ok(false);
     }
     let mut ebpf = node.load(capacity)?;
     clear_dir(&node.progs_dir())?;
@@ -504,6 +519,35 @@ fn ensure_programs(node: &Node, capacity: Option<u32>, reload: bool) -> Result<(
         tc.load().map_err(verify(s.tc_program()))?;
         tc.pin(node.tc_prog_path(s))
             .map_err(pin(node.tc_prog_path(s)))?;
+    }
+    let upgraded = older.is_some();
+    if let Some(old) = older {
+        node.restore_table(old)?;
+    }
+    Ok(upgraded)
+}
+
+/// Attaches this build's programs again to every interface of the node but `iface`, as
+/// each is attached (side, hook, mode, fast path); interfaces gone are left for later.
+fn relink_others(node: &Node, iface: &str) -> Result<(), AttachError> {
+    let others = node.open()?.ifaces()?;
+    for (name, r) in others.into_iter().filter(|(n, _)| n != iface) {
+        let (Some(side), Some(how)) = (Side::from_code(r.side), Attachment::from_code(r.mode))
+        else {
+            continue;
+        };
+        if !iface_exists(&name) {
+            continue;
+        }
+        let fast_path = Some(r.flags & PORT_FAST_PATH != 0);
+        let mode = how.xdp_mode().unwrap_or(Mode::Auto);
+        // A hook `auto` chose is chosen again, alike: it keeps its reason in `status`.
+        let hook = if r.flags & IFACE_HOOK_ASKED != 0 {
+            how.hook()
+        } else {
+            Hook::Auto
+        };
+        attach(node, &name, side, hook, mode, None, false, fast_path)?;
     }
     Ok(())
 }

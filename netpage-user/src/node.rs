@@ -5,9 +5,10 @@
 //! programs, so that attaching again takes milliseconds) and `<dir>/links/<interface>`.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     ffi::CString,
     io,
+    net::IpAddr,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
@@ -17,14 +18,15 @@ use aya::{
     maps::{Array, DevMapHash, HashMap as BpfHashMap, Map, MapData, MapError, xdp::XdpMapError},
 };
 use netpage_common::maps::{
-    ADDED_MAPS, ALL_MAPS, COUNTERS, DEVMAP, FAST_PORTS, IFACES, IfaceName, IfaceRecord, LAYOUTS,
-    Layout, PORTS, PortRecord, V2R4, fast_port_count,
+    ADDED_MAPS, ALL_MAPS, Addr4, Addr6, COUNTERS, DEVMAP, FAST_PORTS, IFACES, IfaceName,
+    IfaceRecord, LAYOUTS, Layout, OLD_STATS, PORTS, PortRecord, R2V4, R2V6, TABLES, V2R4, V2R6,
+    fast_port_count, old_table_value_size,
 };
 
 use crate::{
     counters::Totals,
     loader::{self, Side},
-    table::{BpfTable, TableError, absent},
+    table::{BpfTable, PageTable, TableError, absent},
 };
 
 /// Where a node keeps its state unless told otherwise.
@@ -77,6 +79,13 @@ pub enum NodeError {
         dir.display()
     )]
     OlderCounters { dir: PathBuf },
+    #[error(
+        "the node under {} was made by an older build of netpage (its page tables carry no counter slots): attach its interfaces again (`netpage attach IFACE --side SIDE`), which keeps its table and starts its per-mapping counters anew",
+        dir.display()
+    )]
+    OlderTable { dir: PathBuf },
+    #[error("removing the pin of the older map {}", path.display())]
+    Unpin { path: PathBuf, source: io::Error },
     #[error("interface name {0:?} is not valid (1 to 15 bytes, no '/' or NUL)")]
     IfaceName(String),
     #[error("registry of attached interfaces: {0}")]
@@ -327,6 +336,10 @@ impl Node {
             Err(NodeError::OlderCounters {
                 dir: self.dir.clone(),
             })
+        } else if is_older_table(l, &info) {
+            Err(NodeError::OlderTable {
+                dir: self.dir.clone(),
+            })
         } else {
             Err(NodeError::Incompatible {
                 dir: self.dir.clone(),
@@ -359,6 +372,84 @@ impl Node {
             })?;
         }
         Ok(older)
+    }
+
+    /// If the node's page tables are an older build's (values without a counter slot):
+    /// reads every entry, then removes their pins and those of the older per-mapping
+    /// counters (bpffs cannot rename), so that loading this build makes new ones; the
+    /// entries are written back by [`Node::restore_table`]. The programs still attached
+    /// keep translating with the old maps, which they hold, until `attach` replaces them.
+    /// `want` is the capacity asked for, which must be the table's.
+    pub fn take_older_table(&self, want: Option<u32>) -> Result<Option<OlderTable>, NodeError> {
+        let v2r4 = self.map_path(V2R4);
+        let Ok(data) = MapData::from_pin(&v2r4) else {
+            return Ok(None);
+        };
+        let info = data.info().map_err(|e| open_err(&v2r4, e))?;
+        let layout = LAYOUTS.iter().find(|l| l.name == V2R4).expect("a layout");
+        if !is_older_table(layout, &info) {
+            return Ok(None);
+        }
+        let capacity = info.max_entries();
+        if let Some(want) = want.filter(|&w| w != capacity) {
+            return Err(NodeError::Capacity {
+                dir: self.dir.clone(),
+                have: capacity,
+                want,
+            });
+        }
+        let v4 = |a: Addr4| IpAddr::from(a.octets);
+        let v6 = |a: Addr6| IpAddr::from(a.octets);
+        let mut forward = self.read_older(V2R4, v4)?;
+        forward.extend(self.read_older(V2R6, v6)?);
+        let mut reverse = self.read_older(R2V4, v4)?;
+        reverse.extend(self.read_older(R2V6, v6)?);
+        for name in TABLES.iter().chain(&OLD_STATS) {
+            let path = self.map_path(name);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(NodeError::Unpin { path, source: e });
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(OlderTable {
+            capacity,
+            forward,
+            reverse,
+        }))
+    }
+
+    /// Every entry of an older build's page table `name` (the address alone as value).
+    fn read_older<A: aya::Pod>(
+        &self,
+        name: &str,
+        ip: fn(A) -> IpAddr,
+    ) -> Result<Vec<(IpAddr, IpAddr)>, NodeError> {
+        let path = self.map_path(name);
+        let data = MapData::from_pin(&path).map_err(|e| open_err(&path, e))?;
+        let map = Map::from_map_data(data).map_err(|e| open_err(&path, e))?;
+        let table: BpfHashMap<_, A, A> =
+            BpfHashMap::try_from(map).map_err(|e| open_err(&path, e))?;
+        table
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (ip(k), ip(v))))
+            .collect::<Result<_, _>>()
+            .map_err(|e| open_err(&path, e))
+    }
+
+    /// Writes an older build's table into this build's new maps, every mapping with a
+    /// counter slot of its own (zeroed), reverse entries first. Its traffic counters are
+    /// not carried over.
+    pub fn restore_table(&self, old: OlderTable) -> Result<(), NodeError> {
+        let mut open = self.open()?;
+        let vms: BTreeSet<IpAddr> = old.forward.iter().map(|&(va, _)| va).collect();
+        for &va in &vms {
+            open.table.create_stats(va)?;
+        }
+        open.table.set_reverse_many(&old.reverse)?;
+        open.table.set_forward_many(&old.forward)?;
+        Ok(())
     }
 
     /// Whether the node lacks `map`, one that older builds did not have ([`ADDED_MAPS`]).
@@ -423,6 +514,24 @@ impl Node {
         open._lock = lock;
         Ok(open)
     }
+}
+
+/// A node's page table as an older build laid it out, read before its maps were replaced.
+#[derive(Debug)]
+pub struct OlderTable {
+    pub capacity: u32,
+    /// V2R entries (VA, RA).
+    pub forward: Vec<(IpAddr, IpAddr)>,
+    /// R2V entries (RA, VA), draining ones included.
+    pub reverse: Vec<(IpAddr, IpAddr)>,
+}
+
+/// Whether a pinned page table of layout `l` has an older build's value: the address
+/// alone, without a counter slot.
+fn is_older_table(l: &Layout, info: &aya::maps::MapInfo) -> bool {
+    TABLES.contains(&l.name)
+        && info.key_size() == l.key_size
+        && info.value_size() == old_table_value_size(l.name)
 }
 
 fn open_err(path: &Path, e: MapError) -> NodeError {
