@@ -59,8 +59,7 @@ pub enum Counter {
     /// for (VLAN tags, IPv4 options, an IPv6 hop-by-hop header, a frame not addressed to
     /// the interface, special addresses, a route back out of the ingress interface).
     FastIneligible = 19,
-    /// Fast path, left to the kernel: the egress interface has no netpage program, so it
-    /// may not accept redirected frames.
+    /// Fast path, left to the kernel: netpage is not attached to the egress interface.
     FastEgress = 20,
     /// Fast path, left to the kernel: the lookup failed otherwise (an error, an unsupported
     /// route type).
@@ -69,13 +68,18 @@ pub enum Counter {
     /// and the packet did not arrive on the port that owns the VM (see
     /// [`crate::source`]). The one packet the program drops.
     Spoofed = 22,
+    /// Fast path, left to the kernel: netpage is attached to the egress interface, but it
+    /// cannot take frames redirected from native XDP (its driver has no `ndo_xdp_xmit`, or
+    /// it is a veth whose peer has neither an XDP program nor GRO on), so it is not in the
+    /// device map. Redirected anyway, the frame would be dropped.
+    FastNoXdpXmit = 23,
 }
 
 const _: () = assert!(Counter::COUNT <= Counter::SLOTS);
 
 impl Counter {
     /// Number of counters.
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 24;
 
     /// Slots of the counter array: room for counters added later, which take the next
     /// free indices, so that a node's pinned array keeps its layout across upgrades.
@@ -106,6 +110,7 @@ impl Counter {
         Counter::FastEgress,
         Counter::FastError,
         Counter::Spoofed,
+        Counter::FastNoXdpXmit,
     ];
 
     /// A stable name for reports and JSON.
@@ -134,6 +139,7 @@ impl Counter {
             Counter::FastEgress => "fast_fallback_egress",
             Counter::FastError => "fast_fallback_error",
             Counter::Spoofed => "dropped_spoofed",
+            Counter::FastNoXdpXmit => "fast_fallback_no_xdp_xmit",
         }
     }
 
@@ -153,7 +159,8 @@ impl Counter {
     /// that counts every packet once.
     pub const fn is_fast_path(self) -> bool {
         let i = self as u32;
-        i >= Counter::FastRedirected as u32 && i <= Counter::FastError as u32
+        (i >= Counter::FastRedirected as u32 && i <= Counter::FastError as u32)
+            || matches!(self, Counter::FastNoXdpXmit)
     }
 
     /// Whether the packet of this outcome is dropped rather than passed on.

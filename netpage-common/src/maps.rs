@@ -3,21 +3,41 @@
 //! Every type is `#[repr(C)]` with no implicit padding; compile-time size checks keep the
 //! kernel and user layouts in step.
 
-/// An IPv4 address in network byte order: the key and value of the IPv4 page tables.
+/// An IPv4 address in network byte order: the key of the IPv4 page tables.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Addr4 {
     pub octets: [u8; 4],
 }
 
-/// An IPv6 address in network byte order: the key and value of the IPv6 page tables.
+/// An IPv6 address in network byte order: the key of the IPv6 page tables.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Addr6 {
     pub octets: [u8; 16],
 }
 
-/// Traffic translated for one mapping, kept per CPU and keyed by its virtual address.
+/// The value of the IPv4 page tables: the address the key translates to, and the counter
+/// slot of the mapping (the index of its [`MappingStats`] in [`SLOT_STATS4`]). V2R and R2V
+/// entries of one mapping carry the same slot, so that the program counts a packet without
+/// another lookup by address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Entry4 {
+    pub addr: Addr4,
+    pub slot: u32,
+}
+
+/// The value of the IPv6 page tables: the address and the mapping's counter slot (in
+/// [`SLOT_STATS6`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Entry6 {
+    pub addr: Addr6,
+    pub slot: u32,
+}
+
+/// Traffic translated for one mapping, kept per CPU in the slot its table entries name.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MappingStats {
@@ -51,8 +71,9 @@ pub struct IfaceRecord {
 /// What the program does on an attached interface: the value of the port map, keyed by
 /// interface index, the only name of an interface the program knows.
 ///
-/// Every attached interface has one; the fast path redirects only to interfaces that have
-/// one, since an interface without an XDP program may not accept redirected frames.
+/// Every attached interface has one. The fast path reads the record of the interface a
+/// packet arrived on; where it may send the packet out is the device map's business
+/// ([`DEVMAP`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortRecord {
@@ -73,6 +94,12 @@ pub const PORT_FAST_PATH: u32 = 1;
 /// Flag of [`IfaceRecord::flags`] (user space only): the hook was asked for, not chosen by
 /// `attach --hook auto`.
 pub const IFACE_HOOK_ASKED: u32 = 2;
+
+/// Flag of [`PortRecord::flags`]: the interface's XDP program runs in skb (generic) mode.
+/// A frame redirected from there leaves through the kernel's generic transmit path, which
+/// every interface takes, so the fast path redirects it to any attached interface rather
+/// than only to those of the device map.
+pub const PORT_SKB: u32 = 4;
 
 impl PortRecord {
     /// Whether the fast path is on for this port.
@@ -117,7 +144,28 @@ pub struct DrainEntry {
     pub deadline_ms: u64,
 }
 
+/// The value of the device map as this build writes it (`struct bpf_devmap_val`): the
+/// interface index, and the file descriptor of a program to run at egress (none: 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DevmapValue {
+    pub ifindex: u32,
+    pub prog_fd: u32,
+}
+
+/// Whether an interface with these xdp-features (`NETDEV_XDP_ACT_*`, as the kernel reports
+/// them through the netdev generic netlink family) takes frames redirected from native
+/// XDP: it needs `NETDEV_XDP_ACT_NDO_XMIT`, else the kernel drops them.
+pub const fn takes_xdp_frames(xdp_features: u64) -> bool {
+    xdp_features & NETDEV_XDP_ACT_NDO_XMIT != 0
+}
+
+/// `NETDEV_XDP_ACT_NDO_XMIT` (include/uapi/linux/netdev.h): the driver implements
+/// `ndo_xdp_xmit`, so frames can be redirected to it.
+pub const NETDEV_XDP_ACT_NDO_XMIT: u64 = 1 << 2;
+
 const _: () = assert!(core::mem::size_of::<IfaceName>() == 16);
+const _: () = assert!(core::mem::size_of::<DevmapValue>() == 8);
 const _: () = assert!(core::mem::size_of::<IfaceRecord>() == 16);
 const _: () = assert!(core::mem::size_of::<PortRecord>() == 12);
 const _: () = assert!(core::mem::size_of::<DrainKey>() == 20);
@@ -125,18 +173,23 @@ const _: () = assert!(core::mem::size_of::<DrainEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<Addr4>() == 4);
 const _: () = assert!(core::mem::size_of::<Addr6>() == 16);
 const _: () = assert!(core::mem::size_of::<MappingStats>() == 16);
+const _: () = assert!(core::mem::size_of::<Entry4>() == 8);
+const _: () = assert!(core::mem::size_of::<Entry6>() == 20);
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain byte arrays and integers, `repr(C)`, no padding (checked above).
     unsafe impl aya::Pod for super::Addr4 {}
     unsafe impl aya::Pod for super::Addr6 {}
+    unsafe impl aya::Pod for super::Entry4 {}
+    unsafe impl aya::Pod for super::Entry6 {}
     unsafe impl aya::Pod for super::MappingStats {}
     unsafe impl aya::Pod for super::IfaceName {}
     unsafe impl aya::Pod for super::IfaceRecord {}
     unsafe impl aya::Pod for super::PortRecord {}
     unsafe impl aya::Pod for super::DrainKey {}
     unsafe impl aya::Pod for super::DrainEntry {}
+    unsafe impl aya::Pod for super::DevmapValue {}
 }
 
 /// IPv4 page table: virtual address -> real address.
@@ -147,10 +200,16 @@ pub const R2V4: &str = "NP_R2V4";
 pub const V2R6: &str = "NP_V2R6";
 /// IPv6 inverse page table: real address -> virtual address.
 pub const R2V6: &str = "NP_R2V6";
-/// Per-mapping traffic of IPv4 mappings, keyed by virtual address (per CPU).
-pub const STATS4: &str = "NP_STATS4";
-/// Per-mapping traffic of IPv6 mappings, keyed by virtual address (per CPU).
-pub const STATS6: &str = "NP_STATS6";
+/// Per-mapping traffic of IPv4 mappings, per CPU, indexed by the slot of the mapping's
+/// table entries.
+pub const SLOT_STATS4: &str = "NP_SLOTSTATS4";
+/// Per-mapping traffic of IPv6 mappings, per CPU, indexed by slot.
+pub const SLOT_STATS6: &str = "NP_SLOTSTATS6";
+/// The per-mapping counters of older builds, hash maps keyed by virtual address: a node
+/// that has them is upgraded at its next attach, which removes them.
+pub const OLD_STATS: [&str; 2] = ["NP_STATS4", "NP_STATS6"];
+/// The page tables of a node, whose values older builds laid out without a slot.
+pub const TABLES: [&str; 4] = [V2R4, R2V4, V2R6, R2V6];
 /// Per-CPU outcome counters, indexed by [`crate::counters::Counter`].
 pub const COUNTERS: &str = "NP_COUNTERS";
 
@@ -163,6 +222,10 @@ pub const DRAINS: &str = "NP_DRAINS";
 /// One slot: how many attached interfaces have the fast path on. The program looks a port
 /// up only when it is not 0, so a node without the fast path does not pay for it.
 pub const FAST_PORTS: &str = "NP_FAST";
+/// The interfaces the fast path may redirect frames to from native XDP, keyed by interface
+/// index (a `BPF_MAP_TYPE_DEVMAP_HASH`): the attached interfaces that take XDP frames. A
+/// miss leaves the packet to the kernel.
+pub const DEVMAP: &str = "NP_DEVMAP";
 
 /// IPv4 owners: virtual address -> index of the port of this node that owns the VM (its
 /// tap), the only port its addresses are accepted from as a source.
@@ -171,13 +234,32 @@ pub const OWNER4: &str = "NP_OWNER4";
 pub const OWNER6: &str = "NP_OWNER6";
 
 /// Every map of the object: all are pinned, so the node's state outlives the process.
-pub const ALL_MAPS: [&str; 13] = [
-    V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, COUNTERS, IFACES, PORTS, DRAINS, FAST_PORTS, OWNER4,
+pub const ALL_MAPS: [&str; 14] = [
+    V2R4,
+    R2V4,
+    V2R6,
+    R2V6,
+    SLOT_STATS4,
+    SLOT_STATS6,
+    COUNTERS,
+    IFACES,
+    PORTS,
+    DRAINS,
+    FAST_PORTS,
+    DEVMAP,
+    OWNER4,
     OWNER6,
 ];
 
-/// Maps that an older build's node lacks: `attach` creates them and keeps the table.
+/// Maps that an older build's node lacks and without which its programs would let
+/// through what this build stops: `attach` creates them and keeps the table; until then
+/// other commands refuse the node.
 pub const NEWER_MAPS: [&str; 2] = [OWNER4, OWNER6];
+
+/// Maps that older builds did not have: a node without them gets them, empty, at its next
+/// attach (which loads this build's programs over them); until then its older programs
+/// run without them.
+pub const ADDED_MAPS: [&str; 1] = [DEVMAP];
 
 /// How this build lays out one map: key and value sizes and, for maps whose size does not
 /// follow the table's capacity, the number of entries.
@@ -200,26 +282,43 @@ const fn layout<K, V>(name: &'static str, max_entries: Option<u32>) -> Layout {
 
 /// The layout of every map in [`ALL_MAPS`] order. A pinned map that differs was made by
 /// another build of netpage, whose program must not be mixed with this one's.
-pub const LAYOUTS: [Layout; 13] = [
-    layout::<Addr4, Addr4>(V2R4, None),
-    layout::<Addr4, Addr4>(R2V4, None),
-    layout::<Addr6, Addr6>(V2R6, None),
-    layout::<Addr6, Addr6>(R2V6, None),
-    layout::<Addr4, MappingStats>(STATS4, None),
-    layout::<Addr6, MappingStats>(STATS6, None),
+pub const LAYOUTS: [Layout; 14] = [
+    layout::<Addr4, Entry4>(V2R4, None),
+    layout::<Addr4, Entry4>(R2V4, None),
+    layout::<Addr6, Entry6>(V2R6, None),
+    layout::<Addr6, Entry6>(R2V6, None),
+    layout::<u32, MappingStats>(SLOT_STATS4, None),
+    layout::<u32, MappingStats>(SLOT_STATS6, None),
     layout::<u32, u64>(COUNTERS, Some(crate::counters::Counter::SLOTS)),
     layout::<IfaceName, IfaceRecord>(IFACES, Some(MAX_IFACES)),
     layout::<u32, PortRecord>(PORTS, Some(MAX_IFACES)),
     layout::<DrainKey, DrainEntry>(DRAINS, None),
     layout::<u32, u32>(FAST_PORTS, Some(1)),
+    layout::<u32, DevmapValue>(DEVMAP, Some(MAX_IFACES)),
     layout::<Addr4, u32>(OWNER4, None),
     layout::<Addr6, u32>(OWNER6, None),
 ];
 
 /// Maps whose capacity is the table size chosen at load time.
 pub const SIZED_MAPS: [&str; 9] = [
-    V2R4, R2V4, V2R6, R2V6, STATS4, STATS6, DRAINS, OWNER4, OWNER6,
+    V2R4,
+    R2V4,
+    V2R6,
+    R2V6,
+    SLOT_STATS4,
+    SLOT_STATS6,
+    DRAINS,
+    OWNER4,
+    OWNER6,
 ];
+
+/// The value size of an older build's page table of `map` (the address alone, no slot).
+pub const fn old_table_value_size(map: &str) -> u32 {
+    match map.as_bytes() {
+        b"NP_V2R4" | b"NP_R2V4" => core::mem::size_of::<Addr4>() as u32,
+        _ => core::mem::size_of::<Addr6>() as u32,
+    }
+}
 
 /// Capacity of the interface registry.
 pub const MAX_IFACES: u32 = 256;
@@ -245,6 +344,12 @@ mod tests {
         for (l, name) in LAYOUTS.iter().zip(ALL_MAPS) {
             assert_eq!(l.name, name);
         }
+        for name in ADDED_MAPS {
+            assert!(ALL_MAPS.contains(&name));
+        }
+        assert!(takes_xdp_frames(0x7F) && takes_xdp_frames(NETDEV_XDP_ACT_NDO_XMIT));
+        // BASIC, REDIRECT and RX_SG: a veth whose peer has neither XDP nor GRO.
+        assert!(!takes_xdp_frames(0x23));
         for name in SIZED_MAPS {
             let l = LAYOUTS.iter().find(|l| l.name == name).unwrap();
             assert_eq!(l.max_entries, None, "{name} follows the table's capacity");

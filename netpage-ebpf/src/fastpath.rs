@@ -1,17 +1,27 @@
 //! The optional fast path: a translated packet whose route is a plain forward leaves
 //! through its egress interface from here (`XDP_REDIRECT`), without the kernel's stack.
 //!
-//! An interface takes it when its port record has [`PORT_FAST_PATH`]; user space sets that
+//! An interface takes the fast path when its port record has [`PORT_FAST_PATH`]; user space sets that
 //! at attach time. Why a map and not a program per choice: both programs carry this code
 //! and the verifier checks it once per program, whereas two more programs would double
 //! the verifier time of a node's first attach, and turning the fast path on or off is then
 //! one map update, atomic on its own, with no program to swap.
 //!
+//! From native XDP the frame goes through the device map, which holds the attached
+//! interfaces that take XDP frames: a miss (an egress without `ndo_xdp_xmit`, such as a
+//! veth whose peer has neither XDP nor GRO, where a redirect would be dropped) leaves the
+//! packet to the kernel, counted. From skb mode the kernel transmits a redirected frame
+//! through its generic path, which any interface takes: there any attached egress will do.
+//!
 //! Anything but a plain forward goes to the kernel as before (`XDP_PASS`), so correctness
 //! never depends on this path (see `netpage_common::fastpath` for the rules).
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, xdp_action::XDP_PASS, xdp_md},
+    bindings::{
+        bpf_fib_lookup,
+        xdp_action::{XDP_PASS, XDP_REDIRECT},
+        xdp_md,
+    },
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
@@ -22,7 +32,7 @@ use netpage_common::{
         AF_INET, AF_INET6, IPV4_PLAIN_VIHL, IPV6_HOP_BY_HOP, fib_outcome, hops_left,
         ipv4_forwardable, ipv6_flowinfo, ipv6_forwardable, ttl_delta,
     },
-    maps::PORT_FAST_PATH,
+    maps::{PORT_FAST_PATH, PORT_SKB},
     proto::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_CHECK, IPV4_MIN_HLEN, IPV4_TTL, IPV6_HLEN,
         IPV6_HOP_LIMIT,
@@ -51,11 +61,10 @@ pub fn forward(ctx: *mut xdp_md) -> u32 {
     if port.flags & PORT_FAST_PATH == 0 {
         return XDP_PASS;
     }
-    match try_forward(ctx, pkt, ingress, &port.mac) {
-        Ok(egress) => {
+    match try_forward(ctx, pkt, ingress, &port.mac, port.flags & PORT_SKB != 0) {
+        Ok(()) => {
             maps::count(Counter::FastRedirected);
-            // SAFETY: a helper call with plain values; it returns XDP_REDIRECT.
-            unsafe { bpf_redirect(egress, 0) as u32 }
+            XDP_REDIRECT
         }
         Err(c) => {
             maps::count(c);
@@ -64,8 +73,9 @@ pub fn forward(ctx: *mut xdp_md) -> u32 {
     }
 }
 
-/// Looks up the route and, for a plain forward, rewrites the Ethernet addresses and the TTL
-/// or hop limit. Returns the egress interface, or why the packet stays with the kernel;
+/// Looks up the route and, for a plain forward to an egress that takes the frame, sets the
+/// redirect and rewrites the Ethernet addresses and the TTL or hop limit (`skb`: the
+/// program runs in skb mode). Returns why the packet stays with the kernel otherwise;
 /// nothing is written unless every check passed.
 #[inline(always)]
 fn try_forward(
@@ -73,7 +83,8 @@ fn try_forward(
     pkt: &Packet,
     ingress: u32,
     mac: &[u8; 6],
-) -> Result<u32, Counter> {
+    skb: bool,
+) -> Result<(), Counter> {
     let eth = pkt
         .field::<[u8; ETH_HLEN]>(0)
         .map_err(|_| Counter::FastError)?;
@@ -160,12 +171,24 @@ fn try_forward(
     if p.ifindex == ingress {
         return Err(Counter::FastIneligible);
     }
-    if maps::port(p.ifindex).is_none() {
-        return Err(Counter::FastEgress);
+    if skb {
+        if maps::port(p.ifindex).is_none() {
+            return Err(Counter::FastEgress);
+        }
+        // SAFETY: a helper call with plain values; it returns XDP_REDIRECT.
+        unsafe { bpf_redirect(p.ifindex, 0) };
+    } else if !maps::redirect(p.ifindex) {
+        // Only a packet that falls back pays for telling why.
+        return Err(if maps::port(p.ifindex).is_some() {
+            Counter::FastNoXdpXmit
+        } else {
+            Counter::FastEgress
+        });
     }
 
-    // Every check passed: from here on nothing fails. (The lookup helper does not change
-    // the packet, so the checked pointers stay valid.)
+    // Every check passed: from here on nothing fails. (Neither the lookup nor the redirect
+    // helper changes the packet, so the checked pointers stay valid; the redirect happens
+    // once the program returns.)
     e[0..6].copy_from_slice(&p.dmac);
     e[6..12].copy_from_slice(&p.smac);
     let next = ttl.wrapping_sub(1);
@@ -174,5 +197,5 @@ fn try_forward(
     if let Some(check) = check {
         put16(check, apply(get16(check), ttl_delta(ttl, proto)));
     }
-    Ok(p.ifindex)
+    Ok(())
 }

@@ -42,6 +42,9 @@ pub fn fields(h: Header) -> Fields {
     }
 }
 
+// The pair is read as one: the destination follows the source.
+const _: () = assert!(IPV4_DST == IPV4_SRC + 4);
+
 /// Looks up the addresses of the checked header `h` on this side, checking the source of
 /// a packet that arrived on port `from` (see `AddrPair::lookup`).
 #[inline(always)]
@@ -49,11 +52,7 @@ pub fn addrs<const PHYSICAL: bool>(
     h: Header,
     from: Option<u32>,
 ) -> Result<AddrPair<[u32; 1]>, Counter> {
-    AddrPair::lookup::<PHYSICAL>(
-        sub::<[u32; 1], 20, IPV4_SRC>(h),
-        sub::<[u32; 1], 20, IPV4_DST>(h),
-        from,
-    )
+    AddrPair::lookup::<PHYSICAL>(sub::<[[u32; 1]; 2], 20, IPV4_SRC>(h), from)
 }
 
 /// What the options of the header at `l3` (checked and inside the packet) mean for a
@@ -162,7 +161,7 @@ fn try_translate<const TC: bool, const PHYSICAL: bool>(
     }
     let l4_check = check_field(pkt, kind, l4, end)?;
     let d = addrs.delta();
-    addrs.record::<PHYSICAL>(end as u64);
+    addrs.record(end as u64);
     addrs.write();
     put16(f.check, apply(get16(f.check), d));
     // From here on nothing fails: the quote is rewritten, then the ICMP checksum.

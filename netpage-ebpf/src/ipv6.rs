@@ -38,6 +38,9 @@ pub fn fields(h: Header) -> Fields {
     }
 }
 
+// The pair is read as one: the destination follows the source.
+const _: () = assert!(IPV6_DST == IPV6_SRC + 16);
+
 /// Looks up the addresses of the checked header `h` on this side, checking the source of
 /// a packet that arrived on port `from` (see `AddrPair::lookup`).
 #[inline(always)]
@@ -45,11 +48,7 @@ pub fn addrs<const PHYSICAL: bool>(
     h: Header,
     from: Option<u32>,
 ) -> Result<AddrPair<[u32; 4]>, Counter> {
-    AddrPair::lookup::<PHYSICAL>(
-        sub::<[u32; 4], IPV6_HLEN, IPV6_SRC>(h),
-        sub::<[u32; 4], IPV6_HLEN, IPV6_DST>(h),
-        from,
-    )
+    AddrPair::lookup::<PHYSICAL>(sub::<[[u32; 4]; 2], IPV6_HLEN, IPV6_SRC>(h), from)
 }
 
 /// Where the transport header of an IPv6 packet is, and what the walk learned on the way.
@@ -180,7 +179,7 @@ fn try_translate<const TC: bool, const PHYSICAL: bool>(
     } else {
         addrs.delta()
     };
-    addrs.record::<PHYSICAL>(end as u64);
+    addrs.record(end as u64);
     addrs.write();
     // From here on nothing fails: the quote is rewritten, then the ICMPv6 checksum.
     let body = if kind.is_error() {

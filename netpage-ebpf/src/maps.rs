@@ -3,50 +3,60 @@
 //! Capacities here are defaults; user space sets the real table size at load time.
 
 use aya_ebpf::{
+    bindings::xdp_action::XDP_PASS,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
 };
 use netpage_common::{
     counters::Counter,
     csum::Delta,
     maps::{
-        Addr4, Addr6, DEFAULT_CAPACITY, DrainEntry, DrainKey, IfaceName, IfaceRecord, MAX_IFACES,
-        MappingStats, PortRecord,
+        Addr4, Addr6, DEFAULT_CAPACITY, DrainEntry, DrainKey, Entry4, Entry6, IfaceName,
+        IfaceRecord, MAX_IFACES, MappingStats, PortRecord,
     },
 };
 
 // Addresses are held as 32-bit words in memory order (the bytes as on the wire), so the
-// program moves them with word loads and stores. The layout is that of `Addr4`/`Addr6`,
-// which user space writes.
+// program moves them with word loads and stores. The layout is that of `Addr4`/`Addr6`
+// and of the entries `Entry4`/`Entry6`, which user space writes.
 const _: () = assert!(core::mem::size_of::<[u32; 1]>() == core::mem::size_of::<Addr4>());
 const _: () = assert!(core::mem::size_of::<[u32; 4]>() == core::mem::size_of::<Addr6>());
+const _: () = assert!(core::mem::size_of::<Entry<[u32; 1]>>() == core::mem::size_of::<Entry4>());
+const _: () = assert!(core::mem::size_of::<Entry<[u32; 4]>>() == core::mem::size_of::<Entry6>());
 
-/// IPv4 page table: virtual address -> real address.
+/// A page table's value: the translated address and the mapping's counter slot.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Entry<A> {
+    pub addr: A,
+    pub slot: u32,
+}
+
+/// IPv4 page table: virtual address -> real address and counter slot.
 #[map(name = "NP_V2R4")]
-static V2R4: HashMap<[u32; 1], [u32; 1]> = HashMap::with_max_entries(DEFAULT_CAPACITY, 0);
+static V2R4: HashMap<[u32; 1], Entry<[u32; 1]>> = HashMap::with_max_entries(DEFAULT_CAPACITY, 0);
 
-/// IPv4 inverse page table: real address -> virtual address.
+/// IPv4 inverse page table: real address -> virtual address and counter slot.
 #[map(name = "NP_R2V4")]
-static R2V4: HashMap<[u32; 1], [u32; 1]> = HashMap::with_max_entries(DEFAULT_CAPACITY, 0);
+static R2V4: HashMap<[u32; 1], Entry<[u32; 1]>> = HashMap::with_max_entries(DEFAULT_CAPACITY, 0);
 
-/// IPv6 page table: virtual address -> real address.
+/// IPv6 page table: virtual address -> real address and counter slot.
 #[map(name = "NP_V2R6")]
-static V2R6: HashMap<[u32; 4], [u32; 4]> = HashMap::with_max_entries(DEFAULT_CAPACITY, 0);
+static V2R6: HashMap<[u32; 4], Entry<[u32; 4]>> = HashMap::with_max_entries(DEFAULT_CAPACITY, 0);
 
-/// IPv6 inverse page table: real address -> virtual address.
+/// IPv6 inverse page table: real address -> virtual address and counter slot.
 #[map(name = "NP_R2V6")]
-static R2V6: HashMap<[u32; 4], [u32; 4]> = HashMap::with_max_entries(DEFAULT_CAPACITY, 0);
+static R2V6: HashMap<[u32; 4], Entry<[u32; 4]>> = HashMap::with_max_entries(DEFAULT_CAPACITY, 0);
 
-/// Per-mapping traffic of IPv4 mappings, keyed by virtual address. User space creates the
-/// entry with the mapping; the program only counts into existing entries.
-#[map(name = "NP_STATS4")]
-static STATS4: PerCpuHashMap<[u32; 1], MappingStats> =
-    PerCpuHashMap::with_max_entries(DEFAULT_CAPACITY, 0);
+/// Per-mapping traffic of IPv4 mappings, indexed by the slot their table entries carry
+/// (an array lookup, which the verifier inlines). User space zeroes a slot when it gives
+/// it to a mapping.
+#[map(name = "NP_SLOTSTATS4")]
+static STATS4: PerCpuArray<MappingStats> = PerCpuArray::with_max_entries(DEFAULT_CAPACITY, 0);
 
-/// Per-mapping traffic of IPv6 mappings, keyed by virtual address.
-#[map(name = "NP_STATS6")]
-static STATS6: PerCpuHashMap<[u32; 4], MappingStats> =
-    PerCpuHashMap::with_max_entries(DEFAULT_CAPACITY, 0);
+/// Per-mapping traffic of IPv6 mappings, indexed by slot.
+#[map(name = "NP_SLOTSTATS6")]
+static STATS6: PerCpuArray<MappingStats> = PerCpuArray::with_max_entries(DEFAULT_CAPACITY, 0);
 
 /// Outcome counters, one slot per [`Counter`] (and free slots for counters to come).
 #[map(name = "NP_COUNTERS")]
@@ -58,7 +68,7 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::SLOTS
 static IFACES: HashMap<IfaceName, IfaceRecord> = HashMap::with_max_entries(MAX_IFACES, 0);
 
 /// The node's attached interfaces by index: whether translated packets arriving there take
-/// the fast path, and which interfaces it may redirect to. User space fills it at attach.
+/// the fast path, their MAC address and XDP mode. User space fills it at attach.
 #[map(name = "NP_PORTS")]
 static PORTS: HashMap<u32, PortRecord> = HashMap::with_max_entries(MAX_IFACES, 0);
 
@@ -81,6 +91,20 @@ pub fn port(ifindex: u32) -> Option<PortRecord> {
     unsafe { PORTS.get(ifindex).copied() }
 }
 
+/// The interfaces that take frames redirected from native XDP, keyed by interface index:
+/// the attached interfaces whose driver transmits XDP frames. User space keeps it at every
+/// attach and detach.
+#[map(name = "NP_DEVMAP")]
+static DEVMAP: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
+
+/// Redirects the frame to the interface with index `ifindex` if the device map has it;
+/// false (and nothing set) if not, and the frame is the kernel's to forward.
+#[inline(always)]
+pub fn redirect(ifindex: u32) -> bool {
+    // A miss returns the action in the flags' lower bits: XDP_PASS, never XDP_REDIRECT.
+    DEVMAP.redirect(ifindex, u64::from(XDP_PASS)).is_ok()
+}
+
 /// Real addresses draining after a switch, with their deadline. Only user space reads it.
 #[map(name = "NP_DRAINS")]
 static DRAINS: HashMap<DrainKey, DrainEntry> = HashMap::with_max_entries(DEFAULT_CAPACITY, 0);
@@ -96,12 +120,13 @@ pub fn count(c: Counter) {
 
 /// An address of one family, as 32-bit words: its page tables and per-mapping counters.
 pub trait Addr: Copy + 'static {
-    /// The translation of `addr` on the given side, if the table has one.
-    fn translate<const PHYSICAL: bool>(addr: &Self) -> Option<&'static Self>;
+    /// The translation of `addr` on the given side, with its mapping's counter slot, if
+    /// the table has one.
+    fn translate<const PHYSICAL: bool>(addr: &Self) -> Option<&'static Entry<Self>>;
     /// The checksum change of rewriting `old` to `new`.
     fn delta(old: &Self, new: &Self) -> Delta;
-    /// Adds a packet of `bytes` to the mapping whose virtual address is `va`.
-    fn record(va: &Self, bytes: u64);
+    /// Adds a packet of `bytes` to the mapping whose counter slot is `slot`.
+    fn record(slot: u32, bytes: u64);
 }
 
 #[inline(always)]
@@ -120,7 +145,7 @@ macro_rules! impl_addr {
     ($words:literal, $v2r:ident, $r2v:ident, $stats:ident) => {
         impl Addr for [u32; $words] {
             #[inline(always)]
-            fn translate<const PHYSICAL: bool>(addr: &Self) -> Option<&'static Self> {
+            fn translate<const PHYSICAL: bool>(addr: &Self) -> Option<&'static Entry<Self>> {
                 let table = if PHYSICAL { &$r2v } else { &$v2r };
                 // SAFETY: a hash map value stays readable for the rest of this program run
                 // (RCU); a concurrent update replaces the element rather than writing into it.
@@ -137,8 +162,8 @@ macro_rules! impl_addr {
             }
 
             #[inline(always)]
-            fn record(va: &Self, bytes: u64) {
-                bump($stats.get_ptr_mut(va), bytes);
+            fn record(slot: u32, bytes: u64) {
+                bump($stats.get_ptr_mut(slot), bytes);
             }
         }
     };

@@ -48,7 +48,7 @@ pub fn check<A: Owned>(src: &A, is_va: bool, ingress: u32) -> Result<(), Counter
     let va = if is_va {
         Some(src)
     } else {
-        A::translate::<true>(src)
+        A::translate::<true>(src).map(|e| &e.addr)
     };
     let source = match va {
         Some(va) => Source::Mapped {

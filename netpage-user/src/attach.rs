@@ -2,6 +2,7 @@
 //! directory, and detaching it.
 
 pub mod hook;
+pub mod xdp_features;
 
 use std::{
     io,
@@ -22,7 +23,8 @@ use aya::{
 };
 pub use hook::Hook;
 use netpage_common::maps::{
-    IFACE_HOOK_ASKED, IfaceRecord, MODE_NATIVE, MODE_SKB, MODE_TC, PORT_FAST_PATH, PortRecord,
+    IFACE_HOOK_ASKED, IfaceRecord, MODE_NATIVE, MODE_SKB, MODE_TC, PORT_FAST_PATH, PORT_SKB,
+    PortRecord, takes_xdp_frames,
 };
 use serde::Serialize;
 
@@ -187,6 +189,9 @@ pub struct Attached {
     /// Whether translated packets whose route is a plain forward are redirected by the
     /// program itself.
     pub fast_path: bool,
+    /// Whether the fast path may redirect frames to this interface from native XDP: its
+    /// driver takes XDP frames (for a veth: its peer has an XDP program or GRO on).
+    pub redirect_target: bool,
     /// Why native mode was not used, when `auto` fell back to skb.
     pub fallback: Option<String>,
     /// The virtual addresses of the VMs the interface owns (`--vm`, this time or before):
@@ -239,7 +244,11 @@ pub fn attach(
         iface: iface.to_owned(),
         source,
     })?;
-    ensure_programs(node, capacity, reload)?;
+    let upgraded = ensure_programs(node, capacity, reload)?;
+    if upgraded {
+        // The other interfaces' programs still use the older maps: swap them too.
+        relink_others(node, iface)?;
+    }
     let mut open = node.open()?;
     let record = open.iface(iface)?;
     let fast_path =
@@ -310,6 +319,7 @@ pub fn attach(
             ifindex,
         },
     )?;
+    let targets = refresh_redirects(&mut open)?;
     Ok(Attached {
         iface: iface.to_owned(),
         side,
@@ -318,6 +328,7 @@ pub fn attach(
         mode: now.xdp_mode(),
         replaced,
         fast_path,
+        redirect_target: targets.contains(&ifindex),
         fallback,
         vms: open.owners.owned_by(ifindex).map_err(NodeError::from)?,
     })
@@ -391,6 +402,46 @@ fn move_owners(open: &mut OpenNode, from: u32, to: Option<u32>) -> Result<(), At
         .map_err(NodeError::from)?;
     }
     Ok(())
+}
+
+/// Brings what the fast path reads of every attached interface up to date with the
+/// kernel: the skb-mode flag of its port, and whether the device map holds it (it takes
+/// XDP frames). Run at every attach and detach: attaching native XDP to one end of a veth
+/// pair, or detaching it, changes whether the other end takes XDP frames, and whatever
+/// changed on a peer since the last run is caught up. Returns the device map's interfaces.
+///
+/// A kernel that cannot say (no netdev generic netlink family, before 6.3) gets an empty
+/// device map: the fast path then redirects from native XDP nowhere, which is safe.
+pub fn refresh_redirects(open: &mut crate::node::OpenNode) -> Result<Vec<u32>, NodeError> {
+    let netdev = xdp_features::Netdev::open().ok();
+    let mut targets = Vec::new();
+    for (name, r) in open.ifaces()? {
+        // An interface re-created under the name has another index: its next attach
+        // records it; until then the old index is nobody's.
+        if r.ifindex == 0 || if_index(&name) != Some(r.ifindex) {
+            continue;
+        }
+        if let Some(port) = open.port(r.ifindex)? {
+            let skb = if r.mode == MODE_SKB { PORT_SKB } else { 0 };
+            if port.flags & PORT_SKB != skb {
+                let flags = (port.flags & !PORT_SKB) | skb;
+                open.set_port(r.ifindex, PortRecord { flags, ..port })?;
+            }
+        }
+        let features = netdev.as_ref().map(|n| n.xdp_features(r.ifindex));
+        if features.is_some_and(|f| f.is_ok_and(takes_xdp_frames)) {
+            targets.push(r.ifindex);
+        }
+    }
+    for old in open.redirect_targets()? {
+        if !targets.contains(&old) {
+            open.set_redirect_target(old, false)?;
+        }
+    }
+    for &t in &targets {
+        open.set_redirect_target(t, true)?;
+    }
+    Ok(targets)
 }
 
 /// How an interface's program runs, as its registry entry records it.
@@ -528,17 +579,30 @@ fn tc_err(iface: &str, e: ProgramError) -> AttachError {
 /// Loads, verifies and pins the node's programs (both sides, both hooks) unless the
 /// pinned ones are of this build and no `reload` is asked; creates the node's maps if
 /// needed, and a new counter array over an older build's, and the maps an older build did
-/// not make. Later attaches reuse the pinned programs and skip the verifier, so that a
-/// migrating VM's port is attached at its new host in milliseconds.
-fn ensure_programs(node: &Node, capacity: Option<u32>, reload: bool) -> Result<(), AttachError> {
+/// not make. Later attaches reuse the
+/// pinned programs and skip the verifier, so that a migrating VM's port is attached at its
+/// new host in milliseconds.
+///
+/// A node whose page tables an older build made (no counter slots) gets new ones with
+/// its entries, each mapping with a slot of its own: returns true then, since every
+/// attached interface must get this build's programs, which use the new maps.
+fn ensure_programs(node: &Node, capacity: Option<u32>, reload: bool) -> Result<bool, AttachError> {
     node.prepare()?;
-    let renewed = node.exists() && (node.renew_counters()? | node.lacks_newer_maps());
+    // An older build's node: a counter array of another size, or maps it did not have.
+    let renewed = node.exists()
+        && (node.renew_counters()? | node.lacks_newer_maps() | node.lacks_added_maps());
+    let older = if node.exists() {
+        node.take_older_table(capacity)?
+    } else {
+        None
+    };
+    let capacity = older.as_ref().map_or(capacity, |o| Some(o.capacity));
     let all_there = [Side::Virtual, Side::Physical]
         .iter()
         .all(|&s| node.prog_path(s).exists() && node.tc_prog_path(s).exists());
-    if !reload && !renewed && all_there {
+    if !reload && !renewed && older.is_none() && all_there {
         node.check_capacity(capacity)?;
-        return Ok(());
+        return Ok(false);
     }
     let mut ebpf = node.load(capacity)?;
     clear_dir(&node.progs_dir())?;
@@ -570,6 +634,35 @@ fn ensure_programs(node: &Node, capacity: Option<u32>, reload: bool) -> Result<(
         tc.load().map_err(verify(s.tc_program()))?;
         tc.pin(node.tc_prog_path(s))
             .map_err(pin(node.tc_prog_path(s)))?;
+    }
+    let upgraded = older.is_some();
+    if let Some(old) = older {
+        node.restore_table(old)?;
+    }
+    Ok(upgraded)
+}
+
+/// Attaches this build's programs again to every interface of the node but `iface`, as
+/// each is attached (side, hook, mode, fast path); interfaces gone are left for later.
+fn relink_others(node: &Node, iface: &str) -> Result<(), AttachError> {
+    let others = node.open()?.ifaces()?;
+    for (name, r) in others.into_iter().filter(|(n, _)| n != iface) {
+        let (Some(side), Some(how)) = (Side::from_code(r.side), Attachment::from_code(r.mode))
+        else {
+            continue;
+        };
+        if !iface_exists(&name) {
+            continue;
+        }
+        let fast_path = Some(r.flags & PORT_FAST_PATH != 0);
+        let mode = how.xdp_mode().unwrap_or(Mode::Auto);
+        // A hook `auto` chose is chosen again, alike: it keeps its reason in `status`.
+        let hook = if r.flags & IFACE_HOOK_ASKED != 0 {
+            how.hook()
+        } else {
+            Hook::Auto
+        };
+        attach(node, &name, side, hook, mode, None, false, fast_path, &[])?;
     }
     Ok(())
 }
@@ -695,6 +788,7 @@ pub fn detach(node: &Node, iface: &str) -> Result<(), AttachError> {
         move_owners(&mut open, r.ifindex, None)?;
     }
     open.remove_iface(iface)?;
+    refresh_redirects(&mut open)?;
     Ok(())
 }
 

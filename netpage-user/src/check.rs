@@ -29,16 +29,14 @@ pub enum Kind {
     ExpiredDrain,
     /// A drain of an address whose reverse entry is gone or names another VM.
     DrainWithoutReverse,
-    /// Traffic counters of a VM that has no mapping (`real` is none).
-    StatsWithoutMapping,
 }
 
 /// One inconsistency.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Finding {
     pub kind: Kind,
-    /// The real address of the entry (none for counters, which a VM has).
-    pub real: Option<IpAddr>,
+    /// The real address of the entry.
+    pub real: IpAddr,
     /// The VM the entry names.
     pub vm: IpAddr,
     /// The other side of the inconsistency, where there is one.
@@ -55,13 +53,13 @@ pub fn check(t: &impl PageTable, now_ms: u64) -> Result<Vec<Finding>, TableError
         match rev.get(&real) {
             None => out.push(Finding {
                 kind: Kind::ForwardWithoutReverse,
-                real: Some(real),
+                real,
                 vm,
                 other: None,
             }),
             Some(&owner) if owner != vm => out.push(Finding {
                 kind: Kind::ReverseOfAnother,
-                real: Some(real),
+                real,
                 vm,
                 other: Some(owner),
             }),
@@ -73,7 +71,7 @@ pub fn check(t: &impl PageTable, now_ms: u64) -> Result<Vec<Finding>, TableError
         if fwd.get(&vm) != Some(&real) && !draining && !fwd.values().any(|&r| r == real) {
             out.push(Finding {
                 kind: Kind::OrphanReverse,
-                real: Some(real),
+                real,
                 vm,
                 other: fwd.get(&vm).copied(),
             });
@@ -83,40 +81,21 @@ pub fn check(t: &impl PageTable, now_ms: u64) -> Result<Vec<Finding>, TableError
         if rev.get(&d.real) != Some(&d.virt) {
             out.push(Finding {
                 kind: Kind::DrainWithoutReverse,
-                real: Some(d.real),
+                real: d.real,
                 vm: d.virt,
                 other: rev.get(&d.real).copied(),
             });
         } else if d.deadline_ms + EXPIRY_GRACE_MS < now_ms {
             out.push(Finding {
                 kind: Kind::ExpiredDrain,
-                real: Some(d.real),
+                real: d.real,
                 vm: d.virt,
                 other: None,
             });
         }
     }
-    out.extend(stats_findings(t, &fwd)?);
     out.sort();
     Ok(out)
-}
-
-/// The counters of VMs that have no mapping. (Counters are keyed by VM here; a layout
-/// with counter slots adapts this function only.)
-fn stats_findings(
-    t: &impl PageTable,
-    fwd: &BTreeMap<IpAddr, IpAddr>,
-) -> Result<Vec<Finding>, TableError> {
-    Ok(t.stats_entries()?
-        .into_iter()
-        .filter(|vm| !fwd.contains_key(vm))
-        .map(|vm| Finding {
-            kind: Kind::StatsWithoutMapping,
-            real: None,
-            vm,
-            other: None,
-        })
-        .collect())
 }
 
 /// What `check --repair` did about a finding.
@@ -131,8 +110,6 @@ pub enum Action {
     EndedDrain,
     /// Removed the drain record (its reverse entry was gone or another VM's).
     RemovedDrain,
-    /// Removed the counters.
-    RemovedStats,
     /// Nothing: an earlier repair fixed it, or it is gone.
     NoneNeeded,
     /// Left as it is: two VMs map to one real address, and which one keeps it is a
@@ -168,14 +145,7 @@ pub fn repair(
 
 fn repair_one(t: &mut impl PageTable, f: &Finding, now_ms: u64) -> Result<Action, TableError> {
     let vm = f.vm;
-    let Some(real) = f.real else {
-        // StatsWithoutMapping.
-        if t.forward(vm)?.is_some() {
-            return Ok(Action::NoneNeeded);
-        }
-        t.remove_stats(vm)?;
-        return Ok(Action::RemovedStats);
-    };
+    let real = f.real;
     let drain = t.drains()?.into_iter().find(|d| d.real == real);
     Ok(match f.kind {
         Kind::OrphanReverse => {
@@ -221,7 +191,6 @@ fn repair_one(t: &mut impl PageTable, f: &Finding, now_ms: u64) -> Result<Action
             }
             _ => Action::NoneNeeded,
         },
-        Kind::StatsWithoutMapping => Action::NoneNeeded,
     })
 }
 
@@ -343,7 +312,7 @@ mod tests {
             check(&t, 5_000)
                 .unwrap()
                 .iter()
-                .all(|f| f.real != Some(r(1)) && f.real != Some(r(9)))
+                .all(|f| f.real != r(1) && f.real != r(9))
         );
         let states: Vec<_> = reverse_entries(&t)
             .unwrap()

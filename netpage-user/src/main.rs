@@ -199,6 +199,7 @@ fn check(node: &Node, repair: bool) -> Result<Output> {
             table,
             findings: check::check(&n.table, now)?,
             fast_port_count: fast_port_mismatch(&n)?,
+            slots: n.table.slot_problems()?,
             repaired: None,
             remaining: None,
         }));
@@ -216,6 +217,7 @@ fn check(node: &Node, repair: bool) -> Result<Output> {
         table,
         findings,
         fast_port_count,
+        slots: n.table.slot_problems()?,
         repaired: Some(repaired),
         remaining: Some(remaining),
     }))

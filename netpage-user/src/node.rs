@@ -5,9 +5,10 @@
 //! programs, so that attaching again takes milliseconds) and `<dir>/links/<interface>`.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     ffi::CString,
     io,
+    net::IpAddr,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -15,18 +16,19 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError,
-    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError},
+    maps::{Array, DevMapHash, HashMap as BpfHashMap, Map, MapData, MapError, xdp::XdpMapError},
 };
 use netpage_common::maps::{
-    ALL_MAPS, COUNTERS, FAST_PORTS, IFACES, IfaceName, IfaceRecord, LAYOUTS, Layout, NEWER_MAPS,
-    PORTS, PortRecord, V2R4, fast_port_count,
+    ADDED_MAPS, ALL_MAPS, Addr4, Addr6, COUNTERS, DEVMAP, FAST_PORTS, IFACES, IfaceName,
+    IfaceRecord, LAYOUTS, Layout, NEWER_MAPS, OLD_STATS, PORTS, PortRecord, R2V4, R2V6, TABLES,
+    V2R4, V2R6, fast_port_count, old_table_value_size,
 };
 
 use crate::{
     counters::Totals,
     loader::{self, Side},
     owner::{OwnerError, Owners},
-    table::{BpfTable, TableError, absent},
+    table::{BpfTable, PageTable, TableError, absent},
 };
 
 /// Where a node keeps its state unless told otherwise.
@@ -87,10 +89,19 @@ pub enum NodeError {
         dir.display()
     )]
     OlderOwners { dir: PathBuf },
+    #[error(
+        "the node under {} was made by an older build of netpage (its page tables carry no counter slots): attach its interfaces again (`netpage attach IFACE --side SIDE`), which keeps its table and starts its per-mapping counters anew",
+        dir.display()
+    )]
+    OlderTable { dir: PathBuf },
+    #[error("removing the pin of the older map {}", path.display())]
+    Unpin { path: PathBuf, source: io::Error },
     #[error("interface name {0:?} is not valid (1 to 15 bytes, no '/' or NUL)")]
     IfaceName(String),
     #[error("registry of attached interfaces: {0}")]
     Registry(#[source] Box<MapError>),
+    #[error("device map of the fast path: {0}")]
+    Devmap(#[source] Box<XdpMapError>),
     #[error(
         "node {} is managed by `netpage agent`: change the directory instead (the same command with --etcd URLS), or stop the agent first",
         dir.display()
@@ -422,6 +433,7 @@ impl Node {
         }
         LAYOUTS
             .iter()
+            .filter(|l| !self.lacks(l.name))
             .map(|l| {
                 let path = self.map_path(l.name);
                 if NEWER_MAPS.contains(&l.name) && !path.exists() {
@@ -446,6 +458,10 @@ impl Node {
             Ok(())
         } else if sizes && l.name == COUNTERS {
             Err(NodeError::OlderCounters {
+                dir: self.dir.clone(),
+            })
+        } else if is_older_table(l, &info) {
+            Err(NodeError::OlderTable {
                 dir: self.dir.clone(),
             })
         } else {
@@ -488,13 +504,104 @@ impl Node {
         NEWER_MAPS.iter().any(|n| !self.map_path(n).exists())
     }
 
+    /// If the node's page tables are an older build's (values without a counter slot):
+    /// reads every entry, then removes their pins and those of the older per-mapping
+    /// counters (bpffs cannot rename), so that loading this build makes new ones; the
+    /// entries are written back by [`Node::restore_table`]. The programs still attached
+    /// keep translating with the old maps, which they hold, until `attach` replaces them.
+    /// `want` is the capacity asked for, which must be the table's.
+    pub fn take_older_table(&self, want: Option<u32>) -> Result<Option<OlderTable>, NodeError> {
+        let v2r4 = self.map_path(V2R4);
+        let Ok(data) = MapData::from_pin(&v2r4) else {
+            return Ok(None);
+        };
+        let info = data.info().map_err(|e| open_err(&v2r4, e))?;
+        let layout = LAYOUTS.iter().find(|l| l.name == V2R4).expect("a layout");
+        if !is_older_table(layout, &info) {
+            return Ok(None);
+        }
+        let capacity = info.max_entries();
+        if let Some(want) = want.filter(|&w| w != capacity) {
+            return Err(NodeError::Capacity {
+                dir: self.dir.clone(),
+                have: capacity,
+                want,
+            });
+        }
+        let v4 = |a: Addr4| IpAddr::from(a.octets);
+        let v6 = |a: Addr6| IpAddr::from(a.octets);
+        let mut forward = self.read_older(V2R4, v4)?;
+        forward.extend(self.read_older(V2R6, v6)?);
+        let mut reverse = self.read_older(R2V4, v4)?;
+        reverse.extend(self.read_older(R2V6, v6)?);
+        for name in TABLES.iter().chain(&OLD_STATS) {
+            let path = self.map_path(name);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(NodeError::Unpin { path, source: e });
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(OlderTable {
+            capacity,
+            forward,
+            reverse,
+        }))
+    }
+
+    /// Every entry of an older build's page table `name` (the address alone as value).
+    fn read_older<A: aya::Pod>(
+        &self,
+        name: &str,
+        ip: fn(A) -> IpAddr,
+    ) -> Result<Vec<(IpAddr, IpAddr)>, NodeError> {
+        let path = self.map_path(name);
+        let data = MapData::from_pin(&path).map_err(|e| open_err(&path, e))?;
+        let map = Map::from_map_data(data).map_err(|e| open_err(&path, e))?;
+        let table: BpfHashMap<_, A, A> =
+            BpfHashMap::try_from(map).map_err(|e| open_err(&path, e))?;
+        table
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (ip(k), ip(v))))
+            .collect::<Result<_, _>>()
+            .map_err(|e| open_err(&path, e))
+    }
+
+    /// Writes an older build's table into this build's new maps, every mapping with a
+    /// counter slot of its own (zeroed), reverse entries first. Its traffic counters are
+    /// not carried over.
+    pub fn restore_table(&self, old: OlderTable) -> Result<(), NodeError> {
+        let mut open = self.open()?;
+        let vms: BTreeSet<IpAddr> = old.forward.iter().map(|&(va, _)| va).collect();
+        for &va in &vms {
+            open.table.create_stats(va)?;
+        }
+        open.table.set_reverse_many(&old.reverse)?;
+        open.table.set_forward_many(&old.forward)?;
+        Ok(())
+    }
+
+    /// Whether the node lacks `map`, one that older builds did not have ([`ADDED_MAPS`]).
+    fn lacks(&self, map: &str) -> bool {
+        ADDED_MAPS.contains(&map) && !self.map_path(map).exists()
+    }
+
+    /// Whether the node, made by an older build, lacks maps of this build: its programs
+    /// must then be loaded again, which creates them.
+    pub fn lacks_added_maps(&self) -> bool {
+        self.exists() && ADDED_MAPS.iter().any(|m| self.lacks(m))
+    }
+
     /// Checks every pinned map of an existing node against this build's layouts. Only the
-    /// counter array (renewed) and the maps of [`NEWER_MAPS`] may be missing: the loader
+    /// counter array (renewed) and the maps of later builds may be missing: the loader
     /// makes them anew.
     fn check_layouts(&self) -> Result<(), NodeError> {
         for l in LAYOUTS.iter() {
             let path = self.map_path(l.name);
-            if (l.name == COUNTERS || NEWER_MAPS.contains(&l.name)) && !path.exists() {
+            if (l.name == COUNTERS || NEWER_MAPS.contains(&l.name)) && !path.exists()
+                || self.lacks(l.name)
+            {
                 continue;
             }
             let data = MapData::from_pin(&path).map_err(|e| open_err(&path, e))?;
@@ -516,12 +623,18 @@ impl Node {
         let counters = maps.remove(COUNTERS).expect("opened above");
         let fast =
             Array::try_from(maps.remove(FAST_PORTS).expect("opened above")).map_err(registry)?;
+        let devmap = maps
+            .remove(DEVMAP)
+            .map(DevMapHash::try_from)
+            .transpose()
+            .map_err(registry)?;
         Ok(OpenNode {
             table,
             owners,
             ifaces,
             ports,
             fast,
+            devmap,
             counters,
             _lock: None,
         })
@@ -570,6 +683,24 @@ pub fn open_many_for_write(nodes: &[Node]) -> Result<Vec<OpenNode>, (usize, Node
         .collect())
 }
 
+/// A node's page table as an older build laid it out, read before its maps were replaced.
+#[derive(Debug)]
+pub struct OlderTable {
+    pub capacity: u32,
+    /// V2R entries (VA, RA).
+    pub forward: Vec<(IpAddr, IpAddr)>,
+    /// R2V entries (RA, VA), draining ones included.
+    pub reverse: Vec<(IpAddr, IpAddr)>,
+}
+
+/// Whether a pinned page table of layout `l` has an older build's value: the address
+/// alone, without a counter slot.
+fn is_older_table(l: &Layout, info: &aya::maps::MapInfo) -> bool {
+    TABLES.contains(&l.name)
+        && info.key_size() == l.key_size
+        && info.value_size() == old_table_value_size(l.name)
+}
+
 fn open_err(path: &Path, e: MapError) -> NodeError {
     NodeError::OpenMap {
         path: path.to_owned(),
@@ -585,6 +716,9 @@ pub struct OpenNode {
     ifaces: BpfHashMap<MapData, IfaceName, IfaceRecord>,
     ports: BpfHashMap<MapData, u32, PortRecord>,
     fast: Array<MapData, u32>,
+    /// The interfaces frames may be redirected to from native XDP; `None` on a node of an
+    /// older build until its next attach.
+    devmap: Option<DevMapHash<MapData>>,
     counters: Map,
     /// The hold of a command that writes the table ([`Node::open_for_write`]).
     _lock: Option<NodeLock>,
@@ -681,6 +815,40 @@ impl OpenNode {
             Err(e) => return Err(NodeError::Registry(Box::new(e))),
         }
         self.count_fast_ports()
+    }
+
+    /// The interfaces, by index, that the fast path may redirect frames to from native XDP.
+    pub fn redirect_targets(&self) -> Result<Vec<u32>, NodeError> {
+        let Some(devmap) = &self.devmap else {
+            return Ok(Vec::new());
+        };
+        devmap
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|e| NodeError::Registry(Box::new(e)))
+    }
+
+    /// Adds the interface with index `ifindex` to the device map, or removes it: whether
+    /// the fast path may redirect frames to it from native XDP. Nothing on a node of an
+    /// older build, whose programs have no device map.
+    pub fn set_redirect_target(&mut self, ifindex: u32, on: bool) -> Result<(), NodeError> {
+        let Some(devmap) = &mut self.devmap else {
+            return Ok(());
+        };
+        if on {
+            // Without a program to chain, the only failure is the map update's.
+            devmap
+                .insert(ifindex, ifindex, None, 0)
+                .map_err(|e| match e {
+                    XdpMapError::MapError(e) => NodeError::Registry(Box::new(e)),
+                    other => NodeError::Devmap(Box::new(other)),
+                })
+        } else {
+            devmap
+                .remove(ifindex)
+                .or_else(|e| if absent(&e) { Ok(()) } else { Err(e) })
+                .map_err(|e| NodeError::Registry(Box::new(e)))
+        }
     }
 
     /// Forgets `iface`.

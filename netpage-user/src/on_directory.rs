@@ -149,6 +149,7 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
             fast_port_count: None,
             repaired: None,
             remaining: None,
+            slots: Vec::new(),
         }),
         Command::Nodes => Output::Nodes(dir.nodes().await?),
         Command::Attach(_) => return local_only("attach"),

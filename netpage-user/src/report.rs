@@ -11,7 +11,7 @@ use netpage::{
     migrate::MigrateReport,
     node::{Node, OpenNode},
     ops::{Mapping, Plan, Switched},
-    table::{Drain, PageTable},
+    table::{Drain, PageTable, slots::SlotProblem},
     tablefile::TableFile,
 };
 use netpage_common::maps::{IFACE_HOOK_ASKED, PORT_FAST_PATH};
@@ -97,6 +97,13 @@ impl fmt::Display for Output {
                 }
                 if let Some(why) = &a.fallback {
                     writeln!(f, "note: using skb mode because {why}")?;
+                }
+                if a.fast_path && !a.redirect_target {
+                    writeln!(
+                        f,
+                        "note: {} takes no frames redirected from native XDP (no ndo_xdp_xmit; a veth needs an XDP program or GRO on at its peer): packets routed out of it go through the kernel",
+                        a.iface
+                    )?;
                 }
                 Ok(())
             }
@@ -290,10 +297,17 @@ pub struct Checked {
     /// With --repair: what a check after the repairs still finds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remaining: Option<Vec<Finding>>,
+    /// What is wrong with the counter slots of a node's entries (none in the directory,
+    /// which has no counters). --repair leaves them: they mix counts, not traffic.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<SlotProblem>,
 }
 
 impl Checked {
     fn failure(&self) -> Option<&'static str> {
+        if !self.slots.is_empty() {
+            return Some("the table's counter slots are inconsistent (see above)");
+        }
         if self.fast_port_count.is_some() && self.repaired.is_none() {
             return Some("the table is inconsistent");
         }
@@ -308,6 +322,25 @@ impl Checked {
 
 impl fmt::Display for Checked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.slots {
+            match *p {
+                SlotProblem::Shared { slot, vm, other } => writeln!(
+                    f,
+                    "  {:<24} slot {slot} vm {vm} ({other})",
+                    "shared_counter_slot"
+                )?,
+                SlotProblem::Split { vm, slot, other } => writeln!(
+                    f,
+                    "  {:<24} vm {vm} slots {slot} and {other}",
+                    "split_counter_slots"
+                )?,
+                SlotProblem::OutOfRange { vm, slot } => writeln!(
+                    f,
+                    "  {:<24} vm {vm} slot {slot}",
+                    "counter_slot_out_of_range"
+                )?,
+            }
+        }
         if let Some([stored, actual]) = self.fast_port_count {
             let done = if self.repaired.is_some() {
                 ": recounted"
@@ -321,7 +354,8 @@ impl fmt::Display for Checked {
             )?;
         }
         if self.findings.is_empty() {
-            if self.fast_port_count.is_none() || self.repaired.is_some() {
+            if self.slots.is_empty() && (self.fast_port_count.is_none() || self.repaired.is_some())
+            {
                 writeln!(f, "{}: consistent", self.table)?;
             }
             return Ok(());
@@ -349,7 +383,7 @@ impl fmt::Display for Checked {
 
 fn finding(f: &mut fmt::Formatter<'_>, x: &Finding, then: &str) -> fmt::Result {
     let other = x.other.map_or(String::new(), |o| format!(" ({o})"));
-    let real = x.real.map_or("-".to_owned(), |r| r.to_string());
+    let real = x.real;
     let kind = serde_json::to_value(x.kind).expect("kinds serialize");
     writeln!(
         f,
@@ -403,6 +437,9 @@ pub struct Iface {
     pub mode: Option<Mode>,
     /// Whether translated packets are forwarded from XDP (`attach --fast-path`).
     pub fast_path: bool,
+    /// Whether the fast path may redirect frames to it from native XDP (it takes XDP
+    /// frames, as of the node's last attach or detach).
+    pub redirect_target: bool,
     /// Whether the interface exists in this network namespace.
     pub present: bool,
     /// Whether its link (XDP or tcx) is pinned.
@@ -429,6 +466,7 @@ pub struct Status {
 impl Status {
     pub fn read(node: &Node, n: &OpenNode) -> Result<Self> {
         let owners = n.owners.entries()?;
+        let targets = n.redirect_targets()?;
         let interfaces = n
             .ifaces()?
             .into_iter()
@@ -455,6 +493,7 @@ impl Status {
                     },
                     mode: how.and_then(Attachment::xdp_mode),
                     fast_path,
+                    redirect_target: targets.contains(&r.ifindex),
                     present: iface_exists(&iface),
                     pinned: link.exists(),
                     vms,
@@ -495,8 +534,9 @@ impl fmt::Display for Status {
                 (Some(Hook::Tc), _) => "in".to_owned(),
                 _ => opt(&i.mode),
             };
+            let target = if i.redirect_target { "xdp-xmit" } else { "" };
             let line = format!(
-                "  {:<16} {:<9} {:<3} {at:<7} {fast:<9}{state}",
+                "  {:<16} {:<9} {:<3} {at:<7} {fast:<9} {target:<8}{state}",
                 i.iface,
                 opt(&i.side),
                 opt(&i.hook),

@@ -5,14 +5,17 @@
 //! node through the same interface later. [`BpfTable`] implements it over the kernel maps.
 
 mod batch;
+pub mod slots;
 
 use std::net::IpAddr;
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use netpage_common::maps::{
-    Addr4, Addr6, DRAINS, DrainEntry, DrainKey, MappingStats, R2V4, R2V6, STATS4, STATS6, V2R4,
-    V2R6,
+    Addr4, Addr6, DRAINS, DrainEntry, DrainKey, Entry4, Entry6, MappingStats, R2V4, R2V6,
+    SLOT_STATS4, SLOT_STATS6, V2R4, V2R6,
 };
+
+use slots::{SlotProblem, Slots};
 
 /// A failed table operation, with the map and the address it concerned.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,10 @@ pub enum TableError {
     FamilyMismatch { a: IpAddr, b: IpAddr },
     #[error("cannot count the CPUs: {0}")]
     Cpus(String),
+    #[error(
+        "no free counter slot for {vm}: as many mappings of its family as the table holds (or their draining addresses) have one"
+    )]
+    SlotsFull { vm: IpAddr },
 }
 
 impl TableError {
@@ -92,11 +99,6 @@ pub trait PageTable {
     fn remove_stats(&mut self, va: IpAddr) -> Result<(), TableError>;
     /// The traffic translated by the mapping of `va`, summed over CPUs.
     fn stats(&self, va: IpAddr) -> Result<Option<MappingStats>, TableError>;
-    /// The virtual addresses that have traffic counters (a table without per-mapping
-    /// counters has none).
-    fn stats_entries(&self) -> Result<Vec<IpAddr>, TableError> {
-        Ok(Vec::new())
-    }
     /// Real addresses kept in R2V after a switch, with their deadlines.
     fn drains(&self) -> Result<Vec<Drain>, TableError>;
     /// Records (or replaces) the drain of `drain.real`.
@@ -128,13 +130,24 @@ pub struct Drain {
     pub deadline_ms: u64,
 }
 
-/// An address type of one family, as stored in the maps.
+/// An address type of one family, as stored in the maps, with its table entry type.
 trait Family: aya::Pod + Copy {
+    /// A page table's value: an address of the family and a counter slot.
+    type Entry: aya::Pod + Copy;
     fn from_ip(ip: IpAddr) -> Option<Self>;
     fn to_ip(self) -> IpAddr;
+    fn entry(addr: Self, slot: u32) -> Self::Entry;
+    fn split(e: Self::Entry) -> (Self, u32);
 }
 
 impl Family for Addr4 {
+    type Entry = Entry4;
+    fn entry(addr: Self, slot: u32) -> Entry4 {
+        Entry4 { addr, slot }
+    }
+    fn split(e: Entry4) -> (Self, u32) {
+        (e.addr, e.slot)
+    }
     fn from_ip(ip: IpAddr) -> Option<Self> {
         match ip {
             IpAddr::V4(a) => Some(Addr4 { octets: a.octets() }),
@@ -147,6 +160,13 @@ impl Family for Addr4 {
 }
 
 impl Family for Addr6 {
+    type Entry = Entry6;
+    fn entry(addr: Self, slot: u32) -> Entry6 {
+        Entry6 { addr, slot }
+    }
+    fn split(e: Entry6) -> (Self, u32) {
+        (e.addr, e.slot)
+    }
     fn from_ip(ip: IpAddr) -> Option<Self> {
         match ip {
             IpAddr::V6(a) => Some(Addr6 { octets: a.octets() }),
@@ -161,21 +181,25 @@ impl Family for Addr6 {
 /// A page table map of one family and direction, with its name for errors.
 struct Table<A: Family> {
     name: &'static str,
-    map: HashMap<MapData, A, A>,
+    map: HashMap<MapData, A, A::Entry>,
 }
 
 impl<A: Family> Table<A> {
-    fn get(&self, k: A) -> Result<Option<IpAddr>, TableError> {
+    /// The entry of `k`: the address it translates to, and its counter slot.
+    fn get(&self, k: A) -> Result<Option<(IpAddr, u32)>, TableError> {
         match self.map.get(&k, 0) {
-            Ok(v) => Ok(Some(v.to_ip())),
+            Ok(v) => {
+                let (a, slot) = A::split(v);
+                Ok(Some((a.to_ip(), slot)))
+            }
             Err(MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(self.err("reading", k, source)),
         }
     }
 
-    fn set(&mut self, k: A, v: A) -> Result<(), TableError> {
+    fn set(&mut self, k: A, v: A, slot: u32) -> Result<(), TableError> {
         self.map
-            .insert(k, v, 0)
+            .insert(k, A::entry(v, slot), 0)
             .map_err(|source| self.err("setting", k, source))
     }
 
@@ -187,13 +211,15 @@ impl<A: Family> Table<A> {
         }
     }
 
-    fn entries(&self, out: &mut Vec<(IpAddr, IpAddr)>) -> Result<(), TableError> {
+    /// Every entry as (key, address, slot).
+    fn entries(&self, out: &mut Vec<(IpAddr, IpAddr, u32)>) -> Result<(), TableError> {
         for kv in self.map.iter() {
             let (k, v) = kv.map_err(|source| TableError::Read {
                 map: self.name,
                 source: Box::new(source),
             })?;
-            out.push((k.to_ip(), v.to_ip()));
+            let (a, slot) = A::split(v);
+            out.push((k.to_ip(), a.to_ip(), slot));
         }
         Ok(())
     }
@@ -203,17 +229,178 @@ impl<A: Family> Table<A> {
     }
 }
 
-/// Per-mapping counters of one family.
-struct Stats<A: Family> {
+/// Per-mapping counters of one family, indexed by slot.
+struct Stats {
     name: &'static str,
-    map: PerCpuHashMap<MapData, A, MappingStats>,
+    map: PerCpuArray<MapData, MappingStats>,
 }
 
-/// The maps of one address family.
+/// Which table of a family.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    /// V2R: keyed by the VM's address.
+    Forward,
+    /// R2V: keyed by a real address, naming the VM.
+    Reverse,
+}
+
+/// The maps of one address family, and the index of its counter slots once one was
+/// needed (kept up to date by every write through this table from then on).
 struct FamilyMaps<A: Family> {
     v2r: Table<A>,
     r2v: Table<A>,
-    stats: Stats<A>,
+    stats: Stats,
+    slots: Option<Slots>,
+}
+
+impl<A: Family> FamilyMaps<A> {
+    fn table(&self, dir: Dir) -> &Table<A> {
+        match dir {
+            Dir::Forward => &self.v2r,
+            Dir::Reverse => &self.r2v,
+        }
+    }
+
+    fn table_mut(&mut self, dir: Dir) -> &mut Table<A> {
+        match dir {
+            Dir::Forward => &mut self.v2r,
+            Dir::Reverse => &mut self.r2v,
+        }
+    }
+
+    /// Every entry of both tables as (VM, slot), and the number of slots.
+    fn slot_entries(&self) -> Result<(u32, Vec<(IpAddr, u32)>), TableError> {
+        let mut fwd = Vec::new();
+        let mut rev = Vec::new();
+        self.v2r.entries(&mut fwd)?;
+        self.r2v.entries(&mut rev)?;
+        let all = fwd
+            .into_iter()
+            .map(|(va, _, slot)| (va, slot))
+            .chain(rev.into_iter().map(|(_, va, slot)| (va, slot)))
+            .collect();
+        Ok((self.stats.map.len(), all))
+    }
+
+    /// The slot index, built from the tables' entries on first use.
+    fn index(&mut self) -> Result<&mut Slots, TableError> {
+        if self.slots.is_none() {
+            let (capacity, entries) = self.slot_entries()?;
+            self.slots = Some(Slots::from_entries(capacity, entries).0);
+        }
+        Ok(self.slots.as_mut().expect("built above"))
+    }
+
+    /// The slot of `vm` if it has one: from the index once built, else from its V2R entry
+    /// (one lookup: a switch needs no more).
+    fn known_slot(&self, vm: IpAddr) -> Result<Option<u32>, TableError> {
+        if let Some(s) = &self.slots {
+            return Ok(s.slot_of(vm));
+        }
+        let key = A::from_ip(vm).expect("an address of the family");
+        Ok(self.v2r.get(key)?.map(|(_, slot)| slot))
+    }
+
+    /// The slot for entries of `vm`: its own, or a free one claimed for it, zeroed.
+    fn slot_for(&mut self, vm: IpAddr) -> Result<u32, TableError> {
+        if let Some(slot) = self.known_slot(vm)? {
+            return Ok(slot);
+        }
+        self.claim(vm)
+    }
+
+    /// Claims the slot of `vm` (its own, or a free one, zeroed).
+    fn claim(&mut self, vm: IpAddr) -> Result<u32, TableError> {
+        let c = self
+            .index()?
+            .claim(vm)
+            .map_err(|_| TableError::SlotsFull { vm })?;
+        if c.fresh {
+            self.stats.zero(c.slot)?;
+        }
+        Ok(c.slot)
+    }
+
+    /// The VM an entry of `dir` names: the key of V2R, the value of R2V.
+    fn vm_of(dir: Dir, key: IpAddr, value: IpAddr) -> IpAddr {
+        match dir {
+            Dir::Forward => key,
+            Dir::Reverse => value,
+        }
+    }
+
+    /// Sets `key -> value` in `dir`'s table, with the slot of the VM it names.
+    fn put(&mut self, dir: Dir, key: IpAddr, value: IpAddr) -> Result<(), TableError> {
+        let k = A::from_ip(key).expect("an address of the family");
+        let v = same_family::<A>(key, value)?;
+        let vm = Self::vm_of(dir, key, value);
+        let slot = self.slot_for(vm)?;
+        let old = self.tracked_entry(dir, k)?;
+        self.table_mut(dir).set(k, v, slot)?;
+        if let Some(s) = &mut self.slots {
+            if let Some((ovm, oslot)) = old {
+                s.entry_removed(ovm, oslot);
+            }
+            s.entry_added(vm, slot);
+        }
+        Ok(())
+    }
+
+    /// Removes `key` from `dir`'s table.
+    fn delete(&mut self, dir: Dir, key: IpAddr) -> Result<(), TableError> {
+        let k = A::from_ip(key).expect("an address of the family");
+        let old = self.tracked_entry(dir, k)?;
+        self.table_mut(dir).remove(k)?;
+        if let (Some(s), Some((vm, slot))) = (&mut self.slots, old) {
+            s.entry_removed(vm, slot);
+        }
+        Ok(())
+    }
+
+    /// The VM and slot of the entry of `k` in `dir`, read only when the index needs it.
+    fn tracked_entry(&self, dir: Dir, k: A) -> Result<Option<(IpAddr, u32)>, TableError> {
+        if self.slots.is_none() {
+            return Ok(None);
+        }
+        Ok(self
+            .table(dir)
+            .get(k)?
+            .map(|(v, slot)| (Self::vm_of(dir, k.to_ip(), v), slot)))
+    }
+
+    /// Sets many entries of `dir` with one batch, each with its VM's slot.
+    fn put_many(&mut self, dir: Dir, entries: &[(IpAddr, IpAddr)]) -> Result<(), TableError> {
+        let mut keys = Vec::with_capacity(entries.len());
+        let mut values = Vec::with_capacity(entries.len());
+        let mut notes = Vec::new();
+        for &(key, value) in entries {
+            let k = A::from_ip(key).expect("an address of the family");
+            let v = same_family::<A>(key, value)?;
+            let vm = Self::vm_of(dir, key, value);
+            let slot = self.slot_for(vm)?;
+            notes.push((self.tracked_entry(dir, k)?, vm, slot));
+            keys.push(k);
+            values.push(A::entry(v, slot));
+        }
+        self.table(dir).update_batch(&keys, &values)?;
+        if let Some(s) = &mut self.slots {
+            for (old, vm, slot) in notes {
+                if let Some((ovm, oslot)) = old {
+                    s.entry_removed(ovm, oslot);
+                }
+                s.entry_added(vm, slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// The traffic of `vm`'s mapping, summed over CPUs, if it has a slot.
+    fn stats(&self, vm: IpAddr) -> Result<Option<MappingStats>, TableError> {
+        match self.known_slot(vm)? {
+            Some(slot) => self.stats.get(slot, vm).map(Some),
+            None => Ok(None),
+        }
+    }
 }
 
 /// The page table of a node, over its kernel maps (loaded or pinned).
@@ -245,7 +432,7 @@ impl BpfTable {
             ($name:expr) => {
                 Stats {
                     name: $name,
-                    map: PerCpuHashMap::try_from(map($name)?).map_err(|e| open($name, e))?,
+                    map: PerCpuArray::try_from(map($name)?).map_err(|e| open($name, e))?,
                 }
             };
         }
@@ -253,52 +440,42 @@ impl BpfTable {
             v4: FamilyMaps {
                 v2r: table!(V2R4),
                 r2v: table!(R2V4),
-                stats: stats!(STATS4),
+                stats: stats!(SLOT_STATS4),
+                slots: None,
             },
             v6: FamilyMaps {
                 v2r: table!(V2R6),
                 r2v: table!(R2V6),
-                stats: stats!(STATS6),
+                stats: stats!(SLOT_STATS6),
+                slots: None,
             },
             drains: HashMap::try_from(map(DRAINS)?).map_err(|e| open(DRAINS, e))?,
         })
     }
 }
 
-/// Dispatches `$body` to the maps of `$ip`'s family, binding the address as `$a`.
+/// Dispatches `$body` to the maps of `$ip`'s family.
 macro_rules! by_family {
-    ($self:ident, $ip:expr, |$m:ident, $a:ident| $body:expr) => {
+    ($self:ident, $ip:expr, |$m:ident| $body:expr) => {
         match $ip {
-            IpAddr::V4(ip) => {
+            IpAddr::V4(_) => {
                 let $m = &$self.v4;
-                let $a = Addr4 {
-                    octets: ip.octets(),
-                };
                 $body
             }
-            IpAddr::V6(ip) => {
+            IpAddr::V6(_) => {
                 let $m = &$self.v6;
-                let $a = Addr6 {
-                    octets: ip.octets(),
-                };
                 $body
             }
         }
     };
-    (mut $self:ident, $ip:expr, |$m:ident, $a:ident| $body:expr) => {
+    (mut $self:ident, $ip:expr, |$m:ident| $body:expr) => {
         match $ip {
-            IpAddr::V4(ip) => {
+            IpAddr::V4(_) => {
                 let $m = &mut $self.v4;
-                let $a = Addr4 {
-                    octets: ip.octets(),
-                };
                 $body
             }
-            IpAddr::V6(ip) => {
+            IpAddr::V6(_) => {
                 let $m = &mut $self.v6;
-                let $a = Addr6 {
-                    octets: ip.octets(),
-                };
                 $body
             }
         }
@@ -320,118 +497,120 @@ pub(crate) fn absent(e: &MapError) -> bool {
     }
 }
 
-/// `BPF_NOEXIST`: create the element only if it does not exist (uapi/linux/bpf.h).
-const BPF_NOEXIST: u64 = 1;
-
 fn zeroed_stats() -> Result<PerCpuValues<MappingStats>, TableError> {
     let n = aya::util::nr_cpus().map_err(|(what, e)| TableError::Cpus(format!("{what}: {e}")))?;
     PerCpuValues::try_from(vec![MappingStats::default(); n])
         .map_err(|e| TableError::Cpus(e.to_string()))
 }
 
-impl<A: Family> Stats<A> {
-    fn create(&mut self, k: A) -> Result<(), TableError> {
-        let zero = zeroed_stats()?;
-        // BPF_NOEXIST: keep the counters of a mapping that already has them.
-        match self.map.insert(k, zero, BPF_NOEXIST) {
-            Ok(()) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
-                Ok(())
-            }
-            Err(source) => Err(TableError::map("creating", self.name, k.to_ip(), source)),
-        }
-    }
-
-    fn remove(&mut self, k: A) -> Result<(), TableError> {
-        match self.map.remove(&k) {
-            Ok(()) => Ok(()),
-            Err(e) if absent(&e) => Ok(()),
-            Err(source) => Err(TableError::map("removing", self.name, k.to_ip(), source)),
-        }
-    }
-
-    fn keys(&self, out: &mut Vec<IpAddr>) -> Result<(), TableError> {
-        for k in self.map.keys() {
-            let k = k.map_err(|source| TableError::Read {
+impl Stats {
+    /// Zeroes `slot` before a new mapping counts into it.
+    fn zero(&mut self, slot: u32) -> Result<(), TableError> {
+        self.map
+            .set(slot, zeroed_stats()?, 0)
+            .map_err(|source| TableError::Read {
                 map: self.name,
                 source: Box::new(source),
-            })?;
-            out.push(k.to_ip());
-        }
-        Ok(())
+            })
     }
 
-    fn get(&self, k: A) -> Result<Option<MappingStats>, TableError> {
-        match self.map.get(&k, 0) {
-            Ok(per_cpu) => Ok(Some(per_cpu.iter().fold(
-                MappingStats::default(),
-                |t, s| MappingStats {
-                    packets: t.packets + s.packets,
-                    bytes: t.bytes + s.bytes,
-                },
-            ))),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(TableError::map("reading", self.name, k.to_ip(), source)),
+    /// The counters of `slot` (counting for `vm`), summed over CPUs.
+    fn get(&self, slot: u32, vm: IpAddr) -> Result<MappingStats, TableError> {
+        let per_cpu = self
+            .map
+            .get(&slot, 0)
+            .map_err(|source| TableError::map("reading the counters of", self.name, vm, source))?;
+        Ok(per_cpu
+            .iter()
+            .fold(MappingStats::default(), |t, s| MappingStats {
+                packets: t.packets + s.packets,
+                bytes: t.bytes + s.bytes,
+            }))
+    }
+}
+
+impl BpfTable {
+    /// What is wrong with the counter slots the tables' entries carry: slots shared by
+    /// two VMs, VMs whose entries carry different slots, slots beyond the stats array.
+    /// One pass over the tables (their entries are read anyway by `check`).
+    pub fn slot_problems(&self) -> Result<Vec<SlotProblem>, TableError> {
+        let mut out = Vec::new();
+        for (capacity, entries) in [self.v4.slot_entries()?, self.v6.slot_entries()?] {
+            out.extend(Slots::from_entries(capacity, entries).1);
         }
+        Ok(out)
+    }
+
+    /// Every V2R entry with its counter slot, IPv4 first.
+    pub fn forward_slots(&self) -> Result<Vec<(IpAddr, IpAddr, u32)>, TableError> {
+        let mut out = Vec::new();
+        self.v4.v2r.entries(&mut out)?;
+        self.v6.v2r.entries(&mut out)?;
+        Ok(out)
     }
 }
 
 impl PageTable for BpfTable {
     fn forward(&self, va: IpAddr) -> Result<Option<IpAddr>, TableError> {
-        by_family!(self, va, |m, k| m.v2r.get(k))
+        by_family!(self, va, |m| m
+            .v2r
+            .get(key(va)?)
+            .map(|e| e.map(|(ra, _)| ra)))
     }
 
     fn reverse(&self, ra: IpAddr) -> Result<Option<IpAddr>, TableError> {
-        by_family!(self, ra, |m, k| m.r2v.get(k))
+        by_family!(self, ra, |m| m
+            .r2v
+            .get(key(ra)?)
+            .map(|e| e.map(|(va, _)| va)))
     }
 
     fn set_forward(&mut self, va: IpAddr, ra: IpAddr) -> Result<(), TableError> {
-        by_family!(mut self, va, |m, k| m.v2r.set(k, same_family(va, ra)?))
+        by_family!(mut self, va, |m| m.put(Dir::Forward, va, ra))
     }
 
     fn set_reverse(&mut self, ra: IpAddr, va: IpAddr) -> Result<(), TableError> {
-        by_family!(mut self, ra, |m, k| m.r2v.set(k, same_family(ra, va)?))
+        by_family!(mut self, ra, |m| m.put(Dir::Reverse, ra, va))
     }
 
     fn remove_forward(&mut self, va: IpAddr) -> Result<(), TableError> {
-        by_family!(mut self, va, |m, k| m.v2r.remove(k))
+        by_family!(mut self, va, |m| m.delete(Dir::Forward, va))
     }
 
     fn remove_reverse(&mut self, ra: IpAddr) -> Result<(), TableError> {
-        by_family!(mut self, ra, |m, k| m.r2v.remove(k))
+        by_family!(mut self, ra, |m| m.delete(Dir::Reverse, ra))
     }
 
     fn forward_entries(&self) -> Result<Vec<(IpAddr, IpAddr)>, TableError> {
-        let mut out = Vec::new();
-        self.v4.v2r.entries(&mut out)?;
-        self.v6.v2r.entries(&mut out)?;
-        Ok(out)
+        Ok(strip(self.forward_slots()?))
     }
 
     fn reverse_entries(&self) -> Result<Vec<(IpAddr, IpAddr)>, TableError> {
         let mut out = Vec::new();
         self.v4.r2v.entries(&mut out)?;
         self.v6.r2v.entries(&mut out)?;
-        Ok(out)
+        Ok(strip(out))
     }
 
+    /// Claims the mapping's slot (zeroed if it was free); a VM that has one keeps it and
+    /// its counters.
     fn create_stats(&mut self, va: IpAddr) -> Result<(), TableError> {
-        by_family!(mut self, va, |m, k| m.stats.create(k))
+        by_family!(mut self, va, |m| m.claim(va).map(drop))
     }
 
+    /// Ends the claim of the mapping's slot, which is free once no entry carries it (a
+    /// draining reverse entry may still: its drain's end frees it).
     fn remove_stats(&mut self, va: IpAddr) -> Result<(), TableError> {
-        by_family!(mut self, va, |m, k| m.stats.remove(k))
+        by_family!(mut self, va, |m| {
+            if let Some(s) = &mut m.slots {
+                s.unclaim(va);
+            }
+            Ok(())
+        })
     }
 
     fn stats(&self, va: IpAddr) -> Result<Option<MappingStats>, TableError> {
-        by_family!(self, va, |m, k| m.stats.get(k))
-    }
-
-    fn stats_entries(&self) -> Result<Vec<IpAddr>, TableError> {
-        let mut out = Vec::new();
-        self.v4.stats.keys(&mut out)?;
-        self.v6.stats.keys(&mut out)?;
-        Ok(out)
+        by_family!(self, va, |m| m.stats(va))
     }
 
     fn drains(&self) -> Result<Vec<Drain>, TableError> {
@@ -471,12 +650,26 @@ impl PageTable for BpfTable {
     }
 
     fn set_reverse_many(&mut self, entries: &[(IpAddr, IpAddr)]) -> Result<(), TableError> {
-        batch::update(&self.v4.r2v, &self.v6.r2v, entries)
+        let (v4, v6): (Vec<_>, Vec<_>) = entries.iter().partition(|(k, _)| k.is_ipv4());
+        self.v4.put_many(Dir::Reverse, &v4)?;
+        self.v6.put_many(Dir::Reverse, &v6)
     }
 
     fn set_forward_many(&mut self, entries: &[(IpAddr, IpAddr)]) -> Result<(), TableError> {
-        batch::update(&self.v4.v2r, &self.v6.v2r, entries)
+        let (v4, v6): (Vec<_>, Vec<_>) = entries.iter().partition(|(k, _)| k.is_ipv4());
+        self.v4.put_many(Dir::Forward, &v4)?;
+        self.v6.put_many(Dir::Forward, &v6)
     }
+}
+
+/// `ip` as a key of its family's maps.
+fn key<A: Family>(ip: IpAddr) -> Result<A, TableError> {
+    A::from_ip(ip).ok_or(TableError::FamilyMismatch { a: ip, b: ip })
+}
+
+/// Entries without their slots.
+fn strip(entries: Vec<(IpAddr, IpAddr, u32)>) -> Vec<(IpAddr, IpAddr)> {
+    entries.into_iter().map(|(k, v, _)| (k, v)).collect()
 }
 
 /// An address as stored in the drain map: IPv4 in the first 4 bytes.

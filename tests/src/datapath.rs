@@ -9,7 +9,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap},
+    maps::{Array, DevMapHash, HashMap as BpfHashMap},
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
 };
 use netpage::{
@@ -19,8 +19,8 @@ use netpage::{
     table::{BpfTable, PageTable},
 };
 use netpage_common::maps::{
-    COUNTERS, FAST_PORTS, MappingStats, PORTS, PROG_PHYSICAL, PROG_TC_PHYSICAL, PROG_TC_VIRTUAL,
-    PROG_VIRTUAL, PortRecord, fast_port_count,
+    COUNTERS, DEVMAP, FAST_PORTS, MappingStats, PORTS, PROG_PHYSICAL, PROG_TC_PHYSICAL,
+    PROG_TC_VIRTUAL, PROG_VIRTUAL, PortRecord, fast_port_count,
 };
 
 /// XDP_PASS: the verdict of every packet but those the fast path forwards.
@@ -284,6 +284,21 @@ impl Datapath {
             Array::try_from(self.ebpf.map_mut(FAST_PORTS).expect("fast map")).expect("fast map");
         fast.set(0, fast_port_count(records), 0)
             .expect("fast port count");
+    }
+
+    /// Adds the interface with index `ifindex` to the device map, or removes it, as attach
+    /// does for an interface that takes XDP frames (here whatever the interface's driver
+    /// says: a test run only returns the verdict).
+    pub fn set_redirect_target(&mut self, ifindex: u32, on: bool) {
+        let mut devmap =
+            DevMapHash::try_from(self.ebpf.map_mut(DEVMAP).expect("device map")).expect("devmap");
+        if on {
+            devmap
+                .insert(ifindex, ifindex, None, 0)
+                .expect("device map entry");
+        } else {
+            devmap.remove(ifindex).expect("device map entry");
+        }
     }
 
     /// The kernel's average time per run over `repeat` runs of `input`.

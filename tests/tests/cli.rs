@@ -541,6 +541,13 @@ fn an_older_builds_counters_are_renewed_by_a_reattach_and_the_table_kept() {
 /// Creates a per-CPU array of `slots` u64 counters, as an older build made it, and pins it
 /// at `path` (BPF_MAP_CREATE, BPF_OBJ_PIN).
 fn pin_counter_array(path: &std::path::Path, slots: u32) {
+    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+    let fd = create_map(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, slots);
+    pin_map(fd, path);
+}
+
+/// A new map (BPF_MAP_CREATE); its descriptor.
+fn create_map(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> i32 {
     #[repr(C)]
     struct MapCreate {
         map_type: u32,
@@ -548,20 +555,12 @@ fn pin_counter_array(path: &std::path::Path, slots: u32) {
         value_size: u32,
         max_entries: u32,
     }
-    #[repr(C)]
-    struct ObjPin {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
     const BPF_MAP_CREATE: libc::c_long = 0;
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
     let create = MapCreate {
-        map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
-        key_size: 4,
-        value_size: 8,
-        max_entries: slots,
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
     };
     // SAFETY: `create` is a prefix of `union bpf_attr` for BPF_MAP_CREATE, of the size given.
     let fd = unsafe {
@@ -577,6 +576,54 @@ fn pin_counter_array(path: &std::path::Path, slots: u32) {
         "BPF_MAP_CREATE: {}",
         std::io::Error::last_os_error()
     );
+    fd as i32
+}
+
+/// Sets `key -> value` in the map `fd` (BPF_MAP_UPDATE_ELEM).
+fn update_map(fd: i32, key: &[u8], value: &[u8]) {
+    #[repr(C)]
+    struct Update {
+        map_fd: u32,
+        pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    let attr = Update {
+        map_fd: fd as u32,
+        pad: 0,
+        key: key.as_ptr() as u64,
+        value: value.as_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` is a prefix of `union bpf_attr` for BPF_MAP_UPDATE_ELEM; `key` and
+    // `value` are of the map's sizes and outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            &attr,
+            std::mem::size_of::<Update>(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "BPF_MAP_UPDATE_ELEM: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Pins the map `fd` at `path` (BPF_OBJ_PIN) and closes the descriptor.
+fn pin_map(fd: i32, path: &std::path::Path) {
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_OBJ_PIN: libc::c_long = 6;
     let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     let pin = ObjPin {
         pathname: name.as_ptr() as u64,
@@ -593,8 +640,96 @@ fn pin_counter_array(path: &std::path::Path, slots: u32) {
         )
     };
     assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
-    // SAFETY: closes the descriptor made above; the pin keeps the map.
-    unsafe { libc::close(fd as i32) };
+    // SAFETY: closes the descriptor made by `create_map`; the pin keeps the map.
+    unsafe { libc::close(fd) };
+}
+
+/// A node whose page tables an older build made (the address alone as value, per-mapping
+/// counters in hash maps keyed by VA): a command names the problem and the way out, and
+/// attaching an interface again moves the table into this build's maps, each mapping with
+/// a counter slot of its own, and gives every interface this build's programs.
+#[test]
+fn an_older_builds_table_is_upgraded_by_a_reattach_and_kept() {
+    let world = mapped_world();
+    let list = world.netpage_json(Node::Gw, &["map", "list"]);
+    let maps = world.pin_dir(Node::Gw).join("maps");
+    let capacity = world.netpage_json(Node::Gw, &["status"])["capacity"]
+        .as_u64()
+        .unwrap() as u32;
+    for name in [
+        "NP_V2R4",
+        "NP_R2V4",
+        "NP_V2R6",
+        "NP_R2V6",
+        "NP_SLOTSTATS4",
+        "NP_SLOTSTATS6",
+    ] {
+        std::fs::remove_file(maps.join(name)).unwrap();
+    }
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
+    let octets = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(a) => a.octets().to_vec(),
+        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    for (v6, v2r, r2v, stats) in [
+        (false, "NP_V2R4", "NP_R2V4", "NP_STATS4"),
+        (true, "NP_V2R6", "NP_R2V6", "NP_STATS6"),
+    ] {
+        let size = if v6 { 16 } else { 4 };
+        let fwd = create_map(BPF_MAP_TYPE_HASH, size, size, capacity);
+        let rev = create_map(BPF_MAP_TYPE_HASH, size, size, capacity);
+        for m in list["mapping"].as_array().unwrap() {
+            let vm: std::net::IpAddr = m["vm"].as_str().unwrap().parse().unwrap();
+            let real: std::net::IpAddr = m["real"].as_str().unwrap().parse().unwrap();
+            if vm.is_ipv6() == v6 {
+                update_map(fwd, &octets(vm), &octets(real));
+                update_map(rev, &octets(real), &octets(vm));
+            }
+        }
+        pin_map(fwd, &maps.join(v2r));
+        pin_map(rev, &maps.join(r2v));
+        pin_map(
+            create_map(BPF_MAP_TYPE_PERCPU_HASH, size, 16, capacity),
+            &maps.join(stats),
+        );
+    }
+    let out = world.netpage(Node::Gw, &["map", "list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "map list succeeded on an older node");
+    assert!(
+        stderr.contains("made by an older build")
+            && stderr.contains("counter slots")
+            && stderr.contains("attach its interfaces again"),
+        "{stderr}"
+    );
+    // One attach upgrades the node and swaps every interface's program.
+    let (node, iface, virtual_side) = world
+        .attachments()
+        .into_iter()
+        .find(|a| a.0 == Node::Gw)
+        .unwrap();
+    let side = if virtual_side { "virtual" } else { "physical" };
+    world.netpage_json(node, &["attach", iface, "--side", side]);
+    assert_eq!(world.netpage_json(Node::Gw, &["map", "list"]), list);
+    for old in ["NP_STATS4", "NP_STATS6"] {
+        assert!(!maps.join(old).exists(), "{old} left behind");
+    }
+    let check = world.netpage_json(Node::Gw, &["check"]);
+    assert_eq!(check["findings"], serde_json::json!([]), "{check}");
+    assert!(check.get("slots").is_none(), "{check}");
+    assert!(
+        world.ping(Node::Client, V4.va),
+        "the VM unreachable after the upgrade"
+    );
+    let stats = world.netpage_json(Node::Gw, &["stats"]);
+    let v4 = stats["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["vm"] == V4.va.to_string())
+        .unwrap_or_else(|| panic!("{stats}"));
+    assert!(v4["packets"].as_u64().unwrap() >= 2, "{stats}");
 }
 
 /// The interface named `iface` in a `status --json` report.

@@ -11,7 +11,7 @@ use std::{
 };
 
 use netpage::{counters::Totals, loader::Side};
-use netpage_common::counters::Counter;
+use netpage_common::{counters::Counter, maps::MappingStats};
 use netpage_tests::{
     build::{
         TPID_8021AD, TPID_8021Q, V4Opts, Xlate, ether, ext, frame4, frame6, icmp4, icmp6, ipv4,
@@ -1670,7 +1670,7 @@ fn gso_packets_translate_under_tc() {
     println!("{runs} GSO packets translated under tc");
 }
 
-/// Translated packets are counted per mapping, under the virtual address.
+/// Translated packets are counted per mapping, in the counter slot its entries carry.
 #[test]
 fn per_mapping_counters() {
     let mut dp = loaded(1024);
@@ -1690,11 +1690,40 @@ fn per_mapping_counters() {
         (3, 2 * to_a.len() as u64 + a_to_b.len() as u64)
     );
     assert_eq!((b.packets, b.bytes), (1, a_to_b.len() as u64));
-    // A mapping installed without counters still translates.
+    // Deleted, the mapping has no counters; mapped again, it gets a slot counted from
+    // zero (the freed one, which still held its old traffic).
     use netpage::table::PageTable;
-    dp.table().remove_stats(w.va_a).unwrap();
-    assert_ne!(dp.run(Side::Virtual, &to_a).1, to_a);
+    let t = dp.table();
+    t.remove_forward(w.va_a).unwrap();
+    t.remove_reverse(w.ra_a).unwrap();
+    t.remove_stats(w.va_a).unwrap();
     assert_eq!(dp.table().stats(w.va_a).unwrap(), None);
+    assert_eq!(
+        dp.stats(w.va_b).packets,
+        1,
+        "another mapping keeps its slot"
+    );
+    dp.map(w.va_a, w.ra_a);
+    assert_eq!(dp.stats(w.va_a), MappingStats::default());
+    assert_ne!(dp.run(Side::Virtual, &to_a).1, to_a);
+    assert_eq!(dp.stats(w.va_a).packets, 1);
+    // A switch keeps the slot: V2R and the new reverse entry carry it, and so does the old
+    // reverse entry while it drains.
+    let moved: IpAddr = "203.0.113.77".parse().unwrap();
+    dp.table().set_reverse(moved, w.va_b).unwrap();
+    dp.table().set_forward(w.va_b, moved).unwrap();
+    assert_eq!(
+        dp.stats(w.va_b).packets,
+        1,
+        "counters kept across the switch"
+    );
+    let from_new = frame(w, &[], L4::Udp, moved, w.client)(&identity);
+    let from_old = frame(w, &[], L4::Udp, w.ra_b, w.client)(&identity);
+    dp.run(Side::Physical, &from_new);
+    dp.run(Side::Physical, &from_old);
+    assert_eq!(dp.stats(w.va_b).packets, 3);
+    let slots = dp.table().slot_problems().unwrap();
+    assert!(slots.is_empty(), "{slots:?}");
 }
 
 /// The source check compares the VM's owner with the port the packet arrives on, as each
@@ -1830,7 +1859,8 @@ fn million_entry_table() {
 //   foth  100.65.0.1/24   2001:db8:65::1/64  not attached: a resolved neighbour .50 / ::50
 //   blackhole 100.64.0.0/24, 2001:db8:64::/64
 //
-// fin and fout are attached (in the port map) with the fast path; foth is not.
+// fin and fout are attached (in the port map) with the fast path, and in the device map
+// (they take XDP frames); foth is not attached.
 
 mod fast {
     use super::*;
@@ -2270,6 +2300,7 @@ mod fast {
                     reserved: [0; 2],
                 },
             );
+            dp.set_redirect_target(index, true);
         }
         dp
     }
@@ -2291,6 +2322,52 @@ fn fast_path_redirects_plain_forwards_and_falls_back_otherwise() {
             "{} fast-path cases passed, {redirected} redirected",
             cases.len()
         );
+    });
+}
+
+/// An attached egress that is not in the device map (it takes no XDP frames) gets no
+/// redirect: the packet goes to the kernel as it was translated (MACs and TTL untouched),
+/// counted apart; the other direction is still redirected.
+#[test]
+fn fast_path_falls_back_where_the_egress_takes_no_xdp_frames() {
+    let ns = fast::namespace();
+    ns.run(|| {
+        let mut dp = fast::loaded(true);
+        let fout = netpage::attach::if_index("fout").expect("fixture interface");
+        dp.set_redirect_target(fout, false);
+        for w in [W4(), W6()] {
+            for (side, ingress, s, d, then) in [
+                (
+                    Side::Virtual,
+                    "fin",
+                    w.client,
+                    w.va_a,
+                    fast::Then::Pass(Some(Counter::FastNoXdpXmit)),
+                ),
+                (
+                    Side::Physical,
+                    "fout",
+                    w.ra_a,
+                    w.client,
+                    fast::Then::Redirect {
+                        egress: "fin",
+                        dmac: fast::MAC_CLIENT,
+                    },
+                ),
+            ] {
+                let c = fast::FastCase {
+                    name: format!("egress out of the device map {side:?} v6={}", w.v6),
+                    side,
+                    ingress,
+                    dst_mac: fast::interface_mac(ingress),
+                    build: frame(w, &[], L4::Udp, s, d),
+                    patch: None,
+                    outcome: translated(&w, side),
+                    then,
+                };
+                fast::check(&dp, &c);
+            }
+        }
     });
 }
 

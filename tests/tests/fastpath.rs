@@ -14,7 +14,9 @@
 //!
 //! In native mode a frame redirected into a veth is delivered only when the veth's peer
 //! can take it (an XDP program, or GRO, which gives it NAPI): the receiving ends s0 and r0
-//! get GRO. Skb mode needs nothing.
+//! get GRO before the gateway's attach, which reads whether each interface takes XDP
+//! frames. Where one does not, the program leaves packets routed out of it to the kernel.
+//! Skb mode needs nothing.
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
@@ -260,6 +262,11 @@ fn send_one(ns: &NetNs, dst: SocketAddr, msg: &[u8]) {
 
 fn fast_path_forwards(mode: &str) {
     let t = Topology::new(mode);
+    if mode == "native" {
+        // The receiving ends of the veths that frames are redirected into.
+        ethtool(&t.snd, &["-K", "s0", "gro", "on"]);
+        ethtool(&t.rcv, &["-K", "r0", "gro", "on"]);
+    }
     for (iface, side) in [("g0", "virtual"), ("g1", "physical")] {
         let out = t.netpage(&[
             "attach",
@@ -276,16 +283,14 @@ fn fast_path_forwards(mode: &str) {
     for i in status["interfaces"].as_array().unwrap() {
         assert_eq!(i["fast_path"], true, "{status}");
         assert_eq!(i["mode"], mode, "{status}");
+        if mode == "native" {
+            assert_eq!(i["redirect_target"], true, "{status}");
+        }
     }
     assert!(t.netpage(&["status"]).contains("fast-path"));
     for f in [&V4, &V6] {
         t.netpage(&["map", "add", "--vm", f.va, "--real", f.ra]);
         t.netpage(&["map", "add", "--vm", f.va_local, "--real", f.gw_g1]);
-    }
-    if mode == "native" {
-        // The receiving ends of the veths that frames are redirected into.
-        ethtool(&t.snd, &["-K", "s0", "gro", "on"]);
-        ethtool(&t.rcv, &["-K", "r0", "gro", "on"]);
     }
 
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -460,4 +465,100 @@ fn fast_path_setting_survives_reattach_and_turns_off() {
     t.netpage(&["detach", "g0"]);
     t.netpage(&["attach", "g0", "--side", "virtual"]);
     assert!(!fast("g0"), "a new attachment starts without the fast path");
+}
+
+/// Whether `iface` is in the gateway's device map, as `status` says.
+fn redirect_target(t: &Topology, iface: &str) -> bool {
+    t.json(&["status"])["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["iface"] == iface)
+        .unwrap()["redirect_target"]
+        .as_bool()
+        .unwrap()
+}
+
+/// In native mode, an egress that takes no XDP frames (g1, a veth whose peer r0 has
+/// neither an XDP program nor GRO) is left out of the device map: packets routed out of it
+/// go through the kernel, counted, instead of being redirected and dropped; the other
+/// direction is still redirected. Once r0 gets GRO, attaching again reads it and g1 takes
+/// redirects. A node of an older build, without the device map, gets one at its next
+/// attach and keeps its table.
+#[test]
+fn fast_path_falls_back_where_the_egress_takes_no_xdp_frames() {
+    let t = Topology::new("noxmit");
+    ethtool(&t.snd, &["-K", "s0", "gro", "on"]);
+    ethtool(&t.rcv, &["-K", "r0", "gro", "off"]);
+    let attach = |iface: &str, side: &str| {
+        t.json(&[
+            "attach",
+            iface,
+            "--side",
+            side,
+            "--mode",
+            "native",
+            "--fast-path",
+        ])
+    };
+    attach("g0", "virtual");
+    let out = attach("g1", "physical");
+    assert_eq!(out["redirect_target"], false, "{out}");
+    assert!(redirect_target(&t, "g0"));
+    assert!(!redirect_target(&t, "g1"));
+    t.netpage(&["map", "add", "--vm", V4.va, "--real", V4.ra]);
+
+    let server = echo_server(
+        &t.rcv,
+        SocketAddr::new(ip(V4.ra), PORT),
+        Instant::now() + Duration::from_secs(20),
+    );
+    let dst = SocketAddr::new(ip(V4.va), PORT);
+    assert_eq!(exchange(&t.snd, dst, 1), 1, "first datagram");
+    let warm = t.counters();
+    let diff = |a: &serde_json::Value, b: &serde_json::Value, k: &str| {
+        a[k].as_u64().unwrap() - b[k].as_u64().unwrap()
+    };
+    assert_eq!(
+        exchange(&t.snd, dst, DATAGRAMS),
+        DATAGRAMS,
+        "every datagram echoed through the fallback"
+    );
+    let after = t.counters();
+    println!(
+        "g1 out of the device map: fast_fallback_no_xdp_xmit +{}, fast_redirected +{}",
+        diff(&after, &warm, "fast_fallback_no_xdp_xmit"),
+        diff(&after, &warm, "fast_redirected")
+    );
+    // Client -> VA leaves through g1: the kernel's; the echo leaves through g0: redirected.
+    assert_eq!(diff(&after, &warm, "fast_fallback_no_xdp_xmit"), DATAGRAMS);
+    assert_eq!(diff(&after, &warm, "fast_redirected"), DATAGRAMS);
+
+    // r0 takes XDP frames now; attaching again reads it.
+    ethtool(&t.rcv, &["-K", "r0", "gro", "on"]);
+    assert!(!redirect_target(&t, "g1"), "read again only by an attach");
+    attach("g0", "virtual");
+    assert!(redirect_target(&t, "g1"));
+    let before = t.counters();
+    assert_eq!(exchange(&t.snd, dst, DATAGRAMS), DATAGRAMS);
+    let after = t.counters();
+    assert_eq!(diff(&after, &before, "fast_fallback_no_xdp_xmit"), 0);
+    assert_eq!(diff(&after, &before, "fast_redirected"), 2 * DATAGRAMS);
+
+    // An older build's node: no device map pinned. Commands still work, and the next
+    // attach makes one (loading this build's programs over it) and keeps the table.
+    let list = t.json(&["map", "list"]);
+    std::fs::remove_file(t.pin_dir.join("maps").join("NP_DEVMAP")).unwrap();
+    assert_eq!(t.json(&["map", "list"]), list);
+    assert!(!redirect_target(&t, "g0"));
+    attach("g0", "virtual");
+    attach("g1", "physical");
+    assert!(t.pin_dir.join("maps").join("NP_DEVMAP").exists());
+    assert!(redirect_target(&t, "g0") && redirect_target(&t, "g1"));
+    assert_eq!(t.json(&["map", "list"]), list);
+    let before = t.counters();
+    assert_eq!(exchange(&t.snd, dst, DATAGRAMS), DATAGRAMS);
+    let after = t.counters();
+    assert_eq!(diff(&after, &before, "fast_redirected"), 2 * DATAGRAMS);
+    drop(server);
 }

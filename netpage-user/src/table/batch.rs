@@ -2,13 +2,12 @@
 
 use std::{
     io,
-    net::IpAddr,
     os::fd::{AsFd, AsRawFd},
 };
 
 use aya::maps::{IterableMap, MapError};
 
-use super::{Addr4, Addr6, Family, Table, TableError, same_family};
+use super::{Family, Table, TableError};
 
 /// `BPF_MAP_UPDATE_BATCH` (uapi/linux/bpf.h, `enum bpf_cmd`).
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -27,32 +26,9 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Sets `key -> value` for every entry, in the map of its family. Every pair is checked
-/// for a family mismatch before anything is written.
-pub(super) fn update(
-    t4: &Table<Addr4>,
-    t6: &Table<Addr6>,
-    entries: &[(IpAddr, IpAddr)],
-) -> Result<(), TableError> {
-    let (mut k4, mut v4, mut k6, mut v6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for &(k, v) in entries {
-        match k {
-            IpAddr::V4(_) => {
-                k4.push(Addr4::from_ip(k).expect("IPv4"));
-                v4.push(same_family::<Addr4>(k, v)?);
-            }
-            IpAddr::V6(_) => {
-                k6.push(Addr6::from_ip(k).expect("IPv6"));
-                v6.push(same_family::<Addr6>(k, v)?);
-            }
-        }
-    }
-    t4.update_batch(&k4, &v4)?;
-    t6.update_batch(&k6, &v6)
-}
-
 impl<A: Family> Table<A> {
-    fn update_batch(&self, keys: &[A], values: &[A]) -> Result<(), TableError> {
+    /// Sets `keys[i] -> values[i]` with one BPF_MAP_UPDATE_BATCH call.
+    pub(super) fn update_batch(&self, keys: &[A], values: &[A::Entry]) -> Result<(), TableError> {
         if keys.is_empty() {
             return Ok(());
         }
