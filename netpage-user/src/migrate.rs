@@ -44,6 +44,20 @@
 //! inconsistent guest memory after migrations of four passes or more, so netpage adds
 //! none. On failure the source's limit is set back to the one asked for.
 //!
+//! # The point of no return
+//!
+//! The migration is done when the destination runs the guest (its RESUME; for a source
+//! that was paused, its completed load), not when the source reports `completed`: with
+//! QEMU's default (no return path) the source says so once it has *sent* everything,
+//! whether or not the destination can load it. Until that point any failure (the
+//! destination's exit or failed load, the timeout, SIGINT or SIGTERM) ends the same way
+//! (see `confirm`): the migration is cancelled if it still runs, the destination is
+//! fenced (`stop`, which keeps a QEMU still loading from starting the guest, then
+//! `quit`), every node is switched back, and the source resumes with `cont` if it paused
+//! (`postmigrate`). After it, the table follows the guest to the destination whatever
+//! else failed. Post-copy, where the destination runs the guest before the source has
+//! sent it all, is refused before anything changes.
+//!
 //! After the release (and with `--switch-at resume` throughout) netpage sends the source
 //! QEMU no command until the migration has ended: QEMU holds its big lock for the whole
 //! final stop-and-copy, so a command sent then would be answered only after it, and the
@@ -58,6 +72,7 @@ use std::{
 
 use serde::Serialize;
 
+mod confirm;
 mod edges;
 mod hold;
 mod neighbour;
@@ -72,6 +87,7 @@ use crate::{
     timeline::{Source, Timeline},
 };
 
+use confirm::Fate;
 pub use edges::EdgeSpec;
 use edges::{Edges, Edit};
 pub use hold::{HOLD_MS, MAX_HELD_PASS, POLL, STOP_GRACE, TICK_LEAD};
@@ -157,6 +173,10 @@ pub enum MigrateError {
     DestinationNotWaiting { status: RunState },
     #[error("{0}")]
     Mac(String),
+    #[error(
+        "post-copy is on ({which} QEMU's `postcopy-ram` capability): netpage migrates pre-copy only, where the source keeps the guest until the destination runs it; turn it off with `migrate-set-capabilities`"
+    )]
+    PostCopy { which: &'static str },
     #[error(transparent)]
     Qmp(#[from] QmpError),
     #[error("preparing the page tables")]
@@ -201,6 +221,10 @@ struct Run {
     unconfirmed: Vec<String>,
     /// Whether every node's V2R names the destination.
     switched: bool,
+    /// Whether the source ran the guest when netpage started (a rollback resumes it).
+    src_was_running: bool,
+    /// Whether the destination reported its incoming migration completed.
+    dst_loaded: bool,
     switched_at: Option<SystemTime>,
     stop: Option<Timestamp>,
     resume: Option<Timestamp>,
@@ -262,6 +286,15 @@ impl Run {
         if d != RunState::InMigrate {
             return Err(MigrateError::DestinationNotWaiting { status: d });
         }
+        for (which, qmp) in [("source", &mut src), ("destination", &mut dst)] {
+            let caps = qmp.query_migrate_capabilities().await?;
+            if caps
+                .iter()
+                .any(|c| c.capability == "postcopy-ram" && c.state)
+            {
+                return Err(MigrateError::PostCopy { which });
+            }
+        }
         let neighbour = match &opts.neighbour {
             Some(n) => Some((n.clone(), guest_mac(&mut src, n).await?)),
             None => None,
@@ -291,6 +324,8 @@ impl Run {
             switches: Vec::new(),
             unconfirmed: Vec::new(),
             switched: false,
+            src_was_running: s == RunState::Running,
+            dst_loaded: false,
             switched_at: None,
             stop: None,
             resume: None,
@@ -353,6 +388,7 @@ impl Run {
                     },
                     Ok(None) => Step::Continue,
                     Err(QmpError::Closed { .. }) => {
+                        self.mark(Source::Dst, "EXITED", String::new());
                         Step::Failed(DESTINATION_EXITED.into())
                     }
                     Err(e) => Step::Failed(format!("the destination QEMU: {e}")),
@@ -516,6 +552,7 @@ impl Run {
                     String::new(),
                 );
                 if s == MigrationStatus::Completed {
+                    self.dst_loaded = true;
                     Step::Done
                 } else {
                     Step::Continue
@@ -574,16 +611,24 @@ impl Run {
         match outcome {
             Outcome::Completed => self.complete(opts, &mut error).await,
             Outcome::Failed(why) => {
-                let why = self.with_destination_state(why).await;
-                if self.cancel().await == Some(MigrationStatus::Completed) {
-                    // Too late to cancel: the guest runs at the destination, so the table
-                    // follows it there.
-                    self.mark(Source::Netpage, "COMPLETED ANYWAY", format!("after: {why}"));
-                    self.complete(opts, &mut error).await;
-                } else {
-                    self.rollback().await;
-                    error = Some(why);
-                    rolled_back = true;
+                let mut why = self.with_destination_state(why).await;
+                self.cancel().await;
+                match self.fence_destination().await {
+                    Fate::Destination => {
+                        // Past the point of no return: the guest runs at the destination,
+                        // so the table follows it there.
+                        self.mark(Source::Netpage, "COMPLETED ANYWAY", format!("after: {why}"));
+                        self.complete(opts, &mut error).await;
+                    }
+                    Fate::Source(what) => {
+                        eprintln!("netpage: {what}; the guest stays at the source: rolling back");
+                        self.rollback().await;
+                        if let Err(e) = self.resume_source().await {
+                            why = format!("{why}; {e}");
+                        }
+                        error = Some(why);
+                        rolled_back = true;
+                    }
                 }
             }
         }
@@ -743,8 +788,10 @@ impl Run {
         for why in failed {
             eprintln!("netpage: error: {why}");
         }
+        // A destination QEMU that exited took its tap, and the entry, with it.
         if let Some((n, _)) = &self.neighbour
             && let Err(e) = neigh(n, "del", vm, None)
+            && !e.contains("Cannot find device")
         {
             eprintln!("netpage: warning: removing the destination neighbour entry: {e}");
         }

@@ -382,6 +382,13 @@ pub struct RamStats {
     pub downtime_bytes: u64,
 }
 
+/// One migration capability (`events`, `postcopy-ram`, ...) and whether it is on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Capability {
+    pub capability: String,
+    pub state: bool,
+}
+
 /// Parameters of `migrate-set-parameters`; `None` leaves a parameter as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -646,6 +653,12 @@ impl Qmp {
         self.execute::<Value>("migrate-set-capabilities", json!({ "capabilities": list }))
             .await
             .map(drop)
+    }
+
+    /// `query-migrate-capabilities`: every migration capability QEMU knows, and its state.
+    pub async fn query_migrate_capabilities(&mut self) -> Result<Vec<Capability>, QmpError> {
+        self.execute("query-migrate-capabilities", Value::Null)
+            .await
     }
 
     /// Turns on `MIGRATION` and `MIGRATION_PASS` events (needed on both ends).

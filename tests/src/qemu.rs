@@ -162,6 +162,9 @@ pub struct QemuOptions {
     pub memory_mib: u32,
     /// `tcp:ADDR:PORT` to wait for an incoming migration instead of booting.
     pub incoming: Option<String>,
+    /// More properties of the NIC (`,prop=value...`), for a device that differs from
+    /// the other end's.
+    pub nic_extra: String,
     pub accel: Accel,
 }
 
@@ -184,6 +187,7 @@ impl QemuOptions {
             append,
             memory_mib: 128,
             incoming: None,
+            nic_extra: String::new(),
             accel: Accel::Auto,
         }
     }
@@ -243,8 +247,8 @@ impl Qemu {
             ))
             .arg("-device")
             .arg(format!(
-                "virtio-net-pci,netdev=n0,id={NIC_ID},mac={},romfile=",
-                opts.mac
+                "virtio-net-pci,netdev=n0,id={NIC_ID},mac={},romfile={}",
+                opts.mac, opts.nic_extra
             ))
             .arg("-qmp")
             .arg(format!(

@@ -257,6 +257,22 @@ impl VmWorld {
         qemu
     }
 
+    /// A destination at `host` that cannot load the source's last state: its NIC lacks
+    /// a feature (mergeable receive buffers) the guest has acknowledged at the source,
+    /// and QEMU checks that when it loads the NIC's state, which comes after the RAM in
+    /// the final stop-and-copy. It fails then, and exits, after the source has sent
+    /// everything and reported `completed`.
+    pub fn incoming_unloadable(&self, host: Host, params: &BootParams) -> Qemu {
+        let mut opts = self.qemu_options("dst", host, params);
+        opts.incoming = Some(migration_uri(host));
+        opts.nic_extra = ",mrg_rxbuf=off".into();
+        let mut qemu = Qemu::start(opts);
+        qemu.wait_tap(QEMU_TIMEOUT);
+        self.setup_tap(host);
+        wait_socket(&mut qemu);
+        qemu
+    }
+
     /// A second guest at `host` booted without `-incoming`: a destination that does not
     /// wait for a migration.
     pub fn not_waiting(&self, host: Host, params: &BootParams) -> Qemu {

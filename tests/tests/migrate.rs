@@ -784,6 +784,88 @@ fn a_destination_that_dies_is_reported_and_rolled_back() {
     );
 }
 
+/// A destination that fails after the source has sent everything (it cannot load the
+/// NIC's state, which comes last): the source reports `completed`, but the destination
+/// never runs the guest. netpage exits non-zero, every node is back at RA_A, the source
+/// leaves `postmigrate` (netpage's `cont`) and the guest answers there within seconds.
+#[test]
+fn a_destination_that_fails_after_the_source_completed_is_rolled_back() {
+    if skipped() {
+        return;
+    }
+    let _one = serial();
+    let vw = VmWorld::new();
+    let params = boot_params(0);
+    let mut src = vw.boot(Host::A, &params);
+    let mut dst = vw.incoming_unloadable(Host::B, &params);
+    let before = vw.tables();
+    let at_a = vw.mapped_packets(Host::A);
+    let out = vw.migrate(
+        &src,
+        &dst,
+        Host::B,
+        &["--downtime-limit", DOWNTIME_LIMIT_MS],
+    );
+    let exited = Instant::now();
+    assert!(!out.status.success(), "migrate succeeded:\n{}", text(&out));
+    let report = json(&out);
+    print_timeline(&report);
+    eprintln!("stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(report["status"], "failed", "{report:#}");
+    assert_eq!(report["rolled_back"], true, "{report:#}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(error.contains("destination"), "{report:#}");
+    let marks = report["timeline"]["marks"].as_array().unwrap();
+    let at = |source: &str, what: &str| {
+        marks
+            .iter()
+            .find(|m| m["source"] == source && m["what"] == what)
+            .and_then(|m| m["at_ms"].as_f64())
+    };
+    // The late failure this test is about: the source had sent everything.
+    assert!(
+        at("src", "COMPLETED").is_some(),
+        "the source did not report completed: {report:#}"
+    );
+    assert_eq!(
+        query_migrate(&src.qmp_path()).status,
+        Some(MigrationStatus::Completed)
+    );
+    assert!(
+        at("netpage", "SOURCE RESUMED").is_some(),
+        "no cont of the source: {report:#}"
+    );
+    assert!(dst.wait_exit(Duration::from_secs(10)).is_some());
+    assert_tables_unchanged(&before, &vw.tables(), "after the rollback");
+    src.assert_alive();
+    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
+    let answered = (0..10).find(|_| vw.world.ping(Node::Client, VA.into()));
+    let answer_after = exited.elapsed();
+    assert!(
+        answered.is_some(),
+        "no answer at the source after the rollback"
+    );
+    echo_line(&mut vw.echo_stream(), "after the rollback\n");
+    assert!(
+        vw.mapped_packets(Host::A) > at_a,
+        "host A translated nothing"
+    );
+    let failed = at("dst", "FAILED").or(at("dst", "EXITED"));
+    let ms = |a: Option<f64>, b: Option<f64>| {
+        a.zip(b)
+            .map_or("-".into(), |(a, b)| format!("{:.1}", b - a))
+    };
+    println!(
+        "figures: late destination failure: source COMPLETED -> destination failed {} ms, \
+         destination failed -> rolled back {} ms, -> source resumed {} ms; \
+         netpage's exit -> first answer at the source {:.1} ms",
+        ms(at("src", "COMPLETED"), failed),
+        ms(failed, at("netpage", "ROLLED BACK")),
+        ms(failed, at("netpage", "SOURCE RESUMED")),
+        answer_after.as_secs_f64() * 1e3
+    );
+}
+
 /// A migration through the directory whose destination dies right after the switch
 /// transaction: netpage rolls the switch back through the directory (the VA at RA_A
 /// again, RA_A no longer draining, RA_B's reservation gone), every edge's agent applies
