@@ -75,6 +75,7 @@ use serde::Serialize;
 mod confirm;
 mod edges;
 mod hold;
+mod interrupt;
 mod neighbour;
 mod report;
 
@@ -92,6 +93,7 @@ pub use edges::EdgeSpec;
 use edges::{Edges, Edit};
 pub use hold::{HOLD_MS, MAX_HELD_PASS, POLL, STOP_GRACE, TICK_LEAD};
 use hold::{Hold, Ticks};
+use interrupt::Interrupts;
 use neighbour::{guest_mac, neigh};
 pub use report::{MigrateReport, NodeSwitch, Release};
 
@@ -183,13 +185,17 @@ pub enum MigrateError {
     Table(#[from] TableError),
     #[error(transparent)]
     Dir(#[from] DirError),
+    #[error("listening for SIGINT and SIGTERM")]
+    Signals(#[source] std::io::Error),
 }
 
 /// Runs a migration. `Err` means it could not start and nothing changed; a migration that
 /// started and failed gives a report with its error, after the rollback.
 pub async fn migrate(opts: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
     let start = Instant::now();
-    let mut run = Run::prepare(opts, start).await?;
+    // From here on a signal ends the migration through its rollback, never half-way.
+    let interrupts = Interrupts::listen().map_err(MigrateError::Signals)?;
+    let mut run = Run::prepare(opts, start, interrupts).await?;
     let outcome = run.drive(opts).await;
     Ok(run.finish(opts, outcome).await)
 }
@@ -239,6 +245,7 @@ struct Run {
     release: Option<Release>,
     /// After a release with a switch: when netpage switches back unless STOP came.
     grace: Option<Instant>,
+    interrupts: Interrupts,
 }
 
 /// Where the event loop ended.
@@ -259,7 +266,11 @@ enum Step {
 
 impl Run {
     /// Checks everything, then installs R2V[to] everywhere (and the neighbour entry).
-    async fn prepare(opts: &MigrateOptions, start: Instant) -> Result<Self, MigrateError> {
+    async fn prepare(
+        opts: &MigrateOptions,
+        start: Instant,
+        interrupts: Interrupts,
+    ) -> Result<Self, MigrateError> {
         let mut edges = Edges::open(&opts.edges).await?;
         let from = edges.locate(opts.vm, opts.to).await?;
         if from == opts.to {
@@ -336,6 +347,7 @@ impl Run {
             limit_ms: opts.downtime_limit_ms,
             release: None,
             grace: None,
+            interrupts,
         };
         if let Some((n, mac)) = &run.neighbour {
             // A failure here is reported, not fatal: without the entry, the destination
@@ -393,6 +405,10 @@ impl Run {
                     }
                     Err(e) => Step::Failed(format!("the destination QEMU: {e}")),
                 },
+                sig = self.interrupts.next() => {
+                    self.mark(Source::Netpage, sig, String::new());
+                    Step::Failed(format!("interrupted by {sig}"))
+                }
                 _ = tokio::time::sleep_until(deadline) => Step::Failed(format!(
                     "the migration did not complete within {:?} (it may not converge: raise --downtime-limit or --timeout)",
                     opts.timeout
@@ -769,7 +785,16 @@ impl Run {
             return;
         }
         self.mark(Source::Netpage, "DRAINING", format!("{from} for {drain:?}"));
-        tokio::time::sleep(drain).await;
+        tokio::select! {
+            _ = tokio::time::sleep(drain) => {}
+            sig = self.interrupts.next() => {
+                // The migration is done: only the wait ends. The drain's deadline is in
+                // every table, and the next command that writes them ends it.
+                self.mark(Source::Netpage, sig, "the drain ends with the next gc".into());
+                eprintln!("netpage: {sig}: {from} drains until its deadline; `netpage gc` ends it after");
+                return;
+            }
+        }
         for why in self.edges.end_drains() {
             eprintln!("netpage: warning: {why}");
         }

@@ -331,7 +331,24 @@ impl VmWorld {
     /// Runs `NETPAGE --json migrate` as `call` says, with the destination's neighbour
     /// entry and a drain of 1 s, plus `extra`: `netpage` is the command with the
     /// arguments that say which page tables switch (`--etcd URLS`, or `--node DIR`s).
-    pub fn migrate_by(&self, mut cmd: Command, call: &MigrateCall, extra: &[&str]) -> Output {
+    pub fn migrate_by(&self, cmd: Command, call: &MigrateCall, extra: &[&str]) -> Output {
+        output(&mut self.migrate_command(cmd, call, extra))
+    }
+
+    /// `netpage --json migrate` as [`VmWorld::migrate_with`] runs it, not yet started
+    /// (to be signalled or killed while it runs).
+    pub fn migrate_nodes_command(&self, call: &MigrateCall, extra: &[&str]) -> Command {
+        let mut args: Vec<&str> = Vec::new();
+        let nodes = self.nodes();
+        for node in &nodes {
+            args.extend(["--node", node]);
+        }
+        args.extend(extra);
+        self.migrate_command(Command::new(netpage_bin()), call, &args)
+    }
+
+    /// `cmd` with the arguments of [`VmWorld::migrate_by`].
+    fn migrate_command(&self, mut cmd: Command, call: &MigrateCall, extra: &[&str]) -> Command {
         cmd.args(["--json", "migrate", "--vm", &call.vm, "--to", &call.to])
             .arg("--src-qmp")
             .arg(&call.src_qmp)
@@ -342,7 +359,7 @@ impl VmWorld {
         cmd.args(["--dst-neigh", &neigh])
             .args(["--drain", "1"])
             .args(extra);
-        output(&mut cmd)
+        cmd
     }
 
     /// Runs `netpage ARGS` from the root namespace; returns its output as is.
@@ -499,6 +516,22 @@ pub fn run_state(path: &Path) -> RunState {
             .await
             .unwrap_or_else(|e| panic!("{e}"))
             .status
+    })
+}
+
+/// The downtime limit (ms) of the QEMU whose QMP socket is `path`.
+pub fn downtime_limit(path: &Path) -> u64 {
+    runtime().block_on(async {
+        let mut qmp = Qmp::connect(path, QEMU_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let params: serde_json::Value = qmp
+            .execute("query-migrate-parameters", serde_json::Value::Null)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        params["downtime-limit"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no downtime-limit in {params}"))
     })
 }
 

@@ -11,7 +11,7 @@
 use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
-    process::Output,
+    process::{Output, Stdio},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -31,7 +31,7 @@ use netpage_tests::{
     guest::ECHO_PORT,
     vmworld::{
         self, IcmpProbe, MigrateCall, TAP, TableSnapshot, VA, VmWorld, bench, boot_params,
-        echo_line, migrate_by_qmp, migration_uri, query_migrate, ra, run_state,
+        downtime_limit, echo_line, migrate_by_qmp, migration_uri, query_migrate, ra, run_state,
     },
     world::{Host, Node, ProbeReport},
 };
@@ -863,6 +863,74 @@ fn a_destination_that_fails_after_the_source_completed_is_rolled_back() {
         ms(failed, at("netpage", "ROLLED BACK")),
         ms(failed, at("netpage", "SOURCE RESUMED")),
         answer_after.as_secs_f64() * 1e3
+    );
+}
+
+/// SIGINT in the middle of a migration (the live copy of a guest that cannot converge,
+/// the downtime limit held at 1 ms) ends it the way a failure does: cancelled, every node
+/// back at RA_A, the source's own downtime limit back, the guest running at the source;
+/// `migrate` reports it and exits non-zero.
+#[test]
+fn sigint_during_a_migration_rolls_back_and_the_source_runs_on() {
+    if skipped() {
+        return;
+    }
+    let _one = serial();
+    let vw = VmWorld::new();
+    vw.shape_link("20mbit");
+    let params = boot_params(40);
+    let mut src = vw.boot(Host::A, &params);
+    let mut dst = vw.incoming(Host::B, &params);
+    let before = vw.tables();
+    let limit = downtime_limit(&src.qmp_path());
+    let child = vw
+        .migrate_nodes_command(
+            &MigrateCall::usual(&src, &dst, Host::B),
+            &["--timeout", "60"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start netpage migrate");
+    // (QEMU answers one QMP client at a time: netpage's, until it exits.)
+    thread::sleep(Duration::from_millis(1500));
+    let signalled = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(sent, 0, "SIGINT to netpage migrate");
+    let out = child.wait_with_output().expect("netpage migrate");
+    let took = signalled.elapsed();
+    assert!(!out.status.success(), "migrate succeeded:\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("interrupted by SIGINT"), "{}", text(&out));
+    let report = json(&out);
+    print_timeline(&report);
+    assert_eq!(report["status"], "failed", "{report:#}");
+    assert_eq!(report["rolled_back"], true, "{report:#}");
+    let marks = report["timeline"]["marks"].as_array().unwrap();
+    for what in ["LIMIT HELD", "SIGINT", "CANCEL", "ROLLED BACK"] {
+        assert!(
+            marks.iter().any(|m| m["what"] == what),
+            "no {what}: {report:#}"
+        );
+    }
+    assert_tables_unchanged(&before, &vw.tables(), "after SIGINT");
+    assert_eq!(downtime_limit(&src.qmp_path()), limit);
+    src.assert_alive();
+    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
+    assert_eq!(
+        query_migrate(&src.qmp_path()).status,
+        Some(MigrationStatus::Cancelled)
+    );
+    assert!(dst.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(
+        vw.world.ping(Node::Client, VA.into()),
+        "no answer at the source after SIGINT"
+    );
+    println!(
+        "figures: SIGINT -> netpage exited, rolled back, {:.1} ms",
+        took.as_secs_f64() * 1e3
     );
 }
 
