@@ -75,8 +75,10 @@ use serde::Serialize;
 mod confirm;
 mod edges;
 mod hold;
+pub mod intent;
 mod interrupt;
 mod neighbour;
+mod recover;
 mod report;
 
 use crate::{
@@ -93,8 +95,10 @@ pub use edges::EdgeSpec;
 use edges::{Edges, Edit};
 pub use hold::{HOLD_MS, MAX_HELD_PASS, POLL, STOP_GRACE, TICK_LEAD};
 use hold::{Hold, Ticks};
+use intent::{Intent, IntentError, RecordedEdges};
 use interrupt::Interrupts;
 use neighbour::{guest_mac, neigh};
+pub use recover::{RecoverReport, recover};
 pub use report::{MigrateReport, NodeSwitch, Release};
 
 /// When the page table switches to the destination.
@@ -146,6 +150,8 @@ pub struct MigrateOptions {
     /// How long the old real address keeps translating after completion.
     pub drain: Duration,
     pub neighbour: Option<Neighbour>,
+    /// Where the record of the migration in flight is kept (see [`intent`]).
+    pub state_dir: PathBuf,
 }
 
 /// Why a migration could not start (nothing was changed).
@@ -185,6 +191,10 @@ pub enum MigrateError {
     Table(#[from] TableError),
     #[error(transparent)]
     Dir(#[from] DirError),
+    #[error(transparent)]
+    Intent(#[from] IntentError),
+    #[error("{0}")]
+    Recover(String),
     #[error("listening for SIGINT and SIGTERM")]
     Signals(#[source] std::io::Error),
 }
@@ -246,6 +256,12 @@ struct Run {
     /// After a release with a switch: when netpage switches back unless STOP came.
     grace: Option<Instant>,
     interrupts: Interrupts,
+    /// The source's own downtime limit, put back after a rollback.
+    src_limit_ms: u64,
+    /// The record of this migration, removed once it has ended consistently.
+    intent: PathBuf,
+    /// Whether a table could not be switched back or forward: the record is kept.
+    inconsistent: bool,
 }
 
 /// Where the event loop ended.
@@ -271,6 +287,7 @@ impl Run {
         start: Instant,
         interrupts: Interrupts,
     ) -> Result<Self, MigrateError> {
+        Intent::refuse_if_recorded(&opts.state_dir, opts.vm)?;
         let mut edges = Edges::open(&opts.edges).await?;
         let from = edges.locate(opts.vm, opts.to).await?;
         if from == opts.to {
@@ -317,10 +334,41 @@ impl Run {
             "CHECKED",
             format!("{} at {from}", opts.vm),
         );
+        let src_limit_ms = hold::source_limit(&mut src).await?;
+        let record = Intent {
+            vm: opts.vm,
+            from,
+            to: opts.to,
+            edges: match &opts.edges {
+                EdgeSpec::Nodes(dirs) => RecordedEdges::Nodes(dirs.clone()),
+                EdgeSpec::Directory { .. } => RecordedEdges::Directory,
+            },
+            src_qmp: opts.src_qmp.clone(),
+            dst_qmp: opts.dst_qmp.clone(),
+            src_limit_ms,
+            src_was_running: s == RunState::Running,
+            neighbour: opts
+                .neighbour
+                .as_ref()
+                .map(|n| (n.iface.clone(), n.netns.clone())),
+            started_unix_ms: now_ms(),
+            pid: std::process::id(),
+        };
+        let intent = record.write(&opts.state_dir)?;
+        timeline.mark(
+            Instant::now(),
+            Source::Netpage,
+            "RECORDED",
+            intent.display().to_string(),
+        );
         let old_until_ms = now_ms() + (opts.timeout + opts.drain).as_millis() as u64;
-        edges
+        if let Err(e) = edges
             .reserve(opts.vm, from, opts.to, old_until_ms, &mut timeline)
-            .await?;
+            .await
+        {
+            intent::remove(&intent);
+            return Err(e);
+        }
         let mut run = Run {
             start,
             edges,
@@ -348,6 +396,9 @@ impl Run {
             release: None,
             grace: None,
             interrupts,
+            src_limit_ms,
+            intent,
+            inconsistent: false,
         };
         if let Some((n, mac)) = &run.neighbour {
             // A failure here is reported, not fatal: without the entry, the destination
@@ -433,7 +484,7 @@ impl Run {
         if opts.switch_at == SwitchAt::Stop {
             let limit = match opts.downtime_limit_ms {
                 Some(ms) => ms,
-                None => self.source_limit().await?,
+                None => self.src_limit_ms,
             };
             self.limit_ms = Some(limit);
             self.set_limit(HOLD_MS).await?;
@@ -628,7 +679,7 @@ impl Run {
             Outcome::Completed => self.complete(opts, &mut error).await,
             Outcome::Failed(why) => {
                 let mut why = self.with_destination_state(why).await;
-                self.cancel().await;
+                confirm::cancel(&mut self.src, &mut self.timeline).await;
                 match self.fence_destination().await {
                     Fate::Destination => {
                         // Past the point of no return: the guest runs at the destination,
@@ -639,6 +690,14 @@ impl Run {
                     Fate::Source(what) => {
                         eprintln!("netpage: {what}; the guest stays at the source: rolling back");
                         self.rollback().await;
+                        // The source's own limit, whatever netpage set (held or asked).
+                        self.held = false;
+                        let own = self.src_limit_ms;
+                        if let Err(e) = self.set_limit(own).await {
+                            eprintln!(
+                                "netpage: warning: setting the source's downtime limit back to {own} ms: {e}"
+                            );
+                        }
                         if let Err(e) = self.resume_source().await {
                             why = format!("{why}; {e}");
                         }
@@ -662,6 +721,16 @@ impl Run {
             ));
         }
         self.restore_limit().await;
+        if self.inconsistent {
+            let kept = format!(
+                "the migration's record {} is kept: `netpage migrate --recover --vm {}` finishes or undoes it",
+                self.intent.display(),
+                self.vm
+            );
+            error = Some(error.map_or(kept.clone(), |e| format!("{e}; {kept}")));
+        } else {
+            intent::remove(&self.intent);
+        }
         let info = self.final_info().await;
         let stop_to_resume_ms = match (self.stop, self.resume) {
             (Some(s), Some(r)) => Some(r.micros_since(&s) as f64 / 1e3),
@@ -704,47 +773,13 @@ impl Run {
         if !self.switched
             && let Err(why) = self.switch_all().await
         {
+            self.inconsistent = true;
             *error = Some(format!(
                 "{why}; the guest runs at the destination: run `netpage switch --vm {} --to {}` on those nodes",
                 self.vm, self.to
             ));
         }
         self.drain(opts.drain).await;
-    }
-
-    /// Cancels the migration unless it has ended, and waits for its final status.
-    async fn cancel(&mut self) -> Option<MigrationStatus> {
-        let deadline = Instant::now() + CANCEL_TIMEOUT;
-        let mut cancelled = false;
-        loop {
-            let status = match self.src.query_migrate().await {
-                Ok(info) => info.status,
-                Err(e) => {
-                    eprintln!(
-                        "netpage: warning: asking the source QEMU how the migration ended: {e}"
-                    );
-                    return None;
-                }
-            };
-            match status {
-                Some(s) if s.is_final() => return Some(s),
-                None | Some(MigrationStatus::None) => return None,
-                Some(_) if !cancelled => {
-                    cancelled = true;
-                    if let Err(e) = self.src.migrate_cancel().await {
-                        eprintln!("netpage: warning: cancelling the migration: {e}");
-                    }
-                    self.mark(Source::Netpage, "CANCEL", String::new());
-                }
-                Some(s) if Instant::now() >= deadline => {
-                    eprintln!(
-                        "netpage: warning: the migration is still {s} {CANCEL_TIMEOUT:?} after its cancel"
-                    );
-                    return Some(s);
-                }
-                Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
     }
 
     /// QEMU's figures; right after completion `downtime` may still read 0, so ask again.
@@ -810,6 +845,7 @@ impl Run {
             .edges
             .edit(Edit::Rollback, vm, from, to, &mut self.timeline)
             .await;
+        self.inconsistent |= !failed.is_empty();
         for why in failed {
             eprintln!("netpage: error: {why}");
         }

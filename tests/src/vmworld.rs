@@ -146,6 +146,8 @@ pub struct VmWorld {
     pub guest: Guest,
     /// Whether netpage translates at the edges (`false`: plain routing, see [`VmWorld::plain`]).
     translate: bool,
+    /// `netpage migrate --state-dir`: this world's records of migrations in flight.
+    state_dir: PathBuf,
 }
 
 impl VmWorld {
@@ -194,11 +196,23 @@ impl VmWorld {
             world.attach(Node::HostB, "b0", false);
             world.map_all(VA.into(), ra(Host::A).into());
         }
+        static WORLDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let state_dir = std::env::temp_dir().join(format!(
+            "netpage-migrations-{}-{}",
+            std::process::id(),
+            WORLDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         Self {
             world,
             guest,
             translate,
+            state_dir,
         }
+    }
+
+    /// Where `netpage migrate` keeps its records here (`--state-dir`).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     /// Reshapes the migration link to `rate` (a `tc` rate such as `20mbit`).
@@ -358,6 +372,8 @@ impl VmWorld {
         let neigh = format!("{TAP}@{}", self.netns(call.dst_host));
         cmd.args(["--dst-neigh", &neigh])
             .args(["--drain", "1"])
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .args(extra);
         cmd
     }
@@ -464,6 +480,12 @@ impl VmWorld {
     pub fn echo_reachable(&self, timeout: Duration) -> bool {
         let addr = SocketAddr::new(VA.into(), ECHO_PORT);
         self.world.tcp_connect(Node::Client, addr, timeout).is_ok()
+    }
+}
+
+impl Drop for VmWorld {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 

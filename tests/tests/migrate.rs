@@ -934,6 +934,169 @@ fn sigint_during_a_migration_rolls_back_and_the_source_runs_on() {
     );
 }
 
+/// `netpage migrate` killed with SIGKILL in the middle of the live copy leaves its record,
+/// RA_B's reverse entry on every node and the source's downtime limit held at 1 ms (QEMU
+/// copies on). A new migration of the VM is refused, naming the record; `migrate
+/// --recover` undoes the rest: the migration cancelled, every table as before, the
+/// source's own limit back, the record gone, and the guest answering at the source.
+#[test]
+fn a_killed_migrate_is_undone_by_recover() {
+    if skipped() {
+        return;
+    }
+    let _one = serial();
+    let vw = VmWorld::new();
+    vw.shape_link("20mbit");
+    let params = boot_params(40);
+    let mut src = vw.boot(Host::A, &params);
+    let mut dst = vw.incoming(Host::B, &params);
+    let before = vw.tables();
+    let limit = downtime_limit(&src.qmp_path());
+    let call = MigrateCall::usual(&src, &dst, Host::B);
+    let mut child = vw
+        .migrate_nodes_command(&call, &["--timeout", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start netpage migrate");
+    thread::sleep(Duration::from_millis(1500));
+    child.kill().expect("SIGKILL netpage migrate");
+    child.wait().expect("netpage migrate");
+
+    let (va, ra_b): (IpAddr, IpAddr) = (VA.into(), ra(Host::B).into());
+    for (node, t) in Node::EDGES.iter().zip(vw.tables()) {
+        assert!(t.reverse.contains(&(ra_b, va)), "{node:?}: {t:?}");
+    }
+    let record = vw.state_dir().join(format!("{VA}.json"));
+    assert!(record.exists(), "no record at {}", record.display());
+    assert_eq!(downtime_limit(&src.qmp_path()), 1, "the hold is left");
+
+    let refused = vw.migrate_with(&call, &["--timeout", "10"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("netpage migrate --recover --vm 198.19.0.10"),
+        "{}",
+        text(&refused)
+    );
+    println!("refused: {}", stderr.trim());
+
+    let started = Instant::now();
+    let out = vw.netpage(&[
+        "--json",
+        "migrate",
+        "--recover",
+        "--vm",
+        &VA.to_string(),
+        "--state-dir",
+        vw.state_dir().to_str().unwrap(),
+    ]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "recover failed:\n{}", text(&out));
+    let report = json(&out);
+    print_timeline(&report);
+    assert_eq!(report["status"], "rolled back", "{report:#}");
+    assert_eq!(report["record_removed"], true, "{report:#}");
+    assert!(!record.exists());
+    assert_tables_unchanged(&before, &vw.tables(), "after --recover");
+    assert_eq!(downtime_limit(&src.qmp_path()), limit);
+    src.assert_alive();
+    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
+    assert_eq!(
+        query_migrate(&src.qmp_path()).status,
+        Some(MigrationStatus::Cancelled)
+    );
+    assert!(dst.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(
+        vw.world.ping(Node::Client, VA.into()),
+        "no answer at the source after --recover"
+    );
+    echo_line(&mut vw.echo_stream(), "after the recovery\n");
+    println!(
+        "figures: migrate --recover undid a killed migration in {:.1} ms",
+        took.as_secs_f64() * 1e3
+    );
+}
+
+/// `netpage migrate --switch-at resume` killed with SIGKILL right after its switch (the
+/// destination runs the guest: past the point of no return) leaves RA_A translating
+/// without a drain's deadline and its record; `migrate --recover` finishes the
+/// migration: every node at RA_B, RA_A drained away, the guest answering at host B.
+#[test]
+fn a_migrate_killed_after_the_switch_is_finished_by_recover() {
+    if skipped() {
+        return;
+    }
+    let _one = serial();
+    let vw = VmWorld::new();
+    let params = boot_params(0);
+    let src = vw.boot(Host::A, &params);
+    let dst = vw.incoming(Host::B, &params);
+    let call = MigrateCall::usual(&src, &dst, Host::B);
+    let mut child = vw
+        .migrate_nodes_command(
+            &call,
+            &[
+                "--switch-at",
+                "resume",
+                "--downtime-limit",
+                DOWNTIME_LIMIT_MS,
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start netpage migrate");
+    use netpage::table::PageTable;
+    // Host B is switched last: once it maps the VA to RA_B, every node does.
+    let (va, ra_b): (IpAddr, IpAddr) = (VA.into(), ra(Host::B).into());
+    let pin_b = vw.world.pin_dir(Node::HostB);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = netpage::node::Node::new(&pin_b)
+            .open()
+            .expect("host B's table");
+        if t.table.forward(va).expect("V2R") == Some(ra_b) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no switch within 60 s");
+        if child.try_wait().expect("netpage migrate").is_some() {
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("netpage migrate ended before its switch:\n{err}");
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().expect("SIGKILL netpage migrate");
+    child.wait().expect("netpage migrate");
+    let record = vw.state_dir().join(format!("{VA}.json"));
+    assert!(record.exists(), "no record at {}", record.display());
+
+    let out = vw.netpage(&[
+        "--json",
+        "migrate",
+        "--recover",
+        "--vm",
+        &VA.to_string(),
+        "--state-dir",
+        vw.state_dir().to_str().unwrap(),
+        "--drain",
+        "1",
+    ]);
+    assert!(out.status.success(), "recover failed:\n{}", text(&out));
+    let report = json(&out);
+    print_timeline(&report);
+    assert_eq!(report["status"], "completed", "{report:#}");
+    assert!(!record.exists());
+    assert_moved_and_drained(&vw);
+    assert_eq!(run_state(&dst.qmp_path()), RunState::Running);
+    assert!(
+        vw.world.ping(Node::Client, VA.into()),
+        "no answer at host B after --recover"
+    );
+    echo_line(&mut vw.echo_stream(), "after the recovery\n");
+}
+
 /// A migration through the directory whose destination dies right after the switch
 /// transaction: netpage rolls the switch back through the directory (the VA at RA_A
 /// again, RA_A no longer draining, RA_B's reservation gone), every edge's agent applies

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Edit, Release, Run, Source, Step};
-use crate::qmp::{MigrationInfo, MigrationParameters, MigrationStatus, QmpError};
+use crate::qmp::{MigrationInfo, MigrationParameters, MigrationStatus, Qmp, QmpError};
 
 /// The downtime limit (ms) held while netpage waits to switch: no last copy fits in it.
 pub const HOLD_MS: u64 = 1;
@@ -25,6 +25,25 @@ pub const MAX_HELD_PASS: u64 = 3;
 pub(super) const QEMU_DEFAULT_LIMIT_MS: u64 = 300;
 /// Guest page size: QEMU counts dirty pages of this size on x86.
 pub(super) const PAGE_SIZE: f64 = 4096.0;
+
+/// The source's own downtime limit (QEMU's default if it does not say). A limit of
+/// [`HOLD_MS`] is the hold of a netpage killed during a migration (recorded, and undone by
+/// `--recover`), not the source's: QEMU's default is taken instead.
+pub(super) async fn source_limit(src: &mut Qmp) -> Result<u64, QmpError> {
+    let params: serde_json::Value = src
+        .execute("query-migrate-parameters", serde_json::Value::Null)
+        .await?;
+    match params["downtime-limit"].as_u64() {
+        Some(HOLD_MS) => {
+            eprintln!(
+                "netpage: warning: the source's downtime limit is {HOLD_MS} ms, netpage's hold: taking QEMU's default, {QEMU_DEFAULT_LIMIT_MS} ms, as its own"
+            );
+            Ok(QEMU_DEFAULT_LIMIT_MS)
+        }
+        Some(ms) => Ok(ms),
+        None => Ok(QEMU_DEFAULT_LIMIT_MS),
+    }
+}
 
 /// The downtime limit held at [`HOLD_MS`] while netpage waits for the moment to switch.
 pub(super) struct Hold {
@@ -80,17 +99,6 @@ impl Run {
             ..MigrationParameters::default()
         };
         self.src.migrate_set_parameters(&p).await
-    }
-
-    /// The source's downtime limit as it stands (QEMU's default if it does not say).
-    pub(super) async fn source_limit(&mut self) -> Result<u64, QmpError> {
-        let params: serde_json::Value = self
-            .src
-            .execute("query-migrate-parameters", serde_json::Value::Null)
-            .await?;
-        Ok(params["downtime-limit"]
-            .as_u64()
-            .unwrap_or(QEMU_DEFAULT_LIMIT_MS))
     }
 
     /// Puts the limit asked for back if netpage still holds its own (after a failure, or
