@@ -430,11 +430,11 @@ impl Run {
         while !(src_done && dst_done) {
             let poll_at = self.hold.as_ref().map(|h| h.next_poll);
             let grace_at = self.grace;
+            // Biased: an event already received (a STOP read while a poll waited for its
+            // answer) is handled before anything else, so that a STOP during the hold
+            // switches at once and no poll asks a QEMU busy with its last copy.
             let step = tokio::select! {
-                _ = tokio::time::sleep_until(poll_at.map_or(deadline, Into::into)),
-                    if poll_at.is_some() => self.poll().await,
-                _ = tokio::time::sleep_until(grace_at.map_or(deadline, Into::into)),
-                    if grace_at.is_some() => self.switch_back().await,
+                biased;
                 ev = self.src.next_event(FOREVER) => match ev {
                     Ok(Some(e)) => self.on_source(&e, opts.switch_at).await,
                     Ok(None) => Step::Continue,
@@ -456,6 +456,10 @@ impl Run {
                     }
                     Err(e) => Step::Failed(format!("the destination QEMU: {e}")),
                 },
+                _ = tokio::time::sleep_until(poll_at.map_or(deadline, Into::into)),
+                    if poll_at.is_some() => self.poll().await,
+                _ = tokio::time::sleep_until(grace_at.map_or(deadline, Into::into)),
+                    if grace_at.is_some() => self.switch_back().await,
                 sig = self.interrupts.next() => {
                     self.mark(Source::Netpage, sig, String::new());
                     Step::Failed(format!("interrupted by {sig}"))

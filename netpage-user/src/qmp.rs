@@ -377,6 +377,8 @@ pub struct RamStats {
     /// The transfer rate, in megabits per second.
     pub mbps: f64,
     pub pages_per_second: u64,
+    /// The guest page size QEMU counts dirty pages in (0 if it does not say).
+    pub page_size: u64,
     pub precopy_bytes: u64,
     /// What the final stop-and-copy sent.
     pub downtime_bytes: u64,

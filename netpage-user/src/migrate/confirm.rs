@@ -154,6 +154,8 @@ pub(super) async fn cancel(src: &mut Qmp, timeline: &mut Timeline) -> Option<Mig
     loop {
         let status = match src.query_migrate().await {
             Ok(info) => info.status,
+            // Busy saving its last state: it answers once that is done.
+            Err(e) if e.is_timeout() && Instant::now() < deadline => continue,
             Err(e) => {
                 eprintln!("netpage: warning: asking the source QEMU how the migration ended: {e}");
                 return None;
