@@ -541,6 +541,18 @@ pub fn run_state(path: &Path) -> RunState {
     })
 }
 
+/// Sets the migration capability `name` of the QEMU whose QMP socket is `path`.
+pub fn set_capability(path: &Path, name: &str, state: bool) {
+    runtime().block_on(async {
+        let mut qmp = Qmp::connect(path, QEMU_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        qmp.migrate_set_capabilities(&[(name, state)])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    })
+}
+
 /// The downtime limit (ms) of the QEMU whose QMP socket is `path`.
 pub fn downtime_limit(path: &Path) -> u64 {
     runtime().block_on(async {

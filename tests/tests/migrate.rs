@@ -2,7 +2,10 @@
 //! host A to host B of the world while a client talks to its virtual address, and netpage
 //! switches every edge's page table just before the source's STOP or at the destination's
 //! RESUME; the same migration without the switch loses the guest; a migration that cannot
-//! converge is rolled back; bad input changes nothing.
+//! converge is rolled back; a destination that fails, even after the source reported
+//! `completed`, is rolled back and the source resumed; SIGINT rolls back; a `migrate`
+//! killed with SIGKILL is finished or undone by `migrate --recover`; post-copy and bad
+//! input change nothing.
 //!
 //! Migrations run one at a time (they keep both cores busy under TCG), so that the figures
 //! each prints mean something. Figures are printed, not asserted, except probes lost with
@@ -32,6 +35,7 @@ use netpage_tests::{
     vmworld::{
         self, IcmpProbe, MigrateCall, TAP, TableSnapshot, VA, VmWorld, bench, boot_params,
         downtime_limit, echo_line, migrate_by_qmp, migration_uri, query_migrate, ra, run_state,
+        set_capability,
     },
     world::{Host, Node, ProbeReport},
 };
@@ -1330,6 +1334,38 @@ fn bad_input_changes_nothing() {
         vw.world.ping(Node::Client, VA.into()),
         "no answer at host A"
     );
+}
+
+/// A source with post-copy on (`postcopy-ram`) is refused before anything changes: the
+/// destination would run the guest before the source has sent it all, and the source
+/// could no longer take it back after a failure.
+#[test]
+fn post_copy_is_refused() {
+    if skipped() {
+        return;
+    }
+    let _one = serial();
+    let vw = VmWorld::new();
+    let params = boot_params(0);
+    let src = vw.boot(Host::A, &params);
+    let dst = vw.incoming(Host::B, &params);
+    set_capability(&src.qmp_path(), "postcopy-ram", true);
+    let before = vw.tables();
+    let out = vw.migrate(&src, &dst, Host::B, &["--timeout", "10"]);
+    assert!(!out.status.success(), "migrate succeeded:\n{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("refused: {}", stderr.trim());
+    assert!(
+        stderr.contains("post-copy is on (source QEMU's `postcopy-ram` capability)"),
+        "{}",
+        text(&out)
+    );
+    assert!(out.stdout.is_empty(), "a report\n{}", text(&out));
+    assert_tables_unchanged(&before, &vw.tables(), "after the refusal");
+    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
+    assert_eq!(query_migrate(&src.qmp_path()).status, None);
+    assert_eq!(run_state(&dst.qmp_path()), RunState::InMigrate);
+    assert!(!vw.state_dir().join(format!("{VA}.json")).exists());
 }
 
 /// The benchmark's baseline, once: the same migration with no netpage, the gateway's
