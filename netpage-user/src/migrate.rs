@@ -241,6 +241,9 @@ struct Run {
     src_was_running: bool,
     /// Whether the destination reported its incoming migration completed.
     dst_loaded: bool,
+    /// Whether the source accepted the `migrate` command (else the destination got
+    /// nothing and keeps waiting).
+    started: bool,
     switched_at: Option<SystemTime>,
     stop: Option<Timestamp>,
     resume: Option<Timestamp>,
@@ -385,6 +388,7 @@ impl Run {
             switched: false,
             src_was_running: s == RunState::Running,
             dst_loaded: false,
+            started: false,
             switched_at: None,
             stop: None,
             resume: None,
@@ -510,6 +514,7 @@ impl Run {
             self.restore_limit().await;
             return Err(e);
         }
+        self.started = true;
         self.mark(Source::Netpage, "MIGRATE", opts.uri.clone());
         Ok(())
     }

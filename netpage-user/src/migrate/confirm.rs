@@ -43,6 +43,9 @@ impl Run {
         if self.past_point_of_no_return() {
             return Fate::Destination;
         }
+        if !self.started {
+            return Fate::Source("the migration did not start: the destination still waits".into());
+        }
         fence(&mut self.dst, &mut self.resume, &mut self.timeline).await
     }
 
