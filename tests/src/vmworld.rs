@@ -361,8 +361,8 @@ impl VmWorld {
         self.migrate_command(Command::new(netpage_bin()), call, &args)
     }
 
-    /// `cmd` with the arguments of [`VmWorld::migrate_by`].
-    fn migrate_command(&self, mut cmd: Command, call: &MigrateCall, extra: &[&str]) -> Command {
+    /// `cmd` with the arguments of [`VmWorld::migrate_by`], not yet started.
+    pub fn migrate_command(&self, mut cmd: Command, call: &MigrateCall, extra: &[&str]) -> Command {
         cmd.args(["--json", "migrate", "--vm", &call.vm, "--to", &call.to])
             .arg("--src-qmp")
             .arg(&call.src_qmp)

@@ -1336,6 +1336,73 @@ fn bad_input_changes_nothing() {
     );
 }
 
+/// The same through the directory: `netpage --etcd URL migrate` killed with SIGKILL
+/// during the live copy leaves RA_B reserved in the directory (every agent applied it)
+/// and its record on this machine; `netpage --etcd URL migrate --recover` takes the
+/// reservation back through the directory, every agent applies that, the directory is
+/// consistent, and the guest answers at the source.
+#[test]
+fn a_killed_migrate_through_the_directory_is_undone_by_recover() {
+    if skipped() || etcd_skipped() {
+        return;
+    }
+    let _one = serial();
+    let vw = VmWorld::new();
+    vw.shape_link("20mbit");
+    let params = boot_params(40);
+    let mut src = vw.boot(Host::A, &params);
+    let mut dst = vw.incoming(Host::B, &params);
+    let d = OnDirectory::start(&vw);
+    let before = vw.tables();
+    let listed_before = netpage_etcd_json(&d.etcd, &["map", "list"]);
+    let limit = downtime_limit(&src.qmp_path());
+    let call = MigrateCall::usual(&src, &dst, Host::B);
+    let mut child = vw
+        .migrate_command(netpage_etcd(&d.etcd), &call, &["--timeout", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start netpage migrate");
+    thread::sleep(Duration::from_millis(2000));
+    child.kill().expect("SIGKILL netpage migrate");
+    child.wait().expect("netpage migrate");
+    let (va, ra_b): (IpAddr, IpAddr) = (VA.into(), ra(Host::B).into());
+    for (node, t) in Node::EDGES.iter().zip(vw.tables()) {
+        assert!(t.reverse.contains(&(ra_b, va)), "{node:?}: {t:?}");
+    }
+
+    let mut recover = netpage_etcd(&d.etcd);
+    recover
+        .args(["--json", "migrate", "--recover", "--vm", &VA.to_string()])
+        .arg("--state-dir")
+        .arg(vw.state_dir());
+    let out = netpage_tests::netns::output(&mut recover);
+    assert!(out.status.success(), "recover failed:\n{}", text(&out));
+    let report = json(&out);
+    print_timeline(&report);
+    assert_eq!(report["status"], "rolled back", "{report:#}");
+    assert_eq!(
+        netpage_etcd_json(&d.etcd, &["map", "list"]),
+        listed_before,
+        "the directory's mappings after --recover"
+    );
+    let check = netpage_etcd_json(&d.etcd, &["check"]);
+    assert_eq!(check["findings"], serde_json::json!([]), "{check:#}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vw.tables() != before && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_tables_unchanged(&before, &vw.tables(), "after --recover");
+    assert_eq!(downtime_limit(&src.qmp_path()), limit);
+    src.assert_alive();
+    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
+    assert!(dst.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(
+        vw.world.ping(Node::Client, VA.into()),
+        "no answer at the source after --recover"
+    );
+}
+
 /// A source with post-copy on (`postcopy-ram`) is refused before anything changes: the
 /// destination would run the guest before the source has sent it all, and the source
 /// could no longer take it back after a failure.
