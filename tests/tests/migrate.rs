@@ -940,7 +940,8 @@ fn sigint_during_a_migration_rolls_back_and_the_source_runs_on() {
 
 /// `netpage migrate` killed with SIGKILL in the middle of the live copy leaves its record,
 /// RA_B's reverse entry on every node and the source's downtime limit held at 1 ms (QEMU
-/// copies on). A new migration of the VM is refused, naming the record; `migrate
+/// copies on). `migrate --recover` is refused while that `migrate` runs; once it is
+/// killed, a new migration of the VM is refused, naming the record, and `migrate
 /// --recover` undoes the rest: the migration cancelled, every table as before, the
 /// source's own limit back, the record gone, and the guest answering at the source.
 #[test]
@@ -964,6 +965,22 @@ fn a_killed_migrate_is_undone_by_recover() {
         .spawn()
         .expect("start netpage migrate");
     thread::sleep(Duration::from_millis(1500));
+    let recover = [
+        "--json",
+        "migrate",
+        "--recover",
+        "--vm",
+        &VA.to_string(),
+        "--state-dir",
+        vw.state_dir().to_str().unwrap(),
+    ];
+    let early = vw.netpage(&recover);
+    assert!(!early.status.success(), "{}", text(&early));
+    assert!(
+        String::from_utf8_lossy(&early.stderr).contains("still runs"),
+        "{}",
+        text(&early)
+    );
     child.kill().expect("SIGKILL netpage migrate");
     child.wait().expect("netpage migrate");
 
@@ -986,15 +1003,7 @@ fn a_killed_migrate_is_undone_by_recover() {
     println!("refused: {}", stderr.trim());
 
     let started = Instant::now();
-    let out = vw.netpage(&[
-        "--json",
-        "migrate",
-        "--recover",
-        "--vm",
-        &VA.to_string(),
-        "--state-dir",
-        vw.state_dir().to_str().unwrap(),
-    ]);
+    let out = vw.netpage(&recover);
     let took = started.elapsed();
     assert!(out.status.success(), "recover failed:\n{}", text(&out));
     let report = json(&out);

@@ -1,6 +1,8 @@
 //! SIGINT and SIGTERM during a migration: heard from the start, so that they never kill
 //! netpage half-way, and turned into a failure of the migration, which then ends as any
-//! other (cancelled, rolled back, the source resumed) before the command exits.
+//! other (cancelled, rolled back, the source resumed) before the command exits. A second
+//! signal during that ending is not heard: the ending finishes first (a SIGKILL then
+//! leaves the migration's record for `netpage migrate --recover`).
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 

@@ -76,6 +76,12 @@ pub async fn recover(
 ) -> Result<RecoverReport, MigrateError> {
     let mut timeline = Timeline::new(Instant::now());
     let (rec, path) = Intent::read(state_dir, vm)?;
+    if still_running(rec.pid) {
+        return Err(MigrateError::Recover(format!(
+            "the migration of {vm} still runs (netpage, pid {}): interrupt it with SIGINT, which rolls it back",
+            rec.pid
+        )));
+    }
     let spec = match (&rec.edges, cli) {
         (RecordedEdges::Nodes(dirs), _) => EdgeSpec::Nodes(dirs.clone()),
         (RecordedEdges::Directory, d @ EdgeSpec::Directory { .. }) => d,
@@ -213,4 +219,10 @@ async fn connect(which: &str, path: &Path) -> Option<Qmp> {
             None
         }
     }
+}
+
+/// Whether `pid` is a `netpage` still running (the migration's own process).
+fn still_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| comm.trim() == "netpage" && pid != std::process::id())
 }
