@@ -876,6 +876,17 @@ fn a_destination_that_fails_after_the_source_completed_is_rolled_back() {
 /// `migrate` reports it and exits non-zero.
 #[test]
 fn sigint_during_a_migration_rolls_back_and_the_source_runs_on() {
+    signal_during_a_migration(libc::SIGINT, "SIGINT");
+}
+
+/// SIGTERM (what a service manager sends) goes the same way as SIGINT.
+#[test]
+fn sigterm_during_a_migration_rolls_back_and_the_source_runs_on() {
+    signal_during_a_migration(libc::SIGTERM, "SIGTERM");
+}
+
+/// Sends `signal` to `netpage migrate` in the middle of a live copy that cannot converge.
+fn signal_during_a_migration(signal: libc::c_int, name: &str) {
     if skipped() {
         return;
     }
@@ -900,26 +911,30 @@ fn sigint_during_a_migration_rolls_back_and_the_source_runs_on() {
     thread::sleep(Duration::from_millis(1500));
     let signalled = Instant::now();
     // SAFETY: kill(2) on our own child's pid.
-    let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    assert_eq!(sent, 0, "SIGINT to netpage migrate");
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(sent, 0, "{name} to netpage migrate");
     let out = child.wait_with_output().expect("netpage migrate");
     let took = signalled.elapsed();
     assert!(!out.status.success(), "migrate succeeded:\n{}", text(&out));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("interrupted by SIGINT"), "{}", text(&out));
+    assert!(
+        stderr.contains(&format!("interrupted by {name}")),
+        "{}",
+        text(&out)
+    );
     let report = json(&out);
     print_timeline(&report);
     assert_eq!(report["status"], "failed", "{report:#}");
     assert_eq!(report["rolled_back"], true, "{report:#}");
     let marks = report["timeline"]["marks"].as_array().unwrap();
-    for what in ["LIMIT HELD", "SIGINT", "CANCEL", "ROLLED BACK"] {
+    for what in ["LIMIT HELD", name, "CANCEL", "ROLLED BACK"] {
         assert!(
             marks.iter().any(|m| m["what"] == what),
             "no {what}: {report:#}"
         );
     }
-    assert_tables_unchanged(&before, &vw.tables(), "after SIGINT");
+    assert_tables_unchanged(&before, &vw.tables(), &format!("after {name}"));
     assert_eq!(downtime_limit(&src.qmp_path()), limit);
     src.assert_alive();
     assert_eq!(run_state(&src.qmp_path()), RunState::Running);
@@ -930,10 +945,10 @@ fn sigint_during_a_migration_rolls_back_and_the_source_runs_on() {
     assert!(dst.wait_exit(Duration::from_secs(10)).is_some());
     assert!(
         vw.world.ping(Node::Client, VA.into()),
-        "no answer at the source after SIGINT"
+        "no answer at the source after {name}"
     );
     println!(
-        "figures: SIGINT -> netpage exited, rolled back, {:.1} ms",
+        "figures: {name} -> netpage exited, rolled back, {:.1} ms",
         took.as_secs_f64() * 1e3
     );
 }
