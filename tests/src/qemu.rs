@@ -165,6 +165,9 @@ pub struct QemuOptions {
     /// More properties of the NIC (`,prop=value...`), for a device that differs from
     /// the other end's.
     pub nic_extra: String,
+    /// A second QMP socket ([`Qemu::watch_qmp_path`]), for a test to follow QEMU's
+    /// events while another client holds the first (QEMU serves one client a socket).
+    pub watch_qmp: bool,
     pub accel: Accel,
 }
 
@@ -188,6 +191,7 @@ impl QemuOptions {
             memory_mib: 128,
             incoming: None,
             nic_extra: String::new(),
+            watch_qmp: false,
             accel: Accel::Auto,
         }
     }
@@ -260,6 +264,12 @@ impl Qemu {
         }
         if let Some(incoming) = &opts.incoming {
             cmd.args(["-incoming", incoming]);
+        }
+        if opts.watch_qmp {
+            cmd.arg("-qmp").arg(format!(
+                "unix:{},server=on,wait=off",
+                dir.join("watch.sock").display()
+            ));
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -389,6 +399,11 @@ impl Qemu {
     /// The QMP unix socket.
     pub fn qmp_path(&self) -> PathBuf {
         self.dir.join("qmp.sock")
+    }
+
+    /// The second QMP socket, if started with [`QemuOptions::watch_qmp`].
+    pub fn watch_qmp_path(&self) -> PathBuf {
+        self.dir.join("watch.sock")
     }
 
     /// The serial console's log file.

@@ -247,7 +247,18 @@ impl VmWorld {
 
     /// Boots the guest at `host` and waits until it is ready.
     pub fn boot(&self, host: Host, params: &BootParams) -> Qemu {
-        let mut qemu = Qemu::start(self.qemu_options("src", host, params));
+        self.boot_with(host, self.qemu_options("src", host, params))
+    }
+
+    /// Boots the guest at `host` with a second QMP socket to follow its events.
+    pub fn boot_watched(&self, host: Host, params: &BootParams) -> Qemu {
+        let mut opts = self.qemu_options("src", host, params);
+        opts.watch_qmp = true;
+        self.boot_with(host, opts)
+    }
+
+    fn boot_with(&self, host: Host, opts: QemuOptions) -> Qemu {
+        let mut qemu = Qemu::start(opts);
         qemu.wait_tap(QEMU_TIMEOUT);
         self.setup_tap(host);
         wait_socket(&mut qemu);

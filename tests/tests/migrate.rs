@@ -870,6 +870,90 @@ fn a_destination_that_fails_after_the_source_completed_is_rolled_back() {
     );
 }
 
+/// The destination QEMU killed right after the source reported `completed` (a test
+/// thread follows the source's events on a second QMP socket), before it resumes the
+/// guest: netpage exits non-zero, every node is back at RA_A, and the source, resumed
+/// from `postmigrate`, answers within seconds.
+#[test]
+fn a_destination_killed_after_the_source_completed_is_rolled_back() {
+    if skipped() {
+        return;
+    }
+    let _one = serial();
+    let vw = VmWorld::new();
+    let params = boot_params(0);
+    let mut src = vw.boot_watched(Host::A, &params);
+    let mut dst = vw.incoming(Host::B, &params);
+    let before = vw.tables();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut watch = rt
+        .block_on(netpage::qmp::Qmp::connect(
+            src.watch_qmp_path(),
+            Duration::from_secs(10),
+        ))
+        .expect("the source's second QMP socket");
+    let dst_pid = dst.pid();
+    let (out, killed_at) = thread::scope(|s| {
+        let killer = s.spawn(move || {
+            rt.block_on(async {
+                let mut seen = Vec::new();
+                watch
+                    .wait_event(Duration::from_secs(60), &mut seen, |e| {
+                        e.migration_status() == Some(MigrationStatus::Completed)
+                    })
+                    .await
+                    .expect("the source's completion");
+            });
+            // SAFETY: kill(2) on the destination QEMU's own pid.
+            let killed = unsafe { libc::kill(dst_pid as libc::pid_t, libc::SIGKILL) };
+            assert_eq!(killed, 0, "kill the destination QEMU");
+            SystemTime::now()
+        });
+        let out = vw.migrate(
+            &src,
+            &dst,
+            Host::B,
+            &["--downtime-limit", DOWNTIME_LIMIT_MS],
+        );
+        (out, killer.join().expect("the killer"))
+    });
+    let exited = Instant::now();
+    assert!(!out.status.success(), "migrate succeeded:\n{}", text(&out));
+    let report = json(&out);
+    print_timeline(&report);
+    assert_eq!(report["status"], "failed", "{report:#}");
+    assert_eq!(report["rolled_back"], true, "{report:#}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(error.contains("the destination QEMU exited"), "{report:#}");
+    let marks = report["timeline"]["marks"].as_array().unwrap();
+    let has = |source: &str, what: &str| {
+        marks
+            .iter()
+            .any(|m| m["source"] == source && m["what"] == what)
+    };
+    assert!(has("src", "COMPLETED"), "{report:#}");
+    assert!(!has("dst", "RESUME"), "the destination resumed: {report:#}");
+    assert!(has("netpage", "SOURCE RESUMED"), "{report:#}");
+    assert!(dst.wait_exit(Duration::from_secs(5)).is_some());
+    assert_tables_unchanged(&before, &vw.tables(), "after the rollback");
+    src.assert_alive();
+    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
+    let answered = (0..10).find(|_| vw.world.ping(Node::Client, VA.into()));
+    assert!(
+        answered.is_some(),
+        "no answer at the source after the rollback"
+    );
+    echo_line(&mut vw.echo_stream(), "after the rollback\n");
+    println!(
+        "figures: destination killed after the source completed: kill -> first answer at the source {:.1} ms (netpage's exit -> answer {:.1} ms)",
+        unix_ms(SystemTime::now()) - unix_ms(killed_at),
+        exited.elapsed().as_secs_f64() * 1e3
+    );
+}
+
 /// SIGINT in the middle of a migration (the live copy of a guest that cannot converge,
 /// the downtime limit held at 1 ms) ends it the way a failure does: cancelled, every node
 /// back at RA_A, the source's own downtime limit back, the guest running at the source;
