@@ -59,8 +59,9 @@ pub struct Intent {
 #[derive(Debug, thiserror::Error)]
 pub enum IntentError {
     #[error(
-        "a migration of {vm} is in flight or was interrupted (recorded in {}): finish or undo it with `netpage migrate --recover --vm {vm}`",
-        path.display()
+        "a migration of {vm} is in flight or was interrupted (recorded in {}): finish or undo it with `netpage migrate --recover --vm {vm}{}`",
+        path.display(),
+        state_dir_arg(path)
     )]
     InFlight { vm: IpAddr, path: PathBuf },
     #[error("no migration of {vm} is recorded in {}", dir.display())]
@@ -77,6 +78,16 @@ pub enum IntentError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// ` --state-dir DIR` for the record at `path`, unless DIR is the default.
+fn state_dir_arg(path: &Path) -> String {
+    match path.parent() {
+        Some(dir) if dir != Path::new(DEFAULT_STATE_DIR) => {
+            format!(" --state-dir {}", dir.display())
+        }
+        _ => String::new(),
+    }
 }
 
 /// The record's file for `vm` in `dir`.
