@@ -7,7 +7,7 @@ use netpage::{
     attach::{Hook, Mode},
     directory::{EtcdOptions, schema::DEFAULT_PREFIX},
     loader::Side,
-    migrate::{EdgeSpec, MigrateOptions, Neighbour, SwitchAt},
+    migrate::{EdgeSpec, MigrateOptions, Neighbour, SwitchAt, intent::DEFAULT_STATE_DIR},
     node::DEFAULT_PIN_DIR,
 };
 
@@ -255,17 +255,22 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub vm: IpAddr,
     /// Its real address at the destination site.
-    #[arg(long)]
-    pub to: IpAddr,
+    #[arg(long, required_unless_present = "recover")]
+    pub to: Option<IpAddr>,
     /// The source QEMU's QMP socket.
-    #[arg(long, value_name = "SOCK")]
-    pub src_qmp: PathBuf,
+    #[arg(long, value_name = "SOCK", required_unless_present = "recover")]
+    pub src_qmp: Option<PathBuf>,
     /// The destination QEMU's QMP socket (started with `-incoming`).
-    #[arg(long, value_name = "SOCK")]
-    pub dst_qmp: PathBuf,
+    #[arg(long, value_name = "SOCK", required_unless_present = "recover")]
+    pub dst_qmp: Option<PathBuf>,
     /// Where the source sends the migration stream, e.g. `tcp:198.18.5.2:4444`.
-    #[arg(long, value_name = "URI")]
-    pub uri: String,
+    #[arg(long, value_name = "URI", required_unless_present = "recover")]
+    pub uri: Option<String>,
+    /// Finish or undo the interrupted migration of --vm from its record (in
+    /// --state-dir): finished if the destination runs the guest, else undone (every node
+    /// back at the source's address, the source resumed with its own downtime limit).
+    #[arg(long, conflicts_with_all = ["to", "src_qmp", "dst_qmp", "uri"])]
+    pub recover: bool,
     /// The pin directory of a node to switch; repeat for every node (gateways and hosts)
     /// [default: --pin-dir]. Not with --etcd, where every node's agent applies the switch.
     #[arg(long = "node", value_name = "PINDIR")]
@@ -303,6 +308,10 @@ pub struct MigrateArgs {
     /// Also draw the timeline as an SVG picture.
     #[arg(long, value_name = "FILE.svg")]
     pub timeline: Option<PathBuf>,
+    /// Where the record of a migration in flight is kept (one file per VM, written
+    /// before the first change and removed at the end).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
 }
 
 impl MigrateArgs {
@@ -319,18 +328,20 @@ impl MigrateArgs {
                 mac: self.mac.clone(),
             }
         });
+        let required = "clap requires it without --recover";
         MigrateOptions {
             vm: self.vm,
-            to: self.to,
-            src_qmp: self.src_qmp.clone(),
-            dst_qmp: self.dst_qmp.clone(),
-            uri: self.uri.clone(),
+            to: self.to.expect(required),
+            src_qmp: self.src_qmp.clone().expect(required),
+            dst_qmp: self.dst_qmp.clone().expect(required),
+            uri: self.uri.clone().expect(required),
             edges,
             switch_at: self.switch_at,
             downtime_limit_ms: self.downtime_limit,
             timeout: self.timeout,
             drain: self.drain.drain,
             neighbour,
+            state_dir: self.state_dir.clone(),
         }
     }
 }

@@ -44,6 +44,20 @@
 //! inconsistent guest memory after migrations of four passes or more, so netpage adds
 //! none. On failure the source's limit is set back to the one asked for.
 //!
+//! # The point of no return
+//!
+//! The migration is done when the destination runs the guest (its RESUME; for a source
+//! that was paused, its completed load), not when the source reports `completed`: with
+//! QEMU's default (no return path) the source says so once it has *sent* everything,
+//! whether or not the destination can load it. Until that point any failure (the
+//! destination's exit or failed load, the timeout, SIGINT or SIGTERM) ends the same way
+//! (see `confirm`): the migration is cancelled if it still runs, the destination is
+//! fenced (`stop`, which keeps a QEMU still loading from starting the guest, then
+//! `quit`), every node is switched back, and the source resumes with `cont` if it paused
+//! (`postmigrate`). After it, the table follows the guest to the destination whatever
+//! else failed. Post-copy, where the destination runs the guest before the source has
+//! sent it all, is refused before anything changes.
+//!
 //! After the release (and with `--switch-at resume` throughout) netpage sends the source
 //! QEMU no command until the migration has ended: QEMU holds its big lock for the whole
 //! final stop-and-copy, so a command sent then would be answered only after it, and the
@@ -58,9 +72,13 @@ use std::{
 
 use serde::Serialize;
 
+mod confirm;
 mod edges;
 mod hold;
+pub mod intent;
+mod interrupt;
 mod neighbour;
+mod recover;
 mod report;
 
 use crate::{
@@ -72,11 +90,15 @@ use crate::{
     timeline::{Source, Timeline},
 };
 
+use confirm::Fate;
 pub use edges::EdgeSpec;
 use edges::{Edges, Edit};
 pub use hold::{HOLD_MS, MAX_HELD_PASS, POLL, STOP_GRACE, TICK_LEAD};
 use hold::{Hold, Ticks};
+use intent::{Intent, IntentError, RecordedEdges};
+use interrupt::Interrupts;
 use neighbour::{guest_mac, neigh};
+pub use recover::{RecoverReport, recover};
 pub use report::{MigrateReport, NodeSwitch, Release};
 
 /// When the page table switches to the destination.
@@ -128,6 +150,8 @@ pub struct MigrateOptions {
     /// How long the old real address keeps translating after completion.
     pub drain: Duration,
     pub neighbour: Option<Neighbour>,
+    /// Where the record of the migration in flight is kept (see [`intent`]).
+    pub state_dir: PathBuf,
 }
 
 /// Why a migration could not start (nothing was changed).
@@ -157,19 +181,31 @@ pub enum MigrateError {
     DestinationNotWaiting { status: RunState },
     #[error("{0}")]
     Mac(String),
+    #[error(
+        "post-copy is on ({which} QEMU's `postcopy-ram` capability): netpage migrates pre-copy only, where the source keeps the guest until the destination runs it; turn it off with `migrate-set-capabilities`"
+    )]
+    PostCopy { which: &'static str },
     #[error(transparent)]
     Qmp(#[from] QmpError),
     #[error("preparing the page tables")]
     Table(#[from] TableError),
     #[error(transparent)]
     Dir(#[from] DirError),
+    #[error(transparent)]
+    Intent(#[from] IntentError),
+    #[error("{0}")]
+    Recover(String),
+    #[error("listening for SIGINT and SIGTERM")]
+    Signals(#[source] std::io::Error),
 }
 
 /// Runs a migration. `Err` means it could not start and nothing changed; a migration that
 /// started and failed gives a report with its error, after the rollback.
 pub async fn migrate(opts: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
     let start = Instant::now();
-    let mut run = Run::prepare(opts, start).await?;
+    // From here on a signal ends the migration through its rollback, never half-way.
+    let interrupts = Interrupts::listen().map_err(MigrateError::Signals)?;
+    let mut run = Run::prepare(opts, start, interrupts).await?;
     let outcome = run.drive(opts).await;
     Ok(run.finish(opts, outcome).await)
 }
@@ -201,6 +237,13 @@ struct Run {
     unconfirmed: Vec<String>,
     /// Whether every node's V2R names the destination.
     switched: bool,
+    /// Whether the source ran the guest when netpage started (a rollback resumes it).
+    src_was_running: bool,
+    /// Whether the destination reported its incoming migration completed.
+    dst_loaded: bool,
+    /// Whether the source accepted the `migrate` command (else the destination got
+    /// nothing and keeps waiting).
+    started: bool,
     switched_at: Option<SystemTime>,
     stop: Option<Timestamp>,
     resume: Option<Timestamp>,
@@ -215,6 +258,13 @@ struct Run {
     release: Option<Release>,
     /// After a release with a switch: when netpage switches back unless STOP came.
     grace: Option<Instant>,
+    interrupts: Interrupts,
+    /// The source's own downtime limit, put back after a rollback.
+    src_limit_ms: u64,
+    /// The record of this migration, removed once it has ended consistently.
+    intent: PathBuf,
+    /// Whether a table could not be switched back or forward: the record is kept.
+    inconsistent: bool,
 }
 
 /// Where the event loop ended.
@@ -235,7 +285,12 @@ enum Step {
 
 impl Run {
     /// Checks everything, then installs R2V[to] everywhere (and the neighbour entry).
-    async fn prepare(opts: &MigrateOptions, start: Instant) -> Result<Self, MigrateError> {
+    async fn prepare(
+        opts: &MigrateOptions,
+        start: Instant,
+        interrupts: Interrupts,
+    ) -> Result<Self, MigrateError> {
+        Intent::refuse_if_recorded(&opts.state_dir, opts.vm)?;
         let mut edges = Edges::open(&opts.edges).await?;
         let from = edges.locate(opts.vm, opts.to).await?;
         if from == opts.to {
@@ -262,6 +317,15 @@ impl Run {
         if d != RunState::InMigrate {
             return Err(MigrateError::DestinationNotWaiting { status: d });
         }
+        for (which, qmp) in [("source", &mut src), ("destination", &mut dst)] {
+            let caps = qmp.query_migrate_capabilities().await?;
+            if caps
+                .iter()
+                .any(|c| c.capability == "postcopy-ram" && c.state)
+            {
+                return Err(MigrateError::PostCopy { which });
+            }
+        }
         let neighbour = match &opts.neighbour {
             Some(n) => Some((n.clone(), guest_mac(&mut src, n).await?)),
             None => None,
@@ -273,10 +337,41 @@ impl Run {
             "CHECKED",
             format!("{} at {from}", opts.vm),
         );
+        let src_limit_ms = hold::source_limit(&mut src).await?;
+        let record = Intent {
+            vm: opts.vm,
+            from,
+            to: opts.to,
+            edges: match &opts.edges {
+                EdgeSpec::Nodes(dirs) => RecordedEdges::Nodes(dirs.clone()),
+                EdgeSpec::Directory { .. } => RecordedEdges::Directory,
+            },
+            src_qmp: opts.src_qmp.clone(),
+            dst_qmp: opts.dst_qmp.clone(),
+            src_limit_ms,
+            src_was_running: s == RunState::Running,
+            neighbour: opts
+                .neighbour
+                .as_ref()
+                .map(|n| (n.iface.clone(), n.netns.clone())),
+            started_unix_ms: now_ms(),
+            pid: std::process::id(),
+        };
+        let intent = record.write(&opts.state_dir)?;
+        timeline.mark(
+            Instant::now(),
+            Source::Netpage,
+            "RECORDED",
+            intent.display().to_string(),
+        );
         let old_until_ms = now_ms() + (opts.timeout + opts.drain).as_millis() as u64;
-        edges
+        if let Err(e) = edges
             .reserve(opts.vm, from, opts.to, old_until_ms, &mut timeline)
-            .await?;
+            .await
+        {
+            intent::remove(&intent);
+            return Err(e);
+        }
         let mut run = Run {
             start,
             edges,
@@ -291,6 +386,9 @@ impl Run {
             switches: Vec::new(),
             unconfirmed: Vec::new(),
             switched: false,
+            src_was_running: s == RunState::Running,
+            dst_loaded: false,
+            started: false,
             switched_at: None,
             stop: None,
             resume: None,
@@ -301,6 +399,10 @@ impl Run {
             limit_ms: opts.downtime_limit_ms,
             release: None,
             grace: None,
+            interrupts,
+            src_limit_ms,
+            intent,
+            inconsistent: false,
         };
         if let Some((n, mac)) = &run.neighbour {
             // A failure here is reported, not fatal: without the entry, the destination
@@ -332,11 +434,11 @@ impl Run {
         while !(src_done && dst_done) {
             let poll_at = self.hold.as_ref().map(|h| h.next_poll);
             let grace_at = self.grace;
+            // Biased: an event already received (a STOP read while a poll waited for its
+            // answer) is handled before anything else, so that a STOP during the hold
+            // switches at once and no poll asks a QEMU busy with its last copy.
             let step = tokio::select! {
-                _ = tokio::time::sleep_until(poll_at.map_or(deadline, Into::into)),
-                    if poll_at.is_some() => self.poll().await,
-                _ = tokio::time::sleep_until(grace_at.map_or(deadline, Into::into)),
-                    if grace_at.is_some() => self.switch_back().await,
+                biased;
                 ev = self.src.next_event(FOREVER) => match ev {
                     Ok(Some(e)) => self.on_source(&e, opts.switch_at).await,
                     Ok(None) => Step::Continue,
@@ -353,10 +455,19 @@ impl Run {
                     },
                     Ok(None) => Step::Continue,
                     Err(QmpError::Closed { .. }) => {
+                        self.mark(Source::Dst, "EXITED", String::new());
                         Step::Failed(DESTINATION_EXITED.into())
                     }
                     Err(e) => Step::Failed(format!("the destination QEMU: {e}")),
                 },
+                _ = tokio::time::sleep_until(poll_at.map_or(deadline, Into::into)),
+                    if poll_at.is_some() => self.poll().await,
+                _ = tokio::time::sleep_until(grace_at.map_or(deadline, Into::into)),
+                    if grace_at.is_some() => self.switch_back().await,
+                sig = self.interrupts.next() => {
+                    self.mark(Source::Netpage, sig, String::new());
+                    Step::Failed(format!("interrupted by {sig}"))
+                }
                 _ = tokio::time::sleep_until(deadline) => Step::Failed(format!(
                     "the migration did not complete within {:?} (it may not converge: raise --downtime-limit or --timeout)",
                     opts.timeout
@@ -381,7 +492,7 @@ impl Run {
         if opts.switch_at == SwitchAt::Stop {
             let limit = match opts.downtime_limit_ms {
                 Some(ms) => ms,
-                None => self.source_limit().await?,
+                None => self.src_limit_ms,
             };
             self.limit_ms = Some(limit);
             self.set_limit(HOLD_MS).await?;
@@ -403,6 +514,7 @@ impl Run {
             self.restore_limit().await;
             return Err(e);
         }
+        self.started = true;
         self.mark(Source::Netpage, "MIGRATE", opts.uri.clone());
         Ok(())
     }
@@ -516,6 +628,7 @@ impl Run {
                     String::new(),
                 );
                 if s == MigrationStatus::Completed {
+                    self.dst_loaded = true;
                     Step::Done
                 } else {
                     Step::Continue
@@ -574,16 +687,32 @@ impl Run {
         match outcome {
             Outcome::Completed => self.complete(opts, &mut error).await,
             Outcome::Failed(why) => {
-                let why = self.with_destination_state(why).await;
-                if self.cancel().await == Some(MigrationStatus::Completed) {
-                    // Too late to cancel: the guest runs at the destination, so the table
-                    // follows it there.
-                    self.mark(Source::Netpage, "COMPLETED ANYWAY", format!("after: {why}"));
-                    self.complete(opts, &mut error).await;
-                } else {
-                    self.rollback().await;
-                    error = Some(why);
-                    rolled_back = true;
+                let mut why = self.with_destination_state(why).await;
+                confirm::cancel(&mut self.src, &mut self.timeline).await;
+                match self.fence_destination().await {
+                    Fate::Destination => {
+                        // Past the point of no return: the guest runs at the destination,
+                        // so the table follows it there.
+                        self.mark(Source::Netpage, "COMPLETED ANYWAY", format!("after: {why}"));
+                        self.complete(opts, &mut error).await;
+                    }
+                    Fate::Source(what) => {
+                        eprintln!("netpage: {what}; the guest stays at the source: rolling back");
+                        self.rollback().await;
+                        // The source's own limit, whatever netpage set (held or asked).
+                        self.held = false;
+                        let own = self.src_limit_ms;
+                        if let Err(e) = self.set_limit(own).await {
+                            eprintln!(
+                                "netpage: warning: setting the source's downtime limit back to {own} ms: {e}"
+                            );
+                        }
+                        if let Err(e) = self.resume_source().await {
+                            why = format!("{why}; {e}");
+                        }
+                        error = Some(why);
+                        rolled_back = true;
+                    }
                 }
             }
         }
@@ -601,6 +730,16 @@ impl Run {
             ));
         }
         self.restore_limit().await;
+        if self.inconsistent {
+            let kept = format!(
+                "the migration's record {} is kept: `netpage migrate --recover --vm {}` finishes or undoes it",
+                self.intent.display(),
+                self.vm
+            );
+            error = Some(error.map_or(kept.clone(), |e| format!("{e}; {kept}")));
+        } else {
+            intent::remove(&self.intent);
+        }
         let info = self.final_info().await;
         let stop_to_resume_ms = match (self.stop, self.resume) {
             (Some(s), Some(r)) => Some(r.micros_since(&s) as f64 / 1e3),
@@ -643,47 +782,13 @@ impl Run {
         if !self.switched
             && let Err(why) = self.switch_all().await
         {
+            self.inconsistent = true;
             *error = Some(format!(
                 "{why}; the guest runs at the destination: run `netpage switch --vm {} --to {}` on those nodes",
                 self.vm, self.to
             ));
         }
         self.drain(opts.drain).await;
-    }
-
-    /// Cancels the migration unless it has ended, and waits for its final status.
-    async fn cancel(&mut self) -> Option<MigrationStatus> {
-        let deadline = Instant::now() + CANCEL_TIMEOUT;
-        let mut cancelled = false;
-        loop {
-            let status = match self.src.query_migrate().await {
-                Ok(info) => info.status,
-                Err(e) => {
-                    eprintln!(
-                        "netpage: warning: asking the source QEMU how the migration ended: {e}"
-                    );
-                    return None;
-                }
-            };
-            match status {
-                Some(s) if s.is_final() => return Some(s),
-                None | Some(MigrationStatus::None) => return None,
-                Some(_) if !cancelled => {
-                    cancelled = true;
-                    if let Err(e) = self.src.migrate_cancel().await {
-                        eprintln!("netpage: warning: cancelling the migration: {e}");
-                    }
-                    self.mark(Source::Netpage, "CANCEL", String::new());
-                }
-                Some(s) if Instant::now() >= deadline => {
-                    eprintln!(
-                        "netpage: warning: the migration is still {s} {CANCEL_TIMEOUT:?} after its cancel"
-                    );
-                    return Some(s);
-                }
-                Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
     }
 
     /// QEMU's figures; right after completion `downtime` may still read 0, so ask again.
@@ -724,7 +829,16 @@ impl Run {
             return;
         }
         self.mark(Source::Netpage, "DRAINING", format!("{from} for {drain:?}"));
-        tokio::time::sleep(drain).await;
+        tokio::select! {
+            _ = tokio::time::sleep(drain) => {}
+            sig = self.interrupts.next() => {
+                // The migration is done: only the wait ends. The drain's deadline is in
+                // every table, and the next command that writes them ends it.
+                self.mark(Source::Netpage, sig, "the drain ends with the next gc".into());
+                eprintln!("netpage: {sig}: {from} drains until its deadline; `netpage gc` ends it after");
+                return;
+            }
+        }
         for why in self.edges.end_drains() {
             eprintln!("netpage: warning: {why}");
         }
@@ -740,11 +854,14 @@ impl Run {
             .edges
             .edit(Edit::Rollback, vm, from, to, &mut self.timeline)
             .await;
+        self.inconsistent |= !failed.is_empty();
         for why in failed {
             eprintln!("netpage: error: {why}");
         }
+        // A destination QEMU that exited took its tap, and the entry, with it.
         if let Some((n, _)) = &self.neighbour
             && let Err(e) = neigh(n, "del", vm, None)
+            && !e.contains("Cannot find device")
         {
             eprintln!("netpage: warning: removing the destination neighbour entry: {e}");
         }

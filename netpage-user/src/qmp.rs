@@ -377,9 +377,18 @@ pub struct RamStats {
     /// The transfer rate, in megabits per second.
     pub mbps: f64,
     pub pages_per_second: u64,
+    /// The guest page size QEMU counts dirty pages in (0 if it does not say).
+    pub page_size: u64,
     pub precopy_bytes: u64,
     /// What the final stop-and-copy sent.
     pub downtime_bytes: u64,
+}
+
+/// One migration capability (`events`, `postcopy-ram`, ...) and whether it is on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Capability {
+    pub capability: String,
+    pub state: bool,
 }
 
 /// Parameters of `migrate-set-parameters`; `None` leaves a parameter as it is.
@@ -646,6 +655,12 @@ impl Qmp {
         self.execute::<Value>("migrate-set-capabilities", json!({ "capabilities": list }))
             .await
             .map(drop)
+    }
+
+    /// `query-migrate-capabilities`: every migration capability QEMU knows, and its state.
+    pub async fn query_migrate_capabilities(&mut self) -> Result<Vec<Capability>, QmpError> {
+        self.execute("query-migrate-capabilities", Value::Null)
+            .await
     }
 
     /// Turns on `MIGRATION` and `MIGRATION_PASS` events (needed on both ends).

@@ -8,7 +8,7 @@ use netpage::{
     check::{Finding, Repair, ReverseEntry},
     directory::{DirSwitched, NodeStatus},
     loader::Side,
-    migrate::MigrateReport,
+    migrate::{MigrateReport, RecoverReport},
     node::{Node, OpenNode},
     ops::{Mapping, Plan, Switched},
     table::{Drain, PageTable, slots::SlotProblem},
@@ -39,6 +39,7 @@ pub enum Output {
     Stats(Stats),
     Gc(Vec<Drain>),
     Migrated(Box<MigrateReport>),
+    Recovered(Box<RecoverReport>),
     DirSwitched(DirSwitched),
     DirStatus(DirStatus),
     Nodes(Vec<NodeStatus>),
@@ -53,6 +54,7 @@ impl Output {
     pub fn failure(&self) -> Option<&str> {
         match self {
             Output::Migrated(r) => r.error.as_deref(),
+            Output::Recovered(r) => r.error.as_deref(),
             Output::DirSwitched(s) if !s.unconfirmed.is_empty() => Some(
                 "the switch is in the directory, but not every live node confirmed it in time (named above); they converge when they reach etcd again",
             ),
@@ -122,6 +124,7 @@ impl fmt::Display for Output {
             Output::Applied { plan, dry_run } => applied(f, plan, *dry_run),
             Output::Stats(s) => s.fmt(f),
             Output::Migrated(r) => r.fmt(f),
+            Output::Recovered(r) => r.fmt(f),
             Output::DirSwitched(s) => dir_switched(f, s),
             Output::DirStatus(s) => s.fmt(f),
             Output::Nodes(n) => nodes(f, n),

@@ -162,6 +162,12 @@ pub struct QemuOptions {
     pub memory_mib: u32,
     /// `tcp:ADDR:PORT` to wait for an incoming migration instead of booting.
     pub incoming: Option<String>,
+    /// More properties of the NIC (`,prop=value...`), for a device that differs from
+    /// the other end's.
+    pub nic_extra: String,
+    /// A second QMP socket ([`Qemu::watch_qmp_path`]), for a test to follow QEMU's
+    /// events while another client holds the first (QEMU serves one client a socket).
+    pub watch_qmp: bool,
     pub accel: Accel,
 }
 
@@ -184,6 +190,8 @@ impl QemuOptions {
             append,
             memory_mib: 128,
             incoming: None,
+            nic_extra: String::new(),
+            watch_qmp: false,
             accel: Accel::Auto,
         }
     }
@@ -243,8 +251,8 @@ impl Qemu {
             ))
             .arg("-device")
             .arg(format!(
-                "virtio-net-pci,netdev=n0,id={NIC_ID},mac={},romfile=",
-                opts.mac
+                "virtio-net-pci,netdev=n0,id={NIC_ID},mac={},romfile={}",
+                opts.mac, opts.nic_extra
             ))
             .arg("-qmp")
             .arg(format!(
@@ -256,6 +264,12 @@ impl Qemu {
         }
         if let Some(incoming) = &opts.incoming {
             cmd.args(["-incoming", incoming]);
+        }
+        if opts.watch_qmp {
+            cmd.arg("-qmp").arg(format!(
+                "unix:{},server=on,wait=off",
+                dir.join("watch.sock").display()
+            ));
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -385,6 +399,11 @@ impl Qemu {
     /// The QMP unix socket.
     pub fn qmp_path(&self) -> PathBuf {
         self.dir.join("qmp.sock")
+    }
+
+    /// The second QMP socket, if started with [`QemuOptions::watch_qmp`].
+    pub fn watch_qmp_path(&self) -> PathBuf {
+        self.dir.join("watch.sock")
     }
 
     /// The serial console's log file.

@@ -146,6 +146,8 @@ pub struct VmWorld {
     pub guest: Guest,
     /// Whether netpage translates at the edges (`false`: plain routing, see [`VmWorld::plain`]).
     translate: bool,
+    /// `netpage migrate --state-dir`: this world's records of migrations in flight.
+    state_dir: PathBuf,
 }
 
 impl VmWorld {
@@ -194,11 +196,23 @@ impl VmWorld {
             world.attach(Node::HostB, "b0", false);
             world.map_all(VA.into(), ra(Host::A).into());
         }
+        static WORLDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let state_dir = std::env::temp_dir().join(format!(
+            "netpage-migrations-{}-{}",
+            std::process::id(),
+            WORLDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         Self {
             world,
             guest,
             translate,
+            state_dir,
         }
+    }
+
+    /// Where `netpage migrate` keeps its records here (`--state-dir`).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     /// Reshapes the migration link to `rate` (a `tc` rate such as `20mbit`).
@@ -233,7 +247,18 @@ impl VmWorld {
 
     /// Boots the guest at `host` and waits until it is ready.
     pub fn boot(&self, host: Host, params: &BootParams) -> Qemu {
-        let mut qemu = Qemu::start(self.qemu_options("src", host, params));
+        self.boot_with(host, self.qemu_options("src", host, params))
+    }
+
+    /// Boots the guest at `host` with a second QMP socket to follow its events.
+    pub fn boot_watched(&self, host: Host, params: &BootParams) -> Qemu {
+        let mut opts = self.qemu_options("src", host, params);
+        opts.watch_qmp = true;
+        self.boot_with(host, opts)
+    }
+
+    fn boot_with(&self, host: Host, opts: QemuOptions) -> Qemu {
+        let mut qemu = Qemu::start(opts);
         qemu.wait_tap(QEMU_TIMEOUT);
         self.setup_tap(host);
         wait_socket(&mut qemu);
@@ -250,6 +275,22 @@ impl VmWorld {
     pub fn incoming(&self, host: Host, params: &BootParams) -> Qemu {
         let mut opts = self.qemu_options("dst", host, params);
         opts.incoming = Some(migration_uri(host));
+        let mut qemu = Qemu::start(opts);
+        qemu.wait_tap(QEMU_TIMEOUT);
+        self.setup_tap(host);
+        wait_socket(&mut qemu);
+        qemu
+    }
+
+    /// A destination at `host` that cannot load the source's last state: its NIC lacks
+    /// a feature (mergeable receive buffers) the guest has acknowledged at the source,
+    /// and QEMU checks that when it loads the NIC's state, which comes after the RAM in
+    /// the final stop-and-copy. It fails then, and exits, after the source has sent
+    /// everything and reported `completed`.
+    pub fn incoming_unloadable(&self, host: Host, params: &BootParams) -> Qemu {
+        let mut opts = self.qemu_options("dst", host, params);
+        opts.incoming = Some(migration_uri(host));
+        opts.nic_extra = ",mrg_rxbuf=off".into();
         let mut qemu = Qemu::start(opts);
         qemu.wait_tap(QEMU_TIMEOUT);
         self.setup_tap(host);
@@ -322,7 +363,24 @@ impl VmWorld {
     /// Runs `NETPAGE --json migrate` as `call` says, with the destination's neighbour
     /// entry and a drain of 1 s, plus `extra`: `netpage` is the command with the
     /// arguments that say which page tables switch (`--etcd URLS`, or `--node DIR`s).
-    pub fn migrate_by(&self, mut cmd: Command, call: &MigrateCall, extra: &[&str]) -> Output {
+    pub fn migrate_by(&self, cmd: Command, call: &MigrateCall, extra: &[&str]) -> Output {
+        output(&mut self.migrate_command(cmd, call, extra))
+    }
+
+    /// `netpage --json migrate` as [`VmWorld::migrate_with`] runs it, not yet started
+    /// (to be signalled or killed while it runs).
+    pub fn migrate_nodes_command(&self, call: &MigrateCall, extra: &[&str]) -> Command {
+        let mut args: Vec<&str> = Vec::new();
+        let nodes = self.nodes();
+        for node in &nodes {
+            args.extend(["--node", node]);
+        }
+        args.extend(extra);
+        self.migrate_command(Command::new(netpage_bin()), call, &args)
+    }
+
+    /// `cmd` with the arguments of [`VmWorld::migrate_by`], not yet started.
+    pub fn migrate_command(&self, mut cmd: Command, call: &MigrateCall, extra: &[&str]) -> Command {
         cmd.args(["--json", "migrate", "--vm", &call.vm, "--to", &call.to])
             .arg("--src-qmp")
             .arg(&call.src_qmp)
@@ -332,8 +390,10 @@ impl VmWorld {
         let neigh = format!("{TAP}@{}", self.netns(call.dst_host));
         cmd.args(["--dst-neigh", &neigh])
             .args(["--drain", "1"])
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .args(extra);
-        output(&mut cmd)
+        cmd
     }
 
     /// Runs `netpage ARGS` from the root namespace; returns its output as is.
@@ -441,6 +501,12 @@ impl VmWorld {
     }
 }
 
+impl Drop for VmWorld {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
 impl Default for VmWorld {
     fn default() -> Self {
         Self::new()
@@ -490,6 +556,34 @@ pub fn run_state(path: &Path) -> RunState {
             .await
             .unwrap_or_else(|e| panic!("{e}"))
             .status
+    })
+}
+
+/// Sets the migration capability `name` of the QEMU whose QMP socket is `path`.
+pub fn set_capability(path: &Path, name: &str, state: bool) {
+    runtime().block_on(async {
+        let mut qmp = Qmp::connect(path, QEMU_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        qmp.migrate_set_capabilities(&[(name, state)])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    })
+}
+
+/// The downtime limit (ms) of the QEMU whose QMP socket is `path`.
+pub fn downtime_limit(path: &Path) -> u64 {
+    runtime().block_on(async {
+        let mut qmp = Qmp::connect(path, QEMU_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let params: serde_json::Value = qmp
+            .execute("query-migrate-parameters", serde_json::Value::Null)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        params["downtime-limit"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no downtime-limit in {params}"))
     })
 }
 

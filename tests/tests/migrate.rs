@@ -2,7 +2,10 @@
 //! host A to host B of the world while a client talks to its virtual address, and netpage
 //! switches every edge's page table just before the source's STOP or at the destination's
 //! RESUME; the same migration without the switch loses the guest; a migration that cannot
-//! converge is rolled back; bad input changes nothing.
+//! converge is rolled back; a destination that fails, even after the source reported
+//! `completed`, is rolled back and the source resumed; SIGINT rolls back; a `migrate`
+//! killed with SIGKILL is finished or undone by `migrate --recover`; post-copy and bad
+//! input change nothing.
 //!
 //! Migrations run one at a time (they keep both cores busy under TCG), so that the figures
 //! each prints mean something. Figures are printed, not asserted, except probes lost with
@@ -11,7 +14,7 @@
 use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
-    process::Output,
+    process::{Output, Stdio},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -31,7 +34,8 @@ use netpage_tests::{
     guest::ECHO_PORT,
     vmworld::{
         self, IcmpProbe, MigrateCall, TAP, TableSnapshot, VA, VmWorld, bench, boot_params,
-        echo_line, migrate_by_qmp, migration_uri, query_migrate, ra, run_state,
+        downtime_limit, echo_line, migrate_by_qmp, migration_uri, query_migrate, ra, run_state,
+        set_capability,
     },
     world::{Host, Node, ProbeReport},
 };
@@ -784,6 +788,427 @@ fn a_destination_that_dies_is_reported_and_rolled_back() {
     );
 }
 
+/// A destination that fails after the source has sent everything (it cannot load the
+/// NIC's state, which comes last): the source reports `completed`, but the destination
+/// never runs the guest. netpage exits non-zero, every node is back at RA_A, the source
+/// leaves `postmigrate` (netpage's `cont`) and the guest answers there within seconds.
+#[test]
+fn a_destination_that_fails_after_the_source_completed_is_rolled_back() {
+    if skipped() {
+        return;
+    }
+    let _one = serial();
+    let vw = VmWorld::new();
+    let params = boot_params(0);
+    let mut src = vw.boot(Host::A, &params);
+    let mut dst = vw.incoming_unloadable(Host::B, &params);
+    let before = vw.tables();
+    let at_a = vw.mapped_packets(Host::A);
+    let out = vw.migrate(
+        &src,
+        &dst,
+        Host::B,
+        &["--downtime-limit", DOWNTIME_LIMIT_MS],
+    );
+    let exited = Instant::now();
+    assert!(!out.status.success(), "migrate succeeded:\n{}", text(&out));
+    let report = json(&out);
+    print_timeline(&report);
+    eprintln!("stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(report["status"], "failed", "{report:#}");
+    assert_eq!(report["rolled_back"], true, "{report:#}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(error.contains("destination"), "{report:#}");
+    let marks = report["timeline"]["marks"].as_array().unwrap();
+    let at = |source: &str, what: &str| {
+        marks
+            .iter()
+            .find(|m| m["source"] == source && m["what"] == what)
+            .and_then(|m| m["at_ms"].as_f64())
+    };
+    // The late failure this test is about: the source had sent everything.
+    assert!(
+        at("src", "COMPLETED").is_some(),
+        "the source did not report completed: {report:#}"
+    );
+    assert_eq!(
+        query_migrate(&src.qmp_path()).status,
+        Some(MigrationStatus::Completed)
+    );
+    assert!(
+        at("netpage", "SOURCE RESUMED").is_some(),
+        "no cont of the source: {report:#}"
+    );
+    assert!(dst.wait_exit(Duration::from_secs(10)).is_some());
+    assert_tables_unchanged(&before, &vw.tables(), "after the rollback");
+    src.assert_alive();
+    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
+    let answered = (0..10).find(|_| vw.world.ping(Node::Client, VA.into()));
+    let answer_after = exited.elapsed();
+    assert!(
+        answered.is_some(),
+        "no answer at the source after the rollback"
+    );
+    echo_line(&mut vw.echo_stream(), "after the rollback\n");
+    assert!(
+        vw.mapped_packets(Host::A) > at_a,
+        "host A translated nothing"
+    );
+    let failed = at("dst", "FAILED").or(at("dst", "EXITED"));
+    let ms = |a: Option<f64>, b: Option<f64>| {
+        a.zip(b)
+            .map_or("-".into(), |(a, b)| format!("{:.1}", b - a))
+    };
+    println!(
+        "figures: late destination failure: source COMPLETED -> destination failed {} ms, \
+         destination failed -> rolled back {} ms, -> source resumed {} ms; \
+         netpage's exit -> first answer at the source {:.1} ms",
+        ms(at("src", "COMPLETED"), failed),
+        ms(failed, at("netpage", "ROLLED BACK")),
+        ms(failed, at("netpage", "SOURCE RESUMED")),
+        answer_after.as_secs_f64() * 1e3
+    );
+}
+
+/// The destination QEMU killed right after the source reported `completed` (a test
+/// thread follows the source's events on a second QMP socket), before it resumes the
+/// guest: netpage exits non-zero, every node is back at RA_A, and the source, resumed
+/// from `postmigrate`, answers within seconds.
+#[test]
+fn a_destination_killed_after_the_source_completed_is_rolled_back() {
+    if skipped() {
+        return;
+    }
+    let _one = serial();
+    let vw = VmWorld::new();
+    let params = boot_params(0);
+    let mut src = vw.boot_watched(Host::A, &params);
+    let mut dst = vw.incoming(Host::B, &params);
+    let before = vw.tables();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut watch = rt
+        .block_on(netpage::qmp::Qmp::connect(
+            src.watch_qmp_path(),
+            Duration::from_secs(10),
+        ))
+        .expect("the source's second QMP socket");
+    let dst_pid = dst.pid();
+    let (out, killed_at) = thread::scope(|s| {
+        let killer = s.spawn(move || {
+            rt.block_on(async {
+                let mut seen = Vec::new();
+                watch
+                    .wait_event(Duration::from_secs(60), &mut seen, |e| {
+                        e.migration_status() == Some(MigrationStatus::Completed)
+                    })
+                    .await
+                    .expect("the source's completion");
+            });
+            // SAFETY: kill(2) on the destination QEMU's own pid.
+            let killed = unsafe { libc::kill(dst_pid as libc::pid_t, libc::SIGKILL) };
+            assert_eq!(killed, 0, "kill the destination QEMU");
+            SystemTime::now()
+        });
+        let out = vw.migrate(
+            &src,
+            &dst,
+            Host::B,
+            &["--downtime-limit", DOWNTIME_LIMIT_MS],
+        );
+        (out, killer.join().expect("the killer"))
+    });
+    let exited = Instant::now();
+    assert!(!out.status.success(), "migrate succeeded:\n{}", text(&out));
+    let report = json(&out);
+    print_timeline(&report);
+    assert_eq!(report["status"], "failed", "{report:#}");
+    assert_eq!(report["rolled_back"], true, "{report:#}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(error.contains("the destination QEMU exited"), "{report:#}");
+    let marks = report["timeline"]["marks"].as_array().unwrap();
+    let has = |source: &str, what: &str| {
+        marks
+            .iter()
+            .any(|m| m["source"] == source && m["what"] == what)
+    };
+    assert!(has("src", "COMPLETED"), "{report:#}");
+    assert!(!has("dst", "RESUME"), "the destination resumed: {report:#}");
+    assert!(has("netpage", "SOURCE RESUMED"), "{report:#}");
+    assert!(dst.wait_exit(Duration::from_secs(5)).is_some());
+    assert_tables_unchanged(&before, &vw.tables(), "after the rollback");
+    src.assert_alive();
+    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
+    let answered = (0..10).find(|_| vw.world.ping(Node::Client, VA.into()));
+    assert!(
+        answered.is_some(),
+        "no answer at the source after the rollback"
+    );
+    echo_line(&mut vw.echo_stream(), "after the rollback\n");
+    println!(
+        "figures: destination killed after the source completed: kill -> first answer at the source {:.1} ms (netpage's exit -> answer {:.1} ms)",
+        unix_ms(SystemTime::now()) - unix_ms(killed_at),
+        exited.elapsed().as_secs_f64() * 1e3
+    );
+}
+
+/// SIGINT in the middle of a migration (the live copy of a guest that cannot converge,
+/// the downtime limit held at 1 ms) ends it the way a failure does: cancelled, every node
+/// back at RA_A, the source's own downtime limit back, the guest running at the source;
+/// `migrate` reports it and exits non-zero.
+#[test]
+fn sigint_during_a_migration_rolls_back_and_the_source_runs_on() {
+    signal_during_a_migration(libc::SIGINT, "SIGINT");
+}
+
+/// SIGTERM (what a service manager sends) goes the same way as SIGINT.
+#[test]
+fn sigterm_during_a_migration_rolls_back_and_the_source_runs_on() {
+    signal_during_a_migration(libc::SIGTERM, "SIGTERM");
+}
+
+/// Sends `signal` to `netpage migrate` in the middle of a live copy that cannot converge.
+fn signal_during_a_migration(signal: libc::c_int, name: &str) {
+    if skipped() {
+        return;
+    }
+    let _one = serial();
+    let vw = VmWorld::new();
+    vw.shape_link("20mbit");
+    let params = boot_params(40);
+    let mut src = vw.boot(Host::A, &params);
+    let mut dst = vw.incoming(Host::B, &params);
+    let before = vw.tables();
+    let limit = downtime_limit(&src.qmp_path());
+    let child = vw
+        .migrate_nodes_command(
+            &MigrateCall::usual(&src, &dst, Host::B),
+            &["--timeout", "60"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start netpage migrate");
+    // (QEMU answers one QMP client at a time: netpage's, until it exits.)
+    thread::sleep(Duration::from_millis(1500));
+    let signalled = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(sent, 0, "{name} to netpage migrate");
+    let out = child.wait_with_output().expect("netpage migrate");
+    let took = signalled.elapsed();
+    assert!(!out.status.success(), "migrate succeeded:\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("interrupted by {name}")),
+        "{}",
+        text(&out)
+    );
+    let report = json(&out);
+    print_timeline(&report);
+    assert_eq!(report["status"], "failed", "{report:#}");
+    assert_eq!(report["rolled_back"], true, "{report:#}");
+    let marks = report["timeline"]["marks"].as_array().unwrap();
+    for what in ["LIMIT HELD", name, "CANCEL", "ROLLED BACK"] {
+        assert!(
+            marks.iter().any(|m| m["what"] == what),
+            "no {what}: {report:#}"
+        );
+    }
+    assert_tables_unchanged(&before, &vw.tables(), &format!("after {name}"));
+    assert_eq!(downtime_limit(&src.qmp_path()), limit);
+    src.assert_alive();
+    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
+    assert_eq!(
+        query_migrate(&src.qmp_path()).status,
+        Some(MigrationStatus::Cancelled)
+    );
+    assert!(dst.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(
+        vw.world.ping(Node::Client, VA.into()),
+        "no answer at the source after {name}"
+    );
+    println!(
+        "figures: {name} -> netpage exited, rolled back, {:.1} ms",
+        took.as_secs_f64() * 1e3
+    );
+}
+
+/// `netpage migrate` killed with SIGKILL in the middle of the live copy leaves its record,
+/// RA_B's reverse entry on every node and the source's downtime limit held at 1 ms (QEMU
+/// copies on). `migrate --recover` is refused while that `migrate` runs; once it is
+/// killed, a new migration of the VM is refused, naming the record, and `migrate
+/// --recover` undoes the rest: the migration cancelled, every table as before, the
+/// source's own limit back, the record gone, and the guest answering at the source.
+#[test]
+fn a_killed_migrate_is_undone_by_recover() {
+    if skipped() {
+        return;
+    }
+    let _one = serial();
+    let vw = VmWorld::new();
+    vw.shape_link("20mbit");
+    let params = boot_params(40);
+    let mut src = vw.boot(Host::A, &params);
+    let mut dst = vw.incoming(Host::B, &params);
+    let before = vw.tables();
+    let limit = downtime_limit(&src.qmp_path());
+    let call = MigrateCall::usual(&src, &dst, Host::B);
+    let mut child = vw
+        .migrate_nodes_command(&call, &["--timeout", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start netpage migrate");
+    thread::sleep(Duration::from_millis(1500));
+    let recover = [
+        "--json",
+        "migrate",
+        "--recover",
+        "--vm",
+        &VA.to_string(),
+        "--state-dir",
+        vw.state_dir().to_str().unwrap(),
+    ];
+    let early = vw.netpage(&recover);
+    assert!(!early.status.success(), "{}", text(&early));
+    assert!(
+        String::from_utf8_lossy(&early.stderr).contains("still runs"),
+        "{}",
+        text(&early)
+    );
+    child.kill().expect("SIGKILL netpage migrate");
+    child.wait().expect("netpage migrate");
+
+    let (va, ra_b): (IpAddr, IpAddr) = (VA.into(), ra(Host::B).into());
+    for (node, t) in Node::EDGES.iter().zip(vw.tables()) {
+        assert!(t.reverse.contains(&(ra_b, va)), "{node:?}: {t:?}");
+    }
+    let record = vw.state_dir().join(format!("{VA}.json"));
+    assert!(record.exists(), "no record at {}", record.display());
+    assert_eq!(downtime_limit(&src.qmp_path()), 1, "the hold is left");
+
+    let refused = vw.migrate_with(&call, &["--timeout", "10"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("netpage migrate --recover --vm 198.19.0.10"),
+        "{}",
+        text(&refused)
+    );
+    println!("refused: {}", stderr.trim());
+
+    let started = Instant::now();
+    let out = vw.netpage(&recover);
+    let took = started.elapsed();
+    assert!(out.status.success(), "recover failed:\n{}", text(&out));
+    let report = json(&out);
+    print_timeline(&report);
+    assert_eq!(report["status"], "rolled back", "{report:#}");
+    assert_eq!(report["record_removed"], true, "{report:#}");
+    assert!(!record.exists());
+    assert_tables_unchanged(&before, &vw.tables(), "after --recover");
+    assert_eq!(downtime_limit(&src.qmp_path()), limit);
+    src.assert_alive();
+    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
+    assert_eq!(
+        query_migrate(&src.qmp_path()).status,
+        Some(MigrationStatus::Cancelled)
+    );
+    assert!(dst.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(
+        vw.world.ping(Node::Client, VA.into()),
+        "no answer at the source after --recover"
+    );
+    echo_line(&mut vw.echo_stream(), "after the recovery\n");
+    println!(
+        "figures: migrate --recover undid a killed migration in {:.1} ms",
+        took.as_secs_f64() * 1e3
+    );
+}
+
+/// `netpage migrate --switch-at resume` killed with SIGKILL right after its switch (the
+/// destination runs the guest: past the point of no return) leaves RA_A translating
+/// without a drain's deadline and its record; `migrate --recover` finishes the
+/// migration: every node at RA_B, RA_A drained away, the guest answering at host B.
+#[test]
+fn a_migrate_killed_after_the_switch_is_finished_by_recover() {
+    if skipped() {
+        return;
+    }
+    let _one = serial();
+    let vw = VmWorld::new();
+    let params = boot_params(0);
+    let src = vw.boot(Host::A, &params);
+    let dst = vw.incoming(Host::B, &params);
+    let call = MigrateCall::usual(&src, &dst, Host::B);
+    let mut child = vw
+        .migrate_nodes_command(
+            &call,
+            &[
+                "--switch-at",
+                "resume",
+                "--downtime-limit",
+                DOWNTIME_LIMIT_MS,
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start netpage migrate");
+    use netpage::table::PageTable;
+    // Host B is switched last: once it maps the VA to RA_B, every node does.
+    let (va, ra_b): (IpAddr, IpAddr) = (VA.into(), ra(Host::B).into());
+    let pin_b = vw.world.pin_dir(Node::HostB);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = netpage::node::Node::new(&pin_b)
+            .open()
+            .expect("host B's table");
+        if t.table.forward(va).expect("V2R") == Some(ra_b) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no switch within 60 s");
+        if child.try_wait().expect("netpage migrate").is_some() {
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("netpage migrate ended before its switch:\n{err}");
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().expect("SIGKILL netpage migrate");
+    child.wait().expect("netpage migrate");
+    let record = vw.state_dir().join(format!("{VA}.json"));
+    assert!(record.exists(), "no record at {}", record.display());
+
+    let out = vw.netpage(&[
+        "--json",
+        "migrate",
+        "--recover",
+        "--vm",
+        &VA.to_string(),
+        "--state-dir",
+        vw.state_dir().to_str().unwrap(),
+        "--drain",
+        "1",
+    ]);
+    assert!(out.status.success(), "recover failed:\n{}", text(&out));
+    let report = json(&out);
+    print_timeline(&report);
+    assert_eq!(report["status"], "completed", "{report:#}");
+    assert!(!record.exists());
+    assert_moved_and_drained(&vw);
+    assert_eq!(run_state(&dst.qmp_path()), RunState::Running);
+    assert!(
+        vw.world.ping(Node::Client, VA.into()),
+        "no answer at host B after --recover"
+    );
+    echo_line(&mut vw.echo_stream(), "after the recovery\n");
+}
+
 /// A migration through the directory whose destination dies right after the switch
 /// transaction: netpage rolls the switch back through the directory (the VA at RA_A
 /// again, RA_A no longer draining, RA_B's reservation gone), every edge's agent applies
@@ -1017,6 +1442,105 @@ fn bad_input_changes_nothing() {
         vw.world.ping(Node::Client, VA.into()),
         "no answer at host A"
     );
+}
+
+/// The same through the directory: `netpage --etcd URL migrate` killed with SIGKILL
+/// during the live copy leaves RA_B reserved in the directory (every agent applied it)
+/// and its record on this machine; `netpage --etcd URL migrate --recover` takes the
+/// reservation back through the directory, every agent applies that, the directory is
+/// consistent, and the guest answers at the source.
+#[test]
+fn a_killed_migrate_through_the_directory_is_undone_by_recover() {
+    if skipped() || etcd_skipped() {
+        return;
+    }
+    let _one = serial();
+    let vw = VmWorld::new();
+    vw.shape_link("20mbit");
+    let params = boot_params(40);
+    let mut src = vw.boot(Host::A, &params);
+    let mut dst = vw.incoming(Host::B, &params);
+    let d = OnDirectory::start(&vw);
+    let before = vw.tables();
+    let listed_before = netpage_etcd_json(&d.etcd, &["map", "list"]);
+    let limit = downtime_limit(&src.qmp_path());
+    let call = MigrateCall::usual(&src, &dst, Host::B);
+    let mut child = vw
+        .migrate_command(netpage_etcd(&d.etcd), &call, &["--timeout", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start netpage migrate");
+    thread::sleep(Duration::from_millis(2000));
+    child.kill().expect("SIGKILL netpage migrate");
+    child.wait().expect("netpage migrate");
+    let (va, ra_b): (IpAddr, IpAddr) = (VA.into(), ra(Host::B).into());
+    for (node, t) in Node::EDGES.iter().zip(vw.tables()) {
+        assert!(t.reverse.contains(&(ra_b, va)), "{node:?}: {t:?}");
+    }
+
+    let mut recover = netpage_etcd(&d.etcd);
+    recover
+        .args(["--json", "migrate", "--recover", "--vm", &VA.to_string()])
+        .arg("--state-dir")
+        .arg(vw.state_dir());
+    let out = netpage_tests::netns::output(&mut recover);
+    assert!(out.status.success(), "recover failed:\n{}", text(&out));
+    let report = json(&out);
+    print_timeline(&report);
+    assert_eq!(report["status"], "rolled back", "{report:#}");
+    assert_eq!(
+        netpage_etcd_json(&d.etcd, &["map", "list"]),
+        listed_before,
+        "the directory's mappings after --recover"
+    );
+    let check = netpage_etcd_json(&d.etcd, &["check"]);
+    assert_eq!(check["findings"], serde_json::json!([]), "{check:#}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vw.tables() != before && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_tables_unchanged(&before, &vw.tables(), "after --recover");
+    assert_eq!(downtime_limit(&src.qmp_path()), limit);
+    src.assert_alive();
+    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
+    assert!(dst.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(
+        vw.world.ping(Node::Client, VA.into()),
+        "no answer at the source after --recover"
+    );
+}
+
+/// A source with post-copy on (`postcopy-ram`) is refused before anything changes: the
+/// destination would run the guest before the source has sent it all, and the source
+/// could no longer take it back after a failure.
+#[test]
+fn post_copy_is_refused() {
+    if skipped() {
+        return;
+    }
+    let _one = serial();
+    let vw = VmWorld::new();
+    let params = boot_params(0);
+    let src = vw.boot(Host::A, &params);
+    let dst = vw.incoming(Host::B, &params);
+    set_capability(&src.qmp_path(), "postcopy-ram", true);
+    let before = vw.tables();
+    let out = vw.migrate(&src, &dst, Host::B, &["--timeout", "10"]);
+    assert!(!out.status.success(), "migrate succeeded:\n{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("refused: {}", stderr.trim());
+    assert!(
+        stderr.contains("post-copy is on (source QEMU's `postcopy-ram` capability)"),
+        "{}",
+        text(&out)
+    );
+    assert!(out.stdout.is_empty(), "a report\n{}", text(&out));
+    assert_tables_unchanged(&before, &vw.tables(), "after the refusal");
+    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
+    assert_eq!(query_migrate(&src.qmp_path()).status, None);
+    assert_eq!(run_state(&dst.qmp_path()), RunState::InMigrate);
+    assert!(!vw.state_dir().join(format!("{VA}.json")).exists());
 }
 
 /// The benchmark's baseline, once: the same migration with no netpage, the gateway's

@@ -45,6 +45,9 @@ pub(super) enum Edit {
     Rollback,
     /// The migration completed: the old address drains for `drain` from `now_ms`.
     Retire { drain: Duration, now_ms: u64 },
+    /// A migration whose netpage was killed completed all the same: the VM at its new
+    /// address (its reverse entry there), the old address draining as after `Retire`.
+    Finish { drain: Duration, now_ms: u64 },
 }
 
 impl Edit {
@@ -70,6 +73,15 @@ impl Edit {
                 t.remove_drain(to)?;
                 ops::retire(t, vm, from, drain, now_ms).map(drop)
             }
+            Edit::Finish { drain, now_ms } => {
+                if t.reverse(to)? != Some(vm) {
+                    t.set_reverse(to, vm)?;
+                }
+                if t.forward(vm)? != Some(to) {
+                    t.set_forward(vm, to)?;
+                }
+                Edit::Retire { drain, now_ms }.apply(t, vm, from, to)
+            }
         }
     }
 
@@ -78,6 +90,7 @@ impl Edit {
             Edit::SwitchBack => "switching back",
             Edit::Rollback => "rolling back",
             Edit::Retire { .. } => "draining the old address",
+            Edit::Finish { .. } => "finishing the switch",
         }
     }
 }
@@ -492,6 +505,27 @@ mod tests {
         assert_eq!(v.reverse(a).unwrap(), Some(vm));
         assert_eq!(v.reverse(b).unwrap(), None, "the reservation is gone");
         assert!(v.drains().unwrap().is_empty(), "A no longer drains");
+    }
+
+    #[test]
+    fn finishing_an_interrupted_migration_switches_and_drains() {
+        let (vm, a, b) = (ip("198.19.0.10"), ip("198.18.10.100"), ip("198.18.20.100"));
+        // Killed after the reservation, before the switch.
+        let mut v = view_with(&[("198.19.0.10", "198.18.10.100")]);
+        v.set_reverse(b, vm).unwrap();
+        let finish = Edit::Finish {
+            drain: Duration::from_secs(2),
+            now_ms: 5_000,
+        };
+        finish.apply(&mut v, vm, a, b).unwrap();
+        assert_eq!(v.forward(vm).unwrap(), Some(b));
+        assert_eq!(v.reverse(b).unwrap(), Some(vm));
+        assert_eq!(v.drains().unwrap().len(), 1, "A drains");
+        // Killed after the switch: the same end.
+        let (mut w, ..) = switched();
+        finish.apply(&mut w, vm, a, b).unwrap();
+        assert_eq!(w.forward(vm).unwrap(), Some(b));
+        assert_eq!(w.drains().unwrap(), v.drains().unwrap());
     }
 
     #[test]

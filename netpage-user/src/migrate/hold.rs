@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Edit, Release, Run, Source, Step};
-use crate::qmp::{MigrationInfo, MigrationParameters, MigrationStatus, QmpError};
+use crate::qmp::{MigrationInfo, MigrationParameters, MigrationStatus, Qmp, QmpError};
 
 /// The downtime limit (ms) held while netpage waits to switch: no last copy fits in it.
 pub const HOLD_MS: u64 = 1;
@@ -23,8 +23,27 @@ pub const STOP_GRACE: Duration = Duration::from_millis(50);
 pub const MAX_HELD_PASS: u64 = 3;
 /// QEMU's default downtime limit, for a source that does not tell its own.
 pub(super) const QEMU_DEFAULT_LIMIT_MS: u64 = 300;
-/// Guest page size: QEMU counts dirty pages of this size on x86.
-pub(super) const PAGE_SIZE: f64 = 4096.0;
+/// The guest page size for a QEMU that does not report its own (`page-size`).
+pub(super) const PAGE_SIZE: u64 = 4096;
+
+/// The source's own downtime limit (QEMU's default if it does not say). A limit of
+/// [`HOLD_MS`] is the hold of a netpage killed during a migration (recorded, and undone by
+/// `--recover`), not the source's: QEMU's default is taken instead.
+pub(super) async fn source_limit(src: &mut Qmp) -> Result<u64, QmpError> {
+    let params: serde_json::Value = src
+        .execute("query-migrate-parameters", serde_json::Value::Null)
+        .await?;
+    match params["downtime-limit"].as_u64() {
+        Some(HOLD_MS) => {
+            eprintln!(
+                "netpage: warning: the source's downtime limit is {HOLD_MS} ms, netpage's hold: taking QEMU's default, {QEMU_DEFAULT_LIMIT_MS} ms, as its own"
+            );
+            Ok(QEMU_DEFAULT_LIMIT_MS)
+        }
+        Some(ms) => Ok(ms),
+        None => Ok(QEMU_DEFAULT_LIMIT_MS),
+    }
+}
 
 /// The downtime limit held at [`HOLD_MS`] while netpage waits for the moment to switch.
 pub(super) struct Hold {
@@ -82,17 +101,6 @@ impl Run {
         self.src.migrate_set_parameters(&p).await
     }
 
-    /// The source's downtime limit as it stands (QEMU's default if it does not say).
-    pub(super) async fn source_limit(&mut self) -> Result<u64, QmpError> {
-        let params: serde_json::Value = self
-            .src
-            .execute("query-migrate-parameters", serde_json::Value::Null)
-            .await?;
-        Ok(params["downtime-limit"]
-            .as_u64()
-            .unwrap_or(QEMU_DEFAULT_LIMIT_MS))
-    }
-
     /// Puts the limit asked for back if netpage still holds its own (after a failure, or
     /// a migration that ended while held), so that the next migration of this QEMU
     /// converges.
@@ -114,6 +122,7 @@ impl Run {
         let info = match self.src.query_migrate().await {
             Ok(info) => info,
             Err(QmpError::Closed { .. }) => return Step::Failed("the source QEMU exited".into()),
+            Err(e) if e.is_timeout() => return self.busy("a poll"),
             Err(e) => return Step::Failed(format!("the source QEMU: {e}")),
         };
         let Some(hold) = &mut self.hold else {
@@ -195,8 +204,23 @@ impl Run {
                 self.held = false;
                 Step::Continue
             }
+            Err(e) if e.is_timeout() => self.busy("the release"),
             Err(e) => Step::Failed(format!("releasing the downtime limit: {e}")),
         }
+    }
+
+    /// The source did not answer in time during the hold: it has entered its last copy
+    /// (its estimate fitted even the held limit), during which QEMU answers nothing until
+    /// the device state is saved, however long that takes. Not a failure: netpage stops
+    /// asking, and the STOP already sent (handled first) or the migration's end follows.
+    fn busy(&mut self, during: &str) -> Step {
+        self.hold = None;
+        self.mark(
+            Source::Netpage,
+            "SOURCE BUSY",
+            format!("no answer during {during}: QEMU copies its last state"),
+        );
+        Step::Continue
     }
 
     /// No estimate fitted by pass [`MAX_HELD_PASS`]: releases the limit without a switch
@@ -204,6 +228,7 @@ impl Run {
     pub(super) async fn give_up_hold(&mut self) -> Step {
         let info = match self.src.query_migrate().await {
             Ok(info) => info,
+            Err(e) if e.is_timeout() => return self.busy("the end of the hold"),
             Err(e) => return Step::Failed(format!("the source QEMU: {e}")),
         };
         let since = self
@@ -263,7 +288,11 @@ pub(super) fn estimate_ms(info: &MigrationInfo, since_pass: Duration) -> Option<
     if bytes_per_ms <= 0.0 || info.total_time.unwrap_or(0) == 0 {
         return None;
     }
-    let dirtied = ram.dirty_pages_rate as f64 * PAGE_SIZE * since_pass.as_secs_f64();
+    let page = match ram.page_size {
+        0 => PAGE_SIZE,
+        size => size,
+    };
+    let dirtied = ram.dirty_pages_rate as f64 * page as f64 * since_pass.as_secs_f64();
     Some((ram.remaining as f64 + dirtied) / bytes_per_ms)
 }
 
@@ -306,6 +335,11 @@ mod tests {
         // Half a second at 1,000 pages of 4 KiB per second: 2,048,000 bytes more.
         let e = estimate_ms(&info, Duration::from_millis(500)).unwrap();
         assert!((e - 263.84).abs() < 1e-9, "{e}");
+        // The page size QEMU reports (64 KiB pages): 32,768,000 bytes more.
+        let mut big = info.clone();
+        big.ram.as_mut().unwrap().page_size = 65536;
+        let e = estimate_ms(&big, Duration::from_millis(500)).unwrap();
+        assert!((e - 2721.44).abs() < 1e-9, "{e}");
         let unmeasured = MigrationInfo {
             total_time: Some(0),
             ..info.clone()
