@@ -343,7 +343,9 @@ impl Run {
             from,
             to: opts.to,
             edges: match &opts.edges {
-                EdgeSpec::Nodes(dirs) => RecordedEdges::Nodes(dirs.clone()),
+                EdgeSpec::Nodes(nodes) => {
+                    RecordedEdges::Nodes(nodes.iter().map(|n| n.dir().to_path_buf()).collect())
+                }
                 EdgeSpec::Directory { .. } => RecordedEdges::Directory,
             },
             src_qmp: opts.src_qmp.clone(),

@@ -175,6 +175,11 @@ impl Node {
         }
     }
 
+    /// How long the node waits for another command that is changing it.
+    pub fn patience(&self) -> Duration {
+        self.patience
+    }
+
     /// The same node, waiting up to `patience` for another command that is changing it.
     pub fn with_patience(mut self, patience: Duration) -> Self {
         self.patience = patience;

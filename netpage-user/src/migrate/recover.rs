@@ -26,6 +26,7 @@ use super::{
     neighbour::neigh,
 };
 use crate::{
+    node::Node,
     ops::now_ms,
     qmp::{MigrationParameters, Qmp},
     timeline::{Source, Timeline},
@@ -83,7 +84,24 @@ pub async fn recover(
         )));
     }
     let spec = match (&rec.edges, cli) {
-        (RecordedEdges::Nodes(dirs), _) => EdgeSpec::Nodes(dirs.clone()),
+        // The recorded nodes, as patient as those of the command line.
+        (RecordedEdges::Nodes(dirs), cli) => {
+            let patience = match &cli {
+                EdgeSpec::Nodes(nodes) => nodes.first().map(Node::patience),
+                EdgeSpec::Directory { .. } => None,
+            };
+            EdgeSpec::Nodes(
+                dirs.iter()
+                    .map(|d| {
+                        let n = Node::new(d);
+                        match patience {
+                            Some(p) => n.with_patience(p),
+                            None => n,
+                        }
+                    })
+                    .collect(),
+            )
+        }
         (RecordedEdges::Directory, d @ EdgeSpec::Directory { .. }) => d,
         (RecordedEdges::Directory, EdgeSpec::Nodes(_)) => {
             return Err(MigrateError::Recover(format!(
