@@ -88,6 +88,10 @@ fn options(pkt: &Packet, l3: usize) -> Options {
 /// about a VM's own packets are addressed to its real address and translated whole. The
 /// header is not rewritten, so no other checksum changes, and an ICMP error is never left
 /// to checksum offload: the arithmetic holds under tc too.
+///
+/// The outer header is judged as [`translate`] judges it: malformed options pass it
+/// untouched. A source route with hops left does not: ICMP has no pseudo-header, and the
+/// outer header is not rewritten.
 // A BPF-to-BPF call of its own, from the top: the translation's frame stays as it is.
 #[inline(never)]
 pub fn quote_only(pkt: &Packet, l3: usize) -> Counter {
@@ -98,9 +102,15 @@ pub fn quote_only(pkt: &Packet, l3: usize) -> Counter {
 fn try_quote_only(pkt: &Packet, l3: usize) -> Result<Counter, Counter> {
     let f = fields(pkt.field::<[u8; 20]>(l3)?);
     let ihl = ipv4_header_len(f.vihl).ok_or(Counter::PassMalformed)?;
+    if f.total < ihl {
+        return Err(Counter::PassMalformed);
+    }
     let (l4, end) = (l3 + ihl, l3 + f.total);
     if f.proto != IPPROTO_ICMP || !f.first_fragment {
         return Err(Counter::PassMiss);
+    }
+    if options(pkt, l3) == Options::Malformed {
+        return Err(Counter::PassMalformed);
     }
     icmp::quote_only(pkt, L4::Icmp4Error, l4, end, is_icmp4_error, |p, q, e| {
         icmp::quoted4::<true>(p, q, e)

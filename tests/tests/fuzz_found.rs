@@ -66,10 +66,9 @@ fn ipv6_later_fragments_of_one_datagram_are_treated_alike() {
 /// An ICMP error whose outer IPv4 options are malformed (here a record route of length 1)
 /// is malformed: with a mapped outer address it passes untouched, as the datapath
 /// documents for malformed packets. With the outer addresses unmapped (a router's error to
-/// a client about its packet to a real address) its quote is translated all the same: the
-/// quote-only path on the physical side does not look at the options.
+/// a client about its packet to a real address) it passes untouched too: the quote-only
+/// path on the physical side judges the options as the translation does (it once did not).
 #[test]
-#[ignore = "defect found by the fuzzer: quote-only translation skips the IPv4 option check"]
 fn icmp_error_with_malformed_ipv4_options_passes_untouched_on_a_miss() {
     let dp = loaded();
     let (router, client, ra) = (ip("192.0.2.1"), ip("203.0.113.5"), ip("192.0.2.10"));
@@ -111,7 +110,6 @@ fn icmp_error_with_malformed_ipv4_options_passes_untouched_on_a_miss() {
 /// `cargo xtask fuzz --seed 2 --only 12791` (xdp): changed a frame that must pass untouched (an IPv4 option of a wrong length)
 /// Kinds: physical side, two VLAN tags, IPv4, IPv4 options: NOPs, ICMP time exceeded, quoting ICMP echo, mutated: flipped bytes, mutated: Ethernet padding.
 #[test]
-#[ignore = "defect found by the fuzzer: quote-only translation skips the IPv4 option check"]
 fn fuzz_seed_2_packet_12791_xdp() {
     fixture::check(
         Side::Physical,

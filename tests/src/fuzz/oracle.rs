@@ -124,9 +124,6 @@ fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
 /// to tell a known defect from a new one.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Allow {
-    /// On a miss, the quote of an ICMP error is translated whatever the outer IPv4
-    /// options hold (malformed ones included).
-    pub quote_only_ignores_options: bool,
     /// A home address option is ignored: the transport checksum follows a change of the
     /// header's source as if the pseudo-header held it.
     pub home_address_ignored: bool,
@@ -311,13 +308,10 @@ fn ipv4(cx: &mut Cx, l3: usize) -> Result<(), &'static str> {
     if end > f.len() {
         return Err("IPv4 packet longer than the frame");
     }
-    let miss = [12, 16]
-        .iter()
-        .all(|&o| cx.table.lookup(cx.side, addr(f, l3 + o, false)).is_none());
-    let dst_hidden = match v4_options(&f[l3 + 20..l3 + ihl]) {
-        Err(_) if miss && cx.allow.quote_only_ignores_options => false,
-        r => r?,
-    };
+    // Malformed options pass the packet whatever is mapped, its quote included. A source
+    // route with hops left hides the destination of the outer transport's pseudo-header;
+    // an ICMP error has none, and its quote is translated alone on a miss all the same.
+    let dst_hidden = v4_options(&f[l3 + 20..l3 + ihl])?;
     let first = be16(h, 6) & 0x1FFF == 0;
     let proto = h[9];
     let l4 = l3 + ihl;
