@@ -63,6 +63,16 @@ pub struct Transport {
 /// Walks at most `MAX` extension headers from `off` (Next Header `nh`), staying before
 /// `end`.
 ///
+/// The walk stops after the fragment header of a later fragment (a non-zero offset): what
+/// follows is data, whatever the fragment header's Next Header says. The packet is then
+/// translated at the IP layer alone, like a later IPv4 fragment; a protocol that must pass
+/// (ESP, say: `L4::classify` finds it unknown) passes in every fragment when the fragment
+/// header names it. When the fragment header names an extension header instead (commonly
+/// a destination options header in front of TCP or UDP), the protocol is in the first
+/// fragment alone and the later ones are translated at the IP layer. The cost: a
+/// fragmented ESP datagram behind a destination options header has its later fragments
+/// translated while its first passes untouched.
+///
 /// What the walk carries from header to header is taken from packet bytes (fragment
 /// offset, segments left), not set as constants: the verifier then sees the same unknown
 /// values on every path and prunes them, instead of exploring each flag combination.
@@ -77,7 +87,7 @@ pub fn walk<const MAX: usize>(
     let mut segments_left = 0u8;
     let mut done = false;
     for _ in 0..MAX {
-        if !is_ipv6_ext(nh) {
+        if !is_ipv6_ext(nh) || frag_offset != 0 {
             done = true;
             break;
         }
@@ -93,7 +103,7 @@ pub fn walk<const MAX: usize>(
         off = settle(off + ipv6_ext_len(nh, h[1]))?;
         nh = h[0];
     }
-    if !done && is_ipv6_ext(nh) {
+    if !done && frag_offset == 0 && is_ipv6_ext(nh) {
         return Err(Counter::PassExtLimit);
     }
     Ok(Transport {

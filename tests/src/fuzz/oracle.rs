@@ -127,9 +127,6 @@ pub struct Allow {
     /// A home address option is ignored: the transport checksum follows a change of the
     /// header's source as if the pseudo-header held it.
     pub home_address_ignored: bool,
-    /// A later IPv6 fragment whose fragmentable part begins with an extension header is
-    /// translated at the IP layer.
-    pub later_fragment_translated: bool,
 }
 
 /// The translation under way.
@@ -452,10 +449,6 @@ fn home_address(h: &[u8]) -> bool {
     false
 }
 
-/// Why a later IPv6 fragment whose fragmentable part begins with an extension header must
-/// pass: its transport is in the first fragment.
-const LATER_FRAGMENT: &str = "a later fragment whose transport is unknown";
-
 fn walk6(f: &[u8], mut off: usize, mut nh: u8, end: usize) -> Result<Walk, &'static str> {
     let (mut first, mut dst_hidden, mut src_hidden, mut headers) = (true, false, false, 0);
     while matches!(nh, 0 | 43 | 44 | 60) {
@@ -488,9 +481,6 @@ fn walk6(f: &[u8], mut off: usize, mut nh: u8, end: usize) -> Result<Walk, &'sta
         }
         nh = next;
     }
-    if !first && matches!(nh, 0 | 43 | 44 | 60) {
-        return Err(LATER_FRAGMENT);
-    }
     Ok(Walk {
         off,
         proto: nh,
@@ -511,18 +501,7 @@ fn ipv6(cx: &mut Cx, l3: usize) -> Result<(), &'static str> {
     if end > f.len() {
         return Err("IPv6 packet longer than the frame");
     }
-    let w = match walk6(f, l3 + 40, h[6], end) {
-        // Known defect: such a fragment translated at the IP layer alone.
-        Err(LATER_FRAGMENT) if cx.allow.later_fragment_translated => Walk {
-            off: end,
-            proto: 59,
-            first: false,
-            dst_hidden: false,
-            src_hidden: false,
-            headers: 0,
-        },
-        w => w?,
-    };
+    let w = walk6(f, l3 + 40, h[6], end)?;
     let l4 = w.off;
     let transport = match w.proto {
         6 if w.first => Some((16, false)),
@@ -538,6 +517,10 @@ fn ipv6(cx: &mut Cx, l3: usize) -> Result<(), &'static str> {
         }
         6 | 17 | 58 => None,
         p if OPAQUE.contains(&p) => None,
+        // A later fragment whose fragment header names an extension header: the protocol
+        // is in the first fragment alone (commonly TCP or UDP behind destination options),
+        // and the later one is translated at the IP layer.
+        0 | 43 | 44 | 60 if !w.first => None,
         _ => return Err("a protocol whose checks may cover the addresses"),
     };
     let (s, d) = (addr(f, l3 + 8, true), addr(f, l3 + 24, true));

@@ -46,23 +46,7 @@ pub struct Known {
 }
 
 /// The known defects.
-pub const KNOWN: [Known; 2] = [
-    Known {
-        name: "an IPv6 later fragment is walked into its data as if it held extension headers",
-        fixture: "ipv6_later_fragments_of_one_datagram_are_treated_alike",
-        matches: |table, side, input, output, _| {
-            let allow = oracle::Allow {
-                later_fragment_translated: true,
-                ..oracle::Allow::default()
-            };
-            oracle::judge(
-                input,
-                &oracle::expect_with(table, side, input, allow),
-                output,
-            )
-            .is_ok()
-        },
-    },
+pub const KNOWN: [Known; 1] = [
     Known {
         name: "a transport checksum follows the IPv6 source behind a home address option",
         fixture: "ipv6_home_address_option_keeps_the_transport_checksum",
@@ -279,7 +263,6 @@ fn tally_known(s: &mut Summary, table: &Table, g: &frames::Generated, output: &[
     s.translated += 1;
     let allow = oracle::Allow {
         home_address_ignored: true,
-        later_fragment_translated: true,
     };
     if oracle::expect_with(table, g.side, &g.frame, allow).is_ok_and(|t| t.quote_only) {
         s.quote_only += 1;
