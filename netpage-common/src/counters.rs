@@ -29,7 +29,8 @@ pub enum Counter {
     /// Inconsistent headers: IPv4 IHL below 5, a wrong version, lengths that do not add up,
     /// an L4 or ICMP error header that does not fit in the IP payload.
     PassMalformed = 8,
-    /// More IPv6 extension headers than the bounded walk allows.
+    /// More IPv6 extension headers than the bounded walk allows, or a destination options
+    /// header longer than the walk scans for a home address option (40 bytes, 8 options).
     PassExtLimit = 9,
     /// A transport protocol netpage does not know, which may checksum the addresses.
     PassUnknownProto = 10,
@@ -64,13 +65,16 @@ pub enum Counter {
     /// Fast path, left to the kernel: the lookup failed otherwise (an error, an unsupported
     /// route type).
     FastError = 21,
+    /// An IPv6 destination options header with a Mobile IPv6 home address option (RFC 6275
+    /// 6.3): the transport pseudo-header holds the home address, not the header's source.
+    PassHomeAddress = 22,
 }
 
 const _: () = assert!(Counter::COUNT <= Counter::SLOTS);
 
 impl Counter {
     /// Number of counters.
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
 
     /// Slots of the counter array: room for counters added later, which take the next
     /// free indices, so that a node's pinned array keeps its layout across upgrades.
@@ -100,6 +104,7 @@ impl Counter {
         Counter::FastIneligible,
         Counter::FastEgress,
         Counter::FastError,
+        Counter::PassHomeAddress,
     ];
 
     /// A stable name for reports and JSON.
@@ -127,6 +132,7 @@ impl Counter {
             Counter::FastIneligible => "fast_fallback_ineligible",
             Counter::FastEgress => "fast_fallback_egress",
             Counter::FastError => "fast_fallback_error",
+            Counter::PassHomeAddress => "pass_home_address",
         }
     }
 
@@ -145,7 +151,8 @@ impl Counter {
     /// Whether this counter belongs to the fast-path dimension rather than to the outcome
     /// that counts every packet once.
     pub const fn is_fast_path(self) -> bool {
-        self as u32 >= Counter::FastRedirected as u32
+        let i = self as u32;
+        i >= Counter::FastRedirected as u32 && i <= Counter::FastError as u32
     }
 
     /// The outcome of a step that stops early with a pass reason. A BPF-to-BPF call
@@ -185,7 +192,7 @@ mod tests {
     #[test]
     fn dimensions() {
         let outcomes = Counter::ALL.iter().filter(|c| !c.is_fast_path()).count();
-        assert_eq!(outcomes, 14);
+        assert_eq!(outcomes, 15);
         for c in Counter::ALL {
             assert_eq!(c.is_fast_path(), c.name().starts_with("fast_"), "{c:?}");
             assert_eq!(

@@ -209,7 +209,10 @@ mod tests {
         );
         // A source route whose pointer is below the first address.
         for ptr in 0..MIN_POINTER {
-            assert_eq!(check(&[IPOPT_LSRR, 7, ptr, 0, 0, 0, 0, 0]), Options::Malformed);
+            assert_eq!(
+                check(&[IPOPT_LSRR, 7, ptr, 0, 0, 0, 0, 0]),
+                Options::Malformed
+            );
         }
         // Whatever a malformed option hides is not read.
         assert_eq!(

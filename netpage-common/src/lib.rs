@@ -8,5 +8,6 @@ pub mod counters;
 pub mod csum;
 pub mod fastpath;
 pub mod ipv4_options;
+pub mod ipv6_options;
 pub mod maps;
 pub mod proto;

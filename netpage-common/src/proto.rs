@@ -265,7 +265,12 @@ mod tests {
         assert_eq!(L4::classify(136, true, false, 0), L4::Unknown); // UDP-Lite fragment
         assert_eq!(L4::classify(IPPROTO_UDP, false, false, 0), L4::Opaque);
         // A later IPv6 fragment whose fragment header names an extension header.
-        for ext in [IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS] {
+        for ext in [
+            IPPROTO_HOPOPTS,
+            IPPROTO_ROUTING,
+            IPPROTO_FRAGMENT,
+            IPPROTO_DSTOPTS,
+        ] {
             assert_eq!(L4::classify(ext, true, false, 0), L4::Opaque);
             assert_eq!(L4::classify(ext, true, true, 0), L4::Unknown);
             assert_eq!(L4::classify(ext, false, false, 0), L4::Unknown);

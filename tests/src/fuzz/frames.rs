@@ -872,7 +872,11 @@ impl G<'_> {
             None => (seg, vec![], true),
         };
         let walked = n + usize::from(frag.is_some());
-        let translatable = known && walked <= 6 && (!first || (!nd && piece.len() >= min_len));
+        // A home address option passes the packet: its pseudo-header holds the home address.
+        let translatable = known
+            && walked <= 6
+            && chain.home.is_none()
+            && (!first || (!nd && piece.len() >= min_len));
         let quote_only = self.side == Side::Physical
             && !outer_hit
             && walked == 0
