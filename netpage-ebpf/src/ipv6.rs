@@ -125,6 +125,10 @@ pub fn walk<const MAX: usize, const SCAN: bool>(
         } else if nh == IPPROTO_ROUTING {
             segments_left |= h[3];
         } else if SCAN && nh == IPPROTO_DSTOPTS {
+            // A header past the payload is malformed, whatever its length.
+            if off + ipv6_ext_len(nh, h[1]) > end {
+                return Err(Counter::PassMalformed);
+            }
             match dst_options(pkt, off) {
                 DstOptions::Translatable => {}
                 DstOptions::HomeAddress => return Err(Counter::PassHomeAddress),
