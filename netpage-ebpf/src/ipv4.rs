@@ -89,9 +89,10 @@ fn options(pkt: &Packet, l3: usize) -> Options {
 /// header is not rewritten, so no other checksum changes, and an ICMP error is never left
 /// to checksum offload: the arithmetic holds under tc too.
 ///
-/// The outer header is judged as [`translate`] judges it: malformed options pass it
-/// untouched. A source route with hops left does not: ICMP has no pseudo-header, and the
-/// outer header is not rewritten.
+/// The outer header's options are judged as [`translate`] judges them: malformed ones, or
+/// a source route with hops left, pass the error untouched. (ICMP has no pseudo-header,
+/// and the outer header is not rewritten, but the walk stops at the first source route:
+/// it cannot tell a well-formed header with one from a malformed one.)
 // A BPF-to-BPF call of its own, from the top: the translation's frame stays as it is.
 #[inline(never)]
 pub fn quote_only(pkt: &Packet, l3: usize) -> Counter {
@@ -109,8 +110,10 @@ fn try_quote_only(pkt: &Packet, l3: usize) -> Result<Counter, Counter> {
     if f.proto != IPPROTO_ICMP || !f.first_fragment {
         return Err(Counter::PassMiss);
     }
-    if options(pkt, l3) == Options::Malformed {
-        return Err(Counter::PassMalformed);
+    match options(pkt, l3) {
+        Options::Translatable => {}
+        Options::SourceRoute => return Err(Counter::PassSourceRoute),
+        Options::Malformed => return Err(Counter::PassMalformed),
     }
     icmp::quote_only(pkt, L4::Icmp4Error, l4, end, is_icmp4_error, |p, q, e| {
         icmp::quoted4::<true>(p, q, e)

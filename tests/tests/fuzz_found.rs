@@ -69,7 +69,8 @@ fn ipv6_later_fragments_of_one_datagram_are_treated_alike() {
 /// is malformed: with a mapped outer address it passes untouched, as the datapath
 /// documents for malformed packets. With the outer addresses unmapped (a router's error to
 /// a client about its packet to a real address) it passes untouched too: the quote-only
-/// path on the physical side judges the options as the translation does (it once did not).
+/// path on the physical side judges the options as the translation does (it once did not),
+/// source routes with hops left included.
 #[test]
 fn icmp_error_with_malformed_ipv4_options_passes_untouched_on_a_miss() {
     let dp = loaded();
@@ -128,6 +129,32 @@ fn fuzz_seed_2_packet_12791_xdp() {
             "eed1c63364630a00001401010101010101010101010101010101010103010101",
             "05010b0da50ae9c2662545e80028dedb4000b2019428c6336463c633641eb27e",
             "7381241ae99954e0c520d3",
+        ),
+    );
+}
+
+/// An ICMP error on a miss whose outer IPv4 options hold a source route with hops left and,
+/// behind it, an option cut after its type: the option walk stops at the route, so the
+/// error passes for the route (as a mapped one would), never with its quote translated.
+/// `cargo xtask fuzz --seed 1 --only 56269` (xdp): changed a frame that must pass untouched (an IPv4 option cut after its type)
+/// Kinds: physical side, one VLAN tag, IPv4, IPv4 options: source route, last hop left, ICMP parameter problem, quoting ICMP echo, mutated: wrong checksum, mutated: flipped bytes.
+#[test]
+fn fuzz_seed_1_packet_56269_xdp() {
+    fixture::check(
+        Side::Physical,
+        Hook::Xdp,
+        false,
+        concat!(
+            "02000000000b02000000000a810003fd080048a8004f02214000bc010927c633",
+            "64631000000001830a08cb00714dcb00714d0c0f16e13bfb6792454c00b0b135",
+            "4000c801142ac6336463c000020a0800fcf90001000254220d64c89a62ca27d9",
+            "b2",
+        ),
+        concat!(
+            "02000000000b02000000000a810003fd080048a8004f02214000bc010927c633",
+            "64631000000001830a08cb00714dcb00714d0c0f16e13bfb6792454c00b0b135",
+            "4000c801142ac6336463c000020a0800fcf90001000254220d64c89a62ca27d9",
+            "b2",
         ),
     );
 }

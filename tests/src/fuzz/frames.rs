@@ -561,6 +561,7 @@ impl G<'_> {
         let translatable = known && !sr_left && (!first || piece.len() >= min_len);
         let quote_only = self.side == Side::Physical
             && !outer_hit
+            && !sr_left
             && first
             && quote_hit
             && proto == 1

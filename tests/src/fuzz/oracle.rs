@@ -303,8 +303,15 @@ fn ipv4(cx: &mut Cx, l3: usize) -> Result<(), &'static str> {
     }
     // Malformed options pass the packet whatever is mapped, its quote included. A source
     // route with hops left hides the destination of the outer transport's pseudo-header;
-    // an ICMP error has none, and its quote is translated alone on a miss all the same.
+    // netpage passes such a packet, and an ICMP error with one on a miss too (its walk
+    // stops at the route, before any malformed option behind it).
     let dst_hidden = v4_options(&f[l3 + 20..l3 + ihl])?;
+    let miss = [12, 16]
+        .iter()
+        .all(|&o| cx.table.lookup(cx.side, addr(f, l3 + o, false)).is_none());
+    if dst_hidden && miss {
+        return Err("a source route with hops left");
+    }
     let first = be16(h, 6) & 0x1FFF == 0;
     let proto = h[9];
     let l4 = l3 + ihl;
