@@ -30,7 +30,8 @@ pub enum Counter {
     /// Inconsistent headers: IPv4 IHL below 5, a wrong version, lengths that do not add up,
     /// an L4 or ICMP error header that does not fit in the IP payload.
     PassMalformed = 8,
-    /// More IPv6 extension headers than the bounded walk allows.
+    /// More IPv6 extension headers than the bounded walk allows, or a destination options
+    /// header longer than the walk scans for a home address option (40 bytes, 8 options).
     PassExtLimit = 9,
     /// A transport protocol netpage does not know, which may checksum the addresses.
     PassUnknownProto = 10,
@@ -73,13 +74,16 @@ pub enum Counter {
     /// it is a veth whose peer has neither an XDP program nor GRO on), so it is not in the
     /// device map. Redirected anyway, the frame would be dropped.
     FastNoXdpXmit = 23,
+    /// An IPv6 destination options header with a Mobile IPv6 home address option (RFC 6275
+    /// 6.3): the transport pseudo-header holds the home address, not the header's source.
+    PassHomeAddress = 24,
 }
 
 const _: () = assert!(Counter::COUNT <= Counter::SLOTS);
 
 impl Counter {
     /// Number of counters.
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 25;
 
     /// Slots of the counter array: room for counters added later, which take the next
     /// free indices, so that a node's pinned array keeps its layout across upgrades.
@@ -111,6 +115,7 @@ impl Counter {
         Counter::FastError,
         Counter::Spoofed,
         Counter::FastNoXdpXmit,
+        Counter::PassHomeAddress,
     ];
 
     /// A stable name for reports and JSON.
@@ -140,6 +145,7 @@ impl Counter {
             Counter::FastError => "fast_fallback_error",
             Counter::Spoofed => "dropped_spoofed",
             Counter::FastNoXdpXmit => "fast_fallback_no_xdp_xmit",
+            Counter::PassHomeAddress => "pass_home_address",
         }
     }
 
@@ -205,7 +211,7 @@ mod tests {
     #[test]
     fn dimensions() {
         let outcomes = Counter::ALL.iter().filter(|c| !c.is_fast_path()).count();
-        assert_eq!(outcomes, 15);
+        assert_eq!(outcomes, 16);
         for c in Counter::ALL {
             assert_eq!(c.is_fast_path(), c.name().starts_with("fast_"), "{c:?}");
             assert_eq!(c.is_dropped(), c.name().starts_with("dropped_"), "{c:?}");

@@ -29,7 +29,7 @@ pub enum Options {
     /// A source route with hops left: passed untouched.
     SourceRoute,
     /// An option shorter than its own type and length (and pointer, for a source route),
-    /// or running past the options: the walk cannot tell what follows, so the packet is
+    /// a source route whose pointer is below 4, or an option running past the options: the walk cannot tell what follows, so the packet is
     /// passed untouched (the kernel drops it with a parameter problem).
     Malformed,
 }
@@ -50,6 +50,10 @@ pub const fn is_source_route(kind: u8) -> bool {
     kind == IPOPT_LSRR || kind == IPOPT_SSRR
 }
 
+/// The smallest pointer of a source route (RFC 791: it counts from 1 at the type byte, and
+/// the first address is the fourth byte). A smaller one is malformed.
+pub const MIN_POINTER: u8 = 4;
+
 /// Bytes of the buffer the walk reads: the options, and room for the length and pointer
 /// bytes of an option that starts in the last byte.
 pub const OPTIONS_BUF: usize = MAX_OPTIONS_LEN + 2;
@@ -64,7 +68,7 @@ pub const fn option(kind: u8, len: u8, ptr: u8, left: usize) -> Step {
         IPOPT_NOOP => Step::Next(1),
         _ => {
             let min = if is_source_route(kind) { 3 } else { 2 };
-            if len < min || len > left {
+            if len < min || len > left || (is_source_route(kind) && ptr < MIN_POINTER) {
                 Step::Malformed
             } else if is_source_route(kind) && ptr as usize <= len {
                 // The pointer counts from 1 at the type byte: while it points inside the
@@ -161,10 +165,10 @@ mod tests {
             o[5..].copy_from_slice(&route(kind, 4, 1)[..7]);
             assert_eq!(check(&o), Options::SourceRoute);
             // A route in the last bytes of the options, its pointer in the last byte.
-            let mut o = [IPOPT_NOOP; 8];
-            o[5..].copy_from_slice(&[kind, 3, 3]);
+            let mut o = [IPOPT_NOOP; 12];
+            o[5..].copy_from_slice(&[kind, 7, 4, 10, 11, 12, 13]);
             assert_eq!(check(&o), Options::SourceRoute);
-            o[7] = 4;
+            o[7] = 8;
             assert_eq!(check(&o), Options::Translatable);
             // A route without hops: only the pointer.
             assert_eq!(check(&[kind, 3, 4, IPOPT_END]), Options::Translatable);
@@ -203,6 +207,13 @@ mod tests {
             Options::Malformed,
             "a route longer than the options"
         );
+        // A source route whose pointer is below the first address.
+        for ptr in 0..MIN_POINTER {
+            assert_eq!(
+                check(&[IPOPT_LSRR, 7, ptr, 0, 0, 0, 0, 0]),
+                Options::Malformed
+            );
+        }
         // Whatever a malformed option hides is not read.
         assert_eq!(
             check(&[148, 1, IPOPT_LSRR, 3, 3, 0, 0, 0]),
@@ -212,7 +223,9 @@ mod tests {
 
     #[test]
     fn options_alone() {
-        assert_eq!(option(IPOPT_LSRR, 3, 3, 3), Step::SourceRoute);
+        assert_eq!(option(IPOPT_LSRR, 7, 4, 7), Step::SourceRoute);
+        assert_eq!(option(IPOPT_LSRR, 3, 3, 3), Step::Malformed);
+        assert_eq!(option(IPOPT_LSRR, 3, 4, 3), Step::Next(3));
         assert_eq!(option(IPOPT_LSRR, 3, 3, 2), Step::Malformed);
         assert_eq!(option(68, 0, 0, 1), Step::Malformed);
         assert_eq!(option(7, 3, 4, 4), Step::Next(3));

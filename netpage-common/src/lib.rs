@@ -8,6 +8,7 @@ pub mod counters;
 pub mod csum;
 pub mod fastpath;
 pub mod ipv4_options;
+pub mod ipv6_options;
 pub mod maps;
 pub mod proto;
 pub mod source;

@@ -81,6 +81,13 @@ impl L4 {
     /// Classifies a transport header. `first_fragment` is false for a non-first fragment,
     /// which carries no transport header. `icmp_type` is the first byte of the transport
     /// header (only read for ICMP).
+    ///
+    /// The fragment header of a later IPv6 fragment may name an extension header (a
+    /// destination options header, say, in front of TCP): the transport protocol is then
+    /// in the first fragment alone, and the later one is translated at the IP layer, like
+    /// a later fragment of TCP or UDP. (So a fragmented ESP datagram behind such a header
+    /// has its later fragments translated but its first passed; ESP named by the fragment
+    /// header itself passes in every fragment.)
     pub const fn classify(proto: u8, v6: bool, first_fragment: bool, icmp_type: u8) -> L4 {
         let kind = match proto {
             IPPROTO_TCP => L4::Tcp,
@@ -91,6 +98,7 @@ impl L4 {
             IPPROTO_ICMPV6 if v6 && is_icmp6_nd(icmp_type) => L4::NeighborDiscovery,
             IPPROTO_ICMPV6 if v6 => L4::Icmp6,
             p if is_opaque_proto(p) => L4::Opaque,
+            p if v6 && !first_fragment && is_ipv6_ext(p) => L4::Opaque,
             _ => L4::Unknown,
         };
         match kind {
@@ -256,6 +264,17 @@ mod tests {
         assert_eq!(L4::classify(33, false, true, 0), L4::Unknown); // DCCP
         assert_eq!(L4::classify(136, true, false, 0), L4::Unknown); // UDP-Lite fragment
         assert_eq!(L4::classify(IPPROTO_UDP, false, false, 0), L4::Opaque);
+        // A later IPv6 fragment whose fragment header names an extension header.
+        for ext in [
+            IPPROTO_HOPOPTS,
+            IPPROTO_ROUTING,
+            IPPROTO_FRAGMENT,
+            IPPROTO_DSTOPTS,
+        ] {
+            assert_eq!(L4::classify(ext, true, false, 0), L4::Opaque);
+            assert_eq!(L4::classify(ext, true, true, 0), L4::Unknown);
+            assert_eq!(L4::classify(ext, false, false, 0), L4::Unknown);
+        }
         assert!(L4::Icmp6.has_pseudo_header() && !L4::Icmp4Error.has_pseudo_header());
     }
 

@@ -75,7 +75,7 @@ fn try_quoted6<const PHYSICAL: bool>(pkt: &Packet, q: usize, end: usize) -> Resu
     }
     // A quote cut inside its extension headers has no transport checksum to fix.
     let (l4_check, kind, pseudo) =
-        match ipv6::walk::<MAX_QUOTED_EXT_HEADERS>(pkt, q + IPV6_HLEN, f.next, end) {
+        match ipv6::walk::<MAX_QUOTED_EXT_HEADERS, false>(pkt, q + IPV6_HLEN, f.next, end) {
             Ok(t) => {
                 let kind = L4::classify(t.proto, true, t.first, 0);
                 let pseudo = if t.dst_hidden {

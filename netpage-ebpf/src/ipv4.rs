@@ -92,6 +92,11 @@ fn options(pkt: &Packet, l3: usize) -> Options {
 /// about a VM's own packets are addressed to its real address and translated whole. The
 /// header is not rewritten, so no other checksum changes, and an ICMP error is never left
 /// to checksum offload: the arithmetic holds under tc too.
+///
+/// The outer header's options are judged as [`translate`] judges them: malformed ones, or
+/// a source route with hops left, pass the error untouched. (ICMP has no pseudo-header,
+/// and the outer header is not rewritten, but the walk stops at the first source route:
+/// it cannot tell a well-formed header with one from a malformed one.)
 // A BPF-to-BPF call of its own, from the top: the translation's frame stays as it is.
 #[inline(never)]
 pub fn quote_only(pkt: &Packet, l3: usize) -> Counter {
@@ -102,9 +107,17 @@ pub fn quote_only(pkt: &Packet, l3: usize) -> Counter {
 fn try_quote_only(pkt: &Packet, l3: usize) -> Result<Counter, Counter> {
     let f = fields(pkt.field::<[u8; 20]>(l3)?);
     let ihl = ipv4_header_len(f.vihl).ok_or(Counter::PassMalformed)?;
+    if f.total < ihl {
+        return Err(Counter::PassMalformed);
+    }
     let (l4, end) = (l3 + ihl, l3 + f.total);
     if f.proto != IPPROTO_ICMP || !f.first_fragment {
         return Err(Counter::PassMiss);
+    }
+    match options(pkt, l3) {
+        Options::Translatable => {}
+        Options::SourceRoute => return Err(Counter::PassSourceRoute),
+        Options::Malformed => return Err(Counter::PassMalformed),
     }
     icmp::quote_only(pkt, L4::Icmp4Error, l4, end, is_icmp4_error, |p, q, e| {
         icmp::quoted4::<true>(p, q, e)

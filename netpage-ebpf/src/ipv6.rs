@@ -3,10 +3,11 @@
 
 use netpage_common::{
     counters::Counter,
+    ipv6_options::{self, DstOptions},
     proto::{
-        ICMP_HLEN, IPPROTO_FRAGMENT, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPV6_DST, IPV6_HLEN,
-        IPV6_SRC, L4, MAX_EXT_HEADERS, ipv6_ext_len, ipv6_first_fragment, is_icmp6_error,
-        is_ipv6_ext, routing_hides_dst,
+        ICMP_HLEN, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPV6_DST,
+        IPV6_HLEN, IPV6_SRC, L4, MAX_EXT_HEADERS, ipv6_ext_len, ipv6_first_fragment,
+        is_icmp6_error, is_ipv6_ext, routing_hides_dst,
     },
 };
 
@@ -64,14 +65,48 @@ pub struct Transport {
     pub dst_hidden: bool,
 }
 
+/// What the destination options header at `off` (its first 8 bytes checked) means for a
+/// translation: a home address option keeps the header's source out of the transport
+/// pseudo-header.
+// A BPF-to-BPF call that returns a plain scalar, as `ipv4::options`, with the header
+// length read afresh: the verifier goes on from its results rather than from every path
+// of the scan. The options are read from the packet, with no buffer on the stack.
+#[inline(never)]
+fn dst_options(pkt: &Packet, off: usize) -> DstOptions {
+    let Ok([_, hdr_ext_len]) = pkt.read::<2>(off) else {
+        return DstOptions::Malformed;
+    };
+    let Some(len) = ipv6_options::header_len(hdr_ext_len) else {
+        return DstOptions::TooLong;
+    };
+    ipv6_options::walk(len, |i| pkt.read::<2>(off + i).ok())
+}
+
 /// Walks at most `MAX` extension headers from `off` (Next Header `nh`), staying before
 /// `end`.
+///
+/// The walk stops after the fragment header of a later fragment (a non-zero offset): what
+/// follows is data, whatever the fragment header's Next Header says. The packet is then
+/// translated at the IP layer alone, like a later IPv4 fragment; a protocol that must pass
+/// (ESP, say: `L4::classify` finds it unknown) passes in every fragment when the fragment
+/// header names it. When the fragment header names an extension header instead (commonly
+/// a destination options header in front of TCP or UDP), the protocol is in the first
+/// fragment alone and the later ones are translated at the IP layer. The cost: a
+/// fragmented ESP datagram behind a destination options header has its later fragments
+/// translated while its first passes untouched.
+///
+/// With `SCAN`, a destination options header with a home address option passes the
+/// packet (`PassHomeAddress`): the transport pseudo-header holds the home address. One
+/// longer than the 40 bytes or 8 options scanned passes too (`PassExtLimit`), and one whose
+/// options run past it as malformed. The walk of the packet an ICMPv6 error quotes does
+/// not scan (the verifier's limits leave no room for it there): such a quote's transport
+/// checksum is adjusted as if its pseudo-header held the quoted source.
 ///
 /// What the walk carries from header to header is taken from packet bytes (fragment
 /// offset, segments left), not set as constants: the verifier then sees the same unknown
 /// values on every path and prunes them, instead of exploring each flag combination.
 #[inline(never)]
-pub fn walk<const MAX: usize>(
+pub fn walk<const MAX: usize, const SCAN: bool>(
     pkt: &Packet,
     mut off: usize,
     mut nh: u8,
@@ -81,7 +116,7 @@ pub fn walk<const MAX: usize>(
     let mut segments_left = 0u8;
     let mut done = false;
     for _ in 0..MAX {
-        if !is_ipv6_ext(nh) {
+        if !is_ipv6_ext(nh) || frag_offset != 0 {
             done = true;
             break;
         }
@@ -93,11 +128,22 @@ pub fn walk<const MAX: usize>(
             frag_offset |= u16::from_be_bytes([h[2], h[3]]) & 0xFFF8;
         } else if nh == IPPROTO_ROUTING {
             segments_left |= h[3];
+        } else if SCAN && nh == IPPROTO_DSTOPTS {
+            // A header past the payload is malformed, whatever its length.
+            if off + ipv6_ext_len(nh, h[1]) > end {
+                return Err(Counter::PassMalformed);
+            }
+            match dst_options(pkt, off) {
+                DstOptions::Translatable => {}
+                DstOptions::HomeAddress => return Err(Counter::PassHomeAddress),
+                DstOptions::TooLong => return Err(Counter::PassExtLimit),
+                DstOptions::Malformed => return Err(Counter::PassMalformed),
+            }
         }
         off = settle(off + ipv6_ext_len(nh, h[1]))?;
         nh = h[0];
     }
-    if !done && is_ipv6_ext(nh) {
+    if !done && frag_offset == 0 && is_ipv6_ext(nh) {
         return Err(Counter::PassExtLimit);
     }
     Ok(Transport {
@@ -156,7 +202,7 @@ fn try_translate<const TC: bool, const PHYSICAL: bool>(
     if !addrs.is_hit() {
         return Err(Counter::PassMiss);
     }
-    let t = walk::<MAX_EXT_HEADERS>(pkt, l3 + IPV6_HLEN, f.next, end)?;
+    let t = walk::<MAX_EXT_HEADERS, true>(pkt, l3 + IPV6_HLEN, f.next, end)?;
     // Type and code are read together (see `ipv4::translate`).
     let icmp_type = if t.proto == IPPROTO_ICMPV6 && t.first && t.off + ICMP_HLEN <= end {
         pkt.read::<2>(t.off)?[0]

@@ -1203,6 +1203,18 @@ fn ipv6_ext_cases() -> Vec<Case> {
             None,
             outcome,
         ));
+        // A later fragment is judged by its fragment header alone, whatever it names: here
+        // a destination options header, whose bytes are data (the first fragment has it).
+        cases.push(chain(
+            "non-first fragment naming destination options",
+            vec![
+                (44, vec![0, 0x19, 0, 0, 0, 7]),
+                (60, vec![1, 200, 0, 0, 0, 0]),
+            ],
+            L4::Tcp,
+            None,
+            outcome,
+        ));
         cases.push(chain(
             "six extension headers + TCP",
             vec![(60, opts.clone()); 6],
@@ -1217,6 +1229,34 @@ fn ipv6_ext_cases() -> Vec<Case> {
         L4::Tcp,
         None,
         Counter::PassExtLimit,
+    ));
+    // A home address option (RFC 6275 6.3): the pseudo-header holds the home address.
+    let mut home = vec![1, 2, 0, 0, 0xC9, 16];
+    if let IpAddr::V6(a) = final_dst {
+        home.extend(a.octets());
+    }
+    cases.push(chain(
+        "destination options with a home address + TCP",
+        vec![(60, home)],
+        L4::Tcp,
+        None,
+        Counter::PassHomeAddress,
+    ));
+    let mut long = vec![1, 44];
+    long.extend([0; 44]);
+    cases.push(chain(
+        "destination options longer than scanned + TCP",
+        vec![(60, long)],
+        L4::Tcp,
+        None,
+        Counter::PassExtLimit,
+    ));
+    cases.push(chain(
+        "destination options running past their header + TCP",
+        vec![(60, vec![1, 5, 0, 0, 0, 0])],
+        L4::Tcp,
+        None,
+        Counter::PassMalformed,
     ));
     cases.push(chain(
         "AH (not walked)",

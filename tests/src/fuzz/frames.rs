@@ -561,6 +561,7 @@ impl G<'_> {
         let translatable = known && !sr_left && (!first || piece.len() >= min_len);
         let quote_only = self.side == Side::Physical
             && !outer_hit
+            && !sr_left
             && first
             && quote_hit
             && proto == 1
@@ -872,7 +873,11 @@ impl G<'_> {
             None => (seg, vec![], true),
         };
         let walked = n + usize::from(frag.is_some());
-        let translatable = known && walked <= 6 && (!first || (!nd && piece.len() >= min_len));
+        // A home address option passes the packet: its pseudo-header holds the home address.
+        let translatable = known
+            && walked <= 6
+            && chain.home.is_none()
+            && (!first || (!nd && piece.len() >= min_len));
         let quote_only = self.side == Side::Physical
             && !outer_hit
             && walked == 0

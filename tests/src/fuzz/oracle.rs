@@ -12,9 +12,14 @@
 //!
 //! Quote-only translation (the outer addresses unmapped, the quote mapped) is the
 //! physical side's alone. The pseudo-header's destination is the final one of a routing
-//! header with segments left or of an IPv4 source route with hops left, its source the
-//! home address of an IPv6 home address option (RFC 6275 6.3). One documented relaxation: the transport checksum of a quoted
-//! IPv6 packet behind more than [`QUOTED_EXT_WALK`] extension headers is not judged.
+//! header with segments left or of an IPv4 source route with hops left. A packet with a
+//! home address option (RFC 6275 6.3: the pseudo-header's source is the home address, not
+//! the header's) passes untouched, as netpage documents, and so does one whose destination
+//! options netpage does not scan to their end (more than [`DSTOPTS_SCAN`] bytes or
+//! [`DSTOPTS_OPTIONS`] options) or that run past their header. Documented relaxations: the
+//! transport checksum of a quoted IPv6 packet behind more than [`QUOTED_EXT_WALK`]
+//! extension headers, or behind a destination options header of the kinds above, is not
+//! judged.
 
 use std::net::IpAddr;
 
@@ -25,6 +30,13 @@ use super::table::Table;
 /// Extension headers of a quoted IPv6 packet after which its transport checksum may be
 /// left as it is (netpage-common's `MAX_QUOTED_EXT_HEADERS`, restated).
 pub const QUOTED_EXT_WALK: usize = 6;
+
+/// The longest destination options header netpage scans for a home address option; a
+/// longer one passes (netpage-common's `MAX_DSTOPTS_LEN`, restated).
+pub const DSTOPTS_SCAN: usize = 40;
+/// The most options netpage scans in one destination options header (netpage-common's
+/// `MAX_OPTIONS`, restated).
+pub const DSTOPTS_OPTIONS: usize = 8;
 
 const F: u32 = 0xFFFF;
 
@@ -120,27 +132,11 @@ fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
     s
 }
 
-/// Known deviations of netpage from the oracle's rules, which [`expect_with`] may allow
-/// to tell a known defect from a new one.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Allow {
-    /// On a miss, the quote of an ICMP error is translated whatever the outer IPv4
-    /// options hold (malformed ones included).
-    pub quote_only_ignores_options: bool,
-    /// A home address option is ignored: the transport checksum follows a change of the
-    /// header's source as if the pseudo-header held it.
-    pub home_address_ignored: bool,
-    /// A later IPv6 fragment whose fragmentable part begins with an extension header is
-    /// translated at the IP layer.
-    pub later_fragment_translated: bool,
-}
-
 /// The translation under way.
 struct Cx<'a> {
     table: &'a Table,
     side: Side,
     input: &'a [u8],
-    allow: Allow,
     t: Translation,
 }
 
@@ -198,11 +194,6 @@ impl Cx<'_> {
 
 /// What the oracle expects of `input` arriving on `side`, with `table` installed.
 pub fn expect(table: &Table, side: Side, input: &[u8]) -> Expected {
-    expect_with(table, side, input, Allow::default())
-}
-
-/// [`expect`], allowing the deviations of `allow`.
-pub fn expect_with(table: &Table, side: Side, input: &[u8], allow: Allow) -> Expected {
     if input.len() < 14 {
         return Err("shorter than an Ethernet header");
     }
@@ -210,7 +201,6 @@ pub fn expect_with(table: &Table, side: Side, input: &[u8], allow: Allow) -> Exp
         table,
         side,
         input,
-        allow,
         t: Translation {
             bytes: input.to_vec(),
             checks: Vec::new(),
@@ -311,13 +301,17 @@ fn ipv4(cx: &mut Cx, l3: usize) -> Result<(), &'static str> {
     if end > f.len() {
         return Err("IPv4 packet longer than the frame");
     }
+    // Malformed options pass the packet whatever is mapped, its quote included. A source
+    // route with hops left hides the destination of the outer transport's pseudo-header;
+    // netpage passes such a packet, and an ICMP error with one on a miss too (its walk
+    // stops at the route, before any malformed option behind it).
+    let dst_hidden = v4_options(&f[l3 + 20..l3 + ihl])?;
     let miss = [12, 16]
         .iter()
         .all(|&o| cx.table.lookup(cx.side, addr(f, l3 + o, false)).is_none());
-    let dst_hidden = match v4_options(&f[l3 + 20..l3 + ihl]) {
-        Err(_) if miss && cx.allow.quote_only_ignores_options => false,
-        r => r?,
-    };
+    if dst_hidden && miss {
+        return Err("a source route with hops left");
+    }
     let first = be16(h, 6) & 0x1FFF == 0;
     let proto = h[9];
     let l4 = l3 + ihl;
@@ -436,34 +430,42 @@ struct Walk {
     first: bool,
     /// A routing header with segments left: the pseudo-header holds the final destination.
     dst_hidden: bool,
-    /// A home address option (RFC 6275 6.3): the pseudo-header holds the home address.
-    src_hidden: bool,
+    /// Why netpage passes the packet for its destination options (a home address option,
+    /// say), if it does.
+    dst_opts: Option<&'static str>,
     headers: usize,
 }
 
-/// Whether the options of a destination options header `h` hold a home address option
-/// (type 201).
-fn home_address(h: &[u8]) -> bool {
+/// Walks the options of a destination options header `h` (RFC 8200 4.2): whether one is
+/// a home address option (type 201, RFC 6275 6.3).
+fn home_address(h: &[u8]) -> Result<bool, &'static str> {
     let mut i = 2;
-    while i < h.len() {
-        match h[i] {
-            0 => i += 1,
-            0xC9 => return true,
-            _ => match h.get(i + 1) {
-                Some(&len) => i += 2 + usize::from(len),
-                None => return false,
-            },
+    for _ in 0..DSTOPTS_OPTIONS {
+        if i >= h.len() {
+            return Ok(false);
         }
+        if h[i] == 0 {
+            i += 1; // Pad1
+            continue;
+        }
+        let len = usize::from(*h.get(i + 1).ok_or("an IPv6 option cut after its type")?);
+        if i + 2 + len > h.len() {
+            return Err("an IPv6 option running past its header");
+        }
+        if h[i] == 0xC9 {
+            return Ok(true);
+        }
+        i += 2 + len;
     }
-    false
+    if i < h.len() {
+        return Err("more destination options than netpage scans");
+    }
+    Ok(false)
 }
 
-/// Why a later IPv6 fragment whose fragmentable part begins with an extension header must
-/// pass: its transport is in the first fragment.
-const LATER_FRAGMENT: &str = "a later fragment whose transport is unknown";
-
 fn walk6(f: &[u8], mut off: usize, mut nh: u8, end: usize) -> Result<Walk, &'static str> {
-    let (mut first, mut dst_hidden, mut src_hidden, mut headers) = (true, false, false, 0);
+    let (mut first, mut dst_hidden, mut headers) = (true, false, 0);
+    let mut dst_opts = None;
     while matches!(nh, 0 | 43 | 44 | 60) {
         if off + 8 > end {
             return Err("an extension header past the packet");
@@ -487,22 +489,27 @@ fn walk6(f: &[u8], mut off: usize, mut nh: u8, end: usize) -> Result<Walk, &'sta
             if off + len > end {
                 return Err("an extension header past the packet");
             }
-            if nh == 60 && home_address(&f[off..off + len]) {
-                src_hidden = true;
+            if nh == 60 && dst_opts.is_none() {
+                dst_opts = if len > DSTOPTS_SCAN {
+                    Some("a destination options header longer than netpage scans")
+                } else {
+                    match home_address(&f[off..off + len]) {
+                        Ok(true) => Some("a home address option, the pseudo-header's source"),
+                        Ok(false) => None,
+                        Err(e) => Some(e),
+                    }
+                };
             }
             off += len;
         }
         nh = next;
-    }
-    if !first && matches!(nh, 0 | 43 | 44 | 60) {
-        return Err(LATER_FRAGMENT);
     }
     Ok(Walk {
         off,
         proto: nh,
         first,
         dst_hidden,
-        src_hidden,
+        dst_opts,
         headers,
     })
 }
@@ -517,18 +524,10 @@ fn ipv6(cx: &mut Cx, l3: usize) -> Result<(), &'static str> {
     if end > f.len() {
         return Err("IPv6 packet longer than the frame");
     }
-    let w = match walk6(f, l3 + 40, h[6], end) {
-        // Known defect: such a fragment translated at the IP layer alone.
-        Err(LATER_FRAGMENT) if cx.allow.later_fragment_translated => Walk {
-            off: end,
-            proto: 59,
-            first: false,
-            dst_hidden: false,
-            src_hidden: false,
-            headers: 0,
-        },
-        w => w?,
-    };
+    let w = walk6(f, l3 + 40, h[6], end)?;
+    if let Some(why) = w.dst_opts {
+        return Err(why);
+    }
     let l4 = w.off;
     let transport = match w.proto {
         6 if w.first => Some((16, false)),
@@ -544,6 +543,10 @@ fn ipv6(cx: &mut Cx, l3: usize) -> Result<(), &'static str> {
         }
         6 | 17 | 58 => None,
         p if OPAQUE.contains(&p) => None,
+        // A later fragment whose fragment header names an extension header: the protocol
+        // is in the first fragment alone (commonly TCP or UDP behind destination options),
+        // and the later one is translated at the IP layer.
+        0 | 43 | 44 | 60 if !w.first => None,
         _ => return Err("a protocol whose checks may cover the addresses"),
     };
     let (s, d) = (addr(f, l3 + 8, true), addr(f, l3 + 24, true));
@@ -562,11 +565,9 @@ fn ipv6(cx: &mut Cx, l3: usize) -> Result<(), &'static str> {
         } else {
             let len = end - l4;
             let (pd_in, pd_out) = if w.dst_hidden { (d, d) } else { (d, nd) };
-            let hidden = w.src_hidden && !cx.allow.home_address_ignored;
-            let (p_in, p_out) = if hidden { (s, s) } else { (s, ns) };
             let ps = (
-                pseudo(p_in, pd_in, w.proto, len),
-                pseudo(p_out, pd_out, w.proto, len),
+                pseudo(s, pd_in, w.proto, len),
+                pseudo(ns, pd_out, w.proto, len),
             );
             let name = match w.proto {
                 6 => "TCP checksum",
@@ -618,17 +619,15 @@ fn quote6(cx: &mut Cx, q: usize, end: usize) -> bool {
     if !w.first || w.off + o + 2 > end {
         return true;
     }
-    if w.headers > QUOTED_EXT_WALK {
+    if w.headers > QUOTED_EXT_WALK || w.dst_opts.is_some() {
         cx.t.free.push(w.off + o);
         return true;
     }
     let len = end - w.off;
     let (pd_in, pd_out) = if w.dst_hidden { (d, d) } else { (d, nd) };
-    let hidden = w.src_hidden && !cx.allow.home_address_ignored;
-    let (p_in, p_out) = if hidden { (s, s) } else { (s, ns) };
     let ps = (
-        pseudo(p_in, pd_in, w.proto, len),
-        pseudo(p_out, pd_out, w.proto, len),
+        pseudo(s, pd_in, w.proto, len),
+        pseudo(ns, pd_out, w.proto, len),
     );
     cx.check(
         "quoted transport checksum",
