@@ -416,19 +416,8 @@ fn locate_resuming<'a, T: PageTable + 'a>(
     for (name, t) in nodes {
         let at = check_switch(t, vm, to).map_err(|e| on_node(name, e))?;
         done.push(at == to);
-        if at == to {
-            continue;
-        }
-        match from {
-            Some(f) if f != at => {
-                let e = OpError::Disagree {
-                    vm,
-                    here: at,
-                    elsewhere: f,
-                };
-                return Err(on_node(name, e));
-            }
-            _ => from = Some(at),
+        if at != to {
+            agree(&mut from, name, vm, at)?;
         }
     }
     if done.is_empty() {
@@ -447,19 +436,28 @@ pub fn locate<'a, T: PageTable + 'a>(
     let mut from = None;
     for (name, t) in nodes {
         let at = check_switch(t, vm, to).map_err(|e| on_node(name, e))?;
-        match from {
-            Some(f) if f != at => {
-                let e = OpError::Disagree {
-                    vm,
-                    here: at,
-                    elsewhere: f,
-                };
-                return Err(on_node(name, e));
-            }
-            _ => from = Some(at),
-        }
+        agree(&mut from, name, vm, at)?;
     }
     from.ok_or(OpError::NoNode)
+}
+
+/// Records in `from` that node `name` has `vm` at `at`; fails, naming the node, if an
+/// earlier node had it elsewhere.
+fn agree(from: &mut Option<IpAddr>, name: &str, vm: IpAddr, at: IpAddr) -> Result<(), OpError> {
+    match *from {
+        Some(f) if f != at => {
+            let e = OpError::Disagree {
+                vm,
+                here: at,
+                elsewhere: f,
+            };
+            Err(on_node(name, e))
+        }
+        _ => {
+            *from = Some(at);
+            Ok(())
+        }
+    }
 }
 
 fn on_node(name: &str, e: OpError) -> OpError {

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use aya::maps::{HashMap, Map, MapData, MapError};
 use netpage_common::maps::{Addr4, Addr6, OWNER4, OWNER6};
 
-use crate::table::absent;
+use crate::table::{ReadError, absent};
 
 /// A failed operation on the owner records, with the map and address it concerned.
 #[derive(Debug, thiserror::Error)]
@@ -21,12 +21,8 @@ pub enum OwnerError {
         #[source]
         source: Box<MapError>,
     },
-    #[error("reading map {map}")]
-    Read {
-        map: &'static str,
-        #[source]
-        source: Box<MapError>,
-    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("map {map} is missing or not of the expected type")]
     Open { map: &'static str },
 }
@@ -88,19 +84,13 @@ impl Owners {
 
     /// Every record, sorted by address (IPv4 first).
     pub fn entries(&self) -> Result<Vec<(IpAddr, u32)>, OwnerError> {
-        let read = |map| {
-            move |source| OwnerError::Read {
-                map,
-                source: Box::new(source),
-            }
-        };
         let mut out = Vec::new();
         for kv in self.v4.iter() {
-            let (k, v) = kv.map_err(read(OWNER4))?;
+            let (k, v) = kv.map_err(ReadError::of(OWNER4))?;
             out.push((IpAddr::from(k.octets), v));
         }
         for kv in self.v6.iter() {
-            let (k, v) = kv.map_err(read(OWNER6))?;
+            let (k, v) = kv.map_err(ReadError::of(OWNER6))?;
             out.push((IpAddr::from(k.octets), v));
         }
         out.sort();

@@ -17,6 +17,25 @@ use netpage_common::maps::{
 
 use slots::{SlotProblem, Slots};
 
+/// A failed read of a map (an iteration's step, or a lookup), naming the map.
+#[derive(Debug, thiserror::Error)]
+#[error("reading map {map}")]
+pub struct ReadError {
+    pub map: &'static str,
+    #[source]
+    pub source: Box<MapError>,
+}
+
+impl ReadError {
+    /// The error mapping (for `map_err`) of the reads of `map`.
+    pub fn of(map: &'static str) -> impl Fn(MapError) -> Self {
+        move |source| Self {
+            map,
+            source: Box::new(source),
+        }
+    }
+}
+
 /// A failed table operation, with the map and the address it concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
@@ -39,12 +58,8 @@ pub enum TableError {
         #[source]
         source: Box<MapError>,
     },
-    #[error("reading map {map}")]
-    Read {
-        map: &'static str,
-        #[source]
-        source: Box<MapError>,
-    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("map {map} is not of the expected type")]
     Open {
         map: &'static str,
@@ -214,10 +229,7 @@ impl<A: Family> Table<A> {
     /// Every entry as (key, address, slot).
     fn entries(&self, out: &mut Vec<(IpAddr, IpAddr, u32)>) -> Result<(), TableError> {
         for kv in self.map.iter() {
-            let (k, v) = kv.map_err(|source| TableError::Read {
-                map: self.name,
-                source: Box::new(source),
-            })?;
+            let (k, v) = kv.map_err(ReadError::of(self.name))?;
             let (a, slot) = A::split(v);
             out.push((k.to_ip(), a.to_ip(), slot));
         }
@@ -508,10 +520,8 @@ impl Stats {
     fn zero(&mut self, slot: u32) -> Result<(), TableError> {
         self.map
             .set(slot, zeroed_stats()?, 0)
-            .map_err(|source| TableError::Read {
-                map: self.name,
-                source: Box::new(source),
-            })
+            .map_err(ReadError::of(self.name))?;
+        Ok(())
     }
 
     /// The counters of `slot` (counting for `vm`), summed over CPUs.
@@ -614,13 +624,9 @@ impl PageTable for BpfTable {
     }
 
     fn drains(&self) -> Result<Vec<Drain>, TableError> {
-        let read = |source| TableError::Read {
-            map: DRAINS,
-            source: Box::new(source),
-        };
         let mut out = Vec::new();
         for kv in self.drains.iter() {
-            let (k, v) = kv.map_err(read)?;
+            let (k, v) = kv.map_err(ReadError::of(DRAINS))?;
             let (real, virt) = drain_addrs(&k, &v);
             out.push(Drain {
                 real,

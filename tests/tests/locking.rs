@@ -300,20 +300,12 @@ fn reading_commands_write_nothing() {
 /// it still work. (And a node given twice to one command is refused.)
 #[test]
 fn a_node_its_agent_holds_refuses_writers_and_is_still_read() {
-    use netpage_tests::{netns::output, pins::PinDirs, world::netpage_bin};
-    use std::process::Command;
+    use netpage_tests::{pins::PinDirs, world::netpage_at};
 
     let mut pins = PinDirs::new("netpage-locking", "agent");
     let dir = pins.mount("n");
     netpage::node::Node::new(&dir).load(Some(16)).unwrap();
-    let netpage = |args: &[&str]| {
-        output(
-            Command::new(netpage_bin())
-                .arg("--pin-dir")
-                .arg(&dir)
-                .args(args),
-        )
-    };
+    let netpage = |args: &[&str]| netpage_at(&dir, args);
     assert!(
         netpage(&["map", "add", "--vm", "198.19.1.1", "--real", "198.18.30.1"])
             .status

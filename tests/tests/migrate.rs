@@ -14,7 +14,8 @@
 use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
-    process::{Output, Stdio},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -32,6 +33,7 @@ use netpage_tests::{
     directory::{Agents, dir_options, map_add, netpage_etcd, netpage_etcd_json},
     etcd::{self, Etcd},
     guest::ECHO_PORT,
+    qemu::Qemu,
     vmworld::{
         self, IcmpProbe, MigrateCall, TAP, TableSnapshot, VA, VmWorld, bench, boot_params,
         downtime_limit, echo_line, migrate_by_qmp, migration_uri, query_migrate, ra, run_state,
@@ -50,6 +52,16 @@ fn serial() -> MutexGuard<'static, ()> {
 /// Whether etcd cannot run here (for the tests through the directory); prints why.
 fn etcd_skipped() -> bool {
     skip(etcd::missing_prerequisites())
+}
+
+/// The world of a test, held for its one migration at a time; `None` (printing why) if
+/// the test cannot run here.
+fn vm_world() -> Option<(MutexGuard<'static, ()>, VmWorld)> {
+    if skipped() {
+        return None;
+    }
+    let one = serial();
+    Some((one, VmWorld::new()))
 }
 
 /// Whether the test cannot run here; prints why.
@@ -260,9 +272,7 @@ impl OnDirectory {
 /// and every edge maps the VA to RA_B with RA_A drained away.
 fn migrate_with_traffic(switch_at: &'static str, via: Via) -> Figures {
     let vw = VmWorld::new();
-    let params = boot_params(0);
-    let src = vw.boot(Host::A, &params);
-    let dst = vw.incoming(Host::B, &params);
+    let (src, dst) = boot_pair(&vw, 0);
     // The agents start once the taps are attached: from then on they alone write.
     let directory = (via == Via::Directory).then(|| OnDirectory::start(&vw));
     assert!(
@@ -617,14 +627,10 @@ fn migrate_switch_at_resume() {
 /// switch alone then makes the guest answer again, from host B.
 #[test]
 fn migration_without_switch_loses_the_guest() {
-    if skipped() {
+    let Some((_one, vw)) = vm_world() else {
         return;
-    }
-    let _one = serial();
-    let vw = VmWorld::new();
-    let params = boot_params(0);
-    let src = vw.boot(Host::A, &params);
-    let dst = vw.incoming(Host::B, &params);
+    };
+    let (src, dst) = boot_pair(&vw, 0);
     assert!(
         vw.world.ping(Node::Client, VA.into()),
         "no answer at host A"
@@ -667,11 +673,9 @@ fn migration_without_switch_loses_the_guest() {
 /// node's table as it was; the guest answers at the source.
 #[test]
 fn migration_that_cannot_converge_rolls_back() {
-    if skipped() {
+    let Some((_one, vw)) = vm_world() else {
         return;
-    }
-    let _one = serial();
-    let vw = VmWorld::new();
+    };
     vw.shape_link("20mbit");
     let params = boot_params(40);
     let mut src = vw.boot(Host::A, &params);
@@ -737,21 +741,151 @@ fn assert_tables_unchanged(before: &[TableSnapshot], after: &[TableSnapshot], wh
     }
 }
 
+/// A source guest that cannot converge (dirtying memory over the link shaped to
+/// 20 Mbit/s), booted at host A, and its destination waiting at host B.
+fn boot_unconverging(vw: &VmWorld) -> (Qemu, Qemu) {
+    vw.shape_link("20mbit");
+    boot_pair(vw, 40)
+}
+
+/// A source guest dirtying `dirty_mib` MiB, booted at host A, and its destination waiting
+/// at host B.
+fn boot_pair(vw: &VmWorld, dirty_mib: u32) -> (Qemu, Qemu) {
+    let params = boot_params(dirty_mib);
+    (vw.boot(Host::A, &params), vw.incoming(Host::B, &params))
+}
+
+/// Asserts that `migrate` failed and reported its rollback; prints its timeline and
+/// returns its report.
+fn assert_failed_and_rolled_back(out: &Output) -> serde_json::Value {
+    assert!(!out.status.success(), "migrate succeeded:\n{}", text(out));
+    let report = json(out);
+    print_timeline(&report);
+    assert_eq!(report["status"], "failed", "{report:#}");
+    assert_eq!(report["rolled_back"], true, "{report:#}");
+    report
+}
+
+/// Asserts that the source runs on as before the migration (`when`): every table as
+/// `before`, the source's QEMU alive and running.
+fn assert_source_runs_on(vw: &VmWorld, src: &mut Qemu, before: &[TableSnapshot], when: &str) {
+    assert_tables_unchanged(before, &vw.tables(), when);
+    src.assert_alive();
+    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
+}
+
+/// [`assert_source_runs_on`], with the source's own downtime limit `limit` back first.
+fn assert_source_restored(
+    vw: &VmWorld,
+    src: &mut Qemu,
+    before: &[TableSnapshot],
+    limit: u64,
+    when: &str,
+) {
+    assert_tables_unchanged(before, &vw.tables(), when);
+    assert_eq!(downtime_limit(&src.qmp_path()), limit);
+    src.assert_alive();
+    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
+}
+
+/// Asserts that the source's QEMU reports its migration cancelled.
+fn assert_cancelled(src: &Qemu) {
+    assert_eq!(
+        query_migrate(&src.qmp_path()).status,
+        Some(MigrationStatus::Cancelled)
+    );
+}
+
+/// Asserts that the destination's QEMU exits within `timeout`.
+fn assert_destination_exits(dst: &mut Qemu, timeout: Duration) {
+    assert!(dst.wait_exit(timeout).is_some(), "the destination runs on");
+}
+
+/// Asserts that the guest answers the client's ping at the source, `when`.
+fn assert_answers_at_source(vw: &VmWorld, when: &str) {
+    assert!(
+        vw.world.ping(Node::Client, VA.into()),
+        "no answer at the source {when}"
+    );
+}
+
+/// Whether the guest answers one of ten pings (a resumed source may take a moment).
+fn answers_soon(vw: &VmWorld) -> bool {
+    (0..10).any(|_| vw.world.ping(Node::Client, VA.into()))
+}
+
+/// Starts `netpage migrate` (`cmd`) with the given stdout and stderr.
+fn spawn_migrate(mut cmd: Command, stdout: Stdio, stderr: Stdio) -> Child {
+    cmd.stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .expect("start netpage migrate")
+}
+
+/// Kills `netpage migrate` with SIGKILL and reaps it.
+fn kill_migrate(child: &mut Child) {
+    child.kill().expect("SIGKILL netpage migrate");
+    child.wait().expect("netpage migrate");
+}
+
+/// Asserts that every node holds RA_B's reverse entry for the VA (its reservation).
+fn assert_ra_b_reserved(vw: &VmWorld) {
+    let (va, ra_b): (IpAddr, IpAddr) = (VA.into(), ra(Host::B).into());
+    for (node, t) in Node::EDGES.iter().zip(vw.tables()) {
+        assert!(t.reverse.contains(&(ra_b, va)), "{node:?}: {t:?}");
+    }
+}
+
+/// Where `netpage migrate` keeps its record of the VA's migration.
+fn record_path(vw: &VmWorld) -> PathBuf {
+    vw.state_dir().join(format!("{VA}.json"))
+}
+
+/// Runs `netpage --json migrate --recover` for the VA with `vw`'s state directory, and
+/// `extra`.
+fn recover(vw: &VmWorld, extra: &[&str]) -> Output {
+    let vm = VA.to_string();
+    let state_dir = vw.state_dir().to_str().unwrap();
+    let mut args = vec![
+        "--json",
+        "migrate",
+        "--recover",
+        "--vm",
+        &vm,
+        "--state-dir",
+        state_dir,
+    ];
+    args.extend_from_slice(extra);
+    vw.netpage(&args)
+}
+
+/// Asserts that the directory lists the mappings `listed_before` (`when`) and its check
+/// finds nothing.
+fn assert_directory_as_before(etcd: &Etcd, listed_before: &serde_json::Value, when: &str) {
+    assert_eq!(
+        netpage_etcd_json(etcd, &["map", "list"]),
+        *listed_before,
+        "the directory's mappings {when}"
+    );
+    let check = netpage_etcd_json(etcd, &["check"]);
+    assert_eq!(check["findings"], serde_json::json!([]), "{check:#}");
+}
+
+/// Prints a figure: `what`, then `took` in milliseconds.
+fn print_ms_figure(what: &str, took: Duration) {
+    println!("figures: {what} {:.1} ms", took.as_secs_f64() * 1e3);
+}
+
 /// A destination QEMU that dies during the migration is reported as such, and every
 /// node's table is put back: the guest still answers at the source.
 #[test]
 fn a_destination_that_dies_is_reported_and_rolled_back() {
-    if skipped() {
+    let Some((_one, vw)) = vm_world() else {
         return;
-    }
-    let _one = serial();
-    let vw = VmWorld::new();
+    };
     // A guest dirtying memory over a narrow link: the live copy lasts long enough for the
     // destination to die in the middle of it.
-    vw.shape_link("20mbit");
-    let params = boot_params(40);
-    let mut src = vw.boot(Host::A, &params);
-    let mut dst = vw.incoming(Host::B, &params);
+    let (mut src, mut dst) = boot_unconverging(&vw);
     let before = vw.tables();
     let out = thread::scope(|s| {
         let migration = s.spawn(|| {
@@ -778,14 +912,9 @@ fn a_destination_that_dies_is_reported_and_rolled_back() {
     let report = json(&out);
     assert_eq!(report["status"], "failed", "{report:#}");
     assert_eq!(report["rolled_back"], true, "{report:#}");
-    assert!(dst.wait_exit(Duration::from_secs(5)).is_some());
-    assert_tables_unchanged(&before, &vw.tables(), "after the destination died");
-    src.assert_alive();
-    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
-    assert!(
-        vw.world.ping(Node::Client, VA.into()),
-        "no answer at the source after the rollback"
-    );
+    assert_destination_exits(&mut dst, Duration::from_secs(5));
+    assert_source_runs_on(&vw, &mut src, &before, "after the destination died");
+    assert_answers_at_source(&vw, "after the rollback");
 }
 
 /// A destination that fails after the source has sent everything (it cannot load the
@@ -794,11 +923,9 @@ fn a_destination_that_dies_is_reported_and_rolled_back() {
 /// leaves `postmigrate` (netpage's `cont`) and the guest answers there within seconds.
 #[test]
 fn a_destination_that_fails_after_the_source_completed_is_rolled_back() {
-    if skipped() {
+    let Some((_one, vw)) = vm_world() else {
         return;
-    }
-    let _one = serial();
-    let vw = VmWorld::new();
+    };
     let params = boot_params(0);
     let mut src = vw.boot(Host::A, &params);
     let mut dst = vw.incoming_unloadable(Host::B, &params);
@@ -811,12 +938,8 @@ fn a_destination_that_fails_after_the_source_completed_is_rolled_back() {
         &["--downtime-limit", DOWNTIME_LIMIT_MS],
     );
     let exited = Instant::now();
-    assert!(!out.status.success(), "migrate succeeded:\n{}", text(&out));
-    let report = json(&out);
-    print_timeline(&report);
     eprintln!("stderr:\n{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(report["status"], "failed", "{report:#}");
-    assert_eq!(report["rolled_back"], true, "{report:#}");
+    let report = assert_failed_and_rolled_back(&out);
     let error = report["error"].as_str().unwrap_or_default();
     assert!(error.contains("destination"), "{report:#}");
     let marks = report["timeline"]["marks"].as_array().unwrap();
@@ -839,16 +962,11 @@ fn a_destination_that_fails_after_the_source_completed_is_rolled_back() {
         at("netpage", "SOURCE RESUMED").is_some(),
         "no cont of the source: {report:#}"
     );
-    assert!(dst.wait_exit(Duration::from_secs(10)).is_some());
-    assert_tables_unchanged(&before, &vw.tables(), "after the rollback");
-    src.assert_alive();
-    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
-    let answered = (0..10).find(|_| vw.world.ping(Node::Client, VA.into()));
+    assert_destination_exits(&mut dst, Duration::from_secs(10));
+    assert_source_runs_on(&vw, &mut src, &before, "after the rollback");
+    let answered = answers_soon(&vw);
     let answer_after = exited.elapsed();
-    assert!(
-        answered.is_some(),
-        "no answer at the source after the rollback"
-    );
+    assert!(answered, "no answer at the source after the rollback");
     echo_line(&mut vw.echo_stream(), "after the rollback\n");
     assert!(
         vw.mapped_packets(Host::A) > at_a,
@@ -876,11 +994,9 @@ fn a_destination_that_fails_after_the_source_completed_is_rolled_back() {
 /// from `postmigrate`, answers within seconds.
 #[test]
 fn a_destination_killed_after_the_source_completed_is_rolled_back() {
-    if skipped() {
+    let Some((_one, vw)) = vm_world() else {
         return;
-    }
-    let _one = serial();
-    let vw = VmWorld::new();
+    };
     let params = boot_params(0);
     let mut src = vw.boot_watched(Host::A, &params);
     let mut dst = vw.incoming(Host::B, &params);
@@ -921,11 +1037,7 @@ fn a_destination_killed_after_the_source_completed_is_rolled_back() {
         (out, killer.join().expect("the killer"))
     });
     let exited = Instant::now();
-    assert!(!out.status.success(), "migrate succeeded:\n{}", text(&out));
-    let report = json(&out);
-    print_timeline(&report);
-    assert_eq!(report["status"], "failed", "{report:#}");
-    assert_eq!(report["rolled_back"], true, "{report:#}");
+    let report = assert_failed_and_rolled_back(&out);
     let error = report["error"].as_str().unwrap_or_default();
     assert!(error.contains("the destination QEMU exited"), "{report:#}");
     let marks = report["timeline"]["marks"].as_array().unwrap();
@@ -937,13 +1049,10 @@ fn a_destination_killed_after_the_source_completed_is_rolled_back() {
     assert!(has("src", "COMPLETED"), "{report:#}");
     assert!(!has("dst", "RESUME"), "the destination resumed: {report:#}");
     assert!(has("netpage", "SOURCE RESUMED"), "{report:#}");
-    assert!(dst.wait_exit(Duration::from_secs(5)).is_some());
-    assert_tables_unchanged(&before, &vw.tables(), "after the rollback");
-    src.assert_alive();
-    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
-    let answered = (0..10).find(|_| vw.world.ping(Node::Client, VA.into()));
+    assert_destination_exits(&mut dst, Duration::from_secs(5));
+    assert_source_runs_on(&vw, &mut src, &before, "after the rollback");
     assert!(
-        answered.is_some(),
+        answers_soon(&vw),
         "no answer at the source after the rollback"
     );
     echo_line(&mut vw.echo_stream(), "after the rollback\n");
@@ -971,26 +1080,20 @@ fn sigterm_during_a_migration_rolls_back_and_the_source_runs_on() {
 
 /// Sends `signal` to `netpage migrate` in the middle of a live copy that cannot converge.
 fn signal_during_a_migration(signal: libc::c_int, name: &str) {
-    if skipped() {
+    let Some((_one, vw)) = vm_world() else {
         return;
-    }
-    let _one = serial();
-    let vw = VmWorld::new();
-    vw.shape_link("20mbit");
-    let params = boot_params(40);
-    let mut src = vw.boot(Host::A, &params);
-    let mut dst = vw.incoming(Host::B, &params);
+    };
+    let (mut src, mut dst) = boot_unconverging(&vw);
     let before = vw.tables();
     let limit = downtime_limit(&src.qmp_path());
-    let child = vw
-        .migrate_nodes_command(
+    let child = spawn_migrate(
+        vw.migrate_nodes_command(
             &MigrateCall::usual(&src, &dst, Host::B),
             &["--timeout", "60"],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start netpage migrate");
+        ),
+        Stdio::piped(),
+        Stdio::piped(),
+    );
     // (QEMU answers one QMP client at a time: netpage's, until it exits.)
     thread::sleep(Duration::from_millis(1500));
     let signalled = Instant::now();
@@ -999,7 +1102,7 @@ fn signal_during_a_migration(signal: libc::c_int, name: &str) {
     assert_eq!(sent, 0, "{name} to netpage migrate");
     let out = child.wait_with_output().expect("netpage migrate");
     let took = signalled.elapsed();
-    assert!(!out.status.success(), "migrate succeeded:\n{}", text(&out));
+    let report = assert_failed_and_rolled_back(&out);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -1007,10 +1110,6 @@ fn signal_during_a_migration(signal: libc::c_int, name: &str) {
         "{}",
         text(&out)
     );
-    let report = json(&out);
-    print_timeline(&report);
-    assert_eq!(report["status"], "failed", "{report:#}");
-    assert_eq!(report["rolled_back"], true, "{report:#}");
     let marks = report["timeline"]["marks"].as_array().unwrap();
     for what in ["LIMIT HELD", name, "CANCEL", "ROLLED BACK"] {
         assert!(
@@ -1018,23 +1117,12 @@ fn signal_during_a_migration(signal: libc::c_int, name: &str) {
             "no {what}: {report:#}"
         );
     }
-    assert_tables_unchanged(&before, &vw.tables(), &format!("after {name}"));
-    assert_eq!(downtime_limit(&src.qmp_path()), limit);
-    src.assert_alive();
-    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
-    assert_eq!(
-        query_migrate(&src.qmp_path()).status,
-        Some(MigrationStatus::Cancelled)
-    );
-    assert!(dst.wait_exit(Duration::from_secs(10)).is_some());
-    assert!(
-        vw.world.ping(Node::Client, VA.into()),
-        "no answer at the source after {name}"
-    );
-    println!(
-        "figures: {name} -> netpage exited, rolled back, {:.1} ms",
-        took.as_secs_f64() * 1e3
-    );
+    let after = format!("after {name}");
+    assert_source_restored(&vw, &mut src, &before, limit, &after);
+    assert_cancelled(&src);
+    assert_destination_exits(&mut dst, Duration::from_secs(10));
+    assert_answers_at_source(&vw, &after);
+    print_ms_figure(&format!("{name} -> netpage exited, rolled back,"), took);
 }
 
 /// `netpage migrate` killed with SIGKILL in the middle of the live copy leaves its record,
@@ -1045,49 +1133,30 @@ fn signal_during_a_migration(signal: libc::c_int, name: &str) {
 /// source's own limit back, the record gone, and the guest answering at the source.
 #[test]
 fn a_killed_migrate_is_undone_by_recover() {
-    if skipped() {
+    let Some((_one, vw)) = vm_world() else {
         return;
-    }
-    let _one = serial();
-    let vw = VmWorld::new();
-    vw.shape_link("20mbit");
-    let params = boot_params(40);
-    let mut src = vw.boot(Host::A, &params);
-    let mut dst = vw.incoming(Host::B, &params);
+    };
+    let (mut src, mut dst) = boot_unconverging(&vw);
     let before = vw.tables();
     let limit = downtime_limit(&src.qmp_path());
     let call = MigrateCall::usual(&src, &dst, Host::B);
-    let mut child = vw
-        .migrate_nodes_command(&call, &["--timeout", "60"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start netpage migrate");
+    let mut child = spawn_migrate(
+        vw.migrate_nodes_command(&call, &["--timeout", "60"]),
+        Stdio::null(),
+        Stdio::null(),
+    );
     thread::sleep(Duration::from_millis(1500));
-    let recover = [
-        "--json",
-        "migrate",
-        "--recover",
-        "--vm",
-        &VA.to_string(),
-        "--state-dir",
-        vw.state_dir().to_str().unwrap(),
-    ];
-    let early = vw.netpage(&recover);
+    let early = recover(&vw, &[]);
     assert!(!early.status.success(), "{}", text(&early));
     assert!(
         String::from_utf8_lossy(&early.stderr).contains("still runs"),
         "{}",
         text(&early)
     );
-    child.kill().expect("SIGKILL netpage migrate");
-    child.wait().expect("netpage migrate");
+    kill_migrate(&mut child);
 
-    let (va, ra_b): (IpAddr, IpAddr) = (VA.into(), ra(Host::B).into());
-    for (node, t) in Node::EDGES.iter().zip(vw.tables()) {
-        assert!(t.reverse.contains(&(ra_b, va)), "{node:?}: {t:?}");
-    }
-    let record = vw.state_dir().join(format!("{VA}.json"));
+    assert_ra_b_reserved(&vw);
+    let record = record_path(&vw);
     assert!(record.exists(), "no record at {}", record.display());
     assert_eq!(downtime_limit(&src.qmp_path()), 1, "the hold is left");
 
@@ -1102,7 +1171,7 @@ fn a_killed_migrate_is_undone_by_recover() {
     println!("refused: {}", stderr.trim());
 
     let started = Instant::now();
-    let out = vw.netpage(&recover);
+    let out = recover(&vw, &[]);
     let took = started.elapsed();
     assert!(out.status.success(), "recover failed:\n{}", text(&out));
     let report = json(&out);
@@ -1110,24 +1179,12 @@ fn a_killed_migrate_is_undone_by_recover() {
     assert_eq!(report["status"], "rolled back", "{report:#}");
     assert_eq!(report["record_removed"], true, "{report:#}");
     assert!(!record.exists());
-    assert_tables_unchanged(&before, &vw.tables(), "after --recover");
-    assert_eq!(downtime_limit(&src.qmp_path()), limit);
-    src.assert_alive();
-    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
-    assert_eq!(
-        query_migrate(&src.qmp_path()).status,
-        Some(MigrationStatus::Cancelled)
-    );
-    assert!(dst.wait_exit(Duration::from_secs(10)).is_some());
-    assert!(
-        vw.world.ping(Node::Client, VA.into()),
-        "no answer at the source after --recover"
-    );
+    assert_source_restored(&vw, &mut src, &before, limit, "after --recover");
+    assert_cancelled(&src);
+    assert_destination_exits(&mut dst, Duration::from_secs(10));
+    assert_answers_at_source(&vw, "after --recover");
     echo_line(&mut vw.echo_stream(), "after the recovery\n");
-    println!(
-        "figures: migrate --recover undid a killed migration in {:.1} ms",
-        took.as_secs_f64() * 1e3
-    );
+    print_ms_figure("migrate --recover undid a killed migration in", took);
 }
 
 /// `netpage migrate --switch-at resume` killed with SIGKILL right after its switch (the
@@ -1136,17 +1193,13 @@ fn a_killed_migrate_is_undone_by_recover() {
 /// migration: every node at RA_B, RA_A drained away, the guest answering at host B.
 #[test]
 fn a_migrate_killed_after_the_switch_is_finished_by_recover() {
-    if skipped() {
+    let Some((_one, vw)) = vm_world() else {
         return;
-    }
-    let _one = serial();
-    let vw = VmWorld::new();
-    let params = boot_params(0);
-    let src = vw.boot(Host::A, &params);
-    let dst = vw.incoming(Host::B, &params);
+    };
+    let (src, dst) = boot_pair(&vw, 0);
     let call = MigrateCall::usual(&src, &dst, Host::B);
-    let mut child = vw
-        .migrate_nodes_command(
+    let mut child = spawn_migrate(
+        vw.migrate_nodes_command(
             &call,
             &[
                 "--switch-at",
@@ -1154,11 +1207,10 @@ fn a_migrate_killed_after_the_switch_is_finished_by_recover() {
                 "--downtime-limit",
                 DOWNTIME_LIMIT_MS,
             ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start netpage migrate");
+        ),
+        Stdio::null(),
+        Stdio::piped(),
+    );
     use netpage::table::PageTable;
     // Host B is switched last: once it maps the VA to RA_B, every node does.
     let (va, ra_b): (IpAddr, IpAddr) = (VA.into(), ra(Host::B).into());
@@ -1179,22 +1231,11 @@ fn a_migrate_killed_after_the_switch_is_finished_by_recover() {
         }
         thread::sleep(Duration::from_millis(1));
     }
-    child.kill().expect("SIGKILL netpage migrate");
-    child.wait().expect("netpage migrate");
-    let record = vw.state_dir().join(format!("{VA}.json"));
+    kill_migrate(&mut child);
+    let record = record_path(&vw);
     assert!(record.exists(), "no record at {}", record.display());
 
-    let out = vw.netpage(&[
-        "--json",
-        "migrate",
-        "--recover",
-        "--vm",
-        &VA.to_string(),
-        "--state-dir",
-        vw.state_dir().to_str().unwrap(),
-        "--drain",
-        "1",
-    ]);
+    let out = recover(&vw, &["--drain", "1"]);
     assert!(out.status.success(), "recover failed:\n{}", text(&out));
     let report = json(&out);
     print_timeline(&report);
@@ -1220,9 +1261,7 @@ fn a_switch_through_the_directory_is_rolled_back_when_the_destination_dies() {
     }
     let _one = serial();
     let vw = VmWorld::new();
-    let params = boot_params(0);
-    let mut src = vw.boot(Host::A, &params);
-    let mut dst = vw.incoming(Host::B, &params);
+    let (mut src, mut dst) = boot_pair(&vw, 0);
     let d = OnDirectory::start(&vw);
     let before = vw.tables();
     let listed_before = netpage_etcd_json(&d.etcd, &["map", "list"]);
@@ -1247,11 +1286,7 @@ fn a_switch_through_the_directory_is_rolled_back_when_the_destination_dies() {
         "the directory never mapped the VA to RA_B:\n{}",
         text(&out)
     );
-    assert!(!out.status.success(), "migrate succeeded:\n{}", text(&out));
-    let report = json(&out);
-    print_timeline(&report);
-    assert_eq!(report["status"], "failed", "{report:#}");
-    assert_eq!(report["rolled_back"], true, "{report:#}");
+    let report = assert_failed_and_rolled_back(&out);
     let marks = report["timeline"]["marks"].as_array().unwrap();
     let has = |what: &str| marks.iter().any(|m| m["what"] == what);
     assert!(has("SWITCHED") && has("ROLLED BACK"), "{report:#}");
@@ -1266,21 +1301,10 @@ fn a_switch_through_the_directory_is_rolled_back_when_the_destination_dies() {
             "{node:?} did not confirm the rollback: {report:#}"
         );
     }
-    assert!(dst.wait_exit(Duration::from_secs(10)).is_some());
-    assert_eq!(
-        netpage_etcd_json(&d.etcd, &["map", "list"]),
-        listed_before,
-        "the directory's mappings after the rollback"
-    );
-    let check = netpage_etcd_json(&d.etcd, &["check"]);
-    assert_eq!(check["findings"], serde_json::json!([]), "{check:#}");
-    assert_tables_unchanged(&before, &vw.tables(), "after the rollback");
-    src.assert_alive();
-    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
-    assert!(
-        vw.world.ping(Node::Client, VA.into()),
-        "no answer at the source after the rollback"
-    );
+    assert_destination_exits(&mut dst, Duration::from_secs(10));
+    assert_directory_as_before(&d.etcd, &listed_before, "after the rollback");
+    assert_source_runs_on(&vw, &mut src, &before, "after the rollback");
+    assert_answers_at_source(&vw, "after the rollback");
 }
 
 /// Watches the directory and kills `pid` once it maps the VA to `to`; `false` if `done`
@@ -1315,11 +1339,9 @@ fn kill_when_switched(etcd: &Etcd, to: IpAddr, pid: u32, done: &AtomicBool) -> b
 /// and retransmitted forever, and the transfer would stall.)
 #[test]
 fn a_guests_offloaded_bulk_tcp_arrives_whole() {
-    if skipped() {
+    let Some((_one, vw)) = vm_world() else {
         return;
-    }
-    let _one = serial();
-    let vw = VmWorld::new();
+    };
     let _src = vw.boot(Host::A, &boot_params(0));
     vw.world.exec_ok(
         Node::Client,
@@ -1360,11 +1382,9 @@ const BULK: usize = 64 << 20;
 /// QEMU (the source keeps running with no migration started).
 #[test]
 fn bad_input_changes_nothing() {
-    if skipped() {
+    let Some((_one, vw)) = vm_world() else {
         return;
-    }
-    let _one = serial();
-    let vw = VmWorld::new();
+    };
     let params = boot_params(0);
     let src = vw.boot(Host::A, &params);
     // A destination that does not wait for a migration: booted without -incoming.
@@ -1456,28 +1476,20 @@ fn a_killed_migrate_through_the_directory_is_undone_by_recover() {
     }
     let _one = serial();
     let vw = VmWorld::new();
-    vw.shape_link("20mbit");
-    let params = boot_params(40);
-    let mut src = vw.boot(Host::A, &params);
-    let mut dst = vw.incoming(Host::B, &params);
+    let (mut src, mut dst) = boot_unconverging(&vw);
     let d = OnDirectory::start(&vw);
     let before = vw.tables();
     let listed_before = netpage_etcd_json(&d.etcd, &["map", "list"]);
     let limit = downtime_limit(&src.qmp_path());
     let call = MigrateCall::usual(&src, &dst, Host::B);
-    let mut child = vw
-        .migrate_command(netpage_etcd(&d.etcd), &call, &["--timeout", "60"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start netpage migrate");
+    let mut child = spawn_migrate(
+        vw.migrate_command(netpage_etcd(&d.etcd), &call, &["--timeout", "60"]),
+        Stdio::null(),
+        Stdio::null(),
+    );
     thread::sleep(Duration::from_millis(2000));
-    child.kill().expect("SIGKILL netpage migrate");
-    child.wait().expect("netpage migrate");
-    let (va, ra_b): (IpAddr, IpAddr) = (VA.into(), ra(Host::B).into());
-    for (node, t) in Node::EDGES.iter().zip(vw.tables()) {
-        assert!(t.reverse.contains(&(ra_b, va)), "{node:?}: {t:?}");
-    }
+    kill_migrate(&mut child);
+    assert_ra_b_reserved(&vw);
 
     let mut recover = netpage_etcd(&d.etcd);
     recover
@@ -1489,26 +1501,14 @@ fn a_killed_migrate_through_the_directory_is_undone_by_recover() {
     let report = json(&out);
     print_timeline(&report);
     assert_eq!(report["status"], "rolled back", "{report:#}");
-    assert_eq!(
-        netpage_etcd_json(&d.etcd, &["map", "list"]),
-        listed_before,
-        "the directory's mappings after --recover"
-    );
-    let check = netpage_etcd_json(&d.etcd, &["check"]);
-    assert_eq!(check["findings"], serde_json::json!([]), "{check:#}");
+    assert_directory_as_before(&d.etcd, &listed_before, "after --recover");
     let deadline = Instant::now() + Duration::from_secs(10);
     while vw.tables() != before && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(100));
     }
-    assert_tables_unchanged(&before, &vw.tables(), "after --recover");
-    assert_eq!(downtime_limit(&src.qmp_path()), limit);
-    src.assert_alive();
-    assert_eq!(run_state(&src.qmp_path()), RunState::Running);
-    assert!(dst.wait_exit(Duration::from_secs(10)).is_some());
-    assert!(
-        vw.world.ping(Node::Client, VA.into()),
-        "no answer at the source after --recover"
-    );
+    assert_source_restored(&vw, &mut src, &before, limit, "after --recover");
+    assert_destination_exits(&mut dst, Duration::from_secs(10));
+    assert_answers_at_source(&vw, "after --recover");
 }
 
 /// A source with post-copy on (`postcopy-ram`) is refused before anything changes: the
@@ -1516,14 +1516,10 @@ fn a_killed_migrate_through_the_directory_is_undone_by_recover() {
 /// could no longer take it back after a failure.
 #[test]
 fn post_copy_is_refused() {
-    if skipped() {
+    let Some((_one, vw)) = vm_world() else {
         return;
-    }
-    let _one = serial();
-    let vw = VmWorld::new();
-    let params = boot_params(0);
-    let src = vw.boot(Host::A, &params);
-    let dst = vw.incoming(Host::B, &params);
+    };
+    let (src, dst) = boot_pair(&vw, 0);
     set_capability(&src.qmp_path(), "postcopy-ram", true);
     let before = vw.tables();
     let out = vw.migrate(&src, &dst, Host::B, &["--timeout", "10"]);
@@ -1540,7 +1536,7 @@ fn post_copy_is_refused() {
     assert_eq!(run_state(&src.qmp_path()), RunState::Running);
     assert_eq!(query_migrate(&src.qmp_path()).status, None);
     assert_eq!(run_state(&dst.qmp_path()), RunState::InMigrate);
-    assert!(!vw.state_dir().join(format!("{VA}.json")).exists());
+    assert!(!record_path(&vw).exists());
 }
 
 /// The benchmark's baseline, once: the same migration with no netpage, the gateway's

@@ -189,8 +189,7 @@ fn a_switch_over_nodes_killed_at_each_step_is_repaired_and_switched_again() {
 #[test]
 fn a_wrong_count_of_fast_path_ports_is_found_and_recounted() {
     use aya::maps::{Array, MapData};
-    use netpage_tests::{netns::output, pins::PinDirs, world::netpage_bin};
-    use std::process::Command;
+    use netpage_tests::{pins::PinDirs, world::netpage_at};
 
     let mut pins = PinDirs::new("netpage-repair", "fast");
     let dir = pins.mount("n");
@@ -199,14 +198,7 @@ fn a_wrong_count_of_fast_path_ports_is_found_and_recounted() {
     let mut fast: Array<MapData, u32> =
         Array::try_from(aya::maps::Map::Array(MapData::from_pin(&path).unwrap())).unwrap();
     fast.set(0, 3, 0).unwrap();
-    let netpage = |args: &[&str]| {
-        output(
-            Command::new(netpage_bin())
-                .arg("--pin-dir")
-                .arg(&dir)
-                .args(args),
-        )
-    };
+    let netpage = |args: &[&str]| netpage_at(&dir, args);
     let out = netpage(&["--json", "check"]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!out.status.success(), "{report:#}");

@@ -7,13 +7,29 @@ use anyhow::Result;
 use crate::{cmd, toolchain::BuildEnv};
 
 /// What the fuzzer runs.
+#[derive(clap::Args)]
 pub struct Options {
+    /// Frames to generate (each runs at every chosen hook).
+    #[arg(long, default_value_t = 1_000_000)]
     pub packets: u64,
+    /// The seed: a run is the same every time.
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The hooks to run at.
+    #[arg(long, default_value = "both", value_parser = ["xdp", "tc", "both"])]
     pub hook: String,
+    /// The summary as JSON.
+    #[arg(long)]
     pub json: bool,
+    /// Only the frame of this index (to replay a counterexample).
+    #[arg(long)]
     pub only: Option<u64>,
+    /// Fail on the known defects too (each a fixture in tests/tests/fuzz_found.rs).
+    #[arg(long)]
     pub strict: bool,
+    /// Let virtual-side frames come from mapped addresses (source validation drops
+    /// those the ingress port does not own).
+    #[arg(long)]
     pub mapped_virtual_sources: bool,
 }
 

@@ -59,30 +59,7 @@ enum Task {
     /// Set up, then fuzz the datapath (root): generated and mutated frames of every kind it
     /// knows, run at both hooks with BPF_PROG_TEST_RUN and judged by an independent oracle;
     /// prints packets/s and every counterexample as a fixture.
-    Fuzz {
-        /// Frames to generate (each runs at every chosen hook).
-        #[arg(long, default_value_t = 1_000_000)]
-        packets: u64,
-        /// The seed: a run is the same every time.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// The hooks to run at.
-        #[arg(long, default_value = "both", value_parser = ["xdp", "tc", "both"])]
-        hook: String,
-        /// The summary as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Only the frame of this index (to replay a counterexample).
-        #[arg(long)]
-        only: Option<u64>,
-        /// Fail on the known defects too (each a fixture in tests/tests/fuzz_found.rs).
-        #[arg(long)]
-        strict: bool,
-        /// Let virtual-side frames come from mapped addresses (source validation drops
-        /// those the ingress port does not own).
-        #[arg(long)]
-        mapped_virtual_sources: bool,
-    },
+    Fuzz(fuzz::Options),
 }
 
 fn main() {
@@ -122,25 +99,6 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Demo { local } => demo::run(&env, local),
         Task::Bench { smoke, parts } => bench::run(&env, smoke, &parts),
-        Task::Fuzz {
-            packets,
-            seed,
-            hook,
-            json,
-            only,
-            strict,
-            mapped_virtual_sources,
-        } => fuzz::run(
-            &env,
-            &fuzz::Options {
-                packets,
-                seed,
-                hook,
-                json,
-                only,
-                strict,
-                mapped_virtual_sources,
-            },
-        ),
+        Task::Fuzz(options) => fuzz::run(&env, &options),
     }
 }

@@ -497,12 +497,18 @@ mod tests {
         (v, vm, a, b)
     }
 
+    /// Asserts that `v` maps `vm` to `real`, and `real` back to `vm`.
+    #[track_caller]
+    fn assert_maps(v: &crate::directory::View, vm: IpAddr, real: IpAddr) {
+        assert_eq!(v.forward(vm).unwrap(), Some(real));
+        assert_eq!(v.reverse(real).unwrap(), Some(vm));
+    }
+
     #[test]
     fn a_rollback_puts_everything_back() {
         let (mut v, vm, a, b) = switched();
         Edit::Rollback.apply(&mut v, vm, a, b).unwrap();
-        assert_eq!(v.forward(vm).unwrap(), Some(a));
-        assert_eq!(v.reverse(a).unwrap(), Some(vm));
+        assert_maps(&v, vm, a);
         assert_eq!(v.reverse(b).unwrap(), None, "the reservation is gone");
         assert!(v.drains().unwrap().is_empty(), "A no longer drains");
     }
@@ -518,8 +524,7 @@ mod tests {
             now_ms: 5_000,
         };
         finish.apply(&mut v, vm, a, b).unwrap();
-        assert_eq!(v.forward(vm).unwrap(), Some(b));
-        assert_eq!(v.reverse(b).unwrap(), Some(vm));
+        assert_maps(&v, vm, b);
         assert_eq!(v.drains().unwrap().len(), 1, "A drains");
         // Killed after the switch: the same end.
         let (mut w, ..) = switched();
@@ -532,8 +537,7 @@ mod tests {
     fn a_switch_back_keeps_the_reservation() {
         let (mut v, vm, a, b) = switched();
         Edit::SwitchBack.apply(&mut v, vm, a, b).unwrap();
-        assert_eq!(v.forward(vm).unwrap(), Some(a));
-        assert_eq!(v.reverse(a).unwrap(), Some(vm));
+        assert_maps(&v, vm, a);
         assert_eq!(v.reverse(b).unwrap(), Some(vm), "B stays reserved");
         assert!(v.drains().unwrap().is_empty(), "A no longer drains");
     }
@@ -546,8 +550,7 @@ mod tests {
             now_ms: 5_000,
         };
         retire.apply(&mut v, vm, a, b).unwrap();
-        assert_eq!(v.forward(vm).unwrap(), Some(b));
-        assert_eq!(v.reverse(b).unwrap(), Some(vm));
+        assert_maps(&v, vm, b);
         assert_eq!(
             v.drains().unwrap(),
             vec![Drain {

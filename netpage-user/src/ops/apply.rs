@@ -159,32 +159,41 @@ pub fn defer_handovers(
             .filter(|&owner| owner != vm && !removed.contains(&owner)))
     };
     let mut deferred = Vec::new();
-    let mut added = Vec::new();
-    for m in std::mem::take(&mut plan.added) {
-        match held(m.vm, m.real)? {
-            Some(held_by) => deferred.push(Deferred {
-                vm: m.vm,
-                real: m.real,
-                held_by,
-            }),
-            None => added.push(m),
-        }
-    }
-    let mut moved = Vec::new();
-    for m in std::mem::take(&mut plan.moved) {
-        match held(m.vm, m.to)? {
-            Some(held_by) => deferred.push(Deferred {
-                vm: m.vm,
-                real: m.to,
-                held_by,
-            }),
-            None => moved.push(m),
-        }
-    }
+    let added = split_held(
+        std::mem::take(&mut plan.added),
+        |m| (m.vm, m.real),
+        &held,
+        &mut deferred,
+    )?;
+    let moved = split_held(
+        std::mem::take(&mut plan.moved),
+        |m| (m.vm, m.to),
+        &held,
+        &mut deferred,
+    )?;
     plan.added = added;
     plan.moved = moved;
     plan.deferred = deferred;
     Ok(())
+}
+
+/// Keeps of `items` those to install now, and adds to `deferred` those whose real address
+/// `held` says another VM holds; `addrs` gives an item's VM and the real address it takes.
+fn split_held<M>(
+    items: Vec<M>,
+    addrs: impl Fn(&M) -> (IpAddr, IpAddr),
+    held: &impl Fn(IpAddr, IpAddr) -> Result<Option<IpAddr>, TableError>,
+    deferred: &mut Vec<Deferred>,
+) -> Result<Vec<M>, TableError> {
+    let mut now = Vec::new();
+    for m in items {
+        let (vm, real) = addrs(&m);
+        match held(vm, real)? {
+            Some(held_by) => deferred.push(Deferred { vm, real, held_by }),
+            None => now.push(m),
+        }
+    }
+    Ok(now)
 }
 
 /// Fails unless the table has room, in each map of each family, for what it holds at its

@@ -3,7 +3,7 @@
 use std::{
     io::{BufRead, BufReader},
     net::IpAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
 };
 
@@ -31,6 +31,16 @@ pub fn netpage_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Runs `netpage --pin-dir DIR ARGS` here (in no node's namespace), whatever its exit.
+pub fn netpage_at(dir: &Path, args: &[&str]) -> Output {
+    output(
+        Command::new(netpage_bin())
+            .arg("--pin-dir")
+            .arg(dir)
+            .args(args),
+    )
 }
 
 impl World {
