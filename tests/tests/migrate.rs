@@ -552,6 +552,10 @@ fn print_timeline(report: &serde_json::Value) {
 /// How long before STOP a probe may have been sent and still be in flight (on the links, in
 /// the source's tap) when the guest pauses.
 const IN_FLIGHT_MS: f64 = 2.0;
+/// The same when netpage fell back to switching at STOP (the nodes updated their maps after
+/// it): the guest, slowed by the last pass under TCG, may not have read probes that reached
+/// the source a few milliseconds before it paused, and a switch after STOP cannot save them.
+const FALLBACK_IN_FLIGHT_MS: f64 = 10.0;
 
 #[test]
 fn migrate_switch_at_stop_loses_nothing_outside_the_pause() {
@@ -580,12 +584,15 @@ fn migrate_through_the_directory_loses_nothing_outside_the_pause() {
 /// No probe was lost before STOP (but those in flight as the guest paused) or after
 /// RESUME; those lost inside the pause are printed.
 fn assert_nothing_lost_outside_the_pause(f: &Figures) {
-    if f.switch_to_stop_ms.is_none() {
+    let in_flight = if f.switch_to_stop_ms.is_none() {
         println!(
             "note: netpage fell back to switching at STOP (STOP -> switched {:?} ms)",
             f.stop_to_switch_ms
         );
-    }
+        FALLBACK_IN_FLIGHT_MS
+    } else {
+        IN_FLIGHT_MS
+    };
     let pause = f
         .stop_to_resume_ms
         .expect("STOP -> RESUME of a completed migration");
@@ -593,11 +600,11 @@ fn assert_nothing_lost_outside_the_pause(f: &Figures) {
         .lost_sent_after_stop_ms
         .iter()
         .copied()
-        .filter(|&t| t < -IN_FLIGHT_MS || t > pause)
+        .filter(|&t| t < -in_flight || t > pause)
         .collect();
     assert!(
         outside.is_empty(),
-        "probes lost outside the pause (STOP - {IN_FLIGHT_MS} .. + {pause:.1} ms), sent at STOP + {outside:.2?} ms \
+        "probes lost outside the pause (STOP - {in_flight} .. + {pause:.1} ms), sent at STOP + {outside:.2?} ms \
          (switched {:.2?} ms before STOP): {}",
         f.switch_to_stop_ms,
         f.probes
