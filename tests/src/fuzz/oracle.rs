@@ -357,7 +357,13 @@ fn ipv4(cx: &mut Cx, l3: usize) -> Result<(), &'static str> {
             quoted = quote4(cx, l4 + 8, end);
         }
     }
-    if outer.is_none() {
+    quote_only(cx, outer.is_none(), quoted)
+}
+
+/// The verdict on a packet after its quote was judged: with no outer address in the table
+/// (`missed`), it translates only as a physical-side ICMP error whose quote maps.
+fn quote_only(cx: &mut Cx, missed: bool, quoted: bool) -> Result<(), &'static str> {
+    if missed {
         if !quoted {
             return Err("no address in the table");
         }
@@ -581,16 +587,7 @@ fn ipv6(cx: &mut Cx, l3: usize) -> Result<(), &'static str> {
     if w.proto == 58 && w.first && (1..=4).contains(&f[l4]) && l4 + 8 <= end {
         quoted = quote6(cx, l4 + 8, end);
     }
-    if outer.is_none() {
-        if !quoted {
-            return Err("no address in the table");
-        }
-        if cx.side == Side::Virtual {
-            return Err("quote-only translation is the physical side's");
-        }
-        cx.t.quote_only = true;
-    }
-    Ok(())
+    quote_only(cx, outer.is_none(), quoted)
 }
 
 /// Translates the IPv6 header quoted at `q` (the quote ends at `end`); whether it maps.
