@@ -165,6 +165,27 @@ pub enum AttachError {
     },
 }
 
+impl AttachError {
+    /// The interface the error is about, if it names one.
+    pub fn iface(&self) -> Option<&str> {
+        match self {
+            AttachError::UnknownInterface { iface }
+            | AttachError::Attach { iface, .. }
+            | AttachError::ModeChange { iface, .. }
+            | AttachError::AttachTc { iface, .. }
+            | AttachError::TcFastPath { iface }
+            | AttachError::TcMode { iface, .. }
+            | AttachError::Link { iface, .. }
+            | AttachError::Pin { iface, .. }
+            | AttachError::Mac { iface, .. }
+            | AttachError::NotAttached { iface }
+            | AttachError::VmOnPhysical { iface }
+            | AttachError::Owned { iface, .. } => Some(iface),
+            _ => None,
+        }
+    }
+}
+
 fn native_hint(mode: Mode) -> &'static str {
     if mode == Mode::Native {
         " (the driver may lack native XDP: try --mode skb)"

@@ -12,8 +12,9 @@ use clap::Parser;
 use cli::{Cli, Command, MapCommand};
 use netpage::{
     attach, check,
+    failure::{self, Failure, Kind, Usage},
     migrate::EdgeSpec,
-    node::{self, Node, OpenNode, require_root},
+    node::{self, Node, OpenNode, require_capabilities},
     ops::{self, Mapping, OpError, now_ms},
     table::PageTable,
     tablefile::TableFile,
@@ -21,21 +22,49 @@ use netpage::{
 use report::{Output, Stats, Status};
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
     let json = cli.json;
     match run(cli) {
-        Ok(out) => {
-            out.print(json);
-            if let Some(why) = out.failure() {
+        Ok(out) => match out.failure() {
+            None => out.print(json),
+            Some((kind, why)) => {
+                out.print_failed(json, kind, why);
                 eprintln!("netpage: error: {why}");
-                std::process::exit(1);
+                std::process::exit(kind.exit_code());
             }
-        }
+        },
         Err(e) => {
+            let failure = Failure::of(&e);
+            if json {
+                println!("{}", failure.json());
+            }
             eprintln!("netpage: error: {e:#}");
-            std::process::exit(1);
+            std::process::exit(failure.kind.exit_code());
         }
     }
+}
+
+/// Reports a command line clap refused (help and version are not errors), as JSON too if
+/// `--json` is among the arguments.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+        || !std::env::args().any(|a| a == "--json")
+    {
+        e.exit();
+    }
+    let message = e.render().to_string();
+    let first = message.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    println!(
+        "{}",
+        failure::error_json(Kind::BadInput, first, &[], Default::default())
+    );
+    eprint!("{message}");
+    std::process::exit(Kind::BadInput.exit_code());
 }
 
 /// Opens the node to read: no lock and no write (the drains that are over end at the next
@@ -57,11 +86,12 @@ fn run(cli: Cli) -> Result<Output> {
         return on_directory::run(cli, etcd);
     }
     if let Some(name) = on_directory::only_there(&cli.command) {
-        anyhow::bail!(
+        return Err(Usage(format!(
             "`netpage {name}` works on the directory: give --etcd URLS (or set NETPAGE_ETCD)"
-        );
+        ))
+        .into());
     }
-    require_root()?;
+    require_capabilities()?;
     let patience = cli.lock_wait;
     let node = Node::new(&cli.pin_dir).with_patience(patience);
     Ok(match cli.command {

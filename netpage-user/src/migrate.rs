@@ -193,8 +193,12 @@ pub enum MigrateError {
     Dir(#[from] DirError),
     #[error(transparent)]
     Intent(#[from] IntentError),
-    #[error("{0}")]
-    Recover(String),
+    #[error(
+        "the migration of {vm} still runs (netpage, pid {pid}): interrupt it with SIGINT, which rolls it back"
+    )]
+    StillRunning { vm: IpAddr, pid: u32 },
+    #[error("the migration of {vm} switched the directory: recover it with --etcd")]
+    RecoverWithEtcd { vm: IpAddr },
     #[error("listening for SIGINT and SIGTERM")]
     Signals(#[source] std::io::Error),
 }
@@ -732,7 +736,8 @@ impl Run {
             ));
         }
         self.restore_limit().await;
-        if self.inconsistent {
+        let record_kept = self.inconsistent;
+        if record_kept {
             let kept = format!(
                 "the migration's record {} is kept: `netpage migrate --recover --vm {}` finishes or undoes it",
                 self.intent.display(),
@@ -763,6 +768,7 @@ impl Run {
             status: if rolled_back { "failed" } else { "completed" }.into(),
             error,
             rolled_back,
+            record_kept,
             qemu_downtime_ms: info.as_ref().and_then(|i| i.downtime),
             qemu_total_ms: info.as_ref().and_then(|i| i.total_time),
             stop_to_resume_ms,

@@ -1,8 +1,11 @@
 //! `netpage migrate`, on this machine's nodes or through the directory: runs the
 //! migration and draws its timeline if asked, or recovers an interrupted one.
 
-use anyhow::{Context, Result};
-use netpage::migrate::{self, EdgeSpec};
+use anyhow::Result;
+use netpage::{
+    migrate::{self, EdgeSpec},
+    outfile::OutFile,
+};
 
 use crate::{cli::MigrateArgs, report::Output};
 
@@ -16,12 +19,21 @@ pub fn run(m: &MigrateArgs, edges: EdgeSpec) -> Result<Output> {
             runtime.block_on(migrate::recover(m.vm, &m.state_dir, edges, m.drain.drain))?;
         return Ok(Output::Recovered(Box::new(report)));
     }
+    // Checked before the migration: after it, a path netpage may not write costs the
+    // timeline only.
+    let timeline = m.timeline.as_deref().map(OutFile::open).transpose()?;
     let opts = m.options(edges);
     let report = runtime.block_on(migrate::migrate(&opts))?;
-    if let Some(path) = &m.timeline {
+    if let Some(out) = timeline {
         let title = format!("netpage migrate {} -> {}", report.vm, report.to);
-        std::fs::write(path, report.timeline.svg(&title))
-            .with_context(|| format!("writing the timeline to {}", path.display()))?;
+        let path = out.path().to_owned();
+        if let Err(e) = out.write(report.timeline.svg(&title).as_bytes()) {
+            eprintln!(
+                "netpage: warning: the timeline was not written to {}: {:#}",
+                path.display(),
+                anyhow::Error::from(e)
+            );
+        }
     }
     Ok(Output::Migrated(Box::new(report)))
 }

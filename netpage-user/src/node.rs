@@ -4,12 +4,14 @@
 //! Layout: `<dir>/maps/<map name>`, `<dir>/progs/<program>-<object hash>` (verified
 //! programs, so that attaching again takes milliseconds) and `<dir>/links/<interface>`.
 
+mod capabilities;
+
 use std::{
     collections::{BTreeSet, HashMap},
     ffi::CString,
     io,
     net::IpAddr,
-    os::unix::ffi::OsStrExt,
+    os::unix::{ffi::OsStrExt, fs::DirBuilderExt},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -44,9 +46,10 @@ const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(
-        "netpage must run as root (it needs CAP_BPF and CAP_NET_ADMIN); try `sudo netpage ...`"
+        "netpage needs CAP_BPF and CAP_NET_ADMIN, and this process lacks {}: run it as root (`sudo netpage ...`) or grant it those capabilities",
+        missing.join(" and ")
     )]
-    NotRoot,
+    Capabilities { missing: Vec<&'static str> },
     #[error(
         "no page table under {}: nothing was attached on this node; run `netpage attach IFACE --side virtual|physical` first, or pass the node's --pin-dir",
         dir.display()
@@ -132,6 +135,29 @@ pub enum NodeError {
     Owners(#[from] OwnerError),
 }
 
+impl NodeError {
+    /// The pin directory of the node the error is about, if it names one.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        match self {
+            NodeError::NoTable { dir }
+            | NodeError::PinDir { dir, .. }
+            | NodeError::Mount { dir, .. }
+            | NodeError::Capacity { dir, .. }
+            | NodeError::Load { dir, .. }
+            | NodeError::Incompatible { dir, .. }
+            | NodeError::OlderCounters { dir }
+            | NodeError::OlderOwners { dir }
+            | NodeError::OlderTable { dir }
+            | NodeError::Managed { dir }
+            | NodeError::Busy { dir }
+            | NodeError::WriterBusy { dir, .. }
+            | NodeError::NodeTwice { dir, .. }
+            | NodeError::Lock { dir, .. } => Some(dir),
+            _ => None,
+        }
+    }
+}
+
 /// A hold on a node: `flock`s released when dropped. Three locks make it:
 ///
 /// - the maps directory, which the agent holds exclusively for its whole life and a
@@ -149,13 +175,17 @@ pub enum NodeError {
 #[derive(Debug)]
 pub struct NodeLock(#[expect(dead_code, reason = "held for their flocks")] Vec<std::fs::File>);
 
-/// Fails unless the process runs as root.
-pub fn require_root() -> Result<(), NodeError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+/// Fails unless the process has the capabilities netpage needs: CAP_BPF (or, before
+/// Linux 5.8, CAP_SYS_ADMIN) for the maps and programs, and CAP_NET_ADMIN for the links.
+/// Being root is neither needed (capabilities granted to another user do) nor enough (a
+/// container's root may lack them).
+pub fn require_capabilities() -> Result<(), NodeError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let missing = capabilities::missing(capabilities::effective(&status));
+    if missing.is_empty() {
         Ok(())
     } else {
-        Err(NodeError::NotRoot)
+        Err(NodeError::Capabilities { missing })
     }
 }
 
@@ -346,7 +376,7 @@ impl Node {
             dir: self.dir.clone(),
             source,
         };
-        std::fs::create_dir_all(&self.dir).map_err(pin_dir)?;
+        private_dirs(&self.dir).map_err(pin_dir)?;
         if !is_bpffs(&self.dir).map_err(pin_dir)? {
             mount_bpffs(&self.dir).map_err(|source| NodeError::Mount {
                 dir: self.dir.clone(),
@@ -362,7 +392,7 @@ impl Node {
             self.table_lock_dir(),
             self.attach_lock_dir(),
         ] {
-            std::fs::create_dir_all(sub).map_err(pin_dir)?;
+            private_dirs(&sub).map_err(pin_dir)?;
         }
         Ok(())
     }
@@ -898,17 +928,28 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
     Ok(st.f_type as libc::c_long == BPF_FS_MAGIC)
 }
 
+/// Creates `path` and its missing parents with mode 0700: the pins give whoever can open
+/// them the power to rewrite the table. A directory that exists keeps its mode.
+fn private_dirs(path: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// Mounts a bpffs at `path` whose root only its owner (root) may enter.
 fn mount_bpffs(path: &Path) -> io::Result<()> {
     let target = c_path(path)?;
     let fs = c"bpf";
-    // SAFETY: all pointers are valid C strings; no data argument.
+    let data = c"mode=0700";
+    // SAFETY: all pointers are valid C strings.
     let r = unsafe {
         libc::mount(
             fs.as_ptr(),
             target.as_ptr(),
             fs.as_ptr(),
             0,
-            std::ptr::null(),
+            data.as_ptr().cast(),
         )
     };
     if r == 0 {

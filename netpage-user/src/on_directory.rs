@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use netpage::{
     agent::{self, AgentOptions},
     check,
     directory::{Directory, EtcdOptions},
+    failure::Usage,
     migrate::EdgeSpec,
-    node::require_root,
+    node::require_capabilities,
     ops::{self, Mapping, now_ms},
     table::PageTable,
     tablefile::TableFile,
@@ -38,19 +39,20 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 pub fn run(cli: Cli, etcd: EtcdOptions) -> Result<Output> {
     if let Command::Migrate(m) = &cli.command {
         if !m.nodes.is_empty() {
-            bail!(NODES_WITH_ETCD);
+            return Err(Usage(NODES_WITH_ETCD.into()).into());
         }
         let confirm = m.confirm_timeout;
         return crate::migrating::run(m, EdgeSpec::Directory { etcd, confirm });
     }
     if let Command::Check { repair: true } = &cli.command {
-        bail!(
-            "`netpage check --repair` is not supported on the directory (--etcd): each node's agent mirrors the directory into its table; repair a node's table with `netpage check --repair --pin-dir DIR` once its agent is stopped"
-        );
+        return Err(Usage(
+            "`netpage check --repair` is not supported on the directory (--etcd): each node's agent mirrors the directory into its table; repair a node's table with `netpage check --repair --pin-dir DIR` once its agent is stopped".into(),
+        )
+        .into());
     }
     let rt = runtime()?;
     if let Command::Agent(a) = &cli.command {
-        require_root()?;
+        require_capabilities()?;
         let opts = AgentOptions {
             etcd,
             node: a.node.clone(),
@@ -71,9 +73,10 @@ const NODES_WITH_ETCD: &str = "--node names pin directories of this machine; wit
 
 async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
     let local_only = |name: &str| -> Result<Output> {
-        bail!(
+        Err(Usage(format!(
             "`netpage {name}` works on this machine's node (--pin-dir), not on the directory: drop --etcd"
-        )
+        ))
+        .into())
     };
     let mut dir = Directory::connect(&etcd).await?;
     Ok(match cmd {
@@ -123,7 +126,7 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
             no_wait,
         } => {
             if !nodes.is_empty() {
-                bail!(NODES_WITH_ETCD);
+                return Err(Usage(NODES_WITH_ETCD.into()).into());
             }
             let wait = (!no_wait).then_some(timeout);
             Output::DirSwitched(dir.switch(vm, to, drain.drain, wait).await?)

@@ -19,7 +19,7 @@ use std::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{
         UnixStream,
         unix::{OwnedReadHalf, OwnedWriteHalf},
@@ -30,6 +30,14 @@ use tokio::{
 const CONNECT_RETRY: Duration = Duration::from_millis(20);
 
 /// A failure to talk to QEMU over QMP, naming the socket and, where there is one, the command.
+/// The longest line a QMP peer may send, newline included. QEMU's replies to what netpage
+/// asks and its events take a few kilobytes; the bound keeps a peer that never ends its
+/// line from growing netpage's memory without end.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// How much of a malformed line an error shows.
+const MALFORMED_SHOWN: usize = 256;
+
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
     #[error("cannot connect to the QMP socket {}", path.display())]
@@ -48,6 +56,11 @@ pub enum QmpError {
     },
     #[error("QMP socket {}: QEMU closed the connection while {doing}", path.display())]
     Closed { path: PathBuf, doing: String },
+    #[error(
+        "QMP socket {}: a line longer than {MAX_LINE} bytes while {doing}: not QEMU, or a QEMU gone wrong",
+        path.display()
+    )]
+    LineTooLong { path: PathBuf, doing: String },
     #[error("QMP socket {}: malformed message {line:?}", path.display())]
     Malformed {
         path: PathBuf,
@@ -740,10 +753,14 @@ impl Qmp {
     /// line was read.
     async fn read_message(&mut self, deadline: Instant, doing: &str) -> Result<Message, QmpError> {
         loop {
-            // `read_until` keeps what it has read in `partial` if the deadline cancels it.
+            // `read_until` keeps what it has read in `partial` if the deadline cancels it;
+            // QEMU is not trusted to end its lines, so a line may not grow past the limit.
+            let room = (MAX_LINE - self.partial.len()) as u64;
             let read = tokio::time::timeout_at(
                 deadline.into(),
-                self.reader.read_until(b'\n', &mut self.partial),
+                (&mut self.reader)
+                    .take(room)
+                    .read_until(b'\n', &mut self.partial),
             )
             .await;
             let received = Instant::now();
@@ -768,6 +785,13 @@ impl Qmp {
                 Ok(Ok(_)) => {}
             }
             if self.partial.last() != Some(&b'\n') {
+                if self.partial.len() >= MAX_LINE {
+                    self.partial.clear();
+                    return Err(QmpError::LineTooLong {
+                        path: self.path.clone(),
+                        doing: doing.to_owned(),
+                    });
+                }
                 // EOF in the middle of a line: the next read reports the close.
                 continue;
             }
@@ -779,7 +803,7 @@ impl Qmp {
             }
             let mut message = Message::parse(line).map_err(|source| QmpError::Malformed {
                 path: self.path.clone(),
-                line: line.to_owned(),
+                line: line.chars().take(MALFORMED_SHOWN).collect(),
                 source,
             })?;
             if let Message::Event(event) = &mut message {
@@ -1057,6 +1081,48 @@ mod tests {
             matches!(err, QmpError::Closed { .. } | QmpError::Io { .. }),
             "{err}"
         );
+    }
+
+    /// A peer that streams a line without end is cut off at the limit with an error, and
+    /// a line just under the limit is still read.
+    #[tokio::test(flavor = "current_thread")]
+    async fn refuses_a_line_without_end() {
+        let (client, mut fake) = pair();
+        let server = tokio::spawn(async move {
+            fake.send(GREETING).await;
+            let (_, _, id) = fake.command().await;
+            fake.reply(json!({}), &id).await;
+            let (name, _, id) = fake.command().await;
+            assert_eq!(name, "query-status");
+            // The reply, padded to one byte under the limit with its "\r\n".
+            let reply =
+                json!({"return": {"status": "running", "running": true}, "id": id}).to_string();
+            let pad = MAX_LINE - reply.len() - 2;
+            fake.send(&format!("{}{reply}", " ".repeat(pad))).await;
+            let (name, _, _) = fake.command().await;
+            assert_eq!(name, "query-status");
+            let chunk = vec![b'x'; 64 * 1024];
+            // Far more than the limit, never a newline; the client stops reading.
+            for _ in 0..(4 * MAX_LINE / chunk.len()) {
+                if fake.writer.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            fake
+        });
+        let mut qmp = handshake(client, Duration::from_secs(5)).await.unwrap();
+        assert!(qmp.query_status().await.unwrap().running);
+        let err = qmp
+            .execute_within::<Value>("query-status", Value::Null, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QmpError::LineTooLong { .. }), "{err}");
+        assert!(
+            err.to_string().contains("longer than 1048576 bytes"),
+            "{err}"
+        );
+        drop(qmp);
+        drop(server.await.unwrap());
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -7,6 +7,7 @@ use netpage::{
     attach::{Attached, Attachment, Hook, Mode, hook, iface_exists},
     check::{Finding, Repair, ReverseEntry},
     directory::{DirSwitched, NodeStatus},
+    failure::{self, Kind},
     loader::Side,
     migrate::{MigrateReport, RecoverReport},
     node::{Node, OpenNode},
@@ -16,6 +17,7 @@ use netpage::{
 };
 use netpage_common::maps::{IFACE_HOOK_ASKED, PORT_FAST_PATH};
 use serde::Serialize;
+use serde_json::Value;
 
 /// The result of a command.
 #[derive(Serialize)]
@@ -50,15 +52,17 @@ pub enum Output {
 }
 
 impl Output {
-    /// Why the command failed although it ran to the end (a migration rolled back).
-    pub fn failure(&self) -> Option<&str> {
+    /// Why the command failed although it ran to the end (a migration rolled back), and
+    /// how.
+    pub fn failure(&self) -> Option<(Kind, &str)> {
         match self {
-            Output::Migrated(r) => r.error.as_deref(),
-            Output::Recovered(r) => r.error.as_deref(),
-            Output::DirSwitched(s) if !s.unconfirmed.is_empty() => Some(
+            Output::Migrated(r) => r.error.as_deref().map(|e| (r.failure_kind(), e)),
+            Output::Recovered(r) => r.error.as_deref().map(|e| (r.failure_kind(), e)),
+            Output::DirSwitched(s) if !s.unconfirmed.is_empty() => Some((
+                Kind::Partial,
                 "the switch is in the directory, but not every live node confirmed it in time (named above); they converge when they reach etcd again",
-            ),
-            Output::Checked(c) => c.failure(),
+            )),
+            Output::Checked(c) => c.failure().map(|e| (Kind::Inconsistent, e)),
             _ => None,
         }
     }
@@ -66,14 +70,31 @@ impl Output {
     /// Prints the report to stdout.
     pub fn print(&self, json: bool) {
         if json {
-            let s = match self {
-                Output::Gc(ended) => serde_json::json!({ "ended": ended }).to_string(),
-                Output::Nodes(nodes) => serde_json::json!({ "nodes": nodes }).to_string(),
-                other => serde_json::to_string(other).expect("reports serialize"),
-            };
-            println!("{s}");
+            println!("{}", self.json());
         } else {
             print!("{self}");
+        }
+    }
+
+    /// Prints the report of a command that failed as `kind` for `why`: under `--json`,
+    /// the report's object carries the error object in its `error` field.
+    pub fn print_failed(&self, json: bool, kind: Kind, why: &str) {
+        if !json {
+            return self.print(false);
+        }
+        let mut report = self.json();
+        let error = failure::error_json(kind, why, &[], Default::default());
+        if let (Some(report), Value::Object(mut error)) = (report.as_object_mut(), error) {
+            report.insert("error".into(), error.remove("error").unwrap_or_default());
+        }
+        println!("{report}");
+    }
+
+    fn json(&self) -> Value {
+        match self {
+            Output::Gc(ended) => serde_json::json!({ "ended": ended }),
+            Output::Nodes(nodes) => serde_json::json!({ "nodes": nodes }),
+            other => serde_json::to_value(other).expect("reports serialize"),
         }
     }
 }

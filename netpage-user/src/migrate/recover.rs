@@ -26,6 +26,7 @@ use super::{
     neighbour::neigh,
 };
 use crate::{
+    failure::Kind,
     node::Node,
     ops::now_ms,
     qmp::{MigrationParameters, Qmp},
@@ -45,6 +46,18 @@ pub struct RecoverReport {
     /// Whether the record was removed.
     pub record_removed: bool,
     pub timeline: Timeline,
+}
+
+impl RecoverReport {
+    /// The kind of the failure the report's `error` names: partial while the record is
+    /// kept (nodes remain to be brought to one side), else the guest's own trouble.
+    pub fn failure_kind(&self) -> Kind {
+        if self.record_removed {
+            Kind::System
+        } else {
+            Kind::Partial
+        }
+    }
 }
 
 impl fmt::Display for RecoverReport {
@@ -78,10 +91,7 @@ pub async fn recover(
     let mut timeline = Timeline::new(Instant::now());
     let (rec, path) = Intent::read(state_dir, vm)?;
     if still_running(rec.pid) {
-        return Err(MigrateError::Recover(format!(
-            "the migration of {vm} still runs (netpage, pid {}): interrupt it with SIGINT, which rolls it back",
-            rec.pid
-        )));
+        return Err(MigrateError::StillRunning { vm, pid: rec.pid });
     }
     let spec = match (&rec.edges, cli) {
         // The recorded nodes, as patient as those of the command line.
@@ -104,9 +114,7 @@ pub async fn recover(
         }
         (RecordedEdges::Directory, d @ EdgeSpec::Directory { .. }) => d,
         (RecordedEdges::Directory, EdgeSpec::Nodes(_)) => {
-            return Err(MigrateError::Recover(format!(
-                "the migration of {vm} switched the directory: recover it with --etcd"
-            )));
+            return Err(MigrateError::RecoverWithEtcd { vm });
         }
     };
     let mut edges = Edges::open(&spec).await?;

@@ -6,7 +6,7 @@ use std::{fmt, net::IpAddr};
 use serde::Serialize;
 
 use super::SwitchAt;
-use crate::{directory::Confirmation, timeline::Timeline};
+use crate::{directory::Confirmation, failure::Kind, timeline::Timeline};
 
 /// One node's switch.
 #[derive(Clone, Debug, Serialize)]
@@ -92,6 +92,9 @@ pub struct MigrateReport {
     /// Why the migration failed, or what went wrong although the guest did move.
     pub error: Option<String>,
     pub rolled_back: bool,
+    /// Whether the migration's record was kept because nodes could not be brought to one
+    /// side: `netpage migrate --recover` finishes or undoes it.
+    pub record_kept: bool,
     /// The guest's pause as QEMU measured it.
     pub qemu_downtime_ms: Option<u64>,
     pub qemu_total_ms: Option<u64>,
@@ -117,6 +120,18 @@ pub struct MigrateReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unconfirmed: Vec<String>,
     pub timeline: Timeline,
+}
+
+impl MigrateReport {
+    /// The kind of the failure the report's `error` names: a migration rolled back left
+    /// everything as it was; one whose nodes are not all on one side is partial.
+    pub fn failure_kind(&self) -> Kind {
+        if self.record_kept || !self.unconfirmed.is_empty() || !self.rolled_back {
+            Kind::Partial
+        } else {
+            Kind::System
+        }
+    }
 }
 
 impl MigrateReport {
