@@ -35,7 +35,7 @@ pub(crate) use view::view_with;
 pub use view::{BadValue, Read, View, Write};
 pub use wait::Confirmation;
 
-use crate::ops::{OpError, now_ms};
+use crate::{clock::unix_ms, ops::OpError};
 
 /// etcd's default limit of operations in one transaction (`--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
@@ -307,7 +307,7 @@ impl Directory {
 
     /// A lease that ends a drain at `until_ms` (at least etcd's one second).
     pub(crate) async fn drain_lease(&mut self, until_ms: u64) -> Result<i64, DirError> {
-        let ttl = until_ms.saturating_sub(now_ms()).div_ceil(1000).max(1);
+        let ttl = until_ms.saturating_sub(unix_ms()).div_ceil(1000).max(1);
         let resp = self
             .retrying("granting the lease of a drain", |mut c| async move {
                 c.lease_grant(ttl as i64, None).await

@@ -2,6 +2,7 @@
 pub mod agent;
 pub mod attach;
 pub mod check;
+pub mod clock;
 pub mod counters;
 pub mod directory;
 pub mod failure;

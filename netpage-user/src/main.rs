@@ -12,10 +12,11 @@ use clap::Parser;
 use cli::{Cli, Command, MapCommand};
 use netpage::{
     attach, check,
+    clock::node_ms as now_ms,
     failure::{self, Failure, Kind, Usage},
     migrate::EdgeSpec,
     node::{self, Node, OpenNode, require_capabilities},
-    ops::{self, Mapping, OpError, now_ms},
+    ops::{self, Mapping, OpError},
     table::PageTable,
     tablefile::TableFile,
 };
@@ -213,6 +214,8 @@ fn map(node: &Node, cmd: MapCommand) -> Result<Output> {
         MapCommand::List { reverse: true } => Output::Reverse(report::ReverseList {
             reverse: check::reverse_entries(&n.table)?,
             drains: n.table.drains()?,
+            clock: "boot",
+            now_ms: now_ms(),
         }),
     })
 }

@@ -82,9 +82,10 @@ mod recover;
 mod report;
 
 use crate::{
+    clock,
     directory::DirError,
     node::NodeError,
-    ops::{OpError, now_ms},
+    ops::OpError,
     qmp::{Event, MigrationStatus, Qmp, QmpError, RunState, Timestamp},
     table::TableError,
     timeline::{Source, Timeline},
@@ -360,7 +361,7 @@ impl Run {
                 .neighbour
                 .as_ref()
                 .map(|n| (n.iface.clone(), n.netns.clone())),
-            started_unix_ms: now_ms(),
+            started_unix_ms: clock::unix_ms(),
             pid: std::process::id(),
         };
         let intent = record.write(&opts.state_dir)?;
@@ -370,7 +371,7 @@ impl Run {
             "RECORDED",
             intent.display().to_string(),
         );
-        let old_until_ms = now_ms() + (opts.timeout + opts.drain).as_millis() as u64;
+        let old_until_ms = clock::unix_ms() + (opts.timeout + opts.drain).as_millis() as u64;
         if let Err(e) = edges
             .reserve(opts.vm, from, opts.to, old_until_ms, &mut timeline)
             .await
@@ -814,10 +815,7 @@ impl Run {
 
     async fn drain(&mut self, drain: Duration) {
         let (vm, from, to) = (self.vm, self.from, self.to);
-        let edit = Edit::Retire {
-            drain,
-            now_ms: now_ms(),
-        };
+        let edit = Edit::Retire { drain };
         for why in self
             .edges
             .edit(edit, vm, from, to, &mut self.timeline)

@@ -6,11 +6,12 @@ use anyhow::Result;
 use netpage::{
     agent::{self, AgentOptions},
     check,
+    clock::unix_ms,
     directory::{Directory, EtcdOptions},
     failure::Usage,
     migrate::EdgeSpec,
     node::require_capabilities,
-    ops::{self, Mapping, now_ms},
+    ops::{self, Mapping},
     table::PageTable,
     tablefile::TableFile,
 };
@@ -96,6 +97,8 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
             Output::Reverse(ReverseList {
                 reverse: check::reverse_entries(&view)?,
                 drains: view.drains()?,
+                clock: "unix",
+                now_ms: unix_ms(),
             })
         }
         Command::Apply {
@@ -108,7 +111,7 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
             let opts = ops::ApplyOptions {
                 dry_run,
                 drain: drain.drain,
-                now_ms: now_ms(),
+                now_ms: unix_ms(),
                 allow_empty,
                 capacity: None,
             };
@@ -148,7 +151,7 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
         }
         Command::Check { .. } => Output::Checked(Checked {
             table: format!("{} at {}", etcd.prefix, etcd.endpoints_text()),
-            findings: check::check(&dir.view().await?, now_ms())?,
+            findings: check::check(&dir.view().await?, unix_ms())?,
             fast_port_count: None,
             repaired: None,
             remaining: None,

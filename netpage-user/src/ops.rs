@@ -7,7 +7,7 @@
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
@@ -331,6 +331,7 @@ pub fn switch_many<T: PageTable>(
     if from == to {
         return Ok(switched);
     }
+    pause::at(|| "switch-checked".to_owned());
     for i in 0..nodes.len() {
         let (name, t) = &mut nodes[i];
         if let Err(e) = t.set_reverse(to, vm) {
@@ -490,13 +491,6 @@ pub fn retire(
         deadline_ms,
     })?;
     Ok(Some(deadline_ms))
-}
-
-/// Milliseconds since the Unix epoch: the clock of drain deadlines.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Ends the drains whose deadline has passed (all of them with `now_ms == u64::MAX`).

@@ -422,6 +422,11 @@ fn finding(f: &mut fmt::Formatter<'_>, x: &Finding, then: &str) -> fmt::Result {
 pub struct ReverseList {
     pub reverse: Vec<ReverseEntry>,
     pub drains: Vec<Drain>,
+    /// The clock of the drains' deadlines: `boot` (a node's table: milliseconds since its
+    /// machine booted) or `unix` (the directory: milliseconds since the Unix epoch).
+    pub clock: &'static str,
+    /// That clock's reading when the table was read.
+    pub now_ms: u64,
 }
 
 impl fmt::Display for ReverseList {
@@ -435,7 +440,7 @@ impl fmt::Display for ReverseList {
         if !self.drains.is_empty() {
             writeln!(f, "drains:")?;
         }
-        let now = netpage::ops::now_ms();
+        let now = self.now_ms;
         for d in &self.drains {
             let left = if d.deadline_ms > now {
                 format!("ends in {:.1} s", (d.deadline_ms - now) as f64 / 1000.0)

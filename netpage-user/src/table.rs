@@ -631,7 +631,7 @@ impl PageTable for BpfTable {
             out.push(Drain {
                 real,
                 virt,
-                deadline_ms: v.deadline_ms,
+                deadline_ms: crate::clock::node_deadline(v.deadline_ms),
             });
         }
         Ok(out)

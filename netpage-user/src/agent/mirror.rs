@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use crate::{
+    clock,
     directory::{
         View,
         schema::{Keys, MapKey, RaValue, VmValue},
@@ -52,15 +53,15 @@ pub fn sync(t: &mut impl PageTable, view: &View) -> Result<Synced, TableError> {
     let want_drains: Vec<Drain> = view
         .reverse_reads()
         .filter_map(|(real, r)| {
-            r.value.drain_until_ms.map(|deadline_ms| Drain {
+            r.value.drain_until_ms.map(|until| Drain {
                 real,
                 virt: r.value.vm,
-                deadline_ms,
+                deadline_ms: clock::unix_to_node(until),
             })
         })
         .collect();
     for d in t.drains()? {
-        if !want_drains.contains(&d) {
+        if !want_drains.iter().any(|w| w.real == d.real) {
             t.remove_drain(d.real)?;
         }
     }
@@ -131,10 +132,10 @@ pub fn apply_revision(t: &mut impl PageTable, changes: &mut [Change]) -> Result<
             Change::PutRa(ra, va, drain) => {
                 t.set_reverse(ra, va)?;
                 match drain {
-                    Some(deadline_ms) => t.set_drain(Drain {
+                    Some(until) => t.set_drain(Drain {
                         real: ra,
                         virt: va,
-                        deadline_ms,
+                        deadline_ms: clock::unix_to_node(until),
                     })?,
                     None => t.remove_drain(ra)?,
                 }

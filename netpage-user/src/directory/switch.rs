@@ -17,7 +17,7 @@ use super::{
     view::View,
     wait::Confirmation,
 };
-use crate::ops::{self, now_ms};
+use crate::{clock::unix_ms, ops};
 
 /// What a switch through the directory did.
 #[derive(Clone, Debug, Serialize)]
@@ -110,7 +110,7 @@ impl Directory {
         if r.from == to {
             return Ok(out);
         }
-        out.drain_until_ms = (!drain.is_zero()).then(|| now_ms() + drain.as_millis() as u64);
+        out.drain_until_ms = (!drain.is_zero()).then(|| unix_ms() + drain.as_millis() as u64);
         let done = self.commit_move(&r, out.drain_until_ms).await?;
         out.revision = done.revision;
         out.txn_ms = done.txn_ms;

@@ -12,9 +12,10 @@ use tokio::task::JoinHandle;
 
 use super::{MigrateError, NodeSwitch};
 use crate::{
+    clock,
     directory::{Confirmation, DirError, Directory, EtcdOptions, Reservation, laggards},
     node::{self, Node, OpenNode},
-    ops::{self, now_ms},
+    ops,
     table::{PageTable, TableError},
     timeline::{Source, Timeline},
 };
@@ -43,20 +44,22 @@ pub(super) enum Edit {
     /// Everything back as it was: the VM at its old address, the new address's reverse
     /// entry removed.
     Rollback,
-    /// The migration completed: the old address drains for `drain` from `now_ms`.
-    Retire { drain: Duration, now_ms: u64 },
+    /// The migration completed: the old address drains for `drain` from now.
+    Retire { drain: Duration },
     /// A migration whose netpage was killed completed all the same: the VM at its new
     /// address (its reverse entry there), the old address draining as after `Retire`.
-    Finish { drain: Duration, now_ms: u64 },
+    Finish { drain: Duration },
 }
 
 impl Edit {
+    /// Makes the edit on `t`, whose clock reads `now_ms`.
     fn apply<T: PageTable>(
         self,
         t: &mut T,
         vm: IpAddr,
         from: IpAddr,
         to: IpAddr,
+        now_ms: u64,
     ) -> Result<(), TableError> {
         match self {
             Edit::SwitchBack | Edit::Rollback => {
@@ -69,18 +72,18 @@ impl Edit {
                 }
                 Ok(())
             }
-            Edit::Retire { drain, now_ms } => {
+            Edit::Retire { drain } => {
                 t.remove_drain(to)?;
                 ops::retire(t, vm, from, drain, now_ms).map(drop)
             }
-            Edit::Finish { drain, now_ms } => {
+            Edit::Finish { drain } => {
                 if t.reverse(to)? != Some(vm) {
                     t.set_reverse(to, vm)?;
                 }
                 if t.forward(vm)? != Some(to) {
                     t.set_forward(vm, to)?;
                 }
-                Edit::Retire { drain, now_ms }.apply(t, vm, from, to)
+                Edit::Retire { drain }.apply(t, vm, from, to, now_ms)
             }
         }
     }
@@ -148,7 +151,7 @@ impl Edges {
                     })?;
                 let mut local = Vec::new();
                 for (node, mut n) in nodes.iter().zip(opened) {
-                    ops::gc(&mut n.table, now_ms())?;
+                    ops::gc(&mut n.table, clock::node_ms())?;
                     local.push((node.dir().to_owned(), n));
                 }
                 Ok(Edges::Local(local))
@@ -369,7 +372,7 @@ impl Edges {
             Edges::Local(nodes) => nodes
                 .iter_mut()
                 .filter_map(|(dir, n)| {
-                    let r = edit.apply(&mut n.table, vm, from, to);
+                    let r = edit.apply(&mut n.table, vm, from, to, clock::node_ms());
                     r.err()
                         .map(|e| format!("node {}: {}: {e}", dir.display(), edit.name()))
                 })
@@ -383,7 +386,10 @@ impl Edges {
                     return Vec::new();
                 }
                 let sent = Instant::now();
-                let changed = d.dir.change(|v| Ok(edit.apply(v, vm, from, to)?)).await;
+                let changed = d
+                    .dir
+                    .change(|v| Ok(edit.apply(v, vm, from, to, clock::unix_ms())?))
+                    .await;
                 let rev = match changed {
                     Ok(((), rev)) => rev,
                     Err(e) => return vec![format!("the directory: {}: {e:#}", edit.name())],
@@ -437,7 +443,7 @@ impl Edges {
         nodes
             .iter_mut()
             .filter_map(|(dir, n)| {
-                let r = ops::gc(&mut n.table, now_ms());
+                let r = ops::gc(&mut n.table, clock::node_ms());
                 r.err()
                     .map(|e| format!("node {}: ending the drain: {e}", dir.display()))
             })
@@ -507,7 +513,7 @@ mod tests {
     #[test]
     fn a_rollback_puts_everything_back() {
         let (mut v, vm, a, b) = switched();
-        Edit::Rollback.apply(&mut v, vm, a, b).unwrap();
+        Edit::Rollback.apply(&mut v, vm, a, b, 5_000).unwrap();
         assert_maps(&v, vm, a);
         assert_eq!(v.reverse(b).unwrap(), None, "the reservation is gone");
         assert!(v.drains().unwrap().is_empty(), "A no longer drains");
@@ -521,14 +527,13 @@ mod tests {
         v.set_reverse(b, vm).unwrap();
         let finish = Edit::Finish {
             drain: Duration::from_secs(2),
-            now_ms: 5_000,
         };
-        finish.apply(&mut v, vm, a, b).unwrap();
+        finish.apply(&mut v, vm, a, b, 5_000).unwrap();
         assert_maps(&v, vm, b);
         assert_eq!(v.drains().unwrap().len(), 1, "A drains");
         // Killed after the switch: the same end.
         let (mut w, ..) = switched();
-        finish.apply(&mut w, vm, a, b).unwrap();
+        finish.apply(&mut w, vm, a, b, 5_000).unwrap();
         assert_eq!(w.forward(vm).unwrap(), Some(b));
         assert_eq!(w.drains().unwrap(), v.drains().unwrap());
     }
@@ -536,7 +541,7 @@ mod tests {
     #[test]
     fn a_switch_back_keeps_the_reservation() {
         let (mut v, vm, a, b) = switched();
-        Edit::SwitchBack.apply(&mut v, vm, a, b).unwrap();
+        Edit::SwitchBack.apply(&mut v, vm, a, b, 5_000).unwrap();
         assert_maps(&v, vm, a);
         assert_eq!(v.reverse(b).unwrap(), Some(vm), "B stays reserved");
         assert!(v.drains().unwrap().is_empty(), "A no longer drains");
@@ -547,9 +552,8 @@ mod tests {
         let (mut v, vm, a, b) = switched();
         let retire = Edit::Retire {
             drain: Duration::from_secs(2),
-            now_ms: 5_000,
         };
-        retire.apply(&mut v, vm, a, b).unwrap();
+        retire.apply(&mut v, vm, a, b, 5_000).unwrap();
         assert_maps(&v, vm, b);
         assert_eq!(
             v.drains().unwrap(),
@@ -562,9 +566,8 @@ mod tests {
         let (mut v, ..) = switched();
         let at_once = Edit::Retire {
             drain: Duration::ZERO,
-            now_ms: 5_000,
         };
-        at_once.apply(&mut v, vm, a, b).unwrap();
+        at_once.apply(&mut v, vm, a, b, 5_000).unwrap();
         assert_eq!(v.reverse(a).unwrap(), None, "no drain: A is removed");
         assert!(v.drains().unwrap().is_empty());
     }

@@ -28,7 +28,6 @@ use super::{
 use crate::{
     failure::Kind,
     node::Node,
-    ops::now_ms,
     qmp::{MigrationParameters, Qmp},
     timeline::{Source, Timeline},
 };
@@ -139,10 +138,7 @@ pub async fn recover(
     let mut errors = Vec::new();
     let status = match fate {
         Fate::Destination => {
-            let edit = Edit::Finish {
-                drain,
-                now_ms: now_ms(),
-            };
+            let edit = Edit::Finish { drain };
             errors.extend(edges.edit(edit, vm, from, to, &mut timeline).await);
             timeline.mark(
                 Instant::now(),

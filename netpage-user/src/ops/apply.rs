@@ -12,7 +12,10 @@ use std::{
 use serde::Serialize;
 
 use super::{Mapping, OpError, check_mapping, list, remove_mapping, retire};
-use crate::table::{PageTable, TableError};
+use crate::{
+    pause,
+    table::{PageTable, TableError},
+};
 
 /// What `apply` changes to make the table equal to a desired set of mappings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -243,6 +246,7 @@ pub fn apply(
     plan.removed
         .iter()
         .try_for_each(|&m| remove_mapping(t, m))?;
+    pause::at(|| "apply-removed".to_owned());
     let installs = plan.installs();
     let mut before = Vec::with_capacity(installs.len());
     for &(vm, real) in &installs {
@@ -254,6 +258,7 @@ pub fn apply(
             t.create_stats(vm)?;
         }
         t.set_reverse_many(&reverse)?;
+        pause::at(|| "apply-reverse".to_owned());
         t.set_forward_many(&installs)
     })();
     if let Err(e) = done {
@@ -264,6 +269,7 @@ pub fn apply(
             undo: undo.map(|u| u.to_string()),
         });
     }
+    pause::at(|| "apply-forward".to_owned());
     for &(_, real) in &installs {
         t.remove_drain(real)?;
     }

@@ -11,7 +11,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     process::Command,
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::Instant,
 };
 
 use netpage::{
@@ -173,9 +173,7 @@ fn fill(dir: &Path, size: u32) {
         }));
     }
     let plan = ops::plan(&open.table, &desired).expect("plan the fill");
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = netpage::clock::node_ms();
     ops::apply(&mut open.table, &plan, std::time::Duration::ZERO, now_ms).expect("fill");
     if size >= 100_000 {
         note(format_args!(
