@@ -25,23 +25,63 @@ fn mapped_world() -> World {
     world
 }
 
-/// Runs netpage on the gateway expecting failure with `expect` in its message, and checks
-/// that the table is unchanged.
-fn refused(world: &World, args: &[&str], expect: &str) {
+/// Runs netpage on the gateway expecting failure of `kind` with `expect` in its message,
+/// and checks that the table is unchanged; then again with `--json`, expecting the error
+/// object with the same kind, exit code and message on stdout.
+fn refused(world: &World, args: &[&str], expect: &str, kind: &str) {
     let before = snapshot(world, Node::Gw);
     let out = world.netpage(Node::Gw, args);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "netpage {args:?} succeeded");
+    assert_eq!(
+        out.status.code(),
+        Some(exit_code(kind)),
+        "netpage {args:?}: {stderr}"
+    );
     assert!(
         stderr.contains(expect),
         "netpage {args:?}: expected {expect:?} in:\n{stderr}"
     );
     assert!(out.stdout.is_empty(), "netpage {args:?} printed to stdout");
+    let json: Vec<&str> = ["--json"].iter().chain(args).copied().collect();
+    let out = world.netpage(Node::Gw, &json);
+    assert_eq!(out.status.code(), Some(exit_code(kind)), "netpage {json:?}");
+    let error = json_error(&out.stdout);
+    assert_eq!(error["kind"], kind, "netpage {json:?}: {error:#}");
+    assert_eq!(error["exit_code"], exit_code(kind), "{error:#}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains(expect), "netpage {json:?}: {message}");
     assert_eq!(
         snapshot(world, Node::Gw),
         before,
         "netpage {args:?} changed the table"
     );
+}
+
+/// The exit code the README documents for a failure of `kind`.
+fn exit_code(kind: &str) -> i32 {
+    match kind {
+        "system" => 1,
+        "bad_input" => 2,
+        "conflict" => 3,
+        "not_found" => 4,
+        "partial" => 5,
+        "permission" => 6,
+        "inconsistent" => 7,
+        other => panic!("no failure kind {other}"),
+    }
+}
+
+/// The error object of a `--json` failure: stdout holds exactly `{"error": {...}}`, with
+/// a message and the list of its causes.
+fn json_error(stdout: &[u8]) -> Value {
+    let v: Value = serde_json::from_slice(stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(stdout)));
+    let top = v.as_object().unwrap();
+    assert_eq!(top.keys().collect::<Vec<_>>(), ["error"], "{v:#}");
+    let error = v["error"].clone();
+    assert!(error["message"].is_string(), "{error:#}");
+    assert!(error["causes"].is_array(), "{error:#}");
+    error
 }
 
 #[test]
@@ -60,64 +100,64 @@ fn bad_input_is_refused_and_changes_nothing() {
             "198.18.10.101",
         ],
     );
-    let cases: &[(&[&str], &str)] = &[
+    let cases: &[(&[&str], &str, &str)] = &[
         (
             &["map", "add", "--vm", "198.19.0.300", "--real", &ra_b],
-            "invalid IP address",
+            "invalid IP address", "bad_input",
         ),
         (
             &["switch", "--vm", &va, "--to", "banana"],
-            "invalid IP address",
+            "invalid IP address", "bad_input",
         ),
         (
             &["map", "add", "--vm", "198.19.0.12", "--real", &ra6],
-            "different address families",
+            "different address families", "bad_input",
         ),
         (
             &["switch", "--vm", &va6, "--to", &ra_b],
-            "different address families",
+            "different address families", "bad_input",
         ),
         (
             &["map", "add", "--vm", &va, "--real", &ra_b],
-            "is already mapped",
+            "is already mapped", "conflict",
         ),
         (
             &["switch", "--vm", "198.19.0.99", "--to", &ra_b],
-            "is not in the page table",
+            "is not in the page table", "not_found",
         ),
         (
             &["map", "del", "--vm", "198.19.0.99"],
-            "is not in the page table",
+            "is not in the page table", "not_found",
         ),
         (
             &["stats", "--vm", "198.19.0.99"],
-            "is not in the page table",
+            "is not in the page table", "not_found",
         ),
         (
             &["map", "add", "--vm", "198.19.0.12", "--real", &ra_a],
-            "already used by VM",
+            "already used by VM", "conflict",
         ),
         (
             &["switch", "--vm", &va, "--to", "198.18.10.101"],
-            "already used by VM",
+            "already used by VM", "conflict",
         ),
         (
             &["switch", "--vm", &va, "--to", &ra_b, "--drain", "soon"],
-            "not a number",
+            "not a number", "bad_input",
         ),
         (
             &["attach", "nosuch0", "--side", "virtual"],
-            "no interface named nosuch0",
+            "no interface named nosuch0", "not_found",
         ),
         (
             &["attach", "g0", "--side", "sideways"],
-            "invalid value 'sideways'",
+            "invalid value 'sideways'", "bad_input",
         ),
         (
             &[
                 "attach", "g0", "--side", "virtual", "--hook", "tc", "--mode", "skb",
             ],
-            "--mode skb is an XDP mode",
+            "--mode skb is an XDP mode", "bad_input",
         ),
         (
             &[
@@ -129,48 +169,50 @@ fn bad_input_is_refused_and_changes_nothing() {
                 "tc",
                 "--fast-path",
             ],
-            "the fast path runs in XDP",
+            "the fast path runs in XDP", "bad_input",
         ),
         (
             &["attach", "g0", "--side", "virtual", "--hook", "hook"],
-            "invalid value 'hook'",
+            "invalid value 'hook'", "bad_input",
         ),
         (
             &["attach", "g0", "--side", "virtual", "--capacity", "10"],
-            "the capacity is fixed",
+            "the capacity is fixed", "conflict",
         ),
-        (&["detach", "nosuch0"], "nosuch0 is not attached"),
+        (&["detach", "nosuch0"], "nosuch0 is not attached", "not_found"),
         (
             &["apply", "-f", "/nonexistent/table.toml"],
-            "reading /nonexistent/table.toml",
+            "reading /nonexistent/table.toml", "not_found",
         ),
     ];
-    for (args, expect) in cases {
-        refused(&world, args, expect);
+    for (args, expect, kind) in cases {
+        refused(&world, args, expect, kind);
     }
     let dir = tempdir(&world);
-    for (name, text, expect) in [
+    for (name, text, expect, kind) in [
         (
             "dup.toml",
             format!(
                 "[[mapping]]\nvm = \"{va}\"\nreal = \"{ra_a}\"\n[[mapping]]\nvm = \"{va}\"\nreal = \"{ra_b}\"\n"
             ),
             "appears twice",
+            "bad_input",
         ),
         (
             "family.toml",
             format!("[[mapping]]\nvm = \"{va}\"\nreal = \"{ra6}\"\n"),
-            "different address families",
+            "different address families", "bad_input",
         ),
         (
             "syntax.json",
             "{\"mapping\": [".to_owned(),
             "not a valid JSON table file",
+            "bad_input",
         ),
     ] {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
-        refused(&world, &["apply", "-f", path.to_str().unwrap()], expect);
+        refused(&world, &["apply", "-f", path.to_str().unwrap()], expect, kind);
     }
 }
 
@@ -246,7 +288,7 @@ fn special_addresses_are_refused_and_change_nothing() {
         ),
     ];
     for (args, expect) in cases {
-        refused(&world, args, expect);
+        refused(&world, args, expect, "bad_input");
     }
     let dir = tempdir(&world);
     let path = dir.join("special.toml");
@@ -262,6 +304,7 @@ fn special_addresses_are_refused_and_change_nothing() {
         &world,
         &["apply", "-f", path.to_str().unwrap()],
         "real address 255.255.255.255 cannot be mapped: it is the IPv4 broadcast address",
+        "bad_input",
     );
 }
 
@@ -269,26 +312,87 @@ fn special_addresses_are_refused_and_change_nothing() {
 fn missing_node_and_privileges_are_explained() {
     let world = World::new();
     let empty = tempdir(&world).join("empty-node");
+    let bin = netpage_tests::world::netpage_bin();
     let out = world.ns(Node::Gw).exec(
-        netpage_tests::world::netpage_bin().to_str().unwrap(),
-        &["--pin-dir", empty.to_str().unwrap(), "map", "list"],
+        bin.to_str().unwrap(),
+        &["--json", "--pin-dir", empty.to_str().unwrap(), "map", "list"],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(exit_code("not_found")), "{stderr}");
     assert!(
         stderr.contains("no page table under") && stderr.contains("netpage attach"),
         "{stderr}"
     );
+    let error = json_error(&out.stdout);
+    assert_eq!(error["kind"], "not_found");
+    assert_eq!(error["pin_dir"], empty.to_str().unwrap());
 
+    // Another user, with no capabilities at all.
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(netpage_tests::world::netpage_bin())
-        .args(["--pin-dir", empty.to_str().unwrap(), "status"])
+        .arg(&bin)
+        .args(["--json", "--pin-dir", empty.to_str().unwrap(), "status"])
         .output()
         .expect("run setpriv");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("must run as root"), "{stderr}");
+    assert_eq!(out.status.code(), Some(exit_code("permission")), "{stderr}");
+    assert!(
+        stderr.contains("lacks CAP_BPF and CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+    assert_eq!(
+        json_error(&out.stdout)["missing"],
+        serde_json::json!(["CAP_BPF", "CAP_NET_ADMIN"])
+    );
+}
+
+/// Root is neither needed nor enough: root without CAP_NET_ADMIN (as in a container that
+/// drops it) is refused, naming the capability; root with CAP_BPF and CAP_NET_ADMIN and
+/// nothing else changes and reads the table.
+#[test]
+fn capabilities_decide_not_the_user() {
+    let world = mapped_world();
+    let bin = netpage_tests::world::netpage_bin();
+    let dir = world.pin_dir(Node::Gw);
+    let with_caps = |bounding: &str, args: &[&str]| {
+        let mut all = vec![
+            format!("--bounding-set={bounding}"),
+            "--inh-caps=-all".to_owned(),
+            bin.display().to_string(),
+            "--pin-dir".to_owned(),
+            dir.display().to_string(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        world.ns(Node::Gw).exec("setpriv", &all)
+    };
+    let before = snapshot(&world, Node::Gw);
+    let va = V4.va.to_string();
+    let ra_b = V4.ra_b.to_string();
+    for (bounding, missing) in [("-net_admin", "CAP_NET_ADMIN"), ("-bpf,-sys_admin", "CAP_BPF")] {
+        let out = with_caps(bounding, &["switch", "--vm", &va, "--to", &ra_b]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(exit_code("permission")), "{stderr}");
+        assert!(stderr.contains(&format!("lacks {missing}:")), "{stderr}");
+    }
+    assert_eq!(snapshot(&world, Node::Gw), before, "a refused switch changed the table");
+
+    let out = with_caps(
+        "-all,+bpf,+net_admin",
+        &["--json", "switch", "--vm", &va, "--to", &ra_b],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = with_caps("-all,+bpf,+net_admin", &["--json", "map", "list"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        list["mapping"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["vm"] == va.as_str() && m["real"] == ra_b.as_str()),
+        "{list:#}"
+    );
 }
 
 #[test]
