@@ -32,7 +32,7 @@ use std::{
 };
 
 pub use addrs::{Addrs, BOTH, V4, V6};
-pub use cli::{netpage_at, netpage_bin};
+pub use cli::{netpage_at, netpage_bin, paused_at};
 pub use probe::{Answer, ProbeHandle, ProbeReport, Prober};
 pub use replug::Plugged;
 pub use tools::{Server, tcp_echo, tcp_lines, udp_echo};

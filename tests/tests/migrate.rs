@@ -770,6 +770,10 @@ fn assert_failed_and_rolled_back(out: &Output) -> serde_json::Value {
     print_timeline(&report);
     assert_eq!(report["status"], "failed", "{report:#}");
     assert_eq!(report["rolled_back"], true, "{report:#}");
+    // Rolled back, the tables are as they were: a system failure, not a partial one.
+    assert_eq!(out.status.code(), Some(1), "{}", text(out));
+    assert_eq!(report["error"]["kind"], "system", "{report:#}");
+    assert_eq!(report["record_kept"], false, "{report:#}");
     report
 }
 
@@ -947,7 +951,7 @@ fn a_destination_that_fails_after_the_source_completed_is_rolled_back() {
     let exited = Instant::now();
     eprintln!("stderr:\n{}", String::from_utf8_lossy(&out.stderr));
     let report = assert_failed_and_rolled_back(&out);
-    let error = report["error"].as_str().unwrap_or_default();
+    let error = report["error"]["message"].as_str().unwrap_or_default();
     assert!(error.contains("destination"), "{report:#}");
     let marks = report["timeline"]["marks"].as_array().unwrap();
     let at = |source: &str, what: &str| {
@@ -1045,7 +1049,7 @@ fn a_destination_killed_after_the_source_completed_is_rolled_back() {
     });
     let exited = Instant::now();
     let report = assert_failed_and_rolled_back(&out);
-    let error = report["error"].as_str().unwrap_or_default();
+    let error = report["error"]["message"].as_str().unwrap_or_default();
     assert!(error.contains("the destination QEMU exited"), "{report:#}");
     let marks = report["timeline"]["marks"].as_array().unwrap();
     let has = |source: &str, what: &str| {

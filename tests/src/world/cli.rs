@@ -43,6 +43,27 @@ pub fn netpage_at(dir: &Path, args: &[&str]) -> Output {
     )
 }
 
+/// Starts `netpage` as `cmd` says with the test hook that stops it at `step`
+/// (`NETPAGE_TEST_PAUSE_AT`, honoured by debug builds), and returns once it is there,
+/// holding whatever it holds at that step: kill it to see what the step leaves.
+pub fn paused_at(mut cmd: Command, step: &str) -> Child {
+    let mut child = cmd
+        .env("NETPAGE_TEST_PAUSE_AT", step)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start netpage");
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("read netpage's stderr");
+    assert_eq!(
+        line.trim(),
+        format!("netpage: paused at {step}"),
+        "netpage {cmd:?} did not stop at {step} (a release build of netpage?)"
+    );
+    child
+}
+
 impl World {
     /// Runs `netpage --pin-dir <node's dir> ARGS` inside `node`; returns the output as is.
     pub fn netpage(&self, node: Node, args: &[&str]) -> Output {
@@ -68,26 +89,9 @@ impl World {
             .unwrap_or_else(|e| panic!("netpage {json:?} on {node:?}: not JSON ({e}):\n{out}"))
     }
 
-    /// Starts `netpage ARGS` on `node` with the test hook that stops it at `step`
-    /// (`NETPAGE_TEST_PAUSE_AT`, honoured by debug builds), and returns once it is there,
-    /// holding whatever it holds at that step: kill it to see what the step leaves.
+    /// `netpage ARGS` on `node`, stopped at `step` (see [`paused_at`]).
     pub fn netpage_paused_at(&self, node: Node, args: &[&str], step: &str) -> Child {
-        let mut child = self
-            .netpage_command(node, args)
-            .env("NETPAGE_TEST_PAUSE_AT", step)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start netpage");
-        let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
-        let mut line = String::new();
-        stderr.read_line(&mut line).expect("read netpage's stderr");
-        assert_eq!(
-            line.trim(),
-            format!("netpage: paused at {step}"),
-            "netpage {args:?} did not stop at {step} (a release build of netpage?)"
-        );
-        child
+        paused_at(self.netpage_command(node, args), step)
     }
 
     fn netpage_command(&self, node: Node, args: &[&str]) -> Command {
