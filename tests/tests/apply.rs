@@ -253,3 +253,86 @@ fn a_real_address_handed_to_another_vm_drains_first() {
     assert_eq!(p["deferred"], serde_json::json!([]));
     consistent(&dir);
 }
+
+/// An `apply` killed (SIGKILL) after its removals, between its reverse and forward
+/// batches, and after both batches, leaves a table that `check --repair` makes consistent
+/// without losing a mapping the table had; the same `apply` run again then brings the
+/// table to the file.
+#[test]
+fn an_apply_killed_between_its_batches_is_repaired_and_applied_again() {
+    let mut pins = PinDirs::new("netpage-apply", "killed");
+    let (a, b, c, d) = ("198.19.0.1", "198.19.0.2", "198.19.0.3", "198.19.0.4");
+    let (w, x, y, z) = ("198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.0.4");
+    for step in ["apply-removed", "apply-reverse", "apply-forward"] {
+        let dir = node(&mut pins, step);
+        let first = table_file(&dir, "first", &[(a, w), (b, x), (c, y)]);
+        json(&dir, &["apply", "-f", first.to_str().unwrap()]);
+        // b leaves, c moves from y to z, d arrives at x (b's old address, free at once).
+        let second = table_file(&dir, "second", &[(a, w), (c, z), (d, x)]);
+        let mut cmd = Command::new(netpage_bin());
+        cmd.arg("--pin-dir").arg(&dir).args([
+            "apply",
+            "-f",
+            second.to_str().unwrap(),
+            "--drain",
+            "0",
+        ]);
+        let mut child = netpage_tests::world::paused_at(cmd, step);
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let out = netpage(&dir, &["--json", "check", "--repair"]);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(out.status.success(), "{step}: {report:#}");
+        assert_eq!(report["remaining"], serde_json::json!([]), "{step}");
+        if step == "apply-reverse" {
+            // The new reverse entries without their forward ones.
+            assert!(
+                !report["findings"].as_array().unwrap().is_empty(),
+                "{step}: nothing found: {report:#}"
+            );
+        }
+        consistent(&dir);
+        // Every VM the table still maps is at an address of one of the two files.
+        let list = json(&dir, &["map", "list"]);
+        for m in list["mapping"].as_array().unwrap() {
+            let (vm, real) = (m["vm"].as_str().unwrap(), m["real"].as_str().unwrap());
+            assert!(
+                [(a, w), (b, x), (c, y), (c, z), (d, x)].contains(&(vm, real)),
+                "{step}: {vm} at {real} after the repair: {list:#}"
+            );
+        }
+        assert!(
+            list["mapping"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["vm"] == a),
+            "{step}: a, in both files, was lost: {list:#}"
+        );
+
+        json(
+            &dir,
+            &["apply", "-f", second.to_str().unwrap(), "--drain", "0"],
+        );
+        consistent(&dir);
+        let list = json(&dir, &["map", "list"]);
+        let mut got: Vec<(String, String)> = list["mapping"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["vm"].as_str().unwrap().into(),
+                    m["real"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        got.sort();
+        let want: Vec<(String, String)> = [(a, w), (c, z), (d, x)]
+            .iter()
+            .map(|&(v, r)| (v.into(), r.into()))
+            .collect();
+        assert_eq!(got, want, "{step}: the table after applying again");
+    }
+}

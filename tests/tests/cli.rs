@@ -103,61 +103,75 @@ fn bad_input_is_refused_and_changes_nothing() {
     let cases: &[(&[&str], &str, &str)] = &[
         (
             &["map", "add", "--vm", "198.19.0.300", "--real", &ra_b],
-            "invalid IP address", "bad_input",
+            "invalid IP address",
+            "bad_input",
         ),
         (
             &["switch", "--vm", &va, "--to", "banana"],
-            "invalid IP address", "bad_input",
+            "invalid IP address",
+            "bad_input",
         ),
         (
             &["map", "add", "--vm", "198.19.0.12", "--real", &ra6],
-            "different address families", "bad_input",
+            "different address families",
+            "bad_input",
         ),
         (
             &["switch", "--vm", &va6, "--to", &ra_b],
-            "different address families", "bad_input",
+            "different address families",
+            "bad_input",
         ),
         (
             &["map", "add", "--vm", &va, "--real", &ra_b],
-            "is already mapped", "conflict",
+            "is already mapped",
+            "conflict",
         ),
         (
             &["switch", "--vm", "198.19.0.99", "--to", &ra_b],
-            "is not in the page table", "not_found",
+            "is not in the page table",
+            "not_found",
         ),
         (
             &["map", "del", "--vm", "198.19.0.99"],
-            "is not in the page table", "not_found",
+            "is not in the page table",
+            "not_found",
         ),
         (
             &["stats", "--vm", "198.19.0.99"],
-            "is not in the page table", "not_found",
+            "is not in the page table",
+            "not_found",
         ),
         (
             &["map", "add", "--vm", "198.19.0.12", "--real", &ra_a],
-            "already used by VM", "conflict",
+            "already used by VM",
+            "conflict",
         ),
         (
             &["switch", "--vm", &va, "--to", "198.18.10.101"],
-            "already used by VM", "conflict",
+            "already used by VM",
+            "conflict",
         ),
         (
             &["switch", "--vm", &va, "--to", &ra_b, "--drain", "soon"],
-            "not a number", "bad_input",
+            "not a number",
+            "bad_input",
         ),
         (
             &["attach", "nosuch0", "--side", "virtual"],
-            "no interface named nosuch0", "not_found",
+            "no interface named nosuch0",
+            "not_found",
         ),
         (
             &["attach", "g0", "--side", "sideways"],
-            "invalid value 'sideways'", "bad_input",
+            "invalid value 'sideways'",
+            "bad_input",
         ),
         (
             &[
                 "attach", "g0", "--side", "virtual", "--hook", "tc", "--mode", "skb",
             ],
-            "--mode skb is an XDP mode", "bad_input",
+            "--mode skb is an XDP mode",
+            "bad_input",
         ),
         (
             &[
@@ -169,20 +183,28 @@ fn bad_input_is_refused_and_changes_nothing() {
                 "tc",
                 "--fast-path",
             ],
-            "the fast path runs in XDP", "bad_input",
+            "the fast path runs in XDP",
+            "bad_input",
         ),
         (
             &["attach", "g0", "--side", "virtual", "--hook", "hook"],
-            "invalid value 'hook'", "bad_input",
+            "invalid value 'hook'",
+            "bad_input",
         ),
         (
             &["attach", "g0", "--side", "virtual", "--capacity", "10"],
-            "the capacity is fixed", "conflict",
+            "the capacity is fixed",
+            "conflict",
         ),
-        (&["detach", "nosuch0"], "nosuch0 is not attached", "not_found"),
+        (
+            &["detach", "nosuch0"],
+            "nosuch0 is not attached",
+            "not_found",
+        ),
         (
             &["apply", "-f", "/nonexistent/table.toml"],
-            "reading /nonexistent/table.toml", "not_found",
+            "reading /nonexistent/table.toml",
+            "not_found",
         ),
     ];
     for (args, expect, kind) in cases {
@@ -201,7 +223,8 @@ fn bad_input_is_refused_and_changes_nothing() {
         (
             "family.toml",
             format!("[[mapping]]\nvm = \"{va}\"\nreal = \"{ra6}\"\n"),
-            "different address families", "bad_input",
+            "different address families",
+            "bad_input",
         ),
         (
             "syntax.json",
@@ -212,7 +235,12 @@ fn bad_input_is_refused_and_changes_nothing() {
     ] {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
-        refused(&world, &["apply", "-f", path.to_str().unwrap()], expect, kind);
+        refused(
+            &world,
+            &["apply", "-f", path.to_str().unwrap()],
+            expect,
+            kind,
+        );
     }
 }
 
@@ -315,7 +343,13 @@ fn missing_node_and_privileges_are_explained() {
     let bin = netpage_tests::world::netpage_bin();
     let out = world.ns(Node::Gw).exec(
         bin.to_str().unwrap(),
-        &["--json", "--pin-dir", empty.to_str().unwrap(), "map", "list"],
+        &[
+            "--json",
+            "--pin-dir",
+            empty.to_str().unwrap(),
+            "map",
+            "list",
+        ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(exit_code("not_found")), "{stderr}");
@@ -369,21 +403,36 @@ fn capabilities_decide_not_the_user() {
     let before = snapshot(&world, Node::Gw);
     let va = V4.va.to_string();
     let ra_b = V4.ra_b.to_string();
-    for (bounding, missing) in [("-net_admin", "CAP_NET_ADMIN"), ("-bpf,-sys_admin", "CAP_BPF")] {
+    for (bounding, missing) in [
+        ("-net_admin", "CAP_NET_ADMIN"),
+        ("-bpf,-sys_admin", "CAP_BPF"),
+    ] {
         let out = with_caps(bounding, &["switch", "--vm", &va, "--to", &ra_b]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(exit_code("permission")), "{stderr}");
         assert!(stderr.contains(&format!("lacks {missing}:")), "{stderr}");
     }
-    assert_eq!(snapshot(&world, Node::Gw), before, "a refused switch changed the table");
+    assert_eq!(
+        snapshot(&world, Node::Gw),
+        before,
+        "a refused switch changed the table"
+    );
 
     let out = with_caps(
         "-all,+bpf,+net_admin",
         &["--json", "switch", "--vm", &va, "--to", &ra_b],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = with_caps("-all,+bpf,+net_admin", &["--json", "map", "list"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         list["mapping"]

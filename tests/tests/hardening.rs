@@ -15,11 +15,7 @@ use netpage::{
     node::Node,
     table::{Drain, PageTable},
 };
-use netpage_tests::{
-    netns::output,
-    pins::PinDirs,
-    world::netpage_bin,
-};
+use netpage_tests::{netns::output, pins::PinDirs, world::netpage_bin};
 use serde_json::Value;
 
 const VM: &str = "198.19.0.10";

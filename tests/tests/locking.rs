@@ -234,7 +234,11 @@ fn a_writer_waits_for_another_then_gives_up_as_busy() {
     );
     let waited = start.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a second writer ran");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a busy node is a conflict: {err}"
+    );
     assert!(
         err.contains("is busy: another netpage command") && err.contains("--lock-wait"),
         "{err}"
@@ -267,6 +271,71 @@ fn a_writer_waits_for_another_then_gives_up_as_busy() {
 
 /// Reading commands write nothing: an expired drain stays until a command that changes
 /// the table (here `gc`) ends it.
+/// Two switches of two VMs to one free real address: the first stops between its check
+/// (the address is free) and its first write. Without the lock the second would pass the
+/// same check and write, and both VMs would end on one address; with it, the second waits
+/// until the first is gone (killed here, having written nothing), then runs alone.
+#[test]
+fn a_switch_waits_for_another_between_its_check_and_its_writes() {
+    let world = World::new();
+    world.attach_all();
+    let (vm1, vm2, free) = ("198.19.1.1", "198.19.1.2", "198.18.30.9");
+    world.netpage_ok(
+        Node::Gw,
+        &["map", "add", "--vm", vm1, "--real", "198.18.30.1"],
+    );
+    world.netpage_ok(
+        Node::Gw,
+        &["map", "add", "--vm", vm2, "--real", "198.18.30.2"],
+    );
+    let mut first = world.netpage_paused_at(
+        Node::Gw,
+        &["switch", "--vm", vm1, "--to", free],
+        "switch-checked",
+    );
+    std::thread::scope(|s| {
+        let second = s.spawn(|| {
+            world.netpage(
+                Node::Gw,
+                &[
+                    "--lock-wait",
+                    "30",
+                    "--json",
+                    "switch",
+                    "--vm",
+                    vm2,
+                    "--to",
+                    free,
+                ],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            !second.is_finished(),
+            "the second switch ran while the first stood between its check and its writes"
+        );
+        first.kill().unwrap();
+        first.wait().unwrap();
+        let out = second.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    let list = world.netpage_json(Node::Gw, &["map", "list"]);
+    let on_free: Vec<&Value> = list["mapping"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["real"] == free)
+        .collect();
+    assert_eq!(on_free.len(), 1, "{list:#}");
+    assert_eq!(on_free[0]["vm"], vm2, "{list:#}");
+    let check = world.netpage(Node::Gw, &["check"]);
+    assert!(check.status.success(), "{check:?}");
+}
+
 #[test]
 fn reading_commands_write_nothing() {
     let world = World::new();
