@@ -689,7 +689,7 @@ impl Run {
 
     /// Completes (drain and figures) or rolls back, and reports.
     async fn finish(mut self, opts: &MigrateOptions, outcome: Outcome) -> MigrateReport {
-        let (mut error, mut rolled_back) = (None, false);
+        let (mut error, mut failed, mut rolled_back) = (None, false, false);
         self.hold = None;
         match outcome {
             Outcome::Completed => self.complete(opts, &mut error).await,
@@ -705,7 +705,7 @@ impl Run {
                     }
                     Fate::Source(what) => {
                         eprintln!("netpage: {what}; the guest stays at the source: rolling back");
-                        self.rollback().await;
+                        let not_back = self.rollback().await;
                         // The source's own limit, whatever netpage set (held or asked).
                         self.held = false;
                         let own = self.src_limit_ms;
@@ -717,8 +717,15 @@ impl Run {
                         if let Err(e) = self.resume_source().await {
                             why = format!("{why}; {e}");
                         }
+                        if !not_back.is_empty() {
+                            why = format!(
+                                "{why}; putting the nodes back failed: {}",
+                                not_back.join("; ")
+                            );
+                        }
                         error = Some(why);
-                        rolled_back = true;
+                        failed = true;
+                        rolled_back = not_back.is_empty();
                     }
                 }
             }
@@ -766,7 +773,7 @@ impl Run {
             from: self.from,
             to: self.to,
             switch_at: opts.switch_at,
-            status: if rolled_back { "failed" } else { "completed" }.into(),
+            status: if failed { "failed" } else { "completed" }.into(),
             error,
             rolled_back,
             record_kept,
@@ -854,16 +861,15 @@ impl Run {
     /// Puts every page table back: V2R to the old address, the new reverse entry
     /// removed, and the destination's neighbour entry deleted. The migration has ended
     /// (see `cancel`).
-    async fn rollback(&mut self) {
+    /// Puts every node back at the old address; returns the nodes' failures (the
+    /// migration's record is then kept for `--recover`).
+    async fn rollback(&mut self) -> Vec<String> {
         let (vm, from, to) = (self.vm, self.from, self.to);
         let failed = self
             .edges
             .edit(Edit::Rollback, vm, from, to, &mut self.timeline)
             .await;
         self.inconsistent |= !failed.is_empty();
-        for why in failed {
-            eprintln!("netpage: error: {why}");
-        }
         // A destination QEMU that exited took its tap, and the entry, with it.
         if let Some((n, _)) = &self.neighbour
             && let Err(e) = neigh(n, "del", vm, None)
@@ -871,6 +877,11 @@ impl Run {
         {
             eprintln!("netpage: warning: removing the destination neighbour entry: {e}");
         }
-        self.mark(Source::Netpage, "ROLLED BACK", format!("{vm} -> {from}"));
+        if failed.is_empty() {
+            self.mark(Source::Netpage, "ROLLED BACK", format!("{vm} -> {from}"));
+        } else {
+            self.mark(Source::Netpage, "NOT ROLLED BACK", failed.join("; "));
+        }
+        failed
     }
 }

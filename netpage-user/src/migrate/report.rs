@@ -87,7 +87,8 @@ pub struct MigrateReport {
     pub from: IpAddr,
     pub to: IpAddr,
     pub switch_at: SwitchAt,
-    /// `completed`, or `failed` (the table was rolled back).
+    /// `completed`, or `failed` (the guest stays at the source; `rolled_back` says
+    /// whether every node is back at its old address).
     pub status: String,
     /// Why the migration failed, or what went wrong although the guest did move.
     pub error: Option<String>,
