@@ -5,7 +5,6 @@
 
 use std::{
     net::IpAddr,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Output},
 };
@@ -50,10 +49,6 @@ fn json(wrapper: &[&str], dir: &Path, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
 
 /// `attach` in a network and mount namespace of its own: a bpffs netpage mounts itself
