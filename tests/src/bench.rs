@@ -18,6 +18,7 @@ pub mod fill;
 pub mod forward;
 pub mod gap;
 pub mod leftovers;
+pub mod live_frames;
 pub mod migration;
 pub mod packets;
 pub mod per_packet;
