@@ -51,7 +51,13 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                  namespace toward a receiver namespace (veth pairs, transmit checksum offload \
                  off), {:.1} s per variant in each of {} repeats, the variants alternated; \
                  medians (`params` give the range over the repeats). The sender (CPU 0) \
-                 sends with `sendmmsg` on a packet socket. The gateway's ingress veth \
+                 sends in two ways, each a set of rows: with `sendmmsg` on a packet socket \
+                 (socket buffers, which native XDP first copies into a page-pool buffer), \
+                 and as XDP frames, as a NIC driver delivers them (`, xdp frames`: \
+                 BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES and a program that \
+                 writes the frame and redirects it into the sender's veth). `params.\
+                 limited_by` says whether the gateway (it delivered less than 95% of what \
+                 was offered) or the sender limited the row. The gateway's ingress veth \
                  receives in a NAPI thread (GRO on) pinned to CPU 1 at a real-time \
                  priority, so all the gateway's work (XDP, routing, nftables, \
                  transmission) is on CPU 1. The receiver's port is down, so receiving costs \
