@@ -177,7 +177,19 @@ pub enum Command {
         #[arg(long)]
         now: bool,
     },
+    /// Serve the node's metrics for Prometheus (OpenMetrics text at
+    /// http://ADDR/metrics) until SIGINT or SIGTERM: packets by outcome and per mapping,
+    /// table size, capacity and drains, read at each scrape. For a node without an agent
+    /// (`agent --metrics` serves them with the agent's own).
+    Metrics {
+        /// Address and port to listen on.
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS)]
+        listen: std::net::SocketAddr,
+    },
 }
+
+/// Where metrics are served unless told otherwise: this machine only.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9560";
 
 #[derive(Args)]
 pub struct AgentArgs {

@@ -7,6 +7,7 @@ pub mod counters;
 pub mod directory;
 pub mod failure;
 pub mod loader;
+pub mod metrics;
 pub mod migrate;
 pub mod node;
 pub mod ops;

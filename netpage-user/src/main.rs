@@ -14,6 +14,7 @@ use netpage::{
     attach, check,
     clock::node_ms as now_ms,
     failure::{self, Failure, Kind, Usage},
+    metrics,
     migrate::EdgeSpec,
     node::{self, Node, OpenNode, require_capabilities},
     ops::{self, Mapping, OpError},
@@ -188,6 +189,7 @@ fn run(cli: Cli) -> Result<Output> {
         }
         Command::Check { repair } => check(&node, repair)?,
         Command::Agent(_) | Command::Nodes => unreachable!("refused above without --etcd"),
+        Command::Metrics { listen } => serve_metrics(node, listen)?,
         Command::Gc { now } => {
             let mut n = node.open_for_write()?;
             let at = if now { u64::MAX } else { now_ms() };
@@ -264,6 +266,41 @@ fn fast_port_mismatch(n: &OpenNode) -> Result<Option<[u32; 2]>> {
 
 fn node_name(dir: &std::path::Path) -> String {
     format!("node {}", dir.display())
+}
+
+/// `netpage metrics --listen ADDR`: serves the node's metrics until SIGINT or SIGTERM.
+fn serve_metrics(node: Node, listen: std::net::SocketAddr) -> Result<Output> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Refused now rather than at the first scrape.
+    node.open()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        eprintln!(
+            "netpage: serving the metrics of {} at http://{}/metrics",
+            node.dir().display(),
+            listener.local_addr()?
+        );
+        let scrape: metrics::serve::Scrape =
+            std::sync::Arc::new(move || match metrics::NodeSnapshot::read(&node) {
+                Ok(s) => s.encode(),
+                Err(e) => metrics::unreadable(&format!("{:#}", anyhow::Error::from(e))),
+            });
+        let stop = async {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        metrics::serve::serve(listener, scrape, stop).await?;
+        Ok(Output::MetricsStopped { listen })
+    })
 }
 
 fn stats(n: &OpenNode, vm: Option<IpAddr>) -> Result<Stats> {

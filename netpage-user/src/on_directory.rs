@@ -162,6 +162,7 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
         Command::Detach { .. } => return local_only("detach"),
         Command::Stats { .. } => return local_only("stats"),
         Command::Gc { .. } => return local_only("gc"),
+        Command::Metrics { .. } => return local_only("metrics"),
         Command::Agent(_) | Command::Migrate(_) => unreachable!("run above"),
     })
 }

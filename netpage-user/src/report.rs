@@ -49,6 +49,9 @@ pub enum Output {
     AgentStopped {
         node: String,
     },
+    MetricsStopped {
+        listen: std::net::SocketAddr,
+    },
 }
 
 impl Output {
@@ -151,6 +154,7 @@ impl fmt::Display for Output {
             Output::Nodes(n) => nodes(f, n),
             Output::Checked(c) => c.fmt(f),
             Output::AgentStopped { node } => writeln!(f, "agent of {node} stopped"),
+            Output::MetricsStopped { listen } => writeln!(f, "metrics at {listen} stopped"),
             Output::Gc(ended) => {
                 writeln!(f, "ended {} drain(s)", ended.len())?;
                 ended

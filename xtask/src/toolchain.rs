@@ -24,7 +24,8 @@ use crate::{apt, cmd, qemu};
 
 /// Debian packages: Rust with a prebuilt `core` for BPF, LLVM 22 for bpf-linker, the
 /// tools the tests and the demo drive, etcd (the directory), protoc (the etcd-client crate's
-/// build), openssl (test certificates), and what builds the tiny guest (busybox, cpio; the
+/// build), openssl (test certificates), Python's Prometheus client (its OpenMetrics parser
+/// checks the metrics the tests scrape), and what builds the tiny guest (busybox, cpio; the
 /// guest kernel is fetched with `apt-get download`). QEMU is set up apart (see `qemu`).
 const DEBIAN_PACKAGES: &[&str] = &[
     "rustc-web",
@@ -41,6 +42,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "libprotobuf-dev",
     "openssl",
+    "python3-prometheus-client",
     "busybox-static",
     "cpio",
 ];

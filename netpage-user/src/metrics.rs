@@ -1,0 +1,242 @@
+//! A node's metrics in the OpenMetrics text format: packets by outcome, packets and bytes
+//! per mapping, and the table's size, capacity and drains, all read from the pinned maps
+//! at the moment of the scrape (so they equal what `netpage stats` reads then).
+//!
+//! Names (every one prefixed `netpage_`):
+//! - `packets_total{outcome}`: the node's outcome counters, as `netpage stats` names them
+//!   (`translated_*`, `pass_*`, `dropped_spoofed`, `fast_redirected`, `fast_fallback_*`).
+//! - `mapping_packets_total{vm,real}`, `mapping_bytes_total{vm,real}`: per mapping; two
+//!   series per mapping, so 2,000,000 at the largest table of a million mappings.
+//! - `table_entries{map,family}` (`map`: `v2r` or `r2v`), `table_capacity` (entries each
+//!   map holds), `drains`.
+//! - `scrape_read_seconds`: how long reading the node took for this scrape.
+
+pub mod serve;
+
+use std::{
+    fmt::Write as _,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use crate::{
+    node::{Node, NodeError},
+    ops,
+    table::{PageTable, TableError},
+};
+
+/// Everything a scrape shows of a node, read at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSnapshot {
+    pub outcomes: Vec<(&'static str, u64)>,
+    /// VM, real address, packets, bytes.
+    pub mappings: Vec<(IpAddr, IpAddr, u64, u64)>,
+    /// (map, family, entries).
+    pub entries: Vec<(&'static str, &'static str, u64)>,
+    pub capacity: u32,
+    pub drains: u64,
+    pub read: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error(transparent)]
+    Op(#[from] ops::OpError),
+}
+
+impl NodeSnapshot {
+    /// Reads `node` (no lock: it writes nothing).
+    pub fn read(node: &Node) -> Result<Self, MetricsError> {
+        let start = Instant::now();
+        let open = node.open()?;
+        let outcomes = open.counters()?.named().collect();
+        let mut mappings = Vec::new();
+        for m in ops::list(&open.table)? {
+            let s = open.table.stats(m.vm)?.unwrap_or_default();
+            mappings.push((m.vm, m.real, s.packets, s.bytes));
+        }
+        let forward = open.table.forward_entries()?;
+        let reverse = open.table.reverse_entries()?;
+        let count = |entries: &[(IpAddr, IpAddr)], v4: bool| {
+            entries.iter().filter(|(k, _)| k.is_ipv4() == v4).count() as u64
+        };
+        let entries = vec![
+            ("v2r", "ipv4", count(&forward, true)),
+            ("v2r", "ipv6", count(&forward, false)),
+            ("r2v", "ipv4", count(&reverse, true)),
+            ("r2v", "ipv6", count(&reverse, false)),
+        ];
+        Ok(NodeSnapshot {
+            outcomes,
+            mappings,
+            entries,
+            capacity: node.capacity()?,
+            drains: open.table.drains()?.len() as u64,
+            read: start.elapsed(),
+        })
+    }
+
+    /// The snapshot as an OpenMetrics text exposition.
+    pub fn encode(self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String does not fail");
+        out
+    }
+}
+
+/// Labels as the encoder takes them.
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+fn counter_family<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (Labels<'a>, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (labels, value) in series {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for NodeSnapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        counter_family(
+            &mut encoder,
+            "netpage_packets",
+            "Packets by outcome at the node's hooks, as `netpage stats` counts them.",
+            self.outcomes
+                .iter()
+                .map(|(outcome, v)| (vec![("outcome", *outcome)], *v)),
+        )?;
+        let addrs: Vec<(String, String)> = self
+            .mappings
+            .iter()
+            .map(|(vm, real, ..)| (vm.to_string(), real.to_string()))
+            .collect();
+        let per_mapping = |pick: fn(&(IpAddr, IpAddr, u64, u64)) -> u64| {
+            self.mappings
+                .iter()
+                .zip(&addrs)
+                .map(move |(m, (vm, real))| {
+                    (vec![("vm", vm.as_str()), ("real", real.as_str())], pick(m))
+                })
+        };
+        counter_family(
+            &mut encoder,
+            "netpage_mapping_packets",
+            "Packets in which the mapping's address was rewritten.",
+            per_mapping(|m| m.2),
+        )?;
+        counter_family(
+            &mut encoder,
+            "netpage_mapping_bytes",
+            "Bytes of those packets, Ethernet header to the end of the IP packet.",
+            per_mapping(|m| m.3),
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "netpage_table_entries",
+            "Entries in the page table (v2r) and its inverse (r2v), by address family.",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (map, fam, n) in &self.entries {
+            let labels: Labels = vec![("map", map), ("family", fam)];
+            ConstGauge::new(*n as i64).encode(family.encode_family(&labels)?)?;
+        }
+        gauge(
+            &mut encoder,
+            "netpage_table_capacity",
+            "Entries each of the node's tables holds.",
+            f64::from(self.capacity),
+        )?;
+        gauge(
+            &mut encoder,
+            "netpage_drains",
+            "Real addresses that still translate after their VM moved.",
+            self.drains as f64,
+        )?;
+        gauge(
+            &mut encoder,
+            "netpage_scrape_read_seconds",
+            "Time this scrape took to read the node's maps.",
+            self.read.as_secs_f64(),
+        )
+    }
+}
+
+/// A scrape's answer when the node could not be read: the error as a comment, and
+/// `netpage_up 0`, so that an alert can tell a broken node from a quiet one.
+pub fn unreadable(error: &str) -> String {
+    let mut out = String::new();
+    for line in error.lines() {
+        let _ = writeln!(out, "# {line}");
+    }
+    out + "# TYPE netpage_up gauge\nnetpage_up 0\n# EOF\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_encodes_as_openmetrics() {
+        let s = NodeSnapshot {
+            outcomes: vec![("translated_v4_to_real", 7), ("dropped_spoofed", 1)],
+            mappings: vec![(
+                "198.19.0.10".parse().unwrap(),
+                "198.18.10.100".parse().unwrap(),
+                5,
+                420,
+            )],
+            entries: vec![("v2r", "ipv4", 1)],
+            capacity: 1024,
+            drains: 0,
+            read: Duration::from_millis(2),
+        };
+        let text = s.encode();
+        for line in [
+            "# TYPE netpage_packets counter",
+            "netpage_packets_total{outcome=\"translated_v4_to_real\"} 7",
+            "netpage_packets_total{outcome=\"dropped_spoofed\"} 1",
+            "netpage_mapping_packets_total{vm=\"198.19.0.10\",real=\"198.18.10.100\"} 5",
+            "netpage_mapping_bytes_total{vm=\"198.19.0.10\",real=\"198.18.10.100\"} 420",
+            "netpage_table_entries{map=\"v2r\",family=\"ipv4\"} 1",
+            "netpage_table_capacity 1024.0",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+        assert!(unreadable("no table\nat all").starts_with("# no table\n# at all\n"));
+    }
+}
