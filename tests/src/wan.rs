@@ -40,6 +40,7 @@ mod counters;
 mod packet;
 mod queue;
 mod relay;
+pub mod stamp;
 
 use std::{
     sync::{

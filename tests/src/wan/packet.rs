@@ -2,6 +2,8 @@
 //! their offload metadata (a virtio-net header), the kernel's receive time and any VLAN tag
 //! the device took out of the frame.
 
+use super::stamp;
+
 use std::{
     ffi::CString,
     io,
@@ -68,7 +70,7 @@ impl PacketSocket {
         s.set(libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1)?;
         s.set(libc::SOL_PACKET, libc::PACKET_AUXDATA, 1)?;
         s.set(libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)?;
-        s.set(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)?;
+        stamp::enable(s.fd.as_raw_fd())?;
         if s.set(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF)
             .is_err()
         {
@@ -105,62 +107,18 @@ impl PacketSocket {
 
     /// Takes the next frame into `buf` (virtio-net header first), or `None` if none waits.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<Received>> {
-        // u64 elements keep the control buffer aligned for cmsghdr.
-        let mut control = [0u64; 16];
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
+        let Some(m) = stamp::recv(self.fd.as_raw_fd(), buf, libc::MSG_TRUNC)? else {
+            return Ok(None);
         };
-        // SAFETY: an all-zero msghdr is valid; its pointers are set below.
-        let mut msg: libc::msghdr = unsafe { zeroed() };
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = size_of_val(&control);
-        // SAFETY: `msg` points at live buffers of the lengths it gives.
-        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &raw mut msg, libc::MSG_TRUNC) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock => Ok(None),
-                _ => Err(e),
-            };
-        }
-        let now = realtime();
-        let n = n as usize;
-        let mut r = Received {
-            len: n.min(buf.len()),
-            truncated: n > buf.len(),
-            age: Duration::ZERO,
-            vlan: None,
-        };
-        // SAFETY: the kernel filled the control buffer; CMSG_* walk it within its length.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
-            while !c.is_null() {
-                let data = libc::CMSG_DATA(c);
-                match ((*c).cmsg_level, (*c).cmsg_type) {
-                    (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) => {
-                        let ts: libc::timespec = std::ptr::read_unaligned(data.cast());
-                        r.age = now.saturating_sub(since_epoch(&ts));
-                    }
-                    (libc::SOL_PACKET, libc::PACKET_AUXDATA) => {
-                        let aux: libc::tpacket_auxdata = std::ptr::read_unaligned(data.cast());
-                        if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 {
-                            let tpid = if aux.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
-                                aux.tp_vlan_tpid
-                            } else {
-                                libc::ETH_P_8021Q as u16
-                            };
-                            r.vlan = Some((tpid, aux.tp_vlan_tci));
-                        }
-                    }
-                    _ => {}
-                }
-                c = libc::CMSG_NXTHDR(&raw const msg, c);
-            }
-        }
-        Ok(Some(r))
+        let age = m
+            .received_at
+            .map_or(Duration::ZERO, |at| stamp::realtime().saturating_sub(at));
+        Ok(Some(Received {
+            len: m.len.min(buf.len()),
+            truncated: m.len > buf.len(),
+            age,
+            vlan: m.vlan,
+        }))
     }
 
     /// Sends `frame` (virtio-net header first) out of the interface.
@@ -240,21 +198,6 @@ pub fn reinsert_vlan(buf: &[u8], (tpid, tci): (u16, u16)) -> Vec<u8> {
         shift(6, &mut out);
     }
     out
-}
-
-fn realtime() -> Duration {
-    // SAFETY: an all-zero timespec is valid, and clock_gettime fills it.
-    let mut ts: libc::timespec = unsafe { zeroed() };
-    // SAFETY: `ts` is writable.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &raw mut ts) };
-    since_epoch(&ts)
-}
-
-fn since_epoch(ts: &libc::timespec) -> Duration {
-    Duration::new(
-        ts.tv_sec.max(0) as u64,
-        ts.tv_nsec.clamp(0, 999_999_999) as u32,
-    )
 }
 
 #[cfg(test)]
