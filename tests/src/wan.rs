@@ -161,11 +161,16 @@ impl DelayLine {
         &self.ns
     }
 
+    /// The error that stopped a link's relay, if one did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap().clone()
+    }
+
     /// The counts of the frames that entered the delay line at `ingress` (one of the ends
     /// given to [`DelayLine::start`]) and left at the other end of its link. Panics if the
     /// relay has stopped on an error, with that error.
     pub fn flow(&self, ingress: &str) -> Flow {
-        if let Some(e) = &*self.failure.lock().unwrap() {
+        if let Some(e) = self.failure() {
             panic!("the delay line has stopped: {e}");
         }
         let (link, d) = self
@@ -231,7 +236,7 @@ impl Drop for DelayLine {
                 let _ = t.join();
             }
         }
-        if let Some(e) = &*self.failure.lock().unwrap()
+        if let Some(e) = self.failure()
             && !thread::panicking()
         {
             eprintln!("the delay line in {} had stopped: {e}", self.ns.name());

@@ -78,4 +78,23 @@ impl World {
             });
         self.delay_line().flow(&wan_end(end))
     }
+
+    /// The delay line's settings and counters, for [`World::diagnostics`] (empty without
+    /// one).
+    pub(super) fn wan_diagnostics(&self) -> String {
+        let Some(line) = &self.wan else {
+            return String::new();
+        };
+        let mut d = format!("== delay line {:?}\n", line.wan());
+        if let Some(e) = line.failure() {
+            return d + &format!("stopped: {e}\n");
+        }
+        for (a, b) in self.wan_links() {
+            for (from, to) in [(a, b), (b, a)] {
+                let flow = line.flow(&wan_end(from));
+                d += &format!("{} -> {}: {flow:?}\n", from.node.name(), to.node.name());
+            }
+        }
+        d
+    }
 }
