@@ -37,7 +37,7 @@
 //!   the sockets and deletes the namespace, which deletes the veths and their peers.
 
 mod counters;
-mod packet;
+pub mod packet;
 mod queue;
 mod relay;
 pub mod stamp;

@@ -14,7 +14,10 @@ use std::{
 };
 
 use netpage_tests::{
-    wan::{Flow, Wan},
+    wan::{
+        Flow, Wan,
+        packet::{PacketSocket, VNET_HDR},
+    },
     world::{BOTH, Node, Options, V4, World},
 };
 
@@ -264,5 +267,69 @@ fn offloaded_tcp_crosses_whole() {
     assert!(
         flow.carried.largest > 1514,
         "no frame beyond the MTU crossed: {flow:?}"
+    );
+}
+
+/// Every link between sites is delayed, the hosts' direct link too; the client's is not.
+#[test]
+fn every_link_between_sites_is_delayed() {
+    let world = World::with(Options {
+        host_link: true,
+        wan: Some(Wan::delay(10 * MS)),
+        ..Options::default()
+    });
+    for (from, to, dst) in [
+        (Node::Gw, Node::HostA, "198.18.3.2"),
+        (Node::Gw, Node::HostB, "198.18.4.2"),
+        (Node::HostA, Node::HostB, "198.18.5.2"),
+    ] {
+        let (min, _) = ping_rtt(&world, from, dst.parse().unwrap(), 3);
+        assert!(min >= 20.0, "{dst}: min RTT {min} ms");
+        let (there, back) = (world.wan_flow(from, to), world.wan_flow(to, from));
+        assert!(
+            there.carried.frames >= 3 && back.carried.frames >= 3,
+            "{there:?} {back:?}"
+        );
+    }
+    let (min, _) = ping_rtt(&world, Node::Client, V4.gw, 3);
+    assert!(min < 10.0, "the client's link: min RTT {min} ms");
+}
+
+/// A VLAN-tagged frame crosses with its tag: the receiving veth takes the tag out of the
+/// frame into metadata, and the delay line puts it back before sending on.
+#[test]
+fn vlan_tags_cross() {
+    const PAYLOAD: &[u8] = b"netpage delay line vlan";
+    let world = World::with(Options {
+        wan: Some(Wan::delay(MS)),
+        ..Options::default()
+    });
+    let open = |node, ifname| {
+        world
+            .in_ns(node, || PacketSocket::open(ifname))
+            .unwrap_or_else(|e| panic!("packet socket on {ifname}: {e}"))
+    };
+    let (tx, rx) = (open(Node::Gw, "ga"), open(Node::HostA, "a0"));
+    let mut frame = vec![0u8; VNET_HDR];
+    frame.extend([0xff; 6]); // broadcast
+    frame.extend([0x02, 0, 0, 0, 0, 0x01]);
+    frame.extend([0x81, 0x00, 0x00, 0x64]); // 802.1Q, VLAN 100
+    frame.extend([0x88, 0xb5]); // local experimental EtherType
+    frame.extend(PAYLOAD);
+    tx.send(&frame).expect("send a tagged frame");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut buf = vec![0u8; 2048];
+    let got = loop {
+        assert!(Instant::now() < deadline, "the tagged frame never arrived");
+        match rx.recv(&mut buf).expect("receive on a0") {
+            Some(r) if buf[..r.len].ends_with(PAYLOAD) => break r,
+            _ => thread::sleep(MS),
+        }
+    };
+    assert_eq!(got.vlan, Some((0x8100, 100)), "the tag");
+    assert_eq!(
+        &buf[VNET_HDR + 12..VNET_HDR + 14],
+        &[0x88, 0xb5],
+        "the EtherType"
     );
 }
