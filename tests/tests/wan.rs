@@ -333,3 +333,36 @@ fn vlan_tags_cross() {
         "the EtherType"
     );
 }
+
+/// The namespaces `ip netns list` shows.
+fn namespaces() -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A test that panics with a WAN world drops it on the way out: the relay stops and the
+/// delay line's namespace is gone with the world's.
+#[test]
+fn a_panic_removes_the_delay_line() {
+    let name = std::sync::Mutex::new(String::new());
+    let result = std::panic::catch_unwind(|| {
+        let world = World::with(Options {
+            wan: Some(Wan::delay(MS)),
+            ..Options::default()
+        });
+        *name.lock().unwrap() = world.delay_line().ns().name().to_owned();
+        assert!(namespaces().contains(&*name.lock().unwrap()));
+        panic!("a failing test");
+    });
+    assert!(result.is_err());
+    let name = name.into_inner().unwrap();
+    assert!(!name.is_empty());
+    assert!(
+        !namespaces().contains(&name),
+        "{name} outlived its world:\n{}",
+        namespaces()
+    );
+}
