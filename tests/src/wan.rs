@@ -32,6 +32,9 @@
 //!   overtake waits for it instead), as on a real path without multipath.
 //! - **Finite buffer.** Each direction holds at most [`Wan::limit`] frames; a frame that
 //!   finds it full is dropped and counted, as a router's queue would.
+//! - **Peers move.** The edges' veths have their peers in the delay line's namespace now:
+//!   a test that needs something of a peer (GRO on, for netpage's XDP fast path to redirect
+//!   into the veth) sets it there ([`DelayLine::ns`]). The ends there keep veth's defaults.
 //! - **In-process.** The relay runs on threads of the process that made it, so it cannot
 //!   outlive it: dropping the [`DelayLine`] (during a panic too) stops the threads, closes
 //!   the sockets and deletes the namespace, which deletes the veths and their peers.
