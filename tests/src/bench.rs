@@ -28,6 +28,7 @@ pub mod switch;
 pub mod sys;
 pub mod targets;
 pub mod wan;
+pub mod wan_tcp;
 
 /// How much to measure.
 #[derive(Clone, Debug)]

@@ -127,8 +127,8 @@ fn wan_smoke() {
     let rows = wan::run(&cfg);
     assert_sane(&rows, false);
     // At each rate and for p50 and p99: the one-way time of both variants, the configured
-    // delay and the added delay against it.
-    assert_eq!(rows.len(), cfg.wan_rates.len() * 2 * 4);
+    // delay and the added delay against it; then TCP over each variant.
+    assert_eq!(rows.len(), cfg.wan_rates.len() * 2 * 4 + 2);
     for r in rows
         .iter()
         .filter(|r| r.measure == "wan_added_delay" && r.variant == wan::LINE)

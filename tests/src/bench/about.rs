@@ -136,7 +136,11 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                  p99. `wan_added_delay`: the delay line's one-way times minus the plain \
                  link's median at the same rate, p50 and p99, against the configured delay \
                  (a ratio of 1 is exact; the delay is a floor, so it is never below). \
-                 `params` give datagrams sent and received.",
+                 `params` give datagrams sent and received. `wan_tcp`: one TCP connection \
+                 from the gateway to host A for as long, Mbit/s read by host A (slow start \
+                 included), through the delay line against the plain link; `params` give the \
+                 frames the delay line dropped (its queue full) or the kernel dropped before \
+                 it read them.",
                 cfg.wan_time.as_secs_f64(),
                 cfg.wan_rates
                     .iter()
@@ -145,7 +149,7 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                     .join(", "),
                 wan::DELAY.as_millis(),
             ),
-            &["wan_one_way", "wan_added_delay"],
+            &["wan_one_way", "wan_added_delay", "wan_tcp"],
         ),
         Section::new(
             "Live migration of a QEMU guest",

@@ -7,6 +7,7 @@
 //! receiver's own scheduling is not counted. The one-way time over the plain link is the
 //! path's own latency; the delay line's added delay is each datagram's one-way time through
 //! it minus the plain link's median at that rate, compared with the configured delay.
+//! Then one TCP connection's rate ([`wan_tcp`]).
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -22,7 +23,7 @@ use std::{
 use serde_json::json;
 
 use crate::{
-    bench::{Config, note, report::Row, stats::Sorted},
+    bench::{Config, note, report::Row, stats::Sorted, wan_tcp},
     wan::{Wan, stamp},
     world::{Node, Options, World},
 };
@@ -44,7 +45,8 @@ struct Stream {
     sent: u64,
 }
 
-/// Streams at every rate of `cfg.wan_rates` over the plain link and through the delay line.
+/// Streams at every rate of `cfg.wan_rates` over the plain link and through the delay line,
+/// then one TCP connection over each.
 pub fn run(cfg: &Config) -> Vec<Row> {
     let mut rows = Vec::new();
     for &pps in &cfg.wan_rates {
@@ -69,6 +71,7 @@ pub fn run(cfg: &Config) -> Vec<Row> {
         ));
         rows.extend(rows_of(pps, &plain, &line));
     }
+    rows.extend(wan_tcp::run(cfg));
     rows
 }
 
