@@ -1,7 +1,8 @@
 //! Measurements of netpage's costs, for `cargo xtask bench`: per-packet cost in the kernel,
 //! the latency of a switch (map updates and the whole `netpage switch` command), forwarding
 //! throughput through a gateway namespace, the gap a VM's move leaves in a stream, and a
-//! switch through the directory on etcd to N agents, written as report rows.
+//! switch through the directory on etcd to N agents, and the accuracy of the WAN delay line
+//! of the test world, written as report rows.
 //!
 //! Each part is a function from a [`Config`] to rows, so the benchmark binary runs them in
 //! full and a test runs them in the smoke configuration. Nothing here asserts a timing.
@@ -27,6 +28,8 @@ pub mod stats;
 pub mod switch;
 pub mod sys;
 pub mod targets;
+pub mod wan;
+pub mod wan_tcp;
 
 /// How much to measure.
 #[derive(Clone, Debug)]
@@ -57,6 +60,10 @@ pub struct Config {
     pub directory_agents: Vec<usize>,
     /// Switches through the directory per agent count.
     pub directory_switches: usize,
+    /// Packets per second of the streams that measure the WAN delay line.
+    pub wan_rates: Vec<u32>,
+    /// How long each of those streams runs.
+    pub wan_time: Duration,
 }
 
 impl Config {
@@ -76,6 +83,8 @@ impl Config {
             migration_rounds: 3,
             directory_agents: vec![1, 4, 16],
             directory_switches: 50,
+            wan_rates: vec![1_000, 10_000],
+            wan_time: Duration::from_secs(4),
         }
     }
 
@@ -96,6 +105,8 @@ impl Config {
             migration_rounds: 1,
             directory_agents: vec![1, 4, 16],
             directory_switches: 4,
+            wan_rates: vec![1_000, 10_000],
+            wan_time: Duration::from_millis(300),
         }
     }
 }

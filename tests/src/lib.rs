@@ -14,4 +14,5 @@ pub mod pins;
 pub mod qemu;
 pub mod verify;
 pub mod vmworld;
+pub mod wan;
 pub mod world;

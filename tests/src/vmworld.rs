@@ -179,6 +179,7 @@ impl VmWorld {
         let world = World::without_vms(Options {
             second_vm: false,
             host_link: true,
+            ..Options::default()
         });
         world.exec_ok(
             Node::HostA,

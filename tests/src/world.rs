@@ -6,6 +6,10 @@
 //!                                 [hostA ── ax ─ bx ── hostB]  (optional host link)
 //! ```
 //!
+//! With [`Options::wan`] the links between sites (gateway to each host, host to host) run
+//! through a delay line ([`crate::wan`]) in a namespace of its own; the client's link and
+//! every interface of the nodes stay as they are.
+//!
 //! The client is 198.18.1.2 / 2001:db8:1::2. Host A's site is 198.18.10.0/24 and
 //! 2001:db8:10::/64, host B's 198.18.20.0/24 and 2001:db8:20::/64; the gateway routes each to
 //! its host. A VM reaches its default gateway 198.19.0.1 through proxy ARP on its host-side
@@ -20,6 +24,7 @@ mod probe;
 mod replug;
 mod tools;
 mod topology;
+mod wan;
 
 use std::{
     net::IpAddr,
@@ -37,7 +42,10 @@ pub use probe::{Answer, ProbeHandle, ProbeReport, Prober};
 pub use replug::Plugged;
 pub use tools::{Server, tcp_echo, tcp_lines, udp_echo};
 
-use crate::netns::{NetNs, check, output};
+use crate::{
+    netns::{NetNs, check, output},
+    wan::{DelayLine, Wan},
+};
 
 /// A namespace of the world.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -170,6 +178,9 @@ pub struct Options {
     /// A direct link between the hosts (A `ax` 198.18.5.1 - B `bx` 198.18.5.2) over which
     /// each routes the other's site prefix, so that host-to-host traffic bypasses the gateway.
     pub host_link: bool,
+    /// A delay line on every link between sites: gateway to host A, gateway to host B, and
+    /// the host link if there is one (see [`World::wan_flow`]).
+    pub wan: Option<Wan>,
 }
 
 /// The bpffs pin directories of the edge nodes, mounted in the root mount namespace.
@@ -189,6 +200,8 @@ impl Drop for Pins {
 
 /// The whole topology. Dropping it removes every namespace and pin directory.
 pub struct World {
+    // First: the delay line stops, and its namespace goes, before the nodes'.
+    wan: Option<DelayLine>,
     prefix: String,
     options: Options,
     // Declared before `pins`: namespaces (and their XDP programs) go first.
@@ -223,6 +236,7 @@ impl World {
         let prefix = format!("np{}x{n}", std::process::id());
         let base = PathBuf::from(format!("/tmp/netpage-world-{prefix}"));
         let mut world = World {
+            wan: None,
             prefix,
             options,
             namespaces: Vec::new(),

@@ -2,7 +2,7 @@
 //! with sane values and the report renders. No timing is asserted.
 
 use netpage_tests::bench::{
-    Config, about, command, directory, forward, gap, per_packet, report, switch, targets,
+    Config, about, command, directory, forward, gap, per_packet, report, switch, targets, wan,
 };
 
 /// Finite, non-negative values (positive unless `counts` allows a zero, as for probes
@@ -119,4 +119,20 @@ fn directory_smoke() {
     assert_eq!(cmd.param_u64("agents"), Some(largest as u64));
     assert!(cmd.ratio.is_some() && cmd.baseline.is_some(), "{cmd:?}");
     assert_eq!(targets::notes(&rows).len(), 1);
+}
+
+#[test]
+fn wan_smoke() {
+    let cfg = Config::smoke();
+    let rows = wan::run(&cfg);
+    assert_sane(&rows, false);
+    // At each rate and for p50 and p99: the one-way time of both variants, the configured
+    // delay and the added delay against it; then TCP over each variant.
+    assert_eq!(rows.len(), cfg.wan_rates.len() * 2 * 4 + 2);
+    for r in rows
+        .iter()
+        .filter(|r| r.measure == "wan_added_delay" && r.variant == wan::LINE)
+    {
+        assert!(r.baseline.is_some(), "{r:?}");
+    }
 }

@@ -28,6 +28,7 @@ fn pmtu_world() -> World {
     let world = World::with(Options {
         second_vm: false,
         host_link: true,
+        ..Options::default()
     });
     world.attach_all();
     for iface in ["b0", "bx"] {

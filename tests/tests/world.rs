@@ -189,6 +189,7 @@ fn plain_routing_vm_to_vm() {
     let world = World::with(Options {
         second_vm: true,
         host_link: false,
+        ..Options::default()
     });
     world.route_plain(Vm::One, Host::A);
     world.route_plain(Vm::Two, Host::B);
@@ -312,6 +313,7 @@ fn vm_to_vm(f: &Addrs) {
     let world = netpage_world(Options {
         second_vm: true,
         host_link: true,
+        ..Options::default()
     });
     let server = world.udp_echo(Node::Vm2, sa(f.va2, UDP_PORT));
     let by = udp_echoed_by(&world, Node::Vm, sa(f.va, 0), server.addr());
@@ -363,6 +365,7 @@ fn vm_to_vm_on_one_host(f: &Addrs) {
     let world = netpage_world(Options {
         second_vm: true,
         host_link: false,
+        ..Options::default()
     });
     world.move_vm_with(
         Vm::Two,
@@ -525,6 +528,7 @@ fn spoofed_sources_are_dropped(f: &Addrs) {
     let world = netpage_world(Options {
         second_vm: true,
         host_link: false,
+        ..Options::default()
     });
     let len = if f.va.is_ipv4() { 32 } else { 128 };
     for node in [Node::Client, Node::Vm] {

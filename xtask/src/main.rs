@@ -45,13 +45,14 @@ enum Task {
     },
     /// Set up, then run the benchmarks (root): per-packet cost, switch latency, forwarding
     /// against plain routing and nftables, switch gap, propagation through the directory
-    /// on etcd; writes
+    /// on etcd, accuracy of the test world's WAN delay line; writes
     /// target/bench/report.json and report.md.
     Bench {
         /// A brief run that checks the benchmark works; its numbers mean nothing.
         #[arg(long)]
         smoke: bool,
-        /// Only these parts: per-packet, switch, command, forward, gap, directory, migration.
+        /// Only these parts: per-packet, switch, command, forward, gap, directory, wan,
+        /// migration.
         /// Without any, all but migration (live migrations of a QEMU guest take minutes under
         /// TCG).
         parts: Vec<String>,

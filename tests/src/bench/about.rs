@@ -1,7 +1,7 @@
 //! The report's sections: which measures each part writes, and a paragraph on how they
 //! were taken and how to read them.
 
-use crate::bench::{Config, command, directory, forward::Variant, gap, report::Section};
+use crate::bench::{Config, command, directory, forward::Variant, gap, report::Section, wan};
 
 /// The sections of the report, in the order the parts run.
 pub fn sections(cfg: &Config) -> Vec<Section> {
@@ -129,6 +129,33 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                 directory::LOCAL
             ),
             &["directory_propagation", "directory_switch_command"],
+        ),
+        Section::new(
+            "The WAN delay line of the test world",
+            format!(
+                "A test instrument, not netpage: the delay line that `Options::wan` puts \
+                 between the world's sites (an AF_PACKET relay in a namespace of its own). A \
+                 UDP stream from the gateway to host A's uplink address, {:.1} s at each rate \
+                 (packets/s: {}), over the plain link and through the delay line set to {} ms \
+                 one way. Each datagram carries its send time; the receiver takes the \
+                 kernel's receive time. `wan_one_way`: one-way time per variant, p50 and \
+                 p99. `wan_added_delay`: the delay line's one-way times minus the plain \
+                 link's median at the same rate, p50 and p99, against the configured delay \
+                 (a ratio of 1 is exact; the delay is a floor, so it is never below). \
+                 `params` give datagrams sent and received. `wan_tcp`: one TCP connection \
+                 from the gateway to host A for as long, Mbit/s read by host A (slow start \
+                 included), through the delay line against the plain link; `params` give the \
+                 frames the delay line dropped (its queue full) or the kernel dropped before \
+                 it read them.",
+                cfg.wan_time.as_secs_f64(),
+                cfg.wan_rates
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                wan::DELAY.as_millis(),
+            ),
+            &["wan_one_way", "wan_added_delay", "wan_tcp"],
         ),
         Section::new(
             "Live migration of a QEMU guest",

@@ -1,33 +1,35 @@
 //! The benchmark behind `cargo xtask bench`: measures netpage's per-packet cost, switch
 //! latency (map updates and the whole command), forwarding throughput through a gateway
 //! namespace, the gap a VM's move leaves in a stream and a switch's propagation through the
-//! directory on etcd to N agents; writes `report.json` and
+//! directory on etcd to N agents, and the accuracy of the test world's WAN delay line; writes
+//! `report.json` and
 //! `report.md`, and prints the report (progress goes to stderr). Needs root: it loads XDP
 //! programs and builds network namespaces.
 //!
 //! Usage: `netpage-bench [--smoke] [--out DIR] [--only PART,...]` (default DIR:
-//! `target/bench`; parts: per-packet, switch, command, forward, gap, directory by default, and
+//! `target/bench`; parts: per-packet, switch, command, forward, gap, directory, wan by default, and
 //! migration — live migrations of a QEMU guest, minutes under TCG — only when named).
 
 use std::{ffi::CStr, path::PathBuf, process::ExitCode, time::Instant};
 
 use netpage_tests::bench::{
     Config, about, command, directory, forward, gap, leftovers, migration, note, per_packet,
-    report, switch, targets,
+    report, switch, targets, wan,
 };
 
 /// Every part, in the order it runs.
-const PARTS: [&str; 7] = [
+const PARTS: [&str; 8] = [
     "per-packet",
     "switch",
     "command",
     "forward",
     "gap",
     "directory",
+    "wan",
     "migration",
 ];
 /// The parts a run without `--only` measures.
-const DEFAULT_PARTS: usize = 6;
+const DEFAULT_PARTS: usize = 7;
 
 fn main() -> ExitCode {
     let mut smoke = false;
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
             "forward" => forward::run(&cfg),
             "gap" => gap::run(&cfg),
             "directory" => directory::run(&cfg),
+            "wan" => wan::run(&cfg),
             "migration" => migration::run(&cfg),
             _ => unreachable!("checked above"),
         });

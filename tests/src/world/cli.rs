@@ -1,4 +1,5 @@
-//! Driving the `netpage` command on the world's edge nodes: attach, map, switch, stats.
+//! Driving the `netpage` command on the world's edge nodes: attach, map, switch, stats, and
+//! a failing test's snapshot of the world.
 
 use std::{
     io::{BufRead, BufReader},
@@ -217,6 +218,7 @@ impl World {
                 }
             }
         }
+        d += &self.wan_diagnostics();
         d
     }
 }

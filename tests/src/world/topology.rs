@@ -178,12 +178,20 @@ pub fn port_lines(vm: Vm) -> Vec<String> {
 
 impl World {
     /// Creates and configures every link, route and VM of the world.
-    pub(super) fn wire(&self) {
+    pub(super) fn wire(&mut self) {
+        let wan = self.wan_namespace();
         for (a, b) in &WIRES {
-            self.veth(a, b);
+            self.veth(
+                a,
+                b,
+                wan.as_ref().filter(|_| super::wan::between_sites(a, b)),
+            );
         }
         if self.options.host_link {
-            self.veth(&HOST_LINK.0, &HOST_LINK.1);
+            self.veth(&HOST_LINK.0, &HOST_LINK.1, wan.as_ref());
+        }
+        if let Some(ns) = wan {
+            self.start_wan(ns);
         }
         for node in [Node::Client, Node::Gw, Node::HostA, Node::HostB] {
             self.batch(node, routes(node));
@@ -215,9 +223,20 @@ impl World {
         self.ns(node).ip_batch(&lines);
     }
 
-    fn veth(&self, a: &End, b: &End) {
-        self.ns(a.node)
-            .veth(a.ifname, b.ifname, Some(self.ns(b.node)));
+    /// A veth pair between `a` and `b`, or with `wan`, one from each to the delay line's
+    /// namespace (see [`super::wan`]); either way `a` and `b` are configured alike.
+    fn veth(&self, a: &End, b: &End, wan: Option<&NetNs>) {
+        match wan {
+            None => self
+                .ns(a.node)
+                .veth(a.ifname, b.ifname, Some(self.ns(b.node))),
+            Some(middle) => {
+                for e in [a, b] {
+                    self.ns(e.node)
+                        .veth(e.ifname, &super::wan::wan_end(e), Some(middle));
+                }
+            }
+        }
         for e in [a, b] {
             let ns = self.ns(e.node);
             ns.sysctls(&iface_sysctls(e.ifname));
