@@ -72,8 +72,11 @@ fn scrape(world: &World, path: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// The samples of a scrape by name and sorted labels.
-fn samples(scrape: &Value) -> BTreeMap<(String, Vec<(String, String)>), f64> {
+/// A scrape's samples by name and sorted labels.
+type Samples = BTreeMap<(String, Vec<(String, String)>), f64>;
+
+/// The samples of a scrape.
+fn samples(scrape: &Value) -> Samples {
     assert_eq!(scrape["status"], 200, "{scrape:#}");
     assert_eq!(
         scrape["content_type"],
@@ -99,11 +102,7 @@ fn samples(scrape: &Value) -> BTreeMap<(String, Vec<(String, String)>), f64> {
         .collect()
 }
 
-fn get(
-    samples: &BTreeMap<(String, Vec<(String, String)>), f64>,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
+fn get(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut labels: Vec<(String, String)> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
