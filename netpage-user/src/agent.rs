@@ -12,6 +12,7 @@ mod mirror;
 
 use std::{
     convert::Infallible,
+    net::SocketAddr,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -26,6 +27,7 @@ use crate::{
         wait::now_us,
     },
     loader,
+    metrics::{self, AgentMetrics},
     node::{Node, NodeError, OpenNode},
     table::{PageTable, TableError},
 };
@@ -43,6 +45,8 @@ pub struct AgentOptions {
     pub lease_ttl: Duration,
     /// Entries per table if the agent creates the node's tables.
     pub capacity: Option<u32>,
+    /// Where to serve the node's and the agent's metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why the agent stopped.
@@ -54,6 +58,12 @@ pub enum AgentError {
     Node(#[from] NodeError),
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error("cannot serve metrics at {addr}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What ended one connected session (the agent then retries).
@@ -73,6 +83,7 @@ struct State {
     open: OpenNode,
     /// The current registration, to end it at shutdown.
     lease: Option<(Client, i64)>,
+    metrics: AgentMetrics,
 }
 
 fn log(name: &str, msg: std::fmt::Arguments) {
@@ -98,7 +109,25 @@ pub async fn run(opts: &AgentOptions) -> Result<(), AgentError> {
         name: opts.node.clone(),
         open,
         lease: None,
+        metrics: AgentMetrics::default(),
     };
+    let stop_metrics = std::sync::Arc::new(tokio::sync::Notify::new());
+    if let Some(addr) = opts.metrics {
+        let err = |source| AgentError::Metrics { addr, source };
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
+        log(
+            &opts.node,
+            format_args!(
+                "serving metrics at http://{}/metrics",
+                listener.local_addr().map_err(err)?
+            ),
+        );
+        let scrape = metrics::scrape_of(node.clone(), Some(state.metrics.clone()));
+        let stop = stop_metrics.clone();
+        tokio::spawn(async move {
+            let _ = metrics::serve::serve(listener, scrape, stop.notified()).await;
+        });
+    }
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
     let mut backoff = Backoff::default();
@@ -109,6 +138,8 @@ pub async fn run(opts: &AgentOptions) -> Result<(), AgentError> {
             e = session(opts, &mut state, &mut backoff) => e,
         };
         let Err(ended) = ended;
+        state.metrics.etcd_up.set(0);
+        state.metrics.sessions_ended.inc();
         let wait = backoff.next();
         let mappings = state.open.table.forward_entries().map_or(0, |f| f.len());
         log(
@@ -125,6 +156,7 @@ pub async fn run(opts: &AgentOptions) -> Result<(), AgentError> {
             _ = tokio::time::sleep(wait) => {}
         }
     }
+    stop_metrics.notify_one();
     if let Some((mut client, lease)) = state.lease.take() {
         let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await;
     }
@@ -173,6 +205,10 @@ async fn session(
         let view = dir.view().await?;
         let synced = sync(&mut st.open.table, &view)?;
         report(&mut dir, st, lease, view.revision).await?;
+        st.metrics.syncs.inc();
+        st.metrics.etcd_up.set(1);
+        st.metrics.applied_revision.set(view.revision);
+        st.metrics.lag_revisions.set(0);
         *backoff = Backoff::default();
         log(
             &st.name,
@@ -217,7 +253,12 @@ async fn session(
                             "etcd cancelled the watch: {}", resp.cancel_reason()
                         )));
                     }
+                    let arrived = Instant::now();
                     if let Some(rev) = apply_events(st, dir.keys(), resp.events())? {
+                        st.metrics.apply_seconds.observe(arrived.elapsed().as_secs_f64());
+                        st.metrics.applied_revision.set(rev);
+                        let head = resp.header().map_or(rev, |h| h.revision());
+                        st.metrics.lag_revisions.set((head - rev).max(0));
                         report(&mut dir, st, lease, rev).await?;
                     }
                 }

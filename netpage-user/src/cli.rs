@@ -203,6 +203,10 @@ pub struct AgentArgs {
     /// Entries per table if the agent creates the node's tables [default: 65536].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub capacity: Option<u32>,
+    /// Serve the node's and the agent's metrics for Prometheus at http://ADDR/metrics
+    /// (e.g. 127.0.0.1:9560; see `netpage metrics`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]

@@ -543,6 +543,11 @@ impl Classify for AgentError {
             AgentError::NodeName(_) => Kind::BadInput,
             AgentError::Node(n) => n.kind(),
             AgentError::Signals(_) => Kind::System,
+            AgentError::Metrics { source, .. } => match source.kind() {
+                io::ErrorKind::AddrInUse => Kind::Conflict,
+                io::ErrorKind::PermissionDenied => Kind::Permission,
+                _ => Kind::System,
+            },
         }
     }
 

@@ -287,11 +287,7 @@ fn serve_metrics(node: Node, listen: std::net::SocketAddr) -> Result<Output> {
             node.dir().display(),
             listener.local_addr()?
         );
-        let scrape: metrics::serve::Scrape =
-            std::sync::Arc::new(move || match metrics::NodeSnapshot::read(&node) {
-                Ok(s) => s.encode(),
-                Err(e) => metrics::unreadable(&format!("{:#}", anyhow::Error::from(e))),
-            });
+        let scrape = metrics::scrape_of(node, None);
         let stop = async {
             tokio::select! {
                 _ = term.recv() => {}

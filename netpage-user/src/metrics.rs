@@ -10,6 +10,14 @@
 //! - `table_entries{map,family}` (`map`: `v2r` or `r2v`), `table_capacity` (entries each
 //!   map holds), `drains`.
 //! - `scrape_read_seconds`: how long reading the node took for this scrape.
+//!
+//! An agent's (`netpage agent --metrics ADDR`) add, prefixed `netpage_agent_`:
+//! `applied_revision` (the directory revision its table equals), `lag_revisions` (how many
+//! revisions etcd was ahead when it last applied), `etcd_up` (1 while its session with
+//! etcd lasts), `syncs_total` (whole-table syncs: the first and each after a watch was
+//! lost), `sessions_ended_total` (sessions with etcd that ended in an error, then
+//! retried), and `apply_seconds` (a histogram of the time from a watch event's arrival to
+//! its table update).
 
 pub mod serve;
 
@@ -22,7 +30,11 @@ use std::{
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        gauge::{ConstGauge, Gauge},
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
@@ -87,10 +99,14 @@ impl NodeSnapshot {
         })
     }
 
-    /// The snapshot as an OpenMetrics text exposition.
-    pub fn encode(self) -> String {
+    /// The snapshot, and an agent's own metrics if given, as an OpenMetrics text
+    /// exposition.
+    pub fn encode(self, agent: Option<&AgentMetrics>) -> String {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(self));
+        if let Some(agent) = agent {
+            agent.register(&mut registry);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("writing to a String does not fail");
@@ -195,6 +211,74 @@ impl Collector for NodeSnapshot {
     }
 }
 
+/// What an agent counts as it follows the directory; shared with its metrics endpoint.
+#[derive(Debug, Clone)]
+pub struct AgentMetrics {
+    pub applied_revision: Gauge,
+    pub lag_revisions: Gauge,
+    pub etcd_up: Gauge,
+    pub syncs: Counter,
+    pub sessions_ended: Counter,
+    pub apply_seconds: Histogram,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        AgentMetrics {
+            applied_revision: Gauge::default(),
+            lag_revisions: Gauge::default(),
+            etcd_up: Gauge::default(),
+            syncs: Counter::default(),
+            sessions_ended: Counter::default(),
+            // 10 us to about 0.33 s.
+            apply_seconds: Histogram::new(exponential_buckets(1e-5, 2.0, 16)),
+        }
+    }
+}
+
+impl AgentMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "netpage_agent_applied_revision",
+            "The directory revision the node's table equals.",
+            self.applied_revision.clone(),
+        );
+        r.register(
+            "netpage_agent_lag_revisions",
+            "Revisions etcd was ahead of the table when the agent last applied one.",
+            self.lag_revisions.clone(),
+        );
+        r.register(
+            "netpage_agent_etcd_up",
+            "1 while the agent's session with etcd lasts, else 0.",
+            self.etcd_up.clone(),
+        );
+        r.register(
+            "netpage_agent_syncs",
+            "Whole-table syncs: the first, and each after the watch was lost.",
+            self.syncs.clone(),
+        );
+        r.register(
+            "netpage_agent_sessions_ended",
+            "Sessions with etcd that ended in an error (and were retried).",
+            self.sessions_ended.clone(),
+        );
+        r.register(
+            "netpage_agent_apply_seconds",
+            "Time from a watch event's arrival to the table's update.",
+            self.apply_seconds.clone(),
+        );
+    }
+}
+
+/// What a scrape of `node` answers (with `agent`'s metrics, for an agent's node).
+pub fn scrape_of(node: Node, agent: Option<AgentMetrics>) -> serve::Scrape {
+    std::sync::Arc::new(move || match NodeSnapshot::read(&node) {
+        Ok(s) => s.encode(agent.as_ref()),
+        Err(e) => unreadable(&format!("{:#}", anyhow::Error::from(e))),
+    })
+}
+
 /// A scrape's answer when the node could not be read: the error as a comment, and
 /// `netpage_up 0`, so that an alert can tell a broken node from a quiet one.
 pub fn unreadable(error: &str) -> String {
@@ -224,7 +308,10 @@ mod tests {
             drains: 0,
             read: Duration::from_millis(2),
         };
-        let text = s.encode();
+        let agent = AgentMetrics::default();
+        agent.applied_revision.set(12);
+        agent.apply_seconds.observe(0.002);
+        let text = s.encode(Some(&agent));
         for line in [
             "# TYPE netpage_packets counter",
             "netpage_packets_total{outcome=\"translated_v4_to_real\"} 7",
@@ -233,6 +320,8 @@ mod tests {
             "netpage_mapping_bytes_total{vm=\"198.19.0.10\",real=\"198.18.10.100\"} 420",
             "netpage_table_entries{map=\"v2r\",family=\"ipv4\"} 1",
             "netpage_table_capacity 1024.0",
+            "netpage_agent_applied_revision 12",
+            "netpage_agent_apply_seconds_count 1",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");

@@ -60,6 +60,7 @@ pub fn run(cli: Cli, etcd: EtcdOptions) -> Result<Output> {
             pin_dir: cli.pin_dir.clone(),
             lease_ttl: Duration::from_secs(a.lease_ttl),
             capacity: a.capacity,
+            metrics: a.metrics,
         };
         rt.block_on(agent::run(&opts))?;
         return Ok(Output::AgentStopped {

@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod fuzz;
 pub mod guest;
 pub mod netns;
+pub mod openmetrics;
 pub mod pins;
 pub mod qemu;
 pub mod verify;

@@ -19,6 +19,7 @@ use netpage_tests::{
     },
     etcd::{self, Access, Etcd, EtcdCluster, EtcdOptions, Members},
     netns::{NetNs, output},
+    openmetrics::Scrape,
     pins::PinDirs,
     world::{Host, Node, Options, Prober, V4, Vm, World, netpage_bin},
 };
@@ -141,6 +142,70 @@ fn sixteen_agents_confirm_a_switch_and_refuse_local_writes() {
     thread::sleep(Duration::from_secs(7));
     let (_, rev) = node_tables(&set.nodes[3].1);
     assert_eq!(rev, vec![(ip("198.18.20.100"), ip("198.19.0.10"))]);
+}
+
+/// `agent --metrics`: the node's metrics and the agent's own, scraped as Prometheus would,
+/// follow the directory: the applied revision is the one the agent reports to it, every
+/// applied revision was timed, and the table's series are those of the directory.
+#[test]
+fn an_agent_serves_its_metrics() {
+    if etcd_missing() {
+        return;
+    }
+    let etcd = Etcd::new();
+    let listen = "127.0.0.1:9561";
+    let mut set = agents_on(&etcd, 1, &["--metrics", listen]);
+    let url = format!("http://{listen}/metrics");
+    let first = Scrape::get(None, &url).ok();
+    assert_eq!(first.value("netpage_agent_etcd_up", &[]), Some(1.0));
+    assert_eq!(first.value("netpage_agent_syncs_total", &[]), Some(1.0));
+    assert_eq!(
+        first.value("netpage_agent_apply_seconds_count", &[]),
+        Some(0.0)
+    );
+
+    map_add(&etcd, ip("198.19.0.10"), ip("198.18.10.100"));
+    netpage_etcd_json(
+        &etcd,
+        &["switch", "--vm", "198.19.0.10", "--to", "198.18.20.100"],
+    );
+    let revision = etcd
+        .mod_revision("/netpage/v1/map/vm/198.19.0.10")
+        .expect("the switched mapping");
+    set.agents.wait_applied(&etcd, revision);
+    let applied = netpage_etcd_json(&etcd, &["nodes"])["nodes"][0]["applied_revision"]
+        .as_f64()
+        .unwrap();
+    let s = Scrape::get(None, &url).ok();
+    assert_eq!(
+        s.value("netpage_agent_applied_revision", &[]),
+        Some(applied)
+    );
+    assert_eq!(s.value("netpage_agent_lag_revisions", &[]), Some(0.0));
+    assert_eq!(s.value("netpage_agent_syncs_total", &[]), Some(1.0));
+    assert_eq!(
+        s.value("netpage_agent_sessions_ended_total", &[]),
+        Some(0.0)
+    );
+    assert!(
+        s.value("netpage_agent_apply_seconds_count", &[]).unwrap() >= 2.0,
+        "the add and the switch were applied from the watch"
+    );
+    assert_eq!(
+        s.value(
+            "netpage_mapping_packets_total",
+            &[("vm", "198.19.0.10"), ("real", "198.18.20.100")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        s.value(
+            "netpage_table_entries",
+            &[("map", "r2v"), ("family", "ipv4")]
+        ),
+        Some(2.0),
+        "the new real address and the draining old one"
+    );
 }
 
 #[test]
