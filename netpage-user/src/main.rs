@@ -300,12 +300,9 @@ fn serve_metrics(node: Node, listen: std::net::SocketAddr) -> Result<Output> {
 }
 
 fn stats(n: &OpenNode, vm: Option<IpAddr>) -> Result<Stats> {
-    let mappings = match vm {
-        Some(vm) => {
-            let real = n.table.forward(vm)?.ok_or(OpError::UnknownVm { vm })?;
-            vec![Mapping { vm, real }]
-        }
-        None => ops::list(&n.table)?,
+    let vm = match vm {
+        Some(vm) => Some((vm, n.table.forward(vm)?.ok_or(OpError::UnknownVm { vm })?)),
+        None => None,
     };
-    Stats::read(n, &mappings)
+    Stats::read(n, vm)
 }

@@ -40,7 +40,6 @@ use prometheus_client::{
 
 use crate::{
     node::{Node, NodeError},
-    ops,
     table::{PageTable, TableError},
 };
 
@@ -63,8 +62,6 @@ pub enum MetricsError {
     Node(#[from] NodeError),
     #[error(transparent)]
     Table(#[from] TableError),
-    #[error(transparent)]
-    Op(#[from] ops::OpError),
 }
 
 impl NodeSnapshot {
@@ -73,11 +70,13 @@ impl NodeSnapshot {
         let start = Instant::now();
         let open = node.open()?;
         let outcomes = open.counters()?.named().collect();
-        let mut mappings = Vec::new();
-        for m in ops::list(&open.table)? {
-            let s = open.table.stats(m.vm)?.unwrap_or_default();
-            mappings.push((m.vm, m.real, s.packets, s.bytes));
-        }
+        let mut mappings: Vec<_> = open
+            .table
+            .mapping_stats()?
+            .into_iter()
+            .map(|(vm, real, s)| (vm, real, s.packets, s.bytes))
+            .collect();
+        mappings.sort_unstable();
         let forward = open.table.forward_entries()?;
         let reverse = open.table.reverse_entries()?;
         let count = |entries: &[(IpAddr, IpAddr)], v4: bool| {

@@ -15,7 +15,7 @@ use netpage::{
     table::{Drain, PageTable, slots::SlotProblem},
     tablefile::TableFile,
 };
-use netpage_common::maps::{IFACE_HOOK_ASKED, PORT_FAST_PATH};
+use netpage_common::maps::{IFACE_HOOK_ASKED, MappingStats, PORT_FAST_PATH};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -619,26 +619,30 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn read(n: &OpenNode, mappings: &[Mapping]) -> Result<Self> {
+    /// The node's counters, and the traffic of `vm`'s mapping or of every mapping.
+    pub fn read(n: &OpenNode, vm: Option<(IpAddr, IpAddr)>) -> Result<Self> {
         let counters = n
             .counters()?
             .named()
             .map(|(name, v)| (name.to_owned(), v.into()))
             .collect();
-        let mut out = Vec::new();
-        for m in mappings {
-            let s = n.table.stats(m.vm)?.unwrap_or_default();
-            out.push(MappingTraffic {
-                vm: m.vm,
-                real: m.real,
-                packets: s.packets,
-                bytes: s.bytes,
-            });
-        }
-        Ok(Self {
-            counters,
-            mappings: out,
-        })
+        let traffic = |vm, real, s: MappingStats| MappingTraffic {
+            vm,
+            real,
+            packets: s.packets,
+            bytes: s.bytes,
+        };
+        let mut mappings: Vec<MappingTraffic> = match vm {
+            Some((vm, real)) => vec![traffic(vm, real, n.table.stats(vm)?.unwrap_or_default())],
+            None => n
+                .table
+                .mapping_stats()?
+                .into_iter()
+                .map(|(vm, real, s)| traffic(vm, real, s))
+                .collect(),
+        };
+        mappings.sort_by_key(|m| m.vm);
+        Ok(Self { counters, mappings })
     }
 }
 

@@ -146,7 +146,7 @@ pub struct Drain {
 }
 
 /// An address type of one family, as stored in the maps, with its table entry type.
-trait Family: aya::Pod + Copy {
+trait Family: aya::Pod + Copy + Default {
     /// A page table's value: an address of the family and a counter slot.
     type Entry: aya::Pod + Copy;
     fn from_ip(ip: IpAddr) -> Option<Self>;
@@ -227,9 +227,15 @@ impl<A: Family> Table<A> {
     }
 
     /// Every entry as (key, address, slot).
+    /// Every entry as (key, address, slot).
+    fn all_entries(&self) -> Result<Vec<(IpAddr, IpAddr, u32)>, TableError> {
+        let mut out = Vec::new();
+        self.entries(&mut out)?;
+        Ok(out)
+    }
+
     fn entries(&self, out: &mut Vec<(IpAddr, IpAddr, u32)>) -> Result<(), TableError> {
-        for kv in self.map.iter() {
-            let (k, v) = kv.map_err(ReadError::of(self.name))?;
+        for (k, v) in self.all()? {
             let (a, slot) = A::split(v);
             out.push((k.to_ip(), a.to_ip(), slot));
         }
@@ -556,6 +562,22 @@ impl BpfTable {
         let mut out = Vec::new();
         self.v4.v2r.entries(&mut out)?;
         self.v6.v2r.entries(&mut out)?;
+        Ok(out)
+    }
+
+    /// Every mapping (VM, real address) with its traffic, read in a few batched calls
+    /// per map rather than a lookup per mapping.
+    pub fn mapping_stats(&self) -> Result<Vec<(IpAddr, IpAddr, MappingStats)>, TableError> {
+        let mut out = Vec::new();
+        for (fwd, stats) in [
+            (self.v4.v2r.all_entries()?, self.v4.stats.all()?),
+            (self.v6.v2r.all_entries()?, self.v6.stats.all()?),
+        ] {
+            out.extend(fwd.into_iter().map(|(vm, real, slot)| {
+                let s = stats.get(slot as usize).copied().unwrap_or_default();
+                (vm, real, s)
+            }));
+        }
         Ok(out)
     }
 }

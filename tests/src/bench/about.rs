@@ -38,11 +38,13 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                  to a veth) whose table holds N mappings per family. {} runs per \
                  row, alternated with `{}`, the floor of starting any process of that binary, \
                  which is the baseline of the smallest table; larger tables are compared with \
-                 the smallest.",
+                 the smallest. `metrics_scrape`: on the same nodes, one metrics scrape (read \
+                 the node's maps, write the OpenMetrics text, as `netpage metrics` does for \
+                 each scrape; `params.bytes` is the text's size), the median of 3.",
                 cfg.command_runs,
                 command::FLOOR
             ),
-            &["switch_command"],
+            &["switch_command", "metrics_scrape"],
         ),
         Section::new(
             "Forwarding through a gateway",

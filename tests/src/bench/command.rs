@@ -1,5 +1,7 @@
 //! Part 3: the wall time of the `netpage switch` command, from process start to exit, as an
-//! operator or an orchestrator runs it.
+//! operator or an orchestrator runs it; and on the same nodes, what a metrics scrape costs
+//! (reading the node and writing its OpenMetrics text, as `netpage metrics` does for each
+//! scrape, in this process).
 //!
 //! Each node is a bpffs pin directory under /tmp, mounted here, with netpage attached to a
 //! veth in a namespace of its own and its table filled to a given size through
@@ -15,6 +17,7 @@ use std::{
 };
 
 use netpage::{
+    metrics::NodeSnapshot,
     node::Node,
     ops::{self, Mapping},
 };
@@ -133,8 +136,47 @@ pub fn run(cfg: &Config) -> Vec<Row> {
             );
         }
     }
+    rows.extend(scrapes(&nodes));
     drop(ns);
     drop(pins);
+    rows
+}
+
+/// Scrapes of each node timed.
+const SCRAPES: usize = 3;
+
+/// The time of a metrics scrape of each node (median of [`SCRAPES`]), against the
+/// smallest node, and the size of its text.
+fn scrapes(nodes: &[CmdNode]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut base = None;
+    for node in nodes {
+        let n = Node::new(&node.dir);
+        let mut ms = Vec::with_capacity(SCRAPES);
+        let mut bytes = 0;
+        for _ in 0..SCRAPES {
+            let start = Instant::now();
+            let text = NodeSnapshot::read(&n).expect("read the node").encode(None);
+            ms.push(start.elapsed().as_secs_f64() * 1e3);
+            bytes = text.len();
+        }
+        let s = Sorted::new(ms);
+        note(format_args!(
+            "metrics scrape: {} mappings per family: {:.1} ms, {bytes} bytes",
+            node.size,
+            s.median()
+        ));
+        let params = json!({"table_entries": node.size, "bytes": bytes});
+        let mut row =
+            Row::new("metrics_scrape", "scrape", params, s.median(), "ms").repeats(s.count());
+        match base {
+            None => base = Some(s.median()),
+            Some(b) => {
+                row = row.against(format!("scrape, table_entries={}", nodes[0].size), b);
+            }
+        }
+        rows.push(row);
+    }
     rows
 }
 
