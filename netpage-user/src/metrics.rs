@@ -327,4 +327,47 @@ mod tests {
         }
         assert!(unreadable("no table\nat all").starts_with("# no table\n# at all\n"));
     }
+
+    /// Every metric the Grafana dashboard in deploy/ queries is one netpage exposes.
+    #[test]
+    fn the_dashboard_queries_metrics_that_exist() {
+        let s = NodeSnapshot {
+            outcomes: vec![("translated_v4_to_real", 1)],
+            mappings: vec![(
+                "198.19.0.10".parse().unwrap(),
+                "198.18.10.100".parse().unwrap(),
+                1,
+                1,
+            )],
+            entries: vec![("v2r", "ipv4", 1)],
+            ..NodeSnapshot::default()
+        };
+        let text = s.encode(Some(&AgentMetrics::default()));
+        let exposed: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/grafana/netpage.json")).unwrap();
+        let mut queried = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for (i, _) in expr.match_indices("netpage_") {
+                    let name: String = expr[i..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    assert!(
+                        exposed.contains(name.as_str()),
+                        "panel {:?} queries {name}, which netpage does not expose",
+                        panel["title"]
+                    );
+                    queried += 1;
+                }
+            }
+        }
+        assert!(queried >= 13, "{queried}");
+    }
 }
