@@ -119,7 +119,7 @@ pub fn count(c: Counter) {
 }
 
 /// An address of one family, as 32-bit words: its page tables and per-mapping counters.
-pub trait Addr: Copy + 'static {
+pub trait Addr: Copy + PartialEq + 'static {
     /// The translation of `addr` on the given side, with its mapping's counter slot, if
     /// the table has one.
     fn translate<const PHYSICAL: bool>(addr: &Self) -> Option<&'static Entry<Self>>;
