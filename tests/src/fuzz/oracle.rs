@@ -821,7 +821,9 @@ mod tests {
             for &(at, n, _) in names("forwarded destination") {
                 let new = addr(&t.bytes, at, n == 16);
                 let old = addr(&input, at, n == 16);
-                let va = table.lookup(Side::Physical, old).expect("a draining address");
+                let va = table
+                    .lookup(Side::Physical, old)
+                    .expect("a draining address");
                 assert_eq!(table.current(va), Some(new));
                 assert_ne!(old, new);
             }
