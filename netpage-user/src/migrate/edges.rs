@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use netpage_common::counters::Counter;
 use tokio::task::JoinHandle;
 
 use super::{MigrateError, NodeSwitch};
@@ -427,6 +428,22 @@ impl Edges {
     /// agent follows), so that a completed migration need not wait to end them.
     pub(super) fn drains_end_by_themselves(&self) -> bool {
         matches!(self, Edges::Directory(_))
+    }
+
+    /// The `forwarded` counter of every node of this machine, by node: packets that arrived
+    /// for a real address that drains and were sent on to the current one (every VM's).
+    /// The directory's nodes count on their own machines: none here.
+    pub(super) fn forwarded(&self) -> Vec<(String, u64)> {
+        let Edges::Local(nodes) = self else {
+            return Vec::new();
+        };
+        nodes
+            .iter()
+            .filter_map(|(dir, n)| {
+                let t = n.counters().ok()?;
+                Some((dir.display().to_string(), t.get(Counter::Forwarded)))
+            })
+            .collect()
     }
 
     /// Ends the drains that are over on every node of this machine; the failures named.
