@@ -8,6 +8,11 @@
 //! destination to the VA's current RA and routes it on, the source left as it is. Every
 //! checksum over the destination follows, as for any translation.
 //!
+//! Only an RA that the node records as draining (its drain map, written by the switch) is
+//! forwarded from. R2V and V2R alone cannot tell a drain from the moment of a switch when
+//! the new RA's reverse entry is in and V2R still names the old one: the new site would
+//! then send the VM's packets back to where it was.
+//!
 //! **At most once.** A check of the node's own tables cannot stop a loop: two nodes whose
 //! V2R point at each other's RA each see a perfectly ordinary drain, and would hand a
 //! packet back and forth. So a forwarded packet is marked on the wire, in the one field
@@ -44,11 +49,17 @@ pub enum Forward {
 
 /// Decides for a packet arriving on the physical side, with TTL or hop limit `ttl`, for
 /// `dst`, a real address that R2V maps to a VA whose current real address in V2R is
-/// `current` (`None`: the VA is not mapped).
+/// `current` (`None`: the VA is not mapped); `draining` says whether the node records
+/// `dst` as draining, and is asked last (a lookup the common case does not pay).
 #[inline(always)]
-pub fn decide<A: PartialEq>(dst: &A, current: Option<&A>, ttl: u8) -> Forward {
+pub fn decide<A: PartialEq>(
+    dst: &A,
+    current: Option<&A>,
+    ttl: u8,
+    draining: impl FnOnce() -> bool,
+) -> Forward {
     match current {
-        Some(c) if c != dst && ttl > FORWARD_TTL => Forward::Forward,
+        Some(c) if c != dst && ttl > FORWARD_TTL && draining() => Forward::Forward,
         _ => Forward::Translate,
     }
 }
@@ -70,19 +81,41 @@ mod tests {
     const OLD: [u8; 4] = [192, 0, 2, 10];
     const NEW: [u8; 4] = [198, 51, 100, 20];
 
+    const DRAINING: fn() -> bool = || true;
+
     #[test]
     fn forwards_only_a_moved_vm_with_hops_to_spare() {
-        assert_eq!(decide(&OLD, Some(&NEW), 64), Forward::Forward);
-        assert_eq!(decide(&OLD, Some(&NEW), FORWARD_TTL + 1), Forward::Forward);
-        assert_eq!(decide(&OLD, Some(&NEW), 255), Forward::Forward);
+        assert_eq!(decide(&OLD, Some(&NEW), 64, DRAINING), Forward::Forward);
+        let just = decide(&OLD, Some(&NEW), FORWARD_TTL + 1, DRAINING);
+        assert_eq!(just, Forward::Forward);
+        assert_eq!(decide(&OLD, Some(&NEW), 255, DRAINING), Forward::Forward);
         // The VM is here: the destination is its current address.
-        assert_eq!(decide(&OLD, Some(&OLD), 64), Forward::Translate);
+        assert_eq!(decide(&OLD, Some(&OLD), 64, DRAINING), Forward::Translate);
         // The VA is not mapped: nowhere to forward to.
-        assert_eq!(decide(&OLD, None, 64), Forward::Translate);
+        assert_eq!(decide(&OLD, None, 64, DRAINING), Forward::Translate);
         // Forwarded once already (or sent with few hops): never again.
         for ttl in 0..=FORWARD_TTL {
-            assert_eq!(decide(&OLD, Some(&NEW), ttl), Forward::Translate, "{ttl}");
+            let d = decide(&OLD, Some(&NEW), ttl, DRAINING);
+            assert_eq!(d, Forward::Translate, "{ttl}");
         }
+        // Not draining: the new site between its reverse entry and its V2R update.
+        assert_eq!(decide(&OLD, Some(&NEW), 64, || false), Forward::Translate);
+    }
+
+    /// The drain map is asked only when everything else says forward.
+    #[test]
+    fn the_drain_is_looked_up_last() {
+        let asked = core::cell::Cell::new(0);
+        let ask = || {
+            asked.set(asked.get() + 1);
+            true
+        };
+        let _ = decide(&OLD, Some(&OLD), 64, ask);
+        let _ = decide(&OLD, None, 64, ask);
+        let _ = decide(&OLD, Some(&NEW), 1, ask);
+        assert_eq!(asked.get(), 0);
+        let _ = decide(&OLD, Some(&NEW), 64, ask);
+        assert_eq!(asked.get(), 1);
     }
 
     /// Two nodes whose V2R point at each other's real address: the packet is forwarded by
@@ -94,7 +127,7 @@ mod tests {
                 let (mut dst, mut ttl, mut forwards) = (OLD, start, 0);
                 for _ in 0..64 {
                     let current = if dst == OLD { NEW } else { OLD };
-                    if decide(&dst, Some(&current), ttl) == Forward::Forward {
+                    if decide(&dst, Some(&current), ttl, DRAINING) == Forward::Forward {
                         forwards += 1;
                         dst = current;
                         ttl = FORWARD_TTL;

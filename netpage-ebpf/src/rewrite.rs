@@ -95,7 +95,7 @@ impl<A: Owned> AddrPair<A> {
                 hits |= DST;
                 dst_slot = e.slot;
                 if let Some(ttl) = hops
-                    && forward_to(&old_dst, &e.addr, ttl).is_some()
+                    && forward_to::<A, true>(&old_dst, &e.addr, ttl).is_some()
                 {
                     forwards = 1;
                 }
@@ -127,18 +127,18 @@ impl<A: Owned> AddrPair<A> {
     }
 
     /// Whether the lookup found the packet to be forwarded: its destination is a real
-    /// address that drains (R2V maps it to a VA that V2R maps to another real address)
-    /// and `forward::decide` says so for its TTL.
+    /// address that drains (in the drain map; R2V maps it to a VA that V2R maps to
+    /// another real address) and `forward::decide` says so for its TTL.
     #[inline(always)]
     pub fn forwards(&self) -> bool {
         self.forwards != 0
     }
 
     /// Turns the pair into a forward if the packet of TTL or hop limit `ttl` is to be
-    /// forwarded (see [`forward_to`]; this looks it up again): the destination becomes the current real address,
-    /// the source stays as it is (the packet stays in the network of real addresses), and
-    /// only the destination's mapping counts it. Returns whether it did; the caller then
-    /// sets the TTL to `forward::FORWARD_TTL`.
+    /// forwarded (`forward_to`, V2R looked up afresh): the destination becomes the current
+    /// real address, the source stays as it is (the packet stays in the network of real
+    /// addresses), and only the destination's mapping counts it. Returns whether it did;
+    /// the caller then sets the TTL to `forward::FORWARD_TTL`.
     #[inline(always)]
     pub fn forward(&mut self, ttl: u8) -> bool {
         if self.hits & DST == 0 {
@@ -147,8 +147,9 @@ impl<A: Owned> AddrPair<A> {
         // SAFETY: both addresses lie inside a checked header, not yet written.
         let (old_src, old_dst) =
             unsafe { (self.src.read_unaligned(), self.src.add(1).read_unaligned()) };
-        // `new_dst` is the destination's VA.
-        let Some(current) = forward_to(&old_dst, &self.new_dst, ttl) else {
+        // `new_dst` is the destination's VA. The drain was found by the lookup: a drain
+        // that ends in between (a microsecond) forwards this one packet still.
+        let Some(current) = forward_to::<A, false>(&old_dst, &self.new_dst, ttl) else {
             return false;
         };
         self.new_src = old_src;
@@ -195,11 +196,13 @@ impl<A: Owned> AddrPair<A> {
 }
 
 /// The current real address of `va` if a packet of TTL or hop limit `ttl` for `dst`, a
-/// real address that R2V maps to `va`, is to be forwarded there (`forward::decide`).
+/// real address that R2V maps to `va`, is to be forwarded there (`forward::decide`): one
+/// lookup of V2R, and, with `DRAIN`, of the drain map when V2R names another address.
 #[inline(always)]
-fn forward_to<A: Addr>(dst: &A, va: &A, ttl: u8) -> Option<A> {
+fn forward_to<A: Addr, const DRAIN: bool>(dst: &A, va: &A, ttl: u8) -> Option<A> {
     let current = A::translate::<false>(va)?.addr;
-    (forward::decide(dst, Some(&current), ttl) == Forward::Forward).then_some(current)
+    let draining = || !DRAIN || A::draining(dst);
+    (forward::decide(dst, Some(&current), ttl, draining) == Forward::Forward).then_some(current)
 }
 
 /// The checksum field of a transport header of kind `kind` at `l4`, if netpage keeps it

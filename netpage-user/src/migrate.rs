@@ -650,7 +650,13 @@ impl Run {
     async fn switch_all(&mut self) -> Result<(), String> {
         let done = self
             .edges
-            .switch(self.vm, self.to, self.old_until_ms, &mut self.timeline)
+            .switch(
+                self.vm,
+                self.from,
+                self.to,
+                self.old_until_ms,
+                &mut self.timeline,
+            )
             .await
             .map_err(|why| format!("switching {} to {}: {why}", self.vm, self.to))?;
         self.switched_at = Some(SystemTime::now());

@@ -10,7 +10,11 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use netpage::{counters::Totals, loader::Side, table::PageTable};
+use netpage::{
+    counters::Totals,
+    loader::Side,
+    table::{Drain, PageTable},
+};
 use netpage_common::{counters::Counter, maps::MappingStats};
 use netpage_tests::{
     build::{
@@ -2383,6 +2387,13 @@ fn fast_path_redirects_forwarded_packets() {
                 ip4(198, 18, 99, 10)
             };
             dp.table().set_reverse(drain, w.va_a).unwrap();
+            dp.table()
+                .set_drain(Drain {
+                    real: drain,
+                    virt: w.va_a,
+                    deadline_ms: u64::MAX,
+                })
+                .unwrap();
             for l4 in [L4::Tcp, L4::Udp, L4::Echo] {
                 let name = format!("v6={} {l4:?} forwarded and redirected", w.v6);
                 let mut input = frame(w, &[], l4, w.client, drain)(&identity);

@@ -9,7 +9,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use netpage::{loader::Side, table::PageTable};
+use netpage::{
+    loader::Side,
+    table::{Drain, PageTable},
+};
 use netpage_common::counters::Counter;
 use netpage_tests::{
     build::{V4Opts, ether, icmp4, icmp6, ipv4, ipv6, tcp, udp},
@@ -20,7 +23,8 @@ use netpage_tests::{
 const PAYLOAD: &[u8] = b"in flight when the VM moved";
 
 /// The addresses of one family: a client, a VM's VA with its old and new real addresses,
-/// and a draining real address whose VA has no mapping.
+/// a draining real address whose VA has no mapping, and a reverse entry of the VM that
+/// does not drain (as the new site's between its reverse entry and its V2R update).
 #[derive(Clone, Copy)]
 struct Addrs {
     client: IpAddr,
@@ -29,6 +33,7 @@ struct Addrs {
     new: IpAddr,
     orphan_va: IpAddr,
     orphan_ra: IpAddr,
+    undrained: IpAddr,
     v6: bool,
 }
 
@@ -48,6 +53,7 @@ const FAMILIES: [fn() -> Addrs; 2] = [
         new: a4([198, 51, 100, 10]),
         orphan_va: a4([10, 0, 0, 90]),
         orphan_ra: a4([192, 0, 2, 90]),
+        undrained: a4([192, 0, 2, 77]),
         v6: false,
     },
     || Addrs {
@@ -57,6 +63,7 @@ const FAMILIES: [fn() -> Addrs; 2] = [
         new: a6("2001:db8:b::10"),
         orphan_va: a6("fd00::90"),
         orphan_ra: a6("2001:db8:a::90"),
+        undrained: a6("2001:db8:a::77"),
         v6: true,
     },
 ];
@@ -123,14 +130,28 @@ fn context(hook: Hook, len: usize, egress: bool) -> Vec<u8> {
     ctx
 }
 
+/// Records `real` (in R2V for `virt`) as draining, as a switch does.
+fn drain(dp: &mut Datapath, real: IpAddr, virt: IpAddr) {
+    dp.table().set_reverse(real, virt).unwrap();
+    dp.table()
+        .set_drain(Drain {
+            real,
+            virt,
+            deadline_ms: u64::MAX,
+        })
+        .unwrap();
+}
+
 /// A node after the VM of `a` moved from `old` to `new`: V2R at the new address, R2V at
-/// both (the old one draining), and an R2V entry whose VA has no mapping.
+/// both (the old one draining), a draining R2V entry whose VA has no mapping, and one of
+/// the VM that does not drain.
 fn moved_node() -> Datapath {
     let mut dp = Datapath::load(64);
     for a in FAMILIES.map(|f| f()) {
         dp.map(a.va, a.new);
-        dp.table().set_reverse(a.old, a.va).unwrap();
-        dp.table().set_reverse(a.orphan_ra, a.orphan_va).unwrap();
+        drain(&mut dp, a.old, a.va);
+        drain(&mut dp, a.orphan_ra, a.orphan_va);
+        dp.table().set_reverse(a.undrained, a.va).unwrap();
     }
     dp
 }
@@ -220,6 +241,10 @@ fn packets_for_a_draining_address_go_on_to_the_current_one() {
                 let input = frame(l4, a.client, a.orphan_ra, 64);
                 let want = frame(l4, a.client, a.orphan_va, 64);
                 expect(&dp, hook, false, &name("unmapped VA"), &input, &want, back);
+                // A reverse entry that does not drain: translated, whatever V2R says.
+                let input = frame(l4, a.client, a.undrained, 64);
+                let want = frame(l4, a.client, a.va, 64);
+                expect(&dp, hook, false, &name("not draining"), &input, &want, back);
             }
             // At a tap's egress the kernel has routed the packet: it is translated there.
             let input = frame(l4, a.client, a.old, 64);
@@ -233,8 +258,55 @@ fn packets_for_a_draining_address_go_on_to_the_current_one() {
     assert!(stats.packets >= forwarded / 2, "{stats:?}");
 }
 
-/// Two nodes whose V2R point at each other's real address, each with R2V at both: a
-/// packet bounced between them is forwarded by the first and by no node after it.
+/// An ICMP error for the old real address (a router tells the VM, by the address its
+/// packet came from, that it was too big) is forwarded too; its quote is left as it is,
+/// for the node that delivers it to translate as any quote (its R2V keeps the old address
+/// for the drain too). The ICMP checksum has no pseudo-header: it stays; the ICMPv6 one
+/// covers the new destination.
+#[test]
+fn an_icmp_error_for_a_draining_address_is_forwarded_with_its_quote() {
+    let dp = moved_node();
+    let router = [a4([192, 0, 2, 254]), a6("2001:db8:a::fe")];
+    for (a, router) in FAMILIES.map(|f| f()).into_iter().zip(router) {
+        // The VM's packet, sent from the old address, as the error quotes it.
+        let quoted = |src: IpAddr, dst: IpAddr| {
+            let seg = udp(src, dst, PAYLOAD);
+            if a.v6 {
+                ipv6(src, dst, 17, &[], &seg)
+            } else {
+                ipv4(src, dst, 17, &V4Opts::default(), &seg)
+            }
+        };
+        let quote = quoted(a.old, a.client);
+        let error = |dst: IpAddr, ttl: u8| {
+            let mut f = if a.v6 {
+                let m = icmp6(router, dst, 2, 0, [0, 0, 5, 0x78], &quote);
+                ether(&[], 0x86DD, &ipv6(router, dst, 58, &[], &m))
+            } else {
+                let m = icmp4(3, 4, [0, 0, 5, 0x78], &quote);
+                ether(&[], 0x0800, &ipv4(router, dst, 1, &V4Opts::default(), &m))
+            };
+            set_ttl(&mut f, ttl);
+            f
+        };
+        for hook in Hook::ALL {
+            let name = format!("v6={} {hook:?} ICMP error", a.v6);
+            expect(
+                &dp,
+                hook,
+                false,
+                &name,
+                &error(a.old, 64),
+                &error(a.new, 32),
+                Counter::Forwarded,
+            );
+        }
+    }
+}
+
+/// Two nodes whose V2R point at each other's real address, each with R2V at both and its
+/// own address draining: a packet bounced between them is forwarded by the first and by
+/// no node after it.
 #[test]
 fn an_inconsistent_pair_of_tables_forwards_a_packet_at_most_once() {
     let mut nodes = [Datapath::load(64), Datapath::load(64)];
@@ -245,7 +317,7 @@ fn an_inconsistent_pair_of_tables_forwards_a_packet_at_most_once() {
             } else {
                 (a.new, a.old)
             };
-            dp.table().set_reverse(here, a.va).unwrap();
+            drain(dp, here, a.va);
             dp.table().set_reverse(there, a.va).unwrap();
             dp.table().set_forward(a.va, there).unwrap();
             dp.table().create_stats(a.va).unwrap();

@@ -16,7 +16,7 @@ use crate::{
     directory::{Confirmation, DirError, Directory, EtcdOptions, Reservation, laggards},
     node::{self, Node, OpenNode},
     ops::{self, now_ms},
-    table::{PageTable, TableError},
+    table::{Drain, PageTable, TableError},
     timeline::{Source, Timeline},
 };
 
@@ -257,6 +257,7 @@ impl Edges {
     pub(super) async fn switch(
         &mut self,
         vm: IpAddr,
+        from: IpAddr,
         to: IpAddr,
         drain_until: u64,
         timeline: &mut Timeline,
@@ -267,6 +268,20 @@ impl Edges {
         };
         match self {
             Edges::Local(nodes) => {
+                // The old address drains from the switch on, as in the directory, so that
+                // packets still in flight to it are forwarded. Recorded first: while V2R
+                // still names it nothing is forwarded, and the V2R updates follow one
+                // another as fast as before.
+                for (dir, n) in nodes.iter_mut() {
+                    let drain = Drain {
+                        real: from,
+                        virt: vm,
+                        deadline_ms: drain_until,
+                    };
+                    if let Err(e) = n.table.set_drain(drain) {
+                        out.failed.push(format!("{}: {e}", dir.display()));
+                    }
+                }
                 for (dir, n) in nodes {
                     let t = Instant::now();
                     let r = n.table.set_forward(vm, to);

@@ -12,7 +12,7 @@
 //!
 //! Quote-only translation (the outer addresses unmapped, the quote mapped) is the
 //! physical side's alone. On the physical side a packet for a real address that drains
-//! (in R2V, its VA mapped to another real address) with a TTL or hop limit above
+//! (recorded as draining, in R2V, its VA mapped to another real address) with a TTL or hop limit above
 //! [`FORWARD_TTL`] is forwarded instead: its destination becomes the current real
 //! address, its TTL or hop limit [`FORWARD_TTL`], its source and an ICMP error's quote
 //! stay as they are (IPv6: only a packet without extension headers; one with them is
@@ -187,6 +187,9 @@ impl Cx<'_> {
             return None;
         }
         let (s, d) = (addr(self.input, src, v6), addr(self.input, dst, v6));
+        if !self.table.draining(d) {
+            return None;
+        }
         let va = self.table.lookup(Side::Physical, d)?;
         let current = self.table.current(va)?;
         if current == d {

@@ -1,11 +1,14 @@
 //! The fuzzer's page table: a few mappings in each family, reverse entries that drain
-//! (one whose VM moved on, one whose VM has no mapping), installed in the loaded program,
-//! and the pools of addresses the generator draws from (mapped on this side, on
+//! (one whose VM moved on, one whose VM has no mapping) and one that does not (a VM's
+//! second reverse entry, as at a switch), installed in the loaded program, and the pools of addresses the generator draws from (mapped on this side, on
 //! the other side, or not at all).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use netpage::{loader::Side, table::PageTable};
+use netpage::{
+    loader::Side,
+    table::{Drain, PageTable},
+};
 
 use crate::datapath::Datapath;
 
@@ -23,9 +26,13 @@ pub enum Class {
 /// Mappings VA -> RA of both families, draining reverse entries, and unmapped addresses.
 pub struct Table {
     pub maps: Vec<(IpAddr, IpAddr)>,
-    /// Reverse entries RA -> VA besides the mappings': a real address a VM left (its VA
-    /// maps to another, so a packet for it is forwarded), and one whose VA is not mapped.
+    /// Reverse entries RA -> VA besides the mappings', recorded as draining: a real
+    /// address a VM left (its VA maps to another, so a packet for it is forwarded), and
+    /// one whose VA is not mapped.
     pub drains: Vec<(IpAddr, IpAddr)>,
+    /// A reverse entry RA -> VA besides the mapping's that does not drain: translated,
+    /// never forwarded.
+    pub undrained: Vec<(IpAddr, IpAddr)>,
     unmapped4: Vec<IpAddr>,
     unmapped6: Vec<IpAddr>,
 }
@@ -58,6 +65,10 @@ impl Table {
             (v6("2001:db8:a::110"), v6("fd00::10")),
             (v6("2001:db8:b::190"), v6("fd00::190")),
         ];
+        let undrained = vec![
+            (v4([192, 0, 2, 177]), v4([10, 0, 0, 20])),
+            (v6("2001:db8:a::177"), v6("fd00::20")),
+        ];
         let unmapped4 = vec![
             v4([203, 0, 113, 5]),
             v4([203, 0, 113, 77]),
@@ -80,6 +91,7 @@ impl Table {
         Self {
             maps,
             drains,
+            undrained,
             unmapped4,
             unmapped6,
         }
@@ -90,10 +102,18 @@ impl Table {
         for &(va, ra) in &self.maps {
             dp.map(va, ra);
         }
-        for &(ra, va) in &self.drains {
+        for &(ra, va) in self.drains.iter().chain(&self.undrained) {
             dp.table()
                 .set_reverse(ra, va)
-                .expect("a draining reverse entry");
+                .expect("a reverse entry besides the mappings'");
+        }
+        for &(real, virt) in &self.drains {
+            let drain = Drain {
+                real,
+                virt,
+                deadline_ms: u64::MAX,
+            };
+            dp.table().set_drain(drain).expect("a drain");
         }
     }
 
@@ -105,12 +125,18 @@ impl Table {
             Side::Physical if ra == a => Some(va),
             _ => None,
         });
-        let drained = || {
+        let reverse = || {
             self.drains
                 .iter()
+                .chain(&self.undrained)
                 .find_map(|&(ra, va)| (side == Side::Physical && ra == a).then_some(va))
         };
-        mapped.or_else(drained)
+        mapped.or_else(reverse)
+    }
+
+    /// Whether the real address `ra` is recorded as draining.
+    pub fn draining(&self, ra: IpAddr) -> bool {
+        self.drains.iter().any(|&(r, _)| r == ra)
     }
 
     /// The current real address of the VM of `va` (V2R), if it is mapped.
@@ -129,11 +155,12 @@ impl Table {
             .filter(|(va, _)| va.is_ipv6() == v6)
             .collect();
         let (va, ra) = fam[rng.below(fam.len())];
-        // Now and then a real address in R2V that is no mapping's: one that drains.
+        // Now and then a real address in R2V that is no mapping's (draining or not).
         if (class, side) == (Class::Here, Side::Physical) && rng.chance(20) {
             let drains: Vec<IpAddr> = self
                 .drains
                 .iter()
+                .chain(&self.undrained)
                 .filter(|(ra, _)| ra.is_ipv6() == v6)
                 .map(|&(ra, _)| ra)
                 .collect();
