@@ -1,6 +1,6 @@
 //! Outcome counters of the datapath: every packet the program sees is counted exactly once
-//! by outcome (`translated_*`, `pass_*`, or `dropped_spoofed`, the one outcome whose packet
-//! is dropped).
+//! by outcome (`translated_*`, `forwarded`, `pass_*`, or `dropped_spoofed`, the one outcome
+//! whose packet is dropped).
 //!
 //! The fast-path counters (`fast_*`) are a second dimension: on an interface attached with
 //! the fast path, every translated packet is counted once more, as redirected or as fallen
@@ -77,13 +77,17 @@ pub enum Counter {
     /// An IPv6 destination options header with a Mobile IPv6 home address option (RFC 6275
     /// 6.3): the transport pseudo-header holds the home address, not the header's source.
     PassHomeAddress = 24,
+    /// Physical side: the destination is a real address that drains (R2V still has it,
+    /// V2R maps its VA to another), and the packet was rewritten to the current real
+    /// address and routed on (see [`crate::forward`]). Counted instead of a translation.
+    Forwarded = 25,
 }
 
 const _: () = assert!(Counter::COUNT <= Counter::SLOTS);
 
 impl Counter {
     /// Number of counters.
-    pub const COUNT: u32 = 25;
+    pub const COUNT: u32 = 26;
 
     /// Slots of the counter array: room for counters added later, which take the next
     /// free indices, so that a node's pinned array keeps its layout across upgrades.
@@ -116,6 +120,7 @@ impl Counter {
         Counter::Spoofed,
         Counter::FastNoXdpXmit,
         Counter::PassHomeAddress,
+        Counter::Forwarded,
     ];
 
     /// A stable name for reports and JSON.
@@ -146,10 +151,12 @@ impl Counter {
             Counter::Spoofed => "dropped_spoofed",
             Counter::FastNoXdpXmit => "fast_fallback_no_xdp_xmit",
             Counter::PassHomeAddress => "pass_home_address",
+            Counter::Forwarded => "forwarded",
         }
     }
 
-    /// Whether this is an outcome of a translated packet.
+    /// Whether this is an outcome of a translated packet: one whose addresses were
+    /// rewritten, a forwarded one included (the fast path takes both).
     pub const fn is_translated(self) -> bool {
         matches!(
             self,
@@ -158,6 +165,7 @@ impl Counter {
                 | Counter::V6ToReal
                 | Counter::V6ToVirtual
                 | Counter::QuoteOnly
+                | Counter::Forwarded
         )
     }
 
@@ -211,13 +219,13 @@ mod tests {
     #[test]
     fn dimensions() {
         let outcomes = Counter::ALL.iter().filter(|c| !c.is_fast_path()).count();
-        assert_eq!(outcomes, 16);
+        assert_eq!(outcomes, 17);
         for c in Counter::ALL {
             assert_eq!(c.is_fast_path(), c.name().starts_with("fast_"), "{c:?}");
             assert_eq!(c.is_dropped(), c.name().starts_with("dropped_"), "{c:?}");
             assert_eq!(
                 c.is_translated(),
-                c.name().starts_with("translated_"),
+                c.name().starts_with("translated_") || c == Counter::Forwarded,
                 "{c:?}"
             );
         }

@@ -7,6 +7,7 @@
 pub mod counters;
 pub mod csum;
 pub mod fastpath;
+pub mod forward;
 pub mod ipv4_options;
 pub mod ipv6_options;
 pub mod maps;

@@ -36,7 +36,7 @@ fn try_quoted4<const PHYSICAL: bool>(pkt: &Packet, q: usize, end: usize) -> Resu
     let h = pkt.field::<[u8; IPV4_MIN_HLEN]>(q)?;
     let f = ipv4::fields(h);
     let ihl = ipv4_header_len(f.vihl).ok_or(Counter::PassMalformed)?;
-    let addrs = ipv4::addrs::<PHYSICAL>(h, None)?;
+    let addrs = ipv4::addrs::<PHYSICAL>(h, None, None)?;
     if !addrs.is_hit() {
         return Err(Counter::PassMiss);
     }
@@ -69,7 +69,7 @@ fn try_quoted6<const PHYSICAL: bool>(pkt: &Packet, q: usize, end: usize) -> Resu
     if f.version != 6 {
         return Err(Counter::PassMalformed);
     }
-    let addrs = ipv6::addrs::<PHYSICAL>(h, None)?;
+    let addrs = ipv6::addrs::<PHYSICAL>(h, None, None)?;
     if !addrs.is_hit() {
         return Err(Counter::PassMiss);
     }

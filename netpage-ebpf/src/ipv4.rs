@@ -3,9 +3,10 @@
 use netpage_common::{
     counters::Counter,
     csum::{Delta, apply},
+    forward::{self, FORWARD_TTL},
     ipv4_options::{self, MAX_OPTIONS_LEN, OPTIONS_BUF, Options},
     proto::{
-        ICMP_HLEN, IPPROTO_ICMP, IPV4_CHECK, IPV4_DST, IPV4_MIN_HLEN, IPV4_SRC, L4,
+        ICMP_HLEN, IPPROTO_ICMP, IPV4_CHECK, IPV4_DST, IPV4_MIN_HLEN, IPV4_SRC, IPV4_TTL, L4,
         ipv4_first_fragment, ipv4_header_len, is_icmp4_error,
     },
 };
@@ -46,13 +47,15 @@ pub fn fields(h: Header) -> Fields {
 const _: () = assert!(IPV4_DST == IPV4_SRC + 4);
 
 /// Looks up the addresses of the checked header `h` on this side, checking the source of
-/// a packet that arrived on port `from` (see `AddrPair::lookup`).
+/// a packet that arrived on port `from`, and deciding on forwarding one of TTL or hop
+/// limit `hops` (see `AddrPair::lookup`).
 #[inline(always)]
 pub fn addrs<const PHYSICAL: bool>(
     h: Header,
     from: Option<u32>,
+    hops: Option<u8>,
 ) -> Result<AddrPair<[u32; 1]>, Counter> {
-    AddrPair::lookup::<PHYSICAL>(sub::<[[u32; 1]; 2], 20, IPV4_SRC>(h), from)
+    AddrPair::lookup::<PHYSICAL>(sub::<[[u32; 1]; 2], 20, IPV4_SRC>(h), from, hops)
 }
 
 /// What the options of the header at `l3` (checked and inside the packet) mean for a
@@ -128,11 +131,26 @@ fn try_quote_only(pkt: &Packet, l3: usize) -> Result<Counter, Counter> {
 // A BPF-to-BPF call: its own stack frame, which keeps every frame under 512 bytes.
 #[inline(never)]
 pub fn translate<const TC: bool, const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Counter {
-    Counter::outcome(try_translate::<TC, PHYSICAL>(pkt, l3))
+    Counter::outcome(try_translate::<TC, PHYSICAL, false>(pkt, l3))
 }
 
+/// Physical side: forwards the IPv4 packet at `l3`, for which [`translate`] returned
+/// `Forwarded` without writing anything, to the current real address of its VM.
+///
+/// A copy of the translation of its own, rather than a branch inside it: the verifier
+/// would otherwise explore the rest of the translation once for each, and the program
+/// would no longer fit its limit. The decision is taken again here (a switch in between
+/// makes it a miss: the packet then passes untouched, counted as `pass_miss`).
+// A BPF-to-BPF call of its own, from the top, as `quote_only`.
+#[inline(never)]
+pub fn forward<const TC: bool>(pkt: &Packet, l3: usize) -> Counter {
+    Counter::outcome(try_translate::<TC, true, true>(pkt, l3))
+}
+
+/// Translates the packet at `l3` (under tc if `TC`), or, with `FWD` (physical side),
+/// forwards it.
 #[inline(always)]
-fn try_translate<const TC: bool, const PHYSICAL: bool>(
+fn try_translate<const TC: bool, const PHYSICAL: bool, const FWD: bool>(
     pkt: &Packet,
     l3: usize,
 ) -> Result<Counter, Counter> {
@@ -146,10 +164,23 @@ fn try_translate<const TC: bool, const PHYSICAL: bool>(
     if !pkt.holds::<TC>(end) {
         return Err(Counter::PassTruncated);
     }
+    // The physical side sends a packet for a real address that drains on to the VM's
+    // current one, at most once (see `netpage_common::forward`): where it arrived, not at
+    // a tap's egress.
+    let ttl_at = sub::<u8, 20, IPV4_TTL>(h);
+    // SAFETY: inside the checked header.
+    let ttl = unsafe { *ttl_at };
+    let hops = (PHYSICAL && !FWD && pkt.at_ingress::<TC>()).then_some(ttl);
     // The virtual side accepts a mapping's address as source only from its VM's port.
-    let addrs = addrs::<PHYSICAL>(h, (!PHYSICAL).then(|| pkt.ingress::<TC>()))?;
+    let mut addrs = addrs::<PHYSICAL>(h, (!PHYSICAL).then(|| pkt.ingress::<TC>()), hops)?;
     if !addrs.is_hit() {
         return Err(Counter::PassMiss);
+    }
+    if FWD && !addrs.forward(ttl) {
+        return Err(Counter::PassMiss);
+    }
+    if !FWD && addrs.forwards() {
+        return Err(Counter::Forwarded);
     }
     // A source route with hops left: the pseudo-header holds the final destination.
     match options(pkt, l3) {
@@ -176,15 +207,27 @@ fn try_translate<const TC: bool, const PHYSICAL: bool>(
     let d = addrs.delta();
     addrs.record(end as u64);
     addrs.write();
-    put16(f.check, apply(get16(f.check), d));
-    // From here on nothing fails: the quote is rewritten, then the ICMP checksum.
-    let body = if kind.is_error() {
+    let ip = if FWD {
+        // SAFETY: inside the checked header.
+        unsafe { *ttl_at = FORWARD_TTL };
+        d.add(forward::ttl_delta(ttl, f.proto))
+    } else {
+        d
+    };
+    put16(f.check, apply(get16(f.check), ip));
+    // From here on nothing fails: the quote is rewritten, then the ICMP checksum. A
+    // forwarded error keeps its quote: the node that delivers it translates the quote as
+    // every quote, with its own R2V, which keeps the old real address for the drain too.
+    let body = if kind.is_error() && !FWD {
         icmp::quoted4::<PHYSICAL>(pkt, l4 + ICMP_HLEN, end).body()
     } else {
         Delta::ZERO
     };
     if let Some(p) = l4_check {
         fix_transport::<TC>(pkt, p, kind, d, body);
+    }
+    if FWD {
+        return Ok(Counter::Forwarded);
     }
     Ok(Counter::translated(false, PHYSICAL))
 }

@@ -3,11 +3,12 @@
 
 use netpage_common::{
     counters::Counter,
+    forward::FORWARD_TTL,
     ipv6_options::{self, DstOptions},
     proto::{
         ICMP_HLEN, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPV6_DST,
-        IPV6_HLEN, IPV6_SRC, L4, MAX_EXT_HEADERS, ipv6_ext_len, ipv6_first_fragment,
-        is_icmp6_error, is_ipv6_ext, routing_hides_dst,
+        IPV6_HLEN, IPV6_HOP_LIMIT, IPV6_SRC, L4, MAX_EXT_HEADERS, ipv6_ext_len,
+        ipv6_first_fragment, is_icmp6_error, is_ipv6_ext, routing_hides_dst,
     },
 };
 
@@ -43,13 +44,15 @@ pub fn fields(h: Header) -> Fields {
 const _: () = assert!(IPV6_DST == IPV6_SRC + 16);
 
 /// Looks up the addresses of the checked header `h` on this side, checking the source of
-/// a packet that arrived on port `from` (see `AddrPair::lookup`).
+/// a packet that arrived on port `from`, and deciding on forwarding one of TTL or hop
+/// limit `hops` (see `AddrPair::lookup`).
 #[inline(always)]
 pub fn addrs<const PHYSICAL: bool>(
     h: Header,
     from: Option<u32>,
+    hops: Option<u8>,
 ) -> Result<AddrPair<[u32; 4]>, Counter> {
-    AddrPair::lookup::<PHYSICAL>(sub::<[[u32; 4]; 2], IPV6_HLEN, IPV6_SRC>(h), from)
+    AddrPair::lookup::<PHYSICAL>(sub::<[[u32; 4]; 2], IPV6_HLEN, IPV6_SRC>(h), from, hops)
 }
 
 /// Where the transport header of an IPv6 packet is, and what the walk learned on the way.
@@ -180,11 +183,26 @@ fn try_quote_only(pkt: &Packet, l3: usize) -> Result<Counter, Counter> {
 // A BPF-to-BPF call: its own stack frame, which keeps every frame under 512 bytes.
 #[inline(never)]
 pub fn translate<const TC: bool, const PHYSICAL: bool>(pkt: &Packet, l3: usize) -> Counter {
-    Counter::outcome(try_translate::<TC, PHYSICAL>(pkt, l3))
+    Counter::outcome(try_translate::<TC, PHYSICAL, false>(pkt, l3))
 }
 
+/// Physical side: forwards the IPv6 packet at `l3`, for which [`translate`] returned
+/// `Forwarded` without writing anything, to the current real address of its VM.
+///
+/// A copy of the translation of its own, rather than a branch inside it: the verifier
+/// would otherwise explore the rest of the translation once for each, and the program
+/// would no longer fit its limit. The decision is taken again here (a switch in between
+/// makes it a miss: the packet then passes untouched, counted as `pass_miss`).
+// A BPF-to-BPF call of its own, from the top, as `quote_only`.
+#[inline(never)]
+pub fn forward<const TC: bool>(pkt: &Packet, l3: usize) -> Counter {
+    Counter::outcome(try_translate::<TC, true, true>(pkt, l3))
+}
+
+/// Translates the packet at `l3` (under tc if `TC`), or, with `FWD` (physical side),
+/// forwards it.
 #[inline(always)]
-fn try_translate<const TC: bool, const PHYSICAL: bool>(
+fn try_translate<const TC: bool, const PHYSICAL: bool, const FWD: bool>(
     pkt: &Packet,
     l3: usize,
 ) -> Result<Counter, Counter> {
@@ -197,12 +215,31 @@ fn try_translate<const TC: bool, const PHYSICAL: bool>(
     if !pkt.holds::<TC>(end) {
         return Err(Counter::PassTruncated);
     }
+    // A packet for a real address that drains goes on, once (see `ipv4::translate`).
+    let hops_at = sub::<u8, IPV6_HLEN, IPV6_HOP_LIMIT>(h);
+    // SAFETY: inside the checked header.
+    let hops = unsafe { *hops_at };
+    // Only a packet without extension headers is forwarded: the forwarding copy of the
+    // translation walks none, which keeps it within the verifier's limits; one with
+    // extension headers is translated as before.
+    let fwd_hops =
+        (PHYSICAL && !FWD && !is_ipv6_ext(f.next) && pkt.at_ingress::<TC>()).then_some(hops);
     // The virtual side accepts a mapping's address as source only from its VM's port.
-    let addrs = addrs::<PHYSICAL>(h, (!PHYSICAL).then(|| pkt.ingress::<TC>()))?;
+    let mut addrs = addrs::<PHYSICAL>(h, (!PHYSICAL).then(|| pkt.ingress::<TC>()), fwd_hops)?;
     if !addrs.is_hit() {
         return Err(Counter::PassMiss);
     }
-    let t = walk::<MAX_EXT_HEADERS, true>(pkt, l3 + IPV6_HLEN, f.next, end)?;
+    if FWD && !addrs.forward(hops) {
+        return Err(Counter::PassMiss);
+    }
+    if !FWD && addrs.forwards() {
+        return Err(Counter::Forwarded);
+    }
+    let t = if FWD {
+        walk::<0, false>(pkt, l3 + IPV6_HLEN, f.next, end)?
+    } else {
+        walk::<MAX_EXT_HEADERS, true>(pkt, l3 + IPV6_HLEN, f.next, end)?
+    };
     // Type and code are read together (see `ipv4::translate`).
     let icmp_type = if t.proto == IPPROTO_ICMPV6 && t.first && t.off + ICMP_HLEN <= end {
         pkt.read::<2>(t.off)?[0]
@@ -227,14 +264,22 @@ fn try_translate<const TC: bool, const PHYSICAL: bool>(
     };
     addrs.record(end as u64);
     addrs.write();
-    // From here on nothing fails: the quote is rewritten, then the ICMPv6 checksum.
-    let body = if kind.is_error() {
+    if FWD {
+        // No checksum covers the hop limit. SAFETY: inside the checked header.
+        unsafe { *hops_at = FORWARD_TTL };
+    }
+    // From here on nothing fails: the quote is rewritten (a forwarded error keeps its
+    // own, as in `ipv4::translate`), then the ICMPv6 checksum.
+    let body = if kind.is_error() && !FWD {
         icmp::quoted6::<PHYSICAL>(pkt, t.off + ICMP_HLEN, end).body()
     } else {
         netpage_common::csum::Delta::ZERO
     };
     if let Some(p) = l4_check {
         fix_transport::<TC>(pkt, p, kind, pseudo, body);
+    }
+    if FWD {
+        return Ok(Counter::Forwarded);
     }
     Ok(Counter::translated(true, PHYSICAL))
 }

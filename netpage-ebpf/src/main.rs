@@ -101,13 +101,17 @@ fn translate<const TC: bool, const PHYSICAL: bool>(pkt: &Packet) -> Result<Count
     // One verifier path for every VLAN depth, rather than one per depth.
     let l3 = packet::settle(l3)?;
     match ethertype {
-        // A miss on the physical side may still be an ICMP error whose quote is mapped.
+        // A miss on the physical side may still be an ICMP error whose quote is mapped; a
+        // packet for a real address that drains is forwarded (the translation said so and
+        // wrote nothing).
         ETH_P_IP => Ok(match ipv4::translate::<TC, PHYSICAL>(pkt, l3) {
             Counter::PassMiss if PHYSICAL => ipv4::quote_only(pkt, l3),
+            Counter::Forwarded if PHYSICAL => ipv4::forward::<TC>(pkt, l3),
             c => c,
         }),
         ETH_P_IPV6 => Ok(match ipv6::translate::<TC, PHYSICAL>(pkt, l3) {
             Counter::PassMiss if PHYSICAL => ipv6::quote_only(pkt, l3),
+            Counter::Forwarded if PHYSICAL => ipv6::forward::<TC>(pkt, l3),
             c => c,
         }),
         _ => Err(Counter::PassNotIp),

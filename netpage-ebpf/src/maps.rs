@@ -105,7 +105,8 @@ pub fn redirect(ifindex: u32) -> bool {
     DEVMAP.redirect(ifindex, u64::from(XDP_PASS)).is_ok()
 }
 
-/// Real addresses draining after a switch, with their deadline. Only user space reads it.
+/// Real addresses draining after a switch, with their deadline: the program forwards
+/// packets for the real addresses it holds (see `netpage_common::forward`).
 #[map(name = "NP_DRAINS")]
 static DRAINS: HashMap<DrainKey, DrainEntry> = HashMap::with_max_entries(DEFAULT_CAPACITY, 0);
 
@@ -119,7 +120,7 @@ pub fn count(c: Counter) {
 }
 
 /// An address of one family, as 32-bit words: its page tables and per-mapping counters.
-pub trait Addr: Copy + 'static {
+pub trait Addr: Copy + PartialEq + 'static {
     /// The translation of `addr` on the given side, with its mapping's counter slot, if
     /// the table has one.
     fn translate<const PHYSICAL: bool>(addr: &Self) -> Option<&'static Entry<Self>>;
@@ -127,6 +128,8 @@ pub trait Addr: Copy + 'static {
     fn delta(old: &Self, new: &Self) -> Delta;
     /// Adds a packet of `bytes` to the mapping whose counter slot is `slot`.
     fn record(slot: u32, bytes: u64);
+    /// Whether the node records the real address `ra` as draining.
+    fn draining(ra: &Self) -> bool;
 }
 
 #[inline(always)]
@@ -142,7 +145,7 @@ fn bump(s: Option<*mut MappingStats>, bytes: u64) {
 
 /// Implements [`Addr`] for one family's words, tables and stats.
 macro_rules! impl_addr {
-    ($words:literal, $v2r:ident, $r2v:ident, $stats:ident) => {
+    ($words:literal, $family:literal, $v2r:ident, $r2v:ident, $stats:ident) => {
         impl Addr for [u32; $words] {
             #[inline(always)]
             fn translate<const PHYSICAL: bool>(addr: &Self) -> Option<&'static Entry<Self>> {
@@ -165,9 +168,28 @@ macro_rules! impl_addr {
             fn record(slot: u32, bytes: u64) {
                 bump($stats.get_ptr_mut(slot), bytes);
             }
+
+            // A BPF-to-BPF call that returns a plain scalar: the verifier goes on from
+            // its two results rather than from every path of the key's making, inside
+            // the lookup's frame (which the translation's limit has no room for).
+            #[inline(never)]
+            fn draining(ra: &Self) -> bool {
+                // The key's address is laid out as `DrainKey::real`: the address's bytes
+                // as on the wire, then zeros.
+                let mut words = [0u32; 4];
+                words[..$words].copy_from_slice(ra);
+                // SAFETY: integers to bytes of the same size, no padding either way.
+                let real = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) };
+                let key = DrainKey {
+                    family: $family,
+                    real,
+                };
+                // SAFETY: only whether there is a value is read.
+                unsafe { DRAINS.get(&key) }.is_some()
+            }
         }
     };
 }
 
-impl_addr!(1, V2R4, R2V4, STATS4);
-impl_addr!(4, V2R6, R2V6, STATS6);
+impl_addr!(1, 4, V2R4, R2V4, STATS4);
+impl_addr!(4, 6, V2R6, R2V6, STATS6);

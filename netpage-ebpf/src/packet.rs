@@ -78,6 +78,16 @@ impl Packet {
         }
     }
 
+    /// Whether the program runs where the packet arrived (of a tc invocation if `TC`):
+    /// always under XDP; under tc at ingress, and not at a tap's egress, where the kernel
+    /// has routed the packet already. (A packet that arrived on the interface and is
+    /// routed back out of it looks alike there.)
+    #[inline(always)]
+    pub fn at_ingress<const TC: bool>(&self) -> bool {
+        // SAFETY: under tc, the context is this invocation's socket buffer.
+        !TC || unsafe { (*self.skb()).ingress_ifindex == (*self.skb()).ifindex }
+    }
+
     /// Whether the packet (of a tc invocation if `TC`) holds at least `len` bytes from
     /// the Ethernet header on, linear or not.
     ///

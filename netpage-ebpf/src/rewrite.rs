@@ -7,6 +7,7 @@
 use netpage_common::{
     counters::Counter,
     csum::{Delta, apply, apply_udp},
+    forward::{self, Forward},
     proto::L4,
 };
 
@@ -41,6 +42,8 @@ pub struct AddrPair<A: Addr> {
     dst_delta: u16,
     /// Which addresses hit: [`SRC`] and [`DST`] bits.
     hits: u32,
+    /// 1 if the lookup found the packet to be forwarded (see [`AddrPair::forwards`]).
+    forwards: u32,
     /// The counter slots of the mappings that translate each address (0 for a miss).
     src_slot: u32,
     dst_slot: u32,
@@ -58,10 +61,17 @@ impl<A: Owned> AddrPair<A> {
     /// With `from`, the index of the port the packet arrived on (the virtual side's own
     /// packets, not a quote), the source is checked first (see [`owner::check`]): a
     /// mapping's address from a port that does not own its VM is `Err(Spoofed)`.
+    ///
+    /// With `hops`, the TTL or hop limit of a packet that arrived on the physical side
+    /// (not a quote), a destination found in R2V is also looked up in V2R by its VA, to
+    /// decide whether the packet is to be forwarded ([`AddrPair::forwards`]): one more
+    /// lookup per packet whose destination is in R2V. The decision is taken here, in the
+    /// branch of the hit, so that the rest of the translation sees one path.
     #[inline(always)]
     pub fn lookup<const PHYSICAL: bool>(
         addrs: *mut [A; 2],
         from: Option<u32>,
+        hops: Option<u8>,
     ) -> Result<Self, Counter> {
         let src = addrs.cast::<A>();
         // SAFETY: both addresses lie inside a header checked by `Packet::field`.
@@ -79,10 +89,16 @@ impl<A: Owned> AddrPair<A> {
         if let Some(ingress) = from {
             owner::check(&old_src, hits & SRC != 0, ingress)?;
         }
+        let mut forwards = 0;
         let new_dst = match A::translate::<PHYSICAL>(&old_dst) {
             Some(e) => {
                 hits |= DST;
                 dst_slot = e.slot;
+                if let Some(ttl) = hops
+                    && forward_to::<A, true>(&old_dst, &e.addr, ttl).is_some()
+                {
+                    forwards = 1;
+                }
                 e.addr
             }
             None => old_dst,
@@ -98,6 +114,7 @@ impl<A: Owned> AddrPair<A> {
             new_src,
             new_dst,
             hits,
+            forwards,
             src_slot,
             dst_slot,
         })
@@ -107,6 +124,40 @@ impl<A: Owned> AddrPair<A> {
     #[inline(always)]
     pub fn is_hit(&self) -> bool {
         self.hits != 0
+    }
+
+    /// Whether the lookup found the packet to be forwarded: its destination is a real
+    /// address that drains (in the drain map; R2V maps it to a VA that V2R maps to
+    /// another real address) and `forward::decide` says so for its TTL.
+    #[inline(always)]
+    pub fn forwards(&self) -> bool {
+        self.forwards != 0
+    }
+
+    /// Turns the pair into a forward if the packet of TTL or hop limit `ttl` is to be
+    /// forwarded (`forward_to`, V2R looked up afresh): the destination becomes the current
+    /// real address, the source stays as it is (the packet stays in the network of real
+    /// addresses), and only the destination's mapping counts it. Returns whether it did;
+    /// the caller then sets the TTL to `forward::FORWARD_TTL`.
+    #[inline(always)]
+    pub fn forward(&mut self, ttl: u8) -> bool {
+        if self.hits & DST == 0 {
+            return false;
+        }
+        // SAFETY: both addresses lie inside a checked header, not yet written.
+        let (old_src, old_dst) =
+            unsafe { (self.src.read_unaligned(), self.src.add(1).read_unaligned()) };
+        // `new_dst` is the destination's VA. The drain was found by the lookup: a drain
+        // that ends in between (a microsecond) forwards this one packet still.
+        let Some(current) = forward_to::<A, false>(&old_dst, &self.new_dst, ttl) else {
+            return false;
+        };
+        self.new_src = old_src;
+        self.src_delta = 0;
+        self.dst_delta = A::delta(&old_dst, &current).folded();
+        self.new_dst = current;
+        self.hits = DST;
+        true
     }
 
     /// The checksum change of rewriting the source.
@@ -142,6 +193,16 @@ impl<A: Owned> AddrPair<A> {
             self.src.add(1).write_unaligned(self.new_dst);
         }
     }
+}
+
+/// The current real address of `va` if a packet of TTL or hop limit `ttl` for `dst`, a
+/// real address that R2V maps to `va`, is to be forwarded there (`forward::decide`): one
+/// lookup of V2R, and, with `DRAIN`, of the drain map when V2R names another address.
+#[inline(always)]
+fn forward_to<A: Addr, const DRAIN: bool>(dst: &A, va: &A, ttl: u8) -> Option<A> {
+    let current = A::translate::<false>(va)?.addr;
+    let draining = || !DRAIN || A::draining(dst);
+    (forward::decide(dst, Some(&current), ttl, draining) == Forward::Forward).then_some(current)
 }
 
 /// The checksum field of a transport header of kind `kind` at `l4`, if netpage keeps it

@@ -270,6 +270,8 @@ struct Run {
     intent: PathBuf,
     /// Whether a table could not be switched back or forward: the record is kept.
     inconsistent: bool,
+    /// Each node's `forwarded` counter when the migration started (this machine's nodes).
+    forwarded_before: Vec<(String, u64)>,
 }
 
 /// Where the event loop ended.
@@ -410,7 +412,9 @@ impl Run {
             src_limit_ms,
             intent,
             inconsistent: false,
+            forwarded_before: Vec::new(),
         };
+        run.forwarded_before = run.edges.forwarded();
         if let Some((n, mac)) = &run.neighbour {
             // A failure here is reported, not fatal: without the entry, the destination
             // resolves the guest by ARP after it resumes.
@@ -651,7 +655,13 @@ impl Run {
     async fn switch_all(&mut self) -> Result<(), String> {
         let done = self
             .edges
-            .switch(self.vm, self.to, self.old_until_ms, &mut self.timeline)
+            .switch(
+                self.vm,
+                self.from,
+                self.to,
+                self.old_until_ms,
+                &mut self.timeline,
+            )
             .await
             .map_err(|why| format!("switching {} to {}: {why}", self.vm, self.to))?;
         self.switched_at = Some(SystemTime::now());
@@ -805,6 +815,27 @@ impl Run {
             ));
         }
         self.drain(opts.drain).await;
+        self.mark_forwarded();
+    }
+
+    /// Marks what each node of this machine forwarded since the migration started: packets
+    /// in flight to the old address, sent on to the new one (the node's counter, which
+    /// counts every VM's).
+    fn mark_forwarded(&mut self) {
+        for (node, now) in self.edges.forwarded() {
+            let before = self
+                .forwarded_before
+                .iter()
+                .find(|(n, _)| *n == node)
+                .map_or(0, |(_, c)| *c);
+            let detail = format!(
+                "{} packets for {} sent on to {}",
+                now.saturating_sub(before),
+                self.from,
+                self.to
+            );
+            self.mark(Source::Netpage, format!("FORWARDED {node}"), detail);
+        }
     }
 
     /// QEMU's figures; right after completion `downtime` may still read 0, so ask again.

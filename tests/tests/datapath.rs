@@ -10,7 +10,11 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use netpage::{counters::Totals, loader::Side};
+use netpage::{
+    counters::Totals,
+    loader::Side,
+    table::{Drain, PageTable},
+};
 use netpage_common::{counters::Counter, maps::MappingStats};
 use netpage_tests::{
     build::{
@@ -2362,6 +2366,59 @@ fn fast_path_redirects_plain_forwards_and_falls_back_otherwise() {
             "{} fast-path cases passed, {redirected} redirected",
             cases.len()
         );
+    });
+}
+
+/// A packet forwarded to the current real address of its VM (its destination drains)
+/// takes the fast path as a translated packet does: redirected to that address's
+/// neighbour with new MACs, its TTL or hop limit one below the forwarding mark of 32.
+#[test]
+fn fast_path_redirects_forwarded_packets() {
+    let ns = fast::namespace();
+    ns.run(|| {
+        let mut dp = fast::loaded(true);
+        let identity = |a| a;
+        let ingress = netpage::attach::if_index("fin").expect("fixture interface");
+        for w in [W4(), W6()] {
+            // VM A's old real address, which still drains to its VA.
+            let drain = if w.v6 {
+                ip6("2001:db8:d::10")
+            } else {
+                ip4(198, 18, 99, 10)
+            };
+            dp.table().set_reverse(drain, w.va_a).unwrap();
+            dp.table()
+                .set_drain(Drain {
+                    real: drain,
+                    virt: w.va_a,
+                    deadline_ms: u64::MAX,
+                })
+                .unwrap();
+            for l4 in [L4::Tcp, L4::Udp, L4::Echo] {
+                let name = format!("v6={} {l4:?} forwarded and redirected", w.v6);
+                let mut input = frame(w, &[], l4, w.client, drain)(&identity);
+                fast::to_mac(&mut input, fast::MAC_FIN);
+                let mut expected = frame(w, &[], l4, w.client, w.ra_a)(&identity);
+                expected[..6].copy_from_slice(&fast::MAC_RA_A);
+                expected[6..12].copy_from_slice(&fast::MAC_FOUT);
+                fast::set_ttl(&mut expected, 31);
+                let before = dp.counters();
+                let (verdict, out) = dp.run_on(Side::Physical, &input, ingress);
+                let delta = dp.counters().since(&before);
+                assert_eq!(
+                    verdict,
+                    netpage_tests::datapath::XDP_REDIRECT,
+                    "{name}: verdict"
+                );
+                assert_output(&name, &input, &out, &expected);
+                assert_counted(
+                    &name,
+                    &delta,
+                    &[Counter::Forwarded, Counter::FastRedirected],
+                );
+                verify::frame(&out).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+        }
     });
 }
 

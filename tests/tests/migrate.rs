@@ -405,8 +405,22 @@ fn migrate_with_traffic(switch_at: &'static str, via: Via) -> Figures {
     let _ = std::fs::remove_file(&svg);
 
     match &directory {
-        // The drain of 1 s ended before `migrate` returned: RA_A is gone everywhere.
-        None => assert_moved_and_drained(&vw),
+        // The drain of 1 s ended before `migrate` returned: RA_A is gone everywhere. Each
+        // node's forwards from RA_A to RA_B are in the timeline.
+        None => {
+            assert_moved_and_drained(&vw);
+            let forwarded = report["timeline"]["marks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|m| {
+                    m["what"]
+                        .as_str()
+                        .is_some_and(|w| w.starts_with("FORWARDED "))
+                })
+                .count();
+            assert_eq!(forwarded, 3, "FORWARDED marks in {:#}", report["timeline"]);
+        }
         Some(d) => assert_through_the_directory(&vw, d, &report),
     }
     figures

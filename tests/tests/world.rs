@@ -580,3 +580,92 @@ fn netpage_spoofed_sources_are_dropped_v4() {
 fn netpage_spoofed_sources_are_dropped_v6() {
     spoofed_sources_are_dropped(&V6);
 }
+
+/// The drain of the forwarding tests: long enough to outlast them.
+const DRAIN_SECONDS: u32 = 60;
+
+/// A world with a host link (host A reaches host B's site directly, not across the
+/// gateway's physical side, which would translate a forwarded packet to the VA), the VM
+/// moved to host B, and `switched` nodes switched to host B's real address.
+fn moved_world(f: &Addrs, switched: &[Node]) -> (World, netpage_tests::world::Server) {
+    let world = netpage_world(Options {
+        second_vm: false,
+        host_link: true,
+        ..Options::default()
+    });
+    let server = world.udp_echo(Node::Vm, sa(f.va, UDP_PORT));
+    let by = udp_echoed_by(&world, Node::Client, any(f.va), server.addr());
+    assert_eq!(by, Some(f.va), "echo before the move");
+    world.migrate(Vm::One, Host::B);
+    world.switch_on(switched, f.va, f.ra_b, DRAIN_SECONDS);
+    (world, server)
+}
+
+/// After the VM moved to host B and every node switched, a packet still in flight to its
+/// old real address (sent to it directly, as the gateway sent it before the switch)
+/// reaches host A, which forwards it to host B's real address, where the VM gets it: the
+/// VM answers from its VA, and host A counts it as `forwarded`.
+fn in_flight_packets_follow_the_vm(f: &Addrs) {
+    let (world, server) = moved_world(f, &Node::EDGES);
+    let before = world.counter(Node::HostA, "forwarded");
+    let by = udp_echoed_by(&world, Node::Client, any(f.va), sa(f.ra_a, UDP_PORT));
+    let diagnose = || world.diagnostics();
+    assert_eq!(
+        by,
+        Some(f.va),
+        "echo of a packet for the old RA\n{}",
+        diagnose()
+    );
+    assert!(
+        world.counter(Node::HostA, "forwarded") > before,
+        "host A forwarded nothing\n{}",
+        diagnose()
+    );
+    assert_eq!(world.counter(Node::HostB, "forwarded"), 0);
+    assert_eq!(server.peer_ips(), vec![f.client], "source seen by the VM");
+    // `netpage stats` shows it.
+    let stats = world.netpage_ok(Node::HostA, &["stats"]);
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("forwarded")),
+        "{stats}"
+    );
+}
+
+#[test]
+fn netpage_forwards_in_flight_packets_v4() {
+    in_flight_packets_follow_the_vm(&V4);
+}
+
+#[test]
+fn netpage_forwards_in_flight_packets_v6() {
+    in_flight_packets_follow_the_vm(&V6);
+}
+
+/// The negative control: host A left behind (still mapping the VA to its old real
+/// address, so nothing says where the VM went) translates the packet for the old RA to
+/// the VA as before, forwards nothing, and the packet is lost with the VM gone.
+fn left_behind_host_forwards_nothing(f: &Addrs) {
+    let (world, _server) = moved_world(f, &[Node::Gw, Node::HostB]);
+    let translated = if f.va.is_ipv4() {
+        "translated_v4_to_virtual"
+    } else {
+        "translated_v6_to_virtual"
+    };
+    let before = world.counter(Node::HostA, translated);
+    let by = udp_echoed_by(&world, Node::Client, any(f.va), sa(f.ra_a, UDP_PORT));
+    assert_eq!(by, None, "echo without forwarding\n{}", world.diagnostics());
+    assert_eq!(world.counter(Node::HostA, "forwarded"), 0);
+    assert!(world.counter(Node::HostA, translated) > before);
+}
+
+#[test]
+fn netpage_without_forwarding_loses_in_flight_packets_v4() {
+    left_behind_host_forwards_nothing(&V4);
+}
+
+#[test]
+fn netpage_without_forwarding_loses_in_flight_packets_v6() {
+    left_behind_host_forwards_nothing(&V6);
+}

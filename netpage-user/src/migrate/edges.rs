@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use netpage_common::counters::Counter;
 use tokio::task::JoinHandle;
 
 use super::{MigrateError, NodeSwitch};
@@ -16,7 +17,7 @@ use crate::{
     directory::{Confirmation, DirError, Directory, EtcdOptions, Reservation, laggards},
     node::{self, Node, OpenNode},
     ops,
-    table::{PageTable, TableError},
+    table::{Drain, PageTable, TableError},
     timeline::{Source, Timeline},
 };
 
@@ -259,6 +260,7 @@ impl Edges {
     pub(super) async fn switch(
         &mut self,
         vm: IpAddr,
+        from: IpAddr,
         to: IpAddr,
         drain_until: u64,
         timeline: &mut Timeline,
@@ -269,6 +271,22 @@ impl Edges {
         };
         match self {
             Edges::Local(nodes) => {
+                // The old address drains from the switch on, as in the directory, so that
+                // packets still in flight to it are forwarded. Recorded first: while V2R
+                // still names it nothing is forwarded, and the V2R updates follow one
+                // another as fast as before.
+                // `drain_until` is Unix time, the directory's clock; a node counts boot time.
+                let deadline_ms = clock::unix_to_node(drain_until);
+                for (dir, n) in nodes.iter_mut() {
+                    let drain = Drain {
+                        real: from,
+                        virt: vm,
+                        deadline_ms,
+                    };
+                    if let Err(e) = n.table.set_drain(drain) {
+                        out.failed.push(format!("{}: {e}", dir.display()));
+                    }
+                }
                 for (dir, n) in nodes {
                     let t = Instant::now();
                     let r = n.table.set_forward(vm, to);
@@ -433,6 +451,22 @@ impl Edges {
     /// agent follows), so that a completed migration need not wait to end them.
     pub(super) fn drains_end_by_themselves(&self) -> bool {
         matches!(self, Edges::Directory(_))
+    }
+
+    /// The `forwarded` counter of every node of this machine, by node: packets that arrived
+    /// for a real address that drains and were sent on to the current one (every VM's).
+    /// The directory's nodes count on their own machines: none here.
+    pub(super) fn forwarded(&self) -> Vec<(String, u64)> {
+        let Edges::Local(nodes) = self else {
+            return Vec::new();
+        };
+        nodes
+            .iter()
+            .filter_map(|(dir, n)| {
+                let t = n.counters().ok()?;
+                Some((dir.display().to_string(), t.get(Counter::Forwarded)))
+            })
+            .collect()
     }
 
     /// Ends the drains that are over on every node of this machine; the failures named.

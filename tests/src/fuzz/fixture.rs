@@ -5,7 +5,7 @@
 
 use netpage::loader::Side;
 
-use super::{oracle, table::Table};
+use super::{oracle, run::tc_context, table::Table};
 use crate::datapath::{Datapath, Hook, gso_context};
 
 fn bytes(hex: &str) -> Vec<u8> {
@@ -26,7 +26,12 @@ pub fn check(side: Side, hook: Hook, gso: bool, input: &str, expected: &str) {
     }
     let mut dp = Datapath::load(64);
     table.install(&mut dp);
-    let ctx = gso.then(|| gso_context(1000, 2));
+    // Under tc the packet arrives on the loopback, as in the fuzzer's runs.
+    let ctx = match (hook, gso) {
+        (Hook::Xdp, _) => None,
+        (Hook::Tc, true) => Some(tc_context(gso_context(1000, 2))),
+        (Hook::Tc, false) => Some(tc_context(vec![0; 192])),
+    };
     let (verdict, out) = dp.run_at(hook, side, &input, ctx.as_deref());
     assert_eq!(verdict, hook.pass(), "verdict");
     if out != expected {

@@ -11,7 +11,12 @@
 //! UDP checksum is never made 0.
 //!
 //! Quote-only translation (the outer addresses unmapped, the quote mapped) is the
-//! physical side's alone. The pseudo-header's destination is the final one of a routing
+//! physical side's alone. On the physical side a packet for a real address that drains
+//! (recorded as draining, in R2V, its VA mapped to another real address) with a TTL or hop limit above
+//! [`FORWARD_TTL`] is forwarded instead: its destination becomes the current real
+//! address, its TTL or hop limit [`FORWARD_TTL`], its source and an ICMP error's quote
+//! stay as they are (IPv6: only a packet without extension headers; one with them is
+//! translated). The pseudo-header's destination is the final one of a routing
 //! header with segments left or of an IPv4 source route with hops left. A packet with a
 //! home address option (RFC 6275 6.3: the pseudo-header's source is the home address, not
 //! the header's) passes untouched, as netpage documents, and so does one whose destination
@@ -37,6 +42,10 @@ pub const DSTOPTS_SCAN: usize = 40;
 /// The most options netpage scans in one destination options header (netpage-common's
 /// `MAX_OPTIONS`, restated).
 pub const DSTOPTS_OPTIONS: usize = 8;
+
+/// The TTL or hop limit a forwarded packet leaves with, and above which a packet for a
+/// draining real address is forwarded (netpage-common's `FORWARD_TTL`, restated).
+pub const FORWARD_TTL: u8 = 32;
 
 const F: u32 = 0xFFFF;
 
@@ -74,6 +83,8 @@ pub struct Translation {
     names: Vec<(usize, usize, &'static str)>,
     /// Whether only the quote changed.
     pub quote_only: bool,
+    /// Whether the packet was forwarded to a draining address's current one.
+    pub forwarded: bool,
 }
 
 /// What the oracle says of a frame: its translation, or why it must pass untouched.
@@ -167,6 +178,32 @@ impl Cx<'_> {
         Some([s, d, ns, nd])
     }
 
+    /// Physical side: if the packet whose addresses are at `src`/`dst` and whose TTL or
+    /// hop limit is at `ttl` is for a real address that drains, forwards it (the
+    /// destination and the TTL written); returns the old and new addresses as
+    /// [`Cx::pair`] does, the source unchanged.
+    fn forward(&mut self, src: usize, dst: usize, ttl: usize, v6: bool) -> Option<[IpAddr; 4]> {
+        if self.side != Side::Physical || self.input[ttl] <= FORWARD_TTL {
+            return None;
+        }
+        let (s, d) = (addr(self.input, src, v6), addr(self.input, dst, v6));
+        if !self.table.draining(d) {
+            return None;
+        }
+        let va = self.table.lookup(Side::Physical, d)?;
+        let current = self.table.current(va)?;
+        if current == d {
+            return None;
+        }
+        let n = if v6 { 16 } else { 4 };
+        self.t.bytes[dst..dst + n].copy_from_slice(&octets(current));
+        self.t.bytes[ttl] = FORWARD_TTL;
+        self.t.names.push((dst, n, "forwarded destination"));
+        self.t.names.push((ttl, 1, "forwarded TTL"));
+        self.t.forwarded = true;
+        Some([s, d, s, current])
+    }
+
     #[expect(clippy::too_many_arguments, reason = "a checksum names all it covers")]
     fn check(
         &mut self,
@@ -207,6 +244,7 @@ pub fn expect(table: &Table, side: Side, input: &[u8]) -> Expected {
             free: Vec::new(),
             names: Vec::new(),
             quote_only: false,
+            forwarded: false,
         },
     };
     let mut off = 12;
@@ -323,12 +361,14 @@ fn ipv4(cx: &mut Cx, l3: usize) -> Result<(), &'static str> {
         p if OPAQUE.contains(&p) => None,
         _ => return Err("a protocol whose checks may cover the addresses"),
     };
-    let outer = cx.pair(
-        l3 + 12,
-        l3 + 16,
-        false,
-        ["outer IPv4 source", "outer IPv4 destination"],
-    );
+    let outer = cx.forward(l3 + 12, l3 + 16, l3 + 8, false).or_else(|| {
+        cx.pair(
+            l3 + 12,
+            l3 + 16,
+            false,
+            ["outer IPv4 source", "outer IPv4 destination"],
+        )
+    });
     if let Some([s, d, ns, nd]) = outer {
         cx.check(
             "IPv4 header checksum",
@@ -353,7 +393,7 @@ fn ipv4(cx: &mut Cx, l3: usize) -> Result<(), &'static str> {
     let mut quoted = false;
     if proto == 1 && first && l4 + 4 <= end {
         cx.check("ICMP checksum", l4 + 2, l4, end, None, false, 1);
-        if matches!(f[l4], 3 | 4 | 5 | 11 | 12) && l4 + 8 <= end {
+        if matches!(f[l4], 3 | 4 | 5 | 11 | 12) && l4 + 8 <= end && !cx.t.forwarded {
             quoted = quote4(cx, l4 + 8, end);
         }
     }
@@ -556,12 +596,19 @@ fn ipv6(cx: &mut Cx, l3: usize) -> Result<(), &'static str> {
         _ => return Err("a protocol whose checks may cover the addresses"),
     };
     let (s, d) = (addr(f, l3 + 8, true), addr(f, l3 + 24, true));
-    let outer = cx.pair(
-        l3 + 8,
-        l3 + 24,
-        true,
-        ["outer IPv6 source", "outer IPv6 destination"],
-    );
+    let forwarded = if matches!(h[6], 0 | 43 | 44 | 60) {
+        None
+    } else {
+        cx.forward(l3 + 8, l3 + 24, l3 + 7, true)
+    };
+    let outer = forwarded.or_else(|| {
+        cx.pair(
+            l3 + 8,
+            l3 + 24,
+            true,
+            ["outer IPv6 source", "outer IPv6 destination"],
+        )
+    });
     let [_, _, ns, nd] = outer.unwrap_or([s, d, s, d]);
     if let Some((o, udp)) = transport {
         if l4 + o + 2 > end {
@@ -584,7 +631,7 @@ fn ipv6(cx: &mut Cx, l3: usize) -> Result<(), &'static str> {
         }
     }
     let mut quoted = false;
-    if w.proto == 58 && w.first && (1..=4).contains(&f[l4]) && l4 + 8 <= end {
+    if w.proto == 58 && w.first && (1..=4).contains(&f[l4]) && l4 + 8 <= end && !cx.t.forwarded {
         quoted = quote6(cx, l4 + 8, end);
     }
     quote_only(cx, outer.is_none(), quoted)
@@ -759,6 +806,37 @@ mod tests {
             assert_eq!(judge(&input, &Ok(t), &input), Ok(Judged::Untouched));
         }
         assert!(verified > 1000, "only {verified} checksums verified");
+    }
+
+    /// Packets for a draining real address are forwarded: the destination becomes the
+    /// VM's current real address and the TTL or hop limit [`FORWARD_TTL`]; the source
+    /// stays.
+    #[test]
+    fn forwards_packets_for_a_draining_address() {
+        let table = Table::standard();
+        let mut forwarded = 0;
+        for (input, t, _) in translations(4000) {
+            if !t.forwarded {
+                continue;
+            }
+            forwarded += 1;
+            let names = |what| t.names.iter().filter(move |n| n.2 == what);
+            for &(at, n, _) in names("forwarded destination") {
+                let new = addr(&t.bytes, at, n == 16);
+                let old = addr(&input, at, n == 16);
+                let va = table
+                    .lookup(Side::Physical, old)
+                    .expect("a draining address");
+                assert_eq!(table.current(va), Some(new));
+                assert_ne!(old, new);
+            }
+            for &(at, _, _) in names("forwarded TTL") {
+                assert!(input[at] > FORWARD_TTL);
+                assert_eq!(t.bytes[at], FORWARD_TTL);
+            }
+            assert!(names("outer IPv4 source").next().is_none());
+        }
+        assert!(forwarded > 20, "only {forwarded} forwarded");
     }
 
     /// Every changed byte of a translation, changed once more, is caught: an address, a

@@ -25,8 +25,8 @@ pub fn text(s: &Summary, seed: u64, hooks: &[Hook]) -> String {
     );
     let _ = writeln!(
         o,
-        "  outputs: {} translated ({} in the quote only), {} untouched; {} refused by test_run (EINVAL)",
-        s.translated, s.quote_only, s.untouched, s.refused
+        "  outputs: {} translated ({} in the quote only, {} forwarded), {} untouched; {} refused by test_run (EINVAL)",
+        s.translated, s.quote_only, s.forwarded, s.untouched, s.refused
     );
     let _ = writeln!(
         o,
@@ -84,6 +84,7 @@ pub fn json(s: &Summary, seed: u64, hooks: &[Hook]) -> serde_json::Value {
         "runs_per_second": s.runs_per_second(),
         "translated": s.translated,
         "quote_only": s.quote_only,
+        "forwarded": s.forwarded,
         "untouched": s.untouched,
         "expected_translate": s.expected_translate,
         "expected_pass": s.expected_pass,

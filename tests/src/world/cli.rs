@@ -177,6 +177,36 @@ impl World {
         self.netpage_json(Node::Gw, &args)
     }
 
+    /// Switches `va` to `ra` on `nodes` only, with one `netpage switch --node ...` and a
+    /// drain of `drain` seconds: the others are left behind, as a node whose update is late.
+    /// Returns its JSON report.
+    pub fn switch_on(
+        &self,
+        nodes: &[Node],
+        va: IpAddr,
+        ra: IpAddr,
+        drain: u32,
+    ) -> serde_json::Value {
+        let (va, ra, drain) = (va.to_string(), ra.to_string(), drain.to_string());
+        let dirs: Vec<String> = nodes
+            .iter()
+            .map(|n| self.pin_dir(*n).display().to_string())
+            .collect();
+        let mut args = vec!["switch", "--vm", &va, "--to", &ra, "--drain", &drain];
+        for d in &dirs {
+            args.extend(["--node", d.as_str()]);
+        }
+        self.netpage_json(Node::Gw, &args)
+    }
+
+    /// The outcome counter `name` on `node` (`netpage --json stats`).
+    pub fn counter(&self, node: Node, name: &str) -> u64 {
+        let stats = self.netpage_json(node, &["stats"]);
+        stats["counters"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name} in the stats of {node:?}: {stats}"))
+    }
+
     /// Moves `vm` to `to` with netpage following its port: detached on the old host before
     /// the move, attached on the virtual side at the new one after it.
     pub fn migrate(&self, vm: Vm, to: Host) {
