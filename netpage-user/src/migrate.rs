@@ -103,6 +103,10 @@ pub use recover::{RecoverReport, recover};
 pub use report::{MigrateReport, NodeSwitch, Release};
 
 /// When the page table switches to the destination.
+///
+/// With `Stop`, [`MigrateOptions::hold`] says how: just before the pause, the downtime
+/// limit held (the default), or on hearing STOP (`--no-hold`), when packets already on
+/// their way to the paused source are lost unless the old site forwards them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SwitchAt {
@@ -144,6 +148,9 @@ pub struct MigrateOptions {
     /// The page tables that switch: nodes of this machine, or the directory.
     pub edges: EdgeSpec,
     pub switch_at: SwitchAt,
+    /// With [`SwitchAt::Stop`]: whether netpage holds the downtime limit and switches just
+    /// before the pause (`true`), or switches on hearing STOP (`false`, `--no-hold`).
+    pub hold: bool,
     /// The longest pause QEMU may plan for its last copy (`None`: the source's own).
     pub downtime_limit_ms: Option<u64>,
     /// The whole migration must complete within this.
@@ -496,7 +503,10 @@ impl Run {
     async fn start(&mut self, opts: &MigrateOptions) -> Result<(), QmpError> {
         self.src.enable_migration_events().await?;
         self.dst.enable_migration_events().await?;
-        if opts.switch_at == SwitchAt::Stop {
+        if opts.switch_at == SwitchAt::Stop && !opts.hold {
+            self.mark(Source::Netpage, "NO HOLD", "switch on hearing STOP".into());
+        }
+        if opts.switch_at == SwitchAt::Stop && opts.hold {
             let limit = match opts.downtime_limit_ms {
                 Some(ms) => ms,
                 None => self.src_limit_ms,
@@ -773,6 +783,7 @@ impl Run {
             from: self.from,
             to: self.to,
             switch_at: opts.switch_at,
+            hold: opts.switch_at == SwitchAt::Stop && opts.hold,
             status: if failed { "failed" } else { "completed" }.into(),
             error,
             rolled_back,
