@@ -357,10 +357,27 @@ impl VmWorld {
 
     /// The pin directory of every edge, gateway first: the order `migrate` switches them.
     pub fn nodes(&self) -> Vec<String> {
-        [Node::Gw, Node::HostA, Node::HostB]
+        self.nodes_in(&Node::EDGES)
+    }
+
+    /// The pin directories of `order`'s nodes, in that order.
+    pub fn nodes_in(&self, order: &[Node]) -> Vec<String> {
+        order
             .iter()
             .map(|n| self.world.pin_dir(*n).display().to_string())
             .collect()
+    }
+
+    /// Runs `netpage --json migrate` as [`VmWorld::migrate_with`] does, its `--node`s in
+    /// `order` (the order in which it updates their V2R entries).
+    pub fn migrate_in_order(&self, call: &MigrateCall, order: &[Node], extra: &[&str]) -> Output {
+        let nodes = self.nodes_in(order);
+        let mut args: Vec<&str> = Vec::new();
+        for node in &nodes {
+            args.extend(["--node", node]);
+        }
+        args.extend(extra);
+        self.migrate_by(Command::new(netpage_bin()), call, &args)
     }
 
     /// Runs `netpage --json migrate` from the root namespace with the usual arguments from
@@ -372,13 +389,7 @@ impl VmWorld {
     /// Runs `netpage --json migrate` as `call` says, with every edge as a node, the
     /// destination's neighbour entry and a drain of 1 s, plus `extra`.
     pub fn migrate_with(&self, call: &MigrateCall, extra: &[&str]) -> Output {
-        let mut args: Vec<&str> = Vec::new();
-        let nodes = self.nodes();
-        for node in &nodes {
-            args.extend(["--node", node]);
-        }
-        args.extend(extra);
-        self.migrate_by(Command::new(netpage_bin()), call, &args)
+        self.migrate_in_order(call, &Node::EDGES, extra)
     }
 
     /// Runs `NETPAGE --json migrate` as `call` says, with the destination's neighbour

@@ -1560,7 +1560,12 @@ fn hand_switched_routes_baseline() {
         return;
     }
     let _one = serial();
-    let run = bench::migration_run(0, bench::Variant::Routes);
+    let case = bench::Case {
+        variant: bench::Variant::Routes,
+        order: bench::Order::GatewayFirst,
+        wan: None,
+    };
+    let run = bench::migration_run(0, case);
     println!("figures: {run}");
     assert!(run.ok(), "{run}");
     assert!(run.probes_lost > 0, "nothing lost during the pause: {run}");
