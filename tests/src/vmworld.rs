@@ -199,7 +199,6 @@ impl VmWorld {
             second_vm: false,
             host_link: true,
             wan,
-            ..Options::default()
         });
         world.exec_ok(
             Node::HostA,
