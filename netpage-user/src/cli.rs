@@ -309,6 +309,17 @@ pub struct MigrateArgs {
     /// flight toward it) is lost unless the old site forwards it.
     #[arg(long)]
     pub no_hold: bool,
+    /// With the hold: switch at least this long before releasing the downtime limit, so
+    /// that what the gateways sent toward the source before the switch reaches it before
+    /// it pauses. Over a WAN, the one-way delay from the gateways to the source plus a
+    /// margin; the client's gap grows by as much.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value = "0",
+        conflicts_with = "no_hold"
+    )]
+    pub hold_lead: u64,
     /// The longest pause QEMU may plan for the final copy, in milliseconds [default: the
     /// source's own, 300 unless changed].
     #[arg(long, value_name = "MS")]
@@ -358,6 +369,7 @@ impl MigrateArgs {
             edges,
             switch_at: self.switch_at,
             hold: self.switch_at == SwitchAt::Stop && !self.no_hold,
+            hold_lead: Duration::from_millis(self.hold_lead),
             downtime_limit_ms: self.downtime_limit,
             timeout: self.timeout,
             drain: self.drain.drain,

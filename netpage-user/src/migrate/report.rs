@@ -96,6 +96,10 @@ pub struct MigrateReport {
     /// With `switch_at` stop: whether netpage held the downtime limit and switched just
     /// before the pause (`false`: it switched on hearing STOP, `--no-hold`).
     pub hold: bool,
+    /// With the hold: the least time netpage switches before it releases the limit
+    /// (`--hold-lead`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_lead_ms: Option<f64>,
     /// `completed`, or `failed` (the guest stays at the source; `rolled_back` says
     /// whether every node is back at its old address).
     pub status: String,
@@ -159,10 +163,12 @@ impl fmt::Display for MigrateReport {
             self.from,
             self.to,
             self.switch_at,
-            match (self.switch_at, self.hold) {
-                (SwitchAt::Stop, true) => ", limit held",
-                (SwitchAt::Stop, false) => ", no hold",
-                (SwitchAt::Resume, _) => "",
+            match (self.switch_at, self.hold, self.hold_lead_ms) {
+                (SwitchAt::Stop, true, Some(ms)) if ms > 0.0 =>
+                    format!(", limit held, switched at least {ms:.0} ms before its release"),
+                (SwitchAt::Stop, true, _) => ", limit held".to_owned(),
+                (SwitchAt::Stop, false, _) => ", no hold".to_owned(),
+                (SwitchAt::Resume, _, _) => String::new(),
             },
             self.error.as_deref().unwrap_or("completed")
         )?;

@@ -23,6 +23,9 @@ use crate::{
 
 /// `ETH_P_IP`, the IPv4 EtherType.
 const ETH_P_IP: u16 = 0x0800;
+/// `ETH_P_ALL`: a packet socket bound to one protocol sees nothing a device sends, only
+/// what it receives, so the capture takes every frame and picks IPv4 itself.
+const ETH_P_ALL: u16 = libc::ETH_P_ALL as u16;
 const ECHO_REQUEST: u8 = 8;
 const ECHO_REPLY: u8 = 0;
 /// How long a receive waits before the capture looks at its stop flag.
@@ -122,7 +125,7 @@ fn open(ifname: &str) -> io::Result<OwnedFd> {
         libc::socket(
             libc::AF_PACKET,
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(ETH_P_IP.to_be()),
+            i32::from(ETH_P_ALL.to_be()),
         )
     };
     if raw < 0 {
@@ -151,7 +154,7 @@ fn open(ifname: &str) -> io::Result<OwnedFd> {
     // SAFETY: an all-zero sockaddr_ll is valid.
     let mut addr: libc::sockaddr_ll = unsafe { zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = ETH_P_IP.to_be();
+    addr.sll_protocol = ETH_P_ALL.to_be();
     addr.sll_ifindex = ifindex as i32;
     // SAFETY: `addr` is a valid sockaddr_ll of the given length.
     let rc = unsafe {
