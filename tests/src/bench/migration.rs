@@ -185,10 +185,10 @@ mod tests {
         let want = [
             ("stop-no-hold", Some("routes")),
             ("stop", Some("routes")),
+            ("stop-lead", Some("routes")),
             ("resume", Some("routes")),
             ("routes", None),
             ("stop-no-hold@destination-first", Some("stop-no-hold")),
-            ("stop@destination-first", Some("stop")),
         ];
         let want: Vec<(String, Option<String>)> = want
             .iter()
