@@ -796,7 +796,7 @@ impl Run {
             switch_at: opts.switch_at,
             hold: opts.switch_at == SwitchAt::Stop && opts.hold,
             hold_lead_ms: (opts.switch_at == SwitchAt::Stop && opts.hold)
-                .then(|| opts.hold_lead.as_secs_f64() * 1e3),
+                .then_some(opts.hold_lead.as_secs_f64() * 1e3),
             status: if failed { "failed" } else { "completed" }.into(),
             error,
             rolled_back,
