@@ -623,7 +623,8 @@ fn assert_nothing_lost_outside_the_pause(f: &Figures, wan_ms: f64) {
     );
     if f.probes.lost > 0 {
         println!(
-            "note: {} probes lost inside the hypervisor's pause, sent at STOP + {:.2?} ms",
+            "note: {} probes lost in flight as the guest paused or inside the hypervisor's \
+             pause, sent at STOP + {:.2?} ms",
             f.probes.lost, f.lost_sent_after_stop_ms
         );
     }
