@@ -111,8 +111,8 @@ pub enum Command {
         #[command(flatten)]
         drain: DrainArg,
         /// Switch these nodes (pin directories) together: every reverse entry first, then
-        /// every V2R update; repeat for each node [default: --pin-dir]. Not with --etcd,
-        /// where every node's agent applies the switch.
+        /// every V2R update, in the order given; repeat for each node [default:
+        /// --pin-dir]. Not with --etcd, where every node's agent applies the switch.
         #[arg(long = "node", value_name = "PINDIR")]
         nodes: Vec<PathBuf>,
         /// With --etcd: how long to wait for every live node to confirm each phase (the
@@ -288,7 +288,9 @@ pub struct MigrateArgs {
     #[arg(long, conflicts_with_all = ["to", "src_qmp", "dst_qmp", "uri"])]
     pub recover: bool,
     /// The pin directory of a node to switch; repeat for every node (gateways and hosts)
-    /// [default: --pin-dir]. Not with --etcd, where every node's agent applies the switch.
+    /// [default: --pin-dir]. Their V2R entries are updated in the order given (the
+    /// report's `switches`, each with its time), so name the node that must change first
+    /// first. Not with --etcd, where every node's agent applies the switch.
     #[arg(long = "node", value_name = "PINDIR")]
     pub nodes: Vec<PathBuf>,
     /// With --etcd: how long each step waits for the live nodes' confirmations (of the
@@ -305,6 +307,23 @@ pub struct MigrateArgs {
     /// during the pause is lost).
     #[arg(long, value_enum, default_value = "stop")]
     pub switch_at: SwitchAt,
+    /// With `--switch-at stop`: switch on hearing QEMU's STOP event instead of holding the
+    /// downtime limit and switching just before it. The client's gap is then QEMU's pause
+    /// alone, but what reaches the source between its pause and the switch (packets in
+    /// flight toward it) is lost unless the old site forwards it.
+    #[arg(long)]
+    pub no_hold: bool,
+    /// With the hold: switch at least this long before releasing the downtime limit, so
+    /// that what the gateways sent toward the source before the switch reaches it before
+    /// it pauses. Over a WAN, the one-way delay from the gateways to the source plus a
+    /// margin; the client's gap grows by as much.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value = "0",
+        conflicts_with = "no_hold"
+    )]
+    pub hold_lead: u64,
     /// The longest pause QEMU may plan for the final copy, in milliseconds [default: the
     /// source's own, 300 unless changed].
     #[arg(long, value_name = "MS")]
@@ -353,6 +372,8 @@ impl MigrateArgs {
             uri: self.uri.clone().expect(required),
             edges,
             switch_at: self.switch_at,
+            hold: self.switch_at == SwitchAt::Stop && !self.no_hold,
+            hold_lead: Duration::from_millis(self.hold_lead),
             downtime_limit_ms: self.downtime_limit,
             timeout: self.timeout,
             drain: self.drain.drain,

@@ -29,6 +29,14 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Milliseconds since the Unix epoch, to the microsecond: for timelines set beside
+/// QEMU's event timestamps.
+pub fn unix_ms_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_micros() as f64 / 1e3)
+}
+
 /// The node-clock reading at the Unix-time deadline `unix`.
 pub fn unix_to_node(unix: u64) -> u64 {
     shift(unix, unix_ms(), node_ms())

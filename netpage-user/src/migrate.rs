@@ -37,6 +37,12 @@
 //! report's `switch_to_stop_ms`): about [`TICK_LEAD`] when QEMU keeps its rhythm, up to
 //! one measurement period more when it does not.
 //!
+//! Over a WAN that lead must exceed the one-way delay from the gateways to the source: a
+//! packet a gateway sent toward the source just before the switch reaches it that much
+//! later, and is lost if the source has paused by then. `--hold-lead` makes netpage
+//! switch at least that long before it releases the limit (its polls aim at QEMU's next
+//! measurement that much earlier, and it waits that long after the switch).
+//!
 //! If QEMU does not stop after the pass the release ended (the guest dirtied more than
 //! estimated), netpage switches back within [`STOP_GRACE`] and falls back to switching at
 //! STOP. It also stops holding, and falls back so, if no estimate fits by the end of the
@@ -103,6 +109,10 @@ pub use recover::{RecoverReport, recover};
 pub use report::{MigrateReport, NodeSwitch, Release};
 
 /// When the page table switches to the destination.
+///
+/// With `Stop`, [`MigrateOptions::hold`] says how: just before the pause, the downtime
+/// limit held (the default), or on hearing STOP (`--no-hold`), when packets already on
+/// their way to the paused source are lost unless the old site forwards them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SwitchAt {
@@ -144,6 +154,11 @@ pub struct MigrateOptions {
     /// The page tables that switch: nodes of this machine, or the directory.
     pub edges: EdgeSpec,
     pub switch_at: SwitchAt,
+    /// With [`SwitchAt::Stop`]: whether netpage holds the downtime limit and switches just
+    /// before the pause (`true`), or switches on hearing STOP (`false`, `--no-hold`).
+    pub hold: bool,
+    /// With the hold: how long before releasing the limit netpage switches at least.
+    pub hold_lead: Duration,
     /// The longest pause QEMU may plan for its last copy (`None`: the source's own).
     pub downtime_limit_ms: Option<u64>,
     /// The whole migration must complete within this.
@@ -260,6 +275,8 @@ struct Run {
     released_at: Option<Instant>,
     /// The limit to release (and to restore after a failure).
     limit_ms: Option<u64>,
+    /// How long before the release netpage switches at least (`--hold-lead`).
+    hold_lead: Duration,
     release: Option<Release>,
     /// After a release with a switch: when netpage switches back unless STOP came.
     grace: Option<Instant>,
@@ -406,6 +423,7 @@ impl Run {
             held: false,
             released_at: None,
             limit_ms: opts.downtime_limit_ms,
+            hold_lead: opts.hold_lead,
             release: None,
             grace: None,
             interrupts,
@@ -500,7 +518,10 @@ impl Run {
     async fn start(&mut self, opts: &MigrateOptions) -> Result<(), QmpError> {
         self.src.enable_migration_events().await?;
         self.dst.enable_migration_events().await?;
-        if opts.switch_at == SwitchAt::Stop {
+        if opts.switch_at == SwitchAt::Stop && !opts.hold {
+            self.mark(Source::Netpage, "NO HOLD", "switch on hearing STOP".into());
+        }
+        if opts.switch_at == SwitchAt::Stop && opts.hold {
             let limit = match opts.downtime_limit_ms {
                 Some(ms) => ms,
                 None => self.src_limit_ms,
@@ -783,6 +804,9 @@ impl Run {
             from: self.from,
             to: self.to,
             switch_at: opts.switch_at,
+            hold: opts.switch_at == SwitchAt::Stop && opts.hold,
+            hold_lead_ms: (opts.switch_at == SwitchAt::Stop && opts.hold)
+                .then_some(opts.hold_lead.as_secs_f64() * 1e3),
             status: if failed { "failed" } else { "completed" }.into(),
             error,
             rolled_back,

@@ -56,6 +56,8 @@ pub struct Config {
     pub gap_switches: usize,
     /// Rounds of live migrations of a QEMU guest, every variant once in each.
     pub migration_rounds: usize,
+    /// Rounds of live migrations over the WAN, every case once in each.
+    pub migration_wan_rounds: usize,
     /// Agents (nodes) of the switch through the directory on etcd, one run per count.
     pub directory_agents: Vec<usize>,
     /// Switches through the directory per agent count.
@@ -81,6 +83,7 @@ impl Config {
             forward_time: Duration::from_millis(1500),
             gap_switches: 5,
             migration_rounds: 3,
+            migration_wan_rounds: 1,
             directory_agents: vec![1, 4, 16],
             directory_switches: 50,
             wan_rates: vec![1_000, 10_000],
@@ -103,6 +106,7 @@ impl Config {
             forward_time: Duration::from_millis(300),
             gap_switches: 2,
             migration_rounds: 1,
+            migration_wan_rounds: 1,
             directory_agents: vec![1, 4, 16],
             directory_switches: 4,
             wan_rates: vec![1_000, 10_000],

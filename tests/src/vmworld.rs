@@ -13,10 +13,12 @@
 //! stays valid after a move. netpage runs on the gateway (`g0` virtual, `ga`/`gb`
 //! physical) and on each host (`tap0` virtual, uplink physical); every edge maps the VA to
 //! RA_A (198.18.10.100) at first. The migration stream crosses the host link, which
-//! netpage does not translate.
+//! netpage does not translate. [`VmWorld::over_wan`] puts the sites apart: every link
+//! drawn between gw and the hosts, and the host link, runs through the world's delay line.
 
 pub mod bench;
 mod icmp;
+pub mod tap_capture;
 
 use std::{
     io::{Read, Write},
@@ -38,6 +40,7 @@ use crate::{
     guest::{BootParams, ECHO_PORT, Guest},
     netns::output,
     qemu::{Qemu, QemuOptions},
+    wan::Wan,
     world::{Host, Node, Options, V4, World, netpage_bin},
 };
 
@@ -154,14 +157,30 @@ impl VmWorld {
     /// Builds the world, shapes the migration link, attaches netpage to the gateway and
     /// the hosts' uplinks and maps the VA to RA_A on every edge. The taps come with QEMU.
     pub fn new() -> Self {
-        Self::build(true)
+        Self::build(true, None)
+    }
+
+    /// The same world with its sites apart: every link between them (gateway to each
+    /// host, and the migration link) runs through a delay line set as `wan` says; the
+    /// client's link does not.
+    pub fn over_wan(wan: Wan) -> Self {
+        Self::build(true, Some(wan))
     }
 
     /// The same world without netpage, routed the way operators move a VM today: the
     /// gateway routes the VA as a /32 host route to host A (and each host to its tap),
     /// until someone replaces that route.
     pub fn plain() -> Self {
-        let vw = Self::build(false);
+        Self::plain_with(None)
+    }
+
+    /// The plain world ([`VmWorld::plain`]) with its sites apart ([`VmWorld::over_wan`]).
+    pub fn plain_over_wan(wan: Wan) -> Self {
+        Self::plain_with(Some(wan))
+    }
+
+    fn plain_with(wan: Option<Wan>) -> Self {
+        let vw = Self::build(false, wan);
         vw.route_va(Host::A);
         vw
     }
@@ -174,12 +193,12 @@ impl VmWorld {
             .ip(&["route", "replace", &format!("{VA}/32"), "via", &via]);
     }
 
-    fn build(translate: bool) -> Self {
+    fn build(translate: bool, wan: Option<Wan>) -> Self {
         let guest = Guest::build();
         let world = World::without_vms(Options {
             second_vm: false,
             host_link: true,
-            ..Options::default()
+            wan,
         });
         world.exec_ok(
             Node::HostA,
@@ -337,10 +356,27 @@ impl VmWorld {
 
     /// The pin directory of every edge, gateway first: the order `migrate` switches them.
     pub fn nodes(&self) -> Vec<String> {
-        [Node::Gw, Node::HostA, Node::HostB]
+        self.nodes_in(&Node::EDGES)
+    }
+
+    /// The pin directories of `order`'s nodes, in that order.
+    pub fn nodes_in(&self, order: &[Node]) -> Vec<String> {
+        order
             .iter()
             .map(|n| self.world.pin_dir(*n).display().to_string())
             .collect()
+    }
+
+    /// Runs `netpage --json migrate` as [`VmWorld::migrate_with`] does, its `--node`s in
+    /// `order` (the order in which it updates their V2R entries).
+    pub fn migrate_in_order(&self, call: &MigrateCall, order: &[Node], extra: &[&str]) -> Output {
+        let nodes = self.nodes_in(order);
+        let mut args: Vec<&str> = Vec::new();
+        for node in &nodes {
+            args.extend(["--node", node]);
+        }
+        args.extend(extra);
+        self.migrate_by(Command::new(netpage_bin()), call, &args)
     }
 
     /// Runs `netpage --json migrate` from the root namespace with the usual arguments from
@@ -352,13 +388,7 @@ impl VmWorld {
     /// Runs `netpage --json migrate` as `call` says, with every edge as a node, the
     /// destination's neighbour entry and a drain of 1 s, plus `extra`.
     pub fn migrate_with(&self, call: &MigrateCall, extra: &[&str]) -> Output {
-        let mut args: Vec<&str> = Vec::new();
-        let nodes = self.nodes();
-        for node in &nodes {
-            args.extend(["--node", node]);
-        }
-        args.extend(extra);
-        self.migrate_by(Command::new(netpage_bin()), call, &args)
+        self.migrate_in_order(call, &Node::EDGES, extra)
     }
 
     /// Runs `NETPAGE --json migrate` as `call` says, with the destination's neighbour

@@ -52,9 +52,9 @@ enum Task {
         #[arg(long)]
         smoke: bool,
         /// Only these parts: per-packet, switch, command, forward, gap, directory, wan,
-        /// migration.
-        /// Without any, all but migration (live migrations of a QEMU guest take minutes under
-        /// TCG).
+        /// migration (in the plain world and over a WAN), migration-wan (over a WAN alone).
+        /// Without any, all but the migrations (live migrations of a QEMU guest take
+        /// minutes under TCG).
         parts: Vec<String>,
     },
     /// Set up, then fuzz the datapath (root): generated and mutated frames of every kind it

@@ -247,8 +247,8 @@ impl Edges {
         Ok(())
     }
 
-    /// V2R[vm] = to: one update per node, in order and as fast as they follow one
-    /// another, or the directory's one transaction. The old address keeps translating
+    /// V2R[vm] = to: one update per node, in the order the nodes were given and as fast
+    /// as they follow one another, or the directory's one transaction. The old address keeps translating
     /// (in the directory, under a drain lease until `drain_until`, so that nothing
     /// outlives a migration that never finishes).
     ///
@@ -291,6 +291,7 @@ impl Edges {
                     let t = Instant::now();
                     let r = n.table.set_forward(vm, to);
                     let us = t.elapsed().as_nanos() as f64 / 1000.0;
+                    let at_unix_ms = clock::unix_ms_f64();
                     let node = dir.display().to_string();
                     match r {
                         Ok(()) => {
@@ -300,7 +301,7 @@ impl Edges {
                                 format!("SWITCHED {node}"),
                                 format!("{us:.1} us"),
                             );
-                            out.switches.push(NodeSwitch::local(node, us));
+                            out.switches.push(NodeSwitch::local(node, us, at_unix_ms));
                         }
                         Err(e) => out.failed.push(format!("{node}: {e}")),
                     }

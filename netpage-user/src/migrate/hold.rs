@@ -144,10 +144,9 @@ impl Run {
             // (which starts earlier by what it takes: a transaction, through etcd).
             Some(est)
                 if est <= limit
-                    && hold
-                        .ticks
-                        .until_next(now)
-                        .is_none_or(|left| left <= TICK_LEAD + self.edges.switch_cost()) =>
+                    && hold.ticks.until_next(now).is_none_or(|left| {
+                        left <= TICK_LEAD + self.edges.switch_cost() + self.hold_lead
+                    }) =>
             {
                 self.release(&info, est, "estimate", true).await
             }
@@ -163,8 +162,20 @@ impl Run {
         reason: &'static str,
         switch: bool,
     ) -> Step {
-        if switch && let Err(why) = self.switch_all().await {
-            return Step::Failed(why);
+        if switch {
+            if let Err(why) = self.switch_all().await {
+                return Step::Failed(why);
+            }
+            // What the gateways sent toward the source before the switch reaches it
+            // before it pauses (`--hold-lead`); the limit stays held meanwhile.
+            if !self.hold_lead.is_zero() {
+                tokio::time::sleep(self.hold_lead).await;
+                self.mark(
+                    Source::Netpage,
+                    "LEAD",
+                    format!("{:?} after the switch", self.hold_lead),
+                );
+            }
         }
         let limit = self.limit_ms.unwrap_or(QEMU_DEFAULT_LIMIT_MS);
         let ram = info.ram.clone().unwrap_or_default();

@@ -15,6 +15,10 @@ pub struct NodeSwitch {
     /// A node of this machine: its one V2R update, µs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub update_us: Option<f64>,
+    /// A node of this machine: when its V2R update ended, ms since the Unix epoch (to set
+    /// beside QEMU's STOP and what clients saw; nodes switch in the order given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at_unix_ms: Option<f64>,
     /// Through the directory: from the switch transaction to the node's map update, by
     /// the node's clock, ms.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -26,10 +30,11 @@ pub struct NodeSwitch {
 }
 
 impl NodeSwitch {
-    pub(super) fn local(node: String, update_us: f64) -> Self {
+    pub(super) fn local(node: String, update_us: f64, at_unix_ms: f64) -> Self {
         Self {
             node,
             update_us: Some(update_us),
+            at_unix_ms: Some(at_unix_ms),
             propagation_ms: None,
             confirmed_ms: None,
         }
@@ -39,6 +44,7 @@ impl NodeSwitch {
         Self {
             node: c.node.clone(),
             update_us: None,
+            at_unix_ms: None,
             propagation_ms: c.propagation_ms,
             confirmed_ms: c.after_ms,
         }
@@ -87,6 +93,13 @@ pub struct MigrateReport {
     pub from: IpAddr,
     pub to: IpAddr,
     pub switch_at: SwitchAt,
+    /// With `switch_at` stop: whether netpage held the downtime limit and switched just
+    /// before the pause (`false`: it switched on hearing STOP, `--no-hold`).
+    pub hold: bool,
+    /// With the hold: the least time netpage switches before it releases the limit
+    /// (`--hold-lead`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_lead_ms: Option<f64>,
     /// `completed`, or `failed` (the guest stays at the source; `rolled_back` says
     /// whether every node is back at its old address).
     pub status: String,
@@ -145,11 +158,18 @@ impl fmt::Display for MigrateReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "migration of {} from {} to {} (switch at {:?}): {}",
+            "migration of {} from {} to {} (switch at {:?}{}): {}",
             self.vm,
             self.from,
             self.to,
             self.switch_at,
+            match (self.switch_at, self.hold, self.hold_lead_ms) {
+                (SwitchAt::Stop, true, Some(ms)) if ms > 0.0 =>
+                    format!(", limit held, switched at least {ms:.0} ms before its release"),
+                (SwitchAt::Stop, true, _) => ", limit held".to_owned(),
+                (SwitchAt::Stop, false, _) => ", no hold".to_owned(),
+                (SwitchAt::Resume, _, _) => String::new(),
+            },
             self.error.as_deref().unwrap_or("completed")
         )?;
         if self.rolled_back {

@@ -631,6 +631,21 @@ fn a_switch_over_many_nodes_installs_every_reverse_entry_first() {
 }
 
 #[test]
+fn a_switch_over_many_nodes_updates_them_in_the_order_given() {
+    for order in [["gw", "hostA", "hostB"], ["hostB", "hostA", "gw"]] {
+        let mut tables = [mapped(VM, RA_A), mapped(VM, RA_A), mapped(VM, RA_A)];
+        let mut nodes: Vec<(String, &mut _)> = order
+            .iter()
+            .map(|n| (*n).to_owned())
+            .zip(tables.iter_mut())
+            .collect();
+        let s = switch_many(&mut nodes, ip(VM), ip(RA_B), Duration::ZERO, 0).unwrap();
+        let names: Vec<_> = s.nodes.iter().map(|n| n.node.as_str()).collect();
+        assert_eq!(names, order);
+    }
+}
+
+#[test]
 fn a_switch_over_nodes_that_disagree_changes_none() {
     let (mut gw, mut host) = (mapped(VM, RA_A), mapped(VM, "198.18.10.101"));
     let mut nodes = [("gw".to_owned(), &mut gw), ("host".to_owned(), &mut host)];

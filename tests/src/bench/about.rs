@@ -189,5 +189,45 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                 "migration_gap_minus_pause_median",
             ],
         ),
+        Section::new(
+            "Live migration over a WAN",
+            format!(
+                "The same migration with the sites {} ms apart (one way, the test world's \
+                 delay line on every link between gateway and hosts and on the migration \
+                 link; the client's link is not delayed); {} round(s), the cases taking \
+                 turns. `stop-no-hold`: `--switch-at stop --no-hold`, every node switched on \
+                 hearing STOP (without forwarding at the old site, what is in flight toward \
+                 the paused source is lost: the negative control); `stop`: with the hold, \
+                 the switch just before the pause; `stop-lead`: the hold with `--hold-lead \
+                 {}` (the switch at least that many ms before the release); `resume`; \
+                 `routes`, switched by hand. Per run: probes lost, the largest gap, STOP to \
+                 RESUME, the gap minus that pause, and the guest's own first-reply latency \
+                 after RESUME, from a kernel-stamped capture on the destination tap (the first \
+                 probe in after RESUME to its reply out). `stop-no-hold@destination-first`: \
+                 the same case with its `--node`s destination host, source host, gateway \
+                 instead of gateway first, compared with it; \
+                 `migration_wan_node_switch_minus_stop` gives each node's V2R update against \
+                 STOP.",
+                crate::vmworld::bench::WAN_DELAY.as_millis(),
+                cfg.migration_wan_rounds,
+                crate::vmworld::bench::HOLD_LEAD_MS,
+            ),
+            &[
+                "migration_wan_lost",
+                "migration_wan_gap",
+                "migration_wan_stop_to_resume",
+                "migration_wan_gap_minus_pause",
+                "migration_wan_first_reply",
+                "migration_wan_downtime",
+                "migration_wan_switch_minus_stop",
+                "migration_wan_node_switch_minus_stop",
+                "migration_wan_failed",
+                "migration_wan_lost_median",
+                "migration_wan_gap_median",
+                "migration_wan_stop_to_resume_median",
+                "migration_wan_gap_minus_pause_median",
+                "migration_wan_first_reply_median",
+            ],
+        ),
     ]
 }

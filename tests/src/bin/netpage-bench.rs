@@ -8,7 +8,8 @@
 //!
 //! Usage: `netpage-bench [--smoke] [--out DIR] [--only PART,...]` (default DIR:
 //! `target/bench`; parts: per-packet, switch, command, forward, gap, directory, wan by default, and
-//! migration — live migrations of a QEMU guest, minutes under TCG — only when named).
+//! migration — live migrations of a QEMU guest, minutes under TCG, in the plain world and
+//! over the WAN — only when named; migration-wan runs the WAN's migrations alone).
 
 use std::{ffi::CStr, path::PathBuf, process::ExitCode, time::Instant};
 
@@ -18,7 +19,7 @@ use netpage_tests::bench::{
 };
 
 /// Every part, in the order it runs.
-const PARTS: [&str; 8] = [
+const PARTS: [&str; 9] = [
     "per-packet",
     "switch",
     "command",
@@ -27,6 +28,7 @@ const PARTS: [&str; 8] = [
     "directory",
     "wan",
     "migration",
+    "migration-wan",
 ];
 /// The parts a run without `--only` measures.
 const DEFAULT_PARTS: usize = 7;
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
             "directory" => directory::run(&cfg),
             "wan" => wan::run(&cfg),
             "migration" => migration::run(&cfg),
+            "migration-wan" => migration::run_wan(&cfg),
             _ => unreachable!("checked above"),
         });
         note(format_args!(

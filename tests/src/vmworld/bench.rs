@@ -6,7 +6,16 @@
 //! - `resume`: `netpage migrate --switch-at resume` (switched when the destination runs);
 //! - `routes`: no netpage, the operator's way today: the gateway routes the VA as a /32
 //!   host route to host A, and when the destination QEMU announces RESUME (watched over
-//!   QMP) a script replaces it with one to host B (`ip -n GW route replace VA/32 via B`).
+//!   QMP) a script replaces it with one to host B (`ip -n GW route replace VA/32 via B`);
+//! - `stop-no-hold` (over the WAN): `--switch-at stop --no-hold`, every node switched on
+//!   hearing STOP, with no hold of the downtime limit;
+//! - `stop-lead` (over the WAN): the hold with `--hold-lead`, the switch at least the
+//!   one-way delay and a margin before the release.
+//!
+//! Over the WAN ([`WAN_DELAY`] one way between sites) each run also captures the probes'
+//! echoes on the destination tap, for the guest's own first-reply latency after RESUME,
+//! and `stop-no-hold` runs with the nodes in two orders: gateway first, and destination
+//! host first.
 //!
 //! Each run has a world and guest of its own; a run that fails (a guest whose kernel
 //! panicked after the migration, which QEMU 7.2 under TCG sometimes causes, a migration
@@ -23,10 +32,14 @@ use std::{
 use netpage::qmp::{MigrationInfo, MigrationParameters, MigrationStatus, Qmp, QmpError};
 use serde::Serialize;
 
-use super::{IcmpProbe, QEMU_TIMEOUT, VA, VmWorld, boot_params, migration_uri, runtime};
+use super::{
+    IcmpProbe, MigrateCall, QEMU_TIMEOUT, VA, VmWorld, boot_params, migration_uri, runtime,
+    tap_capture::TapCapture,
+};
 use crate::{
     netns::output,
     qemu::Qemu,
+    wan::Wan,
     world::{Host, Node, V4},
 };
 
@@ -52,18 +65,119 @@ pub enum Variant {
     Resume,
     /// Plain routing, the gateway's host route replaced at RESUME.
     Routes,
+    /// `netpage migrate --switch-at stop --no-hold`: switched on hearing STOP.
+    StopNoHold,
+    /// `netpage migrate --switch-at stop --hold-lead` [`HOLD_LEAD_MS`]: the hold, the
+    /// switch at least the WAN's one-way delay and a margin before the release.
+    StopLead,
 }
 
+/// The `--hold-lead` of [`Variant::StopLead`]: the WAN's one-way delay and 5 ms.
+pub const HOLD_LEAD_MS: &str = "25";
+
 impl Variant {
+    /// The variants of the plain world's rounds.
     pub const ALL: [Variant; 3] = [Variant::Stop, Variant::Resume, Variant::Routes];
+    /// The variants of the WAN's rounds.
+    pub const WAN: [Variant; 5] = [
+        Variant::StopNoHold,
+        Variant::Stop,
+        Variant::StopLead,
+        Variant::Resume,
+        Variant::Routes,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Variant::Stop => "stop",
             Variant::Resume => "resume",
             Variant::Routes => "routes",
+            Variant::StopNoHold => "stop-no-hold",
+            Variant::StopLead => "stop-lead",
         }
     }
+
+    /// The `netpage migrate` arguments that choose the moment of the switch (none for
+    /// `routes`).
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            Variant::Stop => &["--switch-at", "stop"],
+            Variant::StopNoHold => &["--switch-at", "stop", "--no-hold"],
+            Variant::StopLead => &["--switch-at", "stop", "--hold-lead", HOLD_LEAD_MS],
+            Variant::Resume => &["--switch-at", "resume"],
+            Variant::Routes => &[],
+        }
+    }
+}
+
+/// The one-way delay between the sites of the WAN rounds.
+pub const WAN_DELAY: Duration = Duration::from_millis(20);
+
+/// The order in which `netpage migrate` updates the nodes' V2R entries (the order of its
+/// `--node`s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Order {
+    /// Gateway, source host, destination host.
+    GatewayFirst,
+    /// Destination host, source host, gateway.
+    DestinationFirst,
+}
+
+impl Order {
+    pub fn name(self) -> &'static str {
+        match self {
+            Order::GatewayFirst => "gateway-first",
+            Order::DestinationFirst => "destination-first",
+        }
+    }
+
+    pub fn nodes(self) -> [Node; 3] {
+        match self {
+            Order::GatewayFirst => [Node::Gw, Node::HostA, Node::HostB],
+            Order::DestinationFirst => [Node::HostB, Node::HostA, Node::Gw],
+        }
+    }
+}
+
+/// One migration's settings: how the traffic follows, the nodes' order, and the WAN.
+#[derive(Clone, Copy, Debug)]
+pub struct Case {
+    pub variant: Variant,
+    pub order: Order,
+    /// The one-way delay between sites (`None`: the plain world).
+    pub wan: Option<Duration>,
+}
+
+impl Case {
+    /// The case's name in the report: the variant, and the order if not gateway first.
+    pub fn label(&self) -> String {
+        match self.order {
+            Order::GatewayFirst => self.variant.name().to_owned(),
+            o => format!("{}@{}", self.variant.name(), o.name()),
+        }
+    }
+}
+
+/// The cases of one WAN round: every variant gateway first, then `stop-no-hold`
+/// destination host first (the order of the nodes' updates, microseconds apart, against
+/// the same case gateway first).
+pub fn wan_cases() -> Vec<Case> {
+    let wan = Some(WAN_DELAY);
+    let mut cases: Vec<Case> = Variant::WAN
+        .iter()
+        .map(|&variant| Case {
+            variant,
+            order: Order::GatewayFirst,
+            wan,
+        })
+        .collect();
+    cases.push(Case {
+        variant: Variant::StopNoHold,
+        order: Order::DestinationFirst,
+        wan,
+    });
+    cases
 }
 
 impl fmt::Display for Variant {
@@ -79,6 +193,9 @@ pub struct MigrationRun {
     /// The round (from 0) and the variant.
     pub round: usize,
     pub variant: Variant,
+    /// The nodes' order, and the WAN's one-way delay (ms) if the sites were apart.
+    pub order: Order,
+    pub wan_ms: Option<f64>,
     /// Why the run failed, if it did: its figures are then what it had measured.
     pub failure: Option<String>,
     pub probes_sent: u64,
@@ -102,13 +219,22 @@ pub struct MigrationRun {
     pub lost_sent_ms: Option<(f64, f64)>,
     /// `stop` only: how netpage ended its held downtime limit (the report's `release`).
     pub release: Option<serde_json::Value>,
+    /// From the first probe in to the guest after RESUME to its reply out, on the
+    /// destination tap (kernel timestamps): the guest's own first-reply latency.
+    pub first_reply_ms: Option<f64>,
+    /// When that probe went in, after RESUME.
+    pub first_request_after_resume_ms: Option<f64>,
+    /// Each node's V2R update relative to STOP, in the order made (netpage only).
+    pub node_switch_minus_stop_ms: Vec<(String, f64)>,
 }
 
 impl MigrationRun {
-    fn new(round: usize, variant: Variant) -> Self {
+    fn new(round: usize, case: Case) -> Self {
         Self {
             round,
-            variant,
+            variant: case.variant,
+            order: case.order,
+            wan_ms: case.wan.map(|d| d.as_secs_f64() * 1e3),
             failure: None,
             probes_sent: 0,
             probes_lost: 0,
@@ -121,11 +247,23 @@ impl MigrationRun {
             passes: None,
             lost_sent_ms: None,
             release: None,
+            first_reply_ms: None,
+            first_request_after_resume_ms: None,
+            node_switch_minus_stop_ms: Vec::new(),
         }
     }
 
     pub fn ok(&self) -> bool {
         self.failure.is_none()
+    }
+
+    /// The run's case.
+    pub fn case(&self) -> Case {
+        Case {
+            variant: self.variant,
+            order: self.order,
+            wan: self.wan_ms.map(|ms| Duration::from_secs_f64(ms / 1e3)),
+        }
     }
 }
 
@@ -138,7 +276,7 @@ impl fmt::Display for MigrationRun {
             "round {} {:<6} lost {}/{} gap {:.1} ms, STOP->RESUME {} ms, gap - pause {} ms, \
              downtime {} ms, total {} ms, switch - STOP {} ms, passes {}",
             self.round,
-            self.variant,
+            self.case().label(),
             self.probes_lost,
             self.probes_sent,
             self.largest_gap_ms,
@@ -149,6 +287,15 @@ impl fmt::Display for MigrationRun {
             ms(self.switch_minus_stop_ms),
             int(self.passes),
         )?;
+        if let Some(w) = self.wan_ms {
+            write!(f, ", WAN {w:.0} ms")?;
+        }
+        if let Some(ms) = self.first_reply_ms {
+            write!(f, ", guest's first reply after RESUME {ms:.1} ms")?;
+        }
+        for (node, ms) in &self.node_switch_minus_stop_ms {
+            write!(f, ", {node} switched at STOP {ms:+.2} ms")?;
+        }
         if let Some((first, last)) = self.lost_sent_ms {
             write!(f, ", lost sent at STOP {first:+.1} .. {last:+.1} ms")?;
         }
@@ -176,10 +323,27 @@ impl fmt::Display for MigrationRun {
 
 /// `runs` rounds of one migration per variant, the variants taking turns to go first.
 pub fn migration_runs(runs: usize) -> Vec<MigrationRun> {
+    let cases: Vec<Case> = Variant::ALL
+        .iter()
+        .map(|&variant| Case {
+            variant,
+            order: Order::GatewayFirst,
+            wan: None,
+        })
+        .collect();
+    rounds(&cases, runs)
+}
+
+/// `runs` rounds of every case of [`wan_cases`], taking turns to go first.
+pub fn wan_migration_runs(runs: usize) -> Vec<MigrationRun> {
+    rounds(&wan_cases(), runs)
+}
+
+fn rounds(cases: &[Case], runs: usize) -> Vec<MigrationRun> {
     let mut out = Vec::new();
     for round in 0..runs {
-        for variant in order(round) {
-            let run = migration_run(round, variant);
+        for case in in_turn(cases, round) {
+            let run = migration_run(round, case);
             eprintln!("migration bench: {run}");
             out.push(run);
         }
@@ -187,16 +351,18 @@ pub fn migration_runs(runs: usize) -> Vec<MigrationRun> {
     out
 }
 
-/// The variants of `round`, in turn: each goes first in one round out of three.
-fn order(round: usize) -> [Variant; 3] {
-    let n = Variant::ALL.len();
-    [0, 1, 2].map(|i| Variant::ALL[(round + i) % n])
+/// The cases of `round`, in turn: each goes first in one round out of as many as there
+/// are cases.
+fn in_turn<T: Copy>(cases: &[T], round: usize) -> Vec<T> {
+    (0..cases.len())
+        .map(|i| cases[(round + i) % cases.len()])
+        .collect()
 }
 
-/// One migration of `variant`; a panic on the way (a world that could not be built, a
+/// One migration of `case`; a panic on the way (a world that could not be built, a
 /// guest that did not boot) is a failed run.
-pub fn migration_run(round: usize, variant: Variant) -> MigrationRun {
-    let mut run = MigrationRun::new(round, variant);
+pub fn migration_run(round: usize, case: Case) -> MigrationRun {
+    let mut run = MigrationRun::new(round, case);
     let result = panic::catch_unwind(AssertUnwindSafe(|| measure(&mut run)));
     if let Err(payload) = result {
         let why = payload
@@ -218,19 +384,27 @@ struct Driven {
     qemu_total_ms: Option<u64>,
     switch_minus_stop_ms: Option<f64>,
     passes: Option<u64>,
-    /// QEMU's STOP, in milliseconds since the Unix epoch.
+    /// QEMU's STOP and RESUME, in milliseconds since the Unix epoch.
     stop_unix_ms: Option<f64>,
+    resume_unix_ms: Option<f64>,
     release: Option<serde_json::Value>,
+    /// Each node's V2R update, ms since the Unix epoch, in the order made.
+    node_switch_unix_ms: Vec<(String, f64)>,
 }
 
 fn measure(run: &mut MigrationRun) {
-    let vw = match run.variant {
-        Variant::Routes => VmWorld::plain(),
-        _ => VmWorld::new(),
+    let case = run.case();
+    let wan = case.wan.map(Wan::delay);
+    let vw = match (run.variant, wan) {
+        (Variant::Routes, None) => VmWorld::plain(),
+        (Variant::Routes, Some(w)) => VmWorld::plain_over_wan(w),
+        (_, None) => VmWorld::new(),
+        (_, Some(w)) => VmWorld::over_wan(w),
     };
     let params = boot_params(0);
     let src = vw.boot(Host::A, &params);
     let dst = vw.incoming(Host::B, &params);
+    let capture = TapCapture::start(&vw.world, Host::B);
     assert!(
         (0..5).any(|_| vw.world.ping(Node::Client, VA.into())),
         "the guest does not answer at host A"
@@ -244,11 +418,28 @@ fn measure(run: &mut MigrationRun) {
     );
     thread::sleep(BEFORE);
     let driven = match run.variant {
-        Variant::Stop | Variant::Resume => by_netpage(&vw, &src, &dst, run.variant),
         Variant::Routes => by_routes(&vw, &src, &dst),
+        _ => by_netpage(&vw, &src, &dst, case),
     };
     thread::sleep(AFTER);
     let icmp = probe.stop();
+    match (capture.stop(), driven.resume_unix_ms) {
+        (Ok(c), Some(resume)) => {
+            if let Some(first) = c.first_reply_after(resume) {
+                run.first_reply_ms = Some(first.latency_ms);
+                run.first_request_after_resume_ms = Some(first.request_after_ms);
+            }
+        }
+        (Ok(_), None) => {}
+        (Err(e), _) => panic!("the capture on the destination tap: {e}"),
+    }
+    if let Some(stop) = driven.stop_unix_ms {
+        run.node_switch_minus_stop_ms = driven
+            .node_switch_unix_ms
+            .iter()
+            .map(|(node, at)| (node.clone(), at - stop))
+            .collect();
+    }
     run.probes_sent = icmp.probes.sent;
     run.probes_lost = icmp.probes.lost;
     run.largest_gap_ms = icmp.probes.largest_gap.as_secs_f64() * 1e3;
@@ -285,24 +476,27 @@ fn measure(run: &mut MigrationRun) {
     }
 }
 
-/// `netpage migrate --switch-at stop|resume`, figures from its JSON report.
-fn by_netpage(vw: &VmWorld, src: &Qemu, dst: &Qemu, variant: Variant) -> Driven {
+/// `netpage migrate` as `case` says, figures from its JSON report.
+fn by_netpage(vw: &VmWorld, src: &Qemu, dst: &Qemu, case: Case) -> Driven {
     let limit = DOWNTIME_LIMIT_MS.to_string();
     let timeout = MIGRATION_TIMEOUT.as_secs().to_string();
-    let out = vw.migrate(
-        src,
-        dst,
-        Host::B,
-        &[
-            "--switch-at",
-            variant.name(),
-            "--downtime-limit",
-            &limit,
-            "--timeout",
-            &timeout,
-        ],
-    );
+    let mut args: Vec<&str> = case.variant.args().to_vec();
+    args.extend(["--downtime-limit", &limit, "--timeout", &timeout]);
+    let call = MigrateCall::usual(src, dst, Host::B);
+    let out = vw.migrate_in_order(&call, &case.order.nodes(), &args);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let node_switch_unix_ms = report["switches"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter_map(|s| {
+                    let node = s["node"].as_str()?;
+                    let name = node.rsplit('/').next().unwrap_or(node).to_owned();
+                    Some((name, s["at_unix_ms"].as_f64()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let mut d = Driven {
         stop_to_resume_ms: report["stop_to_resume_ms"].as_f64(),
         qemu_downtime_ms: report["qemu_downtime_ms"].as_u64(),
@@ -310,7 +504,9 @@ fn by_netpage(vw: &VmWorld, src: &Qemu, dst: &Qemu, variant: Variant) -> Driven 
         switch_minus_stop_ms: report["stop_to_switch_ms"].as_f64(),
         passes: report["passes"].as_u64(),
         stop_unix_ms: report["stop_unix_ms"].as_f64(),
+        resume_unix_ms: report["resume_unix_ms"].as_f64(),
         release: Some(report["release"].clone()).filter(|r| !r.is_null()),
+        node_switch_unix_ms,
         failure: None,
     };
     if !out.status.success() {
@@ -413,7 +609,9 @@ async fn drive_routes(src: &Qemu, dst: &Qemu, gw: &str) -> Result<Driven, QmpErr
         switch_minus_stop_ms,
         passes,
         stop_unix_ms: stop.map(|t| t.as_micros() as f64 / 1e3),
+        resume_unix_ms: resume.map(|t| t.as_micros() as f64 / 1e3),
         release: None,
+        node_switch_unix_ms: Vec::new(),
     })
 }
 
@@ -441,14 +639,51 @@ mod tests {
 
     #[test]
     fn variants_take_turns() {
-        assert_eq!(order(0), [Variant::Stop, Variant::Resume, Variant::Routes]);
-        assert_eq!(order(1), [Variant::Resume, Variant::Routes, Variant::Stop]);
-        assert_eq!(order(5)[0], Variant::Routes);
+        let v = &Variant::ALL;
+        assert_eq!(
+            in_turn(v, 0),
+            [Variant::Stop, Variant::Resume, Variant::Routes]
+        );
+        assert_eq!(
+            in_turn(v, 1),
+            [Variant::Resume, Variant::Routes, Variant::Stop]
+        );
+        assert_eq!(in_turn(v, 5)[0], Variant::Routes);
+    }
+
+    #[test]
+    fn the_wan_round_compares_every_variant_and_both_orders_of_stop() {
+        let labels: Vec<String> = wan_cases().iter().map(Case::label).collect();
+        assert_eq!(
+            labels,
+            [
+                "stop-no-hold",
+                "stop",
+                "stop-lead",
+                "resume",
+                "routes",
+                "stop-no-hold@destination-first",
+            ]
+        );
+        assert!(wan_cases().iter().all(|c| c.wan == Some(WAN_DELAY)));
+        assert_eq!(
+            Variant::StopNoHold.args(),
+            ["--switch-at", "stop", "--no-hold"]
+        );
+        assert_eq!(
+            Order::DestinationFirst.nodes(),
+            [Node::HostB, Node::HostA, Node::Gw]
+        );
     }
 
     #[test]
     fn a_failed_run_says_why() {
-        let mut run = MigrationRun::new(2, Variant::Routes);
+        let case = Case {
+            variant: Variant::Routes,
+            order: Order::GatewayFirst,
+            wan: None,
+        };
+        let mut run = MigrationRun::new(2, case);
         run.failure = Some("the guest's kernel panicked at the destination".into());
         let text = run.to_string();
         assert!(text.contains("round 2 routes"), "{text}");

@@ -1,0 +1,286 @@
+//! A capture of the probes' ICMP echoes on a host's tap, stamped by the kernel: when each
+//! request went in to the guest and each reply came out of it, so that the guest's own
+//! first-reply latency after a migration's RESUME is told apart from the network's.
+
+use std::{
+    io,
+    mem::{size_of, zeroed},
+    net::Ipv4Addr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use super::{TAP, VA};
+use crate::{
+    wan::stamp,
+    world::{Host, World},
+};
+
+/// `ETH_P_IP`, the IPv4 EtherType.
+const ETH_P_IP: u16 = 0x0800;
+/// `ETH_P_ALL`: a packet socket bound to one protocol sees nothing a device sends, only
+/// what it receives, so the capture takes every frame and picks IPv4 itself.
+const ETH_P_ALL: u16 = libc::ETH_P_ALL as u16;
+const ECHO_REQUEST: u8 = 8;
+const ECHO_REPLY: u8 = 0;
+/// How long a receive waits before the capture looks at its stop flag.
+const WAIT: Duration = Duration::from_millis(50);
+
+/// Which way an echo crossed the tap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Way {
+    /// A request sent in to the guest.
+    In,
+    /// A reply the guest sent out.
+    Out,
+}
+
+/// One echo seen on the tap.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Seen {
+    pub way: Way,
+    /// The probe's sequence number (the first 8 bytes of its payload).
+    pub seq: u64,
+    /// The kernel's time of the frame on the tap, ms since the Unix epoch.
+    pub unix_ms: f64,
+}
+
+/// The guest's answer to the first request in after a moment.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FirstReply {
+    /// The request's time on the tap after the moment, ms after it.
+    pub request_after_ms: f64,
+    /// From that request in to its reply out, ms: the guest's own latency.
+    pub latency_ms: f64,
+}
+
+/// Every echo seen on the tap, in the order seen.
+#[derive(Clone, Debug, Default)]
+pub struct Capture {
+    pub seen: Vec<Seen>,
+}
+
+impl Capture {
+    /// The first request in after `unix_ms` that the guest answered, and how long it
+    /// took (`None` if none was answered).
+    pub fn first_reply_after(&self, unix_ms: f64) -> Option<FirstReply> {
+        self.seen
+            .iter()
+            .filter(|s| s.way == Way::In && s.unix_ms >= unix_ms)
+            .find_map(|req| {
+                let reply = self
+                    .seen
+                    .iter()
+                    .find(|s| s.way == Way::Out && s.seq == req.seq)?;
+                Some(FirstReply {
+                    request_after_ms: req.unix_ms - unix_ms,
+                    latency_ms: reply.unix_ms - req.unix_ms,
+                })
+            })
+    }
+}
+
+/// A capture running on its own thread; [`TapCapture::stop`] ends it.
+pub struct TapCapture {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<io::Result<Capture>>,
+}
+
+impl TapCapture {
+    /// Starts capturing on `host`'s tap (which must exist: after its QEMU started).
+    pub fn start(world: &World, host: Host) -> Self {
+        let socket = world
+            .in_ns(host.node(), || open(TAP))
+            .unwrap_or_else(|e| panic!("packet socket on {TAP} at host {host:?}: {e}"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || run(&socket, &flag));
+        Self { stop, thread }
+    }
+
+    /// Stops and returns what was seen.
+    pub fn stop(self) -> io::Result<Capture> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+/// An AF_PACKET socket on `ifname` that sees frames both ways, stamped by the kernel.
+fn open(ifname: &str) -> io::Result<OwnedFd> {
+    let name = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: plain socket(2); the descriptor is owned at once.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(ETH_P_ALL.to_be()),
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    stamp::enable(fd.as_raw_fd())?;
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: WAIT.as_micros() as libc::suseconds_t,
+    };
+    // SAFETY: `timeout` is a live timeval of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: an all-zero sockaddr_ll is valid.
+    let mut addr: libc::sockaddr_ll = unsafe { zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = ETH_P_ALL.to_be();
+    addr.sll_ifindex = ifindex as i32;
+    // SAFETY: `addr` is a valid sockaddr_ll of the given length.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn run(socket: &OwnedFd, stop: &AtomicBool) -> io::Result<Capture> {
+    let mut capture = Capture::default();
+    let mut buf = [0u8; 256];
+    while !stop.load(Ordering::Relaxed) {
+        let meta = match stamp::recv(socket.as_raw_fd(), &mut buf, 0) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let (Some(at), Some((way, seq))) =
+            (meta.received_at, parse(&buf[..meta.len.min(buf.len())], VA))
+        else {
+            continue;
+        };
+        capture.seen.push(Seen {
+            way,
+            seq,
+            unix_ms: at.as_secs_f64() * 1e3,
+        });
+    }
+    Ok(capture)
+}
+
+/// An ICMP echo to or from `va` in an Ethernet frame: which way, and the probe's sequence
+/// number.
+fn parse(frame: &[u8], va: Ipv4Addr) -> Option<(Way, u64)> {
+    let ip = frame.get(14..).filter(|ip| ip.len() >= 20)?;
+    if u16::from_be_bytes([frame[12], frame[13]]) != ETH_P_IP || ip[0] >> 4 != 4 || ip[9] != 1 {
+        return None;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let (src, dst) = (
+        Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+    );
+    let icmp = ip.get(ihl..)?;
+    let seq = u64::from_be_bytes(icmp.get(8..16)?.try_into().ok()?);
+    match icmp[0] {
+        ECHO_REQUEST if dst == va => Some((Way::In, seq)),
+        ECHO_REPLY if src == va => Some((Way::Out, seq)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(way: Way, seq: u64, unix_ms: f64) -> Seen {
+        Seen { way, seq, unix_ms }
+    }
+
+    #[test]
+    fn the_first_request_after_the_moment_is_matched_to_its_own_reply() {
+        let c = Capture {
+            seen: vec![
+                // Queued before RESUME, answered after it: not the guest's first reply
+                // to a fresh request.
+                seen(Way::In, 1, 90.0),
+                seen(Way::In, 2, 101.0),
+                seen(Way::Out, 1, 120.0),
+                seen(Way::In, 3, 102.0),
+                seen(Way::Out, 2, 130.0),
+                seen(Way::Out, 3, 131.0),
+            ],
+        };
+        let r = c.first_reply_after(100.0).unwrap();
+        assert_eq!(r.request_after_ms, 1.0);
+        assert_eq!(r.latency_ms, 29.0);
+        assert_eq!(c.first_reply_after(200.0), None);
+    }
+
+    #[test]
+    fn an_unanswered_request_gives_way_to_the_next() {
+        let c = Capture {
+            seen: vec![
+                seen(Way::In, 5, 10.0),
+                seen(Way::In, 6, 11.0),
+                seen(Way::Out, 6, 15.0),
+            ],
+        };
+        let r = c.first_reply_after(0.0).unwrap();
+        assert_eq!((r.request_after_ms, r.latency_ms), (11.0, 4.0));
+    }
+
+    #[test]
+    fn echoes_are_told_by_direction_and_others_ignored() {
+        let va = Ipv4Addr::new(198, 19, 0, 10);
+        let client = Ipv4Addr::new(10, 0, 0, 1);
+        let frame = |ty: u8, src: Ipv4Addr, dst: Ipv4Addr| {
+            let mut f = vec![0u8; 14];
+            f[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0];
+            ip.extend(src.octets());
+            ip.extend(dst.octets());
+            f.extend(ip);
+            f.extend([ty, 0, 0, 0, 0x12, 0x34, 0, 7]);
+            f.extend(42u64.to_be_bytes());
+            f
+        };
+        assert_eq!(
+            parse(&frame(ECHO_REQUEST, client, va), va),
+            Some((Way::In, 42))
+        );
+        assert_eq!(
+            parse(&frame(ECHO_REPLY, va, client), va),
+            Some((Way::Out, 42))
+        );
+        assert_eq!(parse(&frame(ECHO_REQUEST, va, client), va), None);
+        assert_eq!(parse(&frame(3, client, va), va), None);
+        assert_eq!(parse(&frame(ECHO_REPLY, va, client)[..20], va), None);
+    }
+}
