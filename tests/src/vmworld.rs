@@ -214,6 +214,10 @@ impl VmWorld {
             world.attach(Node::Gw, "gb", false);
             world.attach(Node::HostA, "a0", false);
             world.attach(Node::HostB, "b0", false);
+            // The host link is a physical side too: what host A forwards to host B's
+            // real address after a switch arrives there, and is translated there.
+            world.attach(Node::HostA, "ax", false);
+            world.attach(Node::HostB, "bx", false);
             world.map_all(VA.into(), ra(Host::A).into());
         }
         static WORLDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
