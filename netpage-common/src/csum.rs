@@ -140,15 +140,12 @@ pub const fn apply_udp(check: u16, delta: Delta) -> u16 {
     }
 }
 
+/// Checksums computed from scratch, written independently of the code under test, for the
+/// tests of this crate.
 #[cfg(test)]
-mod tests {
-    extern crate std;
-    use std::vec::Vec;
-
-    use super::*;
-
-    /// A full RFC 1071 checksum over `data`, written independently of the code under test.
-    fn full(data: &[u8]) -> u16 {
+pub(crate) mod reference {
+    /// A full RFC 1071 checksum over `data`.
+    pub fn checksum(data: &[u8]) -> u16 {
         let mut sum: u64 = 0;
         for chunk in data.chunks(2) {
             let hi = u64::from(chunk[0]) << 8;
@@ -160,6 +157,22 @@ mod tests {
         }
         !(sum as u16)
     }
+
+    /// The checksum an IPv4 header should carry: over the header with its checksum field
+    /// taken as zero.
+    pub fn ipv4_header(h: &[u8; 20]) -> u16 {
+        let mut zeroed = *h;
+        zeroed[10..12].fill(0);
+        checksum(&zeroed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::{reference::checksum as full, *};
 
     /// splitmix64: a small deterministic generator, so failures reproduce.
     struct Rng(u64);

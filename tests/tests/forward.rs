@@ -194,57 +194,53 @@ fn packets_for_a_draining_address_go_on_to_the_current_one() {
         for l4 in [L4::Tcp, L4::Udp, L4::Echo] {
             for hook in Hook::ALL {
                 let name = |what: &str| format!("{l4:?} v6={} {hook:?}: {what}", a.v6);
-                // Forwarded: the destination is the current address, the source and
-                // everything else but the TTL as it was.
-                let input = frame(l4, a.client, a.old, 64);
-                let fwd = frame(l4, a.client, a.new, 32);
-                expect(
-                    &dp,
-                    hook,
-                    false,
-                    &name("forwarded"),
-                    &input,
-                    &fwd,
-                    Counter::Forwarded,
-                );
-                forwarded += 1;
-                // A mapped source stays a real address: the packet stays in the network.
-                let input = frame(l4, a.new, a.old, 200);
-                let fwd = frame(l4, a.new, a.new, 32);
-                expect(
-                    &dp,
-                    hook,
-                    false,
-                    &name("mapped source"),
-                    &input,
-                    &fwd,
-                    Counter::Forwarded,
-                );
-                forwarded += 1;
-                // Already forwarded (TTL at most 32): translated as before.
-                let input = frame(l4, a.client, a.old, 32);
-                let want = frame(l4, a.client, a.va, 32);
-                expect(
-                    &dp,
-                    hook,
-                    false,
-                    &name("forwarded once"),
-                    &input,
-                    &want,
-                    back,
-                );
-                // The current address: the VM is here.
-                let input = frame(l4, a.client, a.new, 64);
-                let want = frame(l4, a.client, a.va, 64);
-                expect(&dp, hook, false, &name("current"), &input, &want, back);
-                // A draining address whose VA is not mapped: nowhere to go.
-                let input = frame(l4, a.client, a.orphan_ra, 64);
-                let want = frame(l4, a.client, a.orphan_va, 64);
-                expect(&dp, hook, false, &name("unmapped VA"), &input, &want, back);
-                // A reverse entry that does not drain: translated, whatever V2R says.
-                let input = frame(l4, a.client, a.undrained, 64);
-                let want = frame(l4, a.client, a.va, 64);
-                expect(&dp, hook, false, &name("not draining"), &input, &want, back);
+                let fwd = Counter::Forwarded;
+                let cases = [
+                    // Forwarded: the destination is the current address, the source and
+                    // everything else but the TTL as it was.
+                    (
+                        "forwarded",
+                        (a.client, a.old, 64),
+                        (a.client, a.new, 32),
+                        fwd,
+                    ),
+                    // A mapped source stays a real address: the packet stays in the network.
+                    (
+                        "mapped source",
+                        (a.new, a.old, 200),
+                        (a.new, a.new, 32),
+                        fwd,
+                    ),
+                    // Already forwarded (TTL at most 32): translated as before.
+                    (
+                        "forwarded once",
+                        (a.client, a.old, 32),
+                        (a.client, a.va, 32),
+                        back,
+                    ),
+                    // The current address: the VM is here.
+                    ("current", (a.client, a.new, 64), (a.client, a.va, 64), back),
+                    // A draining address whose VA is not mapped: nowhere to go.
+                    (
+                        "unmapped VA",
+                        (a.client, a.orphan_ra, 64),
+                        (a.client, a.orphan_va, 64),
+                        back,
+                    ),
+                    // A reverse entry that does not drain: translated, whatever V2R says.
+                    (
+                        "not draining",
+                        (a.client, a.undrained, 64),
+                        (a.client, a.va, 64),
+                        back,
+                    ),
+                ];
+                for (what, (src, dst, ttl), (want_src, want_dst, want_ttl), outcome) in cases {
+                    let input = frame(l4, src, dst, ttl);
+                    let want = frame(l4, want_src, want_dst, want_ttl);
+                    expect(&dp, hook, false, &name(what), &input, &want, outcome);
+                    forwarded += u64::from(outcome == fwd);
+                }
             }
             // At a tap's egress the kernel has routed the packet: it is translated there.
             let input = frame(l4, a.client, a.old, 64);
