@@ -63,8 +63,14 @@ fn command_smoke() {
     let rows = command::run(&cfg);
     assert_sane(&rows, false);
     // The floor and a switch at each size, as p50 and max.
-    assert_eq!(rows.len(), 2 * (1 + cfg.command_sizes.len()));
-    assert!(rows.iter().all(|r| r.repeats == cfg.command_runs));
+    let (switches, scrapes): (Vec<_>, Vec<_>) =
+        rows.iter().partition(|r| r.measure == "switch_command");
+    assert_eq!(switches.len(), 2 * (1 + cfg.command_sizes.len()));
+    assert!(switches.iter().all(|r| r.repeats == cfg.command_runs));
+    // A metrics scrape at each size, its text growing with the table.
+    assert_eq!(scrapes.len(), cfg.command_sizes.len());
+    assert!(scrapes.iter().all(|r| r.measure == "metrics_scrape"));
+    assert!(scrapes[1].params["bytes"].as_u64() > scrapes[0].params["bytes"].as_u64());
     assert_eq!(targets::notes(&rows).len(), 1);
 }
 
@@ -74,11 +80,18 @@ fn forward_smoke() {
     let rows = forward::run(&cfg);
     // The softirq share of a CPU may well be zero.
     assert_sane(&rows, true);
-    let variants = forward::Variant::ALL.len();
+    // Every variant with each sender, each row naming its sender and what limited it.
+    let variants = forward::Variant::ALL.len() * forward::Sender::ALL.len();
     let pps: Vec<_> = rows.iter().filter(|r| r.measure == "forward_pps").collect();
     assert_eq!(pps.len(), variants);
     for r in &pps {
         assert!(r.value > 0.0, "{}: nothing forwarded", r.variant);
+        assert!(
+            ["gateway", "sender"].contains(&r.params["limited_by"].as_str().unwrap()),
+            "{}: {:?}",
+            r.variant,
+            r.params
+        );
     }
     // One target line per netpage mode passing packets to the kernel, one for the fast path.
     assert_eq!(targets::notes(&rows).len(), 3);
