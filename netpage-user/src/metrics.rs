@@ -77,16 +77,14 @@ impl NodeSnapshot {
             .map(|(vm, real, s)| (vm, real, s.packets, s.bytes))
             .collect();
         mappings.sort_unstable();
-        let forward = open.table.forward_entries()?;
-        let reverse = open.table.reverse_entries()?;
-        let count = |entries: &[(IpAddr, IpAddr)], v4: bool| {
-            entries.iter().filter(|(k, _)| k.is_ipv4() == v4).count() as u64
-        };
+        // Each mapping is one V2R entry: only R2V needs reading again.
+        let [v2r4, v2r6] = per_family(mappings.iter().map(|m| m.0));
+        let [r2v4, r2v6] = per_family(open.table.reverse_entries()?.into_iter().map(|r| r.0));
         let entries = vec![
-            ("v2r", "ipv4", count(&forward, true)),
-            ("v2r", "ipv6", count(&forward, false)),
-            ("r2v", "ipv4", count(&reverse, true)),
-            ("r2v", "ipv6", count(&reverse, false)),
+            ("v2r", "ipv4", v2r4),
+            ("v2r", "ipv6", v2r6),
+            ("r2v", "ipv4", r2v4),
+            ("r2v", "ipv6", r2v6),
         ];
         Ok(NodeSnapshot {
             outcomes,
@@ -111,6 +109,14 @@ impl NodeSnapshot {
             .expect("writing to a String does not fail");
         out
     }
+}
+
+/// How many of `keys` are IPv4 and IPv6 addresses.
+fn per_family(keys: impl Iterator<Item = IpAddr>) -> [u64; 2] {
+    keys.fold([0, 0], |mut n, k| {
+        n[usize::from(k.is_ipv6())] += 1;
+        n
+    })
 }
 
 /// Labels as the encoder takes them.

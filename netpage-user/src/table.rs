@@ -227,13 +227,6 @@ impl<A: Family> Table<A> {
     }
 
     /// Every entry as (key, address, slot).
-    /// Every entry as (key, address, slot).
-    fn all_entries(&self) -> Result<Vec<(IpAddr, IpAddr, u32)>, TableError> {
-        let mut out = Vec::new();
-        self.entries(&mut out)?;
-        Ok(out)
-    }
-
     fn entries(&self, out: &mut Vec<(IpAddr, IpAddr, u32)>) -> Result<(), TableError> {
         for (k, v) in self.all()? {
             let (a, slot) = A::split(v);
@@ -568,17 +561,16 @@ impl BpfTable {
     /// Every mapping (VM, real address) with its traffic, read in a few batched calls
     /// per map rather than a lookup per mapping.
     pub fn mapping_stats(&self) -> Result<Vec<(IpAddr, IpAddr, MappingStats)>, TableError> {
-        let mut out = Vec::new();
-        for (fwd, stats) in [
-            (self.v4.v2r.all_entries()?, self.v4.stats.all()?),
-            (self.v6.v2r.all_entries()?, self.v6.stats.all()?),
-        ] {
-            out.extend(fwd.into_iter().map(|(vm, real, slot)| {
-                let s = stats.get(slot as usize).copied().unwrap_or_default();
+        let stats = [self.v4.stats.all()?, self.v6.stats.all()?];
+        Ok(self
+            .forward_slots()?
+            .into_iter()
+            .map(|(vm, real, slot)| {
+                let family = &stats[usize::from(vm.is_ipv6())];
+                let s = family.get(slot as usize).copied().unwrap_or_default();
                 (vm, real, s)
-            }));
-        }
-        Ok(out)
+            })
+            .collect())
     }
 }
 
