@@ -18,7 +18,7 @@ use netpage_tests::{
         Flow, Wan,
         packet::{PacketSocket, VNET_HDR},
     },
-    world::{BOTH, Node, Options, V4, World},
+    world::{Addrs, BOTH, Host, Node, Options, ProbeReport, Prober, V4, V6, Vm, World},
 };
 
 const MS: Duration = Duration::from_millis(1);
@@ -365,4 +365,104 @@ fn a_panic_removes_the_delay_line() {
         "{name} outlived its world:\n{}",
         namespaces()
     );
+}
+
+/// What a move over the WAN did (see [`move_over_the_wan`]).
+struct Moved {
+    probes: ProbeReport,
+    /// Packets host A forwarded from its old real address to host B's.
+    forwarded: u64,
+    /// Whether the TCP stream that crossed during the move came back as sent.
+    tcp_intact: bool,
+}
+
+/// The one-way delay between the sites for the moves.
+const MOVE_WAN: Duration = Duration::from_millis(20);
+
+/// Moves the VM from host A to host B over a WAN of [`MOVE_WAN`] one way (the host link
+/// too), while the client probes its VA every millisecond and a TCP stream crosses:
+/// make-before-break (plugged into both hosts, see `World::replug_vm`), every edge
+/// switched with one `netpage switch --drain DRAIN`, then the old port unplugged at once.
+/// The probes the gateway sent toward host A in the one-way delay before its switch reach
+/// host A after it; so do the VM's replies toward the gateway.
+fn move_over_the_wan(f: &Addrs, drain: u32) -> Moved {
+    let world = World::with(Options {
+        host_link: true,
+        wan: Some(Wan::delay(MOVE_WAN)),
+        ..Options::default()
+    });
+    world.attach_all();
+    world.map_all(f.va, f.ra_a);
+    let server = world.udp_echo(Node::Vm, SocketAddr::new(f.va, PORT));
+    let _echo = world.tcp_echo(Node::Vm, SocketAddr::new(f.va, PORT + 1));
+    let stream = world
+        .tcp_connect(
+            Node::Client,
+            SocketAddr::new(f.va, PORT + 1),
+            Duration::from_secs(2),
+        )
+        .expect("connect to the VM");
+    let tcp = thread::spawn(move || echo_intact(stream, 1 << 20));
+    let socket = world.udp_socket(Node::Client, SocketAddr::new(f.client, 0));
+    let probes = Prober::spawn(socket, server.addr(), MS, Duration::from_secs(60));
+    thread::sleep(Duration::from_millis(300));
+    let before = world.counter(Node::HostA, "forwarded");
+    world.replug_vm(Vm::One, Host::B, || {
+        world.switch_on(&Node::EDGES, f.va, f.ra_b, drain);
+    });
+    // Several round trips: whatever was in flight has arrived or is lost.
+    thread::sleep(Duration::from_millis(400));
+    let probes = probes.stop();
+    let tcp_intact = tcp.join().expect("the TCP stream");
+    let forwarded = world.counter(Node::HostA, "forwarded") - before;
+    println!(
+        "{} over a WAN of {} ms, drain {drain} s: {probes}; host A forwarded {forwarded}; \
+         TCP intact: {tcp_intact}",
+        f.va,
+        MOVE_WAN.as_millis()
+    );
+    Moved {
+        probes,
+        forwarded,
+        tcp_intact,
+    }
+}
+
+/// With the old real address draining, host A forwards what was in flight to it to host
+/// B's: no probe is lost, and the TCP stream arrives intact.
+fn a_move_over_the_wan_loses_nothing(f: &Addrs) {
+    let m = move_over_the_wan(f, 60);
+    assert_eq!(m.probes.lost, 0, "{}", m.probes);
+    assert_eq!(m.probes.strangers, 0, "{}", m.probes);
+    assert!(m.forwarded > 0, "host A forwarded nothing: {}", m.probes);
+    assert!(m.tcp_intact, "the TCP stream arrived damaged");
+}
+
+#[test]
+fn a_move_over_the_wan_loses_nothing_with_forwarding_v4() {
+    a_move_over_the_wan_loses_nothing(&V4);
+}
+
+#[test]
+fn a_move_over_the_wan_loses_nothing_with_forwarding_v6() {
+    a_move_over_the_wan_loses_nothing(&V6);
+}
+
+/// The negative control: the same move with no drain, so no node keeps the old real
+/// address and host A has nothing to forward with. What was in flight to host A (probes,
+/// and the VM's replies to the gateway) is lost: at least one, at most what two one-way
+/// delays carry, all in one run.
+#[test]
+fn a_move_over_the_wan_without_forwarding_loses_what_was_in_flight() {
+    let m = move_over_the_wan(&V4, 0);
+    let in_flight = 2 * MOVE_WAN.as_millis() as u64;
+    assert_eq!(m.forwarded, 0, "forwarded without a drain");
+    assert!(m.probes.lost > 0, "nothing lost: {}", m.probes);
+    let (first, last) = (m.probes.lost_seqs[0], *m.probes.lost_seqs.last().unwrap());
+    assert!(
+        last - first < in_flight + 20,
+        "probes lost outside the move ({first} to {last}): {}",
+        m.probes
+    );
+    assert!(m.tcp_intact, "TCP did not recover the loss");
 }
