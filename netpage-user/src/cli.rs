@@ -324,6 +324,11 @@ pub struct MigrateArgs {
         conflicts_with = "no_hold"
     )]
     pub hold_lead: u64,
+    /// Run at the time-shared class instead of raising netpage's thread to SCHED_FIFO for
+    /// the migration (it sleeps on QEMU's sockets and wakes at once on STOP, ahead of busy
+    /// vCPU threads; without CAP_SYS_NICE it runs time-shared anyway, and says so).
+    #[arg(long)]
+    pub no_realtime: bool,
     /// The longest pause QEMU may plan for the final copy, in milliseconds [default: the
     /// source's own, 300 unless changed].
     #[arg(long, value_name = "MS")]
@@ -374,6 +379,7 @@ impl MigrateArgs {
             switch_at: self.switch_at,
             hold: self.switch_at == SwitchAt::Stop && !self.no_hold,
             hold_lead: Duration::from_millis(self.hold_lead),
+            realtime: !self.no_realtime,
             downtime_limit_ms: self.downtime_limit,
             timeout: self.timeout,
             drain: self.drain.drain,

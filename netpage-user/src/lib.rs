@@ -15,6 +15,7 @@ pub mod outfile;
 pub mod owner;
 pub mod pause;
 pub mod qmp;
+pub mod realtime;
 pub mod table;
 pub mod tablefile;
 pub mod timeline;

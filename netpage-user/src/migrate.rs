@@ -93,6 +93,7 @@ use crate::{
     node::NodeError,
     ops::OpError,
     qmp::{Event, MigrationStatus, Qmp, QmpError, RunState, Timestamp},
+    realtime::Realtime,
     table::TableError,
     timeline::{Source, Timeline},
 };
@@ -159,6 +160,8 @@ pub struct MigrateOptions {
     pub hold: bool,
     /// With the hold: how long before releasing the limit netpage switches at least.
     pub hold_lead: Duration,
+    /// Whether netpage's thread runs at SCHED_FIFO for the migration (see [`realtime`]).
+    pub realtime: bool,
     /// The longest pause QEMU may plan for its last copy (`None`: the source's own).
     pub downtime_limit_ms: Option<u64>,
     /// The whole migration must complete within this.
@@ -226,8 +229,17 @@ pub async fn migrate(opts: &MigrateOptions) -> Result<MigrateReport, MigrateErro
     // From here on a signal ends the migration through its rollback, never half-way.
     let interrupts = Interrupts::listen().map_err(MigrateError::Signals)?;
     let mut run = Run::prepare(opts, start, interrupts).await?;
+    let realtime = opts.realtime.then(|| match Realtime::raise() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("netpage: running time-shared, not at SCHED_FIFO: {e}");
+            None
+        }
+    });
     let outcome = run.drive(opts).await;
-    Ok(run.finish(opts, outcome).await)
+    let mut report = run.finish(opts, outcome).await;
+    report.realtime = realtime.is_some_and(|rt| rt.is_some());
+    Ok(report)
 }
 
 /// How a migration whose destination QEMU died is reported.
@@ -807,6 +819,8 @@ impl Run {
             hold: opts.switch_at == SwitchAt::Stop && opts.hold,
             hold_lead_ms: (opts.switch_at == SwitchAt::Stop && opts.hold)
                 .then_some(opts.hold_lead.as_secs_f64() * 1e3),
+            // Set by `migrate` once the thread is back in its own class.
+            realtime: false,
             status: if failed { "failed" } else { "completed" }.into(),
             error,
             rolled_back,

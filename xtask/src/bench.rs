@@ -11,8 +11,8 @@ use anyhow::Result;
 use crate::{cmd, toolchain::BuildEnv};
 
 /// Runs the benchmark binary of the tests crate, in full or (with `smoke`) briefly, all
-/// its default parts or only `parts`.
-pub fn run(env: &BuildEnv, smoke: bool, parts: &[String]) -> Result<()> {
+/// its default parts or only `parts`, with `rounds` of each live migration if given.
+pub fn run(env: &BuildEnv, smoke: bool, parts: &[String], rounds: Option<u32>) -> Result<()> {
     cmd::require_root(
         "the benchmark loads XDP programs and builds network namespaces and bpffs mounts",
     )?;
@@ -27,6 +27,10 @@ pub fn run(env: &BuildEnv, smoke: bool, parts: &[String]) -> Result<()> {
     let only = parts.join(",");
     if !parts.is_empty() {
         args.extend(["--only", &only]);
+    }
+    let rounds = rounds.map(|n| n.to_string());
+    if let Some(n) = &rounds {
+        args.extend(["--rounds", n]);
     }
     cmd::run_release_tool(env, "netpage-bench", &args)
 }

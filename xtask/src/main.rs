@@ -56,6 +56,9 @@ enum Task {
         /// Without any, all but the migrations (live migrations of a QEMU guest take
         /// minutes under TCG).
         parts: Vec<String>,
+        /// Rounds of each live migration (default: 3 in the plain world, 1 over a WAN).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: Option<u32>,
     },
     /// Set up, then fuzz the datapath (root): generated and mutated frames of every kind it
     /// knows, run at both hooks with BPF_PROG_TEST_RUN and judged by an independent oracle;
@@ -99,7 +102,11 @@ fn run(cli: Cli) -> Result<()> {
             cmd::cargo_test(&env, &test)
         }
         Task::Demo { local } => demo::run(&env, local),
-        Task::Bench { smoke, parts } => bench::run(&env, smoke, &parts),
+        Task::Bench {
+            smoke,
+            parts,
+            rounds,
+        } => bench::run(&env, smoke, &parts, rounds),
         Task::Fuzz(options) => fuzz::run(&env, &options),
     }
 }

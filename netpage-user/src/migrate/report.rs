@@ -100,6 +100,9 @@ pub struct MigrateReport {
     /// (`--hold-lead`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold_lead_ms: Option<f64>,
+    /// Whether netpage's thread ran at SCHED_FIFO through the migration (`--no-realtime`,
+    /// or refused for want of CAP_SYS_NICE: `false`).
+    pub realtime: bool,
     /// `completed`, or `failed` (the guest stays at the source; `rolled_back` says
     /// whether every node is back at its old address).
     pub status: String,
@@ -196,6 +199,9 @@ impl fmt::Display for MigrateReport {
             )?,
             (None, Some(ms)) => writeln!(f, "  STOP -> last node switched {ms:.2} ms")?,
             (None, None) => {}
+        }
+        if !self.realtime {
+            writeln!(f, "  netpage ran time-shared (not at SCHED_FIFO)")?;
         }
         if let Some(r) = &self.release {
             writeln!(

@@ -196,16 +196,17 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                  delay line on every link between gateway and hosts and on the migration \
                  link; the client's link is not delayed); {} round(s), the cases taking \
                  turns. `stop-no-hold`: `--switch-at stop --no-hold`, every node switched on \
-                 hearing STOP (without forwarding at the old site, what is in flight toward \
-                 the paused source is lost: the negative control); `stop`: with the hold, \
+                 hearing STOP (what is in flight toward the paused source and reaches the old \
+                 site after its switch is forwarded to the new RA); `stop`: with the hold, \
                  the switch just before the pause; `stop-lead`: the hold with `--hold-lead \
                  {}` (the switch at least that many ms before the release); `resume`; \
                  `routes`, switched by hand. Per run: probes lost, the largest gap, STOP to \
                  RESUME, the gap minus that pause, and the guest's own first-reply latency \
                  after RESUME, from a kernel-stamped capture on the destination tap (the first \
-                 probe in after RESUME to its reply out). `stop-no-hold@destination-first`: \
-                 the same case with its `--node`s destination host, source host, gateway \
-                 instead of gateway first, compared with it; \
+                 probe in after RESUME to its reply out). `stop-no-hold@destination-first` and \
+                 `@source-first`: the same case with its `--node`s destination host, source \
+                 host, gateway, or source host, gateway, destination host, instead of gateway \
+                 first, compared with it; \
                  `migration_wan_node_switch_minus_stop` gives each node's V2R update against \
                  STOP.",
                 crate::vmworld::bench::WAN_DELAY.as_millis(),

@@ -101,12 +101,11 @@ fn run_rows(prefix: &str, r: &MigrationRun) -> Vec<Row> {
     rows
 }
 
-/// What a case is compared with: a `netpage` case with the nodes destination host first
-/// against the same case gateway first; every other case against the hand-switched
-/// routes.
+/// What a case is compared with: a `netpage` case with the nodes in another order against
+/// the same case gateway first; every other case against the hand-switched routes.
 fn baseline_of(c: &Case) -> Option<Case> {
     match (c.variant, c.order) {
-        (v, Order::DestinationFirst) => Some(Case {
+        (v, Order::DestinationFirst | Order::SourceFirst) => Some(Case {
             variant: v,
             order: Order::GatewayFirst,
             wan: c.wan,
@@ -189,6 +188,7 @@ mod tests {
             ("resume", Some("routes")),
             ("routes", None),
             ("stop-no-hold@destination-first", Some("stop-no-hold")),
+            ("stop-no-hold@source-first", Some("stop-no-hold")),
         ];
         let want: Vec<(String, Option<String>)> = want
             .iter()

@@ -6,10 +6,11 @@
 //! `report.md`, and prints the report (progress goes to stderr). Needs root: it loads XDP
 //! programs and builds network namespaces.
 //!
-//! Usage: `netpage-bench [--smoke] [--out DIR] [--only PART,...]` (default DIR:
+//! Usage: `netpage-bench [--smoke] [--out DIR] [--only PART,...] [--rounds N]` (default DIR:
 //! `target/bench`; parts: per-packet, switch, command, forward, gap, directory, wan by default, and
 //! migration — live migrations of a QEMU guest, minutes under TCG, in the plain world and
-//! over the WAN — only when named; migration-wan runs the WAN's migrations alone).
+//! over the WAN — only when named; migration-wan runs the WAN's migrations alone; `--rounds`
+//! sets how many rounds of each live migration both run).
 
 use std::{ffi::CStr, path::PathBuf, process::ExitCode, time::Instant};
 
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         .iter()
         .map(|p| (*p).to_owned())
         .collect();
+    let mut rounds: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -52,6 +54,10 @@ fn main() -> ExitCode {
                 Some(list) => only = list.split(',').map(str::to_owned).collect(),
                 None => return usage("--only needs a list of parts"),
             },
+            "--rounds" => match args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0) {
+                Some(n) => rounds = Some(n),
+                None => return usage("--rounds needs a number of rounds (1 or more)"),
+            },
             other => return usage(&format!("unknown argument {other}")),
         }
     }
@@ -62,11 +68,15 @@ fn main() -> ExitCode {
     if unsafe { libc::geteuid() } != 0 {
         return usage("must run as root: it loads XDP programs and builds network namespaces");
     }
-    let cfg = if smoke {
+    let mut cfg = if smoke {
         Config::smoke()
     } else {
         Config::full()
     };
+    if let Some(n) = rounds {
+        cfg.migration_rounds = n;
+        cfg.migration_wan_rounds = n;
+    }
 
     leftovers::sweep();
     let start = Instant::now();
@@ -112,7 +122,7 @@ fn main() -> ExitCode {
 
 fn usage(problem: &str) -> ExitCode {
     eprintln!(
-        "netpage-bench: {problem}\nusage: netpage-bench [--smoke] [--out DIR] [--only {}]",
+        "netpage-bench: {problem}\nusage: netpage-bench [--smoke] [--out DIR] [--only {}] [--rounds N]",
         PARTS.join(",")
     );
     ExitCode::from(2)

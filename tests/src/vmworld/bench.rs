@@ -122,6 +122,9 @@ pub enum Order {
     GatewayFirst,
     /// Destination host, source host, gateway.
     DestinationFirst,
+    /// Source host, gateway, destination host: the node where what arrives before its
+    /// switch goes to the paused source.
+    SourceFirst,
 }
 
 impl Order {
@@ -129,6 +132,7 @@ impl Order {
         match self {
             Order::GatewayFirst => "gateway-first",
             Order::DestinationFirst => "destination-first",
+            Order::SourceFirst => "source-first",
         }
     }
 
@@ -136,6 +140,7 @@ impl Order {
         match self {
             Order::GatewayFirst => [Node::Gw, Node::HostA, Node::HostB],
             Order::DestinationFirst => [Node::HostB, Node::HostA, Node::Gw],
+            Order::SourceFirst => [Node::HostA, Node::Gw, Node::HostB],
         }
     }
 }
@@ -160,8 +165,8 @@ impl Case {
 }
 
 /// The cases of one WAN round: every variant gateway first, then `stop-no-hold`
-/// destination host first (the order of the nodes' updates, microseconds apart, against
-/// the same case gateway first).
+/// destination host first and source host first (the order of the nodes' updates,
+/// microseconds apart, against the same case gateway first).
 pub fn wan_cases() -> Vec<Case> {
     let wan = Some(WAN_DELAY);
     let mut cases: Vec<Case> = Variant::WAN
@@ -172,11 +177,13 @@ pub fn wan_cases() -> Vec<Case> {
             wan,
         })
         .collect();
-    cases.push(Case {
-        variant: Variant::StopNoHold,
-        order: Order::DestinationFirst,
-        wan,
-    });
+    cases.extend(
+        [Order::DestinationFirst, Order::SourceFirst].map(|order| Case {
+            variant: Variant::StopNoHold,
+            order,
+            wan,
+        }),
+    );
     cases
 }
 
