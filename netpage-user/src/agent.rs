@@ -47,6 +47,8 @@ pub struct AgentOptions {
     pub capacity: Option<u32>,
     /// Where to serve the node's and the agent's metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// The state directory of `netpage migrate`, whose tally the metrics show.
+    pub state_dir: std::path::PathBuf,
 }
 
 /// Why the agent stopped.
@@ -122,7 +124,11 @@ pub async fn run(opts: &AgentOptions) -> Result<(), AgentError> {
                 listener.local_addr().map_err(err)?
             ),
         );
-        let scrape = metrics::scrape_of(node.clone(), Some(state.metrics.clone()));
+        let scrape = metrics::scrape_of(
+            node.clone(),
+            Some(state.metrics.clone()),
+            opts.state_dir.clone(),
+        );
         let stop = stop_metrics.clone();
         tokio::spawn(async move {
             let _ = metrics::serve::serve(listener, scrape, stop.notified()).await;

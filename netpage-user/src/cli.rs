@@ -185,6 +185,10 @@ pub enum Command {
         /// Address and port to listen on.
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS)]
         listen: std::net::SocketAddr,
+        /// The state directory of `netpage migrate` on this machine, whose tally of
+        /// migrations the metrics show.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
 }
 
@@ -207,6 +211,10 @@ pub struct AgentArgs {
     /// (e.g. 127.0.0.1:9560; see `netpage metrics`).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// With --metrics: the state directory of `netpage migrate` on this machine, whose
+    /// tally of migrations the metrics show.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Args)]

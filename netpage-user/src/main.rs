@@ -189,7 +189,7 @@ fn run(cli: Cli) -> Result<Output> {
         }
         Command::Check { repair } => check(&node, repair)?,
         Command::Agent(_) | Command::Nodes => unreachable!("refused above without --etcd"),
-        Command::Metrics { listen } => serve_metrics(node, listen)?,
+        Command::Metrics { listen, state_dir } => serve_metrics(node, listen, state_dir)?,
         Command::Gc { now } => {
             let mut n = node.open_for_write()?;
             let at = if now { u64::MAX } else { now_ms() };
@@ -269,7 +269,11 @@ fn node_name(dir: &std::path::Path) -> String {
 }
 
 /// `netpage metrics --listen ADDR`: serves the node's metrics until SIGINT or SIGTERM.
-fn serve_metrics(node: Node, listen: std::net::SocketAddr) -> Result<Output> {
+fn serve_metrics(
+    node: Node,
+    listen: std::net::SocketAddr,
+    state_dir: std::path::PathBuf,
+) -> Result<Output> {
     use tokio::signal::unix::{SignalKind, signal};
     // Refused now rather than at the first scrape.
     node.open()?;
@@ -287,7 +291,7 @@ fn serve_metrics(node: Node, listen: std::net::SocketAddr) -> Result<Output> {
             node.dir().display(),
             listener.local_addr()?
         );
-        let scrape = metrics::scrape_of(node, None);
+        let scrape = metrics::scrape_of(node, None, state_dir);
         let stop = async {
             tokio::select! {
                 _ = term.recv() => {}

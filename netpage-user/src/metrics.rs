@@ -9,7 +9,13 @@
 //!   series per mapping, so 2,000,000 at the largest table of a million mappings.
 //! - `table_entries{map,family}` (`map`: `v2r` or `r2v`), `table_capacity` (entries each
 //!   map holds), `drains`.
-//! - `scrape_read_seconds`: how long reading the node took for this scrape.
+//! - `scrape_read_seconds`: how long reading the node took for this scrape; `up`: 1 when
+//!   the node was read (0, with the error as a comment, when it could not be).
+//! - `migrations_total{outcome}` (`completed`, `rolled_back`, `failed`),
+//!   `migration_downtime_seconds` (QEMU's downtime) and `migration_gap_seconds` (the gap a
+//!   client saw at least: from the switch or STOP, whichever came first, to RESUME), both
+//!   histograms of completed migrations: the migrations `netpage migrate` ran on this
+//!   machine, from the tally in its state directory (`--state-dir`).
 //!
 //! An agent's (`netpage agent --metrics ADDR`) add, prefixed `netpage_agent_`:
 //! `applied_revision` (the directory revision its table equals), `lag_revisions` (how many
@@ -39,6 +45,7 @@ use prometheus_client::{
 };
 
 use crate::{
+    migrate::tally::{Tally, TallyError},
     node::{Node, NodeError},
     table::{PageTable, TableError},
 };
@@ -54,6 +61,8 @@ pub struct NodeSnapshot {
     pub capacity: u32,
     pub drains: u64,
     pub read: Duration,
+    /// The migrations this machine ran.
+    pub migrations: Tally,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +71,14 @@ pub enum MetricsError {
     Node(#[from] NodeError),
     #[error(transparent)]
     Table(#[from] TableError),
+    #[error(transparent)]
+    Tally(#[from] TallyError),
 }
 
 impl NodeSnapshot {
-    /// Reads `node` (no lock: it writes nothing).
-    pub fn read(node: &Node) -> Result<Self, MetricsError> {
+    /// Reads `node` (no lock: it writes nothing), and the migrations' tally in
+    /// `state_dir`.
+    pub fn read(node: &Node, state_dir: &std::path::Path) -> Result<Self, MetricsError> {
         let start = Instant::now();
         let open = node.open()?;
         let outcomes = open.counters()?.named().collect();
@@ -93,6 +105,7 @@ impl NodeSnapshot {
             capacity: node.capacity()?,
             drains: open.table.drains()?.len() as u64,
             read: start.elapsed(),
+            migrations: Tally::read(state_dir)?,
         })
     }
 
@@ -212,7 +225,52 @@ impl Collector for NodeSnapshot {
             "netpage_scrape_read_seconds",
             "Time this scrape took to read the node's maps.",
             self.read.as_secs_f64(),
-        )
+        )?;
+        gauge(
+            &mut encoder,
+            "netpage_up",
+            "1: the node was read for this scrape.",
+            1.0,
+        )?;
+        self.encode_migrations(&mut encoder)
+    }
+}
+
+impl NodeSnapshot {
+    fn encode_migrations(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.migrations;
+        counter_family(
+            encoder,
+            "netpage_migrations",
+            "Migrations `netpage migrate` ran on this machine, by outcome.",
+            ["completed", "rolled_back", "failed"].into_iter().map(|o| {
+                (
+                    vec![("outcome", o)],
+                    m.outcomes.get(o).copied().unwrap_or(0),
+                )
+            }),
+        )?;
+        for (name, help, h) in [
+            (
+                "netpage_migration_downtime_seconds",
+                "QEMU's downtime in each completed migration.",
+                &m.downtime_seconds,
+            ),
+            (
+                "netpage_migration_gap_seconds",
+                "The gap a client saw at least in each completed migration: from the switch or STOP, whichever came first, to RESUME.",
+                &m.gap_seconds,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Histogram,
+            )?;
+            family.encode_histogram::<Labels>(h.sum, h.count, &h.buckets(), None)?;
+        }
+        Ok(())
     }
 }
 
@@ -276,9 +334,14 @@ impl AgentMetrics {
     }
 }
 
-/// What a scrape of `node` answers (with `agent`'s metrics, for an agent's node).
-pub fn scrape_of(node: Node, agent: Option<AgentMetrics>) -> serve::Scrape {
-    std::sync::Arc::new(move || match NodeSnapshot::read(&node) {
+/// What a scrape of `node` answers (with `agent`'s metrics, for an agent's node, and the
+/// tally of the migrations in `state_dir`).
+pub fn scrape_of(
+    node: Node,
+    agent: Option<AgentMetrics>,
+    state_dir: std::path::PathBuf,
+) -> serve::Scrape {
+    std::sync::Arc::new(move || match NodeSnapshot::read(&node, &state_dir) {
         Ok(s) => s.encode(agent.as_ref()),
         Err(e) => unreadable(&format!("{:#}", anyhow::Error::from(e))),
     })
@@ -312,7 +375,12 @@ mod tests {
             capacity: 1024,
             drains: 0,
             read: Duration::from_millis(2),
+            migrations: Tally::default(),
         };
+        let mut s = s;
+        s.migrations.outcomes.insert("completed".into(), 2);
+        s.migrations.gap_seconds.observe(0.04);
+        s.migrations.gap_seconds.observe(0.3);
         let agent = AgentMetrics::default();
         agent.applied_revision.set(12);
         agent.apply_seconds.observe(0.002);
@@ -327,6 +395,15 @@ mod tests {
             "netpage_table_capacity 1024.0",
             "netpage_agent_applied_revision 12",
             "netpage_agent_apply_seconds_count 1",
+            "netpage_up 1.0",
+            "netpage_migrations_total{outcome=\"completed\"} 2",
+            "netpage_migrations_total{outcome=\"failed\"} 0",
+            "netpage_migration_gap_seconds_bucket{le=\"0.025\"} 0",
+            "netpage_migration_gap_seconds_bucket{le=\"0.05\"} 1",
+            "netpage_migration_gap_seconds_bucket{le=\"0.5\"} 2",
+            "netpage_migration_gap_seconds_bucket{le=\"+Inf\"} 2",
+            "netpage_migration_gap_seconds_count 2",
+            "netpage_migration_downtime_seconds_count 0",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");

@@ -86,6 +86,7 @@ mod interrupt;
 mod neighbour;
 mod recover;
 mod report;
+pub mod tally;
 
 use crate::{
     clock,
@@ -239,6 +240,12 @@ pub async fn migrate(opts: &MigrateOptions) -> Result<MigrateReport, MigrateErro
     let outcome = run.drive(opts).await;
     let mut report = run.finish(opts, outcome).await;
     report.realtime = realtime.is_some_and(|rt| rt.is_some());
+    if let Err(e) = tally::Tally::record(&opts.state_dir, &report) {
+        eprintln!(
+            "netpage: warning: this migration is missing from the metrics: {:#}",
+            anyhow::Error::from(e)
+        );
+    }
     Ok(report)
 }
 

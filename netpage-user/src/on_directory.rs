@@ -61,6 +61,7 @@ pub fn run(cli: Cli, etcd: EtcdOptions) -> Result<Output> {
             lease_ttl: Duration::from_secs(a.lease_ttl),
             capacity: a.capacity,
             metrics: a.metrics,
+            state_dir: a.state_dir.clone(),
         };
         rt.block_on(agent::run(&opts))?;
         return Ok(Output::AgentStopped {

@@ -2,41 +2,18 @@
 //! `openmetrics`) while probes flow and the VM moves; once the traffic stops, every
 //! counter of a scrape equals what `netpage stats` reads.
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    process::{Child, Stdio},
-    time::Duration,
-};
+use std::{net::SocketAddr, process::Child, time::Duration};
 
 use netpage_tests::{
     openmetrics::Scrape,
-    world::{Host, Node, Prober, V4, V6, Vm, World, netpage_bin},
+    world::{Host, Node, Prober, V4, V6, Vm, World},
 };
 
 const LISTEN: &str = "127.0.0.1:9560";
 
 /// `netpage metrics` on the gateway, started and ready.
 fn serve(world: &World) -> Child {
-    let mut child = world
-        .ns(Node::Gw)
-        .command(netpage_bin())
-        .arg("--pin-dir")
-        .arg(world.pin_dir(Node::Gw))
-        .args(["metrics", "--listen", LISTEN])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start netpage metrics");
-    let mut line = String::new();
-    BufReader::new(child.stderr.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.contains(&format!("at http://{LISTEN}/metrics")),
-        "{line}"
-    );
-    child
+    world.serve_metrics(Node::Gw, LISTEN, &[])
 }
 
 fn scrape(world: &World, path: &str) -> Scrape {

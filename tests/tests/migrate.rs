@@ -35,6 +35,7 @@ use netpage_tests::{
     directory::{Agents, dir_options, map_add, netpage_etcd, netpage_etcd_json},
     etcd::{self, Etcd},
     guest::ECHO_PORT,
+    openmetrics::Scrape,
     qemu::Qemu,
     vmworld::{
         self, IcmpProbe, MigrateCall, TAP, TableSnapshot, VA, VmWorld, bench, boot_params,
@@ -402,6 +403,8 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
     assert_eq!(report["status"], "completed", "{report:#}");
     assert_eq!(report["rolled_back"], false, "{report:#}");
     assert_eq!(report["switch_at"], switch_at, "{report:#}");
+    assert_eq!(report["realtime"], true, "{report:#}");
+    assert_migration_metrics(&vw, &report);
     let held = switch_at == "stop" && !more.contains(&"--no-hold");
     assert_eq!(report["hold"], held, "{report:#}");
     assert_eq!(
@@ -434,6 +437,58 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
         Some(d) => assert_through_the_directory(&vw, d, &report),
     }
     figures
+}
+
+/// The tally of this world's migrations as `netpage metrics` serves it on the gateway,
+/// scraped once.
+fn migration_metrics(vw: &VmWorld) -> Scrape {
+    const LISTEN: &str = "127.0.0.1:9561";
+    let state_dir = vw.state_dir().as_os_str();
+    let mut server = vw
+        .world
+        .serve_metrics(Node::Gw, LISTEN, &["--state-dir".as_ref(), state_dir]);
+    let scrape = Scrape::get(
+        Some(vw.world.ns(Node::Gw)),
+        &format!("http://{LISTEN}/metrics"),
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    scrape.ok()
+}
+
+/// The metrics count the one migration of this world, completed, with `report`'s
+/// downtime and the client's least gap (STOP to RESUME, plus the switch's lead).
+fn assert_migration_metrics(vw: &VmWorld, report: &serde_json::Value) {
+    let m = migration_metrics(vw);
+    let v = |name: &str| {
+        m.value(name, &[])
+            .unwrap_or_else(|| panic!("no {name}: {m:?}"))
+    };
+    assert_eq!(
+        m.value("netpage_migrations_total", &[("outcome", "completed")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value("netpage_migrations_total", &[("outcome", "rolled_back")]),
+        Some(0.0)
+    );
+    assert_eq!(v("netpage_migration_downtime_seconds_count"), 1.0);
+    let downtime = report["qemu_downtime_ms"]
+        .as_f64()
+        .expect("QEMU's downtime")
+        / 1e3;
+    assert!((v("netpage_migration_downtime_seconds_sum") - downtime).abs() < 1e-9);
+    let gap = (report["stop_to_resume_ms"]
+        .as_f64()
+        .expect("STOP -> RESUME")
+        + report["switch_to_stop_ms"].as_f64().unwrap_or(0.0))
+        / 1e3;
+    assert_eq!(v("netpage_migration_gap_seconds_count"), 1.0);
+    assert!(
+        (v("netpage_migration_gap_seconds_sum") - gap).abs() < 1e-9,
+        "gap {gap} s: {m:?}"
+    );
+    assert_eq!(v("netpage_up"), 1.0);
 }
 
 /// Every edge maps the VA to RA_B, with RA_A drained away.
@@ -819,6 +874,18 @@ fn migration_that_cannot_converge_rolls_back() {
     println!(
         "rollback: {} after {} passes",
         report["error"], report["passes"]
+    );
+    let m = migration_metrics(&vw);
+    for (outcome, n) in [("rolled_back", 1.0), ("completed", 0.0), ("failed", 0.0)] {
+        assert_eq!(
+            m.value("netpage_migrations_total", &[("outcome", outcome)]),
+            Some(n),
+            "{outcome}: {m:?}"
+        );
+    }
+    assert_eq!(
+        m.value("netpage_migration_gap_seconds_count", &[]),
+        Some(0.0)
     );
 
     assert_tables_unchanged(&before, &vw.tables(), "after the rollback");

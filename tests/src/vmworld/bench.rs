@@ -430,6 +430,7 @@ fn measure(run: &mut MigrationRun) {
     };
     thread::sleep(AFTER);
     let icmp = probe.stop();
+    let mut capture_failure = None;
     match (capture.stop(), driven.resume_unix_ms) {
         (Ok(c), Some(resume)) => {
             if let Some(first) = c.first_reply_after(resume) {
@@ -438,7 +439,11 @@ fn measure(run: &mut MigrationRun) {
             }
         }
         (Ok(_), None) => {}
-        (Err(e), _) => panic!("the capture on the destination tap: {e}"),
+        // The destination's tap goes with its QEMU, which exits when a migration is
+        // cancelled: the run's own failure says why, else this does.
+        (Err(e), _) => {
+            capture_failure = Some(format!("the capture on the destination tap: {e}"));
+        }
     }
     if let Some(stop) = driven.stop_unix_ms {
         run.node_switch_minus_stop_ms = driven
@@ -456,7 +461,7 @@ fn measure(run: &mut MigrationRun) {
     run.qemu_total_ms = driven.qemu_total_ms;
     run.switch_minus_stop_ms = driven.switch_minus_stop_ms;
     run.passes = driven.passes;
-    run.failure = driven.failure;
+    run.failure = driven.failure.or(capture_failure);
     run.release = driven.release;
     if let (Some(stop), Some(first), Some(last)) = (
         driven.stop_unix_ms,

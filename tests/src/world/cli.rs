@@ -199,6 +199,31 @@ impl World {
         self.netpage_json(Node::Gw, &args)
     }
 
+    /// `netpage metrics --listen LISTEN` on `node` with `more` arguments, started and
+    /// ready (its first line on stderr names the address it serves).
+    pub fn serve_metrics(&self, node: Node, listen: &str, more: &[&std::ffi::OsStr]) -> Child {
+        let mut child = self
+            .ns(node)
+            .command(netpage_bin())
+            .arg("--pin-dir")
+            .arg(self.pin_dir(node))
+            .args(["metrics", "--listen", listen])
+            .args(more)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start netpage metrics");
+        let mut line = String::new();
+        BufReader::new(child.stderr.as_mut().expect("piped"))
+            .read_line(&mut line)
+            .expect("read netpage metrics' first line");
+        assert!(
+            line.contains(&format!("at http://{listen}/metrics")),
+            "{line}"
+        );
+        child
+    }
+
     /// The outcome counter `name` on `node` (`netpage --json stats`).
     pub fn counter(&self, node: Node, name: &str) -> u64 {
         let stats = self.netpage_json(node, &["stats"]);
