@@ -29,6 +29,7 @@ use crate::{
     loader,
     metrics::{self, AgentMetrics},
     node::{Node, NodeError, OpenNode},
+    progress::Progress,
     table::{PageTable, TableError},
 };
 pub use mirror::{Change, Synced, apply_revision, sync};
@@ -208,8 +209,15 @@ async fn session(
     let mut tick = tokio::time::interval(Duration::from_secs((ttl as u64 / 3).max(1)));
     loop {
         let started = Instant::now();
+        let progress = Progress::spinner(format!("agent {}", st.name));
+        progress.stage("reading the directory");
         let view = dir.view().await?;
+        progress.stage(format!(
+            "making the table equal to revision {}",
+            view.revision
+        ));
         let synced = sync(&mut st.open.table, &view)?;
+        progress.finish();
         report(&mut dir, st, lease, view.revision).await?;
         st.metrics.syncs.inc();
         st.metrics.etcd_up.set(1);

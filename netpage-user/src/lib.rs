@@ -14,6 +14,7 @@ pub mod ops;
 pub mod outfile;
 pub mod owner;
 pub mod pause;
+pub mod progress;
 pub mod qmp;
 pub mod realtime;
 pub mod table;

@@ -18,6 +18,7 @@ use netpage::{
     migrate::EdgeSpec,
     node::{self, Node, OpenNode, require_capabilities},
     ops::{self, Mapping, OpError},
+    progress::{self, Progress},
     table::PageTable,
     tablefile::TableFile,
 };
@@ -29,6 +30,9 @@ fn main() {
         Err(e) => usage_error(e),
     };
     let json = cli.json;
+    if json {
+        progress::silence();
+    }
     match run(cli) {
         Ok(out) => match out.failure() {
             None => out.print(json),
@@ -171,7 +175,9 @@ fn run(cli: Cli) -> Result<Output> {
                 allow_empty,
                 capacity: Some(node.capacity()?),
             };
-            let plan = ops::make_equal(&mut n.table, &desired.mapping, &opts)?;
+            let progress = Progress::bar("apply", 0);
+            let plan = ops::make_equal_showing(&mut n.table, &desired.mapping, &opts, &progress)?;
+            progress.finish();
             Output::Applied { plan, dry_run }
         }
         Command::Stats { vm } => Output::Stats(stats(&open_to_read(&node)?, vm)?),

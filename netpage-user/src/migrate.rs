@@ -93,6 +93,7 @@ use crate::{
     directory::DirError,
     node::NodeError,
     ops::OpError,
+    progress::Progress,
     qmp::{Event, MigrationStatus, Qmp, QmpError, RunState, Timestamp},
     realtime::Realtime,
     table::TableError,
@@ -373,7 +374,10 @@ impl Run {
             Some(n) => Some((n.clone(), guest_mac(&mut src, n).await?)),
             None => None,
         };
-        let mut timeline = Timeline::new(start);
+        let mut timeline = Timeline::new(start).showing(Progress::spinner(format!(
+            "migrate {} to {}",
+            opts.vm, opts.to
+        )));
         timeline.mark(
             Instant::now(),
             Source::Netpage,
@@ -843,7 +847,10 @@ impl Run {
             passes: self.passes,
             switches: self.switches,
             unconfirmed: self.unconfirmed,
-            timeline: self.timeline,
+            timeline: {
+                self.timeline.shown();
+                self.timeline
+            },
         }
     }
 

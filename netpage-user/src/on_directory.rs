@@ -12,6 +12,7 @@ use netpage::{
     migrate::EdgeSpec,
     node::require_capabilities,
     ops::{self, Mapping},
+    progress::Progress,
     table::PageTable,
     tablefile::TableFile,
 };
@@ -117,9 +118,15 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
                 allow_empty,
                 capacity: None,
             };
+            let progress = Progress::spinner("apply");
+            progress.stage(format!(
+                "writing {} mappings to the directory",
+                desired.mapping.len()
+            ));
             let (plan, _) = dir
                 .change(|v| ops::make_equal(v, &desired.mapping, &opts))
                 .await?;
+            progress.finish();
             Output::Applied { plan, dry_run }
         }
         Command::Switch {

@@ -522,7 +522,9 @@ pub fn list(t: &impl PageTable) -> Result<Vec<Mapping>, TableError> {
 }
 
 mod apply;
-pub use apply::{ApplyOptions, Deferred, Moved, Plan, apply, make_equal, plan};
+pub use apply::{
+    ApplyOptions, Deferred, Moved, Plan, apply, apply_showing, make_equal, make_equal_showing, plan,
+};
 
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,8 @@ use std::{fmt, fmt::Write as _, time::Instant};
 
 use serde::Serialize;
 
+use crate::progress::Progress;
+
 /// Who reported a mark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,6 +56,9 @@ pub struct Timeline {
     #[serde(skip)]
     start: Instant,
     pub marks: Vec<Mark>,
+    /// Where each mark is shown as it is made (on a terminal: see [`Progress`]).
+    #[serde(skip)]
+    progress: Progress,
 }
 
 impl Timeline {
@@ -61,16 +66,31 @@ impl Timeline {
         Self {
             start,
             marks: Vec::new(),
+            progress: Progress::hidden(),
         }
+    }
+
+    /// Shows each mark from now on in `progress` as the stage under way.
+    pub fn showing(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Ends the display of the marks (the report follows).
+    pub fn shown(&mut self) {
+        self.progress.finish();
+        self.progress = Progress::hidden();
     }
 
     /// Records `what` at `when` (which may come from an event read a little earlier).
     pub fn mark(&mut self, when: Instant, source: Source, what: impl Into<String>, detail: String) {
         let at_ms = when.saturating_duration_since(self.start).as_secs_f64() * 1e3;
+        let what = what.into();
+        self.progress.stage(format!("{what} {detail}"));
         self.marks.push(Mark {
             at_ms,
             source,
-            what: what.into(),
+            what,
             detail,
         });
         self.marks.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));

@@ -121,5 +121,18 @@ pub const HEADROOM: u32 = 16;
 
 /// A progress line on stderr (the report goes to stdout and files).
 pub fn note(msg: impl std::fmt::Display) {
-    eprintln!("bench: {msg}");
+    let line = format!("bench: {msg}");
+    match PROGRESS.get() {
+        Some(p) => p.println(line),
+        None => eprintln!("{line}"),
+    }
+}
+
+/// The run's progress over its parts, on a terminal (see [`show_progress`]).
+static PROGRESS: std::sync::OnceLock<netpage::progress::Progress> = std::sync::OnceLock::new();
+
+/// Shows the run's progress over `parts` parts on a terminal (nothing otherwise), notes
+/// printed above it; returns it, for the caller to advance.
+pub fn show_progress(parts: u64) -> &'static netpage::progress::Progress {
+    PROGRESS.get_or_init(|| netpage::progress::Progress::bar("bench", parts))
 }

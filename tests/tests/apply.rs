@@ -335,3 +335,67 @@ fn an_apply_killed_between_its_batches_is_repaired_and_applied_again() {
         assert_eq!(got, want, "{step}: the table after applying again");
     }
 }
+
+/// Runs `netpage --pin-dir DIR ARGS` on a pseudo-terminal (`script`) and returns what the
+/// terminal showed, its standard output and error together.
+fn on_a_terminal(dir: &Path, args: &[&str]) -> String {
+    let cmd = [
+        netpage_bin().display().to_string(),
+        "--pin-dir".into(),
+        dir.display().to_string(),
+    ]
+    .into_iter()
+    .chain(args.iter().map(|a| (*a).to_owned()))
+    .collect::<Vec<_>>()
+    .join(" ");
+    let out = output(Command::new("script").args(["-qec", &cmd, "/dev/null"]));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{cmd}: {shown}");
+    shown
+}
+
+/// A large `apply` draws its progress on a terminal, and nothing of it with `--json` or
+/// when its output is not a terminal.
+#[test]
+fn progress_is_drawn_on_a_terminal_only() {
+    const N: usize = 20_000;
+    let mut pins = PinDirs::new("netpage-apply", "progress");
+    let dir = pins.mount("n");
+    Node::new(&dir)
+        .load(Some(2 * N as u32))
+        .expect("create the node's tables");
+    let pairs: Vec<(String, String)> = (0..N)
+        .map(|i| {
+            let (hi, lo) = (i / 250, i % 250 + 1);
+            (format!("10.1.{hi}.{lo}"), format!("10.2.{hi}.{lo}"))
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(v, r)| (v.as_str(), r.as_str()))
+        .collect();
+    let file = table_file(&dir, "big", &refs);
+    let file = file.to_str().unwrap();
+    let bar = "apply: [";
+
+    let shown = on_a_terminal(&dir, &["apply", "-f", file]);
+    assert!(shown.contains(bar), "no progress on a terminal:\n{shown}");
+    assert!(shown.contains("installing"), "no stage shown:\n{shown}");
+
+    let shown = on_a_terminal(&dir, &["--json", "apply", "-f", file, "--dry-run"]);
+    assert!(!shown.contains(bar), "progress with --json:\n{shown}");
+    assert!(
+        !shown.contains('\u{1b}'),
+        "terminal escapes with --json:\n{shown}"
+    );
+    let report: Value = serde_json::from_str(shown.trim()).expect("only the JSON report");
+    assert_eq!(report["unchanged"], N, "{report}");
+
+    let out = netpage(&dir, &["apply", "-f", file]);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "stderr without a terminal: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::{Mapping, OpError, check_mapping, list, remove_mapping, retire};
 use crate::{
     pause,
+    progress::Progress,
     table::{PageTable, TableError},
 };
 
@@ -128,6 +129,20 @@ pub fn make_equal(
     desired: &[Mapping],
     opts: &ApplyOptions,
 ) -> Result<Plan, OpError> {
+    make_equal_showing(t, desired, opts, &Progress::hidden())
+}
+
+/// [`make_equal`], its stages shown by `progress`.
+pub fn make_equal_showing(
+    t: &mut impl PageTable,
+    desired: &[Mapping],
+    opts: &ApplyOptions,
+    progress: &Progress,
+) -> Result<Plan, OpError> {
+    progress.stage(format!(
+        "planning {} mappings against the table",
+        desired.len()
+    ));
     if desired.is_empty() && !opts.allow_empty {
         return Err(OpError::EmptyTable {
             mappings: list(t)?.len(),
@@ -139,7 +154,7 @@ pub fn make_equal(
         check_room(t, &plan, capacity)?;
     }
     if !opts.dry_run {
-        apply(t, &plan, opts.drain, opts.now_ms)?;
+        apply_showing(t, &plan, opts.drain, opts.now_ms, progress)?;
     }
     Ok(plan)
 }
@@ -243,23 +258,53 @@ pub fn apply(
     drain: Duration,
     now_ms: u64,
 ) -> Result<(), OpError> {
-    plan.removed
-        .iter()
-        .try_for_each(|&m| remove_mapping(t, m))?;
-    pause::at(|| "apply-removed".to_owned());
+    apply_showing(t, plan, drain, now_ms, &Progress::hidden())
+}
+
+/// [`apply`], shown by `progress` as it goes: one step per removal, per install saved
+/// and per counter made, and one per batch.
+pub fn apply_showing(
+    t: &mut impl PageTable,
+    plan: &Plan,
+    drain: Duration,
+    now_ms: u64,
+    progress: &Progress,
+) -> Result<(), OpError> {
     let installs = plan.installs();
+    progress.set_length((plan.removed.len() + 2 * installs.len() + 2) as u64);
+    progress.stage(format!("removing {} mappings", plan.removed.len()));
+    plan.removed.iter().try_for_each(|&m| {
+        progress.inc(1);
+        remove_mapping(t, m)
+    })?;
+    pause::at(|| "apply-removed".to_owned());
+    progress.stage(format!(
+        "saving the entries {} installs replace",
+        installs.len()
+    ));
     let mut before = Vec::with_capacity(installs.len());
     for &(vm, real) in &installs {
         before.push((t.forward(vm)?, t.reverse(real)?, t.stats(vm)?.is_some()));
+        progress.inc(1);
     }
     let reverse: Vec<_> = installs.iter().map(|&(vm, real)| (real, vm)).collect();
     let done = (|| {
+        progress.stage("making the mappings' counters");
         for &(vm, _) in &installs {
             t.create_stats(vm)?;
+            progress.inc(1);
         }
+        progress.stage(format!(
+            "installing {} reverse entries (R2V)",
+            reverse.len()
+        ));
         t.set_reverse_many(&reverse)?;
+        progress.inc(1);
         pause::at(|| "apply-reverse".to_owned());
-        t.set_forward_many(&installs)
+        progress.stage(format!("installing {} mappings (V2R)", installs.len()));
+        let set = t.set_forward_many(&installs);
+        progress.inc(1);
+        set
     })();
     if let Err(e) = done {
         let undo = undo_installs(t, &installs, &before).err();

@@ -16,7 +16,7 @@ use std::{ffi::CStr, path::PathBuf, process::ExitCode, time::Instant};
 
 use netpage_tests::bench::{
     Config, about, command, directory, forward, gap, leftovers, migration, note, per_packet,
-    report, switch, targets, wan,
+    report, show_progress, switch, targets, wan,
 };
 
 /// Every part, in the order it runs.
@@ -81,9 +81,16 @@ fn main() -> ExitCode {
     leftovers::sweep();
     let start = Instant::now();
     let mut rows = Vec::new();
-    for part in PARTS.iter().filter(|p| only.iter().any(|o| o == *p)) {
+    let parts: Vec<&str> = PARTS
+        .iter()
+        .copied()
+        .filter(|p| only.iter().any(|o| o == p))
+        .collect();
+    let progress = show_progress(parts.len() as u64);
+    for part in parts {
+        progress.stage(format!("part {part}"));
         let t = Instant::now();
-        rows.extend(match *part {
+        rows.extend(match part {
             "per-packet" => per_packet::run(&cfg),
             "switch" => switch::run(&cfg),
             "command" => command::run(&cfg),
@@ -95,12 +102,14 @@ fn main() -> ExitCode {
             "migration-wan" => migration::run_wan(&cfg),
             _ => unreachable!("checked above"),
         });
+        progress.inc(1);
         note(format_args!(
             "{part} took {:.0} s",
             t.elapsed().as_secs_f64()
         ));
     }
 
+    progress.finish();
     let goals = targets::notes(&rows);
     let notes = targets::diagnose(&rows);
     let preamble = preamble(smoke, start.elapsed().as_secs_f64());
