@@ -11,10 +11,11 @@ use crate::{bench::note, netns::output};
 /// Name prefixes that carry the owning process id, and the character that ends the id:
 /// the bench's namespaces (`npbench<pid>-`) and directories (`netpage-bench-<pid>-` in
 /// /tmp), the namespace world's (`np<pid>x`, `netpage-world-np<pid>x`), and the etcd
-/// members' and agents' directories.
+/// members' and agents' directories, and the QEMU guests' (`netpage-qemu-<pid>-`).
 const NETNS_PREFIXES: [(&str, char); 2] = [("npbench", '-'), ("np", 'x')];
-const TMP_PREFIXES: [(&str, char); 5] = [
+const TMP_PREFIXES: [(&str, char); 6] = [
     ("netpage-bench-", '-'),
+    ("netpage-qemu-", '-'),
     ("netpage-world-np", 'x'),
     ("netpage-etcd-", '-'),
     ("netpage-etcd-tls-", '-'),
@@ -67,8 +68,9 @@ pub fn sweep() {
 }
 
 /// Kills (SIGKILL) the processes whose command line names a directory in /tmp that
-/// `stale` says a dead run left: its etcd members (`--data-dir`) and agents (`--pin-dir`),
-/// which run in process groups of their own and so outlive it.
+/// `stale` says a dead run left: its etcd members (`--data-dir`), agents (`--pin-dir`) and
+/// QEMU guests (`-serial file:/tmp/...`), which run in process groups of their own and so
+/// outlive it.
 fn kill_orphans(stale: &dyn Fn(&str) -> bool) {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return;
@@ -81,7 +83,8 @@ fn kill_orphans(stale: &dyn Fn(&str) -> bool) {
         let names_stale = cmdline.split(|&b| b == 0).any(|arg| {
             std::str::from_utf8(arg)
                 .ok()
-                .and_then(|a| a.strip_prefix("/tmp/"))
+                .and_then(|a| a.split_once("/tmp/"))
+                .map(|(_, r)| r)
                 .and_then(|r| r.split('/').next())
                 .is_some_and(stale)
         });
