@@ -80,7 +80,7 @@ pub struct TraceEvent {
     pub reason: u32,
     /// [`VERDICT_PASS`], [`VERDICT_DROP`], [`VERDICT_REDIRECT`] or [`VERDICT_TX`].
     pub verdict: u32,
-    /// [`EVENT_PHYSICAL`] and [`EVENT_TC`].
+    /// [`EVENT_PHYSICAL`], [`EVENT_TC`] and [`EVENT_EGRESS`].
     pub flags: u32,
     /// 4 or 6; 0 if the packet is not IP (or its header could not be read): no addresses.
     pub family: u8,
@@ -100,6 +100,9 @@ pub struct TraceEvent {
 pub const EVENT_PHYSICAL: u32 = 1;
 /// [`TraceEvent::flags`]: the tc program (else XDP).
 pub const EVENT_TC: u32 = 2;
+/// [`TraceEvent::flags`]: the tc program at the interface's egress (a virtual-side
+/// interface's, which runs the physical side's program on what the node sends its VMs).
+pub const EVENT_EGRESS: u32 = 4;
 
 /// [`TraceEvent::verdict`]: the packet goes on to the kernel (or the next tc program).
 pub const VERDICT_PASS: u32 = 0;

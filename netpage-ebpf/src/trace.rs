@@ -20,8 +20,8 @@ use netpage_common::{
     maps::MAX_TRACE_SEL,
     proto::{ETH_P_IP, ETH_P_IPV6, IPV4_DST, IPV4_SRC, IPV6_DST, IPV6_HLEN, IPV6_SRC},
     trace::{
-        EVENT_PHYSICAL, EVENT_TC, RING_BYTES, SELECT_IFACES, SELECT_VMS, TraceConfig, TraceCpu,
-        TraceEvent, TraceKey, admit, is_on,
+        EVENT_EGRESS, EVENT_PHYSICAL, EVENT_TC, RING_BYTES, SELECT_IFACES, SELECT_VMS, TraceConfig,
+        TraceCpu, TraceEvent, TraceKey, admit, is_on,
     },
 };
 
@@ -80,13 +80,18 @@ pub fn before<const TC: bool, const PHYSICAL: bool>(ctx: *mut core::ffi::c_void)
     let pkt = Packet::of_ctx::<TC>(ctx);
     let ifindex = pkt.ingress::<TC>();
     // SAFETY: only whether there is a value is read.
-    if cfg.flags & SELECT_IFACES != 0 && unsafe { SEL.get(&TraceKey::iface(ifindex)) }.is_none() {
+    if cfg.flags & SELECT_IFACES != 0 && unsafe { SEL.get(TraceKey::iface(ifindex)) }.is_none() {
         return;
     }
     let e = &mut cpu.event;
     e.time_ns = now;
     e.ifindex = ifindex;
-    e.flags = if PHYSICAL { EVENT_PHYSICAL } else { 0 } | if TC { EVENT_TC } else { 0 };
+    let egress = if pkt.at_ingress::<TC>() {
+        0
+    } else {
+        EVENT_EGRESS
+    };
+    e.flags = if PHYSICAL { EVENT_PHYSICAL } else { 0 } | if TC { EVENT_TC } else { 0 } | egress;
     let (family, proto) = addresses(&pkt, &mut e.src_before, &mut e.dst_before);
     e.family = family;
     e.proto = proto;
@@ -148,7 +153,7 @@ fn is_selected(kind: u32, bytes: &[u8; 16]) -> bool {
         bytes: *bytes,
     };
     // SAFETY: only whether there is a value is read.
-    unsafe { SEL.get(&key) }.is_some()
+    unsafe { SEL.get(key) }.is_some()
 }
 
 /// Copies the packet's source and destination into `src` and `dst` (laid out as
