@@ -18,3 +18,4 @@ pub mod qmp;
 pub mod table;
 pub mod tablefile;
 pub mod timeline;
+pub mod trace;
