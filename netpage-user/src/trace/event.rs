@@ -197,8 +197,8 @@ mod tests {
         };
         let ev = Event::of(&e, &HashMap::new());
         assert_eq!(
-            (ev.iface.as_str(), ev.side, ev.hook),
-            ("if3", "physical", "xdp")
+            (ev.iface.as_str(), ev.side, ev.hook, ev.at),
+            ("if3", "physical", "tc", "egress")
         );
         assert_eq!((ev.proto, ev.src_before), (None, None));
         assert_eq!(
