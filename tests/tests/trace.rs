@@ -22,7 +22,7 @@ use netpage_common::{
     },
 };
 use netpage_tests::{
-    build::{frame4, udp},
+    build::{frame4, frame6, udp},
     datapath::{Datapath, Hook, LOOPBACK},
     world::{Node, Options, V4, World, netpage_bin},
 };
@@ -104,6 +104,28 @@ fn datapath_events_carry_addresses_before_and_after_at_both_hooks_and_sides() {
         }
     }
     assert_eq!(dp.trace_totals(), (4, 0));
+    // IPv6: the 16-byte addresses.
+    let (va6, ra6, client6): (IpAddr, IpAddr, IpAddr) = (
+        "fd00::10".parse().unwrap(),
+        "2001:db8:a::10".parse().unwrap(),
+        "2001:db8:c::5".parse().unwrap(),
+    );
+    dp.map(va6, ra6);
+    let id = |a| a;
+    let v6 = frame6(&id, client6, va6, 17, |s, d| udp(s, d, b"trace"));
+    for hook in Hook::ALL {
+        dp.run_at(hook, Side::Virtual, &v6, None);
+        let events = dp.trace_events();
+        assert_eq!(events.len(), 1, "{}", hook.name());
+        let e = events[0];
+        let a = |b| addr(e.family, b).unwrap();
+        assert_eq!(
+            (e.family, e.proto, e.reason),
+            (6, 17, Counter::V6ToReal as u32)
+        );
+        assert_eq!((a(e.src_before), a(e.dst_before)), (client6, va6));
+        assert_eq!((a(e.src_after), a(e.dst_after)), (client6, ra6));
+    }
 }
 
 #[test]
