@@ -246,6 +246,15 @@ async fn stream(
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| TraceError::Wait(e.into_parts().1))?;
     let mut out = io::stdout().lock();
+    let print = |out: &mut io::StdoutLock, ev: &Event| -> anyhow::Result<bool> {
+        let line = if json {
+            serde_json::to_string(ev)?
+        } else {
+            ev.to_string()
+        };
+        Ok(writeln!(out, "{line}").is_ok())
+    };
+    let mut open = true;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -268,28 +277,31 @@ async fn stream(
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(TraceError::Wait)?;
-                let mut closed = false;
                 while let Some(item) = guard.get_inner_mut().next() {
                     let Some(ev) = Event::decode(&item, names) else { continue };
                     summary.events += 1;
-                    let line = if json {
-                        serde_json::to_string(&ev)?
-                    } else {
-                        ev.to_string()
-                    };
-                    if writeln!(out, "{line}").is_err() {
-                        closed = true;
+                    open = print(&mut out, &ev)?;
+                    if !open {
                         break;
                     }
                 }
                 guard.clear_ready();
                 // A reader of a pipe (`| head`) that went away ends the trace.
-                if closed || out.flush().is_err() {
+                if !open || out.flush().is_err() {
+                    open = false;
                     break;
                 }
             }
         }
     }
+    // What the datapath sent before the end is printed too.
+    while open && let Some(item) = ring.get_mut().next() {
+        if let Some(ev) = Event::decode(&item, names) {
+            summary.events += 1;
+            open = print(&mut out, &ev)?;
+        }
+    }
+    let _ = out.flush();
     summary.lost = tracer.totals()?.1 - lost_before;
     Ok(summary)
 }
