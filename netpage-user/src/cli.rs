@@ -189,9 +189,10 @@ pub enum Command {
     },
     /// Print an event for every packet of the selected VMs or interfaces (none given: every
     /// packet) as the datapath sees it, until SIGINT or SIGTERM: time, interface, side, hook,
-    /// protocol, addresses before and after, verdict and reason (the outcome counter). Off
-    /// and free when no trace runs; the datapath turns it off by itself within 3 s of this
-    /// command's end, however it ends. One trace per node at a time.
+    /// protocol, addresses before and after, verdict and reason (the outcome counter). When
+    /// no trace runs a packet pays for one flag test; the datapath turns the trace off by
+    /// itself within 3 s of this command's end, however it ends. One trace per node at a
+    /// time.
     Trace {
         /// Only packets with this virtual address as source or destination, before or
         /// after the translation; repeat for each VM.
