@@ -13,3 +13,4 @@ pub mod ipv6_options;
 pub mod maps;
 pub mod proto;
 pub mod source;
+pub mod trace;

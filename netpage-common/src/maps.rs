@@ -233,8 +233,19 @@ pub const OWNER4: &str = "NP_OWNER4";
 /// IPv6 owners: virtual address -> index of the port that owns the VM.
 pub const OWNER6: &str = "NP_OWNER6";
 
+/// The trace's configuration (one slot, a [`crate::trace::TraceConfig`]): the one thing
+/// the programs read per packet for tracing while it is off.
+pub const TRACE: &str = "NP_TRACE";
+/// What the trace selects: VMs by virtual address, interfaces by index
+/// ([`crate::trace::TraceKey`]).
+pub const TRACE_SEL: &str = "NP_TRACE_SEL";
+/// The trace's state per CPU: rate window, events sent and lost, the event in the making.
+pub const TRACE_CPU: &str = "NP_TRACE_CPU";
+/// The ring buffer that carries trace events to `netpage trace`.
+pub const TRACE_EVENTS: &str = "NP_TRACE_EVENTS";
+
 /// Every map of the object: all are pinned, so the node's state outlives the process.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 18] = [
     V2R4,
     R2V4,
     V2R6,
@@ -249,6 +260,10 @@ pub const ALL_MAPS: [&str; 14] = [
     DEVMAP,
     OWNER4,
     OWNER6,
+    TRACE,
+    TRACE_SEL,
+    TRACE_CPU,
+    TRACE_EVENTS,
 ];
 
 /// Maps that an older build's node lacks and without which its programs would let
@@ -259,7 +274,10 @@ pub const NEWER_MAPS: [&str; 2] = [OWNER4, OWNER6];
 /// Maps that older builds did not have: a node without them gets them, empty, at its next
 /// attach (which loads this build's programs over them); until then its older programs
 /// run without them.
-pub const ADDED_MAPS: [&str; 1] = [DEVMAP];
+pub const ADDED_MAPS: [&str; 5] = [DEVMAP, TRACE, TRACE_SEL, TRACE_CPU, TRACE_EVENTS];
+
+/// The maps of `netpage trace`: a node that lacks them must be attached again to trace.
+pub const TRACE_MAPS: [&str; 4] = [TRACE, TRACE_SEL, TRACE_CPU, TRACE_EVENTS];
 
 /// How this build lays out one map: key and value sizes and, for maps whose size does not
 /// follow the table's capacity, the number of entries.
@@ -282,7 +300,7 @@ const fn layout<K, V>(name: &'static str, max_entries: Option<u32>) -> Layout {
 
 /// The layout of every map in [`ALL_MAPS`] order. A pinned map that differs was made by
 /// another build of netpage, whose program must not be mixed with this one's.
-pub const LAYOUTS: [Layout; 14] = [
+pub const LAYOUTS: [Layout; 18] = [
     layout::<Addr4, Entry4>(V2R4, None),
     layout::<Addr4, Entry4>(R2V4, None),
     layout::<Addr6, Entry6>(V2R6, None),
@@ -297,7 +315,14 @@ pub const LAYOUTS: [Layout; 14] = [
     layout::<u32, DevmapValue>(DEVMAP, Some(MAX_IFACES)),
     layout::<Addr4, u32>(OWNER4, None),
     layout::<Addr6, u32>(OWNER6, None),
+    layout::<u32, crate::trace::TraceConfig>(TRACE, Some(1)),
+    layout::<crate::trace::TraceKey, u32>(TRACE_SEL, Some(MAX_TRACE_SEL)),
+    layout::<u32, crate::trace::TraceCpu>(TRACE_CPU, Some(1)),
+    layout::<(), ()>(TRACE_EVENTS, Some(crate::trace::RING_BYTES)),
 ];
+
+/// Capacity of the trace's selection (VMs and interfaces together).
+pub const MAX_TRACE_SEL: u32 = 1024;
 
 /// Maps whose capacity is the table size chosen at load time.
 pub const SIZED_MAPS: [&str; 9] = [

@@ -25,6 +25,7 @@ mod maps;
 mod owner;
 mod packet;
 mod rewrite;
+mod trace;
 
 use aya_ebpf::{
     bindings::{
@@ -37,6 +38,7 @@ use aya_ebpf::{
 use netpage_common::{
     counters::Counter,
     proto::{ETH_P_IP, ETH_P_IPV6},
+    trace::{VERDICT_DROP, VERDICT_PASS, xdp_verdict},
 };
 
 use crate::packet::Packet;
@@ -67,22 +69,45 @@ pub fn netpage_tc_physical(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn run_tc<const PHYSICAL: bool>(ctx: &TcContext) -> i32 {
+    let trace = trace::config();
     let pkt = Packet::tc(ctx);
+    // After the pull: the trace reads the headers where the translation reads them.
+    if trace::armed(trace) {
+        trace::before::<true, PHYSICAL>(ctx.skb.skb.cast());
+    }
     let outcome = Counter::outcome(translate::<true, PHYSICAL>(&pkt));
     maps::count(outcome);
-    if outcome.is_dropped() {
-        return TC_ACT_SHOT;
-    }
     // The next program on the interface, if any, or the kernel: a transparent translator
     // drops nothing but spoofed sources.
-    TC_ACT_UNSPEC
+    let (action, verdict) = if outcome.is_dropped() {
+        (TC_ACT_SHOT, VERDICT_DROP)
+    } else {
+        (TC_ACT_UNSPEC, VERDICT_PASS)
+    };
+    if trace::armed(trace) {
+        trace::after::<true>(ctx.skb.skb.cast(), outcome as u32, verdict);
+    }
+    action
 }
 
 #[inline(always)]
 fn run<const PHYSICAL: bool>(ctx: &XdpContext) -> u32 {
+    let trace = trace::config();
+    if trace::armed(trace) {
+        trace::before::<false, PHYSICAL>(ctx.ctx.cast());
+    }
     let pkt = Packet::xdp(ctx);
     let outcome = Counter::outcome(translate::<false, PHYSICAL>(&pkt));
     maps::count(outcome);
+    let action = verdict(ctx, outcome);
+    if trace::armed(trace) {
+        trace::after::<false>(ctx.ctx.cast(), outcome as u32, xdp_verdict(action));
+    }
+    action
+}
+
+#[inline(always)]
+fn verdict(ctx: &XdpContext, outcome: Counter) -> u32 {
     // Untranslated packets go on as they were: the fast path is for translated ones only.
     if outcome.is_translated() && maps::fast_path_in_use() {
         return fastpath::forward(ctx.ctx);

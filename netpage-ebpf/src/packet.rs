@@ -58,6 +58,21 @@ impl Packet {
         }
     }
 
+    /// The packet of the invocation whose context is `ctx` (a socket buffer if `TC`, else
+    /// an `xdp_md`), its bounds read afresh: for code that runs after the translation,
+    /// which may have invalidated the packet pointers (a checksum helper under tc).
+    #[inline(always)]
+    pub fn of_ctx<const TC: bool>(ctx: *mut core::ffi::c_void) -> Self {
+        let (data, end) = if TC {
+            let c = TcContext::new(ctx.cast());
+            (c.data(), c.data_end())
+        } else {
+            let c = XdpContext::new(ctx.cast());
+            (c.data(), c.data_end())
+        };
+        Self { data, end, ctx }
+    }
+
     /// The socket buffer of a tc invocation.
     #[inline(always)]
     fn skb(&self) -> *mut __sk_buff {

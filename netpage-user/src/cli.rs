@@ -10,6 +10,7 @@ use netpage::{
     migrate::{EdgeSpec, MigrateOptions, Neighbour, SwitchAt, intent::DEFAULT_STATE_DIR},
     node::DEFAULT_PIN_DIR,
 };
+use netpage_common::trace::DEFAULT_RATE;
 
 /// The network page table at the edges of a data center network: VMs keep their virtual
 /// addresses (VA) while the network routes real addresses (RA) of the site hosting them.
@@ -189,6 +190,24 @@ pub enum Command {
         /// migrations the metrics show.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+    },
+    /// Print an event for every packet of the selected VMs or interfaces (none given: every
+    /// packet) as the datapath sees it, until SIGINT or SIGTERM: time, interface, side, hook,
+    /// protocol, addresses before and after, verdict and reason (the outcome counter). When
+    /// no trace runs a packet pays for one flag test; the datapath turns the trace off by
+    /// itself within 3 s of this command's end, however it ends. One trace per node at a
+    /// time.
+    Trace {
+        /// Only packets with this virtual address as source or destination, before or
+        /// after the translation; repeat for each VM.
+        #[arg(long = "vm", value_name = "VA")]
+        vms: Vec<IpAddr>,
+        /// Only packets on this attached interface; repeat for each.
+        #[arg(long = "iface", value_name = "IFACE")]
+        ifaces: Vec<String>,
+        /// At most this many events per second and CPU; the rest are counted as lost.
+        #[arg(long, value_name = "EVENTS", default_value_t = DEFAULT_RATE, value_parser = clap::value_parser!(u32).range(1..))]
+        rate: u32,
     },
 }
 

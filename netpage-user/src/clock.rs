@@ -22,6 +22,19 @@ pub fn node_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
+/// Nanoseconds since boot, suspended time included: the clock of `bpf_ktime_get_boot_ns`,
+/// which the datapath's trace deadline counts.
+pub fn node_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to write.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    assert_eq!(r, 0, "CLOCK_BOOTTIME is available since Linux 2.6.39");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Milliseconds since the Unix epoch: the clock of the directory's deadlines.
 pub fn unix_ms() -> u64 {
     SystemTime::now()

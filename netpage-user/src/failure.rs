@@ -21,6 +21,7 @@ use crate::{
     qmp::QmpError,
     table::TableError,
     tablefile::TableFileError,
+    trace::TraceError,
 };
 
 /// The kinds of failure, each with its exit code.
@@ -158,6 +159,7 @@ fn classify(link: &(dyn StdError + 'static), fields: &mut Map<String, Value>) ->
         DirError,
         AgentError,
         OutFileError,
+        TraceError,
     );
     if let Some(e) = link.downcast_ref::<clap::Error>() {
         return Some(match e.kind() {
@@ -332,6 +334,29 @@ impl Classify for NodeError {
         }
         if let Some(dir) = self.pin_dir() {
             put_path(out, "pin_dir", dir);
+        }
+    }
+}
+
+impl Classify for TraceError {
+    fn kind(&self) -> Kind {
+        match self {
+            TraceError::UnknownIface { .. } => Kind::NotFound,
+            TraceError::OlderNode { .. } | TraceError::Busy { .. } => Kind::Conflict,
+            TraceError::Map { .. } | TraceError::Wait(_) => Kind::System,
+        }
+    }
+
+    fn fields(&self, out: &mut Map<String, Value>) {
+        match self {
+            TraceError::UnknownIface { iface, dir } => {
+                put(out, "iface", iface);
+                put_path(out, "pin_dir", dir);
+            }
+            TraceError::OlderNode { dir } | TraceError::Busy { dir } => {
+                put_path(out, "pin_dir", dir)
+            }
+            _ => {}
         }
     }
 }

@@ -20,3 +20,4 @@ pub mod realtime;
 pub mod table;
 pub mod tablefile;
 pub mod timeline;
+pub mod trace;

@@ -5,7 +5,7 @@ mod migrating;
 mod on_directory;
 mod report;
 
-use std::net::IpAddr;
+use std::{collections::HashMap, net::IpAddr};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -21,6 +21,7 @@ use netpage::{
     progress::{self, Progress},
     table::PageTable,
     tablefile::TableFile,
+    trace::{self, TraceError},
 };
 use report::{Output, Stats, Status};
 
@@ -99,6 +100,7 @@ fn run(cli: Cli) -> Result<Output> {
     }
     require_capabilities()?;
     let patience = cli.lock_wait;
+    let json = cli.json;
     let node = Node::new(&cli.pin_dir).with_patience(patience);
     Ok(match cli.command {
         Command::Attach(a) => {
@@ -196,6 +198,7 @@ fn run(cli: Cli) -> Result<Output> {
         Command::Check { repair } => check(&node, repair)?,
         Command::Agent(_) | Command::Nodes => unreachable!("refused above without --etcd"),
         Command::Metrics { listen, state_dir } => serve_metrics(node, listen, state_dir)?,
+        Command::Trace { vms, ifaces, rate } => trace(&node, vms, &ifaces, rate, json)?,
         Command::Gc { now } => {
             let mut n = node.open_for_write()?;
             let at = if now { u64::MAX } else { now_ms() };
@@ -307,6 +310,38 @@ fn serve_metrics(
         metrics::serve::serve(listener, scrape, stop).await?;
         Ok(Output::MetricsStopped { listen })
     })
+}
+
+/// `netpage trace`: resolves the selection against the node's registry, starts the trace
+/// and prints its events until SIGINT or SIGTERM.
+fn trace(
+    node: &Node,
+    vms: Vec<IpAddr>,
+    ifaces: &[String],
+    rate: u32,
+    json: bool,
+) -> Result<Output> {
+    let n = open_to_read(node)?;
+    let names: HashMap<u32, String> = n
+        .ifaces()?
+        .into_iter()
+        .map(|(name, r)| (r.ifindex, name))
+        .collect();
+    let mut sel = trace::Selection {
+        vms,
+        ifaces: Vec::new(),
+    };
+    for iface in ifaces {
+        let r = n.iface(iface)?.ok_or_else(|| TraceError::UnknownIface {
+            iface: iface.clone(),
+            dir: node.dir().to_owned(),
+        })?;
+        sel.ifaces.push(r.ifindex);
+    }
+    drop(n);
+    let mut tracer = trace::Tracer::open(node)?;
+    tracer.start(&sel, rate)?;
+    Ok(Output::Traced(trace::run(tracer, &names, json)?))
 }
 
 fn stats(n: &OpenNode, vm: Option<IpAddr>) -> Result<Stats> {

@@ -224,7 +224,8 @@ impl Node {
         self.dir.join("maps")
     }
 
-    fn map_path(&self, name: &str) -> PathBuf {
+    /// Where the node's map `name` is pinned.
+    pub fn map_path(&self, name: &str) -> PathBuf {
         self.maps_dir().join(name)
     }
 

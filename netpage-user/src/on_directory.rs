@@ -172,6 +172,7 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
         Command::Stats { .. } => return local_only("stats"),
         Command::Gc { .. } => return local_only("gc"),
         Command::Metrics { .. } => return local_only("metrics"),
+        Command::Trace { .. } => return local_only("trace"),
         Command::Agent(_) | Command::Migrate(_) => unreachable!("run above"),
     })
 }

@@ -52,6 +52,7 @@ pub enum Output {
     MetricsStopped {
         listen: std::net::SocketAddr,
     },
+    Traced(netpage::trace::Summary),
 }
 
 impl Output {
@@ -155,6 +156,9 @@ impl fmt::Display for Output {
             Output::Checked(c) => c.fmt(f),
             Output::AgentStopped { node } => writeln!(f, "agent of {node} stopped"),
             Output::MetricsStopped { listen } => writeln!(f, "metrics at {listen} stopped"),
+            Output::Traced(t) => {
+                writeln!(f, "trace stopped: {} event(s), {} lost", t.events, t.lost)
+            }
             Output::Gc(ended) => {
                 writeln!(f, "ended {} drain(s)", ended.len())?;
                 ended

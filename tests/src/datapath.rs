@@ -9,7 +9,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, DevMapHash, HashMap as BpfHashMap},
+    maps::{Array, DevMapHash, HashMap as BpfHashMap, PerCpuArray, ring_buf::RingBuf},
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
 };
 use netpage::{
@@ -18,9 +18,13 @@ use netpage::{
     owner::Owners,
     table::{BpfTable, PageTable},
 };
-use netpage_common::maps::{
-    COUNTERS, DEVMAP, FAST_PORTS, MappingStats, PORTS, PROG_PHYSICAL, PROG_TC_PHYSICAL,
-    PROG_TC_VIRTUAL, PROG_VIRTUAL, PortRecord, fast_port_count,
+use netpage_common::{
+    maps::{
+        COUNTERS, DEVMAP, FAST_PORTS, MappingStats, PORTS, PROG_PHYSICAL, PROG_TC_PHYSICAL,
+        PROG_TC_VIRTUAL, PROG_VIRTUAL, PortRecord, TRACE, TRACE_CPU, TRACE_EVENTS, TRACE_SEL,
+        fast_port_count,
+    },
+    trace::{TraceConfig, TraceCpu, TraceEvent, TraceKey},
 };
 
 /// XDP_PASS: the verdict of every packet but those the fast path forwards.
@@ -299,6 +303,48 @@ impl Datapath {
         } else {
             devmap.remove(ifindex).expect("device map entry");
         }
+    }
+
+    /// Sets the trace's configuration, as `netpage trace` does.
+    pub fn set_trace(&mut self, config: TraceConfig) {
+        let mut map: Array<_, TraceConfig> =
+            Array::try_from(self.ebpf.map_mut(TRACE).expect("trace map")).expect("trace map");
+        map.set(0, config, 0).expect("trace configuration");
+    }
+
+    /// Adds `key` to the trace's selection, or removes it.
+    pub fn trace_select(&mut self, key: TraceKey, on: bool) {
+        let mut sel: BpfHashMap<_, TraceKey, u32> =
+            BpfHashMap::try_from(self.ebpf.map_mut(TRACE_SEL).expect("selection map"))
+                .expect("selection map");
+        if on {
+            sel.insert(key, 1, 0).expect("selection entry");
+        } else {
+            sel.remove(&key).expect("selection entry");
+        }
+    }
+
+    /// Takes every trace event waiting in the ring buffer.
+    pub fn trace_events(&mut self) -> Vec<TraceEvent> {
+        let mut ring =
+            RingBuf::try_from(self.ebpf.map_mut(TRACE_EVENTS).expect("ring buffer")).expect("ring");
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            assert_eq!(item.len(), std::mem::size_of::<TraceEvent>(), "event size");
+            // SAFETY: a whole event, plain data; the read does not assume alignment.
+            out.push(unsafe { item.as_ptr().cast::<TraceEvent>().read_unaligned() });
+        }
+        out
+    }
+
+    /// Trace events sent and lost, summed over CPUs.
+    pub fn trace_totals(&self) -> (u64, u64) {
+        let cpu: PerCpuArray<_, TraceCpu> =
+            PerCpuArray::try_from(self.ebpf.map(TRACE_CPU).expect("trace state")).expect("state");
+        let per_cpu = cpu.get(&0, 0).expect("trace state");
+        per_cpu
+            .iter()
+            .fold((0, 0), |(s, l), c| (s + c.sent, l + c.lost))
     }
 
     /// The kernel's average time per run over `repeat` runs of `input`.

@@ -30,12 +30,14 @@ fn per_packet_smoke() {
     let cfg = Config::smoke();
     let rows = per_packet::run(&cfg);
     assert_sane(&rows, false);
-    // At each hook (XDP and tc): the floor, five packets at each size, and the growth of
-    // each beyond the first size.
+    // At each hook (XDP and tc): the floor, five packets at each size, the growth of
+    // each beyond the first size, and the trace's three states.
     let sizes = cfg.packet_sizes.len();
-    assert_eq!(rows.len(), 2 * (1 + 5 * sizes + 5 * (sizes - 1)));
+    assert_eq!(rows.len(), 2 * (1 + 5 * sizes + 5 * (sizes - 1) + 3));
     let tc = rows.iter().filter(|r| r.params["hook"] == "tc").count();
-    assert_eq!(tc, 1 + 5 * sizes + 5 * (sizes - 1), "tc rows");
+    assert_eq!(tc, 1 + 5 * sizes + 5 * (sizes - 1) + 3, "tc rows");
+    let trace = rows.iter().filter(|r| r.measure == "per_packet_trace");
+    assert_eq!(trace.filter(|r| r.baseline.is_some()).count(), 6);
     assert_eq!(targets::notes(&rows).len(), 1);
 }
 

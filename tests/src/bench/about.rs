@@ -13,10 +13,15 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                  median of {} repeats, variants alternated within each repeat. Packets go to \
                  the virtual side; a table of N entries holds N mappings per family (V2R, R2V, \
                  counters), the measured one among them. Baselines: the bare `XDP_PASS` \
-                 program, and (`per_packet_growth`) the same packet at the smallest table.",
+                 program, and (`per_packet_growth`) the same packet at the smallest table. \
+                 `per_packet_trace`: the IPv4 UDP packet with `netpage trace` off, on for \
+                 another VM, and on for every packet (its ring buffer unread, so full: the \
+                 capture, the selection and a failed send, counted as lost); off against \
+                 the floor, since no build without the flag runs beside this one, on \
+                 against off.",
                 cfg.runs, cfg.repeats
             ),
-            &["per_packet", "per_packet_growth"],
+            &["per_packet", "per_packet_growth", "per_packet_trace"],
         ),
         Section::new(
             "Switch: the map updates",

@@ -9,7 +9,10 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 
-use netpage_common::counters::Counter;
+use netpage_common::{
+    counters::Counter,
+    trace::{SELECT_VMS, TraceConfig, TraceKey},
+};
 use serde_json::json;
 
 use crate::{
@@ -125,6 +128,99 @@ pub fn run(cfg: &Config) -> Vec<Row> {
         }
     }
     rows.extend(growth);
+    let udp = variants.iter().find(|v| v.name == "ipv4 udp");
+    rows.extend(trace_rows(cfg, udp.expect("the IPv4 UDP packet")));
+    rows
+}
+
+/// The trace's states measured, each on a datapath of its own (the state is in its maps).
+const TRACE_STATES: [&str; 3] = ["trace off", "trace on, not selected", "trace on, selected"];
+
+/// The cost of the trace's flag (`per_packet_trace`): packet `v` at each hook with the
+/// trace off, on but selecting another VM, and on for every packet. The build has no
+/// program without the flag, so the rows on are compared with the row off, and the row
+/// off with the hook's floor.
+fn trace_rows(cfg: &Config, v: &packets::Variant) -> Vec<Row> {
+    let size = cfg.packet_sizes[0];
+    note(format_args!("per-packet: the trace's states"));
+    let deadline_ns = netpage::clock::node_ns() + 3_600_000_000_000;
+    let floors = [
+        sys::load_xdp_pass().expect("load the bare XDP_PASS program"),
+        sys::load_tc_next().expect("load the bare tc program"),
+    ];
+    let dps: Vec<Datapath> = TRACE_STATES
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            let mut dp = Datapath::load(size + HEADROOM);
+            packets::install(&mut dp);
+            if i > 0 {
+                let other = TraceKey::vm("192.0.2.250".parse().unwrap());
+                dp.trace_select(other, true);
+                dp.set_trace(TraceConfig {
+                    deadline_ns,
+                    flags: if i == 1 { SELECT_VMS } else { 0 },
+                    rate: u32::MAX,
+                });
+            }
+            for hook in Hook::ALL {
+                check(&dp, v, hook);
+            }
+            let events = dp.trace_events().len();
+            assert_eq!(events > 0, i == 2, "{}: {events} events", TRACE_STATES[i]);
+            dp
+        })
+        .collect();
+    let mut jobs = Vec::new();
+    for (hook, floor) in Hook::ALL.into_iter().zip(&floors) {
+        jobs.push(Job {
+            prog: floor.as_fd(),
+            frame: &v.frame,
+            hook,
+        });
+        for dp in &dps {
+            jobs.push(Job {
+                prog: dp.program_fd(hook, v.side),
+                frame: &v.frame,
+                hook,
+            });
+        }
+    }
+    let mut samples = vec![Vec::with_capacity(cfg.repeats); jobs.len()];
+    for r in 0..cfg.repeats {
+        for j in 0..jobs.len() {
+            let k = (j + r) % jobs.len();
+            samples[k].push(ns_per_run(&jobs[k], cfg.runs));
+        }
+    }
+    let medians: Vec<f64> = samples
+        .into_iter()
+        .map(|s| Sorted::new(s).median())
+        .collect();
+    let mut rows = Vec::new();
+    for (h, (hook, floor_name)) in Hook::ALL.iter().zip([FLOOR, TC_FLOOR]).enumerate() {
+        let at_hook = &medians[h * 4..(h + 1) * 4];
+        let off_name = hook.variant(&format!("{}, {}", v.name, TRACE_STATES[0]));
+        for (i, state) in TRACE_STATES.iter().enumerate() {
+            let params = json!({
+                "table_entries": size,
+                "side": "virtual",
+                "runs": cfg.runs,
+                "hook": hook.name(),
+                "trace": state,
+                "baseline": "no build without the flag runs beside this one: off is compared with the floor, on with off",
+                "ring": if i == 2 { "not read: full after its first few thousand events, the rest counted as lost" } else { "unused" },
+            });
+            let name = hook.variant(&format!("{}, {state}", v.name));
+            let row = Row::new("per_packet_trace", &name, params, at_hook[i + 1], "ns")
+                .repeats(cfg.repeats);
+            rows.push(if i == 0 {
+                row.against(floor_name, at_hook[0])
+            } else {
+                row.against(off_name.clone(), at_hook[1])
+            });
+        }
+    }
     rows
 }
 
