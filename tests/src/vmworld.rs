@@ -234,6 +234,23 @@ impl VmWorld {
         }
     }
 
+    /// Over a WAN, the frames the delay line lost so far on the links between the
+    /// gateway and each host, both ways (its queue full, or its socket buffer when its
+    /// thread could not keep up): what the clients' traffic lost to the test instrument.
+    pub fn delay_line_lost(&self) -> Option<u64> {
+        self.world.options().wan?;
+        Some(
+            [Node::HostA, Node::HostB]
+                .into_iter()
+                .flat_map(|h| [(Node::Gw, h), (h, Node::Gw)])
+                .map(|(from, to)| {
+                    let f = self.world.wan_flow(from, to);
+                    f.dropped.frames + f.unread
+                })
+                .sum(),
+        )
+    }
+
     /// Where `netpage migrate` keeps its records here (`--state-dir`).
     pub fn state_dir(&self) -> &Path {
         &self.state_dir

@@ -213,7 +213,8 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                  host, gateway, or source host, gateway, destination host, instead of gateway \
                  first, compared with it; \
                  `migration_wan_node_switch_minus_stop` gives each node's V2R update against \
-                 STOP.",
+                 STOP; `migration_wan_delay_line_lost`, the frames the delay line itself lost \
+                 on the links the probes take (a test instrument's loss, not the switch's).",
                 crate::vmworld::bench::WAN_DELAY.as_millis(),
                 cfg.migration_wan_rounds,
                 crate::vmworld::bench::HOLD_LEAD_MS,

@@ -98,6 +98,15 @@ fn run_rows(prefix: &str, r: &MigrationRun) -> Vec<Row> {
             rows.push(Row::new(&m("node_switch_minus_stop"), &label, p, *ms, "ms"));
         }
     }
+    if let Some(n) = r.wan_lost {
+        rows.push(Row::new(
+            &m("delay_line_lost"),
+            &label,
+            params,
+            n as f64,
+            "frames",
+        ));
+    }
     rows
 }
 

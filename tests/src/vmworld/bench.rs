@@ -233,6 +233,11 @@ pub struct MigrationRun {
     pub first_request_after_resume_ms: Option<f64>,
     /// Each node's V2R update relative to STOP, in the order made (netpage only).
     pub node_switch_minus_stop_ms: Vec<(String, f64)>,
+    /// Over a WAN: the frames the delay line itself lost during the run (its queue full,
+    /// or its socket buffer when its thread could not keep up) on the links the probes
+    /// take, between the gateway and each host, both ways; probes lost there are the test
+    /// instrument's, not the switch's.
+    pub wan_lost: Option<u64>,
 }
 
 impl MigrationRun {
@@ -257,6 +262,7 @@ impl MigrationRun {
             first_reply_ms: None,
             first_request_after_resume_ms: None,
             node_switch_minus_stop_ms: Vec::new(),
+            wan_lost: None,
         }
     }
 
@@ -305,6 +311,9 @@ impl fmt::Display for MigrationRun {
         }
         if let Some((first, last)) = self.lost_sent_ms {
             write!(f, ", lost sent at STOP {first:+.1} .. {last:+.1} ms")?;
+        }
+        if let Some(n) = self.wan_lost {
+            write!(f, ", lost by the delay line {n}")?;
         }
         if let Some(r) = &self.release {
             write!(
@@ -412,6 +421,7 @@ fn measure(run: &mut MigrationRun) {
     let src = vw.boot(Host::A, &params);
     let dst = vw.incoming(Host::B, &params);
     let capture = TapCapture::start(&vw.world, Host::B);
+    let wan_before = vw.delay_line_lost();
     assert!(
         (0..5).any(|_| vw.world.ping(Node::Client, VA.into())),
         "the guest does not answer at host A"
@@ -430,6 +440,7 @@ fn measure(run: &mut MigrationRun) {
     };
     thread::sleep(AFTER);
     let icmp = probe.stop();
+    run.wan_lost = wan_before.zip(vw.delay_line_lost()).map(|(b, a)| a - b);
     let mut capture_failure = None;
     match (capture.stop(), driven.resume_unix_ms) {
         (Ok(c), Some(resume)) => {
