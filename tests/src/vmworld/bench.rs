@@ -675,7 +675,7 @@ mod tests {
     }
 
     #[test]
-    fn the_wan_round_compares_every_variant_and_both_orders_of_stop() {
+    fn the_wan_round_compares_every_variant_and_every_order_of_stop() {
         let labels: Vec<String> = wan_cases().iter().map(Case::label).collect();
         assert_eq!(
             labels,
@@ -686,6 +686,7 @@ mod tests {
                 "resume",
                 "routes",
                 "stop-no-hold@destination-first",
+                "stop-no-hold@source-first",
             ]
         );
         assert!(wan_cases().iter().all(|c| c.wan == Some(WAN_DELAY)));
