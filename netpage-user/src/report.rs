@@ -52,6 +52,9 @@ pub enum Output {
     MetricsStopped {
         listen: std::net::SocketAddr,
     },
+    FollowStopped {
+        switches: u64,
+    },
 }
 
 impl Output {
@@ -155,6 +158,9 @@ impl fmt::Display for Output {
             Output::Checked(c) => c.fmt(f),
             Output::AgentStopped { node } => writeln!(f, "agent of {node} stopped"),
             Output::MetricsStopped { listen } => writeln!(f, "metrics at {listen} stopped"),
+            Output::FollowStopped { switches } => {
+                writeln!(f, "libvirt follower stopped after {switches} switches")
+            }
             Output::Gc(ended) => {
                 writeln!(f, "ended {} drain(s)", ended.len())?;
                 ended
