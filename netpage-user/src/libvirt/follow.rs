@@ -163,6 +163,8 @@ pub struct Action {
     pub to: Option<IpAddr>,
     /// From reading the event's line to the switch done, ms.
     pub ms: f64,
+    /// When the switch was done, ms since the Unix epoch.
+    pub switched_unix_ms: f64,
     /// The slowest node's V2R update (or the directory's transaction), µs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub update_us: Option<f64>,
@@ -279,11 +281,13 @@ fn take(
         from: None,
         to: None,
         ms: 0.0,
+        switched_unix_ms: 0.0,
         update_us: None,
         error: None,
     };
     let done = switch(&vm, target, opts, tables);
     action.ms = heard.elapsed().as_secs_f64() * 1e3;
+    action.switched_unix_ms = crate::clock::unix_ms_f64();
     match done {
         Ok(s) => {
             action.from = Some(s.from);

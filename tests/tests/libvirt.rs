@@ -1,0 +1,272 @@
+//! libvirt end to end: a guest defined in libvirt moves from host A to host B with
+//! `virsh migrate --live` between two libvirtds (one per host's namespace, each in a mount
+//! namespace of its own), while the destination's `netpage libvirt-hook` reserves RA_B at
+//! `migrate begin` and the source's `netpage libvirt-follow --switch-at stop` switches
+//! every edge when libvirt reports the guest paused for the last copy. A 1 ms ICMP probe
+//! from the client measures the gap.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::Stdio,
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use netpage_tests::{
+    guest::READY_MARKER,
+    libvirtd::{self, DomainSpec, Libvirtd},
+    vmworld::{self, GUEST_MAC, IcmpProbe, TAP, VA, VmWorld, boot_params, ra},
+    world::{Host, Node, netpage_bin},
+};
+
+const PROBE_INTERVAL: Duration = Duration::from_millis(1);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+const DOMAIN: &str = "np-vm1";
+
+fn skip_reason() -> Option<String> {
+    vmworld::skip_reason().or_else(libvirtd::skip_reason)
+}
+
+fn metadata() -> String {
+    format!(
+        "<netpage:vm xmlns:netpage='https://netpage.dev/xmlns/libvirt/1'>\
+         <netpage:va>{VA}</netpage:va>\
+         <netpage:real host='A'>{}</netpage:real>\
+         <netpage:real host='B'>{}</netpage:real></netpage:vm>",
+        ra(Host::A),
+        ra(Host::B)
+    )
+}
+
+/// The hook script of `host`: netpage's hook on every edge's pin directory, logging to
+/// `log`.
+fn hook_script(host: &str, nodes: &[String], log: &std::path::Path) -> String {
+    let nodes: Vec<String> = nodes.iter().map(|n| format!("--node {n}")).collect();
+    format!(
+        "#!/bin/sh\nexec {} libvirt-hook --host {host} {} --log {} \"$@\"\n",
+        netpage_bin().display(),
+        nodes.join(" "),
+        log.display()
+    )
+}
+
+fn wait_ready(console: &std::path::Path, a: &Libvirtd) {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while !std::fs::read_to_string(console)
+        .unwrap_or_default()
+        .contains(READY_MARKER)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the guest is not ready within {BOOT_TIMEOUT:?}\n{}\n{}",
+            std::fs::read_to_string(console).unwrap_or_default(),
+            a.log_tail()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The `Total downtime` libvirt reports for the last migration (the destination keeps
+/// the completed job's statistics; the source forgot the transient domain), ms.
+fn downtime_ms(dst: &Libvirtd) -> Option<u64> {
+    let info = dst.virsh(&["domjobinfo", "--completed", DOMAIN]);
+    String::from_utf8_lossy(&info.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Total downtime:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+#[test]
+fn virsh_live_migration_is_switched_at_the_pause() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let vw = VmWorld::new();
+    vw.prepare_tap(Host::A);
+    vw.prepare_tap(Host::B);
+    let dir = tempdir();
+    let nodes = vw.nodes();
+    let hook_log = |h: &str| dir.join(format!("hook-{h}.jsonl"));
+    let a = Libvirtd::start(
+        "A",
+        &vw.netns(Host::A),
+        "198.18.5.1",
+        &dir,
+        Some(&hook_script("A", &nodes, &hook_log("A"))),
+    );
+    let b = Libvirtd::start(
+        "B",
+        &vw.netns(Host::B),
+        "198.18.5.2",
+        &dir,
+        Some(&hook_script("B", &nodes, &hook_log("B"))),
+    );
+    let console = dir.join("console.log");
+    let emulator = libvirtd::emulator_wrapper(&dir);
+    let cmdline = boot_params(0).cmdline();
+    let xml = libvirtd::domain_xml(&DomainSpec {
+        name: DOMAIN,
+        emulator: &emulator,
+        kernel: &vw.guest.kernel(),
+        initrd: &vw.guest.initrd(),
+        cmdline: &cmdline,
+        tap: TAP,
+        mac: GUEST_MAC,
+        console: &console,
+        memory_mib: 128,
+        metadata: &metadata(),
+    });
+    let xml_path = dir.join("domain.xml");
+    std::fs::write(&xml_path, xml).unwrap();
+    let started = Instant::now();
+    a.virsh_ok(&["create", xml_path.to_str().unwrap()]);
+    wait_ready(&console, &a);
+    eprintln!(
+        "guest: ready at host A {:?} after virsh create",
+        started.elapsed()
+    );
+    assert!(
+        vw.world.ping(Node::Client, VA.into()),
+        "the guest does not answer at host A\n{}",
+        vw.world.diagnostics()
+    );
+
+    // The follower at the source.
+    let mut follow = vw.world.ns(Node::HostA).command(netpage_bin());
+    follow.args(["--json", "libvirt-follow", "--host", "A", "-c", &a.uri()]);
+    follow.args(["--switch-at", "stop", "--max-switches", "1"]);
+    for n in &nodes {
+        follow.args(["--node", n]);
+    }
+    let mut follower = follow
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start netpage libvirt-follow");
+    let (tx, rx) = mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Until its virsh listens: nothing tells, so give it a moment.
+    thread::sleep(Duration::from_millis(1500));
+
+    let probe = IcmpProbe::spawn(
+        &vw.world,
+        Node::Client,
+        VA,
+        PROBE_INTERVAL,
+        Duration::from_secs(120),
+    );
+    thread::sleep(Duration::from_millis(500));
+    let migrating = Instant::now();
+    let out = a.virsh(&[
+        "migrate",
+        "--live",
+        DOMAIN,
+        &b.uri(),
+        "--migrateuri",
+        "tcp://198.18.5.2",
+    ]);
+    let took = migrating.elapsed();
+    thread::sleep(Duration::from_secs(1));
+    let icmp = probe.stop();
+    assert!(
+        out.status.success(),
+        "virsh migrate failed: {}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        a.log_tail(),
+        b.log_tail()
+    );
+    let line = rx.recv_timeout(Duration::from_secs(10));
+    let _ = follower.kill();
+    let followed = follower.wait_with_output().unwrap();
+    let line = line.unwrap_or_else(|_| {
+        panic!(
+            "the follower switched nothing; stderr:\n{}",
+            String::from_utf8_lossy(&followed.stderr)
+        )
+    });
+    let action: serde_json::Value = serde_json::from_str(&line).expect("the follower's JSON");
+    eprintln!("follower: {action}");
+    let hook = std::fs::read_to_string(hook_log("B")).unwrap_or_default();
+    eprintln!("hook at B:\n{hook}");
+
+    let reserved = hook
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["operation"] == "migrate")
+        .expect("the destination's hook ran at migrate begin");
+    let unix_ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    let switched = action["switched_unix_ms"].as_f64().unwrap_or(f64::NAN);
+    let gap = icmp.probes.largest_gap.as_secs_f64() * 1e3;
+    println!(
+        "figures: libvirt migration switched at the pause: virsh migrate {:.2} s, libvirt \
+         downtime {} ms, reservation {:.1} ms, event->switched {:.1} ms (V2R update {} us), \
+         probes sent {}, lost {}, largest gap {gap:.1} ms (last answer->switched {:.1} ms, \
+         switched->first answer {:.1} ms)",
+        took.as_secs_f64(),
+        downtime_ms(&b).map_or("-".into(), |d| d.to_string()),
+        reserved["ms"].as_f64().unwrap_or(f64::NAN),
+        action["ms"].as_f64().unwrap_or(f64::NAN),
+        action["update_us"],
+        icmp.probes.sent,
+        icmp.probes.lost,
+        switched - unix_ms(icmp.gap_from),
+        unix_ms(icmp.gap_to) - switched,
+    );
+    assert_eq!(action["action"], "switched", "{action}");
+    assert_eq!(action["event"], "Suspended Migrated", "{action}");
+    assert_eq!(action["from"], ra(Host::A).to_string());
+    assert_eq!(action["to"], ra(Host::B).to_string());
+    assert_eq!(reserved["outcome"], "reserved", "{reserved}");
+    assert_eq!(reserved["to"], ra(Host::B).to_string());
+    for t in vw.tables() {
+        assert_eq!(
+            t.map_list["mapping"][0]["real"],
+            ra(Host::B).to_string(),
+            "an edge still maps the VA elsewhere: {}",
+            t.map_list
+        );
+    }
+    assert!(
+        b.virsh_ok(&["domstate", DOMAIN]).contains("running"),
+        "the guest does not run at host B"
+    );
+    let answers = (0..10).any(|_| vw.world.ping(Node::Client, VA.into()));
+    assert!(
+        answers,
+        "the guest does not answer at host B\n{}\n{}\n{}\n{}\n{}",
+        vw.world
+            .exec_ok(Node::HostB, "ip", &["-s", "link", "show", TAP]),
+        String::from_utf8_lossy(
+            &b.virsh(&["qemu-monitor-command", "--hmp", DOMAIN, "info status"])
+                .stdout
+        ),
+        String::from_utf8_lossy(
+            &b.virsh(&["qemu-monitor-command", "--hmp", DOMAIN, "info network"])
+                .stdout
+        ),
+        std::fs::read_to_string(&console).unwrap_or_default(),
+        vw.world.diagnostics()
+    );
+    assert!(
+        icmp.probes.received > 0 && gap < 5000.0,
+        "the guest was unreachable for {gap:.0} ms"
+    );
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("netpage-libvirt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
