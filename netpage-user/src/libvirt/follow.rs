@@ -7,7 +7,9 @@
 //!   hook reserved it at `migrate begin`). If the migration then fails, libvirt resumes
 //!   the guest on the source (`Resumed Migrated` there): the follower switches it back.
 //! - `--switch-at resume`: on the destination, when the guest runs there (`Resumed
-//!   Migrated`), to this host's real address.
+//!   Migrated`), to this host's real address. With `stop` the destination does the same,
+//!   which changes nothing when the source switched at the pause and makes the guest
+//!   reachable when it could not (no reservation, say).
 //!
 //! The decisions are [`Follower::on_event`], a pure function of the events; [`run`]
 //! carries them out. Run one follower per host, with the same `--switch-at` everywhere.
@@ -89,10 +91,15 @@ impl Follower {
                         },
                     ]
                 }
-                ("Resumed", "Migrated") if self.switched_away.remove(&d) => {
+                // The guest runs here again after this host switched it away at the
+                // pause: whatever the detail, the migration failed.
+                ("Resumed", _) if self.switched_away.remove(&d) => {
                     vec![Step::SwitchBack(d)]
                 }
-                ("Resumed", "Migrated") if self.at == SwitchAt::Resume => {
+                // With `stop` too: the source switched at the pause already (and this
+                // changes nothing), unless it could not, and then this is the switch
+                // that makes the guest reachable.
+                ("Resumed", "Migrated") => {
                     vec![
                         Step::Learn(d.clone()),
                         Step::Switch {
@@ -153,7 +160,8 @@ pub struct Action {
     /// virsh's timestamp of the event.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_time: Option<String>,
-    /// `switched`, `switched-back` or `failed`.
+    /// `switched`, `switched-back`, `already-there` (the destination's resume after the
+    /// source's switch) or `failed`.
     pub action: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm: Option<IpAddr>,
@@ -290,6 +298,9 @@ fn take(
     action.switched_unix_ms = crate::clock::unix_ms_f64();
     match done {
         Ok(s) => {
+            if s.from == s.to {
+                action.action = "already-there";
+            }
             action.from = Some(s.from);
             action.to = Some(s.to);
             action.update_us = Some(s.update_us);

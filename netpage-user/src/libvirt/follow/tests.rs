@@ -33,10 +33,21 @@ fn at_stop_the_source_switches_to_the_reservation_on_the_pause() {
     );
 }
 
+/// At the destination the resume switches to this host with `stop` too: a no-op after
+/// the source's switch, the switch itself if the source could not make it.
 #[test]
-fn at_stop_the_destination_does_nothing() {
-    let s = steps(SwitchAt::Stop, DESTINATION);
-    assert!(s.iter().all(|s| matches!(s, Step::Learn(_))), "{s:?}");
+fn at_stop_the_destination_makes_sure_at_the_resume() {
+    assert_eq!(
+        steps(SwitchAt::Stop, DESTINATION),
+        vec![
+            learn("vm1"),
+            learn("vm1"),
+            Step::Switch {
+                domain: "vm1".into(),
+                target: Target::Here
+            },
+        ]
+    );
 }
 
 #[test]
@@ -61,12 +72,15 @@ fn at_resume_the_destination_switches_to_itself_and_the_source_does_nothing() {
 }
 
 /// A migration that fails after the pause: libvirt resumes the guest on the source
-/// (`Resumed Migrated`, the detail libvirt gives a cancelled migration's resume).
+/// (with the detail `Migrated`, or any other: a resume after the switch is the guest
+/// running here again).
 #[test]
 fn a_failed_migration_after_the_switch_switches_back() {
     let text = "event 'migration-iteration' for domain 'vm1': iteration: '1'\n\
         event 'lifecycle' for domain 'vm1': Suspended Migrated\n\
         event 'lifecycle' for domain 'vm1': Resumed Migrated\n\
+        event 'lifecycle' for domain 'vm1': Suspended Migrated\n\
+        event 'lifecycle' for domain 'vm1': Resumed Unpaused\n\
         event 'lifecycle' for domain 'vm1': Suspended Migrated\n\
         event 'lifecycle' for domain 'vm1': Stopped Migrated\n\
         event 'lifecycle' for domain 'vm1': Resumed Migrated\n";
@@ -84,9 +98,18 @@ fn a_failed_migration_after_the_switch_switches_back() {
                 domain: "vm1".into(),
                 target: Target::Reserved
             },
+            &Step::SwitchBack("vm1".into()),
+            &Step::Switch {
+                domain: "vm1".into(),
+                target: Target::Reserved
+            },
             &Step::Forget("vm1".into()),
+            &Step::Switch {
+                domain: "vm1".into(),
+                target: Target::Here
+            },
         ],
-        "after the stop, a resume is another domain's business"
+        "after the stop, a resume here is an incoming migration's"
     );
 }
 
