@@ -1,15 +1,17 @@
 //! libvirt end to end: a guest defined in libvirt moves from host A to host B with
 //! `virsh migrate --live` between two libvirtds (one per host's namespace, each in a mount
 //! namespace of its own), while the destination's `netpage libvirt-hook` reserves RA_B at
-//! `migrate begin` and the source's `netpage libvirt-follow --switch-at stop` switches
-//! every edge when libvirt reports the guest paused for the last copy. A 1 ms ICMP probe
-//! from the client measures the gap.
+//! `migrate begin` and a `netpage libvirt-follow` on each host switches every edge: with
+//! `--switch-at stop` the source's when libvirt reports the guest paused for the last copy
+//! (the destination's then finds nothing to do at the resume), with `resume` the
+//! destination's when libvirt reports the guest running there. A 1 ms ICMP probe from
+//! the client measures the gap.
 
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
-    process::Stdio,
-    sync::mpsc,
+    process::{Child, Stdio},
+    sync::{Mutex, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -24,6 +26,51 @@ use netpage_tests::{
 const PROBE_INTERVAL: Duration = Duration::from_millis(1);
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 const DOMAIN: &str = "np-vm1";
+
+/// One guest world at a time: two would share the machine's two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A `netpage libvirt-follow` and the lines it prints.
+struct Follower {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(vw: &VmWorld, host: Host, d: &Libvirtd, switch_at: &str, nodes: &[String]) -> Self {
+        let name = if host == Host::A { "A" } else { "B" };
+        let mut follow = vw.world.ns(host.node()).command(netpage_bin());
+        follow.args(["--json", "libvirt-follow", "--host", name, "-c", &d.uri()]);
+        follow.args(["--switch-at", switch_at, "--max-switches", "1"]);
+        for n in nodes {
+            follow.args(["--node", n]);
+        }
+        let mut child = follow
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start netpage libvirt-follow");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Its one action, if it printed one within `wait`; the follower is stopped.
+    fn action(mut self, wait: Duration) -> Result<serde_json::Value, String> {
+        let line = self.lines.recv_timeout(wait);
+        let _ = self.child.kill();
+        let out = self.child.wait_with_output().unwrap();
+        match line {
+            Ok(l) => Ok(serde_json::from_str(&l).expect("the follower's JSON")),
+            Err(_) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+        }
+    }
+}
 
 fn skip_reason() -> Option<String> {
     vmworld::skip_reason().or_else(libvirtd::skip_reason)
@@ -80,10 +127,20 @@ fn downtime_ms(dst: &Libvirtd) -> Option<u64> {
 
 #[test]
 fn virsh_live_migration_is_switched_at_the_pause() {
+    migrate_with_libvirt("stop");
+}
+
+#[test]
+fn virsh_live_migration_is_switched_at_the_resume() {
+    migrate_with_libvirt("resume");
+}
+
+fn migrate_with_libvirt(switch_at: &str) {
     if let Some(why) = skip_reason() {
         eprintln!("skipped: {why}");
         return;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let vw = VmWorld::new();
     vw.prepare_tap(Host::A);
     vw.prepare_tap(Host::B);
@@ -134,25 +191,8 @@ fn virsh_live_migration_is_switched_at_the_pause() {
         vw.world.diagnostics()
     );
 
-    // The follower at the source.
-    let mut follow = vw.world.ns(Node::HostA).command(netpage_bin());
-    follow.args(["--json", "libvirt-follow", "--host", "A", "-c", &a.uri()]);
-    follow.args(["--switch-at", "stop", "--max-switches", "1"]);
-    for n in &nodes {
-        follow.args(["--node", n]);
-    }
-    let mut follower = follow
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start netpage libvirt-follow");
-    let (tx, rx) = mpsc::channel();
-    let stdout = follower.stdout.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let follow_a = Follower::start(&vw, Host::A, &a, switch_at, &nodes);
+    let follow_b = Follower::start(&vw, Host::B, &b, switch_at, &nodes);
     // Until its virsh listens: nothing tells, so give it a moment.
     thread::sleep(Duration::from_millis(1500));
 
@@ -183,17 +223,18 @@ fn virsh_live_migration_is_switched_at_the_pause() {
         a.log_tail(),
         b.log_tail()
     );
-    let line = rx.recv_timeout(Duration::from_secs(10));
-    let _ = follower.kill();
-    let followed = follower.wait_with_output().unwrap();
-    let line = line.unwrap_or_else(|_| {
-        panic!(
-            "the follower switched nothing; stderr:\n{}",
-            String::from_utf8_lossy(&followed.stderr)
-        )
-    });
-    let action: serde_json::Value = serde_json::from_str(&line).expect("the follower's JSON");
-    eprintln!("follower: {action}");
+    // The one that switches, and the other.
+    let (switcher, other) = if switch_at == "stop" {
+        (follow_a, follow_b)
+    } else {
+        (follow_b, follow_a)
+    };
+    let action = switcher
+        .action(Duration::from_secs(10))
+        .unwrap_or_else(|stderr| panic!("the follower switched nothing; stderr:\n{stderr}"));
+    eprintln!("follower that switched: {action}");
+    let other = other.action(Duration::from_secs(1));
+    eprintln!("the other follower: {other:?}");
     let hook = std::fs::read_to_string(hook_log("B")).unwrap_or_default();
     eprintln!("hook at B:\n{hook}");
 
@@ -209,9 +250,9 @@ fn virsh_live_migration_is_switched_at_the_pause() {
     let switched = action["switched_unix_ms"].as_f64().unwrap_or(f64::NAN);
     let gap = icmp.probes.largest_gap.as_secs_f64() * 1e3;
     println!(
-        "figures: libvirt migration switched at the pause: virsh migrate {:.2} s, libvirt \
+        "figures: libvirt migration switched at {switch_at}: virsh migrate {:.2} s, libvirt \
          downtime {} ms, reservation {:.1} ms, event->switched {:.1} ms (V2R update {} us), \
-         probes sent {}, lost {}, largest gap {gap:.1} ms (last answer->switched {:.1} ms, \
+         probes sent {}, lost {} (longest run {}), largest gap {gap:.1} ms (last answer->switched {:.1} ms, \
          switched->first answer {:.1} ms)",
         took.as_secs_f64(),
         downtime_ms(&b).map_or("-".into(), |d| d.to_string()),
@@ -220,11 +261,23 @@ fn virsh_live_migration_is_switched_at_the_pause() {
         action["update_us"],
         icmp.probes.sent,
         icmp.probes.lost,
+        icmp.probes.longest_loss_run,
         switched - unix_ms(icmp.gap_from),
         unix_ms(icmp.gap_to) - switched,
     );
     assert_eq!(action["action"], "switched", "{action}");
-    assert_eq!(action["event"], "Suspended Migrated", "{action}");
+    let event = if switch_at == "stop" {
+        "Suspended Migrated"
+    } else {
+        "Resumed Migrated"
+    };
+    assert_eq!(action["event"], event, "{action}");
+    if switch_at == "stop" {
+        let other = other.expect("the destination's follower acts at the resume");
+        assert_eq!(other["action"], "already-there", "{other}");
+    } else {
+        assert!(other.is_err(), "the source's follower switched: {other:?}");
+    }
     assert_eq!(action["from"], ra(Host::A).to_string());
     assert_eq!(action["to"], ra(Host::B).to_string());
     assert_eq!(reserved["outcome"], "reserved", "{reserved}");

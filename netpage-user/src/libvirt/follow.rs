@@ -18,6 +18,7 @@ use std::{
     collections::{HashMap, HashSet},
     io::{BufRead, BufReader},
     net::IpAddr,
+    os::unix::process::CommandExt,
     path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -213,15 +214,23 @@ pub fn run(opts: &FollowOptions) -> Result<u64, FollowError> {
         if let Some(uri) = &opts.connect {
             cmd.args(["-c", uri]);
         }
-        let mut child = cmd
-            .args(["event", "--loop", "--all", "--timestamp"])
+        cmd.args(["event", "--loop", "--all", "--timestamp"])
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|source| FollowError::Virsh {
-                virsh: opts.virsh.clone(),
-                source,
-            })?;
+            .stdout(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe and touches no memory of this process.
+        unsafe {
+            // virsh ends with the follower, however the follower ends.
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| FollowError::Virsh {
+            virsh: opts.virsh.clone(),
+            source,
+        })?;
         let stdout = child.stdout.take().expect("piped above");
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
