@@ -214,7 +214,8 @@ fn migrate_with_libvirt(switch_at: &str) {
         "tcp://198.18.5.2",
     ]);
     let took = migrating.elapsed();
-    thread::sleep(Duration::from_secs(1));
+    // Long enough after virsh returns for the probe to see the guest answer again.
+    thread::sleep(Duration::from_secs(5));
     let icmp = probe.stop();
     assert!(
         out.status.success(),
