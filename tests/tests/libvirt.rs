@@ -318,9 +318,108 @@ fn migrate_with_libvirt(switch_at: &str) {
     );
 }
 
+/// A fresh directory of this test's own.
 fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("netpage-libvirt-{}", std::process::id()));
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("netpage-libvirt-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The domain XML libvirt 9.0 gave a destination's hook at `migrate begin`.
+const RECORDED_XML: &str =
+    include_str!("../../netpage-user/src/libvirt/testdata/migrate-begin.xml");
+
+/// Runs `netpage ARGS` with `stdin` on its standard input.
+fn hook(args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(netpage_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run netpage");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A reservation that fails does not fail the migration (exit 0, unless --strict), and
+/// the hook never writes stdout (libvirt would take it for a new domain XML).
+#[test]
+fn the_hook_fails_quietly_unless_strict() {
+    let dir = tempdir();
+    let pins = dir.join("no-node");
+    let pins = pins.to_str().unwrap();
+    let call = ["libvirt-hook", "--pin-dir", pins, "--host", "A"];
+    let tail = ["vm1", "migrate", "begin", "-"];
+    let args: Vec<&str> = call.iter().chain(&tail).copied().collect();
+    let out = hook(&args, RECORDED_XML);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no page table under"));
+
+    let strict: Vec<&str> = call
+        .iter()
+        .chain(&["--strict"])
+        .chain(&tail)
+        .copied()
+        .collect();
+    let out = hook(&strict, RECORDED_XML);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+
+    // Other operations, and domains without netpage metadata, are left alone.
+    let other: Vec<&str> = call
+        .iter()
+        .chain(&["--strict", "vm1", "prepare", "begin", "-"])
+        .copied()
+        .collect();
+    assert_eq!(hook(&other, RECORDED_XML).status.code(), Some(0));
+    let bare = hook(&strict, "<domain><name>vm1</name></domain>");
+    assert_eq!(bare.status.code(), Some(0));
+    assert!(bare.stdout.is_empty());
+}
+
+/// An etcd that never answers holds the hook no longer than --timeout.
+#[test]
+fn the_hook_gives_up_at_its_timeout() {
+    let dir = tempdir();
+    // Connections are accepted by the kernel and never answered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let log = dir.join("hook.jsonl");
+    let started = Instant::now();
+    let out = hook(
+        &[
+            "libvirt-hook",
+            "--etcd",
+            &url,
+            "--timeout",
+            "1",
+            "--host",
+            "A",
+            "--log",
+            log.to_str().unwrap(),
+            "vm1",
+            "migrate",
+            "begin",
+            "-",
+        ],
+        RECORDED_XML,
+    );
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(took < Duration::from_secs(3), "the hook took {took:?}");
+    let logged: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&log).unwrap().trim()).unwrap();
+    assert_eq!(logged["outcome"], "timed-out", "{logged}");
+    drop(silent);
 }
