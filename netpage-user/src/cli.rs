@@ -232,6 +232,11 @@ pub struct LibvirtHookArgs {
     /// Exit non-zero when the reservation fails, so that libvirt refuses the migration.
     #[arg(long)]
     pub strict: bool,
+    /// Also, at `started begin`, set this host's neighbour entry for the VM's VA on its
+    /// tap (the domain's one interface: its MAC, its target device), so that packets
+    /// switched here while the guest is paused wait in the tap's queue, not for ARP.
+    #[arg(long)]
+    pub neigh: bool,
     /// Append what each call did to this file, one JSON object a line.
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,

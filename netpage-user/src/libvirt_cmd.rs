@@ -60,11 +60,12 @@ pub fn run(cli: Cli) -> Result<Output> {
                 host: host(&h.tables),
                 tables: spec(&h.tables)?,
                 timeout: h.timeout,
+                neighbour: h.neigh,
             };
             let mut out = hook::run(&h.domain, &h.operation, &h.sub_operation, &xml, &opts);
             if let (Err(e), true) = (
                 read,
-                hook::action(&h.operation, &h.sub_operation) == hook::HookAction::Reserve,
+                hook::action(&h.operation, &h.sub_operation, h.neigh) != hook::HookAction::Nothing,
             ) {
                 out.outcome = "failed";
                 out.error = Some(format!("reading the domain XML on stdin: {e}"));

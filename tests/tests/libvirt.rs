@@ -87,12 +87,12 @@ fn metadata() -> String {
     )
 }
 
-/// The hook script of `host`: netpage's hook on every edge's pin directory, logging to
-/// `log`.
+/// The hook script of `host`: netpage's hook on every edge's pin directory, setting the
+/// neighbour entry at `started begin`, logging to `log`.
 fn hook_script(host: &str, nodes: &[String], log: &std::path::Path) -> String {
     let nodes: Vec<String> = nodes.iter().map(|n| format!("--node {n}")).collect();
     format!(
-        "#!/bin/sh\nexec {} libvirt-hook --host {host} {} --log {} \"$@\"\n",
+        "#!/bin/sh\nexec {} libvirt-hook --neigh --host {host} {} --log {} \"$@\"\n",
         netpage_bin().display(),
         nodes.join(" "),
         log.display()
@@ -283,6 +283,11 @@ fn migrate_with_libvirt(switch_at: &str) {
     assert_eq!(action["to"], ra(Host::B).to_string());
     assert_eq!(reserved["outcome"], "reserved", "{reserved}");
     assert_eq!(reserved["to"], ra(Host::B).to_string());
+    assert!(
+        hook.lines()
+            .any(|l| l.contains("\"started\"") && l.contains("neighbour-set")),
+        "the destination's hook did not set the neighbour entry:\n{hook}"
+    );
     for t in vw.tables() {
         assert_eq!(
             t.map_list["mapping"][0]["real"],

@@ -33,6 +33,17 @@ pub struct DomainVm {
     pub va: IpAddr,
     /// Its real address on each host, in document order.
     pub reals: Vec<(String, IpAddr)>,
+    /// Its network interfaces (`<devices><interface>`), in document order.
+    pub nics: Vec<Nic>,
+}
+
+/// One of a domain's network interfaces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nic {
+    /// The guest's MAC (`<mac address>`).
+    pub mac: Option<String>,
+    /// The host's device for it (`<target dev>`), once libvirt has named it.
+    pub dev: Option<String>,
 }
 
 impl DomainVm {
@@ -129,7 +140,27 @@ pub fn parse(xml: &str) -> Result<Option<DomainVm>, DomainError> {
         }
         reals.push((host.to_owned(), ra));
     }
-    Ok(Some(DomainVm { name, va, reals }))
+    let nics = child(root, None, "devices")
+        .map(|d| {
+            d.children()
+                .filter(|c| c.is_element() && c.tag_name().name() == "interface")
+                .map(|i| Nic {
+                    mac: child(i, None, "mac")
+                        .and_then(|m| m.attribute("address"))
+                        .map(str::to_owned),
+                    dev: child(i, None, "target")
+                        .and_then(|t| t.attribute("dev"))
+                        .map(str::to_owned),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Some(DomainVm {
+        name,
+        va,
+        reals,
+        nics,
+    }))
 }
 
 /// The first child element of `node` named `name` (in namespace `ns`, or in any).

@@ -4,7 +4,12 @@
 //!
 //! At `migrate begin`, which libvirt runs on the destination host only, before the
 //! incoming QEMU starts, it reserves the VM's real address on this host (R2V[RA] = VA),
-//! as `netpage migrate` does first. Every other call returns at once, doing nothing.
+//! as `netpage migrate` does first. With `--neigh`, at `started begin` (QEMU runs, its
+//! tap exists, the migration has not switched over yet) it also sets this host's
+//! neighbour entry for the VA on the VM's tap (`ip neigh replace VA lladdr MAC nud
+//! permanent dev TAP`), as `netpage migrate --dst-neigh` does, so that packets switched
+//! here while the guest is paused wait in the tap's queue rather than for ARP. Every
+//! other call returns at once, doing nothing.
 //!
 //! Exit code policy: libvirt aborts `migrate`, `prepare` and `start` when the hook exits
 //! non-zero, so the hook exits 0 whatever happens, reporting a failure on stderr and in
@@ -25,7 +30,7 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    domain,
+    domain::{self, Nic},
     tables::{TableSpec, Tables},
 };
 
@@ -34,15 +39,19 @@ use super::{
 pub enum HookAction {
     /// Reserve the VM's real address on this host: an incoming migration begins.
     Reserve,
+    /// Set the neighbour entry for the VA on the VM's tap (with `--neigh`).
+    Neighbour,
     /// Nothing.
     Nothing,
 }
 
-/// The action for libvirt's `OPERATION SUB-OPERATION`. `prepare` and `start` also run
-/// for a domain started here without a migration, so only `migrate` reserves.
-pub fn action(operation: &str, sub_operation: &str) -> HookAction {
+/// The action for libvirt's `OPERATION SUB-OPERATION`, `neighbour` if `--neigh` was
+/// given. `prepare` and `start` also run for a domain started here without a migration,
+/// so only `migrate` reserves.
+pub fn action(operation: &str, sub_operation: &str, neighbour: bool) -> HookAction {
     match (operation, sub_operation) {
         ("migrate", "begin") => HookAction::Reserve,
+        ("started", "begin") if neighbour => HookAction::Neighbour,
         _ => HookAction::Nothing,
     }
 }
@@ -55,6 +64,8 @@ pub struct HookOptions {
     pub tables: TableSpec,
     /// The longest the hook works before giving up (and exiting).
     pub timeout: Duration,
+    /// Whether to set the neighbour entry for the VA at `started begin`.
+    pub neighbour: bool,
 }
 
 /// What one call of the hook did, for its log.
@@ -64,7 +75,7 @@ pub struct HookOutcome {
     pub operation: String,
     pub sub_operation: String,
     /// `nothing`, `unmanaged` (no netpage metadata), `reserved`, `already-there`,
-    /// `failed` or `timed-out`.
+    /// `neighbour-set`, `failed` or `timed-out`.
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm: Option<IpAddr>,
@@ -104,8 +115,10 @@ pub fn run(
         error: None,
         ms: 0.0,
     };
-    if action(operation, sub_operation) == HookAction::Reserve {
-        reserve(xml, opts, &mut out);
+    match action(operation, sub_operation, opts.neighbour) {
+        HookAction::Reserve => reserve(xml, opts, &mut out),
+        HookAction::Neighbour => neighbour(xml, &mut out),
+        HookAction::Nothing => {}
     }
     out.ms = start.elapsed().as_secs_f64() * 1e3;
     out
@@ -172,6 +185,59 @@ fn reserve(xml: &str, opts: &HookOptions, out: &mut HookOutcome) {
     }
 }
 
+fn neighbour(xml: &str, out: &mut HookOutcome) {
+    let vm = match domain::parse(xml) {
+        Ok(Some(vm)) => vm,
+        Ok(None) => {
+            out.outcome = "unmanaged";
+            return;
+        }
+        Err(e) => {
+            out.outcome = "failed";
+            out.error = Some(e.to_string());
+            return;
+        }
+    };
+    out.vm = Some(vm.va);
+    let set = match vm.nics.as_slice() {
+        [
+            Nic {
+                mac: Some(mac),
+                dev: Some(dev),
+            },
+        ] => set_neighbour(vm.va, mac, dev),
+        nics => Err(format!(
+            "domain {}: {} network interfaces, not one with a MAC and a target device",
+            vm.name,
+            nics.len()
+        )),
+    };
+    match set {
+        Ok(()) => out.outcome = "neighbour-set",
+        Err(e) => {
+            out.outcome = "failed";
+            out.error = Some(e);
+        }
+    }
+}
+
+/// `ip neigh replace VA lladdr MAC nud permanent dev DEV`.
+fn set_neighbour(va: IpAddr, mac: &str, dev: &str) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(["neigh", "replace", &va.to_string(), "lladdr", mac])
+        .args(["nud", "permanent", "dev", dev])
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip neigh replace {va} lladdr {mac} dev {dev}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 /// Appends `out` as one JSON line to `log`.
 pub fn log(log: &PathBuf, out: &HookOutcome) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
@@ -189,7 +255,9 @@ mod tests {
 
     #[test]
     fn only_migrate_begin_reserves() {
-        assert_eq!(action("migrate", "begin"), HookAction::Reserve);
+        assert_eq!(action("migrate", "begin", false), HookAction::Reserve);
+        assert_eq!(action("started", "begin", true), HookAction::Neighbour);
+        assert_eq!(action("started", "begin", false), HookAction::Nothing);
         for (op, sub) in [
             ("prepare", "begin"),
             ("start", "begin"),
@@ -200,7 +268,9 @@ mod tests {
             ("restore", "begin"),
             ("attach", "begin"),
         ] {
-            assert_eq!(action(op, sub), HookAction::Nothing, "{op} {sub}");
+            if (op, sub) != ("started", "begin") {
+                assert_eq!(action(op, sub, true), HookAction::Nothing, "{op} {sub}");
+            }
         }
     }
 
@@ -209,6 +279,7 @@ mod tests {
             host: host.into(),
             tables: TableSpec::Nodes(vec![crate::node::Node::new("/nonexistent/netpage")]),
             timeout: Duration::from_secs(2),
+            neighbour: false,
         }
     }
 

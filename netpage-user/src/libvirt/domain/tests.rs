@@ -15,6 +15,13 @@ fn reads_the_recorded_domain() {
     assert_eq!(vm.real_on("A"), Some(ip("198.18.10.100")));
     assert_eq!(vm.real_on("B"), Some(ip("198.18.20.100")));
     assert_eq!(vm.real_on("C"), None);
+    assert_eq!(
+        vm.nics,
+        vec![Nic {
+            mac: Some("52:54:00:00:00:10".into()),
+            dev: Some("vm1tap".into()),
+        }]
+    );
 }
 
 #[test]
@@ -42,6 +49,7 @@ fn the_namespace_counts_not_the_prefix() {
     let vm = parse(xml).unwrap().unwrap();
     assert_eq!(vm.va, ip("2001:db8::1"));
     assert_eq!(vm.reals, vec![("h1".to_owned(), ip("2001:db8:1::1"))]);
+    assert!(vm.nics.is_empty());
 }
 
 #[test]
