@@ -321,6 +321,9 @@ fn migrate_with_libvirt(switch_at: &str) {
         icmp.probes.received > 0 && gap < 5000.0,
         "the guest was unreachable for {gap:.0} ms"
     );
+    // The daemons (and their guests) first; a failed run keeps the directory to look at.
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A fresh directory of this test's own.
@@ -391,6 +394,7 @@ fn the_hook_fails_quietly_unless_strict() {
     let bare = hook(&strict, "<domain><name>vm1</name></domain>");
     assert_eq!(bare.status.code(), Some(0));
     assert!(bare.stdout.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An etcd that never answers holds the hook no longer than --timeout.
@@ -427,4 +431,5 @@ fn the_hook_gives_up_at_its_timeout() {
         serde_json::from_str(std::fs::read_to_string(&log).unwrap().trim()).unwrap();
     assert_eq!(logged["outcome"], "timed-out", "{logged}");
     drop(silent);
+    let _ = std::fs::remove_dir_all(&dir);
 }
