@@ -228,6 +228,11 @@ fn write_executable(path: &Path, text: &str) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
+/// The file beside [`emulator_wrapper`]'s script whose words it adds to the command
+/// line of an incoming QEMU (one started for a migration's destination), if it exists:
+/// for a test to make a destination differ from its source where libvirt does not look.
+pub const INCOMING_ARGS: &str = "incoming-args";
+
 /// A script that runs the project's QEMU (with its data directory if it needs one), to
 /// name in a domain's `<emulator>`.
 pub fn emulator_wrapper(dir: &Path) -> PathBuf {
@@ -237,9 +242,14 @@ pub fn emulator_wrapper(dir: &Path) -> PathBuf {
         .map(|d| format!(" -L {}", d.display()))
         .unwrap_or_default();
     let path = dir.join("qemu-system-x86_64");
+    let incoming = dir.join(INCOMING_ARGS);
     write_executable(
         &path,
-        &format!("#!/bin/sh\nexec {}{data} \"$@\"\n", qemu.path.display()),
+        &format!(
+            "#!/bin/sh\ncase \" $* \" in *\" -incoming \"*) [ -e {i} ] && set -- \"$@\" $(cat {i});; esac\nexec {}{data} \"$@\"\n",
+            qemu.path.display(),
+            i = incoming.display()
+        ),
     );
     path
 }

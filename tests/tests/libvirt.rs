@@ -38,10 +38,23 @@ struct Follower {
 
 impl Follower {
     fn start(vw: &VmWorld, host: Host, d: &Libvirtd, switch_at: &str, nodes: &[String]) -> Self {
+        Self::start_for(vw, host, d, switch_at, nodes, 1)
+    }
+
+    /// [`Follower::start`], stopping after `max` switches.
+    fn start_for(
+        vw: &VmWorld,
+        host: Host,
+        d: &Libvirtd,
+        switch_at: &str,
+        nodes: &[String],
+        max: u32,
+    ) -> Self {
         let name = if host == Host::A { "A" } else { "B" };
         let mut follow = vw.world.ns(host.node()).command(netpage_bin());
         follow.args(["--json", "libvirt-follow", "--host", name, "-c", &d.uri()]);
-        follow.args(["--switch-at", switch_at, "--max-switches", "1"]);
+        let max = max.to_string();
+        follow.args(["--switch-at", switch_at, "--max-switches", &max]);
         for n in nodes {
             follow.args(["--node", n]);
         }
@@ -58,6 +71,23 @@ impl Follower {
             }
         });
         Self { child, lines }
+    }
+
+    /// The first `n` actions it printed within `wait`; the follower is stopped.
+    fn actions(self, n: usize, wait: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + wait;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => got.push(serde_json::from_str(&l).expect("the follower's JSON")),
+                Err(_) => break,
+            }
+        }
+        let mut child = self.child;
+        let _ = child.kill();
+        let _ = child.wait();
+        got
     }
 
     /// Its one action, if it printed one within `wait`; the follower is stopped.
@@ -125,6 +155,66 @@ fn downtime_ms(dst: &Libvirtd) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// Where `host`'s hook logs.
+fn hook_log(dir: &std::path::Path, host: &str) -> PathBuf {
+    dir.join(format!("hook-{host}.jsonl"))
+}
+
+/// Starts a libvirtd on each host, with netpage's hook, and the guest at host A; returns
+/// the daemons, the guest's console log and its domain XML.
+fn boot_at_a(
+    vw: &VmWorld,
+    dir: &std::path::Path,
+    nodes: &[String],
+) -> (Libvirtd, Libvirtd, PathBuf, String) {
+    let hook_log = |h: &str| hook_log(dir, h);
+    let a = Libvirtd::start(
+        "A",
+        &vw.netns(Host::A),
+        "198.18.5.1",
+        dir,
+        Some(&hook_script("A", nodes, &hook_log("A"))),
+    );
+    let b = Libvirtd::start(
+        "B",
+        &vw.netns(Host::B),
+        "198.18.5.2",
+        dir,
+        Some(&hook_script("B", nodes, &hook_log("B"))),
+    );
+    let console = dir.join("console.log");
+    let emulator = libvirtd::emulator_wrapper(dir);
+    let cmdline = boot_params(0).cmdline();
+    let xml = libvirtd::domain_xml(&DomainSpec {
+        name: DOMAIN,
+        emulator: &emulator,
+        kernel: &vw.guest.kernel(),
+        initrd: &vw.guest.initrd(),
+        cmdline: &cmdline,
+        tap: TAP,
+        mac: GUEST_MAC,
+        console: &console,
+        memory_mib: 128,
+        metadata: &metadata(),
+    });
+    let xml_path = dir.join("domain.xml");
+    std::fs::write(&xml_path, &xml).unwrap();
+    let started = Instant::now();
+    a.virsh_ok(&["create", xml_path.to_str().unwrap()]);
+    wait_ready(&console, &a);
+    eprintln!(
+        "guest: ready at host A {:?} after virsh create",
+        started.elapsed()
+    );
+    assert!(
+        vw.world.ping(Node::Client, VA.into()),
+        "the guest does not answer at host A\n{}",
+        vw.world.diagnostics()
+    );
+
+    (a, b, console, xml)
+}
+
 #[test]
 fn virsh_live_migration_is_switched_at_the_pause() {
     migrate_with_libvirt("stop");
@@ -146,50 +236,8 @@ fn migrate_with_libvirt(switch_at: &str) {
     vw.prepare_tap(Host::B);
     let dir = tempdir();
     let nodes = vw.nodes();
-    let hook_log = |h: &str| dir.join(format!("hook-{h}.jsonl"));
-    let a = Libvirtd::start(
-        "A",
-        &vw.netns(Host::A),
-        "198.18.5.1",
-        &dir,
-        Some(&hook_script("A", &nodes, &hook_log("A"))),
-    );
-    let b = Libvirtd::start(
-        "B",
-        &vw.netns(Host::B),
-        "198.18.5.2",
-        &dir,
-        Some(&hook_script("B", &nodes, &hook_log("B"))),
-    );
-    let console = dir.join("console.log");
-    let emulator = libvirtd::emulator_wrapper(&dir);
-    let cmdline = boot_params(0).cmdline();
-    let xml = libvirtd::domain_xml(&DomainSpec {
-        name: DOMAIN,
-        emulator: &emulator,
-        kernel: &vw.guest.kernel(),
-        initrd: &vw.guest.initrd(),
-        cmdline: &cmdline,
-        tap: TAP,
-        mac: GUEST_MAC,
-        console: &console,
-        memory_mib: 128,
-        metadata: &metadata(),
-    });
-    let xml_path = dir.join("domain.xml");
-    std::fs::write(&xml_path, xml).unwrap();
-    let started = Instant::now();
-    a.virsh_ok(&["create", xml_path.to_str().unwrap()]);
-    wait_ready(&console, &a);
-    eprintln!(
-        "guest: ready at host A {:?} after virsh create",
-        started.elapsed()
-    );
-    assert!(
-        vw.world.ping(Node::Client, VA.into()),
-        "the guest does not answer at host A\n{}",
-        vw.world.diagnostics()
-    );
+    let (a, b, console, _) = boot_at_a(&vw, &dir, &nodes);
+    let hook_log = |h: &str| hook_log(&dir, h);
 
     let follow_a = Follower::start(&vw, Host::A, &a, switch_at, &nodes);
     let follow_b = Follower::start(&vw, Host::B, &b, switch_at, &nodes);
@@ -431,5 +479,70 @@ fn the_hook_gives_up_at_its_timeout() {
         serde_json::from_str(std::fs::read_to_string(&log).unwrap().trim()).unwrap();
     assert_eq!(logged["outcome"], "timed-out", "{logged}");
     drop(silent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A migration that fails after the pause: the destination's NIC lacks a feature
+/// (mergeable receive buffers) the guest acknowledged at the source, which QEMU finds
+/// when it loads the NIC's state, after the last copy; libvirt resumes the guest at the
+/// source (libvirt 9.0 reports `Resumed Unpaused` there). The source's follower switched
+/// at the pause, and switches back when it hears the guest resume there.
+#[test]
+fn a_libvirt_migration_failing_after_the_pause_is_switched_back() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let vw = VmWorld::new();
+    vw.prepare_tap(Host::A);
+    vw.prepare_tap(Host::B);
+    let dir = tempdir();
+    let nodes = vw.nodes();
+    let (a, b, _console, _xml) = boot_at_a(&vw, &dir, &nodes);
+    // libvirt refuses a destination XML whose NIC differs: the destination's QEMU gets
+    // the difference from the wrapper instead.
+    std::fs::write(
+        dir.join(libvirtd::INCOMING_ARGS),
+        "-global virtio-net-device.mrg_rxbuf=off",
+    )
+    .unwrap();
+    let follow_a = Follower::start_for(&vw, Host::A, &a, "stop", &nodes, 2);
+    thread::sleep(Duration::from_millis(1500));
+    let out = a.virsh(&[
+        "migrate",
+        "--live",
+        DOMAIN,
+        &b.uri(),
+        "--migrateuri",
+        "tcp://198.18.5.2",
+    ]);
+    eprintln!(
+        "virsh migrate: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "the migration did not fail");
+    let actions = follow_a.actions(2, Duration::from_secs(10));
+    eprintln!("follower at A: {actions:?}");
+    let kinds: Vec<&str> = actions
+        .iter()
+        .map(|a| a["action"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(kinds, ["switched", "switched-back"], "{actions:?}");
+    assert_eq!(actions[0]["event"], "Suspended Migrated");
+    assert_eq!(actions[1]["to"], ra(Host::A).to_string());
+    for t in vw.tables() {
+        assert_eq!(
+            t.map_list["mapping"][0]["real"],
+            ra(Host::A).to_string(),
+            "an edge maps the VA elsewhere: {}",
+            t.map_list
+        );
+    }
+    assert!(a.virsh_ok(&["domstate", DOMAIN]).contains("running"));
+    let answers = (0..10).any(|_| vw.world.ping(Node::Client, VA.into()));
+    assert!(answers, "the guest does not answer at host A again");
+    drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
 }
