@@ -152,6 +152,20 @@ pub enum Command {
     /// Live-migrate a QEMU guest to another host and switch its page-table entry on every
     /// node at the chosen moment; on failure the table is rolled back.
     Migrate(Box<MigrateArgs>),
+    /// libvirt's QEMU hook: install as /etc/libvirt/hooks/qemu (or a script in
+    /// /etc/libvirt/hooks/qemu.d/) that runs `netpage libvirt-hook --host NAME ... "$@"`.
+    /// At `migrate begin` (an incoming migration, on the destination) it reserves the VM's
+    /// real address on this host, read from the domain XML's netpage metadata on stdin;
+    /// every other operation exits 0 at once. It exits 0 even when the reservation
+    /// fails (libvirt would abort the migration), unless --strict; it prints nothing on
+    /// stdout.
+    LibvirtHook(LibvirtHookArgs),
+    /// Follow this host's libvirt domain events (virsh event) and switch a migrating VM
+    /// at the moment chosen: at the source's pause for the last copy (stop: to the real
+    /// address the destination's hook reserved; switched back if the migration then
+    /// fails), or at the destination's resume (resume: to this host's real address).
+    /// Runs until killed.
+    LibvirtFollow(LibvirtFollowArgs),
     /// Run the agent of one node: mirror the directory (--etcd) into the node's table,
     /// as its only writer, until SIGTERM.
     Agent(AgentArgs),
@@ -209,6 +223,71 @@ pub enum Command {
         #[arg(long, value_name = "EVENTS", default_value_t = DEFAULT_RATE, value_parser = clap::value_parser!(u32).range(1..))]
         rate: u32,
     },
+}
+
+/// This host and its page tables, for the libvirt hook and follower.
+#[derive(Args)]
+pub struct LibvirtTablesArgs {
+    /// This host's name in the domains' netpage metadata (`<netpage:real host=NAME>`)
+    /// [default: the machine's host name].
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    /// Change these nodes (pin directories) of this machine together; repeat for each
+    /// [default: --pin-dir]. Not with --etcd, where every node's agent applies the change.
+    #[arg(long = "node", value_name = "PINDIR")]
+    pub nodes: Vec<PathBuf>,
+    /// With --etcd: how long to wait for the live nodes to confirm a reservation.
+    #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = parse_seconds)]
+    pub confirm_timeout: Duration,
+}
+
+#[derive(Args)]
+pub struct LibvirtHookArgs {
+    #[command(flatten)]
+    pub tables: LibvirtTablesArgs,
+    /// Give up after this long (the migration goes on without the reservation).
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
+    pub timeout: Duration,
+    /// Exit non-zero when the reservation fails, so that libvirt refuses the migration.
+    #[arg(long)]
+    pub strict: bool,
+    /// Also, at `started begin`, set this host's neighbour entry for the VM's VA on its
+    /// tap (the domain's one interface: its MAC, its target device), so that packets
+    /// switched here while the guest is paused wait in the tap's queue, not for ARP.
+    #[arg(long)]
+    pub neigh: bool,
+    /// Append what each call did to this file, one JSON object a line.
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// The domain's name (libvirt's first argument).
+    pub domain: String,
+    /// libvirt's operation: migrate, prepare, start, started, stopped, release, ...
+    pub operation: String,
+    /// libvirt's sub-operation: begin, end, ...
+    pub sub_operation: String,
+    /// libvirt's extra argument (`-` when it has none).
+    pub extra: Option<String>,
+}
+
+#[derive(Args)]
+pub struct LibvirtFollowArgs {
+    #[command(flatten)]
+    pub tables: LibvirtTablesArgs,
+    /// When to switch: on the source's pause for the last copy (stop), or on the
+    /// destination's resume (resume). Use the same on every host.
+    #[arg(long, value_enum, default_value = "stop")]
+    pub switch_at: SwitchAt,
+    /// libvirt's connection URI [default: virsh's].
+    #[arg(long, short = 'c', value_name = "URI")]
+    pub connect: Option<String>,
+    #[command(flatten)]
+    pub drain: DrainArg,
+    /// The virsh to run.
+    #[arg(long, value_name = "PATH", default_value = "virsh")]
+    pub virsh: PathBuf,
+    /// Stop after this many switches (for scripts and tests).
+    #[arg(long, value_name = "N")]
+    pub max_switches: Option<u64>,
 }
 
 /// Where metrics are served unless told otherwise: this machine only.

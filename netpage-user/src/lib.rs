@@ -6,6 +6,7 @@ pub mod clock;
 pub mod counters;
 pub mod directory;
 pub mod failure;
+pub mod libvirt;
 pub mod loader;
 pub mod metrics;
 pub mod migrate;

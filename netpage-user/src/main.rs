@@ -1,6 +1,7 @@
 //! `netpage`: attach the network page table to a node's interfaces and manage its mappings.
 
 mod cli;
+mod libvirt_cmd;
 mod migrating;
 mod on_directory;
 mod report;
@@ -89,6 +90,9 @@ fn open_for_write(node: &Node) -> Result<OpenNode> {
 }
 
 fn run(cli: Cli) -> Result<Output> {
+    if let Command::LibvirtHook(_) | Command::LibvirtFollow(_) = &cli.command {
+        return libvirt_cmd::run(cli);
+    }
     if let Some(etcd) = cli.etcd.options() {
         return on_directory::run(cli, etcd);
     }
@@ -197,6 +201,7 @@ fn run(cli: Cli) -> Result<Output> {
         }
         Command::Check { repair } => check(&node, repair)?,
         Command::Agent(_) | Command::Nodes => unreachable!("refused above without --etcd"),
+        Command::LibvirtHook(_) | Command::LibvirtFollow(_) => unreachable!("run above"),
         Command::Metrics { listen, state_dir } => serve_metrics(node, listen, state_dir)?,
         Command::Trace { vms, ifaces, rate } => trace(&node, vms, &ifaces, rate, json)?,
         Command::Gc { now } => {

@@ -173,6 +173,9 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
         Command::Gc { .. } => return local_only("gc"),
         Command::Metrics { .. } => return local_only("metrics"),
         Command::Trace { .. } => return local_only("trace"),
-        Command::Agent(_) | Command::Migrate(_) => unreachable!("run above"),
+        Command::Agent(_)
+        | Command::Migrate(_)
+        | Command::LibvirtHook(_)
+        | Command::LibvirtFollow(_) => unreachable!("run above"),
     })
 }

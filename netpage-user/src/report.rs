@@ -53,6 +53,9 @@ pub enum Output {
         listen: std::net::SocketAddr,
     },
     Traced(netpage::trace::Summary),
+    FollowStopped {
+        switches: u64,
+    },
 }
 
 impl Output {
@@ -158,6 +161,9 @@ impl fmt::Display for Output {
             Output::MetricsStopped { listen } => writeln!(f, "metrics at {listen} stopped"),
             Output::Traced(t) => {
                 writeln!(f, "trace stopped: {} event(s), {} lost", t.events, t.lost)
+            }
+            Output::FollowStopped { switches } => {
+                writeln!(f, "libvirt follower stopped after {switches} switches")
             }
             Output::Gc(ended) => {
                 writeln!(f, "ended {} drain(s)", ended.len())?;

@@ -9,6 +9,7 @@ pub mod directory;
 pub mod etcd;
 pub mod fuzz;
 pub mod guest;
+pub mod libvirtd;
 pub mod netns;
 pub mod openmetrics;
 pub mod pins;

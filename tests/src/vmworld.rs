@@ -348,6 +348,16 @@ impl VmWorld {
         qemu
     }
 
+    /// Creates the tap at `host` before any QEMU (a persistent one, which a hypervisor
+    /// such as libvirt opens by name without creating it: `<target dev='tap0'
+    /// managed='no'/>`), and prepares it as [`VmWorld::boot`] prepares QEMU's.
+    pub fn prepare_tap(&self, host: Host) {
+        self.world
+            .ns(host.node())
+            .ip(&["tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr"]);
+        self.setup_tap(host);
+    }
+
     /// Prepares the tap QEMU created at `host`: the shared MAC, proxy ARP answering at
     /// once, no reverse-path filter, a queue long enough for what arrives while the guest is paused (a tap holds 500
     /// packets by default: half a second of the 1 ms probes, less with the TCP traffic),

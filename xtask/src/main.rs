@@ -8,6 +8,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod fuzz;
+mod libvirt;
 mod qemu;
 #[path = "../../tests/src/qemu/location.rs"]
 mod qemu_location;

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{apt, cmd, qemu};
+use crate::{apt, cmd, libvirt, qemu};
 
 /// Debian packages: Rust with a prebuilt `core` for BPF, LLVM 22 for bpf-linker, the
 /// tools the tests and the demo drive, etcd (the directory), protoc (the etcd-client crate's
@@ -93,6 +93,7 @@ pub fn setup() -> Result<BuildEnv> {
     eprintln!("setup: using Debian's Rust toolchain (prebuilt core for bpfel) for the XDP program");
     ensure_debian_packages()?;
     let qemu = qemu::ensure()?;
+    libvirt::ensure()?;
     ensure_bpf_linker(&cargo, &["--no-default-features", "--features", "llvm-22"])?;
     let mut vars = vec![
         // aya-ebpf uses `asm_experimental_arch`; allow unstable features for that crate only.
