@@ -124,20 +124,30 @@ pub fn run(
     out
 }
 
-fn reserve(xml: &str, opts: &HookOptions, out: &mut HookOutcome) {
-    let vm = match domain::parse(xml) {
-        Ok(Some(vm)) => vm,
+/// The VM the domain XML describes, noted in `out`; `None` (and `out` says why) for a
+/// domain netpage does not manage or XML it cannot read.
+fn managed_vm(xml: &str, out: &mut HookOutcome) -> Option<domain::DomainVm> {
+    match domain::parse(xml) {
+        Ok(Some(vm)) => {
+            out.vm = Some(vm.va);
+            Some(vm)
+        }
         Ok(None) => {
             out.outcome = "unmanaged";
-            return;
+            None
         }
         Err(e) => {
             out.outcome = "failed";
             out.error = Some(e.to_string());
-            return;
+            None
         }
+    }
+}
+
+fn reserve(xml: &str, opts: &HookOptions, out: &mut HookOutcome) {
+    let Some(vm) = managed_vm(xml, out) else {
+        return;
     };
-    out.vm = Some(vm.va);
     let Some(to) = vm.real_on(&opts.host) else {
         out.outcome = "failed";
         out.error = Some(format!(
@@ -186,19 +196,9 @@ fn reserve(xml: &str, opts: &HookOptions, out: &mut HookOutcome) {
 }
 
 fn neighbour(xml: &str, out: &mut HookOutcome) {
-    let vm = match domain::parse(xml) {
-        Ok(Some(vm)) => vm,
-        Ok(None) => {
-            out.outcome = "unmanaged";
-            return;
-        }
-        Err(e) => {
-            out.outcome = "failed";
-            out.error = Some(e.to_string());
-            return;
-        }
+    let Some(vm) = managed_vm(xml, out) else {
+        return;
     };
-    out.vm = Some(vm.va);
     let set = match vm.nics.as_slice() {
         [
             Nic {
