@@ -15,7 +15,7 @@ use crate::{
     directory::{self, Agents},
     etcd::Etcd,
     netns::{assert_ok, output},
-    world::{Host, Node, ProbeReport, Prober, V4, Vm, World},
+    world::{Host, Node, Options, ProbeReport, Prober, V4, Vm, World},
 };
 
 /// Where the switch is made.
@@ -138,8 +138,16 @@ pub fn run(opts: DemoOptions, stop: &AtomicBool) -> Result<DemoReport, Interrupt
             Ok(())
         }
     };
-    eprintln!("building the world: client, gateway, hosts A and B, a VM at host A ...");
-    let world = World::new();
+    eprintln!(
+        "building the world: client, gateway, hosts A and B (linked directly), a VM at host A ..."
+    );
+    // The hosts reach each other through the network of real addresses, not through the
+    // gateway's uplinks, whose translation would turn a packet host A forwards to host B's
+    // real address back into the VA (see "Packets in flight are forwarded").
+    let world = World::with(Options {
+        host_link: true,
+        ..Options::default()
+    });
     world.attach_all();
     check()?;
     // Declared after the world: etcd and the agents go first.
