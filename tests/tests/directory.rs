@@ -679,7 +679,12 @@ fn the_world_switched_through_the_directory_and_without_etcd() {
         return;
     }
     let mut etcd = Etcd::new();
-    let world = World::with(Options::default());
+    // The hosts linked directly: what host A forwards to host B's real address, when its
+    // agent applies the switch before the gateway's, must not cross the gateway's uplink.
+    let world = World::with(Options {
+        host_link: true,
+        ..Options::default()
+    });
     world.attach_all();
     let edges: Vec<(String, PathBuf)> = Node::EDGES
         .iter()
