@@ -645,14 +645,14 @@ fn ensure_programs(node: &Node, capacity: Option<u32>, reload: bool) -> Result<b
             .expect("the object has both XDP programs")
             .try_into()
             .expect("XDP programs");
-        xdp.load().map_err(verify(s.program()))?;
+        crate::loader::load_retrying(|| xdp.load()).map_err(verify(s.program()))?;
         xdp.pin(node.prog_path(s)).map_err(pin(node.prog_path(s)))?;
         let tc: &mut SchedClassifier = ebpf
             .program_mut(s.tc_program())
             .expect("the object has both tc programs")
             .try_into()
             .expect("tc programs");
-        tc.load().map_err(verify(s.tc_program()))?;
+        crate::loader::load_retrying(|| tc.load()).map_err(verify(s.tc_program()))?;
         tc.pin(node.tc_prog_path(s))
             .map_err(pin(node.tc_prog_path(s)))?;
     }

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, sync::OnceLock};
 
-use aya::{Ebpf, EbpfError, EbpfLoader};
+use aya::{Ebpf, EbpfError, EbpfLoader, programs::ProgramError};
 use netpage_common::maps::{
     PROG_PHYSICAL, PROG_TC_PHYSICAL, PROG_TC_VIRTUAL, PROG_VIRTUAL, SIDE_PHYSICAL, SIDE_VIRTUAL,
     SIZED_MAPS,
@@ -37,6 +37,28 @@ pub fn load_pinned(capacity: u32, pins: &[(&str, PathBuf)]) -> Result<Ebpf, Ebpf
         loader.map_pin_path(name, path.as_path());
     }
     loader.load(EBPF_OBJECT)
+}
+
+/// How many times a program's load is tried when the verifier was interrupted.
+const LOAD_TRIES: usize = 5;
+
+/// Runs `load` (a program's `load()`), again when the kernel answered EAGAIN: the verifier
+/// stops when a signal arrives for the loading process and asks to be called again, as
+/// libbpf does up to five times.
+pub fn load_retrying(
+    mut load: impl FnMut() -> Result<(), ProgramError>,
+) -> Result<(), ProgramError> {
+    let mut tries = 1;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { ref io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < LOAD_TRIES =>
+            {
+                tries += 1;
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Which network an interface faces, and so which direction the program translates.

@@ -134,7 +134,7 @@ impl Datapath {
                 .unwrap_or_else(|| panic!("program {name}"))
                 .try_into()
                 .expect("an XDP program");
-            prog.load()
+            netpage::loader::load_retrying(|| prog.load())
                 .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
         }
         for name in [PROG_TC_VIRTUAL, PROG_TC_PHYSICAL] {
@@ -143,7 +143,7 @@ impl Datapath {
                 .unwrap_or_else(|| panic!("program {name}"))
                 .try_into()
                 .expect("a tc program");
-            prog.load()
+            netpage::loader::load_retrying(|| prog.load())
                 .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
         }
         let table = BpfTable::from_maps(|n| ebpf.take_map(n)).expect("page table maps");
