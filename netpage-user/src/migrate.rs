@@ -231,16 +231,17 @@ pub async fn migrate(opts: &MigrateOptions) -> Result<MigrateReport, MigrateErro
     // From here on a signal ends the migration through its rollback, never half-way.
     let interrupts = Interrupts::listen().map_err(MigrateError::Signals)?;
     let mut run = Run::prepare(opts, start, interrupts).await?;
-    let realtime = opts.realtime.then(|| match Realtime::raise() {
-        Ok(rt) => Some(rt),
-        Err(e) => {
-            eprintln!("netpage: running time-shared, not at SCHED_FIFO: {e}");
-            None
-        }
-    });
+    // Held until the report is made: the thread goes back to its class on drop.
+    let realtime = if opts.realtime {
+        Realtime::raise()
+            .map_err(|e| eprintln!("netpage: running time-shared, not at SCHED_FIFO: {e}"))
+            .ok()
+    } else {
+        None
+    };
     let outcome = run.drive(opts).await;
     let mut report = run.finish(opts, outcome).await;
-    report.realtime = realtime.is_some_and(|rt| rt.is_some());
+    report.realtime = realtime.is_some();
     if let Err(e) = tally::Tally::record(&opts.state_dir, &report) {
         eprintln!(
             "netpage: warning: this migration is missing from the metrics: {:#}",
