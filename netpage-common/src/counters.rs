@@ -81,13 +81,25 @@ pub enum Counter {
     /// V2R maps its VA to another), and the packet was rewritten to the current real
     /// address and routed on (see [`crate::forward`]). Counted instead of a translation.
     Forwarded = 25,
+    /// Virtual side: the destination is the VA of an `encap` mapping (or the source is, and
+    /// the destination is not a VM: its default locator), and the packet was put inside
+    /// outer headers to the VM's locator (see [`crate::segment`]).
+    Encapsulated = 26,
+    /// Physical side: an encapsulated packet for one of the node's locators whose inner
+    /// packet is for a VM here (or from a VM where the table says it is) lost its outer
+    /// headers.
+    Decapsulated = 27,
+    /// Virtual side: a packet to encapsulate did not fit the tunnel MTU and could not be
+    /// fragmented; the program answered its sender with "fragmentation needed" or "packet
+    /// too big" in its place.
+    AnsweredTooBig = 28,
 }
 
 const _: () = assert!(Counter::COUNT <= Counter::SLOTS);
 
 impl Counter {
     /// Number of counters.
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 29;
 
     /// Slots of the counter array: room for counters added later, which take the next
     /// free indices, so that a node's pinned array keeps its layout across upgrades.
@@ -121,6 +133,9 @@ impl Counter {
         Counter::FastNoXdpXmit,
         Counter::PassHomeAddress,
         Counter::Forwarded,
+        Counter::Encapsulated,
+        Counter::Decapsulated,
+        Counter::AnsweredTooBig,
     ];
 
     /// A stable name for reports and JSON.
@@ -152,6 +167,9 @@ impl Counter {
             Counter::FastNoXdpXmit => "fast_fallback_no_xdp_xmit",
             Counter::PassHomeAddress => "pass_home_address",
             Counter::Forwarded => "forwarded",
+            Counter::Encapsulated => "encapsulated",
+            Counter::Decapsulated => "decapsulated",
+            Counter::AnsweredTooBig => "answered_too_big",
         }
     }
 
@@ -219,7 +237,7 @@ mod tests {
     #[test]
     fn dimensions() {
         let outcomes = Counter::ALL.iter().filter(|c| !c.is_fast_path()).count();
-        assert_eq!(outcomes, 17);
+        assert_eq!(outcomes, 20);
         for c in Counter::ALL {
             assert_eq!(c.is_fast_path(), c.name().starts_with("fast_"), "{c:?}");
             assert_eq!(c.is_dropped(), c.name().starts_with("dropped_"), "{c:?}");

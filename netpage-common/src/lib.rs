@@ -12,5 +12,6 @@ pub mod ipv4_options;
 pub mod ipv6_options;
 pub mod maps;
 pub mod proto;
+pub mod segment;
 pub mod source;
 pub mod trace;

@@ -190,6 +190,8 @@ mod pod {
     unsafe impl aya::Pod for super::DrainKey {}
     unsafe impl aya::Pod for super::DrainEntry {}
     unsafe impl aya::Pod for super::DevmapValue {}
+    unsafe impl aya::Pod for crate::segment::Locator {}
+    unsafe impl aya::Pod for crate::segment::SegConfig {}
 }
 
 /// IPv4 page table: virtual address -> real address.
@@ -244,8 +246,17 @@ pub const TRACE_CPU: &str = "NP_TRACE_CPU";
 /// The ring buffer that carries trace events to `netpage trace`.
 pub const TRACE_EVENTS: &str = "NP_TRACE_EVENTS";
 
+/// IPv4 segment table: virtual address of an `encap` mapping -> the locator of the node
+/// that hosts its VM, with the mapping's counter slot ([`crate::segment::Locator`]).
+pub const SEG4: &str = "NP_SEG4";
+/// IPv6 segment table: virtual address -> locator.
+pub const SEG6: &str = "NP_SEG6";
+/// The node's segmentation settings (one slot, a [`crate::segment::SegConfig`]): its own
+/// locators, the default locator, the tunnel MTU.
+pub const SEG_CONFIG: &str = "NP_SEGCFG";
+
 /// Every map of the object: all are pinned, so the node's state outlives the process.
-pub const ALL_MAPS: [&str; 18] = [
+pub const ALL_MAPS: [&str; 21] = [
     V2R4,
     R2V4,
     V2R6,
@@ -264,6 +275,9 @@ pub const ALL_MAPS: [&str; 18] = [
     TRACE_SEL,
     TRACE_CPU,
     TRACE_EVENTS,
+    SEG4,
+    SEG6,
+    SEG_CONFIG,
 ];
 
 /// Maps that an older build's node lacks and without which its programs would let
@@ -274,7 +288,16 @@ pub const NEWER_MAPS: [&str; 2] = [OWNER4, OWNER6];
 /// Maps that older builds did not have: a node without them gets them, empty, at its next
 /// attach (which loads this build's programs over them); until then its older programs
 /// run without them.
-pub const ADDED_MAPS: [&str; 5] = [DEVMAP, TRACE, TRACE_SEL, TRACE_CPU, TRACE_EVENTS];
+pub const ADDED_MAPS: [&str; 8] = [
+    DEVMAP,
+    TRACE,
+    TRACE_SEL,
+    TRACE_CPU,
+    TRACE_EVENTS,
+    SEG4,
+    SEG6,
+    SEG_CONFIG,
+];
 
 /// The maps of `netpage trace`: a node that lacks them must be attached again to trace.
 pub const TRACE_MAPS: [&str; 4] = [TRACE, TRACE_SEL, TRACE_CPU, TRACE_EVENTS];
@@ -300,7 +323,7 @@ const fn layout<K, V>(name: &'static str, max_entries: Option<u32>) -> Layout {
 
 /// The layout of every map in [`ALL_MAPS`] order. A pinned map that differs was made by
 /// another build of netpage, whose program must not be mixed with this one's.
-pub const LAYOUTS: [Layout; 18] = [
+pub const LAYOUTS: [Layout; 21] = [
     layout::<Addr4, Entry4>(V2R4, None),
     layout::<Addr4, Entry4>(R2V4, None),
     layout::<Addr6, Entry6>(V2R6, None),
@@ -319,13 +342,16 @@ pub const LAYOUTS: [Layout; 18] = [
     layout::<crate::trace::TraceKey, u32>(TRACE_SEL, Some(MAX_TRACE_SEL)),
     layout::<u32, crate::trace::TraceCpu>(TRACE_CPU, Some(1)),
     layout::<(), ()>(TRACE_EVENTS, Some(crate::trace::RING_BYTES)),
+    layout::<Addr4, crate::segment::Locator>(SEG4, None),
+    layout::<Addr6, crate::segment::Locator>(SEG6, None),
+    layout::<u32, crate::segment::SegConfig>(SEG_CONFIG, Some(1)),
 ];
 
 /// Capacity of the trace's selection (VMs and interfaces together).
 pub const MAX_TRACE_SEL: u32 = 1024;
 
 /// Maps whose capacity is the table size chosen at load time.
-pub const SIZED_MAPS: [&str; 9] = [
+pub const SIZED_MAPS: [&str; 11] = [
     V2R4,
     R2V4,
     V2R6,
@@ -335,6 +361,8 @@ pub const SIZED_MAPS: [&str; 9] = [
     DRAINS,
     OWNER4,
     OWNER6,
+    SEG4,
+    SEG6,
 ];
 
 /// The value size of an older build's page table of `map` (the address alone, no slot).

@@ -25,12 +25,13 @@ mod maps;
 mod owner;
 mod packet;
 mod rewrite;
+mod segment;
 mod trace;
 
 use aya_ebpf::{
     bindings::{
         TC_ACT_SHOT, TC_ACT_UNSPEC,
-        xdp_action::{XDP_DROP, XDP_PASS},
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     },
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -97,7 +98,13 @@ fn run<const PHYSICAL: bool>(ctx: &XdpContext) -> u32 {
         trace::before::<false, PHYSICAL>(ctx.ctx.cast());
     }
     let pkt = Packet::xdp(ctx);
-    let outcome = Counter::outcome(translate::<false, PHYSICAL>(&pkt));
+    let mut outcome = Counter::outcome(translate::<false, PHYSICAL>(&pkt));
+    // What the page table missed may be the segment tables' (a node with a locator).
+    if outcome == Counter::PassMiss
+        && let Some(cfg) = segment::config()
+    {
+        outcome = segment::xdp::<PHYSICAL>(ctx.ctx, cfg);
+    }
     maps::count(outcome);
     let action = verdict(ctx, outcome);
     if trace::armed(trace) {
@@ -114,6 +121,10 @@ fn verdict(ctx: &XdpContext, outcome: Counter) -> u32 {
     }
     if outcome.is_dropped() {
         return XDP_DROP;
+    }
+    // The answer "too big" goes back out where the packet came in.
+    if outcome == Counter::AnsweredTooBig {
+        return XDP_TX;
     }
     // A transparent translator drops nothing else: whatever it does not understand goes on
     // as is.

@@ -73,6 +73,12 @@ impl Packet {
         Self { data, end, ctx }
     }
 
+    /// The bytes the program may access directly (under XDP, the whole frame).
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.end - self.data
+    }
+
     /// The socket buffer of a tc invocation.
     #[inline(always)]
     fn skb(&self) -> *mut __sk_buff {
