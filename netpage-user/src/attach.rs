@@ -112,8 +112,20 @@ pub enum AttachError {
         "the fast path runs in XDP: attach {iface} with --hook xdp (or auto), or without --fast-path"
     )]
     TcFastPath { iface: String },
+    #[error(
+        "the node has a locator, and segmentation runs in XDP: attach {iface} with --hook xdp (or auto), or clear the locator (`netpage locator --clear`)"
+    )]
+    TcSegments { iface: String },
     #[error("--mode {mode} is an XDP mode: attach {iface} with --hook xdp, or without --mode")]
     TcMode { iface: String, mode: Mode },
+    #[error("reading the node's segmentation settings")]
+    Segments(#[source] Box<crate::segment::SegError>),
+    #[error("letting {iface} take packets from the node's own IPv4 locator (accept_local)")]
+    AcceptLocal {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the link of {iface}")]
     Link {
         iface: String,
@@ -174,10 +186,12 @@ impl AttachError {
             | AttachError::ModeChange { iface, .. }
             | AttachError::AttachTc { iface, .. }
             | AttachError::TcFastPath { iface }
+            | AttachError::TcSegments { iface }
             | AttachError::TcMode { iface, .. }
             | AttachError::Link { iface, .. }
             | AttachError::Pin { iface, .. }
             | AttachError::Mac { iface, .. }
+            | AttachError::AcceptLocal { iface, .. }
             | AttachError::NotAttached { iface }
             | AttachError::VmOnPhysical { iface }
             | AttachError::Owned { iface, .. } => Some(iface),
@@ -279,7 +293,19 @@ pub fn attach(
     } else {
         IFACE_HOOK_ASKED
     };
-    let (hook, hook_reason) = hook::choose(iface, hook, mode, fast_path)?;
+    let settings = match &open.segments {
+        Some(s) => Some(s.read().map_err(|e| AttachError::Segments(Box::new(e)))?),
+        None => None,
+    };
+    let segments = settings.as_ref().is_some_and(|s| !s.locators.is_empty());
+    let (hook, hook_reason) = hook::choose(iface, hook, mode, fast_path, segments)?;
+    // The outer source of what the program encapsulates here is the node's locator.
+    if side == Side::Virtual && settings.is_some_and(|s| s.locators.iter().any(IpAddr::is_ipv4)) {
+        crate::segment::accept_local(iface).map_err(|source| AttachError::AcceptLocal {
+            iface: iface.to_owned(),
+            source,
+        })?;
+    }
     let previous = record.and_then(|r| Attachment::from_code(r.mode));
     let flags = if fast_path { PORT_FAST_PATH } else { 0 };
     check_owners(&open, iface, ifindex, vms)?;

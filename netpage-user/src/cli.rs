@@ -100,6 +100,11 @@ pub enum Command {
     /// Add, delete or list mappings.
     #[command(subcommand)]
     Map(MapCommand),
+    /// Show or change the node's segmentation settings (for mappings of method encap):
+    /// its locators, the default locator, the tunnel MTU. Without options, shows them.
+    /// A node with a locator runs at the XDP hook on every interface (`attach --hook
+    /// auto` chooses it there).
+    Locator(LocatorArgs),
     /// Move a VM to a new real address: R2V[RA] first, then one V2R update; the old RA
     /// keeps translating replies in flight until the drain ends.
     Switch {
@@ -495,16 +500,65 @@ impl MigrateArgs {
     }
 }
 
+#[derive(Args)]
+pub struct LocatorArgs {
+    /// A locator of this node, IPv4 or IPv6 (one of each at most): the outer source of
+    /// the packets it encapsulates, and the address it decapsulates packets at. It must
+    /// be an address of the node that the physical network routes to it.
+    #[arg(long = "own", value_name = "ADDR")]
+    pub own: Vec<IpAddr>,
+    /// Where a VM of method encap sends packets whose destination is not a VM of the table:
+    /// the locator of the site's gateway, which decapsulates them and routes them on.
+    #[arg(long = "default", value_name = "ADDR", conflicts_with = "no_default")]
+    pub default: Option<IpAddr>,
+    /// Forget the default locator.
+    #[arg(long)]
+    pub no_default: bool,
+    /// The largest packet the physical network carries, outer headers included [default:
+    /// 1500]. A packet that would not fit once encapsulated is answered with
+    /// "fragmentation needed" or "packet too big" (an IPv4 one that may be fragmented
+    /// goes out in an outer IPv4 header that may be, too).
+    #[arg(long, value_name = "BYTES")]
+    pub tunnel_mtu: Option<u32>,
+    /// Forget every setting first: without a locator the node leaves segmentation.
+    #[arg(long)]
+    pub clear: bool,
+}
+
+impl LocatorArgs {
+    /// The change asked for, `None` if none (show the settings).
+    pub fn change(&self) -> Option<netpage::segment::Change> {
+        let any = !self.own.is_empty()
+            || self.default.is_some()
+            || self.no_default
+            || self.tunnel_mtu.is_some()
+            || self.clear;
+        any.then(|| netpage::segment::Change {
+            locators: self.own.clone(),
+            default_locator: self.default,
+            no_default: self.no_default,
+            tunnel_mtu: self.tunnel_mtu,
+            clear: self.clear,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 pub enum MapCommand {
-    /// Map a new VM: installs R2V[RA] = VA, then V2R[VA] = RA.
+    /// Map a new VM: with --real (paging) installs R2V[RA] = VA, then V2R[VA] = RA; with
+    /// --locator (segmentation, method encap) one segment entry: its packets then travel
+    /// unchanged inside outer headers to that locator (see `attach --locator`).
+    #[command(group(clap::ArgGroup::new("method").required(true).args(["real", "locator"])))]
     Add {
         /// The VM's virtual address.
         #[arg(long)]
         vm: IpAddr,
-        /// Its real address.
+        /// Its real address (paging).
         #[arg(long)]
-        real: IpAddr,
+        real: Option<IpAddr>,
+        /// The locator of the node that hosts it (segmentation); of either family.
+        #[arg(long)]
+        locator: Option<IpAddr>,
     },
     /// Remove a VM's mapping, both directions. Which port owns the VM (`attach --vm`)
     /// stays: it belongs to the port, and counts again once the VM is mapped again.

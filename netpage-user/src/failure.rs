@@ -19,6 +19,7 @@ use crate::{
     outfile::OutFileError,
     owner::OwnerError,
     qmp::QmpError,
+    segment::SegError,
     table::TableError,
     tablefile::TableFileError,
     trace::TraceError,
@@ -160,6 +161,7 @@ fn classify(link: &(dyn StdError + 'static), fields: &mut Map<String, Value>) ->
         AgentError,
         OutFileError,
         TraceError,
+        SegError,
     );
     if let Some(e) = link.downcast_ref::<clap::Error>() {
         return Some(match e.kind() {
@@ -199,6 +201,7 @@ impl Classify for OpError {
             OpError::VmExists { .. }
             | OpError::RealInUse { .. }
             | OpError::Disagree { .. }
+            | OpError::NotSegment { .. }
             | OpError::NoRoom { .. } => Kind::Conflict,
             OpError::UnknownVm { .. } => Kind::NotFound,
             OpError::Undone { failed } => failed.kind(),
@@ -226,7 +229,9 @@ impl Classify for OpError {
                 put(out, "vm", vm);
                 put(out, "real", real);
             }
-            OpError::UnknownVm { vm } | OpError::DuplicateVm { vm } => put(out, "vm", vm),
+            OpError::UnknownVm { vm }
+            | OpError::DuplicateVm { vm }
+            | OpError::NotSegment { vm } => put(out, "vm", vm),
             OpError::RealInUse {
                 real,
                 owner,
@@ -277,7 +282,7 @@ impl Classify for TableError {
     fn kind(&self) -> Kind {
         match self {
             TableError::FamilyMismatch { .. } => Kind::BadInput,
-            TableError::SlotsFull { .. } => Kind::Conflict,
+            TableError::SlotsFull { .. } | TableError::Unsupported { .. } => Kind::Conflict,
             _ => Kind::System,
         }
     }
@@ -369,6 +374,7 @@ impl Classify for AttachError {
                 Kind::NotFound
             }
             AttachError::TcFastPath { .. }
+            | AttachError::TcSegments { .. }
             | AttachError::TcMode { .. }
             | AttachError::VmOnPhysical { .. }
             | AttachError::UnusableVm { .. } => Kind::BadInput,
@@ -380,7 +386,9 @@ impl Classify for AttachError {
             | AttachError::Verify { .. }
             | AttachError::PinProgram { .. }
             | AttachError::Mac { .. }
+            | AttachError::AcceptLocal { .. }
             | AttachError::Unpin { .. } => Kind::System,
+            AttachError::Segments(e) => e.kind(),
         }
     }
 
@@ -402,6 +410,27 @@ impl Classify for AttachError {
     }
 }
 
+impl Classify for SegError {
+    fn kind(&self) -> Kind {
+        match self {
+            SegError::TwoLocators { .. }
+            | SegError::Unusable { .. }
+            | SegError::SmallMtu { .. } => Kind::BadInput,
+            SegError::Missing | SegError::TcHook { .. } => Kind::Conflict,
+            SegError::Map(_) => Kind::System,
+        }
+    }
+
+    fn fields(&self, out: &mut Map<String, Value>) {
+        match self {
+            SegError::Unusable { addr, .. } => put(out, "address", addr),
+            SegError::TcHook { iface } => put(out, "iface", iface),
+            SegError::SmallMtu { mtu } => put(out, "tunnel_mtu", mtu),
+            _ => {}
+        }
+    }
+}
+
 impl Classify for TableFileError {
     fn kind(&self) -> Kind {
         match self {
@@ -409,14 +438,17 @@ impl Classify for TableFileError {
                 Kind::System => Kind::BadInput,
                 k => k,
             },
-            TableFileError::Toml { .. } | TableFileError::Json { .. } => Kind::BadInput,
+            TableFileError::Toml { .. }
+            | TableFileError::Json { .. }
+            | TableFileError::Segments { .. } => Kind::BadInput,
         }
     }
 
     fn fields(&self, out: &mut Map<String, Value>) {
         let (TableFileError::Read { path, .. }
         | TableFileError::Toml { path, .. }
-        | TableFileError::Json { path, .. }) = self;
+        | TableFileError::Json { path, .. }
+        | TableFileError::Segments { path, .. }) = self;
         put_path(out, "path", path);
     }
 }

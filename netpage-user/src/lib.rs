@@ -18,6 +18,7 @@ pub mod pause;
 pub mod progress;
 pub mod qmp;
 pub mod realtime;
+pub mod segment;
 pub mod table;
 pub mod tablefile;
 pub mod timeline;

@@ -12,16 +12,19 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use cli::{Cli, Command, MapCommand};
 use netpage::{
-    attach, check,
+    attach::{self, Attachment},
+    check,
     clock::node_ms as now_ms,
     failure::{self, Failure, Kind, Usage},
+    loader::Side,
     metrics,
     migrate::EdgeSpec,
     node::{self, Node, OpenNode, require_capabilities},
     ops::{self, Mapping, OpError},
     progress::{self, Progress},
+    segment::{self, SegError},
     table::PageTable,
-    tablefile::TableFile,
+    tablefile::{Segment, TableFile},
     trace::{self, TraceError},
 };
 use report::{Output, Stats, Status};
@@ -128,6 +131,7 @@ fn run(cli: Cli) -> Result<Output> {
         }
         Command::Status => Output::Status(Status::read(&node, &open_to_read(&node)?)?),
         Command::Map(m) => map(&node, m)?,
+        Command::Locator(l) => locator(&node, &l)?,
         Command::Switch {
             vm,
             to,
@@ -218,14 +222,28 @@ fn map(node: &Node, cmd: MapCommand) -> Result<Output> {
         _ => open_for_write(node)?,
     };
     Ok(match cmd {
-        MapCommand::Add { vm, real } => {
+        MapCommand::Add {
+            vm,
+            real: Some(real),
+            ..
+        } => {
             let m = Mapping { vm, real };
             ops::add(&mut n.table, m)?;
             Output::Added(m)
         }
+        MapCommand::Add {
+            vm,
+            locator: Some(locator),
+            ..
+        } => {
+            ops::segment::add(&mut n.table, vm, locator)?;
+            Output::AddedSegment(Segment { vm, locator })
+        }
+        MapCommand::Add { .. } => unreachable!("clap requires --real or --locator"),
         MapCommand::Del { vm } => Output::Deleted(ops::delete(&mut n.table, vm)?),
         MapCommand::List { reverse: false } => Output::List(TableFile {
             mapping: ops::list(&n.table)?,
+            segment: ops::segment::list(&n.table)?,
         }),
         MapCommand::List { reverse: true } => Output::Reverse(report::ReverseList {
             reverse: check::reverse_entries(&n.table)?,
@@ -234,6 +252,42 @@ fn map(node: &Node, cmd: MapCommand) -> Result<Output> {
             now_ms: now_ms(),
         }),
     })
+}
+
+/// `netpage locator`: shows the node's segmentation settings, or changes them (refused
+/// while an interface runs at the tc hook, where segmentation does not run).
+fn locator(node: &Node, args: &cli::LocatorArgs) -> Result<Output> {
+    let Some(change) = args.change() else {
+        let n = open_to_read(node)?;
+        let s = n.segments.as_ref().ok_or(SegError::Missing)?;
+        return Ok(Output::Locator(s.read()?));
+    };
+    let mut n = open_for_write(node)?;
+    let ifaces = n.ifaces()?;
+    let settings = {
+        let s = n.segments.as_mut().ok_or(SegError::Missing)?;
+        let next = segment::changed(s.config()?, &change)?;
+        if next.on()
+            && let Some((iface, _)) = ifaces
+                .iter()
+                .find(|(_, r)| Attachment::from_code(r.mode) == Some(Attachment::Tc))
+        {
+            return Err(SegError::TcHook {
+                iface: iface.clone(),
+            }
+            .into());
+        }
+        s.change(&change)?
+    };
+    if settings.locators.iter().any(IpAddr::is_ipv4) {
+        for (iface, r) in &ifaces {
+            if r.side == Side::Virtual.code() {
+                segment::accept_local(iface)
+                    .with_context(|| format!("setting accept_local on {iface}"))?;
+            }
+        }
+    }
+    Ok(Output::Locator(settings))
 }
 
 /// `netpage check [--repair]`: waits for the commands changing the node, so as to see the

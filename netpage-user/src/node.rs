@@ -22,14 +22,15 @@ use aya::{
 };
 use netpage_common::maps::{
     ADDED_MAPS, ALL_MAPS, Addr4, Addr6, COUNTERS, DEVMAP, FAST_PORTS, IFACES, IfaceName,
-    IfaceRecord, LAYOUTS, Layout, NEWER_MAPS, OLD_STATS, PORTS, PortRecord, R2V4, R2V6, TABLES,
-    V2R4, V2R6, fast_port_count, old_table_value_size,
+    IfaceRecord, LAYOUTS, Layout, NEWER_MAPS, OLD_STATS, PORTS, PortRecord, R2V4, R2V6, SEG_CONFIG,
+    TABLES, V2R4, V2R6, fast_port_count, old_table_value_size,
 };
 
 use crate::{
     counters::Totals,
     loader::{self, Side},
     owner::{OwnerError, Owners},
+    segment::SegSettings,
     table::{BpfTable, PageTable, TableError, absent},
 };
 
@@ -664,9 +665,16 @@ impl Node {
             .map(DevMapHash::try_from)
             .transpose()
             .map_err(registry)?;
+        let segments = maps
+            .remove(SEG_CONFIG)
+            .map(Array::try_from)
+            .transpose()
+            .map_err(registry)?
+            .map(SegSettings::new);
         Ok(OpenNode {
             table,
             owners,
+            segments,
             ifaces,
             ports,
             fast,
@@ -749,6 +757,9 @@ pub struct OpenNode {
     pub table: BpfTable,
     /// Which port owns each VM of the node.
     pub owners: Owners,
+    /// The node's segmentation settings; `None` on a node of an older build until its next
+    /// attach.
+    pub segments: Option<SegSettings>,
     ifaces: BpfHashMap<MapData, IfaceName, IfaceRecord>,
     ports: BpfHashMap<MapData, u32, PortRecord>,
     fast: Array<MapData, u32>,

@@ -84,16 +84,27 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
     };
     let mut dir = Directory::connect(&etcd).await?;
     Ok(match cmd {
-        Command::Map(MapCommand::Add { vm, real }) => {
+        Command::Map(MapCommand::Add {
+            vm,
+            real: Some(real),
+            ..
+        }) => {
             let m = Mapping { vm, real };
             dir.change(|v| ops::add(v, m)).await?;
             Output::Added(m)
+        }
+        Command::Map(MapCommand::Add { .. }) => {
+            return Err(Usage(
+                "mappings of method encap (--locator) are not kept in the directory (--etcd) yet: map the VM on each node with --pin-dir".into(),
+            )
+            .into());
         }
         Command::Map(MapCommand::Del { vm }) => {
             Output::Deleted(dir.change(|v| ops::delete(v, vm)).await?.0)
         }
         Command::Map(MapCommand::List { reverse: false }) => Output::List(TableFile {
             mapping: ops::list(&dir.view().await?)?,
+            segment: Vec::new(),
         }),
         Command::Map(MapCommand::List { reverse: true }) => {
             let view = dir.view().await?;
@@ -168,6 +179,7 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
         }),
         Command::Nodes => Output::Nodes(dir.nodes().await?),
         Command::Attach(_) => return local_only("attach"),
+        Command::Locator(_) => return local_only("locator"),
         Command::Detach { .. } => return local_only("detach"),
         Command::Stats { .. } => return local_only("stats"),
         Command::Gc { .. } => return local_only("gc"),

@@ -95,6 +95,10 @@ pub enum OpError {
         removed: usize,
         undo: Option<String>,
     },
+    #[error(
+        "VM {vm} is mapped with method encap on some nodes but not on this one; make the tables agree first"
+    )]
+    NotSegment { vm: IpAddr },
     #[error(transparent)]
     Table(#[from] TableError),
 }
@@ -128,6 +132,7 @@ fn in_use_hint(draining: bool, orphan: bool) -> &'static str {
 pub enum Role {
     Vm,
     Real,
+    Locator,
 }
 
 impl fmt::Display for Role {
@@ -135,6 +140,7 @@ impl fmt::Display for Role {
         f.write_str(match self {
             Role::Vm => "VM address",
             Role::Real => "real address",
+            Role::Locator => "locator",
         })
     }
 }
@@ -215,7 +221,7 @@ fn check_real_free(t: &impl PageTable, vm: IpAddr, real: IpAddr) -> Result<(), O
 /// Installs a new mapping: R2V first, then V2R, then its counters.
 pub fn add(t: &mut impl PageTable, m: Mapping) -> Result<(), OpError> {
     check_mapping(m)?;
-    if let Some(real) = t.forward(m.vm)? {
+    if let Some(real) = t.forward(m.vm)?.or(t.segment(m.vm)?) {
         return Err(OpError::VmExists { vm: m.vm, real });
     }
     check_real_free(t, m.vm, m.real)?;
@@ -228,9 +234,13 @@ pub fn add(t: &mut impl PageTable, m: Mapping) -> Result<(), OpError> {
     Ok(())
 }
 
-/// Removes a VM's mapping in both directions, with its counters and drains.
+/// Removes a VM's mapping in both directions, with its counters and drains (of a mapping
+/// of method encap: its segment entry; the locator is returned as its `real`).
 pub fn delete(t: &mut impl PageTable, vm: IpAddr) -> Result<Mapping, OpError> {
-    let real = t.forward(vm)?.ok_or(OpError::UnknownVm { vm })?;
+    let Some(real) = t.forward(vm)? else {
+        let locator = segment::delete(t, vm)?;
+        return Ok(Mapping { vm, real: locator });
+    };
     remove_mapping(t, Mapping { vm, real })?;
     Ok(Mapping { vm, real })
 }
@@ -319,6 +329,9 @@ pub fn switch_many<T: PageTable>(
     drain: Duration,
     now_ms: u64,
 ) -> Result<Switched, OpError> {
+    if segment::is_segment(nodes.iter().map(|(n, t)| (n.as_str(), &**t)), vm)? {
+        return segment::switch_many(nodes, vm, to);
+    }
     let (from, done) = locate_resuming(nodes.iter().map(|(n, t)| (n.as_str(), &**t)), vm, to)?;
     let mut switched = Switched {
         vm,
@@ -522,6 +535,7 @@ pub fn list(t: &impl PageTable) -> Result<Vec<Mapping>, TableError> {
 }
 
 mod apply;
+pub mod segment;
 pub use apply::{
     ApplyOptions, Deferred, Moved, Plan, apply, apply_showing, make_equal, make_equal_showing, plan,
 };

@@ -29,8 +29,10 @@ pub enum Output {
     },
     Status(Status),
     Added(Mapping),
+    AddedSegment(netpage::tablefile::Segment),
     Deleted(Mapping),
     List(TableFile),
+    Locator(netpage::segment::Settings),
     Reverse(ReverseList),
     Switched(Switched),
     Applied {
@@ -140,13 +142,20 @@ impl fmt::Display for Output {
             Output::Detached { iface } => writeln!(f, "detached from {iface}"),
             Output::Status(s) => s.fmt(f),
             Output::Added(m) => writeln!(f, "mapped {} -> {}", m.vm, m.real),
+            Output::AddedSegment(m) => {
+                writeln!(f, "mapped {} -> locator {} (encap)", m.vm, m.locator)
+            }
             Output::Deleted(m) => writeln!(f, "removed {} -> {}", m.vm, m.real),
             Output::List(t) => {
-                writeln!(f, "{:<40} REAL", "VM")?;
+                writeln!(f, "{:<40} {:<6} REAL OR LOCATOR", "VM", "METHOD")?;
                 t.mapping
                     .iter()
-                    .try_for_each(|m| writeln!(f, "{:<40} {}", m.vm, m.real))
+                    .try_for_each(|m| writeln!(f, "{:<40} {:<6} {}", m.vm, "page", m.real))?;
+                t.segment
+                    .iter()
+                    .try_for_each(|m| writeln!(f, "{:<40} {:<6} {}", m.vm, "encap", m.locator))
             }
+            Output::Locator(l) => locator(f, l),
             Output::Reverse(r) => r.fmt(f),
             Output::Switched(s) => switched(f, s),
             Output::Applied { plan, dry_run } => applied(f, plan, *dry_run),
@@ -504,11 +513,19 @@ pub struct Status {
     /// Reverse entries, including those of draining addresses.
     pub reverse_entries: usize,
     pub draining: usize,
+    /// Mappings of method encap.
+    pub segments: usize,
+    /// The node's segmentation settings (`None`: a node of an older build).
+    pub segmentation: Option<netpage::segment::Settings>,
 }
 
 impl Status {
     pub fn read(node: &Node, n: &OpenNode) -> Result<Self> {
         let owners = n.owners.entries()?;
+        let segmentation = n.segments.as_ref().map(|s| s.read()).transpose()?;
+        let segments = segmentation
+            .as_ref()
+            .is_some_and(|s| !s.locators.is_empty());
         let targets = n.redirect_targets()?;
         let interfaces = n
             .ifaces()?
@@ -531,7 +548,7 @@ impl Status {
                     hook_reason: if r.flags & IFACE_HOOK_ASKED != 0 {
                         "asked for".to_owned()
                     } else {
-                        hook::choose(&iface, Hook::Auto, Mode::Auto, fast_path)
+                        hook::choose(&iface, Hook::Auto, Mode::Auto, fast_path, segments)
                             .map_or_else(|e| e.to_string(), |(_, why)| why)
                     },
                     mode: how.and_then(Attachment::xdp_mode),
@@ -554,6 +571,8 @@ impl Status {
             mappings_v6: forward.len() - v4,
             reverse_entries: n.table.reverse_entries()?.len(),
             draining: n.table.drains()?.len(),
+            segments: n.table.segment_entries()?.len(),
+            segmentation,
         })
     }
 }
@@ -594,7 +613,22 @@ impl fmt::Display for Status {
             f,
             "table: {} IPv4 + {} IPv6 mappings, {} reverse entries ({} draining), capacity {} per table",
             self.mappings_v4, self.mappings_v6, self.reverse_entries, self.draining, self.capacity
-        )
+        )?;
+        if let Some(s) = self
+            .segmentation
+            .as_ref()
+            .filter(|s| !s.locators.is_empty())
+        {
+            writeln!(
+                f,
+                "segmentation: {} mapping(s) of method encap; locators {}, default locator {}, tunnel MTU {}",
+                self.segments,
+                list(&s.locators),
+                opt(&s.default_locator),
+                s.tunnel_mtu
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -676,4 +710,21 @@ impl fmt::Display for Stats {
         }
         Ok(())
     }
+}
+
+fn locator(f: &mut fmt::Formatter<'_>, l: &netpage::segment::Settings) -> fmt::Result {
+    if l.locators.is_empty() {
+        writeln!(
+            f,
+            "locators:        none (the node does not take part in segmentation)"
+        )?;
+    } else {
+        let all: Vec<String> = l.locators.iter().map(ToString::to_string).collect();
+        writeln!(f, "locators:        {}", all.join(", "))?;
+    }
+    match l.default_locator {
+        Some(d) => writeln!(f, "default locator: {d}")?,
+        None => writeln!(f, "default locator: none")?,
+    }
+    writeln!(f, "tunnel MTU:      {}", l.tunnel_mtu)
 }

@@ -10,9 +10,12 @@ pub mod slots;
 use std::net::IpAddr;
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
-use netpage_common::maps::{
-    Addr4, Addr6, DRAINS, DrainEntry, DrainKey, Entry4, Entry6, MappingStats, R2V4, R2V6,
-    SLOT_STATS4, SLOT_STATS6, V2R4, V2R6,
+use netpage_common::{
+    maps::{
+        Addr4, Addr6, DRAINS, DrainEntry, DrainKey, Entry4, Entry6, MappingStats, R2V4, R2V6, SEG4,
+        SEG6, SLOT_STATS4, SLOT_STATS6, V2R4, V2R6,
+    },
+    segment::Locator,
 };
 
 use slots::{SlotProblem, Slots};
@@ -76,6 +79,11 @@ pub enum TableError {
         "no free counter slot for {vm}: as many mappings of its family as the table holds (or their draining addresses) have one"
     )]
     SlotsFull { vm: IpAddr },
+    #[error("{what} is not supported {by}")]
+    Unsupported {
+        what: &'static str,
+        by: &'static str,
+    },
 }
 
 impl TableError {
@@ -120,6 +128,30 @@ pub trait PageTable {
     fn set_drain(&mut self, drain: Drain) -> Result<(), TableError>;
     /// Forgets the drain of `real`; forgetting an absent drain is not an error.
     fn remove_drain(&mut self, real: IpAddr) -> Result<(), TableError>;
+
+    /// The segment tables (mappings of method `encap`): the locator of the node that
+    /// hosts the VM of `va`, if `va` is mapped that way.
+    fn segment(&self, va: IpAddr) -> Result<Option<IpAddr>, TableError> {
+        let _ = va;
+        Ok(None)
+    }
+    /// Sets the locator of `va` with one map update, creating or replacing the entry.
+    fn set_segment(&mut self, va: IpAddr, locator: IpAddr) -> Result<(), TableError> {
+        let _ = (va, locator);
+        Err(TableError::Unsupported {
+            what: "a mapping of method encap",
+            by: "by this table",
+        })
+    }
+    /// Removes the segment entry of `va`; removing an absent entry is not an error.
+    fn remove_segment(&mut self, va: IpAddr) -> Result<(), TableError> {
+        let _ = va;
+        Ok(())
+    }
+    /// Every segment entry (VA, locator), IPv4 VAs first.
+    fn segment_entries(&self) -> Result<Vec<(IpAddr, IpAddr)>, TableError> {
+        Ok(Vec::new())
+    }
 
     /// Sets R2V for many entries; a table may batch them into fewer operations.
     fn set_reverse_many(&mut self, entries: &[(IpAddr, IpAddr)]) -> Result<(), TableError> {
@@ -260,8 +292,53 @@ enum Dir {
 struct FamilyMaps<A: Family> {
     v2r: Table<A>,
     r2v: Table<A>,
+    /// The segment table, keyed by VA; `None` on a node attached by a build without it.
+    seg: Option<SegTable<A>>,
     stats: Stats,
     slots: Option<Slots>,
+}
+
+/// A segment table of one family: VA -> locator (of either family) and counter slot.
+struct SegTable<A: Family> {
+    name: &'static str,
+    map: HashMap<MapData, A, Locator>,
+}
+
+/// A locator as the segment tables hold it.
+fn locator(ip: IpAddr, slot: u32) -> Locator {
+    Locator {
+        family: if ip.is_ipv4() { 4 } else { 6 },
+        addr: drain_bytes(ip),
+        slot,
+    }
+}
+
+/// The address a segment table's value holds.
+fn locator_ip(l: &Locator) -> IpAddr {
+    if l.family == 4 {
+        IpAddr::from([l.addr[0], l.addr[1], l.addr[2], l.addr[3]])
+    } else {
+        IpAddr::from(l.addr)
+    }
+}
+
+impl<A: Family> SegTable<A> {
+    fn get(&self, va: IpAddr) -> Result<Option<(IpAddr, u32)>, TableError> {
+        match self.map.get(&key::<A>(va)?, 0) {
+            Ok(l) => Ok(Some((locator_ip(&l), l.slot))),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(TableError::map("reading", self.name, va, source)),
+        }
+    }
+
+    /// Every entry as (VA, locator, slot).
+    fn entries(&self, out: &mut Vec<(IpAddr, IpAddr, u32)>) -> Result<(), TableError> {
+        for kv in self.map.iter() {
+            let (k, l) = kv.map_err(ReadError::of(self.name))?;
+            out.push((k.to_ip(), locator_ip(&l), l.slot));
+        }
+        Ok(())
+    }
 }
 
 impl<A: Family> FamilyMaps<A> {
@@ -285,6 +362,9 @@ impl<A: Family> FamilyMaps<A> {
         let mut rev = Vec::new();
         self.v2r.entries(&mut fwd)?;
         self.r2v.entries(&mut rev)?;
+        if let Some(seg) = &self.seg {
+            seg.entries(&mut fwd)?;
+        }
         let all = fwd
             .into_iter()
             .map(|(va, _, slot)| (va, slot))
@@ -309,7 +389,62 @@ impl<A: Family> FamilyMaps<A> {
             return Ok(s.slot_of(vm));
         }
         let key = A::from_ip(vm).expect("an address of the family");
-        Ok(self.v2r.get(key)?.map(|(_, slot)| slot))
+        if let Some(slot) = self.v2r.get(key)?.map(|(_, slot)| slot) {
+            return Ok(Some(slot));
+        }
+        match &self.seg {
+            Some(seg) => Ok(seg.get(vm)?.map(|(_, slot)| slot)),
+            None => Ok(None),
+        }
+    }
+
+    /// The segment table, or the error of a node attached by a build without it.
+    fn seg_table(&self) -> Result<&SegTable<A>, TableError> {
+        self.seg.as_ref().ok_or(TableError::Unsupported {
+            what: "a mapping of method encap",
+            by: "by this node until it is attached again (its maps predate segmentation)",
+        })
+    }
+
+    /// Sets the segment entry of `va`, with the VM's slot.
+    fn put_segment(&mut self, va: IpAddr, to: IpAddr) -> Result<(), TableError> {
+        let name = self.seg_table()?.name;
+        let slot = self.slot_for(va)?;
+        let old = match &self.slots {
+            Some(_) => self.seg_table()?.get(va)?,
+            None => None,
+        };
+        let seg = self.seg.as_mut().expect("checked above");
+        seg.map
+            .insert(key::<A>(va)?, locator(to, slot), 0)
+            .map_err(|source| TableError::map("setting", name, va, source))?;
+        if let Some(s) = &mut self.slots {
+            if let Some((_, oslot)) = old {
+                s.entry_removed(va, oslot);
+            }
+            s.entry_added(va, slot);
+        }
+        Ok(())
+    }
+
+    /// Removes the segment entry of `va`.
+    fn delete_segment(&mut self, va: IpAddr) -> Result<(), TableError> {
+        let Some(seg) = &mut self.seg else {
+            return Ok(());
+        };
+        let old = match &self.slots {
+            Some(_) => seg.get(va)?,
+            None => None,
+        };
+        match seg.map.remove(&key::<A>(va)?) {
+            Ok(()) => {}
+            Err(e) if absent(&e) => {}
+            Err(source) => return Err(TableError::map("removing", seg.name, va, source)),
+        }
+        if let (Some(s), Some((_, slot))) = (&mut self.slots, old) {
+            s.entry_removed(va, slot);
+        }
+        Ok(())
     }
 
     /// The slot for entries of `vm`: its own, or a free one claimed for it, zeroed.
@@ -439,6 +574,18 @@ impl BpfTable {
                 }
             };
         }
+        // A node attached by an older build has no segment tables until its next attach.
+        macro_rules! seg {
+            ($name:expr) => {
+                match map($name).ok() {
+                    Some(m) => Some(SegTable {
+                        name: $name,
+                        map: HashMap::try_from(m).map_err(|e| open($name, e))?,
+                    }),
+                    None => None,
+                }
+            };
+        }
         macro_rules! stats {
             ($name:expr) => {
                 Stats {
@@ -451,12 +598,14 @@ impl BpfTable {
             v4: FamilyMaps {
                 v2r: table!(V2R4),
                 r2v: table!(R2V4),
+                seg: seg!(SEG4),
                 stats: stats!(SLOT_STATS4),
                 slots: None,
             },
             v6: FamilyMaps {
                 v2r: table!(V2R6),
                 r2v: table!(R2V6),
+                seg: seg!(SEG6),
                 stats: stats!(SLOT_STATS6),
                 slots: None,
             },
@@ -667,6 +816,32 @@ impl PageTable for BpfTable {
             Err(e) if absent(&e) => Ok(()),
             Err(source) => Err(drain_err("removing", real, source)),
         }
+    }
+
+    fn segment(&self, va: IpAddr) -> Result<Option<IpAddr>, TableError> {
+        by_family!(self, va, |m| match &m.seg {
+            Some(seg) => seg.get(va).map(|e| e.map(|(l, _)| l)),
+            None => Ok(None),
+        })
+    }
+
+    fn set_segment(&mut self, va: IpAddr, locator: IpAddr) -> Result<(), TableError> {
+        by_family!(mut self, va, |m| m.put_segment(va, locator))
+    }
+
+    fn remove_segment(&mut self, va: IpAddr) -> Result<(), TableError> {
+        by_family!(mut self, va, |m| m.delete_segment(va))
+    }
+
+    fn segment_entries(&self) -> Result<Vec<(IpAddr, IpAddr)>, TableError> {
+        let mut out = Vec::new();
+        if let Some(m) = &self.v4.seg {
+            m.entries(&mut out)?;
+        }
+        if let Some(m) = &self.v6.seg {
+            m.entries(&mut out)?;
+        }
+        Ok(strip(out))
     }
 
     fn set_reverse_many(&mut self, entries: &[(IpAddr, IpAddr)]) -> Result<(), TableError> {

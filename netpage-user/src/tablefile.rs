@@ -5,6 +5,10 @@
 //! [[mapping]]
 //! vm = "198.19.0.10"
 //! real = "198.18.10.100"
+//!
+//! [[segment]]          # method encap: listed by `map list`; `apply` refuses them
+//! vm = "198.19.0.20"
+//! locator = "2001:db8:a::1"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -19,6 +23,17 @@ use crate::ops::Mapping;
 pub struct TableFile {
     #[serde(default)]
     pub mapping: Vec<Mapping>,
+    /// Mappings of method `encap`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segment: Vec<Segment>,
+}
+
+/// A mapping of method `encap`: the VM's address and the locator of its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Segment {
+    pub vm: std::net::IpAddr,
+    pub locator: std::net::IpAddr,
 }
 
 /// A table file that cannot be read or understood.
@@ -39,6 +54,10 @@ pub enum TableFileError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(
+        "{} has {count} mapping(s) of method encap ([[segment]]), which apply does not install: remove them from the file, and map each VM with `netpage map add --vm VA --locator L`", path.display()
+    )]
+    Segments { path: PathBuf, count: usize },
 }
 
 impl TableFile {
@@ -48,7 +67,14 @@ impl TableFile {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text)
+        let file = Self::parse(path, &text)?;
+        if !file.segment.is_empty() {
+            return Err(TableFileError::Segments {
+                path: path.to_owned(),
+                count: file.segment.len(),
+            });
+        }
+        Ok(file)
     }
 
     fn parse(path: &Path, text: &str) -> Result<Self, TableFileError> {

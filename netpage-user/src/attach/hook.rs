@@ -41,9 +41,13 @@ pub fn choose(
     asked: Hook,
     mode: Mode,
     fast_path: bool,
+    segments: bool,
 ) -> Result<(Hook, String), AttachError> {
     match asked {
         Hook::Tc if fast_path => Err(AttachError::TcFastPath {
+            iface: iface.to_owned(),
+        }),
+        Hook::Tc if segments => Err(AttachError::TcSegments {
             iface: iface.to_owned(),
         }),
         Hook::Tc if mode != Mode::Auto => Err(AttachError::TcMode {
@@ -52,6 +56,10 @@ pub fn choose(
         }),
         Hook::Tc | Hook::Xdp => Ok((asked, "asked for".to_owned())),
         Hook::Auto if fast_path => Ok((Hook::Xdp, "auto: the fast path runs in XDP".to_owned())),
+        Hook::Auto if segments => Ok((
+            Hook::Xdp,
+            "auto: the node has a locator, and segmentation runs in XDP".to_owned(),
+        )),
         Hook::Auto if mode != Mode::Auto => {
             Ok((Hook::Xdp, format!("auto: XDP {mode} mode was asked for")))
         }

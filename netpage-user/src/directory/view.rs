@@ -241,6 +241,14 @@ impl PageTable for View {
             .collect())
     }
 
+    /// The directory holds paging mappings only, so far.
+    fn set_segment(&mut self, _va: IpAddr, _locator: IpAddr) -> Result<(), TableError> {
+        Err(TableError::Unsupported {
+            what: "a mapping of method encap",
+            by: "through the directory yet: map it on each node (--pin-dir)",
+        })
+    }
+
     /// Counters live in each node's kernel, not in the directory.
     fn create_stats(&mut self, _va: IpAddr) -> Result<(), TableError> {
         Ok(())

@@ -13,6 +13,7 @@ struct MemTable {
     r2v: BTreeMap<IpAddr, IpAddr>,
     stats: BTreeMap<IpAddr, MappingStats>,
     drains: BTreeMap<IpAddr, Drain>,
+    seg: BTreeMap<IpAddr, IpAddr>,
     log: Rc<RefCell<Vec<String>>>,
     /// A write whose log line starts with this fails (after it is logged).
     fail_on: Option<String>,
@@ -99,6 +100,22 @@ impl PageTable for MemTable {
     fn remove_drain(&mut self, real: IpAddr) -> Result<(), TableError> {
         self.drains.remove(&real);
         Ok(())
+    }
+    fn segment(&self, va: IpAddr) -> Result<Option<IpAddr>, TableError> {
+        Ok(self.seg.get(&va).copied())
+    }
+    fn set_segment(&mut self, va: IpAddr, locator: IpAddr) -> Result<(), TableError> {
+        self.note(format!("seg {va}={locator}"))?;
+        self.seg.insert(va, locator);
+        Ok(())
+    }
+    fn remove_segment(&mut self, va: IpAddr) -> Result<(), TableError> {
+        self.note(format!("seg -{va}"))?;
+        self.seg.remove(&va);
+        Ok(())
+    }
+    fn segment_entries(&self) -> Result<Vec<(IpAddr, IpAddr)>, TableError> {
+        Ok(self.seg.iter().map(|(k, v)| (*k, *v)).collect())
     }
 }
 
@@ -699,4 +716,83 @@ fn an_address_left_behind_is_refused_with_the_way_out() {
     let e = add(&mut t, m(VM2, RA_B)).unwrap_err();
     assert!(matches!(e, OpError::RealInUse { orphan: true, .. }), "{e}");
     assert!(e.to_string().contains("netpage check --repair"), "{e}");
+}
+
+const LOC_A: &str = "192.0.2.1";
+const LOC_B: &str = "2001:db8:b::1";
+
+#[test]
+fn a_segment_mapping_is_one_entry_and_excludes_paging() {
+    let mut t = MemTable::default();
+    segment::add(&mut t, ip(VM), ip(LOC_B)).unwrap();
+    assert_eq!(t.log.borrow().as_slice(), ["seg 198.19.0.10=2001:db8:b::1"]);
+    assert!(t.stats.contains_key(&ip(VM)));
+    // Neither method may map it again.
+    assert!(matches!(
+        segment::add(&mut t, ip(VM), ip(LOC_A)),
+        Err(OpError::VmExists { .. })
+    ));
+    assert!(matches!(
+        add(&mut t, m(VM, RA_A)),
+        Err(OpError::VmExists { .. })
+    ));
+    // A VM mapped by paging cannot be mapped by segmentation.
+    let mut p = mapped(VM, RA_A);
+    assert!(matches!(
+        segment::add(&mut p, ip(VM), ip(LOC_A)),
+        Err(OpError::VmExists { .. })
+    ));
+    assert!(matches!(
+        segment::add(&mut MemTable::default(), ip(VM), ip("224.0.0.1")),
+        Err(OpError::UnusableAddress {
+            role: Role::Locator,
+            ..
+        })
+    ));
+    assert_eq!(
+        segment::list(&t).unwrap(),
+        [crate::tablefile::Segment {
+            vm: ip(VM),
+            locator: ip(LOC_B)
+        }]
+    );
+    let gone = delete(&mut t, ip(VM)).unwrap();
+    assert_eq!(gone.real, ip(LOC_B));
+    assert!(t.seg.is_empty() && t.stats.is_empty());
+}
+
+#[test]
+fn a_segment_switch_is_one_update_per_node_and_needs_agreement() {
+    let (mut a, mut b) = (MemTable::default(), MemTable::default());
+    segment::add(&mut a, ip(VM), ip(LOC_A)).unwrap();
+    segment::add(&mut b, ip(VM), ip(LOC_A)).unwrap();
+    a.log.borrow_mut().clear();
+    b.log.borrow_mut().clear();
+    let s = {
+        let mut nodes = [("a".to_owned(), &mut a), ("b".to_owned(), &mut b)];
+        switch_many(&mut nodes, ip(VM), ip(LOC_B), SECOND, 0).unwrap()
+    };
+    assert_eq!(
+        (s.from, s.to, s.drain_until_ms),
+        (ip(LOC_A), ip(LOC_B), None)
+    );
+    assert_eq!(s.nodes.len(), 2);
+    for t in [&a, &b] {
+        assert_eq!(t.log.borrow().as_slice(), ["seg 198.19.0.10=2001:db8:b::1"]);
+        assert!(t.v2r.is_empty() && t.r2v.is_empty() && t.drains.is_empty());
+    }
+    // A node that maps the VM by paging makes the switch refuse, naming it.
+    let mut c = mapped(VM, RA_A);
+    let mut nodes = [("a".to_owned(), &mut a), ("c".to_owned(), &mut c)];
+    let e = switch_many(&mut nodes, ip(VM), ip(LOC_A), SECOND, 0).unwrap_err();
+    assert!(e.to_string().contains("node c"), "{e}");
+    // A failure on the second node puts the first back.
+    let (mut d, mut e2) = (MemTable::default(), MemTable::default());
+    segment::add(&mut d, ip(VM), ip(LOC_A)).unwrap();
+    segment::add(&mut e2, ip(VM), ip(LOC_A)).unwrap();
+    e2.fail_on = Some("seg ".to_owned());
+    let mut nodes = [("d".to_owned(), &mut d), ("e".to_owned(), &mut e2)];
+    let err = switch_many(&mut nodes, ip(VM), ip(LOC_B), SECOND, 0).unwrap_err();
+    assert!(matches!(err, OpError::Undone { .. }), "{err}");
+    assert_eq!(d.seg[&ip(VM)], ip(LOC_A));
 }
