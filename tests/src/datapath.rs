@@ -21,9 +21,10 @@ use netpage::{
 use netpage_common::{
     maps::{
         COUNTERS, DEVMAP, FAST_PORTS, MappingStats, PORTS, PROG_PHYSICAL, PROG_TC_PHYSICAL,
-        PROG_TC_VIRTUAL, PROG_VIRTUAL, PortRecord, TRACE, TRACE_CPU, TRACE_EVENTS, TRACE_SEL,
-        fast_port_count,
+        PROG_TC_VIRTUAL, PROG_VIRTUAL, PortRecord, SEG_CONFIG, TRACE, TRACE_CPU, TRACE_EVENTS,
+        TRACE_SEL, fast_port_count,
     },
+    segment::SegConfig,
     trace::{TraceConfig, TraceCpu, TraceEvent, TraceKey},
 };
 
@@ -303,6 +304,14 @@ impl Datapath {
         } else {
             devmap.remove(ifindex).expect("device map entry");
         }
+    }
+
+    /// Sets the node's segmentation settings, as `netpage locator` does.
+    pub fn set_segments(&mut self, config: SegConfig) {
+        let mut map: Array<_, SegConfig> =
+            Array::try_from(self.ebpf.map_mut(SEG_CONFIG).expect("segment settings"))
+                .expect("segment settings");
+        map.set(0, config, 0).expect("segment settings");
     }
 
     /// Sets the trace's configuration, as `netpage trace` does.
