@@ -90,8 +90,8 @@ pub enum Counter {
     /// headers.
     Decapsulated = 27,
     /// Virtual side: a packet to encapsulate did not fit the tunnel MTU and could not be
-    /// fragmented; the program answered its sender with "fragmentation needed" or "packet
-    /// too big" in its place.
+    /// fragmented; the program turned it into the answer "fragmentation needed" or "packet
+    /// too big" to its sender, which the kernel routes back.
     AnsweredTooBig = 28,
 }
 

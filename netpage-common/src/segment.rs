@@ -276,12 +276,25 @@ pub const fn packet_too_big(mtu: u32, sum_rest: u64) -> [u8; 8] {
     [ICMPV6_PKT_TOOBIG, 0, c0, c1, m[0], m[1], m[2], m[3]]
 }
 
+/// Whether a VM's packet to the IPv4 address `dst` (not a VM of the table) may go to the
+/// default locator: not for multicast, broadcast or link-local destinations, which are
+/// the VM's own link's business.
+pub const fn routable4(dst: [u8; 4]) -> bool {
+    !(dst[0] >= 224 || (dst[0] == 169 && dst[1] == 254) || dst[0] == 127 || dst[0] == 0)
+}
+
+/// The same for the IPv6 address whose first two bytes are `dst`: not multicast (neighbour
+/// discovery's among them) nor link-local.
+pub const fn routable6(dst: [u8; 2]) -> bool {
+    !(dst[0] == 0xFF || (dst[0] == 0xFE && dst[1] & 0xC0 == 0x80))
+}
+
 /// What the physical side does with a packet of the encapsulation addressed to one of the
 /// node's locators, from what the segment tables say of its inner addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arrival {
     /// Strip the outer headers: the inner destination is a VM this node hosts, or the inner
-    /// source is a VM whose locator sent the packet (this node is its default locator).
+    /// source is a VM of an `encap` mapping (this node is a default locator).
     Decap,
     /// The inner destination's VM is elsewhere now: send the packet on to its locator, in
     /// an outer header of the same family (see [`forwards`]).
@@ -290,25 +303,22 @@ pub enum Arrival {
     Pass,
 }
 
-/// Decides for an encapsulated packet that arrived at one of the node's locators, from
-/// `outer_src`, whose inner destination's VM is at `dst_at` (if the inner destination is a
-/// VA of an `encap` mapping) and whose inner source's VM is at `src_at` (likewise);
-/// `here` says whether a locator is one of the node's.
+/// Decides for an encapsulated packet that arrived at one of the node's locators, whose
+/// inner destination's VM is at `dst_at` (if the inner destination is a VA of an `encap`
+/// mapping) and whose inner source is a VA of one if `from_vm`; `here` says whether a
+/// locator is one of the node's.
 ///
-/// A node decapsulates for its own VMs, and for the VMs that sent the packet from where the
-/// table says they are: an open decapsulator would let anyone inject packets with any
-/// source behind it.
-pub fn arrival<L: PartialEq>(
-    outer_src: &L,
-    dst_at: Option<&L>,
-    src_at: Option<&L>,
-    here: impl Fn(&L) -> bool,
-) -> Arrival {
-    match (dst_at, src_at) {
-        (Some(d), _) if here(d) => Arrival::Decap,
-        (Some(_), _) => Arrival::Forward,
-        (None, Some(s)) if s == outer_src => Arrival::Decap,
-        _ => Arrival::Pass,
+/// A node decapsulates for its own VMs, and for what VMs send to destinations that are
+/// not VMs; nothing else, so that it is no open decapsulator. It does not require the
+/// outer source to be where its table has the sending VM: in a move, a VM sends from its
+/// new host before every node has switched (the physical network is trusted with the
+/// outer headers as it is with real addresses under paging).
+pub fn arrival<L>(dst_at: Option<&L>, from_vm: bool, here: impl Fn(&L) -> bool) -> Arrival {
+    match dst_at {
+        Some(d) if here(d) => Arrival::Decap,
+        Some(_) => Arrival::Forward,
+        None if from_vm => Arrival::Decap,
+        None => Arrival::Pass,
     }
 }
 
@@ -420,13 +430,31 @@ mod tests {
     }
 
     #[test]
-    fn a_node_decapsulates_only_for_its_vms_and_for_vms_where_they_are() {
+    fn only_routable_destinations_go_to_the_default_locator() {
+        assert!(routable4([203, 0, 113, 5]) && routable4([10, 1, 2, 3]));
+        for d in [
+            [224, 0, 0, 1],
+            [255, 255, 255, 255],
+            [169, 254, 1, 1],
+            [127, 0, 0, 1],
+        ] {
+            assert!(!routable4(d), "{d:?}");
+        }
+        assert!(routable6([0x20, 0x01]) && routable6([0xFD, 0x00]));
+        for d in [[0xFF, 0x02], [0xFE, 0x80], [0xFE, 0xBF]] {
+            assert!(!routable6(d), "{d:?}");
+        }
+        assert!(routable6([0xFE, 0xC0]));
+    }
+
+    #[test]
+    fn a_node_decapsulates_only_for_its_vms_and_from_vms() {
         let here = |l: &u8| *l == 1;
-        assert_eq!(arrival(&9, Some(&1), None, here), Arrival::Decap);
-        assert_eq!(arrival(&9, Some(&2), None, here), Arrival::Forward);
-        assert_eq!(arrival(&2, None, Some(&2), here), Arrival::Decap);
-        assert_eq!(arrival(&3, None, Some(&2), here), Arrival::Pass);
-        assert_eq!(arrival(&3, None, None, here), Arrival::Pass);
+        assert_eq!(arrival(Some(&1), false, here), Arrival::Decap);
+        assert_eq!(arrival(Some(&2), false, here), Arrival::Forward);
+        assert_eq!(arrival(Some(&2), true, here), Arrival::Forward);
+        assert_eq!(arrival(None, true, here), Arrival::Decap);
+        assert_eq!(arrival(None, false, here), Arrival::Pass);
         assert!(forwards(64) && !forwards(crate::forward::FORWARD_TTL));
     }
 }

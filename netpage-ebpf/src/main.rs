@@ -31,7 +31,7 @@ mod trace;
 use aya_ebpf::{
     bindings::{
         TC_ACT_SHOT, TC_ACT_UNSPEC,
-        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+        xdp_action::{XDP_DROP, XDP_PASS},
     },
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -121,10 +121,6 @@ fn verdict(ctx: &XdpContext, outcome: Counter) -> u32 {
     }
     if outcome.is_dropped() {
         return XDP_DROP;
-    }
-    // The answer "too big" goes back out where the packet came in.
-    if outcome == Counter::AnsweredTooBig {
-        return XDP_TX;
     }
     // A transparent translator drops nothing else: whatever it does not understand goes on
     // as is.

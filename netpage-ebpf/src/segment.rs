@@ -51,6 +51,8 @@ pub fn config() -> Option<&'static SegConfig> {
 /// An address family's segment table.
 trait Segmented: Owned {
     fn locator(va: &Self) -> Option<&'static Locator>;
+    /// Whether a VM's packet to this destination may go to the default locator.
+    fn routable(dst: &Self) -> bool;
 }
 
 impl Segmented for [u32; 1] {
@@ -59,6 +61,11 @@ impl Segmented for [u32; 1] {
         // SAFETY: the value stays readable for this run (RCU); updates replace it whole.
         unsafe { SEG4.get(va) }
     }
+
+    #[inline(always)]
+    fn routable(dst: &Self) -> bool {
+        segment::routable4(dst[0].to_ne_bytes())
+    }
 }
 
 impl Segmented for [u32; 4] {
@@ -66,6 +73,12 @@ impl Segmented for [u32; 4] {
     fn locator(va: &Self) -> Option<&'static Locator> {
         // SAFETY: as above.
         unsafe { SEG6.get(va) }
+    }
+
+    #[inline(always)]
+    fn routable(dst: &Self) -> bool {
+        let b = dst[0].to_ne_bytes();
+        segment::routable6([b[0], b[1]])
     }
 }
 
@@ -249,7 +262,7 @@ fn try_depart4(ctx: *mut xdp_md, cfg: &SegConfig) -> Result<Counter, Counter> {
     Ok(
         match segment::fit(inner.len, inner.df, to.family == 6, cfg.mtu) {
             Fit::Encap { df } => encap(ctx, cfg, &inner, &to, df),
-            Fit::Answer { mtu } => answer4(ctx, ihl, mtu),
+            Fit::Answer { mtu } => answer4(ctx, cfg, ihl, mtu),
         },
     )
 }
@@ -268,7 +281,7 @@ fn try_depart6(ctx: *mut xdp_md, cfg: &SegConfig) -> Result<Counter, Counter> {
     Ok(
         match segment::fit(inner.len, true, to.family == 6, cfg.mtu) {
             Fit::Encap { df } => encap(ctx, cfg, &inner, &to, df),
-            Fit::Answer { mtu } => answer6(ctx, mtu),
+            Fit::Answer { mtu } => answer6(ctx, cfg, mtu),
         },
     )
 }
@@ -296,7 +309,7 @@ fn target<A: Segmented>(inner: &Inner<A>, cfg: &SegConfig, ingress: u32) -> Resu
     }
     let to = match (A::locator(&inner.dst), src) {
         (Some(d), _) => Loc::of(d),
-        (None, Some(_)) if cfg.default_family != 0 => Loc {
+        (None, Some(_)) if cfg.default_family != 0 && A::routable(&inner.dst) => Loc {
             family: cfg.default_family,
             addr: cfg.default_addr,
         },
@@ -359,15 +372,6 @@ fn try_encap<A>(
     Ok(Counter::Encapsulated)
 }
 
-/// Swaps the MAC addresses read from a frame: the answer goes back where it came from.
-#[inline(always)]
-fn swapped(m: &[u8; 12]) -> [u8; 12] {
-    let mut s = [0u8; 12];
-    s[..6].copy_from_slice(&m[6..]);
-    s[6..].copy_from_slice(&m[..6]);
-    s
-}
-
 /// Cuts the packet to `len` bytes.
 #[inline(always)]
 fn truncate(ctx: *mut xdp_md, len: usize) -> Result<Packet, Counter> {
@@ -383,18 +387,29 @@ fn truncate(ctx: *mut xdp_md, len: usize) -> Result<Packet, Counter> {
     Ok(Packet::xdp(&XdpContext::new(ctx)))
 }
 
+// The answers go to the kernel (`XDP_PASS`), addressed as the packet was to this
+// interface, from the node's locator of the packet's family (the packet's destination if
+// it has none): the kernel routes them back to the sender as any packet it forwards. A
+// transmission from here (`XDP_TX`) would be quicker, but a veth whose peer has neither
+// XDP nor GRO drops what it is given that way, counting it in its driver only.
+
 /// Answers an IPv4 packet (header `ihl` bytes) with "fragmentation needed" for `mtu`,
-/// quoting its header and 8 bytes, from its destination to its source (`XDP_TX`).
+/// quoting its header and 8 bytes.
 #[inline(never)]
-fn answer4(ctx: *mut xdp_md, ihl: usize, mtu: u32) -> Counter {
-    Counter::outcome(try_answer4(ctx, ihl, mtu))
+fn answer4(ctx: *mut xdp_md, cfg: &SegConfig, ihl: usize, mtu: u32) -> Counter {
+    Counter::outcome(try_answer4(ctx, cfg, ihl, mtu))
 }
 
 // The frame is cut and moved first; what the answer needs of it is read after, where it
 // now lies (behind the room made for the new headers), so that nothing is held across the
 // helper calls.
 #[inline(always)]
-fn try_answer4(ctx: *mut xdp_md, ihl: usize, mtu: u32) -> Result<Counter, Counter> {
+fn try_answer4(
+    ctx: *mut xdp_md,
+    cfg: &SegConfig,
+    ihl: usize,
+    mtu: u32,
+) -> Result<Counter, Counter> {
     const ROOM: usize = 28;
     let quote = ihl + 8;
     if quote > MAX_QUOTE4 {
@@ -404,9 +419,12 @@ fn try_answer4(ctx: *mut xdp_md, ihl: usize, mtu: u32) -> Result<Counter, Counte
     truncate(ctx, ETH_HLEN + quote)?;
     let pkt = adjust_head(ctx, -(ROOM as i32))?;
     let old = ROOM + ETH_HLEN;
-    let macs = swapped(&pkt.read::<12>(ROOM)?);
-    // The answer goes from the packet's destination to its source.
-    let src = pkt.read::<4>(old + 16)?;
+    let macs = pkt.read::<12>(ROOM)?;
+    let src = if cfg.own4 == [0; 4] {
+        pkt.read::<4>(old + 16)?
+    } else {
+        cfg.own4
+    };
     let dst = pkt.read::<4>(old + 12)?;
     put_eth(&pkt, 0, &macs, ETH_P_IP)?;
     let ip = segment::answer4_header(src, dst, quote);
@@ -420,22 +438,39 @@ fn try_answer4(ctx: *mut xdp_md, ihl: usize, mtu: u32) -> Result<Counter, Counte
 
 /// Answers an IPv6 packet with "packet too big" for `mtu`, quoting its first 48 bytes.
 #[inline(never)]
-fn answer6(ctx: *mut xdp_md, mtu: u32) -> Counter {
-    Counter::outcome(try_answer6(ctx, mtu))
+fn answer6(ctx: *mut xdp_md, cfg: &SegConfig, mtu: u32) -> Counter {
+    Counter::outcome(try_answer6(ctx, cfg, mtu))
 }
 
 // As `try_answer4`: cut and moved first.
 #[inline(always)]
-fn try_answer6(ctx: *mut xdp_md, mtu: u32) -> Result<Counter, Counter> {
+fn try_answer6(ctx: *mut xdp_md, cfg: &SegConfig, mtu: u32) -> Result<Counter, Counter> {
     const ROOM: usize = 48;
-    // The quote, and the pseudo-header's addresses (the quoted ones, swapped) once more.
+    let own = cfg.own6 != [0; 16];
+    // The quote, and the pseudo-header's addresses: the packet's source, and the answer's
+    // (the node's locator, or the packet's destination).
     let pkt = Packet::xdp(&XdpContext::new(ctx));
-    let sum = csum_at::<QUOTE6>(&pkt, ETH_HLEN, QUOTE6)? + csum_at::<32>(&pkt, ETH_HLEN + 8, 32)?;
+    let from = if own {
+        let mut s = 0u64;
+        for i in 0..4 {
+            let w = &cfg.own6[4 * i..4 * i + 4];
+            s += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+        }
+        s
+    } else {
+        csum_at::<16>(&pkt, ETH_HLEN + 24, 16)?
+    };
+    let sum = csum_at::<QUOTE6>(&pkt, ETH_HLEN, QUOTE6)? + csum_at::<16>(&pkt, ETH_HLEN + 8, 16)?;
+    let sum = sum + from;
     truncate(ctx, ETH_HLEN + QUOTE6)?;
     let pkt = adjust_head(ctx, -(ROOM as i32))?;
     let old = ROOM + ETH_HLEN;
-    let macs = swapped(&pkt.read::<12>(ROOM)?);
-    let src = pkt.read::<16>(old + 24)?;
+    let macs = pkt.read::<12>(ROOM)?;
+    let src = if own {
+        cfg.own6
+    } else {
+        pkt.read::<16>(old + 24)?
+    };
     let dst = pkt.read::<16>(old + 8)?;
     put_eth(&pkt, 0, &macs, ETH_P_IPV6)?;
     put(&pkt, ETH_HLEN, &segment::answer6_start())?;
@@ -462,11 +497,11 @@ fn csum_at<const N: usize>(pkt: &Packet, off: usize, len: usize) -> Result<u64, 
     Ok(u64::from(u16::from_be_bytes(f.to_ne_bytes())))
 }
 
-/// The outer headers of an arriving packet of the encapsulation: their length, the outer
-/// source as a locator, the TTL or hop limit, and the UDP length.
+/// The outer headers of an arriving packet of the encapsulation: their length, their
+/// family (4 or 6), the TTL or hop limit, and the UDP length.
 struct Outer {
     len: usize,
-    src: Loc,
+    family: u32,
     ttl: u8,
     udp_len: usize,
 }
@@ -475,7 +510,7 @@ struct Outer {
 /// the node's locators: IPv4 without options or fragmentation, or IPv6 with UDP next.
 #[inline(always)]
 fn outer(pkt: &Packet, cfg: &SegConfig) -> Result<Outer, Counter> {
-    let (len, src, ttl) = match pkt.be16(ETH_HLEN - 2)? {
+    let (len, family, ttl) = match pkt.be16(ETH_HLEN - 2)? {
         ETH_P_IP => {
             // SAFETY: checked by `field`.
             let h = unsafe { *pkt.field::<[u8; 20]>(ETH_HLEN)? };
@@ -486,9 +521,7 @@ fn outer(pkt: &Packet, cfg: &SegConfig) -> Result<Outer, Counter> {
             if cfg.own4 == [0; 4] || h[16..20] != cfg.own4 {
                 return Err(Counter::PassMiss);
             }
-            let mut addr = [0u8; 16];
-            addr[..4].copy_from_slice(&h[12..16]);
-            (20, Loc { family: 4, addr }, h[8])
+            (20, 4, h[8])
         }
         ETH_P_IPV6 => {
             // SAFETY: checked by `field`.
@@ -496,9 +529,7 @@ fn outer(pkt: &Packet, cfg: &SegConfig) -> Result<Outer, Counter> {
             if h[6] != IPPROTO_UDP || cfg.own6 == [0; 16] || h[24..40] != cfg.own6 {
                 return Err(Counter::PassMiss);
             }
-            let mut addr = [0u8; 16];
-            addr.copy_from_slice(&h[8..24]);
-            (40, Loc { family: 6, addr }, h[7])
+            (40, 6, h[7])
         }
         _ => return Err(Counter::PassMiss),
     };
@@ -512,7 +543,7 @@ fn outer(pkt: &Packet, cfg: &SegConfig) -> Result<Outer, Counter> {
     }
     Ok(Outer {
         len,
-        src,
+        family,
         ttl,
         udp_len,
     })
@@ -540,7 +571,7 @@ fn try_arrive(ctx: *mut xdp_md, cfg: &SegConfig) -> Result<Counter, Counter> {
             let src = [u32::from_ne_bytes([h[12], h[13], h[14], h[15]])];
             let dst = [u32::from_ne_bytes([h[16], h[17], h[18], h[19]])];
             let (d, s) = (<[u32; 1]>::locator(&dst), <[u32; 1]>::locator(&src));
-            let (decision, slot) = decide(&o, cfg, d, s);
+            let (decision, slot) = decide(cfg, d, s);
             (decision, ETH_P_IP, slot, false)
         }
         6 => {
@@ -553,7 +584,7 @@ fn try_arrive(ctx: *mut xdp_md, cfg: &SegConfig) -> Result<Counter, Counter> {
             let src = [word(8), word(12), word(16), word(20)];
             let dst = [word(24), word(28), word(32), word(36)];
             let (d, s) = (<[u32; 4]>::locator(&dst), <[u32; 4]>::locator(&src));
-            let (decision, slot) = decide(&o, cfg, d, s);
+            let (decision, slot) = decide(cfg, d, s);
             (decision, ETH_P_IPV6, slot, true)
         }
         _ => return Err(Counter::PassMalformed),
@@ -580,13 +611,12 @@ fn try_arrive(ctx: *mut xdp_md, cfg: &SegConfig) -> Result<Counter, Counter> {
 /// `d` and `s`; returns the decision and the counter slot of the mapping it concerns.
 #[inline(always)]
 fn decide(
-    o: &Outer,
     cfg: &SegConfig,
     d: Option<&'static Locator>,
     s: Option<&'static Locator>,
 ) -> (Arrival, u32) {
-    let (dl, sl) = (d.map(Loc::of), s.map(Loc::of));
-    let decision = segment::arrival(&o.src, dl.as_ref(), sl.as_ref(), |l| l.is_own(cfg));
+    let dl = d.map(Loc::of);
+    let decision = segment::arrival(dl.as_ref(), s.is_some(), |l| l.is_own(cfg));
     let slot = match (d, s) {
         (Some(d), _) => d.slot,
         (None, Some(s)) => s.slot,
@@ -626,7 +656,7 @@ fn try_forward(
         <[u32; 1]>::locator(&a).map(Loc::of)
     }
     .ok_or(Counter::PassMiss)?;
-    if to.family != o.src.family {
+    if to.family != o.family {
         return Err(Counter::PassMiss);
     }
     let bytes = (o.udp_len - UDP_HLEN + ETH_HLEN) as u64;

@@ -630,6 +630,12 @@ fn tc_err(iface: &str, e: ProgramError) -> AttachError {
 /// pinned programs and skip the verifier, so that a migrating VM's port is attached at its
 /// new host in milliseconds.
 ///
+/// Loads the node's programs and maps if it has none, as its first attach would, so that
+/// its settings can be written before any interface is attached.
+pub fn prepare(node: &Node) -> Result<(), AttachError> {
+    ensure_programs(node, None, false).map(drop)
+}
+
 /// A node whose page tables an older build made (no counter slots) gets new ones with
 /// its entries, each mapping with a slot of its own: returns true then, since every
 /// attached interface must get this build's programs, which use the new maps.

@@ -262,6 +262,12 @@ fn locator(node: &Node, args: &cli::LocatorArgs) -> Result<Output> {
         let s = n.segments.as_ref().ok_or(SegError::Missing)?;
         return Ok(Output::Locator(s.read()?));
     };
+    // Settings come first on a new node: its interfaces are then attached where
+    // segmentation runs.
+    if !node.exists() {
+        let _lock = node.lock_for_attach()?;
+        attach::prepare(node)?;
+    }
     let mut n = open_for_write(node)?;
     let ifaces = n.ifaces()?;
     let settings = {

@@ -19,8 +19,6 @@ use netpage_tests::{
     verify,
 };
 
-/// XDP_TX: an answer goes back out where the packet came in.
-const XDP_TX: u32 = 3;
 const GUE_PORT: u16 = 6080;
 
 fn a4(a: [u8; 4]) -> IpAddr {
@@ -287,7 +285,7 @@ fn decapsulation_for_a_vm_here_in_every_pairing_of_families() {
 }
 
 #[test]
-fn a_node_decapsulates_a_vms_packets_only_from_where_the_table_says_it_is() {
+fn a_node_decapsulates_what_vms_send_and_nothing_else() {
     let mut dp = node(1500);
     // The gateway's view: the VM is at the remote locator; its packet goes to a client.
     segment(&mut dp, va(false), remote(false));
@@ -297,11 +295,18 @@ fn a_node_decapsulates_a_vms_packets_only_from_where_the_table_says_it_is() {
         dp.run(Side::Physical, &from_there),
         (XDP_PASS, inner.clone())
     );
-    // The same packet from another locator is not the table's: untouched.
+    // From another locator too: a moving VM sends from its new host before the switch.
     let elsewhere = encapsulated(&inner, a4([192, 0, 2, 3]), own(false), &[0; 64], true);
     assert_eq!(
         dp.run(Side::Physical, &elsewhere),
-        (XDP_PASS, elsewhere.clone())
+        (XDP_PASS, inner.clone())
+    );
+    // A packet from a source that is no VM of the table is not the node's to open.
+    let stranger = frame(&packet(L4::Tcp, client(false), a4([203, 0, 113, 9]), b"x"));
+    let injected = encapsulated(&stranger, remote(false), own(false), &[0; 64], true);
+    assert_eq!(
+        dp.run(Side::Physical, &injected),
+        (XDP_PASS, injected.clone())
     );
     // Nor is one for an address the node does not hold, or to another port.
     let not_here = encapsulated(&inner, remote(false), a4([192, 0, 2, 9]), &[0; 64], true);
@@ -315,7 +320,7 @@ fn a_node_decapsulates_a_vms_packets_only_from_where_the_table_says_it_is() {
         dp.run(Side::Physical, &other_port),
         (XDP_PASS, other_port.clone())
     );
-    assert_eq!(dp.counters().get(Counter::Decapsulated), 1);
+    assert_eq!(dp.counters().get(Counter::Decapsulated), 2);
 }
 
 #[test]
@@ -334,6 +339,20 @@ fn a_vms_packets_to_a_destination_that_is_no_vm_go_to_the_default_locator() {
     dp.own(va(false), LOOPBACK + 1000);
     assert_eq!(dp.run_on(Side::Virtual, &input, LOOPBACK).0, XDP_DROP);
     assert_eq!(dp.counters().get(Counter::Spoofed), 1);
+    // Nor does what belongs to the VM's own link: neighbour discovery, multicast.
+    dp.own(va(true), LOOPBACK);
+    segment(&mut dp, va(true), own(true));
+    let ns = frame(&packet(L4::Echo, va(true), a6("ff02::1:ff00:1"), b"ns"));
+    assert_eq!(
+        dp.run_on(Side::Virtual, &ns, LOOPBACK),
+        (XDP_PASS, ns.clone())
+    );
+    let mcast = frame(&packet(L4::Udp, va(false), a4([224, 0, 0, 251]), b"m"));
+    dp.own(va(false), LOOPBACK);
+    assert_eq!(
+        dp.run_on(Side::Virtual, &mcast, LOOPBACK),
+        (XDP_PASS, mcast.clone())
+    );
     // A packet between two VMs of this node is the kernel's to deliver.
     segment(&mut dp, a4([10, 0, 0, 11]), own(false));
     let local = frame(&packet(L4::Udp, client(false), a4([10, 0, 0, 11]), b"here"));
@@ -386,8 +405,8 @@ fn a_moved_vms_packets_are_forwarded_to_its_new_locator_once() {
 }
 
 /// The answer "fragmentation needed" (RFC 792, 1191) to the IPv4 frame `input`,
-/// announcing `mtu`: from the packet's destination to its source, quoting its header and
-/// 8 bytes.
+/// announcing `mtu`: from the node's locator to the packet's source, quoting its header
+/// and 8 bytes, in a frame addressed as the packet was (for the kernel to route back).
 fn frag_needed(input: &[u8], mtu: u16) -> Vec<u8> {
     let ip = &input[14..];
     let quote = &ip[..28];
@@ -399,12 +418,11 @@ fn frag_needed(input: &[u8], mtu: u16) -> Vec<u8> {
     let mut h = vec![0x45, 0xC0];
     h.extend(((20 + icmp.len()) as u16).to_be_bytes());
     h.extend([0, 0, 0, 0, 64, 1, 0, 0]);
-    h.extend(&ip[16..20]);
+    h.extend(octets16(own(false))[..4].iter());
     h.extend(&ip[12..16]);
     let c = !verify::sum(&[&h]);
     h[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut f = input[6..12].to_vec();
-    f.extend(&input[..6]);
+    let mut f = input[..12].to_vec();
     f.extend(0x0800u16.to_be_bytes());
     f.extend(h);
     f.extend(icmp);
@@ -412,18 +430,18 @@ fn frag_needed(input: &[u8], mtu: u16) -> Vec<u8> {
 }
 
 /// The answer "packet too big" (RFC 4443) to the IPv6 frame `input`, announcing `mtu`,
-/// quoting its first 48 bytes.
+/// quoting its first 48 bytes, from the node's locator, addressed as `frag_needed`'s.
 fn packet_too_big(input: &[u8], mtu: u32) -> Vec<u8> {
     let ip = &input[14..];
-    let (src, dst) = (&ip[24..40], &ip[8..24]);
+    let from = octets16(own(true));
+    let (src, dst) = (&from[..], &ip[8..24]);
     let mut icmp = vec![2, 0, 0, 0];
     icmp.extend(mtu.to_be_bytes());
     icmp.extend(&ip[..48]);
     let len = icmp.len() as u32;
     let c = !verify::sum(&[src, dst, &len.to_be_bytes(), &[0, 0, 0, 58], &icmp]);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut f = input[6..12].to_vec();
-    f.extend(&input[..6]);
+    let mut f = input[..12].to_vec();
     f.extend(0x86DDu16.to_be_bytes());
     f.extend([0x60, 0, 0, 0]);
     f.extend((len as u16).to_be_bytes());
@@ -445,7 +463,7 @@ fn what_would_not_fit_is_answered_and_never_dropped_silently() {
     assert_eq!(out.len(), fits.len() + 28);
     let big = frame(&packet(L4::Udp, client(false), va(false), &[7; 1473 - 28]));
     let (verdict, out) = dp.run(Side::Virtual, &big);
-    assert_eq!(verdict, XDP_TX);
+    assert_eq!(verdict, XDP_PASS);
     assert_eq!(out, frag_needed(&big, 1472));
     verify::frame(&out).unwrap();
     // Without don't-fragment it goes out in an outer header that may be fragmented too.
@@ -466,7 +484,7 @@ fn what_would_not_fit_is_answered_and_never_dropped_silently() {
         segment(&mut dp, va(true), remote(outer_v6));
         let big = frame(&packet(L4::Tcp, client(true), va(true), &[9; 1500]));
         let (verdict, out) = dp.run(Side::Virtual, &big);
-        assert_eq!(verdict, XDP_TX, "outer v6 {outer_v6}");
+        assert_eq!(verdict, XDP_PASS, "outer v6 {outer_v6}");
         assert_eq!(out, packet_too_big(&big, room), "outer v6 {outer_v6}");
         verify::frame(&out).unwrap();
         let at_most = (room as usize) - 40 - 20;
