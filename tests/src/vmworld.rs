@@ -15,9 +15,13 @@
 //! RA_A (198.18.10.100) at first. The migration stream crosses the host link, which
 //! netpage does not translate. [`VmWorld::over_wan`] puts the sites apart: every link
 //! drawn between gw and the hosts, and the host link, runs through the world's delay line.
+//! [`VmWorld::l2_stretch`] has no netpage and no routes to the VA: the guest's segment
+//! spans the gateway and both hosts over VXLAN ([`stretch`]).
 
 pub mod bench;
 mod icmp;
+pub mod mac_watch;
+pub mod stretch;
 pub mod talk;
 pub mod tap_capture;
 
@@ -144,12 +148,22 @@ pub struct TableSnapshot {
     pub drains: Vec<IpAddr>,
 }
 
+/// How the client's traffic reaches the guest, and follows it when it moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plumbing {
+    /// netpage translates at every edge ([`VmWorld::new`]).
+    Netpage,
+    /// Plain routing, a host route switched by hand ([`VmWorld::plain`]).
+    Routes,
+    /// The guest's segment stretched over VXLAN ([`VmWorld::l2_stretch`]).
+    Stretch,
+}
+
 /// The world, its guest, and the netpage attachments and mappings.
 pub struct VmWorld {
     pub world: World,
     pub guest: Guest,
-    /// Whether netpage translates at the edges (`false`: plain routing, see [`VmWorld::plain`]).
-    translate: bool,
+    plumbing: Plumbing,
     /// `netpage migrate --state-dir`: this world's records of migrations in flight.
     state_dir: PathBuf,
 }
@@ -158,14 +172,14 @@ impl VmWorld {
     /// Builds the world, shapes the migration link, attaches netpage to the gateway and
     /// the hosts' uplinks and maps the VA to RA_A on every edge. The taps come with QEMU.
     pub fn new() -> Self {
-        Self::build(true, None)
+        Self::build(Plumbing::Netpage, None)
     }
 
     /// The same world with its sites apart: every link between them (gateway to each
     /// host, and the migration link) runs through a delay line set as `wan` says; the
     /// client's link does not.
     pub fn over_wan(wan: Wan) -> Self {
-        Self::build(true, Some(wan))
+        Self::build(Plumbing::Netpage, Some(wan))
     }
 
     /// The same world without netpage, routed the way operators move a VM today: the
@@ -181,8 +195,17 @@ impl VmWorld {
     }
 
     fn plain_with(wan: Option<Wan>) -> Self {
-        let vw = Self::build(false, wan);
+        let vw = Self::build(Plumbing::Routes, wan);
         vw.route_va(Host::A);
+        vw
+    }
+
+    /// The same world without netpage nor routes to the VA: the guest's segment is
+    /// stretched over VXLAN to both hosts and the gateway, its router (see [`stretch`]),
+    /// and the guest's MAC moves by QEMU's announcement after a migration.
+    pub fn l2_stretch() -> Self {
+        let vw = Self::build(Plumbing::Stretch, None);
+        stretch::build(&vw.world);
         vw
     }
 
@@ -194,7 +217,7 @@ impl VmWorld {
             .ip(&["route", "replace", &format!("{VA}/32"), "via", &via]);
     }
 
-    fn build(translate: bool, wan: Option<Wan>) -> Self {
+    fn build(plumbing: Plumbing, wan: Option<Wan>) -> Self {
         let guest = Guest::build();
         let world = World::without_vms(Options {
             second_vm: false,
@@ -209,7 +232,7 @@ impl VmWorld {
                 "latency", "50ms",
             ],
         );
-        if translate {
+        if plumbing == Plumbing::Netpage {
             world.attach(Node::Gw, "g0", true);
             world.attach(Node::Gw, "ga", false);
             world.attach(Node::Gw, "gb", false);
@@ -230,7 +253,7 @@ impl VmWorld {
         Self {
             world,
             guest,
-            translate,
+            plumbing,
             state_dir,
         }
     }
@@ -363,8 +386,13 @@ impl VmWorld {
     /// once, no reverse-path filter, a queue long enough for what arrives while the guest is paused (a tap holds 500
     /// packets by default: half a second of the 1 ms probes, less with the TCP traffic),
     /// up, the host route to the VA, and netpage on the virtual side as the owner of the
-    /// VA (if it translates).
+    /// VA (if it translates). In the stretched world, a port of the host's bridge instead
+    /// ([`stretch::join`]).
     fn setup_tap(&self, host: Host) {
+        if self.plumbing == Plumbing::Stretch {
+            stretch::join(&self.world, host);
+            return;
+        }
         let ns = self.world.ns(host.node());
         ns.sysctls(&[
             (format!("net.ipv4.conf.{TAP}.proxy_arp"), "1"),
@@ -375,7 +403,7 @@ impl VmWorld {
         ns.ip(&["link", "set", TAP, "txqueuelen", TAP_QUEUE]);
         ns.ip(&["link", "set", TAP, "up"]);
         ns.ip(&["route", "replace", &format!("{VA}/32"), "dev", TAP]);
-        if self.translate {
+        if self.plumbing == Plumbing::Netpage {
             // The tap owns the guest's VA before the guest sends from it: at the
             // destination of a migration, before the migration starts.
             let va = VA.to_string();
