@@ -417,3 +417,19 @@ fn l2_stretch_migration_reports_its_figures() {
         "the pause and the MAC's move at the source host",
     );
 }
+
+/// The benchmark's `l2-stretch` case, once (`cargo xtask bench migration` runs it in every
+/// round): it completes, the guest answers at host B afterwards, and what the client sent
+/// during the pause went to the stopped source.
+#[test]
+fn l2_stretch_bench_case_completes() {
+    if skipped(Method::L2Stretch) {
+        return;
+    }
+    let _one = serial();
+    let run = bench::migration_run(0, Method::L2Stretch.case());
+    println!("figures: bench {run}");
+    assert!(run.ok(), "{run}");
+    assert!(run.probes_lost > 0, "nothing lost during the pause: {run}");
+    assert!(run.probes_lost < run.probes_sent, "{run}");
+}
