@@ -23,8 +23,9 @@ use crate::{
 /// `PACKET_IGNORE_OUTGOING` (linux/if_packet.h, Linux 4.20): the socket sees what the
 /// device receives only, not what it sends.
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
-/// The EtherTypes of an announcement: ARP, and the RARP QEMU sends.
+/// The EtherType of ARP, which the guest's gratuitous announcements use.
 pub const ETH_P_ARP: u16 = 0x0806;
+/// The EtherType of RARP, which QEMU's own announcement uses.
 pub const ETH_P_RARP: u16 = 0x8035;
 
 /// One frame from the MAC.

@@ -34,11 +34,14 @@
 //! (bridges, VXLAN ports, taps and the guest) keeps the usual 1500 bytes: a full-sized
 //! frame crosses the stretch whole, not fragmented nor dropped.
 
-use std::{net::Ipv4Addr, process::Command};
+use std::{
+    net::Ipv4Addr,
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 use super::{GATEWAY, TAP, TAP_QUEUE};
 use crate::{
-    netns::{NetNs, output},
+    netns::NetNs,
     world::{Host, Node, V4, World},
 };
 
@@ -207,41 +210,28 @@ pub fn diagnostics(world: &World) -> String {
 /// Why this kernel cannot stretch a segment, if it cannot: a bridge and a VXLAN device
 /// are tried in a namespace of their own.
 pub fn missing_features() -> Option<String> {
-    let ns = format!("netpage-l2probe-{}", std::process::id());
-    let ip = |args: &[&str]| output(Command::new("ip").args(args));
-    if !ip(&["netns", "add", &ns]).status.success() {
-        return Some("cannot create a network namespace".into());
-    }
-    let why = [
-        (
-            vec!["-n", &ns, "link", "add", "br0", "type", "bridge"],
-            "no Linux bridge in this kernel",
-        ),
-        (
-            vec![
-                "-n",
-                &ns,
-                "link",
-                "add",
-                "vx0",
-                "type",
-                "vxlan",
-                "id",
-                "1",
-                "dstport",
-                "4789",
-                "local",
-                "127.0.0.1",
-            ],
-            "no VXLAN in this kernel",
-        ),
+    static PROBES: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "netpage-l2probe-{}-{}",
+        std::process::id(),
+        PROBES.fetch_add(1, Ordering::Relaxed)
+    );
+    let ns = NetNs::create(&name);
+    let vxlan =
+        format!("link add {VXLAN} type vxlan id {VNI} dstport {VXLAN_PORT} local 127.0.0.1");
+    [
+        (format!("link add {BRIDGE} type bridge"), "no Linux bridge"),
+        (vxlan, "no VXLAN"),
     ]
     .into_iter()
-    .find_map(|(args, why)| {
-        let out = ip(&args);
-        (!out.status.success())
-            .then(|| format!("{why}: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    });
-    let _ = ip(&["netns", "del", &ns]);
-    why
+    .find_map(|(line, what)| {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        let out = ns.exec("ip", &args);
+        (!out.status.success()).then(|| {
+            format!(
+                "{what} in this kernel: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })
+    })
 }
