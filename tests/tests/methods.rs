@@ -14,7 +14,8 @@
 //! gap between answers, QEMU's pause (STOP to RESUME) and the gap minus that pause. What
 //! must hold whatever the figures is asserted: the conversation intact, the guest
 //! reachable afterwards by a new connection, and no probe lost outside the window the
-//! method leaves open (the pause, and for the stretch the time until the MAC has moved).
+//! method leaves open (the pause, and for the stretch the time until the MAC has moved),
+//! give or take what the hypervisor itself drops as the guest pauses and resumes.
 //! Migrations run one at a time (they keep both cores busy under TCG).
 
 use std::{
@@ -72,6 +73,12 @@ const UNREAD_AT_STOP_MS: f64 = 25.0;
 /// is: QEMU announces it at RESUME and in rounds over the next 800 ms or so; a full second
 /// holds on a loaded machine.
 const ANNOUNCE_BOUND_MS: f64 = 1000.0;
+/// How long after RESUME a probe may have been sent and still be lost to the destination's
+/// start: QEMU 7.2 under TCG has been seen dropping a run of the probes queued in the
+/// destination's tap as the guest resumes, with it those sent up to 21 ms after RESUME
+/// (one paging run in four here; see also `migrate.rs`). What the method's own switch
+/// would lose comes after: the hypervisor's allowance ends there.
+const RESUME_SETTLE_MS: f64 = 50.0;
 
 /// How the guest's traffic follows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -344,8 +351,20 @@ fn diagnostics(vw: &VmWorld, method: Method) -> String {
     d
 }
 
-/// No probe was lost that was sent before `from_ms` or after `to_ms` (relative to STOP).
+/// No probe was lost that was sent before `from_ms` or after `to_ms` (relative to STOP);
+/// those lost after RESUME (within the allowance) are told.
 fn assert_lost_only_within(m: &Moved, from_ms: f64, to_ms: f64, window: &str) {
+    let after_resume = m
+        .lost_sent_after_stop_ms
+        .iter()
+        .filter(|&&t| t > m.pause_ms())
+        .count();
+    if after_resume > 0 {
+        println!(
+            "note: {}: {after_resume} probes sent after RESUME were lost",
+            m.method.name()
+        );
+    }
     let outside: Vec<f64> = m
         .lost_sent_after_stop_ms
         .iter()
@@ -362,7 +381,8 @@ fn assert_lost_only_within(m: &Moved, from_ms: f64, to_ms: f64, window: &str) {
 }
 
 /// `netpage migrate --switch-at stop`: nothing lost outside the hypervisor's pause (but
-/// what was in flight toward the source as it paused).
+/// what was in flight toward the source as it paused, and what the destination's start
+/// may drop, [`RESUME_SETTLE_MS`]).
 #[test]
 fn paging_migration_reports_its_figures() {
     if skipped(Method::Paging) {
@@ -377,7 +397,12 @@ fn paging_migration_reports_its_figures() {
         }
         _ => IN_FLIGHT_MS,
     };
-    assert_lost_only_within(&m, -in_flight, m.pause_ms(), "the pause");
+    assert_lost_only_within(
+        &m,
+        -in_flight,
+        m.pause_ms() + RESUME_SETTLE_MS,
+        "the pause and the destination's start",
+    );
 }
 
 // netpage with segmentation: `segmentation_migration_reports_its_figures` comes here.
@@ -385,7 +410,8 @@ fn paging_migration_reports_its_figures() {
 /// The stretch, with no netpage: QEMU's announcement after RESUME moves the MAC (the
 /// source host, the segment's router, hears the guest through host B's VTEP within
 /// [`ANNOUNCE_BOUND_MS`], by a broadcast), and nothing is lost outside the pause and the
-/// time the source host took to learn it.
+/// time the source host took to learn it (or the destination's start, [`RESUME_SETTLE_MS`],
+/// if longer).
 #[test]
 fn l2_stretch_migration_reports_its_figures() {
     if skipped(Method::L2Stretch) {
@@ -413,8 +439,8 @@ fn l2_stretch_migration_reports_its_figures() {
     assert_lost_only_within(
         &m,
         -UNREAD_AT_STOP_MS,
-        m.pause_ms() + moved.unix_ms + IN_FLIGHT_MS,
-        "the pause and the MAC's move at the source host",
+        m.pause_ms() + (moved.unix_ms + IN_FLIGHT_MS).max(RESUME_SETTLE_MS),
+        "the pause and the MAC's move at the source host, or the destination's start",
     );
 }
 
