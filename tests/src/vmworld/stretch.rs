@@ -24,10 +24,11 @@
 //! Why not the gateway as a third VTEP and the segment's router: tried and measured here,
 //! after the move the gateway's VXLAN port learned the guest's new VTEP from the RARP
 //! (`bridge fdb` showed it) yet went on sending the guest's frames out its link to host
-//! A, where they died: Linux's VXLAN learning moves a learned entry to its new remote
-//! without dropping the route it cached for the old one (`vxlan_snoop` updates the
-//! remote's address, not its `dst_cache`), which only matters when the remotes sit behind
-//! different interfaces. With two VTEPs every entry has the one remote.
+//! A (the links' counters showed it), where they died. The kernel's source explains it:
+//! VXLAN learning (`vxlan_snoop`) moves a learned entry to its new remote address but
+//! keeps the route cached for the old one (its `dst_cache`), which only matters when the
+//! remotes sit behind different interfaces. With two VTEPs every entry has the one
+//! remote.
 //!
 //! MTU: VXLAN over IPv4 adds 50 bytes (outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8). The
 //! underlay (`a0`, `ga`, `gb`, `b0`) is raised to [`UNDERLAY_MTU`] so that the segment
