@@ -15,9 +15,14 @@
 //! RA_A (198.18.10.100) at first. The migration stream crosses the host link, which
 //! netpage does not translate. [`VmWorld::over_wan`] puts the sites apart: every link
 //! drawn between gw and the hosts, and the host link, runs through the world's delay line.
+//! [`VmWorld::l2_stretch`] has no netpage and no routes to the VA: the guest's segment
+//! spans the gateway and both hosts over VXLAN ([`stretch`]).
 
 pub mod bench;
 mod icmp;
+pub mod mac_watch;
+pub mod stretch;
+pub mod talk;
 pub mod tap_capture;
 
 use std::{
@@ -143,12 +148,22 @@ pub struct TableSnapshot {
     pub drains: Vec<IpAddr>,
 }
 
+/// How the client's traffic reaches the guest, and follows it when it moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plumbing {
+    /// netpage translates at every edge ([`VmWorld::new`]).
+    Netpage,
+    /// Plain routing, a host route switched by hand ([`VmWorld::plain`]).
+    Routes,
+    /// The guest's segment stretched over VXLAN ([`VmWorld::l2_stretch`]).
+    Stretch,
+}
+
 /// The world, its guest, and the netpage attachments and mappings.
 pub struct VmWorld {
     pub world: World,
     pub guest: Guest,
-    /// Whether netpage translates at the edges (`false`: plain routing, see [`VmWorld::plain`]).
-    translate: bool,
+    plumbing: Plumbing,
     /// `netpage migrate --state-dir`: this world's records of migrations in flight.
     state_dir: PathBuf,
 }
@@ -157,14 +172,14 @@ impl VmWorld {
     /// Builds the world, shapes the migration link, attaches netpage to the gateway and
     /// the hosts' uplinks and maps the VA to RA_A on every edge. The taps come with QEMU.
     pub fn new() -> Self {
-        Self::build(true, None)
+        Self::build(Plumbing::Netpage, None)
     }
 
     /// The same world with its sites apart: every link between them (gateway to each
     /// host, and the migration link) runs through a delay line set as `wan` says; the
     /// client's link does not.
     pub fn over_wan(wan: Wan) -> Self {
-        Self::build(true, Some(wan))
+        Self::build(Plumbing::Netpage, Some(wan))
     }
 
     /// The same world without netpage, routed the way operators move a VM today: the
@@ -180,8 +195,17 @@ impl VmWorld {
     }
 
     fn plain_with(wan: Option<Wan>) -> Self {
-        let vw = Self::build(false, wan);
+        let vw = Self::build(Plumbing::Routes, wan);
         vw.route_va(Host::A);
+        vw
+    }
+
+    /// The same world without netpage nor routes to the VA: the guest's segment is
+    /// stretched over VXLAN to both hosts and the gateway, its router (see [`stretch`]),
+    /// and the guest's MAC moves by QEMU's announcement after a migration.
+    pub fn l2_stretch() -> Self {
+        let vw = Self::build(Plumbing::Stretch, None);
+        stretch::build(&vw.world);
         vw
     }
 
@@ -193,7 +217,7 @@ impl VmWorld {
             .ip(&["route", "replace", &format!("{VA}/32"), "via", &via]);
     }
 
-    fn build(translate: bool, wan: Option<Wan>) -> Self {
+    fn build(plumbing: Plumbing, wan: Option<Wan>) -> Self {
         let guest = Guest::build();
         let world = World::without_vms(Options {
             second_vm: false,
@@ -208,7 +232,7 @@ impl VmWorld {
                 "latency", "50ms",
             ],
         );
-        if translate {
+        if plumbing == Plumbing::Netpage {
             world.attach(Node::Gw, "g0", true);
             world.attach(Node::Gw, "ga", false);
             world.attach(Node::Gw, "gb", false);
@@ -229,7 +253,7 @@ impl VmWorld {
         Self {
             world,
             guest,
-            translate,
+            plumbing,
             state_dir,
         }
     }
@@ -362,8 +386,13 @@ impl VmWorld {
     /// once, no reverse-path filter, a queue long enough for what arrives while the guest is paused (a tap holds 500
     /// packets by default: half a second of the 1 ms probes, less with the TCP traffic),
     /// up, the host route to the VA, and netpage on the virtual side as the owner of the
-    /// VA (if it translates).
+    /// VA (if it translates). In the stretched world, a port of the host's bridge instead
+    /// ([`stretch::join`]).
     fn setup_tap(&self, host: Host) {
+        if self.plumbing == Plumbing::Stretch {
+            stretch::join(&self.world, host);
+            return;
+        }
         let ns = self.world.ns(host.node());
         ns.sysctls(&[
             (format!("net.ipv4.conf.{TAP}.proxy_arp"), "1"),
@@ -374,7 +403,7 @@ impl VmWorld {
         ns.ip(&["link", "set", TAP, "txqueuelen", TAP_QUEUE]);
         ns.ip(&["link", "set", TAP, "up"]);
         ns.ip(&["route", "replace", &format!("{VA}/32"), "dev", TAP]);
-        if self.translate {
+        if self.plumbing == Plumbing::Netpage {
             // The tap owns the guest's VA before the guest sends from it: at the
             // destination of a migration, before the migration starts.
             let va = VA.to_string();
@@ -694,4 +723,40 @@ pub fn migrate_by_qmp(src: &Qemu, uri: &str, downtime_limit_ms: u64) -> Migratio
         }
         info
     })
+}
+
+/// What [`assert_guest_alive`] says when the guest's kernel died at the destination.
+pub const GUEST_CRASH: &str = "the guest's kernel panicked at the destination";
+
+/// Runs `f` once more if the guest's kernel died at the destination (QEMU 7.2's own fault
+/// under TCG, see [`bench::DOWNTIME_LIMIT_MS`]), saying so; any other failure fails at once.
+pub fn retrying_a_guest_crash<T>(f: impl Fn() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&f)) {
+        Ok(done) => done,
+        Err(e) => {
+            let why = e
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| e.downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if !why.contains(GUEST_CRASH) {
+                std::panic::resume_unwind(e);
+            }
+            println!("note: {GUEST_CRASH}; migrating a new guest once more");
+            f()
+        }
+    }
+}
+
+/// Panics, saying so, if the guest's kernel died at the destination `dst` after a
+/// migration of `passes` passes: the test cannot tell anything about the network then.
+pub fn assert_guest_alive(dst: &Qemu, passes: &dyn std::fmt::Display) {
+    let serial = dst.serial_log();
+    assert!(
+        !serial.contains("Kernel panic"),
+        "{GUEST_CRASH} after a migration of {passes} passes \
+         (guest memory arrived inconsistent; seen with QEMU 7.2 under TCG when a second live \
+         pass runs, with or without netpage)\n{}",
+        dst.diagnostics()
+    );
 }

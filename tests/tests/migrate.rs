@@ -14,15 +14,15 @@
 //! the switch at STOP, which must be none.
 
 use std::{
-    io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpStream},
+    io::Read,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::{
-        Arc, Mutex, MutexGuard,
+        Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
     },
-    thread::{self, JoinHandle},
+    thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -39,8 +39,8 @@ use netpage_tests::{
     qemu::Qemu,
     vmworld::{
         self, IcmpProbe, MigrateCall, TAP, TableSnapshot, VA, VmWorld, bench, boot_params,
-        downtime_limit, echo_line, migrate_by_qmp, migration_uri, query_migrate, ra, run_state,
-        set_capability,
+        downtime_limit, echo_line, migrate_by_qmp, migration_uri, query_migrate, ra,
+        retrying_a_guest_crash, run_state, set_capability, talk::Talker,
     },
     wan::Wan,
     world::{Host, Node, ProbeReport},
@@ -85,8 +85,6 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(1);
 /// How long the traffic runs before the migration starts, and after it ended.
 const BEFORE: Duration = Duration::from_millis(500);
 const AFTER: Duration = Duration::from_secs(1);
-/// Pause between the lines of the TCP conversation held during the migration.
-const TALK_EVERY: Duration = Duration::from_millis(10);
 /// The pause QEMU may plan for its final copy. High, so that a guest under this test's
 /// traffic mostly converges right after the first full pass over the shaped link: when
 /// QEMU 7.2 under TCG runs a second live pass, the guest's memory sometimes arrives
@@ -106,79 +104,6 @@ fn text(out: &Output) -> String {
 fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not the JSON report ({e}):\n{}", text(out)))
-}
-
-/// A TCP conversation with the guest's echo service in the background: a numbered line
-/// every [`TALK_EVERY`], each echoed intact before the next.
-struct Talker {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Talk>,
-}
-
-/// What the conversation saw.
-struct Talk {
-    stream: TcpStream,
-    lines: u64,
-    /// The longest wait for an echo.
-    longest: Duration,
-    /// The first failure, and when it came.
-    failure: Option<(String, SystemTime)>,
-}
-
-impl Talker {
-    fn spawn(mut stream: TcpStream) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = thread::spawn(move || {
-            let (mut lines, mut longest, mut failure) = (0, Duration::ZERO, None);
-            while !flag.load(Ordering::Relaxed) && failure.is_none() {
-                let line = format!("during the migration, line {lines}, {}\n", "x".repeat(64));
-                let sent = Instant::now();
-                match try_echo(&mut stream, &line) {
-                    Ok(()) => {
-                        longest = longest.max(sent.elapsed());
-                        lines += 1;
-                    }
-                    Err(e) => failure = Some((format!("line {lines}: {e}"), SystemTime::now())),
-                }
-                thread::sleep(TALK_EVERY);
-            }
-            Talk {
-                stream,
-                lines,
-                longest,
-                failure,
-            }
-        });
-        Self { stop, thread }
-    }
-
-    /// Ends the conversation and tells how it went.
-    fn stop(self) -> Talk {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    }
-}
-
-/// Writes `line` and reads back as many bytes, which must be the same.
-fn try_echo(stream: &mut TcpStream, line: &str) -> Result<(), String> {
-    stream
-        .write_all(line.as_bytes())
-        .map_err(|e| format!("send: {e}"))?;
-    let mut back = vec![0u8; line.len()];
-    stream
-        .read_exact(&mut back)
-        .map_err(|e| format!("echo: {e}"))?;
-    if back == line.as_bytes() {
-        Ok(())
-    } else {
-        Err(format!(
-            "echo differs: {:?}",
-            String::from_utf8_lossy(&back)
-        ))
-    }
 }
 
 /// Milliseconds since the epoch.
@@ -572,41 +497,10 @@ fn assert_through_the_directory(vw: &VmWorld, d: &OnDirectory, report: &serde_js
     );
 }
 
-/// What [`assert_guest_alive`] says when the guest's kernel died at the destination.
-const GUEST_CRASH: &str = "the guest's kernel panicked at the destination";
-
-/// Runs `f` once more if the guest's kernel died at the destination (QEMU 7.2's own fault
-/// under TCG, see [`DOWNTIME_LIMIT_MS`]), saying so; any other failure fails at once.
-fn retrying_a_guest_crash(f: impl Fn() -> Figures) -> Figures {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&f)) {
-        Ok(figures) => figures,
-        Err(e) => {
-            let why = e
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| e.downcast_ref::<&str>().copied())
-                .unwrap_or("");
-            if !why.contains(GUEST_CRASH) {
-                std::panic::resume_unwind(e);
-            }
-            println!("note: {GUEST_CRASH}; migrating a new guest once more");
-            f()
-        }
-    }
-}
-
-/// Panics, saying so, if the guest's kernel died at the destination: the test cannot
-/// tell anything about the network then.
-fn assert_guest_alive(dst: &netpage_tests::qemu::Qemu, report: &serde_json::Value) {
-    let serial = dst.serial_log();
-    assert!(
-        !serial.contains("Kernel panic"),
-        "{GUEST_CRASH} after a migration of {} passes \
-         (guest memory arrived inconsistent; seen with QEMU 7.2 under TCG when a second live \
-         pass runs, with or without netpage)\n{}",
-        report["passes"],
-        dst.diagnostics()
-    );
+/// Panics, saying so, if the guest's kernel died at the destination (see
+/// [`vmworld::assert_guest_alive`]).
+fn assert_guest_alive(dst: &Qemu, report: &serde_json::Value) {
+    vmworld::assert_guest_alive(dst, &report["passes"]);
 }
 
 fn print_timeline(report: &serde_json::Value) {

@@ -173,11 +173,15 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                  migrate --switch-at stop` (the switch just before the source pauses); \
                  `resume`: `--switch-at resume`; `routes`: no netpage, the gateway's host \
                  route to the VA replaced by hand when the destination resumes, the way \
-                 operators move traffic today. Per run: probes lost, the client's largest \
-                 gap, QEMU's STOP to RESUME, the gap minus that pause, QEMU's downtime and \
-                 when the traffic was switched relative to STOP; then medians per variant \
-                 against `routes`. A failed run (QEMU 7.2 under TCG sometimes corrupts a \
-                 guest that takes four passes) is a `migration_failed` row with its reason.",
+                 operators move traffic today; `l2-stretch`: no netpage nor routes, the \
+                 guest's segment stretched over VXLAN between the hosts (routed at host A, \
+                 the underlay's MTU raised by VXLAN's 50 bytes), the MAC moved by QEMU's \
+                 announcement after the migration, the industry's default. Per run: \
+                 probes lost, the client's largest gap, QEMU's STOP to RESUME, the gap \
+                 minus that pause, QEMU's downtime and when the traffic was switched \
+                 relative to STOP; then medians per variant against `routes`. A failed \
+                 run (QEMU 7.2 under TCG sometimes corrupts a guest that takes four \
+                 passes) is a `migration_failed` row with its reason.",
                 cfg.migration_rounds
             ),
             &[

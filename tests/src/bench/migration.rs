@@ -1,7 +1,9 @@
 //! Part 6 (`cargo xtask bench migration`): live migrations of a real QEMU guest between
 //! the hosts of the VM world, the client probing it every millisecond: `netpage migrate
 //! --switch-at stop`, `--switch-at resume`, and the operator's way without netpage (plain
-//! routing, the gateway's host route replaced by hand when the destination resumes).
+//! routing, the gateway's host route replaced by hand when the destination resumes), and
+//! the industry's default without netpage nor routes (`l2-stretch`: the guest's segment
+//! stretched over VXLAN, its MAC moved by QEMU's announcement).
 //! Rows per run, then medians per variant against the hand-switched routes. Then the same
 //! over the WAN (`migration-wan` alone): the sites 20 ms apart, `stop` also without the
 //! hold, the guest's own first-reply latency after RESUME, and the nodes switched
@@ -204,5 +206,19 @@ mod tests {
             .map(|(a, b)| ((*a).to_owned(), b.map(str::to_owned)))
             .collect();
         assert_eq!(labels, want);
+    }
+
+    #[test]
+    fn the_l2_stretch_is_compared_with_the_hand_switched_routes() {
+        let case = Case {
+            variant: Variant::L2Stretch,
+            order: Order::GatewayFirst,
+            wan: None,
+        };
+        assert_eq!(case.label(), "l2-stretch");
+        assert_eq!(
+            baseline_of(&case).map(|b| b.label()).as_deref(),
+            Some("routes")
+        );
     }
 }

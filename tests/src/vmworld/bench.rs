@@ -7,6 +7,9 @@
 //! - `routes`: no netpage, the operator's way today: the gateway routes the VA as a /32
 //!   host route to host A, and when the destination QEMU announces RESUME (watched over
 //!   QMP) a script replaces it with one to host B (`ip -n GW route replace VA/32 via B`);
+//! - `l2-stretch`: no netpage nor routes to the VA, the industry's default: the guest's
+//!   segment stretched over VXLAN to both hosts and the gateway ([`super::stretch`]), the
+//!   guest's MAC moved by QEMU's announcement after the migration;
 //! - `stop-no-hold` (over the WAN): `--switch-at stop --no-hold`, every node switched on
 //!   hearing STOP, with no hold of the downtime limit;
 //! - `stop-lead` (over the WAN): the hold with `--hold-lead`, the switch at least the
@@ -65,6 +68,9 @@ pub enum Variant {
     Resume,
     /// Plain routing, the gateway's host route replaced at RESUME.
     Routes,
+    /// The segment stretched over VXLAN, the MAC moved by QEMU's announcement.
+    #[serde(rename = "l2-stretch")]
+    L2Stretch,
     /// `netpage migrate --switch-at stop --no-hold`: switched on hearing STOP.
     StopNoHold,
     /// `netpage migrate --switch-at stop --hold-lead` [`HOLD_LEAD_MS`]: the hold, the
@@ -77,7 +83,12 @@ pub const HOLD_LEAD_MS: &str = "25";
 
 impl Variant {
     /// The variants of the plain world's rounds.
-    pub const ALL: [Variant; 3] = [Variant::Stop, Variant::Resume, Variant::Routes];
+    pub const ALL: [Variant; 4] = [
+        Variant::Stop,
+        Variant::Resume,
+        Variant::Routes,
+        Variant::L2Stretch,
+    ];
     /// The variants of the WAN's rounds.
     pub const WAN: [Variant; 5] = [
         Variant::StopNoHold,
@@ -92,20 +103,21 @@ impl Variant {
             Variant::Stop => "stop",
             Variant::Resume => "resume",
             Variant::Routes => "routes",
+            Variant::L2Stretch => "l2-stretch",
             Variant::StopNoHold => "stop-no-hold",
             Variant::StopLead => "stop-lead",
         }
     }
 
     /// The `netpage migrate` arguments that choose the moment of the switch (none for
-    /// `routes`).
+    /// `routes` and `l2-stretch`).
     pub fn args(self) -> &'static [&'static str] {
         match self {
             Variant::Stop => &["--switch-at", "stop"],
             Variant::StopNoHold => &["--switch-at", "stop", "--no-hold"],
             Variant::StopLead => &["--switch-at", "stop", "--hold-lead", HOLD_LEAD_MS],
             Variant::Resume => &["--switch-at", "resume"],
-            Variant::Routes => &[],
+            Variant::Routes | Variant::L2Stretch => &[],
         }
     }
 }
@@ -392,20 +404,22 @@ pub fn migration_run(round: usize, case: Case) -> MigrationRun {
 }
 
 /// What a migration reported, whoever drove it.
-#[derive(Default)]
-struct Driven {
-    failure: Option<String>,
-    stop_to_resume_ms: Option<f64>,
-    qemu_downtime_ms: Option<u64>,
-    qemu_total_ms: Option<u64>,
-    switch_minus_stop_ms: Option<f64>,
-    passes: Option<u64>,
+#[derive(Clone, Debug, Default)]
+pub struct Driven {
+    /// Why it failed, if it did.
+    pub failure: Option<String>,
+    pub stop_to_resume_ms: Option<f64>,
+    pub qemu_downtime_ms: Option<u64>,
+    pub qemu_total_ms: Option<u64>,
+    /// When the traffic was switched relative to STOP (negative: before), if it was.
+    pub switch_minus_stop_ms: Option<f64>,
+    pub passes: Option<u64>,
     /// QEMU's STOP and RESUME, in milliseconds since the Unix epoch.
-    stop_unix_ms: Option<f64>,
-    resume_unix_ms: Option<f64>,
-    release: Option<serde_json::Value>,
+    pub stop_unix_ms: Option<f64>,
+    pub resume_unix_ms: Option<f64>,
+    pub release: Option<serde_json::Value>,
     /// Each node's V2R update, ms since the Unix epoch, in the order made.
-    node_switch_unix_ms: Vec<(String, f64)>,
+    pub node_switch_unix_ms: Vec<(String, f64)>,
 }
 
 fn measure(run: &mut MigrationRun) {
@@ -414,6 +428,8 @@ fn measure(run: &mut MigrationRun) {
     let vw = match (run.variant, wan) {
         (Variant::Routes, None) => VmWorld::plain(),
         (Variant::Routes, Some(w)) => VmWorld::plain_over_wan(w),
+        (Variant::L2Stretch, None) => VmWorld::l2_stretch(),
+        (Variant::L2Stretch, Some(_)) => panic!("the L2 stretch has no WAN world"),
         (_, None) => VmWorld::new(),
         (_, Some(w)) => VmWorld::over_wan(w),
     };
@@ -434,10 +450,7 @@ fn measure(run: &mut MigrationRun) {
         MIGRATION_TIMEOUT * 2,
     );
     thread::sleep(BEFORE);
-    let driven = match run.variant {
-        Variant::Routes => by_routes(&vw, &src, &dst),
-        _ => by_netpage(&vw, &src, &dst, case),
-    };
+    let driven = drive(&vw, &src, &dst, case);
     thread::sleep(AFTER);
     let icmp = probe.stop();
     run.wan_lost = wan_before.zip(vw.delay_line_lost()).map(|(b, a)| a - b);
@@ -499,6 +512,16 @@ fn measure(run: &mut MigrationRun) {
     }
 }
 
+/// Migrates the guest from `src` (host A) to `dst` (host B) as `case`'s variant says,
+/// and reports QEMU's figures and the switch's.
+pub fn drive(vw: &VmWorld, src: &Qemu, dst: &Qemu, case: Case) -> Driven {
+    match case.variant {
+        Variant::Routes => by_qmp(vw, src, dst, true),
+        Variant::L2Stretch => by_qmp(vw, src, dst, false),
+        _ => by_netpage(vw, src, dst, case),
+    }
+}
+
 /// `netpage migrate` as `case` says, figures from its JSON report.
 fn by_netpage(vw: &VmWorld, src: &Qemu, dst: &Qemu, case: Case) -> Driven {
     let limit = DOWNTIME_LIMIT_MS.to_string();
@@ -540,12 +563,12 @@ fn by_netpage(vw: &VmWorld, src: &Qemu, dst: &Qemu, case: Case) -> Driven {
     d
 }
 
-/// The migration over QMP alone, the gateway's host route replaced by a script as soon
-/// as the destination announces RESUME.
-fn by_routes(vw: &VmWorld, src: &Qemu, dst: &Qemu) -> Driven {
-    let gw = vw.world.ns(Node::Gw).name().to_owned();
+/// The migration over QMP alone, watching both QEMUs' events; with `reroute`, the
+/// gateway's host route replaced by a script as soon as the destination announces RESUME.
+fn by_qmp(vw: &VmWorld, src: &Qemu, dst: &Qemu, reroute: bool) -> Driven {
+    let gw = reroute.then(|| vw.world.ns(Node::Gw).name().to_owned());
     runtime().block_on(async {
-        match drive_routes(src, dst, &gw).await {
+        match drive_qmp(src, dst, gw.as_deref()).await {
             Ok(d) => d,
             Err(e) => Driven {
                 failure: Some(format!("the migration over QMP: {e}")),
@@ -555,7 +578,7 @@ fn by_routes(vw: &VmWorld, src: &Qemu, dst: &Qemu) -> Driven {
     })
 }
 
-async fn drive_routes(src: &Qemu, dst: &Qemu, gw: &str) -> Result<Driven, QmpError> {
+async fn drive_qmp(src: &Qemu, dst: &Qemu, gw: Option<&str>) -> Result<Driven, QmpError> {
     let mut s = Qmp::connect(src.qmp_path(), QEMU_TIMEOUT).await?;
     let mut t = Qmp::connect(dst.qmp_path(), QEMU_TIMEOUT).await?;
     s.enable_migration_events().await?;
@@ -598,6 +621,7 @@ async fn drive_routes(src: &Qemu, dst: &Qemu, gw: &str) -> Result<Driven, QmpErr
                 let Some(e) = ev? else { continue };
                 if e.event == "RESUME" {
                     resume = Some(e.timestamp);
+                    let Some(gw) = gw else { continue };
                     let out = output(
                         Command::new("ip").args(["-n", gw, "route", "replace", &route, "via", &via]),
                     );
@@ -665,13 +689,35 @@ mod tests {
         let v = &Variant::ALL;
         assert_eq!(
             in_turn(v, 0),
-            [Variant::Stop, Variant::Resume, Variant::Routes]
+            [
+                Variant::Stop,
+                Variant::Resume,
+                Variant::Routes,
+                Variant::L2Stretch
+            ]
         );
         assert_eq!(
             in_turn(v, 1),
-            [Variant::Resume, Variant::Routes, Variant::Stop]
+            [
+                Variant::Resume,
+                Variant::Routes,
+                Variant::L2Stretch,
+                Variant::Stop
+            ]
         );
-        assert_eq!(in_turn(v, 5)[0], Variant::Routes);
+        assert_eq!(in_turn(v, 7)[0], Variant::L2Stretch);
+    }
+
+    #[test]
+    fn the_l2_stretch_is_a_plain_round_case_without_netpage_arguments() {
+        assert_eq!(Variant::L2Stretch.name(), "l2-stretch");
+        assert_eq!(
+            serde_json::to_value(Variant::L2Stretch).unwrap(),
+            "l2-stretch"
+        );
+        assert!(Variant::L2Stretch.args().is_empty());
+        assert!(Variant::ALL.contains(&Variant::L2Stretch));
+        assert!(!Variant::WAN.contains(&Variant::L2Stretch));
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl TapCapture {
 }
 
 /// An AF_PACKET socket on `ifname` that sees frames both ways, stamped by the kernel.
-fn open(ifname: &str) -> io::Result<OwnedFd> {
+pub(super) fn open(ifname: &str) -> io::Result<OwnedFd> {
     let name = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
     // SAFETY: a valid NUL-terminated name.
     let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
