@@ -157,6 +157,20 @@ enum Plumbing {
     Routes,
     /// The guest's segment stretched over VXLAN ([`VmWorld::l2_stretch`]).
     Stretch,
+    /// netpage with segmentation: the VA mapped with method encap to its host's locator
+    /// ([`VmWorld::segmented`]).
+    Segments,
+}
+
+/// The locator of `node` in the world with segmentation: its uplink's IPv4 address (the
+/// gateway's on host A's link), which the others route to it.
+pub fn locator(node: Node) -> Ipv4Addr {
+    match node {
+        Node::Gw => Ipv4Addr::new(198, 18, 3, 1),
+        Node::HostA => Ipv4Addr::new(198, 18, 3, 2),
+        Node::HostB => Ipv4Addr::new(198, 18, 4, 2),
+        _ => panic!("{node:?} is no edge"),
+    }
 }
 
 /// The world, its guest, and the netpage attachments and mappings.
@@ -209,6 +223,23 @@ impl VmWorld {
         vw
     }
 
+    /// The same world with netpage's segmentation instead of paging: every edge has its
+    /// locator (the gateway's is the default locator), and the VA is mapped with method
+    /// encap to host A's. Segmentation runs at the XDP hook, so the guest's NIC does not
+    /// offload checksums or segmentation to the host (see [`VmWorld::qemu_options`]).
+    pub fn segmented() -> Self {
+        Self::build(Plumbing::Segments, None)
+    }
+
+    /// Where the VA is mapped while the guest is at `host`: its real address there under
+    /// paging, its locator under segmentation.
+    pub fn address_at(&self, host: Host) -> IpAddr {
+        match self.plumbing {
+            Plumbing::Segments => locator(host.node()).into(),
+            _ => ra(host).into(),
+        }
+    }
+
     /// Points the gateway's host route to the VA at `host` (plain routing).
     pub fn route_va(&self, host: Host) {
         let via = host.uplink_addr(&V4).to_string();
@@ -232,7 +263,14 @@ impl VmWorld {
                 "latency", "50ms",
             ],
         );
-        if plumbing == Plumbing::Netpage {
+        if plumbing == Plumbing::Segments {
+            let default = locator(Node::Gw).to_string();
+            for node in Node::EDGES {
+                let own = locator(node).to_string();
+                world.netpage_ok(node, &["locator", "--own", &own, "--default", &default]);
+            }
+        }
+        if matches!(plumbing, Plumbing::Netpage | Plumbing::Segments) {
             world.attach(Node::Gw, "g0", true);
             world.attach(Node::Gw, "ga", false);
             world.attach(Node::Gw, "gb", false);
@@ -242,7 +280,15 @@ impl VmWorld {
             // real address after a switch arrives there, and is translated there.
             world.attach(Node::HostA, "ax", false);
             world.attach(Node::HostB, "bx", false);
+        }
+        if plumbing == Plumbing::Netpage {
             world.map_all(VA.into(), ra(Host::A).into());
+        }
+        if plumbing == Plumbing::Segments {
+            let (va, at) = (VA.to_string(), locator(Node::HostA).to_string());
+            for node in Node::EDGES {
+                world.netpage_ok(node, &["map", "add", "--vm", &va, "--locator", &at]);
+            }
         }
         static WORLDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let state_dir = std::env::temp_dir().join(format!(
@@ -300,14 +346,21 @@ impl VmWorld {
     fn qemu_options(&self, name: &str, host: Host, params: &BootParams) -> QemuOptions {
         // virtio-net's default offloads (checksum, TSO): netpage runs on the tap at the tc
         // hook, which translates the partial checksums and GSO packets the guest sends.
-        QemuOptions::new(
+        let mut opts = QemuOptions::new(
             name,
             &self.netns(host),
             TAP,
             GUEST_MAC,
             &self.guest,
             params.cmdline(),
-        )
+        );
+        if self.plumbing == Plumbing::Segments {
+            // Segmentation runs at the XDP hook, which sees neither a partial checksum nor
+            // a GSO packet for what it is: the guest sends final checksums and segments.
+            opts.nic_extra =
+                ",csum=off,gso=off,host_tso4=off,host_tso6=off,host_ecn=off,host_ufo=off".into();
+        }
+        opts
     }
 
     /// Boots the guest at `host` and waits until it is ready.
@@ -403,7 +456,7 @@ impl VmWorld {
         ns.ip(&["link", "set", TAP, "txqueuelen", TAP_QUEUE]);
         ns.ip(&["link", "set", TAP, "up"]);
         ns.ip(&["route", "replace", &format!("{VA}/32"), "dev", TAP]);
-        if self.plumbing == Plumbing::Netpage {
+        if matches!(self.plumbing, Plumbing::Netpage | Plumbing::Segments) {
             // The tap owns the guest's VA before the guest sends from it: at the
             // destination of a migration, before the migration starts.
             let va = VA.to_string();

@@ -5,7 +5,9 @@
 //!
 //! - netpage with paging: `netpage migrate --switch-at stop`, every edge's page table
 //!   switched just before the source pauses;
-//! - netpage with segmentation: its test comes here, beside the others;
+//! - netpage with segmentation: the same `netpage migrate --switch-at stop`, the VA
+//!   mapped with method encap, every edge's segment entry switched to host B's locator
+//!   (the guest's NIC without offloads: segmentation runs at the XDP hook);
 //! - the L2 stretch over VXLAN, the industry's default: no netpage, the guest's segment
 //!   spans both hosts ([`vmworld::stretch`]), routed at host A, and the guest's MAC moves
 //!   when QEMU's announcement after the migration reaches the bridges.
@@ -85,7 +87,8 @@ const RESUME_SETTLE_MS: f64 = 50.0;
 enum Method {
     /// `netpage migrate --switch-at stop`.
     Paging,
-    // netpage with segmentation: its variant comes here.
+    /// `netpage migrate --switch-at stop` with the VA mapped with method encap.
+    Segmentation,
     /// No netpage: the segment stretched over VXLAN, the MAC moved by QEMU's announcement.
     L2Stretch,
 }
@@ -94,6 +97,7 @@ impl Method {
     fn name(self) -> &'static str {
         match self {
             Method::Paging => "netpage with paging",
+            Method::Segmentation => "netpage with segmentation",
             Method::L2Stretch => "L2 stretch over VXLAN",
         }
     }
@@ -102,6 +106,7 @@ impl Method {
     fn world(self) -> VmWorld {
         match self {
             Method::Paging => VmWorld::new(),
+            Method::Segmentation => VmWorld::segmented(),
             Method::L2Stretch => VmWorld::l2_stretch(),
         }
     }
@@ -109,7 +114,7 @@ impl Method {
     /// The benchmark's case of the method: who drives the migration, and how.
     fn case(self) -> Case {
         let variant = match self {
-            Method::Paging => Variant::Stop,
+            Method::Paging | Method::Segmentation => Variant::Stop,
             Method::L2Stretch => Variant::L2Stretch,
         };
         Case {
@@ -223,7 +228,11 @@ fn migrate_with_traffic(method: Method) -> Moved {
             diagnostics(&vw, method)
         );
     }
-    let at_b = (method == Method::Paging).then(|| vw.mapped_packets(Host::B));
+    let at_b = match method {
+        Method::Paging => Some(vw.mapped_packets(Host::B)),
+        Method::Segmentation => Some(vw.world.counter(Node::HostB, "decapsulated")),
+        Method::L2Stretch => None,
+    };
     let mut stream = vw.echo_stream();
     for i in 0..5 {
         echo_line(&mut stream, &format!("before the migration, line {i}\n"));
@@ -295,6 +304,7 @@ fn migrate_with_traffic(method: Method) -> Moved {
     assert_eq!(run_state(&dst.qmp_path()), RunState::Running);
     match method {
         Method::Paging => assert_paged(&vw, at_b.expect("host B's count before")),
+        Method::Segmentation => assert_segmented(&vw, at_b.expect("host B's count before")),
         Method::L2Stretch => assert_stretched(&vw, &src),
     }
     moved
@@ -307,6 +317,24 @@ fn assert_paged(vw: &VmWorld, at_b: u64) {
         at_b_after > at_b,
         "host B translated nothing for the guest ({at_b} -> {at_b_after})"
     );
+}
+
+/// After segmentation's migration, host B decapsulates the guest's traffic, and every edge
+/// maps it to host B's locator.
+fn assert_segmented(vw: &VmWorld, at_b: u64) {
+    let at_b_after = vw.world.counter(Node::HostB, "decapsulated");
+    assert!(
+        at_b_after > at_b,
+        "host B decapsulated nothing for the guest ({at_b} -> {at_b_after})"
+    );
+    for node in Node::EDGES {
+        let list = vw.world.netpage_json(node, &["map", "list"]);
+        assert_eq!(
+            list["segment"][0]["locator"],
+            vw.address_at(Host::B).to_string(),
+            "{node:?}: {list}"
+        );
+    }
 }
 
 /// After the stretch's migration, the bridges know where the guest is: the source host's
@@ -405,7 +433,28 @@ fn paging_migration_reports_its_figures() {
     );
 }
 
-// netpage with segmentation: `segmentation_migration_reports_its_figures` comes here.
+/// The same migration with segmentation, under the same bounds as paging's.
+#[test]
+fn segmentation_migration_reports_its_figures() {
+    if skipped(Method::Segmentation) {
+        return;
+    }
+    let _one = serial();
+    let m = retrying_a_guest_crash(|| migrate_with_traffic(Method::Segmentation));
+    let in_flight = match m.driven.switch_minus_stop_ms {
+        Some(ms) if ms > 0.0 => {
+            println!("note: the switch came after STOP (STOP -> switched {ms:.2} ms)");
+            UNREAD_AT_STOP_MS
+        }
+        _ => IN_FLIGHT_MS,
+    };
+    assert_lost_only_within(
+        &m,
+        -in_flight,
+        m.pause_ms() + RESUME_SETTLE_MS,
+        "the pause and the destination's start",
+    );
+}
 
 /// The stretch, with no netpage: QEMU's announcement after RESUME moves the MAC (the
 /// source host, the segment's router, hears the guest through host B's VTEP within

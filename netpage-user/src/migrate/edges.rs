@@ -62,6 +62,18 @@ impl Edit {
         to: IpAddr,
         now_ms: u64,
     ) -> Result<(), TableError> {
+        // A mapping of method encap: one segment entry, nothing reserved, nothing drains.
+        if t.segment(vm)?.is_some() {
+            let at = match self {
+                Edit::SwitchBack | Edit::Rollback => from,
+                Edit::Retire { .. } => return Ok(()),
+                Edit::Finish { .. } => to,
+            };
+            if t.segment(vm)? != Some(at) {
+                t.set_segment(vm, at)?;
+            }
+            return Ok(());
+        }
         match self {
             Edit::SwitchBack | Edit::Rollback => {
                 if t.forward(vm)? != Some(from) {
@@ -174,11 +186,11 @@ impl Edges {
                     .iter()
                     .map(|(dir, n)| (dir.display().to_string(), n))
                     .collect();
-                Ok(ops::locate(
-                    named.iter().map(|(d, n)| (d.as_str(), &n.table)),
-                    vm,
-                    to,
-                )?)
+                let tables = || named.iter().map(|(d, n)| (d.as_str(), &n.table));
+                if ops::segment::is_segment(tables(), vm)? {
+                    return Ok(ops::segment::locate(tables(), vm, to)?);
+                }
+                Ok(ops::locate(tables(), vm, to)?)
             }
             Edges::Directory(d) => Ok(ops::check_switch(&d.dir.view().await?, vm, to)?),
         }
@@ -198,6 +210,10 @@ impl Edges {
     ) -> Result<(), MigrateError> {
         match self {
             Edges::Local(nodes) => {
+                // A mapping of method encap has no reverse entry to reserve.
+                if nodes[0].1.table.segment(vm)?.is_some() {
+                    return Ok(());
+                }
                 for i in 0..nodes.len() {
                     if let Err(e) = nodes[i].1.table.set_reverse(to, vm) {
                         for (_, n) in &mut nodes[..i] {
@@ -277,7 +293,8 @@ impl Edges {
                 // another as fast as before.
                 // `drain_until` is Unix time, the directory's clock; a node counts boot time.
                 let deadline_ms = clock::unix_to_node(drain_until);
-                for (dir, n) in nodes.iter_mut() {
+                let encap = matches!(nodes[0].1.table.segment(vm), Ok(Some(_)));
+                for (dir, n) in nodes.iter_mut().filter(|_| !encap) {
                     let drain = Drain {
                         real: from,
                         virt: vm,
@@ -289,7 +306,11 @@ impl Edges {
                 }
                 for (dir, n) in nodes {
                     let t = Instant::now();
-                    let r = n.table.set_forward(vm, to);
+                    let r = if encap {
+                        n.table.set_segment(vm, to)
+                    } else {
+                        n.table.set_forward(vm, to)
+                    };
                     let us = t.elapsed().as_nanos() as f64 / 1000.0;
                     let at_unix_ms = clock::unix_ms_f64();
                     let node = dir.display().to_string();

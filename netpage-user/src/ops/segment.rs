@@ -62,6 +62,23 @@ pub fn is_segment<'a, T: PageTable + 'a>(
     }
 }
 
+/// Where every node has the VM of `vm`, mapped with method `encap`, checking that it may
+/// move to `to`: the nodes must agree, and there must be one. Errors name the node.
+pub fn locate<'a, T: PageTable + 'a>(
+    nodes: impl IntoIterator<Item = (&'a str, &'a T)>,
+    vm: IpAddr,
+    to: IpAddr,
+) -> Result<IpAddr, OpError> {
+    check_addr(Role::Locator, to)?;
+    let mut from = None;
+    for (name, t) in nodes {
+        let at = t.segment(vm).map_err(|e| on_node(name, e.into()))?;
+        let at = at.ok_or_else(|| on_node(name, OpError::UnknownVm { vm }))?;
+        agree(&mut from, name, vm, at)?;
+    }
+    from.ok_or(OpError::NoNode)
+}
+
 /// Moves the VM of `vm`, mapped with method `encap`, to the node of locator `to` on every
 /// node: the nodes must agree on where it is; then one segment update per node, timed.
 /// Nodes that have it at `to` already are left as they are; a failure puts the nodes

@@ -528,7 +528,8 @@ fn by_netpage(vw: &VmWorld, src: &Qemu, dst: &Qemu, case: Case) -> Driven {
     let timeout = MIGRATION_TIMEOUT.as_secs().to_string();
     let mut args: Vec<&str> = case.variant.args().to_vec();
     args.extend(["--downtime-limit", &limit, "--timeout", &timeout]);
-    let call = MigrateCall::usual(src, dst, Host::B);
+    let mut call = MigrateCall::usual(src, dst, Host::B);
+    call.to = vw.address_at(Host::B).to_string();
     let out = vw.migrate_in_order(&call, &case.order.nodes(), &args);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let node_switch_unix_ms = report["switches"]
