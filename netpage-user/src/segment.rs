@@ -184,6 +184,13 @@ pub fn settings(c: &SegConfig) -> Settings {
     }
 }
 
+/// Lets `iface`, a virtual-side interface, take packets whose source is one of the node's
+/// own IPv4 addresses (`accept_local`): the outer source of what the program encapsulates
+/// there is the node's locator, and the kernel would drop it as a martian otherwise.
+pub fn accept_local(iface: &str) -> std::io::Result<()> {
+    std::fs::write(format!("/proc/sys/net/ipv4/conf/{iface}/accept_local"), "1")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,11 +262,4 @@ mod tests {
             Err(SegError::Unusable { .. })
         ));
     }
-}
-
-/// Lets `iface`, a virtual-side interface, take packets whose source is one of the node's
-/// own IPv4 addresses (`accept_local`): the outer source of what the program encapsulates
-/// there is the node's locator, and the kernel would drop it as a martian otherwise.
-pub fn accept_local(iface: &str) -> std::io::Result<()> {
-    std::fs::write(format!("/proc/sys/net/ipv4/conf/{iface}/accept_local"), "1")
 }

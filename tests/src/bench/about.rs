@@ -176,7 +176,10 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                  operators move traffic today; `l2-stretch`: no netpage nor routes, the \
                  guest's segment stretched over VXLAN between the hosts (routed at host A, \
                  the underlay's MTU raised by VXLAN's 50 bytes), the MAC moved by QEMU's \
-                 announcement after the migration, the industry's default. Per run: \
+                 announcement after the migration, the industry's default; \
+                 `segmentation`: `--switch-at stop` with the VA mapped with method encap \
+                 (GUE to each host's locator; the guest's NIC without offloads, since \
+                 segmentation runs at the XDP hook). Per run: \
                  probes lost, the client's largest gap, QEMU's STOP to RESUME, the gap \
                  minus that pause, QEMU's downtime and when the traffic was switched \
                  relative to STOP; then medians per variant against `routes`. A failed \

@@ -3,7 +3,8 @@
 //! --switch-at stop`, `--switch-at resume`, and the operator's way without netpage (plain
 //! routing, the gateway's host route replaced by hand when the destination resumes), and
 //! the industry's default without netpage nor routes (`l2-stretch`: the guest's segment
-//! stretched over VXLAN, its MAC moved by QEMU's announcement).
+//! stretched over VXLAN, its MAC moved by QEMU's announcement), and netpage's
+//! segmentation (`segmentation`: `--switch-at stop`, the VA mapped with method encap).
 //! Rows per run, then medians per variant against the hand-switched routes. Then the same
 //! over the WAN (`migration-wan` alone): the sites 20 ms apart, `stop` also without the
 //! hold, the guest's own first-reply latency after RESUME, and the nodes switched

@@ -76,6 +76,9 @@ pub enum Variant {
     /// `netpage migrate --switch-at stop --hold-lead` [`HOLD_LEAD_MS`]: the hold, the
     /// switch at least the WAN's one-way delay and a margin before the release.
     StopLead,
+    /// `netpage migrate --switch-at stop` with the VA mapped with method encap
+    /// ([`VmWorld::segmented`]).
+    Segmentation,
 }
 
 /// The `--hold-lead` of [`Variant::StopLead`]: the WAN's one-way delay and 5 ms.
@@ -83,11 +86,12 @@ pub const HOLD_LEAD_MS: &str = "25";
 
 impl Variant {
     /// The variants of the plain world's rounds.
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 5] = [
         Variant::Stop,
         Variant::Resume,
         Variant::Routes,
         Variant::L2Stretch,
+        Variant::Segmentation,
     ];
     /// The variants of the WAN's rounds.
     pub const WAN: [Variant; 5] = [
@@ -106,6 +110,7 @@ impl Variant {
             Variant::L2Stretch => "l2-stretch",
             Variant::StopNoHold => "stop-no-hold",
             Variant::StopLead => "stop-lead",
+            Variant::Segmentation => "segmentation",
         }
     }
 
@@ -113,7 +118,7 @@ impl Variant {
     /// `routes` and `l2-stretch`).
     pub fn args(self) -> &'static [&'static str] {
         match self {
-            Variant::Stop => &["--switch-at", "stop"],
+            Variant::Stop | Variant::Segmentation => &["--switch-at", "stop"],
             Variant::StopNoHold => &["--switch-at", "stop", "--no-hold"],
             Variant::StopLead => &["--switch-at", "stop", "--hold-lead", HOLD_LEAD_MS],
             Variant::Resume => &["--switch-at", "resume"],
@@ -430,6 +435,8 @@ fn measure(run: &mut MigrationRun) {
         (Variant::Routes, Some(w)) => VmWorld::plain_over_wan(w),
         (Variant::L2Stretch, None) => VmWorld::l2_stretch(),
         (Variant::L2Stretch, Some(_)) => panic!("the L2 stretch has no WAN world"),
+        (Variant::Segmentation, None) => VmWorld::segmented(),
+        (Variant::Segmentation, Some(_)) => panic!("segmentation has no WAN world yet"),
         (_, None) => VmWorld::new(),
         (_, Some(w)) => VmWorld::over_wan(w),
     };
@@ -694,7 +701,8 @@ mod tests {
                 Variant::Stop,
                 Variant::Resume,
                 Variant::Routes,
-                Variant::L2Stretch
+                Variant::L2Stretch,
+                Variant::Segmentation
             ]
         );
         assert_eq!(
@@ -703,10 +711,11 @@ mod tests {
                 Variant::Resume,
                 Variant::Routes,
                 Variant::L2Stretch,
+                Variant::Segmentation,
                 Variant::Stop
             ]
         );
-        assert_eq!(in_turn(v, 7)[0], Variant::L2Stretch);
+        assert_eq!(in_turn(v, 8)[0], Variant::L2Stretch);
     }
 
     #[test]
@@ -719,6 +728,8 @@ mod tests {
         assert!(Variant::L2Stretch.args().is_empty());
         assert!(Variant::ALL.contains(&Variant::L2Stretch));
         assert!(!Variant::WAN.contains(&Variant::L2Stretch));
+        assert_eq!(Variant::Segmentation.args(), Variant::Stop.args());
+        assert!(Variant::ALL.contains(&Variant::Segmentation));
     }
 
     #[test]
