@@ -140,12 +140,13 @@ fn bridge(ns: &NetNs, args: &[&str]) -> String {
     crate::netns::check(ns.command("bridge").args(args))
 }
 
-/// The port of `node`'s bridge through which it last learned `mac` (`bridge fdb`), if it
-/// has.
-pub fn fdb_port(world: &World, node: Node, mac: &str) -> Option<String> {
-    let out = bridge(world.ns(node), &["-j", "fdb", "show", "br", BRIDGE]);
+/// The entries for `mac` of `bridge -j fdb show ARGS` on `node`.
+fn fdb_entries(world: &World, node: Node, args: &[&str], mac: &str) -> Vec<serde_json::Value> {
+    let mut all = vec!["-j", "fdb", "show"];
+    all.extend(args);
+    let out = bridge(world.ns(node), &all);
     let entries: serde_json::Value = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("bridge -j fdb show br {BRIDGE}: {e}: {out}"));
+        .unwrap_or_else(|e| panic!("bridge {}: {e}: {out}", all.join(" ")));
     entries
         .as_array()
         .into_iter()
@@ -155,24 +156,23 @@ pub fn fdb_port(world: &World, node: Node, mac: &str) -> Option<String> {
                 .as_str()
                 .is_some_and(|m| m.eq_ignore_ascii_case(mac))
         })
+        .cloned()
+        .collect()
+}
+
+/// The port of `node`'s bridge through which it last learned `mac` (`bridge fdb`), if it
+/// has.
+pub fn fdb_port(world: &World, node: Node, mac: &str) -> Option<String> {
+    fdb_entries(world, node, &["br", BRIDGE], mac)
+        .iter()
         .filter(|e| e["master"].as_str() == Some(BRIDGE))
         .find_map(|e| e["ifname"].as_str().map(str::to_owned))
 }
 
 /// The remote VTEP through which `node`'s VXLAN port last heard from `mac`, if it has.
 pub fn fdb_vtep(world: &World, node: Node, mac: &str) -> Option<Ipv4Addr> {
-    let out = bridge(world.ns(node), &["-j", "fdb", "show", "dev", VXLAN]);
-    let entries: serde_json::Value = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("bridge -j fdb show dev {VXLAN}: {e}: {out}"));
-    entries
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| {
-            e["mac"]
-                .as_str()
-                .is_some_and(|m| m.eq_ignore_ascii_case(mac))
-        })
+    fdb_entries(world, node, &["dev", VXLAN], mac)
+        .iter()
         .find_map(|e| e["dst"].as_str()?.parse().ok())
 }
 
