@@ -101,6 +101,16 @@ fn run_rows(prefix: &str, r: &MigrationRun) -> Vec<Row> {
             rows.push(Row::new(&m("node_switch_minus_stop"), &label, p, *ms, "ms"));
         }
     }
+    if let Some(n) = r.lost_into_guest {
+        let p = params.clone();
+        rows.push(Row::new(
+            &m("lost_into_guest"),
+            &label,
+            p,
+            n as f64,
+            "probes",
+        ));
+    }
     if let Some(n) = r.wan_lost {
         rows.push(Row::new(
             &m("delay_line_lost"),

@@ -255,6 +255,9 @@ pub struct MigrationRun {
     /// take, between the gateway and each host, both ways; probes lost there are the test
     /// instrument's, not the switch's.
     pub wan_lost: Option<u64>,
+    /// Of the probes lost, how many went in to the destination guest on its tap: lost in
+    /// the hypervisor or the guest, after the network had delivered them.
+    pub lost_into_guest: Option<u64>,
 }
 
 impl MigrationRun {
@@ -280,6 +283,7 @@ impl MigrationRun {
             first_request_after_resume_ms: None,
             node_switch_minus_stop_ms: Vec::new(),
             wan_lost: None,
+            lost_into_guest: None,
         }
     }
 
@@ -331,6 +335,9 @@ impl fmt::Display for MigrationRun {
         }
         if let Some(n) = self.wan_lost {
             write!(f, ", lost by the delay line {n}")?;
+        }
+        if let Some(n) = self.lost_into_guest {
+            write!(f, ", lost after going in to the destination guest {n}")?;
         }
         if let Some(r) = &self.release {
             write!(
@@ -462,7 +469,11 @@ fn measure(run: &mut MigrationRun) {
     let icmp = probe.stop();
     run.wan_lost = wan_before.zip(vw.delay_line_lost()).map(|(b, a)| a - b);
     let mut capture_failure = None;
-    match (capture.stop(), driven.resume_unix_ms) {
+    let capture = capture.stop();
+    if let Ok(c) = &capture {
+        run.lost_into_guest = Some(c.went_in(&icmp.probes.lost_seqs));
+    }
+    match (capture, driven.resume_unix_ms) {
         (Ok(c), Some(resume)) => {
             if let Some(first) = c.first_reply_after(resume) {
                 run.first_reply_ms = Some(first.latency_ms);

@@ -66,6 +66,14 @@ pub struct Capture {
 }
 
 impl Capture {
+    /// How many of the probes `seqs` (those the client lost) went in to the guest on this
+    /// tap: delivered to the guest's host, and lost after.
+    pub fn went_in(&self, seqs: &[u64]) -> u64 {
+        seqs.iter()
+            .filter(|&&q| self.seen.iter().any(|s| s.way == Way::In && s.seq == q))
+            .count() as u64
+    }
+
     /// The first request in after `unix_ms` that the guest answered, and how long it
     /// took (`None` if none was answered).
     pub fn first_reply_after(&self, unix_ms: f64) -> Option<FirstReply> {
