@@ -79,7 +79,9 @@ pub enum Counter {
     PassHomeAddress = 24,
     /// Physical side: the destination is a real address that drains (R2V still has it,
     /// V2R maps its VA to another), and the packet was rewritten to the current real
-    /// address and routed on (see [`crate::forward`]). Counted instead of a translation.
+    /// address and routed on (see [`crate::forward`]); or an encapsulated packet's VM
+    /// moved, and its outer destination was rewritten to the new locator (see
+    /// [`crate::segment`]). Counted instead of a translation.
     Forwarded = 25,
     /// Virtual side: the destination is the VA of an `encap` mapping (or the source is, and
     /// the destination is not a VM: its default locator), and the packet was put inside

@@ -561,7 +561,8 @@ fn try_arrive(ctx: *mut xdp_md, cfg: &SegConfig) -> Result<Counter, Counter> {
     let o = outer(&pkt, cfg)?;
     let at = ETH_HLEN + o.len + UDP_HLEN;
     let first = pkt.read::<1>(at)?[0];
-    let (decision, inner_type, slot, v6) = match first >> 4 {
+    // The locators of the inner destination and source, if they are VAs of encap mappings.
+    let (d, s, inner_type, v6) = match first >> 4 {
         4 => {
             // SAFETY: checked by `field`.
             let h = unsafe { *pkt.field::<[u8; 20]>(at)? };
@@ -571,8 +572,7 @@ fn try_arrive(ctx: *mut xdp_md, cfg: &SegConfig) -> Result<Counter, Counter> {
             let src = [u32::from_ne_bytes([h[12], h[13], h[14], h[15]])];
             let dst = [u32::from_ne_bytes([h[16], h[17], h[18], h[19]])];
             let (d, s) = (<[u32; 1]>::locator(&dst), <[u32; 1]>::locator(&src));
-            let (decision, slot) = decide(cfg, d, s);
-            (decision, ETH_P_IP, slot, false)
+            (d, s, ETH_P_IP, false)
         }
         6 => {
             // SAFETY: checked by `field`.
@@ -584,54 +584,49 @@ fn try_arrive(ctx: *mut xdp_md, cfg: &SegConfig) -> Result<Counter, Counter> {
             let src = [word(8), word(12), word(16), word(20)];
             let dst = [word(24), word(28), word(32), word(36)];
             let (d, s) = (<[u32; 4]>::locator(&dst), <[u32; 4]>::locator(&src));
-            let (decision, slot) = decide(cfg, d, s);
-            (decision, ETH_P_IPV6, slot, true)
+            (d, s, ETH_P_IPV6, true)
         }
         _ => return Err(Counter::PassMalformed),
     };
-    match decision {
+    let dl = d.map(Loc::of);
+    match segment::arrival(dl.as_ref(), s.is_some(), |l| l.is_own(cfg)) {
         Arrival::Pass => Err(Counter::PassMiss),
         Arrival::Decap => {
-            let bytes = (o.udp_len - UDP_HLEN + ETH_HLEN) as u64;
-            if v6 {
-                <[u32; 4]>::record(slot, bytes);
-            } else {
-                <[u32; 1]>::record(slot, bytes);
-            }
+            // Counted for the destination's mapping, else the source's.
+            let m = d.or(s).ok_or(Counter::PassMiss)?;
+            record(v6, m.slot, &o);
             let macs = macs(&pkt)?;
             put_eth(&pkt, o.len + UDP_HLEN, &macs, inner_type)?;
             adjust_head(ctx, (o.len + UDP_HLEN) as i32)?;
             Ok(Counter::Decapsulated)
         }
-        Arrival::Forward => Ok(forward(&pkt, cfg, &o, slot, v6)),
+        Arrival::Forward => {
+            let to = d.ok_or(Counter::PassMiss)?;
+            Ok(forward(&pkt, cfg, &o, to, v6))
+        }
     }
 }
 
-/// Decides for an arriving packet whose inner destination's and source's locators are
-/// `d` and `s`; returns the decision and the counter slot of the mapping it concerns.
+/// Counts an arriving packet (outer headers `o`) for the mapping whose counter slot is
+/// `slot`, of the inner packet's family, by its inner bytes.
 #[inline(always)]
-fn decide(
-    cfg: &SegConfig,
-    d: Option<&'static Locator>,
-    s: Option<&'static Locator>,
-) -> (Arrival, u32) {
-    let dl = d.map(Loc::of);
-    let decision = segment::arrival(dl.as_ref(), s.is_some(), |l| l.is_own(cfg));
-    let slot = match (d, s) {
-        (Some(d), _) => d.slot,
-        (None, Some(s)) => s.slot,
-        _ => 0,
-    };
-    (decision, slot)
+fn record(v6: bool, slot: u32, o: &Outer) {
+    let bytes = (o.udp_len - UDP_HLEN + ETH_HLEN) as u64;
+    if v6 {
+        <[u32; 4]>::record(slot, bytes);
+    } else {
+        <[u32; 1]>::record(slot, bytes);
+    }
 }
 
-/// Sends an encapsulated packet whose VM moved on to the VM's current locator, from this
-/// node's, once: it leaves with the outer TTL [`FORWARD_TTL`], and one that arrives with
-/// that much or less is passed untouched. An outer header of another family than the new
-/// locator's cannot be rewritten in place: the packet is passed.
+/// Sends an encapsulated packet whose VM moved on to the VM's current locator `to` (its
+/// segment entry, as the decision found it), from this node's, once: it leaves with the
+/// outer TTL [`FORWARD_TTL`], and one that arrives with that much or less is passed
+/// untouched. An outer header of another family than the new locator's cannot be
+/// rewritten in place: the packet is passed.
 #[inline(never)]
-fn forward(pkt: &Packet, cfg: &SegConfig, o: &Outer, slot: u32, v6: bool) -> Counter {
-    Counter::outcome(try_forward(pkt, cfg, o, slot, v6))
+fn forward(pkt: &Packet, cfg: &SegConfig, o: &Outer, to: &Locator, v6: bool) -> Counter {
+    Counter::outcome(try_forward(pkt, cfg, o, to, v6))
 }
 
 #[inline(always)]
@@ -639,32 +634,18 @@ fn try_forward(
     pkt: &Packet,
     cfg: &SegConfig,
     o: &Outer,
-    slot: u32,
+    to: &Locator,
     v6: bool,
 ) -> Result<Counter, Counter> {
     if !segment::forwards(o.ttl) {
         return Err(Counter::PassMiss);
     }
-    let inner_dst_at = ETH_HLEN + o.len + UDP_HLEN + if v6 { 24 } else { 16 };
-    let to = if v6 {
-        // SAFETY: checked by `field`.
-        let a = unsafe { *pkt.field::<[u32; 4]>(inner_dst_at)? };
-        <[u32; 4]>::locator(&a).map(Loc::of)
-    } else {
-        // SAFETY: checked by `field`.
-        let a = unsafe { *pkt.field::<[u32; 1]>(inner_dst_at)? };
-        <[u32; 1]>::locator(&a).map(Loc::of)
-    }
-    .ok_or(Counter::PassMiss)?;
+    let slot = to.slot;
+    let to = Loc::of(to);
     if to.family != o.family {
         return Err(Counter::PassMiss);
     }
-    let bytes = (o.udp_len - UDP_HLEN + ETH_HLEN) as u64;
-    if v6 {
-        <[u32; 4]>::record(slot, bytes);
-    } else {
-        <[u32; 1]>::record(slot, bytes);
-    }
+    record(v6, slot, o);
     if to.family == 4 {
         let mut h = pkt.read::<28>(ETH_HLEN)?;
         h[8] = FORWARD_TTL;

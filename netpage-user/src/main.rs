@@ -283,7 +283,7 @@ fn locator(node: &Node, args: &cli::LocatorArgs) -> Result<Output> {
             }
             .into());
         }
-        s.change(&change)?
+        s.store(next)?
     };
     if settings.locators.iter().any(IpAddr::is_ipv4) {
         for (iface, r) in &ifaces {

@@ -12,7 +12,10 @@ use netpage_common::{
 };
 use serde::Serialize;
 
-use crate::ops::unusable;
+use crate::{
+    ops::unusable,
+    table::{padded, unpadded},
+};
 
 /// The settings as a person reads them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -88,24 +91,22 @@ impl SegSettings {
         Ok(settings(&self.config()?))
     }
 
-    /// Applies `change` with one map update.
-    pub fn change(&mut self, change: &Change) -> Result<Settings, SegError> {
-        let old = if change.clear {
-            SegConfig::default()
-        } else {
-            self.config()?
-        };
-        let new = changed(old, change)?;
+    /// Writes `c` (made by [`changed`]) with one map update.
+    pub fn store(&mut self, c: SegConfig) -> Result<Settings, SegError> {
         self.map
-            .set(0, new, 0)
+            .set(0, c, 0)
             .map_err(|e| SegError::Map(Box::new(e)))?;
-        Ok(settings(&new))
+        Ok(settings(&c))
     }
 }
 
 /// The settings that `change` makes of `old`, checked.
 pub fn changed(old: SegConfig, change: &Change) -> Result<SegConfig, SegError> {
-    let mut c = old;
+    let mut c = if change.clear {
+        SegConfig::default()
+    } else {
+        old
+    };
     let (mut four, mut six) = (None, None);
     for &addr in change.locators.iter().chain(&change.default_locator) {
         if let Some(why) = unusable(addr) {
@@ -131,14 +132,7 @@ pub fn changed(old: SegConfig, change: &Change) -> Result<SegConfig, SegError> {
         c.default_addr = [0; 16];
     }
     if let Some(d) = change.default_locator {
-        (c.default_family, c.default_addr) = match d {
-            IpAddr::V4(a) => {
-                let mut b = [0; 16];
-                b[..4].copy_from_slice(&a.octets());
-                (4, b)
-            }
-            IpAddr::V6(a) => (6, a.octets()),
-        };
+        (c.default_family, c.default_addr) = padded(d);
     }
     if let Some(mtu) = change.tunnel_mtu {
         if mtu < MIN_TUNNEL_MTU {
@@ -163,16 +157,8 @@ pub fn settings(c: &SegConfig) -> Settings {
     if c.own6 != [0; 16] {
         locators.push(IpAddr::V6(Ipv6Addr::from(c.own6)));
     }
-    let default_locator = match c.default_family {
-        4 => Some(IpAddr::from([
-            c.default_addr[0],
-            c.default_addr[1],
-            c.default_addr[2],
-            c.default_addr[3],
-        ])),
-        6 => Some(IpAddr::from(c.default_addr)),
-        _ => None,
-    };
+    let default_locator =
+        matches!(c.default_family, 4 | 6).then(|| unpadded(c.default_family, &c.default_addr));
     Settings {
         locators,
         default_locator,
@@ -232,6 +218,21 @@ mod tests {
             !changed(SegConfig::default(), &Change::default())
                 .unwrap()
                 .on()
+        );
+        // --clear forgets everything: the node leaves segmentation.
+        let cleared = Change {
+            clear: true,
+            ..Change::default()
+        };
+        let c3 = changed(c2, &cleared).unwrap();
+        assert!(!c3.on());
+        assert_eq!(
+            settings(&c3),
+            Settings {
+                locators: Vec::new(),
+                default_locator: None,
+                tunnel_mtu: DEFAULT_TUNNEL_MTU,
+            }
         );
     }
 

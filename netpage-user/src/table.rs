@@ -306,20 +306,13 @@ struct SegTable<A: Family> {
 
 /// A locator as the segment tables hold it.
 fn locator(ip: IpAddr, slot: u32) -> Locator {
-    Locator {
-        family: if ip.is_ipv4() { 4 } else { 6 },
-        addr: drain_bytes(ip),
-        slot,
-    }
+    let (family, addr) = padded(ip);
+    Locator { family, addr, slot }
 }
 
 /// The address a segment table's value holds.
 fn locator_ip(l: &Locator) -> IpAddr {
-    if l.family == 4 {
-        IpAddr::from([l.addr[0], l.addr[1], l.addr[2], l.addr[3]])
-    } else {
-        IpAddr::from(l.addr)
-    }
+    unpadded(l.family, &l.addr)
 }
 
 impl<A: Family> SegTable<A> {
@@ -802,7 +795,7 @@ impl PageTable for BpfTable {
 
     fn set_drain(&mut self, drain: Drain) -> Result<(), TableError> {
         let value = DrainEntry {
-            virt: drain_bytes(drain.virt),
+            virt: padded(drain.virt).1,
             deadline_ms: drain.deadline_ms,
         };
         self.drains
@@ -867,34 +860,35 @@ fn strip(entries: Vec<(IpAddr, IpAddr, u32)>) -> Vec<(IpAddr, IpAddr)> {
     entries.into_iter().map(|(k, v, _)| (k, v)).collect()
 }
 
-/// An address as stored in the drain map: IPv4 in the first 4 bytes.
-fn drain_bytes(ip: IpAddr) -> [u8; 16] {
+/// An address as the maps that hold either family store it (the drain map, the segment
+/// tables and settings): its family (4 or 6), and its bytes, IPv4 in the first 4.
+pub(crate) fn padded(ip: IpAddr) -> (u32, [u8; 16]) {
     match ip {
         IpAddr::V4(a) => {
             let mut b = [0; 16];
             b[..4].copy_from_slice(&a.octets());
-            b
+            (4, b)
         }
-        IpAddr::V6(a) => a.octets(),
+        IpAddr::V6(a) => (6, a.octets()),
+    }
+}
+
+/// The address of `family` stored as [`padded`] stores it.
+pub(crate) fn unpadded(family: u32, b: &[u8; 16]) -> IpAddr {
+    if family == 4 {
+        IpAddr::from([b[0], b[1], b[2], b[3]])
+    } else {
+        IpAddr::from(*b)
     }
 }
 
 fn drain_key(real: IpAddr) -> DrainKey {
-    DrainKey {
-        family: if real.is_ipv4() { 4 } else { 6 },
-        real: drain_bytes(real),
-    }
+    let (family, real) = padded(real);
+    DrainKey { family, real }
 }
 
 fn drain_addrs(k: &DrainKey, v: &DrainEntry) -> (IpAddr, IpAddr) {
-    let ip = |b: &[u8; 16]| -> IpAddr {
-        if k.family == 4 {
-            IpAddr::from([b[0], b[1], b[2], b[3]])
-        } else {
-            IpAddr::from(*b)
-        }
-    };
-    (ip(&k.real), ip(&v.virt))
+    (unpadded(k.family, &k.real), unpadded(k.family, &v.virt))
 }
 
 fn drain_err(op: &'static str, real: IpAddr, source: MapError) -> TableError {

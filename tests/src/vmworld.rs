@@ -162,17 +162,6 @@ enum Plumbing {
     Segments,
 }
 
-/// The locator of `node` in the world with segmentation: its uplink's IPv4 address (the
-/// gateway's on host A's link), which the others route to it.
-pub fn locator(node: Node) -> Ipv4Addr {
-    match node {
-        Node::Gw => Ipv4Addr::new(198, 18, 3, 1),
-        Node::HostA => Ipv4Addr::new(198, 18, 3, 2),
-        Node::HostB => Ipv4Addr::new(198, 18, 4, 2),
-        _ => panic!("{node:?} is no edge"),
-    }
-}
-
 /// The world, its guest, and the netpage attachments and mappings.
 pub struct VmWorld {
     pub world: World,
@@ -235,7 +224,7 @@ impl VmWorld {
     /// paging, its locator under segmentation.
     pub fn address_at(&self, host: Host) -> IpAddr {
         match self.plumbing {
-            Plumbing::Segments => locator(host.node()).into(),
+            Plumbing::Segments => host.node().locator(&V4),
             _ => ra(host).into(),
         }
     }
@@ -264,9 +253,9 @@ impl VmWorld {
             ],
         );
         if plumbing == Plumbing::Segments {
-            let default = locator(Node::Gw).to_string();
+            let default = Node::Gw.locator(&V4).to_string();
             for node in Node::EDGES {
-                let own = locator(node).to_string();
+                let own = node.locator(&V4).to_string();
                 world.netpage_ok(node, &["locator", "--own", &own, "--default", &default]);
             }
         }
@@ -285,7 +274,7 @@ impl VmWorld {
             world.map_all(VA.into(), ra(Host::A).into());
         }
         if plumbing == Plumbing::Segments {
-            let (va, at) = (VA.to_string(), locator(Node::HostA).to_string());
+            let (va, at) = (VA.to_string(), Node::HostA.locator(&V4).to_string());
             for node in Node::EDGES {
                 world.netpage_ok(node, &["map", "add", "--vm", &va, "--locator", &at]);
             }

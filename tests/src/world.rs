@@ -89,6 +89,18 @@ impl Node {
     pub fn is_edge(self) -> bool {
         Self::EDGES.contains(&self)
     }
+
+    /// The edge's locator under segmentation, in `family`'s family: a host's uplink
+    /// address, the gateway's address on host A's link (which every host routes to it).
+    pub fn locator(self, family: &Addrs) -> IpAddr {
+        match self {
+            Node::HostA => Host::A.uplink_addr(family),
+            Node::HostB => Host::B.uplink_addr(family),
+            Node::Gw if family.client.is_ipv4() => "198.18.3.1".parse().unwrap(),
+            Node::Gw => "2001:db8:3::1".parse().unwrap(),
+            _ => panic!("{self:?} is no edge"),
+        }
+    }
 }
 
 /// A hypervisor host.

@@ -6,7 +6,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{SocketAddr, TcpStream},
     thread,
     time::Duration,
 };
@@ -16,23 +16,9 @@ use netpage_tests::world::{Addrs, Host, Node, Options, Prober, V4, V6, Vm, World
 const MS: Duration = Duration::from_millis(1);
 const PORT: u16 = 7100;
 
-/// The locators of `node` in the family of `v6`: its uplink address (the gateway's on
-/// host A's link).
-fn locator(node: Node, v6: bool) -> IpAddr {
-    let s = match (node, v6) {
-        (Node::Gw, false) => "198.18.3.1",
-        (Node::Gw, true) => "2001:db8:3::1",
-        (Node::HostA, false) => "198.18.3.2",
-        (Node::HostA, true) => "2001:db8:3::2",
-        (Node::HostB, false) => "198.18.4.2",
-        (Node::HostB, true) => "2001:db8:4::2",
-        _ => panic!("{node:?} is no edge"),
-    };
-    s.parse().unwrap()
-}
-
-fn host_node(h: Host) -> Node {
-    h.node()
+/// The family whose locators a world uses.
+fn family(v6: bool) -> &'static Addrs {
+    if v6 { &V6 } else { &V4 }
 }
 
 /// A world whose edges have both locators, the gateway's IPv4 one as default, and the VM
@@ -42,9 +28,9 @@ fn segment_world(f: &Addrs, outer_v6: bool) -> World {
         host_link: true,
         ..Options::default()
     });
-    let default = locator(Node::Gw, false).to_string();
+    let default = Node::Gw.locator(&V4).to_string();
     for node in Node::EDGES {
-        let (l4, l6) = (locator(node, false), locator(node, true));
+        let (l4, l6) = (node.locator(&V4), node.locator(&V6));
         let (l4, l6) = (l4.to_string(), l6.to_string());
         world.netpage_ok(
             node,
@@ -52,7 +38,7 @@ fn segment_world(f: &Addrs, outer_v6: bool) -> World {
         );
     }
     world.attach_all();
-    let at = locator(Node::HostA, outer_v6).to_string();
+    let at = Node::HostA.locator(family(outer_v6)).to_string();
     for node in Node::EDGES {
         world.netpage_ok(
             node,
@@ -99,7 +85,7 @@ fn a_move_under_segmentation_loses_nothing(f: &Addrs, outer_v6: bool) {
     let socket = world.udp_socket(Node::Client, SocketAddr::new(f.client, 0));
     let probes = Prober::spawn(socket, server.addr(), MS, Duration::from_secs(60));
     thread::sleep(Duration::from_millis(300));
-    let to = locator(host_node(Host::B), outer_v6);
+    let to = Node::HostB.locator(family(outer_v6));
     world.replug_vm(Vm::One, Host::B, || {
         let out = world.switch_all(f.va, to);
         assert_eq!(out["to"], to.to_string(), "{out}");

@@ -72,11 +72,15 @@ pub fn locate<'a, T: PageTable + 'a>(
     check_addr(Role::Locator, to)?;
     let mut from = None;
     for (name, t) in nodes {
-        let at = t.segment(vm).map_err(|e| on_node(name, e.into()))?;
-        let at = at.ok_or_else(|| on_node(name, OpError::UnknownVm { vm }))?;
-        agree(&mut from, name, vm, at)?;
+        agree(&mut from, name, vm, at(name, t, vm)?)?;
     }
     from.ok_or(OpError::NoNode)
+}
+
+/// The locator node `name` has the VM of `vm` at; errors name the node.
+fn at(name: &str, t: &impl PageTable, vm: IpAddr) -> Result<IpAddr, OpError> {
+    let at = t.segment(vm).map_err(|e| on_node(name, e.into()))?;
+    at.ok_or_else(|| on_node(name, OpError::UnknownVm { vm }))
 }
 
 /// Moves the VM of `vm`, mapped with method `encap`, to the node of locator `to` on every
@@ -92,11 +96,10 @@ pub fn switch_many<T: PageTable>(
     let mut from = None;
     let mut done = Vec::new();
     for (name, t) in nodes.iter() {
-        let at = t.segment(vm).map_err(|e| on_node(name, e.into()))?;
-        let at = at.ok_or_else(|| on_node(name, OpError::UnknownVm { vm }))?;
-        done.push(at == to);
-        if at != to {
-            agree(&mut from, name, vm, at)?;
+        let here = at(name, &**t, vm)?;
+        done.push(here == to);
+        if here != to {
+            agree(&mut from, name, vm, here)?;
         }
     }
     if done.is_empty() {
