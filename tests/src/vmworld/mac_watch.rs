@@ -109,13 +109,7 @@ impl MacWatch {
 fn run(socket: &OwnedFd, mac: [u8; 6], stop: &AtomicBool) -> io::Result<Vec<FromMac>> {
     let mut seen = Vec::new();
     let mut buf = [0u8; 64];
-    while !stop.load(Ordering::Relaxed) {
-        let meta = match stamp::recv(socket.as_raw_fd(), &mut buf, 0) {
-            Ok(Some(m)) => m,
-            Ok(None) => continue,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+    while let Some(meta) = stamp::recv_until(socket.as_raw_fd(), &mut buf, stop)? {
         if let (Some(at), Some(f)) = (
             meta.received_at,
             parse(&buf[..meta.len.min(buf.len())], mac),

@@ -181,13 +181,7 @@ pub(super) fn open(ifname: &str) -> io::Result<OwnedFd> {
 fn run(socket: &OwnedFd, stop: &AtomicBool) -> io::Result<Capture> {
     let mut capture = Capture::default();
     let mut buf = [0u8; 256];
-    while !stop.load(Ordering::Relaxed) {
-        let meta = match stamp::recv(socket.as_raw_fd(), &mut buf, 0) {
-            Ok(Some(m)) => m,
-            Ok(None) => continue,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+    while let Some(meta) = stamp::recv_until(socket.as_raw_fd(), &mut buf, stop)? {
         let (Some(at), Some((way, seq))) =
             (meta.received_at, parse(&buf[..meta.len.min(buf.len())], VA))
         else {

@@ -39,6 +39,25 @@ pub fn enable(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Receives the next frame into `buf`, waiting through the socket's timeouts and
+/// interruptions until one comes (`Some`) or `stop` is set (`None`): the loop of a
+/// capture thread.
+pub fn recv_until(
+    fd: RawFd,
+    buf: &mut [u8],
+    stop: &std::sync::atomic::AtomicBool,
+) -> io::Result<Option<Meta>> {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        match recv(fd, buf, 0) {
+            Ok(Some(m)) => return Ok(Some(m)),
+            Ok(None) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 /// Receives into `buf` with `flags`; `None` if the socket would block.
 pub fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<Option<Meta>> {
     // u64 elements keep the control buffer aligned for cmsghdr.
