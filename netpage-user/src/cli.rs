@@ -547,7 +547,7 @@ impl LocatorArgs {
 pub enum MapCommand {
     /// Map a new VM: with --real (paging) installs R2V[RA] = VA, then V2R[VA] = RA; with
     /// --locator (segmentation, method encap) one segment entry: its packets then travel
-    /// unchanged inside outer headers to that locator (see `attach --locator`).
+    /// unchanged inside outer headers to that locator (the node's own locators are set with `netpage locator`).
     #[command(group(clap::ArgGroup::new("method").required(true).args(["real", "locator"])))]
     Add {
         /// The VM's virtual address.

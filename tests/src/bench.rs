@@ -20,6 +20,7 @@ pub mod forward;
 pub mod gap;
 pub mod leftovers;
 pub mod live_frames;
+pub mod methods;
 pub mod migration;
 pub mod packets;
 pub mod per_packet;
@@ -40,6 +41,9 @@ pub struct Config {
     pub repeats: usize,
     /// Program runs in one BPF_PROG_TEST_RUN call (one repeat of one variant).
     pub runs: u32,
+    /// Calls of one run each per repeat, where a run cannot be repeated on its own output
+    /// (paging against segmentation, see `methods`).
+    pub single_runs: u32,
     /// Table sizes for the switch latency.
     pub switch_sizes: Vec<u32>,
     /// Switches timed per table size, traffic state and kind of switch.
@@ -75,6 +79,7 @@ impl Config {
             packet_sizes: vec![1, 10_000, 1_000_000],
             repeats: 15,
             runs: 1_000_000,
+            single_runs: 20_000,
             switch_sizes: vec![1, 1_000_000],
             switches: 50_000,
             command_sizes: vec![1, 1_000_000],
@@ -98,6 +103,7 @@ impl Config {
             packet_sizes: vec![1, 1_000],
             repeats: 3,
             runs: 10_000,
+            single_runs: 200,
             switch_sizes: vec![1, 1_000],
             switches: 200,
             command_sizes: vec![1, 1_000],

@@ -16,7 +16,9 @@ use netpage_common::{
 use serde_json::json;
 
 use crate::{
-    bench::{Config, HEADROOM, fill::fill, note, packets, report::Row, stats::Sorted, sys},
+    bench::{
+        Config, HEADROOM, fill::fill, methods, note, packets, report::Row, stats::Sorted, sys,
+    },
     datapath::{Datapath, Hook},
 };
 
@@ -130,6 +132,7 @@ pub fn run(cfg: &Config) -> Vec<Row> {
     rows.extend(growth);
     let udp = variants.iter().find(|v| v.name == "ipv4 udp");
     rows.extend(trace_rows(cfg, udp.expect("the IPv4 UDP packet")));
+    rows.extend(methods::run(cfg));
     rows
 }
 

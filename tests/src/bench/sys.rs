@@ -126,6 +126,9 @@ pub struct Run {
     pub verdict: u32,
     /// CPU time of the calling thread over the whole call.
     pub cpu: Duration,
+    /// The kernel's own time per run, in whole nanoseconds: the runs alone, without the
+    /// system call and the copies of the packet in and out.
+    pub kernel_ns: u32,
 }
 
 /// Runs `prog` `repeat` times on `data`, timing the call with the thread's CPU clock.
@@ -151,6 +154,7 @@ pub fn test_run(prog: BorrowedFd, data: &[u8], repeat: u32) -> io::Result<Run> {
     Ok(Run {
         verdict: attr.retval,
         cpu,
+        kernel_ns: attr.duration,
     })
 }
 
