@@ -31,6 +31,7 @@ pub mod sys;
 pub mod targets;
 pub mod wan;
 pub mod wan_tcp;
+pub mod wire;
 
 /// How much to measure.
 #[derive(Clone, Debug)]
@@ -70,6 +71,8 @@ pub struct Config {
     pub wan_rates: Vec<u32>,
     /// How long each of those streams runs.
     pub wan_time: Duration,
+    /// Payload bytes of the TCP stream that measures each method's cost on the wire.
+    pub wire_bytes: usize,
 }
 
 impl Config {
@@ -93,6 +96,7 @@ impl Config {
             directory_switches: 50,
             wan_rates: vec![1_000, 10_000],
             wan_time: Duration::from_secs(4),
+            wire_bytes: 16 << 20,
         }
     }
 
@@ -117,6 +121,7 @@ impl Config {
             directory_switches: 4,
             wan_rates: vec![1_000, 10_000],
             wan_time: Duration::from_millis(300),
+            wire_bytes: 1 << 20,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! with sane values and the report renders. No timing is asserted.
 
 use netpage_tests::bench::{
-    Config, about, command, directory, forward, gap, per_packet, report, switch, targets, wan,
+    Config, about, command, directory, forward, gap, per_packet, report, switch, targets, wan, wire,
 };
 
 /// Finite, non-negative values (positive unless `counts` allows a zero, as for probes
@@ -31,9 +31,22 @@ fn per_packet_smoke() {
     let rows = per_packet::run(&cfg);
     assert_sane(&rows, false);
     // At each hook (XDP and tc): the floor, five packets at each size, the growth of
-    // each beyond the first size, and the trace's three states.
+    // each beyond the first size, and the trace's three states; at XDP, paging against
+    // segmentation one run per call: the floor, two paging and three segmentation rows.
     let sizes = cfg.packet_sizes.len();
-    assert_eq!(rows.len(), 2 * (1 + 5 * sizes + 5 * (sizes - 1) + 3));
+    assert_eq!(rows.len(), 2 * (1 + 5 * sizes + 5 * (sizes - 1) + 3) + 6);
+    let single: Vec<_> = rows
+        .iter()
+        .filter(|r| r.variant.ends_with("one run per call"))
+        .collect();
+    assert_eq!(single.len(), 6);
+    let segmentation = single
+        .iter()
+        .filter(|r| r.variant.starts_with("segmentation"));
+    for r in segmentation {
+        let base = r.baseline.as_deref().unwrap();
+        assert!(base.starts_with("paging"), "{}: against {base}", r.variant);
+    }
     let tc = rows.iter().filter(|r| r.params["hook"] == "tc").count();
     assert_eq!(tc, 1 + 5 * sizes + 5 * (sizes - 1) + 3, "tc rows");
     let trace = rows.iter().filter(|r| r.measure == "per_packet_trace");
@@ -98,6 +111,39 @@ fn forward_smoke() {
     // One target line per netpage mode passing packets to the kernel, one for the fast path.
     assert_eq!(targets::notes(&rows).len(), 3);
     assert!(!targets::diagnose(&rows).is_empty());
+}
+
+#[test]
+fn wire_smoke() {
+    let cfg = Config::smoke();
+    let rows = wire::run(&cfg);
+    assert_sane(&rows, false);
+    // Two measures, four methods, two VA families.
+    assert_eq!(rows.len(), 2 * 4 * 2);
+    // Every segment passed whole, and the segment size is the path MTU's: paging's the
+    // same as routing's, segmentation's smaller by its outer headers (IPv4 or IPv6, and
+    // UDP).
+    for r in &rows {
+        assert_eq!(r.params["fragments_created"], 0, "{}", r.variant);
+    }
+    let mss = |variant: &str| {
+        rows.iter()
+            .find(|r| r.measure == "largest_tcp_payload" && r.variant == variant)
+            .unwrap_or_else(|| panic!("no row {variant}"))
+            .value
+    };
+    for family in ["ipv4", "ipv6"] {
+        let routed = mss(&format!("plain routing, {family} va"));
+        assert_eq!(mss(&format!("paging, {family} va")), routed);
+        assert_eq!(
+            mss(&format!("segmentation in ipv4, {family} va")),
+            routed - 28.0
+        );
+        assert_eq!(
+            mss(&format!("segmentation in ipv6, {family} va")),
+            routed - 48.0
+        );
+    }
 }
 
 #[test]

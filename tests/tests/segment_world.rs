@@ -28,23 +28,9 @@ fn segment_world(f: &Addrs, outer_v6: bool) -> World {
         host_link: true,
         ..Options::default()
     });
-    let default = Node::Gw.locator(&V4).to_string();
-    for node in Node::EDGES {
-        let (l4, l6) = (node.locator(&V4), node.locator(&V6));
-        let (l4, l6) = (l4.to_string(), l6.to_string());
-        world.netpage_ok(
-            node,
-            &["locator", "--own", &l4, "--own", &l6, "--default", &default],
-        );
-    }
+    world.set_locators();
     world.attach_all();
-    let at = Node::HostA.locator(family(outer_v6)).to_string();
-    for node in Node::EDGES {
-        world.netpage_ok(
-            node,
-            &["map", "add", "--vm", &f.va.to_string(), "--locator", &at],
-        );
-    }
+    world.segment_all(f.va, Node::HostA.locator(family(outer_v6)));
     world
 }
 

@@ -52,7 +52,7 @@ enum Task {
         /// A brief run that checks the benchmark works; its numbers mean nothing.
         #[arg(long)]
         smoke: bool,
-        /// Only these parts: per-packet, switch, command, forward, gap, directory, wan,
+        /// Only these parts: per-packet, switch, command, forward, wire, gap, directory, wan,
         /// migration (in the plain world and over a WAN), migration-wan (over a WAN alone).
         /// Without any, all but the migrations (live migrations of a QEMU guest take
         /// minutes under TCG).

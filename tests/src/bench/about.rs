@@ -18,8 +18,14 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                  another VM, and on for every packet (its ring buffer unread, so full: the \
                  capture, the selection and a failed send, counted as lost); off against \
                  the floor, since no build without the flag runs beside this one, on \
-                 against off.",
-                cfg.runs, cfg.repeats
+                 against off. Rows `..., one run per call` compare paging with segmentation: \
+                 a run that encapsulates cannot be repeated on its own output, so each of \
+                 {} calls per repeat runs the program once on a fresh copy of the packet, \
+                 and the value is the mean of the kernel's own time for the run (the \
+                 test-run loop's clock reads included, hence the floor measured the same \
+                 way). Paging against that floor; segmentation against paging on the same \
+                 side.",
+                cfg.runs, cfg.repeats, cfg.single_runs
             ),
             &["per_packet", "per_packet_growth", "per_packet_trace"],
         ),
@@ -70,7 +76,10 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                  transmission) is on CPU 1. The receiver's port is down, so receiving costs \
                  nothing: the gateway's egress veth frees and counts every packet it is \
                  given. In the translating variants the gateway has no route to the VA, so \
-                 only translated packets count. `forward_pps`: packets that reached the \
+                 only translated packets count; under segmentation (`netpage \
+                 segmentation native`) the VA is mapped to the RA as its locator, and each \
+                 packet leaves encapsulated (28 bytes more) and routed by the kernel. \
+                 `forward_pps`: packets that reached the \
                  receiver's port per second; `forward_offered_pps`: what the sender offered \
                  (the excess was refused by the full ingress ring); `forward_cpu_ns`: CPU 1's \
                  kernel time per forwarded packet (/proc/stat), the cost that stays \
@@ -92,6 +101,25 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                 "forward_softirq",
                 "forward_sender_cpu",
             ],
+        ),
+        Section::new(
+            "Each method on the wire",
+            format!(
+                "The namespace world (every link's MTU 1,500): a TCP stream of {} payload \
+                 bytes from the client to the VM at host A, carried by plain routing, \
+                 paging, and segmentation with outer headers of each family, for a VA of \
+                 each family; a fresh world per row. `wire_bytes_per_payload_byte`: bytes \
+                 the gateway sent to host A (Ethernet headers included; the \
+                 acknowledgements back, whose number varies with timing, left out) per \
+                 payload byte the VM received. \
+                 `largest_tcp_payload`: the client's segment size at the end \
+                 (`tcpi_snd_mss`, after path MTU discovery answered by the gateway's \
+                 \"too big\" replies); `params.fragments_created` counts fragments made \
+                 anywhere in the world meanwhile (0: every segment passed whole). Baseline: \
+                 plain routing of the same family.",
+                cfg.wire_bytes
+            ),
+            &["wire_bytes_per_payload_byte", "largest_tcp_payload"],
         ),
         Section::new(
             "Switch gap with a live VM",

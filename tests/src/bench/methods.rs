@@ -87,12 +87,15 @@ pub fn run(cfg: &Config) -> Vec<Row> {
         .map(|s| Sorted::new(s).median())
         .collect();
     let params = |side: Option<Side>| {
-        json!({
+        let mut p = json!({
             "hook": "xdp",
-            "side": side.map(side_name),
             "method": "one run per BPF_PROG_TEST_RUN call, the kernel's time of the run",
             "calls": cfg.single_runs,
-        })
+        });
+        if let Some(side) = side {
+            p["side"] = side_name(side).into();
+        }
+        p
     };
     let mut rows =
         vec![Row::new("per_packet", FLOOR, params(None), medians[0], "ns").repeats(cfg.repeats)];

@@ -7,7 +7,7 @@
 //! programs and builds network namespaces.
 //!
 //! Usage: `netpage-bench [--smoke] [--out DIR] [--only PART,...] [--rounds N]` (default DIR:
-//! `target/bench`; parts: per-packet, switch, command, forward, gap, directory, wan by default, and
+//! `target/bench`; parts: per-packet, switch, command, forward, wire, gap, directory, wan by default, and
 //! migration — live migrations of a QEMU guest, minutes under TCG, in the plain world and
 //! over the WAN — only when named; migration-wan runs the WAN's migrations alone; `--rounds`
 //! sets how many rounds of each live migration both run).
@@ -16,15 +16,16 @@ use std::{ffi::CStr, path::PathBuf, process::ExitCode, time::Instant};
 
 use netpage_tests::bench::{
     Config, about, command, directory, forward, gap, leftovers, migration, note, per_packet,
-    report, show_progress, switch, targets, wan,
+    report, show_progress, switch, targets, wan, wire,
 };
 
 /// Every part, in the order it runs.
-const PARTS: [&str; 9] = [
+const PARTS: [&str; 10] = [
     "per-packet",
     "switch",
     "command",
     "forward",
+    "wire",
     "gap",
     "directory",
     "wan",
@@ -32,7 +33,7 @@ const PARTS: [&str; 9] = [
     "migration-wan",
 ];
 /// The parts a run without `--only` measures.
-const DEFAULT_PARTS: usize = 7;
+const DEFAULT_PARTS: usize = 8;
 
 fn main() -> ExitCode {
     let mut smoke = false;
@@ -95,6 +96,7 @@ fn main() -> ExitCode {
             "switch" => switch::run(&cfg),
             "command" => command::run(&cfg),
             "forward" => forward::run(&cfg),
+            "wire" => wire::run(&cfg),
             "gap" => gap::run(&cfg),
             "directory" => directory::run(&cfg),
             "wan" => wan::run(&cfg),

@@ -8,7 +8,7 @@ use std::{
     process::{Child, Command, Output, Stdio},
 };
 
-use super::{Host, Node, Vm, World};
+use super::{Host, Node, V4, V6, Vm, World};
 use crate::netns::{assert_ok, output};
 
 /// The `netpage` binary: `$NETPAGE_BIN`, else `netpage` in the cargo target directory of
@@ -159,6 +159,27 @@ impl World {
         let (va, ra) = (va.to_string(), ra.to_string());
         for node in Node::EDGES {
             self.netpage_ok(node, &["map", "add", "--vm", &va, "--real", &ra]);
+        }
+    }
+
+    /// Gives every edge its locators in both families (see [`Node::locator`]) and the
+    /// gateway's IPv4 locator as its default locator, for segmentation.
+    pub fn set_locators(&self) {
+        let default = Node::Gw.locator(&V4).to_string();
+        for node in Node::EDGES {
+            let (l4, l6) = (node.locator(&V4).to_string(), node.locator(&V6).to_string());
+            self.netpage_ok(
+                node,
+                &["locator", "--own", &l4, "--own", &l6, "--default", &default],
+            );
+        }
+    }
+
+    /// Adds the mapping of `va` by segmentation, at `locator`, on every edge node.
+    pub fn segment_all(&self, va: IpAddr, locator: IpAddr) {
+        let (va, at) = (va.to_string(), locator.to_string());
+        for node in Node::EDGES {
+            self.netpage_ok(node, &["map", "add", "--vm", &va, "--locator", &at]);
         }
     }
 

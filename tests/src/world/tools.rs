@@ -210,7 +210,8 @@ impl World {
         self.in_ns(node, || TcpStream::connect_timeout(&dst, timeout))
     }
 
-    fn tcp_listener(&self, node: Node, addr: SocketAddr) -> TcpListener {
+    /// A TCP listener bound to `addr` inside `node`.
+    pub fn tcp_listener(&self, node: Node, addr: SocketAddr) -> TcpListener {
         self.in_ns(node, || TcpListener::bind(addr))
             .unwrap_or_else(|e| panic!("listen TCP {addr} in {node:?}: {e}"))
     }
