@@ -176,7 +176,7 @@ impl Counter {
     }
 
     /// Whether this is an outcome of a translated packet: one whose addresses were
-    /// rewritten, a forwarded one included (the fast path takes both).
+    /// rewritten, a forwarded one included.
     pub const fn is_translated(self) -> bool {
         matches!(
             self,
@@ -187,6 +187,12 @@ impl Counter {
                 | Counter::QuoteOnly
                 | Counter::Forwarded
         )
+    }
+
+    /// Whether a packet with this outcome may leave by the fast path: a translated one, or
+    /// one just encapsulated or decapsulated, which is a plain IP packet to route as well.
+    pub const fn takes_fast_path(self) -> bool {
+        self.is_translated() || matches!(self, Counter::Encapsulated | Counter::Decapsulated)
     }
 
     /// Whether this counter belongs to the fast-path dimension rather than to the outcome
@@ -252,5 +258,12 @@ mod tests {
         for (v6, physical) in [(false, false), (false, true), (true, false), (true, true)] {
             assert!(Counter::translated(v6, physical).is_translated());
         }
+        // The fast path takes what leaves as a plain IP packet to route, and nothing else:
+        // not an answer to the sender, nor a packet left untouched.
+        let fast: Vec<Counter> = Counter::ALL
+            .into_iter()
+            .filter(|c| c.takes_fast_path() && !c.is_translated())
+            .collect();
+        assert_eq!(fast, [Counter::Encapsulated, Counter::Decapsulated]);
     }
 }

@@ -1,5 +1,6 @@
-//! The optional fast path: a translated packet whose route is a plain forward leaves
-//! through its egress interface from here (`XDP_REDIRECT`), without the kernel's stack.
+//! The optional fast path: a translated (or encapsulated, or decapsulated) packet whose
+//! route is a plain forward leaves through its egress interface from here
+//! (`XDP_REDIRECT`), without the kernel's stack.
 //!
 //! An interface takes the fast path when its port record has [`PORT_FAST_PATH`]; user space sets that
 //! at attach time. Why a map and not a program per choice: both programs carry this code

@@ -115,8 +115,9 @@ fn run<const PHYSICAL: bool>(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn verdict(ctx: &XdpContext, outcome: Counter) -> u32 {
-    // Untranslated packets go on as they were: the fast path is for translated ones only.
-    if outcome.is_translated() && maps::fast_path_in_use() {
+    // Untouched packets go on as they were: the fast path is for translated, encapsulated
+    // and decapsulated ones only.
+    if outcome.takes_fast_path() && maps::fast_path_in_use() {
         return fastpath::forward(ctx.ctx);
     }
     if outcome.is_dropped() {

@@ -108,8 +108,9 @@ fn forward_smoke() {
             r.params
         );
     }
-    // One target line per netpage mode passing packets to the kernel, one for the fast path.
-    assert_eq!(targets::notes(&rows).len(), 3);
+    // One target line per netpage mode passing packets to the kernel, one for the fast
+    // path with each sender.
+    assert_eq!(targets::notes(&rows).len(), 4);
     assert!(!targets::diagnose(&rows).is_empty());
 }
 

@@ -559,6 +559,93 @@ fn fast_path_falls_back_where_the_egress_takes_no_xdp_frames() {
     let before = t.counters();
     assert_eq!(exchange(&t.snd, dst, DATAGRAMS), DATAGRAMS);
     let after = t.counters();
-    assert_eq!(diff(&after, &before, "fast_redirected"), 2 * DATAGRAMS);
+    assert_eq!(
+        diff(&after, &before, "fast_redirected"),
+        2 * DATAGRAMS,
+        "before {before}\nafter {after}"
+    );
     drop(server);
+}
+
+/// Under segmentation the fast path takes the packets the program has just encapsulated:
+/// the gateway (locator 198.18.3.1) maps the VAs to the receiver's address as their
+/// locator, and the receiver takes the tunnel's datagrams on a plain UDP socket on the
+/// GUE port, whose payload is the inner packet, checked field by field.
+#[test]
+fn fast_path_forwards_encapsulated_packets() {
+    const GUE_PORT: u16 = 6080;
+    let t = Topology::new("encap");
+    ethtool(&t.rcv, &["-K", "r0", "gro", "on"]);
+    t.netpage(&["locator", "--own", "198.18.3.1"]);
+    for (iface, side) in [("g0", "virtual"), ("g1", "physical")] {
+        let args = ["attach", iface, "--side", side, "--mode", "native"];
+        t.netpage(&[&args[..], &["--fast-path"]].concat());
+    }
+    let tunnel = t
+        .rcv
+        .run(|| UdpSocket::bind(("198.18.3.2", GUE_PORT)).unwrap());
+    tunnel
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    for f in [&V4, &V6] {
+        t.netpage(&["map", "add", "--vm", f.va, "--locator", "198.18.3.2"]);
+        let dst = SocketAddr::new(ip(f.va), PORT);
+        let family = if f.va.contains(':') { "v6" } else { "v4" };
+        // The first datagram resolves the receiver's neighbour entry through the kernel.
+        let mut buf = [0u8; 2048];
+        send_one(&t.snd, dst, b"first");
+        tunnel
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("{family}: the first datagram: {e}"));
+        let before = t.counters();
+        for i in 0..DATAGRAMS {
+            let msg = format!("datagram {i} to {dst}");
+            send_one(&t.snd, dst, msg.as_bytes());
+            let (n, from) = tunnel
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("{family}: datagram {i}: {e}"));
+            assert_eq!(from.ip(), ip("198.18.3.1"), "the gateway's locator");
+            assert!(from.port() >= 0xC000, "an entropy port: {from}");
+            let (src, to, port, payload) = inner_udp(&buf[..n]);
+            assert_eq!(
+                (src, to),
+                (ip(f.client), ip(f.va)),
+                "{family}: inner addresses"
+            );
+            assert_eq!(port, PORT);
+            assert_eq!(payload, msg.as_bytes());
+        }
+        let after = t.counters();
+        let diff = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+        assert_eq!(diff("encapsulated"), DATAGRAMS, "{family}: {after}");
+        assert_eq!(diff("fast_redirected"), DATAGRAMS, "{family}: {after}");
+    }
+    let out = t.json(&["locator"]);
+    assert_eq!(out["locators"][0], "198.18.3.1", "{out}");
+}
+
+/// The source and destination, UDP destination port and payload of the IP packet `p`,
+/// every checksum in it verified.
+fn inner_udp(p: &[u8]) -> (IpAddr, IpAddr, u16, &[u8]) {
+    let ethertype: u16 = if p[0] >> 4 == 6 { 0x86DD } else { 0x0800 };
+    let mut frame = vec![0u8; 12];
+    frame.extend(ethertype.to_be_bytes());
+    frame.extend(p);
+    netpage_tests::verify::frame(&frame).unwrap_or_else(|e| panic!("inner packet: {e}"));
+    let (src, dst, l4) = match p[0] >> 4 {
+        4 => {
+            let ihl = usize::from(p[0] & 0xF) * 4;
+            assert_eq!(p[9], 17, "inner protocol UDP");
+            let a = |o: usize| IpAddr::from(<[u8; 4]>::try_from(&p[o..o + 4]).unwrap());
+            (a(12), a(16), &p[ihl..])
+        }
+        6 => {
+            assert_eq!(p[6], 17, "inner next header UDP");
+            let a = |o: usize| IpAddr::from(<[u8; 16]>::try_from(&p[o..o + 16]).unwrap());
+            (a(8), a(24), &p[40..])
+        }
+        v => panic!("inner IP version {v}"),
+    };
+    let port = u16::from_be_bytes([l4[2], l4[3]]);
+    (src, dst, port, &l4[8..])
 }

@@ -28,7 +28,7 @@
 //! (`bpf_fib_lookup` + `XDP_REDIRECT`, bypassing the kernel's forwarding), netpage at
 //! the tc hook, and netpage in native mode with the VA mapped by segmentation (each packet
 //! encapsulated in IPv4 and UDP to the RA as the VM's locator, 28 bytes more on the wire,
-//! then routed by the kernel).
+//! then routed by the kernel, or with the fast path redirected by the program).
 
 use std::{
     ffi::CString,
@@ -110,10 +110,12 @@ pub enum Variant {
     NetpageTc,
     /// Native mode, the VA mapped by segmentation: encapsulated to its locator.
     NetpageSegment,
+    /// The same with the fast path: the encapsulated packet leaves by `XDP_REDIRECT`.
+    NetpageSegmentFast,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 8] = [
+    pub const ALL: [Variant; 9] = [
         Variant::Plain,
         Variant::NftStateful,
         Variant::NftStateless,
@@ -122,6 +124,7 @@ impl Variant {
         Variant::NetpageFast,
         Variant::NetpageTc,
         Variant::NetpageSegment,
+        Variant::NetpageSegmentFast,
     ];
 
     /// The name in the report.
@@ -135,6 +138,7 @@ impl Variant {
             Variant::NetpageFast => "netpage native fast path",
             Variant::NetpageTc => "netpage tc",
             Variant::NetpageSegment => "netpage segmentation native",
+            Variant::NetpageSegmentFast => "netpage segmentation native fast path",
         }
     }
 }
@@ -482,7 +486,7 @@ impl Bed {
 
     /// Configures the gateway for `v`.
     pub fn setup(&mut self, v: Variant) {
-        self.fast = v == Variant::NetpageFast;
+        self.fast = matches!(v, Variant::NetpageFast | Variant::NetpageSegmentFast);
         let ing = self.ingress.clone();
         let (va, ra) = (VA.to_string(), RA.to_string());
         match v {
@@ -497,17 +501,19 @@ impl Bed {
             | Variant::NetpageSkb
             | Variant::NetpageFast
             | Variant::NetpageTc
-            | Variant::NetpageSegment => {
+            | Variant::NetpageSegment
+            | Variant::NetpageSegmentFast => {
                 let how: &[&str] = match v {
                     Variant::NetpageSkb => &["--hook", "xdp", "--mode", "skb", "--no-fast-path"],
-                    Variant::NetpageFast => &["--hook", "xdp", "--mode", "native", "--fast-path"],
+                    Variant::NetpageFast | Variant::NetpageSegmentFast => {
+                        &["--hook", "xdp", "--mode", "native", "--fast-path"]
+                    }
                     Variant::NetpageTc => &["--hook", "tc", "--no-fast-path"],
                     _ => &["--hook", "xdp", "--mode", "native", "--no-fast-path"],
                 };
-                let mapping = if v == Variant::NetpageSegment {
-                    Mapping::Segment
-                } else {
-                    Mapping::Page
+                let mapping = match v {
+                    Variant::NetpageSegment | Variant::NetpageSegmentFast => Mapping::Segment,
+                    _ => Mapping::Page,
                 };
                 self.map(mapping, &va, &ra);
                 for (iface, side) in [(ing.as_str(), "virtual"), ("g1", "physical")] {
@@ -534,7 +540,8 @@ impl Bed {
             | Variant::NetpageSkb
             | Variant::NetpageFast
             | Variant::NetpageTc
-            | Variant::NetpageSegment => {
+            | Variant::NetpageSegment
+            | Variant::NetpageSegmentFast => {
                 self.netpage(&["detach", &ing]);
                 self.netpage(&["detach", "g1"]);
             }
