@@ -127,6 +127,26 @@ fn wire_smoke() {
     for r in &rows {
         assert_eq!(r.params["fragments_created"], 0, "{}", r.variant);
     }
+    // The headers per packet: segmentation's outer headers on top of routing's, paging's
+    // none (a retransmission or a short segment moves these by a fraction of a byte).
+    let headers = |variant: &str| {
+        let r = rows.iter().find(|r| r.variant == variant).unwrap();
+        r.params["header_bytes_per_packet"].as_f64().unwrap()
+    };
+    for family in ["ipv4", "ipv6"] {
+        let routed = headers(&format!("plain routing, {family} va"));
+        for (method, extra) in [
+            ("paging", 0.0),
+            ("segmentation in ipv4", 28.0),
+            ("segmentation in ipv6", 48.0),
+        ] {
+            let h = headers(&format!("{method}, {family} va"));
+            assert!(
+                (h - routed - extra).abs() < 2.0,
+                "{method}, {family}: {h} against {routed}"
+            );
+        }
+    }
     let mss = |variant: &str| {
         rows.iter()
             .find(|r| r.measure == "largest_tcp_payload" && r.variant == variant)

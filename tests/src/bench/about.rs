@@ -109,9 +109,12 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                  bytes from the client to the VM at host A, carried by plain routing, \
                  paging, and segmentation with outer headers of each family, for a VA of \
                  each family; a fresh world per row. `wire_bytes_per_payload_byte`: bytes \
-                 the gateway sent to host A (Ethernet headers included; the \
+                 the gateway sent to host A (an nftables counter at the link's egress, \
+                 Ethernet headers included; the \
                  acknowledgements back, whose number varies with timing, left out) per \
-                 payload byte the VM received. \
+                 payload byte the VM received, and in `params` the packets sent and their header bytes \
+                 (beyond the payload, Ethernet on), which tell the encapsulation's bytes from \
+                 a stream cut into more packets. \
                  `largest_tcp_payload`: the client's segment size at the end \
                  (`tcpi_snd_mss`, after path MTU discovery answered by the gateway's \
                  \"too big\" replies); `params.fragments_created` counts fragments made \

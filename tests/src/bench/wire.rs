@@ -7,9 +7,12 @@
 //! with "fragmentation needed" or "packet too big" for the tunnel's smaller inner MTU, and
 //! the client's path MTU discovery settles on a smaller segment. The figures are read
 //! afterwards:
-//! - bytes the gateway sent on its link to host A (the stream's direction; Ethernet
-//!   headers included, the acknowledgements coming back left out, as their number varies
-//!   with the receiver's timing) over the payload bytes the VM received;
+//! - bytes the gateway sent on its link to host A (the stream's direction, counted by
+//!   nftables at the link's egress; Ethernet headers included, the acknowledgements coming
+//!   back left out, as their number varies with the receiver's timing) over the payload
+//!   bytes the VM received;
+//!   and the bytes beyond the payload per packet sent (headers, Ethernet on), which tells
+//!   the encapsulation's overhead from a difference in how the stream was cut;
 //! - the client's TCP segment size (`tcpi_snd_mss`) and path MTU at the end of the stream;
 //! - fragments created anywhere in the world (`FragCreates` of every namespace, both
 //!   families), which must stay 0 for the segment size to be the largest that passes whole.
@@ -85,6 +88,11 @@ impl Method {
 /// What one stream showed.
 struct Sample {
     bytes_per_payload_byte: f64,
+    /// Packets the gateway sent toward the VM's host.
+    packets: u64,
+    /// Bytes of headers (Ethernet on) per packet: the bytes sent beyond the payload, over
+    /// the packets.
+    header_bytes: f64,
     mss: u32,
     pmtu: u32,
     fragments: u64,
@@ -99,6 +107,9 @@ pub fn run(cfg: &Config) -> Vec<Row> {
         note(format_args!("wire: {}", m.name()));
         let world = World::new();
         m.set_up(&world);
+        // Without GRO on the gateway's ingress, every packet on the link toward host A is
+        // one the wire would carry; merged ones would each count their headers once.
+        count_link(&world);
         for (_, f) in FAMILIES {
             samples.push(measure(&world, m, f, cfg.wire_bytes));
         }
@@ -115,6 +126,8 @@ pub fn run(cfg: &Config) -> Vec<Row> {
                 "link_mtu": 1500,
                 "path_mtu": s.pmtu,
                 "fragments_created": s.fragments,
+                "packets": s.packets,
+                "header_bytes_per_packet": (s.header_bytes * 10.0).round() / 10.0,
             });
             let mut bytes = Row::new(
                 "wire_bytes_per_payload_byte",
@@ -168,22 +181,61 @@ fn measure(world: &World, m: Method, f: &Addrs, len: usize) -> Sample {
     let got = sink.join().expect("the VM's sink");
     assert_eq!(got, len, "{}: the VM got the whole stream", m.name());
     let (mss, pmtu) = tcp_info(&stream);
-    let bytes = link_bytes(world) - before;
+    let (bytes, packets) = link_bytes(world);
+    let (bytes, packets) = (bytes - before.0, packets - before.1);
     Sample {
         bytes_per_payload_byte: bytes as f64 / len as f64,
+        packets,
+        header_bytes: bytes.saturating_sub(len as u64) as f64 / packets.max(1) as f64,
         mss,
         pmtu,
         fragments: fragments(world) - frags_before,
     }
 }
 
-/// Bytes the gateway sent on its link to host A (`ga`): the stream's direction.
-fn link_bytes(world: &World) -> u64 {
-    let json = world.ns(Node::Gw).ip(&["-s", "-j", "link", "show", "ga"]);
-    let v: serde_json::Value = serde_json::from_str(&json).expect("ip -j output");
-    v[0]["stats64"]["tx"]["bytes"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no tx bytes of ga: {json}"))
+/// Counts every frame the gateway sends on its link to host A (`ga`), Ethernet header
+/// included, with an nftables counter at the device's egress hook: one count per packet
+/// on the wire whatever path the kernel took to send it (the veth's own counters leave
+/// the Ethernet header out when the peer receives in NAPI).
+fn count_link(world: &World) {
+    for args in [
+        &["add", "table", "netdev", "npwire"][..],
+        &[
+            "add",
+            "chain",
+            "netdev",
+            "npwire",
+            "out",
+            "{ type filter hook egress device ga priority 0; policy accept; }",
+        ],
+        &["add", "rule", "netdev", "npwire", "out", "counter"],
+    ] {
+        world.exec_ok(Node::Gw, "nft", args);
+    }
+}
+
+/// Bytes and packets the gateway sent on its link to host A so far (see [`count_link`]).
+fn link_bytes(world: &World) -> (u64, u64) {
+    let json = world.exec_ok(
+        Node::Gw,
+        "nft",
+        &["-j", "list", "chain", "netdev", "npwire", "out"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&json).expect("nft -j output");
+    let counter = v["nftables"]
+        .as_array()
+        .and_then(|items| {
+            items
+                .iter()
+                .find_map(|i| i["rule"]["expr"][0].get("counter"))
+        })
+        .unwrap_or_else(|| panic!("no counter in {json}"));
+    let get = |what: &str| {
+        counter[what]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {what} in {json}"))
+    };
+    (get("bytes"), get("packets"))
 }
 
 /// Fragments created in every namespace of the world, IPv4 and IPv6.
