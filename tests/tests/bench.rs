@@ -32,14 +32,14 @@ fn per_packet_smoke() {
     assert_sane(&rows, false);
     // At each hook (XDP and tc): the floor, five packets at each size, the growth of
     // each beyond the first size, and the trace's three states; at XDP, paging against
-    // segmentation one run per call: the floor, two paging and three segmentation rows.
+    // segmentation one run per call: the floor, two paging and four segmentation rows.
     let sizes = cfg.packet_sizes.len();
-    assert_eq!(rows.len(), 2 * (1 + 5 * sizes + 5 * (sizes - 1) + 3) + 6);
+    assert_eq!(rows.len(), 2 * (1 + 5 * sizes + 5 * (sizes - 1) + 3) + 7);
     let single: Vec<_> = rows
         .iter()
         .filter(|r| r.variant.ends_with("one run per call"))
         .collect();
-    assert_eq!(single.len(), 6);
+    assert_eq!(single.len(), 7);
     let segmentation = single
         .iter()
         .filter(|r| r.variant.starts_with("segmentation"));

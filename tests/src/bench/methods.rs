@@ -39,6 +39,8 @@ const PAGED_RA: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 /// VMs mapped by segmentation: one hosted elsewhere (its packets are encapsulated here),
 /// one hosted here (its packets are decapsulated here), in each family.
 const AWAY4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 20);
+/// Hosted elsewhere, behind that node's IPv6 locator.
+const AWAY4_OVER6: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
 const AWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x20);
 const HERE4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 30);
 /// This node's locators, and the other node's.
@@ -143,6 +145,7 @@ fn cases(dp: &mut Datapath) -> Vec<Case> {
     dp.map(v4(PAGED_VA), v4(PAGED_RA));
     for (vm, at) in [
         (v4(AWAY4), v4(PEER4)),
+        (v4(AWAY4_OVER6), v6(PEER6)),
         (v6(AWAY6), v4(PEER4)),
         (v4(HERE4), v4(OWN4)),
     ] {
@@ -173,6 +176,13 @@ fn cases(dp: &mut Datapath) -> Vec<Case> {
             against: Some(paged_in),
             side: Side::Virtual,
             frame: udp4(v4(AWAY4)),
+            outcome: Counter::Encapsulated,
+        },
+        Case {
+            name: "segmentation ipv4 udp in ipv6, encapsulated, one run per call",
+            against: Some(paged_in),
+            side: Side::Virtual,
+            frame: udp4(v4(AWAY4_OVER6)),
             outcome: Counter::Encapsulated,
         },
         Case {
