@@ -2,7 +2,7 @@
 //! world switched through the directory, 16 agents, concurrent writers, and the faults
 //! (an agent killed, etcd stopped, a leader killed, an agent partitioned, compaction,
 //! a client without a certificate); mappings of method encap added, switched and deleted
-//! through the directory.
+//! through the directory, and the world under segmentation switched through it.
 
 use std::{
     io::{Read, Write},
@@ -987,4 +987,63 @@ fn the_world_switched_through_the_directory_and_without_etcd() {
         vec![(f.va, f.ra_a)],
         "SIGTERM keeps the table"
     );
+}
+
+/// Segmentation switched through the directory in the namespace world: every edge has its
+/// locators (node-local settings), the VM is mapped with method encap by one `map add
+/// --etcd`, and the demo's move, one `switch --etcd` to host B's locator, loses no probe.
+#[test]
+fn the_world_under_segmentation_switched_through_the_directory() {
+    if etcd_missing() {
+        return;
+    }
+    let etcd = Etcd::new();
+    let world = World::with(Options {
+        host_link: true,
+        ..Options::default()
+    });
+    world.set_locators();
+    world.attach_all();
+    let edges: Vec<(String, PathBuf)> = Node::EDGES
+        .iter()
+        .map(|n| (n.name().to_owned(), world.pin_dir(*n)))
+        .collect();
+    let mut agents = Agents::start(&etcd, &edges, &[]);
+    agents.wait_applied(&etcd, 0);
+    let f = V4;
+    let (at_a, at_b) = (Node::HostA.locator(&V4), Node::HostB.locator(&V4));
+    let (va, loc) = (f.va.to_string(), at_a.to_string());
+    netpage_etcd_json(&etcd, &["map", "add", "--vm", &va, "--locator", &loc]);
+    let rev = etcd
+        .mod_revision(&format!("/netpage/v1/map/seg/{va}"))
+        .expect("the segment key");
+    agents.wait_applied(&etcd, rev);
+    for (name, pin) in &edges {
+        assert_eq!(node_segments(pin), vec![(f.va, at_a)], "node {name}");
+    }
+    let udp = world.udp_echo(Node::Vm, SocketAddr::new(f.va, 7200));
+    let socket = world.udp_socket(Node::Client, SocketAddr::new(f.client, 0));
+    let probes = Prober::spawn(
+        socket,
+        udp.addr(),
+        Duration::from_millis(1),
+        Duration::from_secs(60),
+    );
+    thread::sleep(Duration::from_millis(300));
+    world.replug_vm(Vm::One, Host::B, || {
+        let s = netpage_etcd_json(&etcd, &["switch", "--vm", &va, "--to", &at_b.to_string()]);
+        println!("{s}");
+        assert_eq!(s["method"], "encap", "{s}");
+        assert_eq!(s["unconfirmed"].as_array().unwrap().len(), 0, "{s}");
+        thread::sleep(Duration::from_millis(300));
+    });
+    thread::sleep(Duration::from_millis(300));
+    let report = probes.stop();
+    println!("segmentation through the directory: {report}");
+    assert_eq!(report.lost, 0, "{report}\n{}", world.diagnostics());
+    assert_eq!(report.strangers, 0, "{report}");
+    for (name, pin) in &edges {
+        assert_eq!(node_segments(pin), vec![(f.va, at_b)], "node {name}");
+    }
+    assert!(world.counter(Node::HostB, "decapsulated") > 0);
 }
