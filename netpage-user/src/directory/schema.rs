@@ -15,7 +15,8 @@
 //! A VA has a `vm` key (paging) or a `seg` key (segmentation: its locator, of either
 //! family), never both. The `seg` keys came after version 1 was first written and did not
 //! change it: an agent that predates them ignores a kind of key it does not know (it
-//! decodes nothing from it), so it keeps mirroring the paging mappings as before.
+//! decodes nothing from it), so it keeps mirroring the paging mappings as before. An older
+//! writer does not see them either: once they are in use, writers must know them.
 
 use std::{net::IpAddr, str::FromStr};
 

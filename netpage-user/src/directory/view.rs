@@ -130,28 +130,39 @@ impl View {
         self.segs.iter().map(|(k, r)| (*k, *r))
     }
 
-    fn vm_now(&self, va: IpAddr) -> Option<VmValue> {
-        match self.writes.get(&MapKey::Vm(va)) {
-            Some(Write::Vm(v)) => Some(*v),
-            Some(_) => None,
-            None => self.vms.get(&va).map(|r| r.value),
+    /// The value of `key` now: its pending write's, else as read in `read` at `addr`.
+    fn now<T: Copy>(
+        &self,
+        key: MapKey,
+        read: &BTreeMap<IpAddr, Read<T>>,
+        addr: IpAddr,
+        written: fn(Write) -> Option<T>,
+    ) -> Option<T> {
+        match self.writes.get(&key) {
+            Some(w) => written(*w),
+            None => read.get(&addr).map(|r| r.value),
         }
+    }
+
+    fn vm_now(&self, va: IpAddr) -> Option<VmValue> {
+        self.now(MapKey::Vm(va), &self.vms, va, |w| match w {
+            Write::Vm(v) => Some(v),
+            _ => None,
+        })
     }
 
     fn ra_now(&self, ra: IpAddr) -> Option<RaValue> {
-        match self.writes.get(&MapKey::Ra(ra)) {
-            Some(Write::Ra(v)) => Some(*v),
-            Some(_) => None,
-            None => self.ras.get(&ra).map(|r| r.value),
-        }
+        self.now(MapKey::Ra(ra), &self.ras, ra, |w| match w {
+            Write::Ra(v) => Some(v),
+            _ => None,
+        })
     }
 
     fn seg_now(&self, va: IpAddr) -> Option<SegValue> {
-        match self.writes.get(&MapKey::Seg(va)) {
-            Some(Write::Seg(v)) => Some(*v),
-            Some(_) => None,
-            None => self.segs.get(&va).map(|r| r.value),
-        }
+        self.now(MapKey::Seg(va), &self.segs, va, |w| match w {
+            Write::Seg(v) => Some(v),
+            _ => None,
+        })
     }
 
     /// Every key of one kind, as read or written, with its value now: `read` holds the
