@@ -242,7 +242,8 @@ fn encap_mappings_reach_every_node_through_the_directory() {
 }
 
 /// Two writers that each find a VA free cannot map it by both methods: the one that
-/// commits second conflicts, and on a fresh view is refused.
+/// commits second conflicts, and on a fresh view is refused. A VA mapped both ways by a
+/// writer that ignores segment entries is named by `check`.
 #[test]
 fn a_va_mapped_with_method_encap_meanwhile_fails_a_paging_add() {
     if etcd_missing() {
@@ -276,6 +277,22 @@ fn a_va_mapped_with_method_encap_meanwhile_fails_a_paging_add() {
     assert_eq!(views, 2, "the first commit conflicted");
     assert_eq!(etcd.get("/netpage/v1/map/vm/198.19.0.30"), None);
     assert_eq!(etcd.get("/netpage/v1/map/ra/198.18.10.130"), None);
+    // A writer that knows no segment entries could still do it: `check` names it.
+    etcd.put(
+        "/netpage/v1/map/ra/198.18.10.130",
+        br#"{"vm":"198.19.0.30"}"#,
+    );
+    etcd.put(
+        "/netpage/v1/map/vm/198.19.0.30",
+        br#"{"real":"198.18.10.130"}"#,
+    );
+    let out = netpage(&etcd, &["--json", "check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(!out.status.success(), "{text}");
+    let checked: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(checked["findings"][0]["kind"], "both_methods", "{text}");
+    assert_eq!(checked["findings"][0]["other"], "2001:db8:a::1", "{text}");
 }
 
 #[test]
