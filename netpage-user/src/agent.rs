@@ -227,10 +227,11 @@ async fn session(
         log(
             &st.name,
             format_args!(
-                "synced at revision {}: {} mappings, {} reverse entries, {} changed ({:.1} ms)",
+                "synced at revision {}: {} mappings, {} reverse entries, {} of method encap, {} changed ({:.1} ms)",
                 view.revision,
                 synced.mappings,
                 synced.reverse,
+                synced.segments,
                 synced.changed,
                 started.elapsed().as_secs_f64() * 1e3
             ),

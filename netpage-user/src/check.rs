@@ -29,6 +29,10 @@ pub enum Kind {
     ExpiredDrain,
     /// A drain of an address whose reverse entry is gone or names another VM.
     DrainWithoutReverse,
+    /// V2R[vm] = real and a segment entry of the VM (its locator, `other`): the VA is
+    /// mapped by both methods, which only a writer that predates segment entries in the
+    /// directory could have done.
+    BothMethods,
 }
 
 /// One inconsistency.
@@ -77,6 +81,16 @@ pub fn check(t: &impl PageTable, now_ms: u64) -> Result<Vec<Finding>, TableError
             });
         }
     }
+    for (vm, locator) in t.segment_entries()? {
+        if let Some(&real) = fwd.get(&vm) {
+            out.push(Finding {
+                kind: Kind::BothMethods,
+                real,
+                vm,
+                other: Some(locator),
+            });
+        }
+    }
     for d in drains.values() {
         if rev.get(&d.real) != Some(&d.virt) {
             out.push(Finding {
@@ -112,8 +126,8 @@ pub enum Action {
     RemovedDrain,
     /// Nothing: an earlier repair fixed it, or it is gone.
     NoneNeeded,
-    /// Left as it is: two VMs map to one real address, and which one keeps it is a
-    /// decision (`map del` or `switch` one of them).
+    /// Left as it is: two VMs map to one real address, or one VA is mapped by both
+    /// methods, and which one keeps it is a decision (`map del` or `switch` one of them).
     Left,
 }
 
@@ -189,6 +203,11 @@ fn repair_one(t: &mut impl PageTable, f: &Finding, now_ms: u64) -> Result<Action
                 t.remove_drain(real)?;
                 Action::RemovedDrain
             }
+            _ => Action::NoneNeeded,
+        },
+        // Which method the VM keeps is a decision: `map del` it, then map it again.
+        Kind::BothMethods => match t.segment(vm)? {
+            Some(_) if t.forward(vm)?.is_some() => Action::Left,
             _ => Action::NoneNeeded,
         },
     })
@@ -349,6 +368,28 @@ mod tests {
         // What was consistent is kept: a's mapping and its live drain.
         assert_eq!(t.reverse(r(1)).unwrap(), Some(a));
         assert_eq!(t.drains().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_va_mapped_by_both_methods_is_left_for_a_decision() {
+        let mut t = View::from_kvs(&Keys::new("/t"), 1, []).unwrap();
+        let (vm, real, locator) = (ip("198.19.0.1"), ip("198.18.0.1"), ip("2001:db8:a::1"));
+        t.set_reverse(real, vm).unwrap();
+        t.set_forward(vm, real).unwrap();
+        t.set_segment(vm, locator).unwrap();
+        let findings = check(&t, 0).unwrap();
+        assert_eq!(
+            findings,
+            vec![Finding {
+                kind: Kind::BothMethods,
+                real,
+                vm,
+                other: Some(locator),
+            }]
+        );
+        let repairs = repair(&mut t, &findings, 0).unwrap();
+        assert_eq!(repairs[0].action, Action::Left);
+        assert_eq!(check(&t, 0).unwrap(), findings, "nothing changed");
     }
 
     #[test]

@@ -106,12 +106,14 @@ pub enum Command {
     /// auto` chooses it there).
     Locator(LocatorArgs),
     /// Move a VM to a new real address: R2V[RA] first, then one V2R update; the old RA
-    /// keeps translating replies in flight until the drain ends.
+    /// keeps translating replies in flight until the drain ends. A VM mapped with method
+    /// encap moves to its new node's locator: one segment update per node (with --etcd,
+    /// one transaction), nothing to drain.
     Switch {
         /// The VM's virtual address.
         #[arg(long)]
         vm: IpAddr,
-        /// Its new real address.
+        /// Its new real address (method encap: its new node's locator).
         #[arg(long)]
         to: IpAddr,
         #[command(flatten)]
@@ -547,7 +549,9 @@ impl LocatorArgs {
 pub enum MapCommand {
     /// Map a new VM: with --real (paging) installs R2V[RA] = VA, then V2R[VA] = RA; with
     /// --locator (segmentation, method encap) one segment entry: its packets then travel
-    /// unchanged inside outer headers to that locator (the node's own locators are set with `netpage locator`).
+    /// unchanged inside outer headers to that locator (the node's own locators are set with
+    /// `netpage locator`, on each node). With --etcd, either goes into the directory and
+    /// every node's agent installs it.
     #[command(group(clap::ArgGroup::new("method").required(true).args(["real", "locator"])))]
     Add {
         /// The VM's virtual address.

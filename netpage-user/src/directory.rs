@@ -10,6 +10,7 @@
 
 mod connect;
 pub mod schema;
+mod segment;
 mod switch;
 mod view;
 pub mod wait;
@@ -29,7 +30,7 @@ use serde::Serialize;
 
 pub use connect::{DEFAULT_REQUEST_TIMEOUT, EtcdOptions};
 use schema::{Keys, MapKey, NodeRecord, SCHEMA_VERSION, SchemaValue, encode};
-pub use switch::{Committed, DirSwitched, Reservation, laggards};
+pub use switch::{Committed, DirSwitched, Method, Reservation, laggards};
 #[cfg(test)]
 pub(crate) use view::view_with;
 pub use view::{BadValue, Read, View, Write};
@@ -278,31 +279,38 @@ impl Directory {
         Err(DirError::Busy)
     }
 
-    /// Commits a view's writes: reverse entries first, then VM entries, then deletions of
-    /// VM entries, then of reverse entries, each conditional on its key being as read.
+    /// Commits a view's writes: reverse entries first, then VM and segment entries, then
+    /// deletions of those, then of reverse entries, each conditional on its key being as
+    /// read, and a created VA also on its other key being as read ([`View::guards`]).
     /// One transaction when they fit etcd's limit; `None` if another writer got there first.
     async fn commit(&mut self, view: &View) -> Result<Option<i64>, DirError> {
         let mut writes: Vec<(MapKey, Write)> = view.writes().collect();
         writes.sort_by_key(|(k, w)| commit_order(*k, *w));
-        let mut ops: Vec<(Compare, Op)> = Vec::with_capacity(writes.len() + 1);
+        let guards: Vec<(MapKey, i64)> = view.guards().collect();
+        let mut ops: Vec<(Vec<Compare>, Op)> = Vec::with_capacity(writes.len() + 1);
         for (key, write) in writes {
-            let name = self.map_key(key);
-            let cmp = Compare::mod_revision(name.clone(), CompareOp::Equal, view.mod_revision(key));
+            let name = self.keys.map_key(key);
+            let mut cmps = vec![Compare::mod_revision(
+                name.clone(),
+                CompareOp::Equal,
+                view.mod_revision(key),
+            )];
+            cmps.extend(
+                guards
+                    .iter()
+                    .filter(|(g, _)| Some(*g) == key.sibling())
+                    .map(|(g, rev)| {
+                        Compare::mod_revision(self.keys.map_key(*g), CompareOp::Equal, *rev)
+                    }),
+            );
             let op = match (View::encode(write), write) {
                 (Some(value), Write::Ra(v)) => Op::put(name, value, v.drain_until_ms),
                 (Some(value), _) => Op::put(name, value, None),
                 (None, _) => Op::Now(TxnOp::delete(name, None)),
             };
-            ops.push((cmp, op));
+            ops.push((cmps, op));
         }
         self.commit_chunks(ops).await
-    }
-
-    fn map_key(&self, key: MapKey) -> String {
-        match key {
-            MapKey::Vm(va) => self.keys.vm(va),
-            MapKey::Ra(ra) => self.keys.ra(ra),
-        }
     }
 
     /// A lease that ends a drain at `until_ms` (at least etcd's one second).
@@ -362,7 +370,7 @@ impl Directory {
 
     async fn commit_chunks(
         &mut self,
-        mut ops: Vec<(Compare, Op)>,
+        mut ops: Vec<(Vec<Compare>, Op)>,
     ) -> Result<Option<i64>, DirError> {
         // The schema key goes with the first write to a new directory.
         let schema = self
@@ -376,19 +384,17 @@ impl Directory {
             ops.insert(
                 0,
                 (
-                    Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                    vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)],
                     Op::put(key, value, None),
                 ),
             );
         }
-        let chunks: Vec<Vec<(Compare, Op)>> = ops
-            .chunks(MAX_TXN_OPS)
-            .map(<[(Compare, Op)]>::to_vec)
-            .collect();
+        let chunks = chunked(ops);
         let total = chunks.len();
         let mut revision = 0;
         for (done, chunk) in chunks.into_iter().enumerate() {
-            let (cmps, ops): (Vec<_>, Vec<_>) = chunk.into_iter().unzip();
+            let (cmps, ops): (Vec<Vec<Compare>>, Vec<Op>) = chunk.into_iter().unzip();
+            let cmps = cmps.into_iter().flatten().collect();
             let resp = self
                 .txn_with_drains("writing the mappings", cmps, &ops, None)
                 .await?;
@@ -479,14 +485,34 @@ impl Op {
 }
 
 /// The order in which a view's writes are committed: reverse entries before the VM
-/// entries that use them, and VM entries removed before their reverse entries.
+/// entries that use them, and VM entries removed before their reverse entries. Segment
+/// entries, which use none, go with the VM entries.
 fn commit_order(key: MapKey, write: Write) -> u8 {
     match (key, write) {
         (MapKey::Ra(_), Write::Ra(_)) => 0,
-        (MapKey::Vm(_), Write::Vm(_)) => 1,
-        (MapKey::Vm(_), _) => 2,
+        (MapKey::Vm(_) | MapKey::Seg(_), Write::Delete) => 2,
+        (MapKey::Vm(_) | MapKey::Seg(_), _) => 1,
         (MapKey::Ra(_), _) => 3,
     }
+}
+
+/// Splits writes (each with its compares) into transactions within etcd's limit, which
+/// holds for the compares and for the operations of each.
+fn chunked<T>(writes: Vec<(Vec<Compare>, T)>) -> Vec<Vec<(Vec<Compare>, T)>> {
+    let mut chunks: Vec<Vec<(Vec<Compare>, T)>> = Vec::new();
+    let mut compares = 0;
+    for (cmps, op) in writes {
+        let full = chunks
+            .last()
+            .is_none_or(|c| c.len() == MAX_TXN_OPS || compares + cmps.len() > MAX_TXN_OPS);
+        if full {
+            chunks.push(Vec::new());
+            compares = 0;
+        }
+        compares += cmps.len();
+        chunks.last_mut().expect("pushed above").push((cmps, op));
+    }
+    chunks
 }
 
 /// Why etcd turned a request away for want of rights, in words for an operator; empty if
@@ -507,5 +533,51 @@ fn refusal(e: &etcd_client::Error) -> &'static str {
         }
         tonic::Code::Unauthenticated => "the authentication token was refused: try again",
         _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writes(compares: &[usize]) -> Vec<(Vec<Compare>, usize)> {
+        compares
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let cmp = Compare::mod_revision(format!("k{i}"), CompareOp::Equal, 0);
+                (vec![cmp; n], i)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_keep_compares_and_operations_within_the_limit() {
+        let sizes = |c: &[Vec<(Vec<Compare>, usize)>]| -> Vec<(usize, usize)> {
+            c.iter()
+                .map(|c| (c.len(), c.iter().map(|(k, _)| k.len()).sum()))
+                .collect()
+        };
+        let plain = chunked(writes(&[1; MAX_TXN_OPS + 1]));
+        assert_eq!(sizes(&plain), vec![(MAX_TXN_OPS, MAX_TXN_OPS), (1, 1)]);
+        let guarded = chunked(writes(&[2; MAX_TXN_OPS]));
+        assert_eq!(
+            sizes(&guarded),
+            vec![
+                (MAX_TXN_OPS / 2, MAX_TXN_OPS),
+                (MAX_TXN_OPS / 2, MAX_TXN_OPS)
+            ]
+        );
+        let order: Vec<usize> = guarded.into_iter().flatten().map(|(_, i)| i).collect();
+        assert_eq!(order, (0..MAX_TXN_OPS).collect::<Vec<_>>());
+        assert!(chunked(writes(&[])).is_empty());
+    }
+
+    #[test]
+    fn segment_entries_commit_with_the_vm_entries() {
+        let va: IpAddr = "198.19.0.10".parse().unwrap();
+        let seg = Write::Seg(schema::SegValue { locator: va });
+        assert_eq!(commit_order(MapKey::Seg(va), seg), 1);
+        assert_eq!(commit_order(MapKey::Seg(va), Write::Delete), 2);
     }
 }

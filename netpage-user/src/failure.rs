@@ -482,7 +482,8 @@ impl Classify for MigrateError {
             MigrateError::Op(o) => o.kind(),
             MigrateError::AlreadyThere { .. }
             | MigrateError::Mac(_)
-            | MigrateError::RecoverWithEtcd { .. } => Kind::BadInput,
+            | MigrateError::RecoverWithEtcd { .. }
+            | MigrateError::EncapOnDirectory { .. } => Kind::BadInput,
             MigrateError::NoSocket { .. } => Kind::NotFound,
             MigrateError::SourceNotRunning { .. }
             | MigrateError::DestinationNotWaiting { .. }
@@ -514,6 +515,7 @@ impl Classify for MigrateError {
                 put(out, "vm", vm);
                 put(out, "pid", pid);
             }
+            MigrateError::EncapOnDirectory { vm } => put(out, "vm", vm),
             _ => {}
         }
     }

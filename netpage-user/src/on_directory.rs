@@ -14,7 +14,7 @@ use netpage::{
     ops::{self, Mapping},
     progress::Progress,
     table::PageTable,
-    tablefile::TableFile,
+    tablefile::{Segment, TableFile},
 };
 
 use crate::{
@@ -93,19 +93,25 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
             dir.change(|v| ops::add(v, m)).await?;
             Output::Added(m)
         }
-        Command::Map(MapCommand::Add { .. }) => {
-            return Err(Usage(
-                "mappings of method encap (--locator) are not kept in the directory (--etcd) yet: map the VM on each node with --pin-dir".into(),
-            )
-            .into());
+        Command::Map(MapCommand::Add {
+            vm,
+            locator: Some(locator),
+            ..
+        }) => {
+            dir.change(|v| ops::segment::add(v, vm, locator)).await?;
+            Output::AddedSegment(Segment { vm, locator })
         }
+        Command::Map(MapCommand::Add { .. }) => unreachable!("clap requires --real or --locator"),
         Command::Map(MapCommand::Del { vm }) => {
             Output::Deleted(dir.change(|v| ops::delete(v, vm)).await?.0)
         }
-        Command::Map(MapCommand::List { reverse: false }) => Output::List(TableFile {
-            mapping: ops::list(&dir.view().await?)?,
-            segment: Vec::new(),
-        }),
+        Command::Map(MapCommand::List { reverse: false }) => {
+            let view = dir.view().await?;
+            Output::List(TableFile {
+                mapping: ops::list(&view)?,
+                segment: ops::segment::list(&view)?,
+            })
+        }
         Command::Map(MapCommand::List { reverse: true }) => {
             let view = dir.view().await?;
             Output::Reverse(ReverseList {
@@ -166,6 +172,7 @@ async fn command(cmd: Command, etcd: EtcdOptions) -> Result<Output> {
                 mappings_v6: forward.len() - v4,
                 reverse_entries: view.reverse_entries()?.len(),
                 draining: view.drains()?.len(),
+                segments: view.segment_entries()?.len(),
                 nodes: dir.nodes().await?,
             })
         }

@@ -541,4 +541,4 @@ pub use apply::{
 };
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -6,7 +6,7 @@ use anyhow::Result;
 use netpage::{
     attach::{Attached, Attachment, Hook, Mode, hook, iface_exists},
     check::{Finding, Repair, ReverseEntry},
-    directory::{DirSwitched, NodeStatus},
+    directory::{DirSwitched, Method, NodeStatus},
     failure::{self, Kind},
     loader::Side,
     migrate::{MigrateReport, RecoverReport},
@@ -215,11 +215,18 @@ fn dir_switched(f: &mut fmt::Formatter<'_>, s: &DirSwitched) -> fmt::Result {
     if s.from == s.to {
         return writeln!(f, "{} is already at {}; nothing changed", s.vm, s.to);
     }
-    writeln!(
-        f,
-        "switched {}: {} -> {} in the directory (reserved at revision {}, switched at revision {}, transaction {:.1} ms)",
-        s.vm, s.from, s.to, s.reserve_revision, s.revision, s.txn_ms
-    )?;
+    match s.method {
+        Method::Paging => writeln!(
+            f,
+            "switched {}: {} -> {} in the directory (reserved at revision {}, switched at revision {}, transaction {:.1} ms)",
+            s.vm, s.from, s.to, s.reserve_revision, s.revision, s.txn_ms
+        )?,
+        Method::Encap => writeln!(
+            f,
+            "switched {}: locator {} -> {} in the directory (method encap: switched at revision {}, transaction {:.1} ms)",
+            s.vm, s.from, s.to, s.revision, s.txn_ms
+        )?,
+    }
     if !s.waited {
         return writeln!(f, "not waiting for the nodes (--no-wait)");
     }
@@ -309,6 +316,8 @@ pub struct DirStatus {
     pub mappings_v6: usize,
     pub reverse_entries: usize,
     pub draining: usize,
+    /// Mappings of method encap.
+    pub segments: usize,
     pub nodes: Vec<NodeStatus>,
 }
 
@@ -321,8 +330,8 @@ impl fmt::Display for DirStatus {
         )?;
         writeln!(
             f,
-            "table: {} IPv4 + {} IPv6 mappings, {} reverse entries ({} draining)",
-            self.mappings_v4, self.mappings_v6, self.reverse_entries, self.draining
+            "table: {} IPv4 + {} IPv6 mappings, {} reverse entries ({} draining), {} of method encap",
+            self.mappings_v4, self.mappings_v6, self.reverse_entries, self.draining, self.segments
         )?;
         nodes(f, &self.nodes)
     }

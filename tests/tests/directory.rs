@@ -1,17 +1,21 @@
 //! The mapping directory on etcd with real etcd processes and real `netpage agent`s: a
 //! world switched through the directory, 16 agents, concurrent writers, and the faults
 //! (an agent killed, etcd stopped, a leader killed, an agent partitioned, compaction,
-//! a client without a certificate).
+//! a client without a certificate); mappings of method encap added, switched and deleted
+//! through the directory, and the world under segmentation switched through it.
 
 use std::{
     io::{Read, Write},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
 };
 
-use netpage::directory::{DirError, Directory};
+use netpage::{
+    directory::{DirError, Directory},
+    ops::{self, Mapping, OpError},
+};
 use netpage_tests::{
     directory::{
         Agents, dir_options, directory_tables, map_add, netpage_etcd, netpage_etcd_json,
@@ -96,6 +100,199 @@ fn apply_mappings(etcd: &Members, n: u32) {
     let out = netpage_etcd_json(etcd, &["apply", "-f", file.to_str().unwrap()]);
     let _ = std::fs::remove_file(&file);
     assert_eq!(out["added"].as_array().unwrap().len(), n as usize, "{out}");
+}
+
+/// The segment entries (VA, locator) of the node at `pin`, as `map list --json` prints them.
+fn node_segments(pin: &Path) -> Vec<(IpAddr, IpAddr)> {
+    let out = output(
+        std::process::Command::new(netpage_bin())
+            .arg("--pin-dir")
+            .arg(pin)
+            .args(["--json", "map", "list"]),
+    );
+    assert!(out.status.success(), "map list on {}", pin.display());
+    segments(&serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// The `segment` entries of a `map list --json`.
+fn segments(list: &serde_json::Value) -> Vec<(IpAddr, IpAddr)> {
+    list["segment"].as_array().map_or(Vec::new(), |all| {
+        all.iter()
+            .map(|s| {
+                let at = |k: &str| ip(s[k].as_str().unwrap());
+                (at("vm"), at("locator"))
+            })
+            .collect()
+    })
+}
+
+/// A mapping of method encap goes through the directory to every node's segment table,
+/// moves on every node with a switch (one transaction), and leaves with a delete; a VA
+/// mapped one way cannot be mapped the other, and `migrate --etcd` refuses it clearly.
+#[test]
+fn encap_mappings_reach_every_node_through_the_directory() {
+    if etcd_missing() {
+        return;
+    }
+    let etcd = Etcd::new();
+    let mut set = agents_on(&etcd, 3, &[]);
+    let (vm, loc_a, loc_b) = (ip("198.19.0.20"), ip("2001:db8:a::1"), ip("192.0.2.2"));
+    let everywhere = |set: &Nodes, want: Vec<(IpAddr, IpAddr)>| {
+        for (name, pin) in &set.nodes {
+            assert_eq!(node_segments(pin), want, "node {name}");
+        }
+    };
+
+    let added = netpage_etcd_json(
+        &etcd,
+        &[
+            "map",
+            "add",
+            "--vm",
+            "198.19.0.20",
+            "--locator",
+            "2001:db8:a::1",
+        ],
+    );
+    println!("{added}");
+    let rev = etcd
+        .mod_revision("/netpage/v1/map/seg/198.19.0.20")
+        .expect("the segment key");
+    set.agents.wait_applied(&etcd, rev);
+    everywhere(&set, vec![(vm, loc_a)]);
+    assert_eq!(
+        segments(&netpage_etcd_json(&etcd, &["map", "list"])),
+        vec![(vm, loc_a)]
+    );
+    assert_eq!(netpage_etcd_json(&etcd, &["status"])["segments"], 1);
+
+    // One VA, one method: refused both ways, with the conflict's exit code.
+    map_add(&etcd, ip("198.19.0.10"), ip("198.18.10.100"));
+    for (args, what) in [
+        (["--vm", "198.19.0.20", "--real", "198.18.10.101"], "paging"),
+        (
+            ["--vm", "198.19.0.10", "--locator", "2001:db8:a::1"],
+            "encap",
+        ),
+    ] {
+        let out = netpage(&etcd, &[&["map", "add"][..], &args].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("{what}: {err}");
+        assert_eq!(out.status.code(), Some(3), "{what}: {err}");
+        assert!(err.contains("is already mapped"), "{what}: {err}");
+    }
+    assert_eq!(
+        segments(&netpage_etcd_json(&etcd, &["map", "list"])),
+        vec![(vm, loc_a)]
+    );
+    assert_eq!(netpage_etcd_json(&etcd, &["status"])["mappings_v4"], 1);
+
+    let s = netpage_etcd_json(
+        &etcd,
+        &["switch", "--vm", "198.19.0.20", "--to", "192.0.2.2"],
+    );
+    println!("{s}");
+    assert_eq!(s["method"], "encap", "{s}");
+    assert_eq!(s["from"], "2001:db8:a::1", "{s}");
+    let confirmed = s["nodes"].as_array().unwrap();
+    assert_eq!(confirmed.len(), 3, "{s}");
+    assert!(confirmed.iter().all(|c| c["confirmed"] == true), "{s}");
+    everywhere(&set, vec![(vm, loc_b)]);
+    let again = netpage_etcd_json(
+        &etcd,
+        &["switch", "--vm", "198.19.0.20", "--to", "192.0.2.2"],
+    );
+    assert_eq!(again["revision"], 0, "already there: {again}");
+
+    let out = netpage(
+        &etcd,
+        &[
+            "migrate",
+            "--vm",
+            "198.19.0.20",
+            "--to",
+            "2001:db8:a::1",
+            "--src-qmp",
+            "/nonexistent",
+            "--dst-qmp",
+            "/nonexistent",
+            "--uri",
+            "tcp:127.0.0.1:1",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("does not handle yet"), "{err}");
+
+    netpage_etcd_json(&etcd, &["map", "del", "--vm", "198.19.0.20"]);
+    let deadline = Instant::now() + CONVERGE;
+    while set
+        .nodes
+        .iter()
+        .any(|(_, pin)| !node_segments(pin).is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the delete did not reach every node"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    wait_converged(&dir_options(&etcd), &set.nodes, CONVERGE);
+    assert!(segments(&netpage_etcd_json(&etcd, &["map", "list"])).is_empty());
+}
+
+/// Two writers that each find a VA free cannot map it by both methods: the one that
+/// commits second conflicts, and on a fresh view is refused. A VA mapped both ways by a
+/// writer that ignores segment entries is named by `check`.
+#[test]
+fn a_va_mapped_with_method_encap_meanwhile_fails_a_paging_add() {
+    if etcd_missing() {
+        return;
+    }
+    let etcd = Etcd::new();
+    let rt = runtime();
+    let mut dir = rt
+        .block_on(Directory::connect(&dir_options(&etcd)))
+        .unwrap();
+    let m = Mapping {
+        vm: ip("198.19.0.30"),
+        real: ip("198.18.10.130"),
+    };
+    let mut views = 0;
+    let added = rt.block_on(dir.change(|v| {
+        views += 1;
+        if views == 1 {
+            // Another writer, between this view and its commit.
+            etcd.put(
+                "/netpage/v1/map/seg/198.19.0.30",
+                br#"{"locator":"2001:db8:a::1"}"#,
+            );
+        }
+        ops::add(v, m)
+    }));
+    assert!(
+        matches!(added, Err(DirError::Op(OpError::VmExists { .. }))),
+        "{added:?}"
+    );
+    assert_eq!(views, 2, "the first commit conflicted");
+    assert_eq!(etcd.get("/netpage/v1/map/vm/198.19.0.30"), None);
+    assert_eq!(etcd.get("/netpage/v1/map/ra/198.18.10.130"), None);
+    // A writer that knows no segment entries could still do it: `check` names it.
+    etcd.put(
+        "/netpage/v1/map/ra/198.18.10.130",
+        br#"{"vm":"198.19.0.30"}"#,
+    );
+    etcd.put(
+        "/netpage/v1/map/vm/198.19.0.30",
+        br#"{"real":"198.18.10.130"}"#,
+    );
+    let out = netpage(&etcd, &["--json", "check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(!out.status.success(), "{text}");
+    let checked: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(checked["findings"][0]["kind"], "both_methods", "{text}");
+    assert_eq!(checked["findings"][0]["other"], "2001:db8:a::1", "{text}");
 }
 
 #[test]
@@ -807,4 +1004,78 @@ fn the_world_switched_through_the_directory_and_without_etcd() {
         vec![(f.va, f.ra_a)],
         "SIGTERM keeps the table"
     );
+}
+
+/// Segmentation switched through the directory in the namespace world: every edge has its
+/// locators (node-local settings), the VM is mapped with method encap by one `map add
+/// --etcd`, and the demo's move is one `switch --etcd` to host B's locator. The agents
+/// apply it each at its own moment: while host A has switched and host B has not, what
+/// one forwards to the other is not opened there, and is lost. Probes are lost only then.
+#[test]
+fn the_world_under_segmentation_switched_through_the_directory() {
+    if etcd_missing() {
+        return;
+    }
+    let etcd = Etcd::new();
+    let world = World::with(Options {
+        host_link: true,
+        ..Options::default()
+    });
+    world.set_locators();
+    world.attach_all();
+    let edges: Vec<(String, PathBuf)> = Node::EDGES
+        .iter()
+        .map(|n| (n.name().to_owned(), world.pin_dir(*n)))
+        .collect();
+    let mut agents = Agents::start(&etcd, &edges, &[]);
+    agents.wait_applied(&etcd, 0);
+    let f = V4;
+    let (at_a, at_b) = (Node::HostA.locator(&V4), Node::HostB.locator(&V4));
+    let (va, loc) = (f.va.to_string(), at_a.to_string());
+    netpage_etcd_json(&etcd, &["map", "add", "--vm", &va, "--locator", &loc]);
+    let rev = etcd
+        .mod_revision(&format!("/netpage/v1/map/seg/{va}"))
+        .expect("the segment key");
+    agents.wait_applied(&etcd, rev);
+    for (name, pin) in &edges {
+        assert_eq!(node_segments(pin), vec![(f.va, at_a)], "node {name}");
+    }
+    let udp = world.udp_echo(Node::Vm, SocketAddr::new(f.va, 7200));
+    let socket = world.udp_socket(Node::Client, SocketAddr::new(f.client, 0));
+    let probes = Prober::spawn(
+        socket,
+        udp.addr(),
+        Duration::from_millis(1),
+        Duration::from_secs(60),
+    );
+    thread::sleep(Duration::from_millis(300));
+    let mut switched = serde_json::Value::Null;
+    world.replug_vm(Vm::One, Host::B, || {
+        switched = netpage_etcd_json(&etcd, &["switch", "--vm", &va, "--to", &at_b.to_string()]);
+        thread::sleep(Duration::from_millis(300));
+    });
+    thread::sleep(Duration::from_millis(300));
+    let report = probes.stop();
+    let s = &switched;
+    println!("{s}\nsegmentation through the directory: {report}");
+    assert_eq!(s["method"], "encap", "{s}");
+    assert_eq!(s["unconfirmed"].as_array().unwrap().len(), 0, "{s}");
+    let update_ms = |node: &str| {
+        let all = s["nodes"].as_array().unwrap();
+        let n = all.iter().find(|n| n["node"] == node).unwrap();
+        n["propagation_ms"].as_f64().unwrap()
+    };
+    if report.lost > 0 {
+        assert!(
+            update_ms("hostA") <= update_ms("hostB"),
+            "lost though host B applied first: {report}\n{}",
+            world.diagnostics()
+        );
+    }
+    assert!(report.longest_loss_run < 100, "{report}");
+    assert_eq!(report.strangers, 0, "{report}");
+    for (name, pin) in &edges {
+        assert_eq!(node_segments(pin), vec![(f.va, at_b)], "node {name}");
+    }
+    assert!(world.counter(Node::HostB, "decapsulated") > 0);
 }

@@ -1,6 +1,8 @@
 //! Making a node's table equal to the directory: all at once from a view (sync), or one
 //! revision at a time from watch events. Reverse entries always go in before the forward
-//! entries that use them and come out after, as `apply` does.
+//! entries that use them and come out after, as `apply` does. Segment entries (method
+//! encap) go in and out as a local `map add --locator` and `map del` do: counters first
+//! in, last out.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -8,7 +10,7 @@ use crate::{
     clock,
     directory::{
         View,
-        schema::{Keys, MapKey, RaValue, VmValue},
+        schema::{Keys, MapKey, RaValue, SegValue, VmValue},
     },
     table::{Drain, PageTable, TableError},
 };
@@ -18,11 +20,13 @@ use crate::{
 pub struct Synced {
     pub mappings: usize,
     pub reverse: usize,
+    /// Mappings of method encap.
+    pub segments: usize,
     pub changed: usize,
 }
 
 /// Makes `t` equal to the directory's view: V2R = its VM entries, R2V = its reverse
-/// entries, and the drains those of the directory (whose leases end them; the node keeps
+/// entries, the segment tables = its segment entries, and the drains those of the directory (whose leases end them; the node keeps
 /// them so that its own view of the table is whole).
 pub fn sync(t: &mut impl PageTable, view: &View) -> Result<Synced, TableError> {
     let want_fwd: BTreeMap<IpAddr, IpAddr> =
@@ -31,6 +35,12 @@ pub fn sync(t: &mut impl PageTable, view: &View) -> Result<Synced, TableError> {
         .reverse_reads()
         .map(|(ra, r)| (ra, r.value.vm))
         .collect();
+    let want_seg: BTreeMap<IpAddr, IpAddr> = view
+        .seg_reads()
+        .map(|(va, r)| (va, r.value.locator))
+        .collect();
+    // A VA that changed method keeps its counters: they go with the VA, not the entry.
+    let wanted = |va: &IpAddr| want_fwd.contains_key(va) || want_seg.contains_key(va);
     let have_fwd: BTreeMap<IpAddr, IpAddr> = t.forward_entries()?.into_iter().collect();
     let have_rev: BTreeMap<IpAddr, IpAddr> = t.reverse_entries()?.into_iter().collect();
     let rev_set: Vec<(IpAddr, IpAddr)> = differing(&want_rev, &have_rev);
@@ -43,9 +53,12 @@ pub fn sync(t: &mut impl PageTable, view: &View) -> Result<Synced, TableError> {
     let mut changed = rev_set.len() + fwd_set.len();
     for va in have_fwd.keys().filter(|va| !want_fwd.contains_key(va)) {
         t.remove_forward(*va)?;
-        t.remove_stats(*va)?;
+        if !wanted(va) {
+            t.remove_stats(*va)?;
+        }
         changed += 1;
     }
+    changed += sync_segments(t, &want_seg, &wanted)?;
     for ra in have_rev.keys().filter(|ra| !want_rev.contains_key(ra)) {
         t.remove_reverse(*ra)?;
         changed += 1;
@@ -71,8 +84,33 @@ pub fn sync(t: &mut impl PageTable, view: &View) -> Result<Synced, TableError> {
     Ok(Synced {
         mappings: want_fwd.len(),
         reverse: want_rev.len(),
+        segments: want_seg.len(),
         changed,
     })
+}
+
+/// Makes the segment tables of `t` equal to `want`; `wanted` tells the VAs the directory
+/// maps by either method (whose counters stay). Returns how many entries changed.
+fn sync_segments(
+    t: &mut impl PageTable,
+    want: &BTreeMap<IpAddr, IpAddr>,
+    wanted: &impl Fn(&IpAddr) -> bool,
+) -> Result<usize, TableError> {
+    let have: BTreeMap<IpAddr, IpAddr> = t.segment_entries()?.into_iter().collect();
+    let set = differing(want, &have);
+    for &(va, locator) in &set {
+        t.create_stats(va)?;
+        t.set_segment(va, locator)?;
+    }
+    let mut changed = set.len();
+    for va in have.keys().filter(|va| !want.contains_key(va)) {
+        t.remove_segment(*va)?;
+        if !wanted(va) {
+            t.remove_stats(*va)?;
+        }
+        changed += 1;
+    }
+    Ok(changed)
 }
 
 fn differing(
@@ -93,6 +131,9 @@ pub enum Change {
     PutRa(IpAddr, IpAddr, Option<u64>),
     DelVm(IpAddr),
     DelRa(IpAddr),
+    /// A mapping of method encap: VA, locator.
+    PutSeg(IpAddr, IpAddr),
+    DelSeg(IpAddr),
 }
 
 impl Change {
@@ -108,17 +149,22 @@ impl Change {
                 let v: RaValue = serde_json::from_slice(v).ok()?;
                 Change::PutRa(ra, v.vm, v.drain_until_ms)
             }
+            (MapKey::Seg(va), Some(v)) => {
+                Change::PutSeg(va, serde_json::from_slice::<SegValue>(v).ok()?.locator)
+            }
             (MapKey::Vm(va), None) => Change::DelVm(va),
             (MapKey::Ra(ra), None) => Change::DelRa(ra),
+            (MapKey::Seg(va), None) => Change::DelSeg(va),
         })
     }
 
-    /// Reverse entries in, then forward entries in, forward out, reverse out.
+    /// Reverse entries in, then forward and segment entries in, forward and segment
+    /// entries out, reverse entries out.
     fn order(&self) -> u8 {
         match self {
             Change::PutRa(..) => 0,
-            Change::PutVm(..) => 1,
-            Change::DelVm(_) => 2,
+            Change::PutVm(..) | Change::PutSeg(..) => 1,
+            Change::DelVm(_) | Change::DelSeg(_) => 2,
             Change::DelRa(_) => 3,
         }
     }
@@ -144,8 +190,16 @@ pub fn apply_revision(t: &mut impl PageTable, changes: &mut [Change]) -> Result<
                 t.create_stats(va)?;
                 t.set_forward(va, ra)?;
             }
+            Change::PutSeg(va, locator) => {
+                t.create_stats(va)?;
+                t.set_segment(va, locator)?;
+            }
             Change::DelVm(va) => {
                 t.remove_forward(va)?;
+                t.remove_stats(va)?;
+            }
+            Change::DelSeg(va) => {
+                t.remove_segment(va)?;
                 t.remove_stats(va)?;
             }
             Change::DelRa(ra) => {
@@ -160,7 +214,10 @@ pub fn apply_revision(t: &mut impl PageTable, changes: &mut [Change]) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::directory::schema::encode;
+    use crate::{
+        directory::schema::encode,
+        ops::{self, tests::MemTable},
+    };
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -238,5 +295,46 @@ mod tests {
             Change::decode(&keys, keys.vm(va).as_bytes(), Some(b"{bad")),
             None
         );
+    }
+
+    #[test]
+    fn segment_entries_follow_the_directory() {
+        let keys = Keys::new("/t");
+        let (va, loc) = (ip("198.19.0.20"), ip("2001:db8:b::1"));
+        let (paged, ra) = (ip("198.19.0.30"), ip("198.18.10.30"));
+        let dir = directory(&[(keys.seg(va), encode(&SegValue { locator: loc }))]);
+        // The node maps `paged` by paging, which the directory no longer has, and a
+        // stale segment entry.
+        let mut node = MemTable::default();
+        ops::add(
+            &mut node,
+            ops::Mapping {
+                vm: paged,
+                real: ra,
+            },
+        )
+        .unwrap();
+        ops::segment::add(&mut node, ip("198.19.0.40"), loc).unwrap();
+        let s = sync(&mut node, &dir).unwrap();
+        assert_eq!((s.mappings, s.segments), (0, 1));
+        assert_eq!(node.segment_entries().unwrap(), vec![(va, loc)]);
+        assert!(node.forward_entries().unwrap().is_empty());
+        assert!(
+            node.stats(va).unwrap().is_some(),
+            "counters, as a local add"
+        );
+        assert!(node.stats(paged).unwrap().is_none());
+        assert_eq!(sync(&mut node, &dir).unwrap().changed, 0, "idempotent");
+
+        let to = ip("10.0.0.9");
+        let put = encode(&SegValue { locator: to });
+        let mut changes = vec![Change::decode(&keys, keys.seg(va).as_bytes(), Some(&put)).unwrap()];
+        assert_eq!(changes[0], Change::PutSeg(va, to));
+        apply_revision(&mut node, &mut changes).unwrap();
+        assert_eq!(node.segment(va).unwrap(), Some(to));
+        let mut changes = vec![Change::decode(&keys, keys.seg(va).as_bytes(), None).unwrap()];
+        apply_revision(&mut node, &mut changes).unwrap();
+        assert!(node.segment_entries().unwrap().is_empty());
+        assert!(node.stats(va).unwrap().is_none());
     }
 }

@@ -5,11 +5,18 @@
 //! <prefix>/v1/map/vm/<VA>      {"real":"<RA>"}                        V2R: one per VM
 //! <prefix>/v1/map/ra/<RA>      {"vm":"<VA>"}                          R2V: reserved or held
 //! <prefix>/v1/map/ra/<RA>      {"vm":"<VA>","drain_until_ms":<ms>}    R2V of a drain (leased)
+//! <prefix>/v1/map/seg/<VA>     {"locator":"<L>"}                      method encap: one per VM
 //! <prefix>/v1/nodes/<NAME>     NodeRecord                              an agent (leased)
 //! ```
 //!
 //! Agents watch `<prefix>/v1/map/` only, so the nodes' own reports do not wake them.
 //! Addresses are written in their canonical text form (`Ipv6Addr`'s `Display`).
+//!
+//! A VA has a `vm` key (paging) or a `seg` key (segmentation: its locator, of either
+//! family), never both. The `seg` keys came after version 1 was first written and did not
+//! change it: an agent that predates them ignores a kind of key it does not know (it
+//! decodes nothing from it), so it keeps mirroring the paging mappings as before. An older
+//! writer does not see them either: once they are in use, writers must know them.
 
 use std::{net::IpAddr, str::FromStr};
 
@@ -32,6 +39,19 @@ pub struct Keys {
 pub enum MapKey {
     Vm(IpAddr),
     Ra(IpAddr),
+    Seg(IpAddr),
+}
+
+impl MapKey {
+    /// The other key a VA may have: a VM's `seg` key for its `vm` key and the reverse
+    /// (a VA is mapped by one method only); `None` for a reverse entry.
+    pub fn sibling(self) -> Option<MapKey> {
+        match self {
+            MapKey::Vm(va) => Some(MapKey::Seg(va)),
+            MapKey::Seg(va) => Some(MapKey::Vm(va)),
+            MapKey::Ra(_) => None,
+        }
+    }
 }
 
 impl Keys {
@@ -59,6 +79,19 @@ impl Keys {
         format!("{}ra/{ra}", self.map_prefix())
     }
 
+    pub fn seg(&self, va: IpAddr) -> String {
+        format!("{}seg/{va}", self.map_prefix())
+    }
+
+    /// The key of `key`.
+    pub fn map_key(&self, key: MapKey) -> String {
+        match key {
+            MapKey::Vm(va) => self.vm(va),
+            MapKey::Ra(ra) => self.ra(ra),
+            MapKey::Seg(va) => self.seg(va),
+        }
+    }
+
     pub fn nodes_prefix(&self) -> String {
         format!("{}/v{SCHEMA_VERSION}/nodes/", self.root)
     }
@@ -77,6 +110,7 @@ impl Keys {
         match kind {
             "vm" => Some(MapKey::Vm(ip)),
             "ra" => Some(MapKey::Ra(ip)),
+            "seg" => Some(MapKey::Seg(ip)),
             _ => None,
         }
     }
@@ -126,6 +160,12 @@ pub struct RaValue {
     pub drain_until_ms: Option<u64>,
 }
 
+/// `<prefix>/v1/map/seg/<VA>`: the locator of the node that hosts the VM (method encap).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegValue {
+    pub locator: IpAddr,
+}
+
 /// `<prefix>/v1/nodes/<NAME>`: an agent's registration and progress, under its lease.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -158,10 +198,16 @@ mod tests {
         assert_eq!(k.parse_map_key(k.vm(va).as_bytes()), Some(MapKey::Vm(va)));
         let ra: IpAddr = "198.18.10.100".parse().unwrap();
         assert_eq!(k.parse_map_key(k.ra(ra).as_bytes()), Some(MapKey::Ra(ra)));
+        assert_eq!(k.seg(va), "/np/v1/map/seg/2001:db8::10");
+        assert_eq!(k.parse_map_key(k.seg(va).as_bytes()), Some(MapKey::Seg(va)));
+        for key in [MapKey::Vm(va), MapKey::Ra(ra), MapKey::Seg(va)] {
+            assert_eq!(k.parse_map_key(k.map_key(key).as_bytes()), Some(key));
+        }
         for bad in [
             "/np/v1/map/vm/2001:DB8::10",
             "/np/v1/map/vm/2001:db8:0::10",
             "/np/v1/map/xx/1.2.3.4",
+            "/np/v1/map/seg/2001:DB8::10",
             "/np/v1/map/vm/1.2.3",
             "/other/v1/map/vm/1.2.3.4",
         ] {
@@ -190,5 +236,9 @@ mod tests {
             ..v
         };
         assert_eq!(encode(&d), br#"{"vm":"198.19.0.10","drain_until_ms":5}"#);
+        let s = SegValue {
+            locator: "2001:db8:b::1".parse().unwrap(),
+        };
+        assert_eq!(encode(&s), br#"{"locator":"2001:db8:b::1"}"#);
     }
 }

@@ -19,15 +19,26 @@ use super::{
 };
 use crate::{clock::unix_ms, ops};
 
+/// How a switched VM is mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// VA -> real address, in two transactions (reserve, then switch).
+    Paging,
+    /// VA -> locator, in one transaction.
+    Encap,
+}
+
 /// What a switch through the directory did.
 #[derive(Clone, Debug, Serialize)]
 pub struct DirSwitched {
+    pub method: Method,
     pub vm: IpAddr,
     pub from: IpAddr,
     pub to: IpAddr,
-    /// The revision at which the new real address was reserved (phase 1).
+    /// The revision at which the new real address was reserved (phase 1; 0 for encap).
     pub reserve_revision: i64,
-    /// The revision of the switch transaction (phase 2); 0 if nothing changed.
+    /// The revision of the switch transaction (phase 2 of paging); 0 if nothing changed.
     pub revision: i64,
     /// How long the switch transaction took, ms.
     pub txn_ms: f64,
@@ -81,11 +92,33 @@ pub struct Committed {
     pub txn_ms: f64,
 }
 
+impl DirSwitched {
+    /// A switch of `vm` from `from` to `to` that has changed nothing yet.
+    pub(super) fn new(method: Method, vm: IpAddr, from: IpAddr, to: IpAddr, waited: bool) -> Self {
+        Self {
+            method,
+            vm,
+            from,
+            to,
+            reserve_revision: 0,
+            revision: 0,
+            txn_ms: 0.0,
+            drain_until_ms: None,
+            waited,
+            reserved: Vec::new(),
+            nodes: Vec::new(),
+            unconfirmed: Vec::new(),
+        }
+    }
+}
+
 impl Directory {
-    /// Moves `vm` to `to` in two transactions: reserve `to` (R2V) and wait for every live
-    /// node to apply it, then switch the VM's entry and start the old address's drain
-    /// (a lease), and wait for every live node again unless `wait` is `None`. Of two
-    /// concurrent switches of one VM exactly one wins; the other changes nothing.
+    /// Moves `vm` to `to`. A VM mapped by paging moves in two transactions: reserve `to`
+    /// (R2V) and wait for every live node to apply it, then switch the VM's entry and
+    /// start the old address's drain (a lease), and wait for every live node again unless
+    /// `wait` is `None`. A VM mapped with method `encap` moves to the node of locator `to`
+    /// in one transaction. Of two concurrent switches of one VM exactly one wins; the
+    /// other changes nothing.
     pub async fn switch(
         &mut self,
         vm: IpAddr,
@@ -93,20 +126,14 @@ impl Directory {
         drain: Duration,
         wait: Option<Duration>,
     ) -> Result<DirSwitched, DirError> {
-        let r = self.reserve_move(vm, to, wait).await?;
-        let mut out = DirSwitched {
-            vm,
-            from: r.from,
-            to,
-            reserve_revision: r.revision,
-            revision: 0,
-            txn_ms: 0.0,
-            drain_until_ms: None,
-            waited: wait.is_some(),
-            reserved: r.confirmations.clone(),
-            nodes: Vec::new(),
-            unconfirmed: Vec::new(),
-        };
+        let view = self.view().await?;
+        if view.read_seg(vm).is_some() {
+            return self.switch_segment(view, vm, to, wait).await;
+        }
+        let r = self.reserve_move_on(view, vm, to, wait).await?;
+        let mut out = DirSwitched::new(Method::Paging, vm, r.from, to, wait.is_some());
+        out.reserve_revision = r.revision;
+        out.reserved = r.confirmations.clone();
         if r.from == to {
             return Ok(out);
         }
@@ -133,6 +160,17 @@ impl Directory {
         wait: Option<Duration>,
     ) -> Result<Reservation, DirError> {
         let view = self.view().await?;
+        self.reserve_move_on(view, vm, to, wait).await
+    }
+
+    /// [`Directory::reserve_move`] on the mappings as `view` read them.
+    async fn reserve_move_on(
+        &mut self,
+        view: View,
+        vm: IpAddr,
+        to: IpAddr,
+        wait: Option<Duration>,
+    ) -> Result<Reservation, DirError> {
         let from = ops::check_switch(&view, vm, to)?;
         let vm_rev = view
             .read_vm(vm)

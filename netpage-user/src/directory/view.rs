@@ -7,7 +7,9 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use netpage_common::maps::MappingStats;
 
-use super::schema::{Keys, MapKey, RaValue, VmValue, encode};
+use serde::de::DeserializeOwned;
+
+use super::schema::{Keys, MapKey, RaValue, SegValue, VmValue, encode};
 use crate::table::{Drain, PageTable, TableError};
 
 /// A key as read: its value, the revision that last changed it, and its lease.
@@ -25,6 +27,7 @@ pub enum Write {
     Vm(VmValue),
     /// A reverse entry; a drain's gets a lease that ends it at `drain_until_ms`.
     Ra(RaValue),
+    Seg(SegValue),
     Delete,
 }
 
@@ -34,6 +37,7 @@ pub struct View {
     pub revision: i64,
     vms: BTreeMap<IpAddr, Read<VmValue>>,
     ras: BTreeMap<IpAddr, Read<RaValue>>,
+    segs: BTreeMap<IpAddr, Read<SegValue>>,
     writes: BTreeMap<MapKey, Write>,
 }
 
@@ -58,29 +62,11 @@ impl View {
             ..Default::default()
         };
         for (key, value, mod_revision, lease) in kvs {
-            let bad = || BadValue {
-                key: String::from_utf8_lossy(key).into_owned(),
-                value: String::from_utf8_lossy(value).into_owned(),
-            };
+            let (at, read) = ((key, value), (mod_revision, lease));
             match keys.parse_map_key(key) {
-                Some(MapKey::Vm(va)) => {
-                    let value: VmValue = serde_json::from_slice(value).map_err(|_| bad())?;
-                    let read = Read {
-                        value,
-                        mod_revision,
-                        lease,
-                    };
-                    view.vms.insert(va, read);
-                }
-                Some(MapKey::Ra(ra)) => {
-                    let value: RaValue = serde_json::from_slice(value).map_err(|_| bad())?;
-                    let read = Read {
-                        value,
-                        mod_revision,
-                        lease,
-                    };
-                    view.ras.insert(ra, read);
-                }
+                Some(MapKey::Vm(va)) => insert(&mut view.vms, va, at, read)?,
+                Some(MapKey::Ra(ra)) => insert(&mut view.ras, ra, at, read)?,
+                Some(MapKey::Seg(va)) => insert(&mut view.segs, va, at, read)?,
                 None => {}
             }
         }
@@ -97,13 +83,31 @@ impl View {
         self.ras.get(&ra).copied()
     }
 
+    /// The segment entry of `va` as read, before any pending write.
+    pub fn read_seg(&self, va: IpAddr) -> Option<Read<SegValue>> {
+        self.segs.get(&va).copied()
+    }
+
     /// The revision that last changed `key` as read (0: absent), for the compare that
     /// makes a write conditional on nobody having changed the key since.
     pub fn mod_revision(&self, key: MapKey) -> i64 {
         match key {
             MapKey::Vm(va) => self.vms.get(&va).map_or(0, |r| r.mod_revision),
             MapKey::Ra(ra) => self.ras.get(&ra).map_or(0, |r| r.mod_revision),
+            MapKey::Seg(va) => self.segs.get(&va).map_or(0, |r| r.mod_revision),
         }
+    }
+
+    /// The keys whose revision as read a commit compares beyond the ones it writes: a
+    /// VA's other key (`vm` for `seg`, `seg` for `vm`) when the VA's key is created, so
+    /// that two writers who each found the VA free cannot map it by both methods.
+    pub fn guards(&self) -> impl Iterator<Item = (MapKey, i64)> + '_ {
+        self.writes
+            .iter()
+            .filter(|(k, w)| **w != Write::Delete && self.mod_revision(**k) == 0)
+            .filter_map(|(k, _)| k.sibling())
+            .filter(|g| !self.writes.contains_key(g))
+            .map(|g| (g, self.mod_revision(g)))
     }
 
     /// The pending writes, one per key.
@@ -121,50 +125,86 @@ impl View {
         self.vms.iter().map(|(k, r)| (*k, *r))
     }
 
-    fn vm_now(&self, va: IpAddr) -> Option<VmValue> {
-        match self.writes.get(&MapKey::Vm(va)) {
-            Some(Write::Vm(v)) => Some(*v),
-            Some(_) => None,
-            None => self.vms.get(&va).map(|r| r.value),
+    /// Every segment entry (method encap) as read.
+    pub fn seg_reads(&self) -> impl Iterator<Item = (IpAddr, Read<SegValue>)> + '_ {
+        self.segs.iter().map(|(k, r)| (*k, *r))
+    }
+
+    /// The value of `key` now: its pending write's, else as read in `read` at `addr`.
+    fn now<T: Copy>(
+        &self,
+        key: MapKey,
+        read: &BTreeMap<IpAddr, Read<T>>,
+        addr: IpAddr,
+        written: fn(Write) -> Option<T>,
+    ) -> Option<T> {
+        match self.writes.get(&key) {
+            Some(w) => written(*w),
+            None => read.get(&addr).map(|r| r.value),
         }
+    }
+
+    fn vm_now(&self, va: IpAddr) -> Option<VmValue> {
+        self.now(MapKey::Vm(va), &self.vms, va, |w| match w {
+            Write::Vm(v) => Some(v),
+            _ => None,
+        })
     }
 
     fn ra_now(&self, ra: IpAddr) -> Option<RaValue> {
-        match self.writes.get(&MapKey::Ra(ra)) {
-            Some(Write::Ra(v)) => Some(*v),
-            Some(_) => None,
-            None => self.ras.get(&ra).map(|r| r.value),
-        }
+        self.now(MapKey::Ra(ra), &self.ras, ra, |w| match w {
+            Write::Ra(v) => Some(v),
+            _ => None,
+        })
+    }
+
+    fn seg_now(&self, va: IpAddr) -> Option<SegValue> {
+        self.now(MapKey::Seg(va), &self.segs, va, |w| match w {
+            Write::Seg(v) => Some(v),
+            _ => None,
+        })
+    }
+
+    /// Every key of one kind, as read or written, with its value now: `read` holds the
+    /// kind's reads, `kind` picks its keys among the writes, `now` gives a key's value.
+    fn all_now<T, V>(
+        &self,
+        read: &BTreeMap<IpAddr, Read<T>>,
+        kind: fn(&MapKey) -> Option<IpAddr>,
+        now: impl Fn(IpAddr) -> Option<V>,
+    ) -> Vec<(IpAddr, V)> {
+        let keys = read
+            .keys()
+            .copied()
+            .chain(self.writes.keys().filter_map(kind));
+        dedup_sorted(keys)
+            .into_iter()
+            .filter_map(|a| now(a).map(|v| (a, v)))
+            .collect()
     }
 
     fn all_vms(&self) -> Vec<(IpAddr, IpAddr)> {
-        let keys = self
-            .vms
-            .keys()
-            .copied()
-            .chain(self.writes.keys().filter_map(|k| match k {
-                MapKey::Vm(va) => Some(*va),
-                MapKey::Ra(_) => None,
-            }));
-        dedup_sorted(keys)
-            .into_iter()
-            .filter_map(|va| self.vm_now(va).map(|v| (va, v.real)))
-            .collect()
+        let kind = |k: &MapKey| match k {
+            MapKey::Vm(va) => Some(*va),
+            _ => None,
+        };
+        self.all_now(&self.vms, kind, |va| self.vm_now(va).map(|v| v.real))
     }
 
     fn all_ras(&self) -> Vec<(IpAddr, RaValue)> {
-        let keys = self
-            .ras
-            .keys()
-            .copied()
-            .chain(self.writes.keys().filter_map(|k| match k {
-                MapKey::Ra(ra) => Some(*ra),
-                MapKey::Vm(_) => None,
-            }));
-        dedup_sorted(keys)
-            .into_iter()
-            .filter_map(|ra| self.ra_now(ra).map(|v| (ra, v)))
-            .collect()
+        let kind = |k: &MapKey| match k {
+            MapKey::Ra(ra) => Some(*ra),
+            _ => None,
+        };
+        self.all_now(&self.ras, kind, |ra| self.ra_now(ra))
+    }
+
+    fn all_segs(&self) -> Vec<(IpAddr, IpAddr)> {
+        let kind = |k: &MapKey| match k {
+            MapKey::Seg(va) => Some(*va),
+            _ => None,
+        };
+        self.all_now(&self.segs, kind, |va| self.seg_now(va).map(|v| v.locator))
     }
 
     /// Encodes a pending write: the value's bytes, or `None` for a delete.
@@ -172,9 +212,33 @@ impl View {
         match write {
             Write::Vm(v) => Some(encode(&v)),
             Write::Ra(v) => Some(encode(&v)),
+            Write::Seg(v) => Some(encode(&v)),
             Write::Delete => None,
         }
     }
+}
+
+/// Decodes the value of `(key, value)` into `map` at `addr`, read at `(mod_revision,
+/// lease)`.
+fn insert<T: DeserializeOwned>(
+    map: &mut BTreeMap<IpAddr, Read<T>>,
+    addr: IpAddr,
+    (key, value): (&[u8], &[u8]),
+    (mod_revision, lease): (i64, i64),
+) -> Result<(), BadValue> {
+    let value = serde_json::from_slice(value).map_err(|_| BadValue {
+        key: String::from_utf8_lossy(key).into_owned(),
+        value: String::from_utf8_lossy(value).into_owned(),
+    })?;
+    map.insert(
+        addr,
+        Read {
+            value,
+            mod_revision,
+            lease,
+        },
+    );
+    Ok(())
 }
 
 /// IPv4 first, then IPv6, each in address order, without repeats.
@@ -241,12 +305,24 @@ impl PageTable for View {
             .collect())
     }
 
-    /// The directory holds paging mappings only, so far.
-    fn set_segment(&mut self, _va: IpAddr, _locator: IpAddr) -> Result<(), TableError> {
-        Err(TableError::Unsupported {
-            what: "a mapping of method encap",
-            by: "through the directory yet: map it on each node (--pin-dir)",
-        })
+    fn segment(&self, va: IpAddr) -> Result<Option<IpAddr>, TableError> {
+        Ok(self.seg_now(va).map(|v| v.locator))
+    }
+
+    /// A locator may be of either family.
+    fn set_segment(&mut self, va: IpAddr, locator: IpAddr) -> Result<(), TableError> {
+        self.writes
+            .insert(MapKey::Seg(va), Write::Seg(SegValue { locator }));
+        Ok(())
+    }
+
+    fn remove_segment(&mut self, va: IpAddr) -> Result<(), TableError> {
+        self.writes.insert(MapKey::Seg(va), Write::Delete);
+        Ok(())
+    }
+
+    fn segment_entries(&self) -> Result<Vec<(IpAddr, IpAddr)>, TableError> {
+        Ok(self.all_segs())
     }
 
     /// Counters live in each node's kernel, not in the directory.
@@ -394,5 +470,90 @@ mod tests {
         assert!(v.writes().all(|(_, w)| w == Write::Delete));
         assert_eq!(v.writes().count(), 2);
         assert!(ops::list(&v).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_mapping_of_method_encap_lives_in_its_own_key() {
+        let mut v = view_with(&[("198.19.0.10", "198.18.10.100")]);
+        let (va, loc) = (ip("198.19.0.20"), ip("2001:db8:b::1"));
+        ops::segment::add(&mut v, va, loc).unwrap();
+        let writes: Vec<_> = v.writes().collect();
+        assert_eq!(
+            writes,
+            vec![(MapKey::Seg(va), Write::Seg(SegValue { locator: loc }))]
+        );
+        assert_eq!(ops::segment::list(&v).unwrap().len(), 1);
+        assert_eq!(v.segment(va).unwrap(), Some(loc));
+        assert_eq!(ops::list(&v).unwrap().len(), 1, "paging mappings unchanged");
+        // Created: the commit also holds the VA's vm key as read (absent).
+        assert_eq!(v.guards().collect::<Vec<_>>(), vec![(MapKey::Vm(va), 0)]);
+    }
+
+    #[test]
+    fn a_va_is_mapped_by_one_method_only() {
+        let mut v = view_with(&[("198.19.0.10", "198.18.10.100")]);
+        let refused = ops::segment::add(&mut v, ip("198.19.0.10"), ip("10.0.0.1"));
+        assert!(
+            matches!(refused, Err(OpError::VmExists { .. })),
+            "{refused:?}"
+        );
+        let keys = Keys::new("/t");
+        let (va, loc) = (ip("198.19.0.20"), ip("10.0.0.2"));
+        let mut v = View::from_kvs(
+            &keys,
+            7,
+            [(
+                keys.seg(va).as_bytes(),
+                &encode(&SegValue { locator: loc })[..],
+                5,
+                0,
+            )],
+        )
+        .unwrap();
+        let refused = ops::add(
+            &mut v,
+            Mapping {
+                vm: va,
+                real: ip("198.18.10.101"),
+            },
+        );
+        assert!(
+            matches!(refused, Err(OpError::VmExists { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(v.writes().count(), 0);
+        let desired = [Mapping {
+            vm: va,
+            real: ip("198.18.10.101"),
+        }];
+        let refused = ops::plan(&v, &desired);
+        assert!(
+            matches!(refused, Err(OpError::VmExists { .. })),
+            "{refused:?}"
+        );
+        // A switch rewrites the key as read: no guard, its own revision compared.
+        ops::segment::switch_many(&mut [("d".into(), &mut v)], va, ip("10.0.0.3")).unwrap();
+        assert_eq!(v.guards().count(), 0);
+        assert_eq!(v.mod_revision(MapKey::Seg(va)), 5);
+        assert_eq!(ops::delete(&mut v, va).unwrap().real, ip("10.0.0.3"));
+        assert_eq!(
+            v.writes().collect::<Vec<_>>(),
+            vec![(MapKey::Seg(va), Write::Delete)]
+        );
+    }
+
+    #[test]
+    fn a_paging_add_guards_the_segment_key() {
+        let mut v = view_with(&[]);
+        let va = ip("2001:db8::10");
+        ops::add(
+            &mut v,
+            Mapping {
+                vm: va,
+                real: ip("2001:db8:10::100"),
+            },
+        )
+        .unwrap();
+        assert_eq!(v.guards().collect::<Vec<_>>(), vec![(MapKey::Seg(va), 0)]);
     }
 }

@@ -192,7 +192,13 @@ impl Edges {
                 }
                 Ok(ops::locate(tables(), vm, to)?)
             }
-            Edges::Directory(d) => Ok(ops::check_switch(&d.dir.view().await?, vm, to)?),
+            Edges::Directory(d) => {
+                let view = d.dir.view().await?;
+                if view.read_seg(vm).is_some() {
+                    return Err(MigrateError::EncapOnDirectory { vm });
+                }
+                Ok(ops::check_switch(&view, vm, to)?)
+            }
         }
     }
 

@@ -118,6 +118,15 @@ pub fn plan(t: &impl PageTable, desired: &[Mapping]) -> Result<Plan, OpError> {
         .copied()
         .collect();
     plan.added.sort();
+    // A VA mapped with method encap is not the file's to take (apply manages paging).
+    for m in &plan.added {
+        if let Some(locator) = t.segment(m.vm)? {
+            return Err(OpError::VmExists {
+                vm: m.vm,
+                real: locator,
+            });
+        }
+    }
     Ok(plan)
 }
 

@@ -8,7 +8,7 @@ use super::*;
 
 /// A page table in memory; `log` records each write in order.
 #[derive(Default)]
-struct MemTable {
+pub(crate) struct MemTable {
     v2r: BTreeMap<IpAddr, IpAddr>,
     r2v: BTreeMap<IpAddr, IpAddr>,
     stats: BTreeMap<IpAddr, MappingStats>,
