@@ -47,9 +47,6 @@ pub fn choose(
         Hook::Tc if fast_path => Err(AttachError::TcFastPath {
             iface: iface.to_owned(),
         }),
-        Hook::Tc if segments => Err(AttachError::TcSegments {
-            iface: iface.to_owned(),
-        }),
         Hook::Tc if mode != Mode::Auto => Err(AttachError::TcMode {
             iface: iface.to_owned(),
             mode,
@@ -58,7 +55,7 @@ pub fn choose(
         Hook::Auto if fast_path => Ok((Hook::Xdp, "auto: the fast path runs in XDP".to_owned())),
         Hook::Auto if segments => Ok((
             Hook::Xdp,
-            "auto: the node has a locator, and segmentation runs in XDP".to_owned(),
+            "auto: the node has a locator, and XDP is segmentation's quicker hook".to_owned(),
         )),
         Hook::Auto if mode != Mode::Auto => {
             Ok((Hook::Xdp, format!("auto: XDP {mode} mode was asked for")))
