@@ -38,7 +38,8 @@ pub enum Room {
 /// (`BPF_F_ADJ_ROOM_FIXED_GSO`): the sender's segments are tunnelled as they are, the
 /// caller having checked that they fit, as it checks a packet that is not GSO; without the
 /// flag the kernel would shrink them by `len`, so that the inner packets are cut smaller
-/// than their sender made them, out of its sight.
+/// than their sender made them, out of its sight (and a UDP GSO packet, whose segment size
+/// delimits its datagrams, would be refused).
 #[inline(always)]
 pub fn open<const TC: bool>(
     ctx: Ctx,
