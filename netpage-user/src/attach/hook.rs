@@ -16,7 +16,8 @@ use super::{AttachError, Mode};
 #[serde(rename_all = "lowercase")]
 pub enum Hook {
     /// tc for tun/tap and veth devices (whose senders may use checksum offload), XDP for
-    /// the rest; XDP whenever the fast path or an XDP mode is asked for.
+    /// the rest; XDP whenever the fast path or an XDP mode is asked for, or the node has a
+    /// locator (segmentation runs at both hooks, XDP the quicker).
     Auto,
     /// XDP: the fastest; for devices whose packets carry final checksums (physical NICs).
     Xdp,
