@@ -247,11 +247,11 @@ pub const fn frag_needed(mtu: u32, quote_sum: u64) -> [u8; 8] {
     [ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, c0, c1, 0, 0, m0, m1]
 }
 
-/// The first 8 bytes of the IPv6 header of a "packet too big" answer; the addresses
-/// follow.
+/// The first 8 bytes of the IPv6 header of a "packet too big" answer of `quote` quoted
+/// bytes; the addresses follow.
 #[inline(always)]
-pub const fn answer6_start() -> [u8; 8] {
-    let [l0, l1] = ((8 + QUOTE6) as u16).to_be_bytes();
+pub const fn answer6_start(quote: usize) -> [u8; 8] {
+    let [l0, l1] = ((8 + quote) as u16).to_be_bytes();
     [
         0x60,
         0,
@@ -265,15 +265,28 @@ pub const fn answer6_start() -> [u8; 8] {
 }
 
 /// The ICMPv6 "packet too big" header announcing `mtu`, given the sum of the answer's
-/// addresses and of the quoted bytes (`sum_rest`): the pseudo-header's length and next
-/// header are added here.
+/// addresses and of the `quote` quoted bytes (`sum_rest`): the pseudo-header's length and
+/// next header are added here.
 #[inline(always)]
-pub const fn packet_too_big(mtu: u32, sum_rest: u64) -> [u8; 8] {
+pub const fn packet_too_big(mtu: u32, quote: usize, sum_rest: u64) -> [u8; 8] {
     let m = mtu.to_be_bytes();
-    let pseudo = (8 + QUOTE6) as u64 + crate::proto::IPPROTO_ICMPV6 as u64;
+    let pseudo = (8 + quote) as u64 + crate::proto::IPPROTO_ICMPV6 as u64;
     let s = ((ICMPV6_PKT_TOOBIG as u64) << 8) + (mtu >> 16) as u64 + (mtu & 0xFFFF) as u64;
     let [c0, c1] = (!fold(s + pseudo + sum_rest)).to_be_bytes();
     [ICMPV6_PKT_TOOBIG, 0, c0, c1, m[0], m[1], m[2], m[3]]
+}
+
+/// The value of a checksum field that completing it leaves as it is: for a quoted
+/// transport header whose checksum was left to the device (CHECKSUM_PARTIAL), which the
+/// answer still is. Completing it (`skb_checksum_help`) writes `~fold(S + F)` (0 as
+/// 0xFFFF) over the field, `S` being the sum of the bytes it covers but the field
+/// (`rest`) and `F` the field; with `F` the solution of `2F = -S` in one's-complement
+/// arithmetic (mod 0xFFFF, where doubling is a rotation left by one bit), it writes `F`
+/// again, and the answer's own checksum, computed with `F`, stays right.
+#[inline(always)]
+pub const fn fixed_point(rest: u64) -> u16 {
+    let f = (!fold(rest)).rotate_right(1);
+    if f == 0 { 0xFFFF } else { f }
 }
 
 /// Whether a VM's packet to the IPv4 address `dst` (not a VM of the table) may go to the
@@ -406,27 +419,64 @@ mod tests {
         assert_eq!(u16::from_be_bytes([h[2], h[3]]), 56);
         assert_eq!(h[9], 1);
 
-        let quote6: Vec<u8> = (0..QUOTE6 as u8).map(|b| b ^ 0x5A).collect();
-        let (src, dst) = ([0xFD; 16], [0x20; 16]);
-        let rest = sum(&src) + sum(&dst) + sum(&quote6);
-        let icmp6 = packet_too_big(1452, rest);
-        let mut pseudo = Vec::new();
-        pseudo.extend_from_slice(&src);
-        pseudo.extend_from_slice(&dst);
-        pseudo.extend_from_slice(&((8 + QUOTE6) as u32).to_be_bytes());
-        pseudo.extend_from_slice(&[0, 0, 0, 58]);
-        pseudo.extend_from_slice(&icmp6);
-        pseudo.extend_from_slice(&quote6);
-        assert_eq!(
-            checksum(&pseudo),
-            0,
-            "ICMPv6 checksum over pseudo-header and message"
-        );
-        assert_eq!(&icmp6[4..8], &1452u32.to_be_bytes());
-        let h6 = answer6_start();
-        assert_eq!(h6[0] >> 4, 6);
-        assert_eq!(u16::from_be_bytes([h6[4], h6[5]]), 56);
-        assert_eq!(h6[6], 58);
+        // The usual quote, and one taken through a TCP header's checksum field.
+        for len in [QUOTE6, QUOTE6 + 12] {
+            let quote6: Vec<u8> = (0..len as u8).map(|b| b ^ 0x5A).collect();
+            let (src, dst) = ([0xFD; 16], [0x20; 16]);
+            let rest = sum(&src) + sum(&dst) + sum(&quote6);
+            let icmp6 = packet_too_big(1452, len, rest);
+            let mut pseudo = Vec::new();
+            pseudo.extend_from_slice(&src);
+            pseudo.extend_from_slice(&dst);
+            pseudo.extend_from_slice(&((8 + len) as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 58]);
+            pseudo.extend_from_slice(&icmp6);
+            pseudo.extend_from_slice(&quote6);
+            assert_eq!(
+                checksum(&pseudo),
+                0,
+                "ICMPv6 checksum over pseudo-header and message, quote {len}"
+            );
+            assert_eq!(&icmp6[4..8], &1452u32.to_be_bytes());
+            let h6 = answer6_start(len);
+            assert_eq!(h6[0] >> 4, 6);
+            assert_eq!(usize::from(u16::from_be_bytes([h6[4], h6[5]])), 8 + len);
+            assert_eq!(h6[6], 58);
+        }
+    }
+
+    /// `skb_checksum_help`'s completion of a partial checksum at `at` over `region`.
+    fn complete(region: &mut [u8], at: usize) {
+        let c = match !fold(sum(region)) {
+            0 => 0xFFFF,
+            c => c,
+        };
+        region[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+
+    #[test]
+    fn completing_a_fixed_point_changes_nothing() {
+        let mut seed = 0x2545_F491u32;
+        for n in 0..2000u32 {
+            let mut tcp = [0u8; 20];
+            for b in &mut tcp {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                *b = seed as u8;
+            }
+            // Regions summing to every class, zero included.
+            if n % 7 == 0 {
+                tcp[..16].fill(0);
+                tcp[18..].fill(0);
+            }
+            tcp[16..18].fill(0);
+            let f = fixed_point(sum(&tcp));
+            tcp[16..18].copy_from_slice(&f.to_be_bytes());
+            let before = tcp;
+            complete(&mut tcp, 16);
+            assert_eq!(tcp, before, "field {f:#06x}");
+        }
     }
 
     #[test]

@@ -76,7 +76,13 @@ fn run_tc<const PHYSICAL: bool>(ctx: &TcContext) -> i32 {
     if trace::armed(trace) {
         trace::before::<true, PHYSICAL>(ctx.skb.skb.cast());
     }
-    let outcome = Counter::outcome(translate::<true, PHYSICAL>(&pkt));
+    let mut outcome = Counter::outcome(translate::<true, PHYSICAL>(&pkt));
+    // What the page table missed may be the segment tables' (a node with a locator).
+    if outcome == Counter::PassMiss
+        && let Some(cfg) = segment::config()
+    {
+        outcome = segment::step::<true, PHYSICAL>(ctx.skb.skb.cast(), cfg);
+    }
     maps::count(outcome);
     // The next program on the interface, if any, or the kernel: a transparent translator
     // drops nothing but spoofed sources.
@@ -103,7 +109,7 @@ fn run<const PHYSICAL: bool>(ctx: &XdpContext) -> u32 {
     if outcome == Counter::PassMiss
         && let Some(cfg) = segment::config()
     {
-        outcome = segment::xdp::<PHYSICAL>(ctx.ctx, cfg);
+        outcome = segment::step::<false, PHYSICAL>(ctx.ctx.cast(), cfg);
     }
     maps::count(outcome);
     let action = verdict(ctx, outcome);

@@ -112,10 +112,6 @@ pub enum AttachError {
         "the fast path runs in XDP: attach {iface} with --hook xdp (or auto), or without --fast-path"
     )]
     TcFastPath { iface: String },
-    #[error(
-        "the node has a locator, and segmentation runs in XDP: attach {iface} with --hook xdp (or auto), or clear the locator (`netpage locator --clear`)"
-    )]
-    TcSegments { iface: String },
     #[error("--mode {mode} is an XDP mode: attach {iface} with --hook xdp, or without --mode")]
     TcMode { iface: String, mode: Mode },
     #[error("reading the node's segmentation settings")]
@@ -186,7 +182,6 @@ impl AttachError {
             | AttachError::ModeChange { iface, .. }
             | AttachError::AttachTc { iface, .. }
             | AttachError::TcFastPath { iface }
-            | AttachError::TcSegments { iface }
             | AttachError::TcMode { iface, .. }
             | AttachError::Link { iface, .. }
             | AttachError::Pin { iface, .. }

@@ -102,8 +102,8 @@ pub enum Command {
     Map(MapCommand),
     /// Show or change the node's segmentation settings (for mappings of method encap):
     /// its locators, the default locator, the tunnel MTU. Without options, shows them.
-    /// A node with a locator runs at the XDP hook on every interface (`attach --hook
-    /// auto` chooses it there).
+    /// Segmentation runs at both hooks; on a node with a locator `attach --hook auto`
+    /// chooses XDP, the quicker (`--hook tc` for senders with offloads).
     Locator(LocatorArgs),
     /// Move a VM to a new real address: R2V[RA] first, then one V2R update; the old RA
     /// keeps translating replies in flight until the drain ends. A VM mapped with method

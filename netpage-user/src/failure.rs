@@ -374,7 +374,6 @@ impl Classify for AttachError {
                 Kind::NotFound
             }
             AttachError::TcFastPath { .. }
-            | AttachError::TcSegments { .. }
             | AttachError::TcMode { .. }
             | AttachError::VmOnPhysical { .. }
             | AttachError::UnusableVm { .. } => Kind::BadInput,
@@ -416,7 +415,7 @@ impl Classify for SegError {
             SegError::TwoLocators { .. }
             | SegError::Unusable { .. }
             | SegError::SmallMtu { .. } => Kind::BadInput,
-            SegError::Missing | SegError::TcHook { .. } => Kind::Conflict,
+            SegError::Missing => Kind::Conflict,
             SegError::Map(_) => Kind::System,
         }
     }
@@ -424,7 +423,6 @@ impl Classify for SegError {
     fn fields(&self, out: &mut Map<String, Value>) {
         match self {
             SegError::Unusable { addr, .. } => put(out, "address", addr),
-            SegError::TcHook { iface } => put(out, "iface", iface),
             SegError::SmallMtu { mtu } => put(out, "tunnel_mtu", mtu),
             _ => {}
         }

@@ -12,8 +12,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use cli::{Cli, Command, MapCommand};
 use netpage::{
-    attach::{self, Attachment},
-    check,
+    attach, check,
     clock::node_ms as now_ms,
     failure::{self, Failure, Kind, Usage},
     loader::Side,
@@ -254,16 +253,15 @@ fn map(node: &Node, cmd: MapCommand) -> Result<Output> {
     })
 }
 
-/// `netpage locator`: shows the node's segmentation settings, or changes them (refused
-/// while an interface runs at the tc hook, where segmentation does not run).
+/// `netpage locator`: shows the node's segmentation settings, or changes them.
 fn locator(node: &Node, args: &cli::LocatorArgs) -> Result<Output> {
     let Some(change) = args.change() else {
         let n = open_to_read(node)?;
         let s = n.segments.as_ref().ok_or(SegError::Missing)?;
         return Ok(Output::Locator(s.read()?));
     };
-    // Settings come first on a new node: its interfaces are then attached where
-    // segmentation runs.
+    // Settings come first on a new node: `attach --hook auto` then chooses XDP for its
+    // interfaces, segmentation's quicker hook.
     if !node.exists() {
         let _lock = node.lock_for_attach()?;
         attach::prepare(node)?;
@@ -273,16 +271,6 @@ fn locator(node: &Node, args: &cli::LocatorArgs) -> Result<Output> {
     let settings = {
         let s = n.segments.as_mut().ok_or(SegError::Missing)?;
         let next = segment::changed(s.config()?, &change)?;
-        if next.on()
-            && let Some((iface, _)) = ifaces
-                .iter()
-                .find(|(_, r)| Attachment::from_code(r.mode) == Some(Attachment::Tc))
-        {
-            return Err(SegError::TcHook {
-                iface: iface.clone(),
-            }
-            .into());
-        }
         s.store(next)?
     };
     if settings.locators.iter().any(IpAddr::is_ipv4) {

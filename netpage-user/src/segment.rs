@@ -64,10 +64,6 @@ pub enum SegError {
         "a tunnel MTU of {mtu} is below {MIN_TUNNEL_MTU}, the least that carries an IPv6 packet of 1280 bytes"
     )]
     SmallMtu { mtu: u32 },
-    #[error(
-        "{iface} is attached at the tc hook, and segmentation runs at the XDP hook only so far: attach it again with --hook xdp first"
-    )]
-    TcHook { iface: String },
 }
 
 /// The node's settings map.

@@ -214,8 +214,9 @@ impl VmWorld {
 
     /// The same world with netpage's segmentation instead of paging: every edge has its
     /// locator (the gateway's is the default locator), and the VA is mapped with method
-    /// encap to host A's. Segmentation runs at the XDP hook, so the guest's NIC does not
-    /// offload checksums or segmentation to the host (see [`VmWorld::qemu_options`]).
+    /// encap to host A's. `attach --hook auto` puts segmentation at the XDP hook there,
+    /// so the guest's NIC does not offload checksums or segmentation to the host (see
+    /// [`VmWorld::qemu_options`]).
     pub fn segmented() -> Self {
         Self::build(Plumbing::Segments, None)
     }
@@ -344,8 +345,9 @@ impl VmWorld {
             params.cmdline(),
         );
         if self.plumbing == Plumbing::Segments {
-            // Segmentation runs at the XDP hook, which sees neither a partial checksum nor
-            // a GSO packet for what it is: the guest sends final checksums and segments.
+            // Segmentation runs at the XDP hook here (`--hook auto` on a node with a
+            // locator), which sees neither a partial checksum nor a GSO packet for what it
+            // is: the guest sends final checksums and segments.
             opts.nic_extra =
                 ",csum=off,gso=off,host_tso4=off,host_tso6=off,host_ecn=off,host_ufo=off".into();
         }

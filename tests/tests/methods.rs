@@ -7,7 +7,7 @@
 //!   switched just before the source pauses;
 //! - netpage with segmentation: the same `netpage migrate --switch-at stop`, the VA
 //!   mapped with method encap, every edge's segment entry switched to host B's locator
-//!   (the guest's NIC without offloads: segmentation runs at the XDP hook);
+//!   (the guest's NIC without offloads: segmentation is attached at the XDP hook);
 //! - the L2 stretch over VXLAN, the industry's default: no netpage, the guest's segment
 //!   spans both hosts ([`vmworld::stretch`]), routed at host A, and the guest's MAC moves
 //!   when QEMU's announcement after the migration reaches the bridges.

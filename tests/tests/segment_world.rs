@@ -2,7 +2,8 @@
 //! gateway's is also every host's default locator), the VM is mapped with method encap,
 //! and the demo's move (make-before-break, every edge switched with one `netpage switch`)
 //! loses no probe, keeps a TCP connection, and takes new ones after it. The outer family
-//! is the VA's, or the other one: segmentation carries either family over either.
+//! is the VA's, or the other one: segmentation carries either family over either. At the
+//! tc hook, senders with offloads on (partial checksums, GSO packets) are tunnelled too.
 
 use std::{
     io::{Read, Write},
@@ -11,7 +12,10 @@ use std::{
     time::Duration,
 };
 
-use netpage_tests::world::{Addrs, Host, Node, Options, Prober, V4, V6, Vm, World};
+use netpage_tests::{
+    bulk::{echo_bulk, tcp_csum_errors},
+    world::{Addrs, Host, Node, Options, Prober, V4, V6, Vm, World},
+};
 
 const MS: Duration = Duration::from_millis(1);
 const PORT: u16 = 7100;
@@ -24,12 +28,21 @@ fn family(v6: bool) -> &'static Addrs {
 /// A world whose edges have both locators, the gateway's IPv4 one as default, and the VM
 /// mapped with method encap at host A's locator of family `outer_v6`.
 fn segment_world(f: &Addrs, outer_v6: bool) -> World {
+    segment_world_with(f, outer_v6, &[])
+}
+
+/// [`segment_world`], every edge attached with `how` (`attach` arguments).
+fn segment_world_with(f: &Addrs, outer_v6: bool, how: &[&str]) -> World {
     let world = World::with(Options {
         host_link: true,
         ..Options::default()
     });
     world.set_locators();
-    world.attach_all();
+    for (node, ifname, virtual_side) in world.attachments() {
+        let mut args = world.attach_args(ifname, virtual_side);
+        args.extend(how.iter().map(|a| a.to_string()));
+        world.netpage_ok(node, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
     world.segment_all(f.va, Node::HostA.locator(family(outer_v6)));
     world
 }
@@ -134,26 +147,28 @@ fn a_move_under_segmentation_loses_nothing_v6_over_v4() {
 }
 
 #[test]
-fn a_node_with_a_locator_refuses_the_tc_hook_and_a_locator_refuses_a_tc_node() {
+fn a_node_with_a_locator_takes_either_hook_and_auto_chooses_xdp() {
     let world = World::new();
     world.netpage_ok(Node::Gw, &["locator", "--own", "198.18.3.1"]);
-    let out = world.netpage(
+    world.netpage_ok(
         Node::Gw,
         &["attach", "g0", "--side", "virtual", "--hook", "tc"],
     );
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("segmentation runs in XDP"));
+    let status = world.netpage_json(Node::Gw, &["status"]);
+    assert_eq!(status["interfaces"][0]["hook"], "tc", "{status}");
     // auto chooses XDP there, and says why.
+    world.netpage_ok(Node::Gw, &["detach", "g0"]);
     let status = world.netpage_ok(Node::Gw, &["attach", "g0", "--side", "virtual"]);
-    assert!(status.contains("segmentation runs in XDP"), "{status}");
-    // A node attached at tc cannot take a locator until it is attached at XDP.
+    assert!(
+        status.contains("XDP is segmentation's quicker hook"),
+        "{status}"
+    );
+    // A node attached at tc takes a locator.
     world.netpage_ok(
         Node::HostA,
         &["attach", "a0", "--side", "physical", "--hook", "tc"],
     );
-    let out = world.netpage(Node::HostA, &["locator", "--own", "198.18.3.2"]);
-    assert_eq!(out.status.code(), Some(3), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("a0 is attached at the tc hook"));
+    world.netpage_ok(Node::HostA, &["locator", "--own", "198.18.3.2"]);
     // Settings are shown, and a mapping of method encap is listed as one.
     let shown = world.netpage_json(Node::Gw, &["locator"]);
     assert_eq!(shown["locators"][0], "198.18.3.1");
@@ -185,4 +200,70 @@ fn a_node_with_a_locator_refuses_the_tc_hook_and_a_locator_refuses_a_tc_node() {
     assert_eq!(again.status.code(), Some(3), "{again:?}");
     let small = world.netpage(Node::Gw, &["locator", "--tunnel-mtu", "1300"]);
     assert_eq!(small.status.code(), Some(2), "{small:?}");
+}
+
+/// With tc at every edge and offloads on at the senders (the client and the VM: checksum
+/// offload, TSO and GSO), 1 MiB each way between the client and the VM arrives intact under
+/// segmentation: the edges tunnel GSO packets whose segments fit whole, with their partial
+/// checksums, answer those whose segments do not, and open what arrives; neither end
+/// counts a checksum error. (The links after the senders have transmit offload off: the
+/// kernel segments and completes checksums behind the edges.)
+fn offloaded_tcp_through_tc_arrives_intact(f: &Addrs) {
+    let world = segment_world_with(f, f.va.is_ipv6(), &["--hook", "tc"]);
+    for (node, ifname) in [(Node::Client, "c0"), (Node::Vm, "eth0")] {
+        world.exec_ok(
+            node,
+            "ethtool",
+            &["-K", ifname, "tx", "on", "tso", "on", "gso", "on"],
+        );
+    }
+    let before = [Node::Client, Node::Vm].map(|n| tcp_csum_errors(&world, n));
+    let server = world.tcp_echo(Node::Vm, SocketAddr::new(f.va, PORT + 1));
+    let took = echo_bulk(&world, server.addr(), 1 << 20)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", f.va, world.diagnostics()));
+    let after = [Node::Client, Node::Vm].map(|n| tcp_csum_errors(&world, n));
+    let counter = |node, name| world.counter(node, name);
+    println!(
+        "{} through tc with offloads: 1 MiB each way in {took:.2?}; gateway encapsulated \
+         {}, answered {}; host A encapsulated {}, answered {}, decapsulated {}",
+        f.va,
+        counter(Node::Gw, "encapsulated"),
+        counter(Node::Gw, "answered_too_big"),
+        counter(Node::HostA, "encapsulated"),
+        counter(Node::HostA, "answered_too_big"),
+        counter(Node::HostA, "decapsulated"),
+    );
+    assert_eq!(before, after, "checksum errors at the client, the VM");
+    for node in [Node::Gw, Node::HostA] {
+        assert!(counter(node, "encapsulated") > 0, "{node:?}");
+        assert!(counter(node, "decapsulated") > 0, "{node:?}");
+        // The senders' first full-sized segments did not fit the tunnel: answered, and the
+        // answers, completed on links without checksum offload, reached them.
+        assert!(counter(node, "answered_too_big") > 0, "{node:?}");
+    }
+    // The gateway tunnelled GSO packets whole, which the kernel cut into segments after
+    // it: host A opened more packets than the gateway made.
+    assert!(
+        counter(Node::Gw, "encapsulated") < counter(Node::HostA, "decapsulated"),
+        "no GSO packet went through the tunnel whole"
+    );
+    let status = world.netpage_json(Node::HostA, &["status"]);
+    assert!(
+        status["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["hook"] == "tc"),
+        "{status}"
+    );
+}
+
+#[test]
+fn offloaded_tcp_through_tc_arrives_intact_v4() {
+    offloaded_tcp_through_tc_arrives_intact(&V4);
+}
+
+#[test]
+fn offloaded_tcp_through_tc_arrives_intact_v6() {
+    offloaded_tcp_through_tc_arrives_intact(&V6);
 }

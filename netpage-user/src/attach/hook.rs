@@ -16,7 +16,8 @@ use super::{AttachError, Mode};
 #[serde(rename_all = "lowercase")]
 pub enum Hook {
     /// tc for tun/tap and veth devices (whose senders may use checksum offload), XDP for
-    /// the rest; XDP whenever the fast path or an XDP mode is asked for.
+    /// the rest; XDP whenever the fast path or an XDP mode is asked for, or the node has a
+    /// locator (segmentation runs at both hooks, XDP the quicker).
     Auto,
     /// XDP: the fastest; for devices whose packets carry final checksums (physical NICs).
     Xdp,
@@ -47,9 +48,6 @@ pub fn choose(
         Hook::Tc if fast_path => Err(AttachError::TcFastPath {
             iface: iface.to_owned(),
         }),
-        Hook::Tc if segments => Err(AttachError::TcSegments {
-            iface: iface.to_owned(),
-        }),
         Hook::Tc if mode != Mode::Auto => Err(AttachError::TcMode {
             iface: iface.to_owned(),
             mode,
@@ -58,7 +56,7 @@ pub fn choose(
         Hook::Auto if fast_path => Ok((Hook::Xdp, "auto: the fast path runs in XDP".to_owned())),
         Hook::Auto if segments => Ok((
             Hook::Xdp,
-            "auto: the node has a locator, and segmentation runs in XDP".to_owned(),
+            "auto: the node has a locator, and XDP is segmentation's quicker hook".to_owned(),
         )),
         Hook::Auto if mode != Mode::Auto => {
             Ok((Hook::Xdp, format!("auto: XDP {mode} mode was asked for")))

@@ -210,7 +210,7 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                  announcement after the migration, the industry's default; \
                  `segmentation`: `--switch-at stop` with the VA mapped with method encap \
                  (GUE to each host's locator; the guest's NIC without offloads, since \
-                 segmentation runs at the XDP hook). Per run: \
+                 segmentation is attached at the XDP hook). Per run: \
                  probes lost, the client's largest gap, QEMU's STOP to RESUME, the gap \
                  minus that pause, QEMU's downtime and when the traffic was switched \
                  relative to STOP; then medians per variant against `routes`. A failed \
