@@ -128,19 +128,28 @@ fn wire_smoke() {
         assert_eq!(r.params["fragments_created"], 0, "{}", r.variant);
     }
     // The headers per packet: segmentation's outer headers on top of routing's, paging's
-    // none (a retransmission or a short segment moves these by a fraction of a byte).
+    // none (a short segment moves these by a fraction of a byte; a retransmitted one by
+    // its payload, so a stream with retransmissions is not compared).
     let headers = |variant: &str| {
         let r = rows.iter().find(|r| r.variant == variant).unwrap();
-        r.params["header_bytes_per_packet"].as_f64().unwrap()
+        let again = r.params["retransmitted_segments"].as_u64().unwrap();
+        if again > 0 {
+            println!("{variant}: {again} segments retransmitted, its headers not compared");
+        }
+        (again == 0).then(|| r.params["header_bytes_per_packet"].as_f64().unwrap())
     };
     for family in ["ipv4", "ipv6"] {
-        let routed = headers(&format!("plain routing, {family} va"));
+        let Some(routed) = headers(&format!("plain routing, {family} va")) else {
+            continue;
+        };
         for (method, extra) in [
             ("paging", 0.0),
             ("segmentation in ipv4", 28.0),
             ("segmentation in ipv6", 48.0),
         ] {
-            let h = headers(&format!("{method}, {family} va"));
+            let Some(h) = headers(&format!("{method}, {family} va")) else {
+                continue;
+            };
             assert!(
                 (h - routed - extra).abs() < 2.0,
                 "{method}, {family}: {h} against {routed}"

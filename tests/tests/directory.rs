@@ -82,6 +82,27 @@ fn ra(site: u8, i: u32) -> IpAddr {
     IpAddr::from([198, 18, site * 10 + (i / 250) as u8, (i % 250 + 1) as u8])
 }
 
+/// The namespace world (with the host link) attached on every edge, with locators if
+/// `segmented`, and an agent per edge that has applied the empty directory; with the
+/// edges' names and pin directories.
+fn world_with_agents(etcd: &Members, segmented: bool) -> (World, Vec<(String, PathBuf)>, Agents) {
+    let world = World::with(Options {
+        host_link: true,
+        ..Options::default()
+    });
+    if segmented {
+        world.set_locators();
+    }
+    world.attach_all();
+    let edges: Vec<(String, PathBuf)> = Node::EDGES
+        .iter()
+        .map(|n| (n.name().to_owned(), world.pin_dir(*n)))
+        .collect();
+    let mut agents = Agents::start(etcd, &edges, &[]);
+    agents.wait_applied(etcd, 0);
+    (world, edges, agents)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -878,17 +899,7 @@ fn the_world_switched_through_the_directory_and_without_etcd() {
     let mut etcd = Etcd::new();
     // The hosts linked directly: what host A forwards to host B's real address, when its
     // agent applies the switch before the gateway's, must not cross the gateway's uplink.
-    let world = World::with(Options {
-        host_link: true,
-        ..Options::default()
-    });
-    world.attach_all();
-    let edges: Vec<(String, PathBuf)> = Node::EDGES
-        .iter()
-        .map(|n| (n.name().to_owned(), world.pin_dir(*n)))
-        .collect();
-    let mut agents = Agents::start(&etcd, &edges, &[]);
-    agents.wait_applied(&etcd, 0);
+    let (world, edges, mut agents) = world_with_agents(&etcd, false);
     let f = V4;
     map_add(&etcd, f.va, f.ra_a);
     wait_converged(&dir_options(&etcd), &edges, CONVERGE);
@@ -1017,18 +1028,7 @@ fn the_world_under_segmentation_switched_through_the_directory() {
         return;
     }
     let etcd = Etcd::new();
-    let world = World::with(Options {
-        host_link: true,
-        ..Options::default()
-    });
-    world.set_locators();
-    world.attach_all();
-    let edges: Vec<(String, PathBuf)> = Node::EDGES
-        .iter()
-        .map(|n| (n.name().to_owned(), world.pin_dir(*n)))
-        .collect();
-    let mut agents = Agents::start(&etcd, &edges, &[]);
-    agents.wait_applied(&etcd, 0);
+    let (world, edges, mut agents) = world_with_agents(&etcd, true);
     let f = V4;
     let (at_a, at_b) = (Node::HostA.locator(&V4), Node::HostB.locator(&V4));
     let (va, loc) = (f.va.to_string(), at_a.to_string());

@@ -72,15 +72,7 @@ fn offloaded_bulk_tcp_through_tc_arrives_whole() {
             family(f)
         );
     }
-    let status = world.netpage_json(Node::Gw, &["status"]);
-    assert!(
-        status["interfaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|i| i["hook"] == "tc"),
-        "{status}"
-    );
+    world.assert_hook(Node::Gw, "tc");
 }
 
 /// The negative control: the same traffic through XDP, which takes a partial checksum for

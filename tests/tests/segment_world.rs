@@ -247,15 +247,7 @@ fn offloaded_tcp_through_tc_arrives_intact(f: &Addrs) {
         counter(Node::Gw, "encapsulated") < counter(Node::HostA, "decapsulated"),
         "no GSO packet went through the tunnel whole"
     );
-    let status = world.netpage_json(Node::HostA, &["status"]);
-    assert!(
-        status["interfaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|i| i["hook"] == "tc"),
-        "{status}"
-    );
+    world.assert_hook(Node::HostA, "tc");
 }
 
 #[test]

@@ -91,8 +91,10 @@ struct Sample {
     /// Packets the gateway sent toward the VM's host.
     packets: u64,
     /// Bytes of headers (Ethernet on) per packet: the bytes sent beyond the payload, over
-    /// the packets.
+    /// the packets (a retransmitted segment's payload counts here too).
     header_bytes: f64,
+    /// Segments the client sent again (`tcpi_total_retrans`).
+    retransmitted: u32,
     mss: u32,
     pmtu: u32,
     fragments: u64,
@@ -128,6 +130,7 @@ pub fn run(cfg: &Config) -> Vec<Row> {
                 "fragments_created": s.fragments,
                 "packets": s.packets,
                 "header_bytes_per_packet": (s.header_bytes * 10.0).round() / 10.0,
+                "retransmitted_segments": s.retransmitted,
             });
             let mut bytes = Row::new(
                 "wire_bytes_per_payload_byte",
@@ -180,7 +183,7 @@ fn measure(world: &World, m: Method, f: &Addrs, len: usize) -> Sample {
         .expect("end the stream");
     let got = sink.join().expect("the VM's sink");
     assert_eq!(got, len, "{}: the VM got the whole stream", m.name());
-    let (mss, pmtu) = tcp_info(&stream);
+    let (mss, pmtu, retransmitted) = tcp_info(&stream);
     let (bytes, packets) = link_bytes(world);
     let (bytes, packets) = (bytes - before.0, packets - before.1);
     Sample {
@@ -189,6 +192,7 @@ fn measure(world: &World, m: Method, f: &Addrs, len: usize) -> Sample {
         header_bytes: bytes.saturating_sub(len as u64) as f64 / packets.max(1) as f64,
         mss,
         pmtu,
+        retransmitted,
         fragments: fragments(world) - frags_before,
     }
 }
@@ -281,8 +285,8 @@ fn ip6_counter(snmp6: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in /proc/net/snmp6"))
 }
 
-/// The connection's segment size and path MTU (`TCP_INFO`).
-fn tcp_info(stream: &std::net::TcpStream) -> (u32, u32) {
+/// The connection's segment size, path MTU and segments sent again (`TCP_INFO`).
+fn tcp_info(stream: &std::net::TcpStream) -> (u32, u32, u32) {
     // SAFETY: an all-zero tcp_info is valid, and the kernel writes at most `len` bytes.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -297,5 +301,5 @@ fn tcp_info(stream: &std::net::TcpStream) -> (u32, u32) {
         )
     };
     assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
-    (info.tcpi_snd_mss, info.tcpi_pmtu)
+    (info.tcpi_snd_mss, info.tcpi_pmtu, info.tcpi_total_retrans)
 }

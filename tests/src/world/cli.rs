@@ -147,6 +147,16 @@ impl World {
         a
     }
 
+    /// Asserts that every interface attached on `node` runs at `hook` (`status`).
+    pub fn assert_hook(&self, node: Node, hook: &str) {
+        let status = self.netpage_json(node, &["status"]);
+        let interfaces = status["interfaces"].as_array().expect("status interfaces");
+        assert!(
+            interfaces.iter().all(|i| i["hook"] == hook),
+            "not every interface at {hook}: {status}"
+        );
+    }
+
     /// Attaches netpage to every interface of [`World::attachments`].
     pub fn attach_all(&self) {
         for (node, ifname, virtual_side) in self.attachments() {
