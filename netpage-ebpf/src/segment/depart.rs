@@ -71,7 +71,8 @@ fn target<A: Segmented>(inner: &Inner<A>, cfg: &SegConfig, ingress: u32) -> Resu
         }
         .verdict(ingress)?;
     }
-    let to = match (A::locator(&inner.dst), src) {
+    let dst = A::locator(&inner.dst);
+    let to = match (dst, src) {
         (Some(d), _) => Loc::of(d),
         (None, Some(_)) if cfg.default_family != 0 && A::routable(&inner.dst) => Loc {
             family: cfg.default_family,
@@ -86,7 +87,7 @@ fn target<A: Segmented>(inner: &Inner<A>, cfg: &SegConfig, ingress: u32) -> Resu
     if let Some(s) = src {
         A::record(s.slot, bytes);
     }
-    if let Some(d) = A::locator(&inner.dst) {
+    if let Some(d) = dst {
         A::record(d.slot, bytes);
     }
     Ok(to)
