@@ -1,6 +1,7 @@
 //! A tiny VM guest built from Debian packages only: the cloud kernel and an initramfs of
 //! busybox, the virtio-net modules and an /init that configures eth0 from the kernel command
-//! line and serves a TCP echo (port 7) and a web page (port 80).
+//! line and serves a TCP echo (port 7), a web page (port 80) and its own network counters
+//! (`/cgi-bin/counters` on port 80).
 //!
 //! The kernel comes from `apt-get download` of the package `linux-image-cloud-amd64` depends
 //! on; its virtio drivers are modules without a modules.dep, so /init loads them with insmod
@@ -31,6 +32,8 @@ pub const PAGE_MARKER: &str = "netpage guest";
 pub const ECHO_PORT: u16 = 7;
 /// The guest's web server port.
 pub const HTTP_PORT: u16 = 80;
+/// The path of the guest's network counters on its web server.
+pub const COUNTERS_PATH: &str = "/cgi-bin/counters";
 
 /// The metapackage whose dependency names the current cloud kernel.
 const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";
@@ -86,9 +89,20 @@ if [ -n "$gw6" ]; then
     ip -6 route add "$gw6" dev eth0
     ip -6 route add default via "$gw6" dev eth0
 fi
-mkdir -p /www
+mkdir -p /www/cgi-bin
 echo "netpage guest" > /www/index.html
 echo "ipv4 $ip ipv6 $ip6" >> /www/index.html
+# The guest's own network counters, for a test that lost a packet to tell where.
+cat > /www/cgi-bin/counters <<'EOF'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+for f in /proc/net/dev /proc/net/snmp /proc/net/netstat /proc/net/softnet_stat; do
+    echo "== $f"; cat $f
+done
+echo "== /proc/net/arp"; cat /proc/net/arp; echo "== ip neigh"; ip neigh 2>&1
+echo "== kernel log"; dmesg | tail -n 20
+EOF
+chmod 755 /www/cgi-bin/counters
 httpd -p 80 -h /www
 nc -ll -p 7 -e cat &
 if [ -n "$dirty" ] && [ "$dirty" -gt 0 ]; then

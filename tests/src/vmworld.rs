@@ -42,7 +42,7 @@ use netpage::{
 };
 
 use crate::{
-    guest::{BootParams, ECHO_PORT, Guest},
+    guest::{BootParams, COUNTERS_PATH, ECHO_PORT, Guest, HTTP_PORT},
     netns::output,
     qemu::{Qemu, QemuOptions},
     wan::Wan,
@@ -627,6 +627,30 @@ impl VmWorld {
             String::from_utf8_lossy(&out.stdout)
         );
         d
+    }
+
+    /// The guest's own network counters (device, IP, ICMP, TCP, softnet, neighbours and
+    /// the end of its kernel log), fetched from its web server by the client; the error
+    /// instead if they cannot be.
+    pub fn guest_counters(&self) -> String {
+        let addr = SocketAddr::new(VA.into(), HTTP_PORT);
+        let fetch = || -> std::io::Result<String> {
+            let mut stream = self
+                .world
+                .tcp_connect(Node::Client, addr, Duration::from_secs(3))?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            write!(
+                stream,
+                "GET {COUNTERS_PATH} HTTP/1.0\r\nHost: guest\r\n\r\n"
+            )?;
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply)?;
+            Ok(reply)
+        };
+        match fetch() {
+            Ok(reply) => format!("== the guest's counters\n{reply}"),
+            Err(e) => format!("== the guest's counters: http://{addr}{COUNTERS_PATH}: {e}\n"),
+        }
     }
 
     /// Whether the client can open a connection to the guest's echo service within `timeout`.

@@ -15,7 +15,7 @@ use std::{
 
 use netpage::qmp::{Event, MigrationParameters, MigrationStatus, Qmp, RunState};
 use netpage_tests::{
-    guest::{self, BootParams, ECHO_PORT, Guest, HTTP_PORT, PAGE_MARKER},
+    guest::{self, BootParams, COUNTERS_PATH, ECHO_PORT, Guest, HTTP_PORT, PAGE_MARKER},
     netns::NetNs,
     qemu::{self, NIC_ID, Qemu, QemuOptions},
 };
@@ -127,13 +127,13 @@ fn tcp_echo(ns: &NetNs, ip: IpAddr) -> Duration {
     })
 }
 
-/// Fetches the guest's web page from `ns`.
-fn http_get(ns: &NetNs) -> String {
+/// Fetches `path` from the guest's web server from `ns`.
+fn http_get(ns: &NetNs, path: &str) -> String {
     ns.run(|| {
         let addr = SocketAddr::new(GUEST_IP.into(), HTTP_PORT);
         let mut stream = connect(addr);
         stream
-            .write_all(b"GET / HTTP/1.0\r\nHost: guest\r\n\r\n")
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: guest\r\n\r\n").as_bytes())
             .expect("send the HTTP request");
         let mut reply = String::new();
         stream
@@ -303,12 +303,26 @@ fn guest_boots_serves_and_live_migrates() {
     eprintln!("guest: TCP echo on the source in {rtt:?}");
     let rtt = tcp_echo(&hosts.src, GUEST_IP6.into());
     eprintln!("guest: TCP echo over IPv6 on the source in {rtt:?}");
-    let page = http_get(&hosts.src);
+    let page = http_get(&hosts.src, "/");
     assert!(
         page.starts_with("HTTP/1.") && page.contains(" 200 "),
         "{page}"
     );
     assert!(page.contains(PAGE_MARKER), "{page}");
+    let counters = http_get(&hosts.src, COUNTERS_PATH);
+    for part in [
+        " 200 ",
+        "eth0:",
+        "\nIp: ",
+        "\nIcmp: ",
+        "\nTcpExt: ",
+        "HW address",
+    ] {
+        assert!(
+            counters.contains(part),
+            "no {part:?} in the counters:\n{counters}"
+        );
+    }
 
     let mut dst = hosts.start_destination(&guest, &params);
     let (src_events, dst_events, info, wall) = runtime().block_on(async {
@@ -379,7 +393,7 @@ fn guest_boots_serves_and_live_migrates() {
     eprintln!("guest: TCP echo on the destination in {rtt:?}");
     let rtt = tcp_echo(&hosts.dst, GUEST_IP6.into());
     eprintln!("guest: TCP echo over IPv6 on the destination in {rtt:?}");
-    let page = http_get(&hosts.dst);
+    let page = http_get(&hosts.dst, "/");
     assert!(page.contains(PAGE_MARKER), "{page}");
 }
 

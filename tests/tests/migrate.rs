@@ -40,7 +40,7 @@ use netpage_tests::{
     vmworld::{
         self, IcmpProbe, MigrateCall, TAP, TableSnapshot, VA, VmWorld, bench, boot_params,
         downtime_limit, echo_line, migrate_by_qmp, migration_uri, query_migrate, ra,
-        retrying_a_guest_crash, run_state, set_capability, talk::Talker,
+        retrying_a_guest_crash, run_state, set_capability, talk::Talker, tap_capture::TapCapture,
     },
     wan::Wan,
     world::{Host, Node, ProbeReport},
@@ -133,6 +133,12 @@ struct Figures {
     /// Over a WAN: the frames the delay line itself lost on the probes' links.
     delay_line_lost: Option<u64>,
     passes: u64,
+    /// Of the lost probes: how many went in to the guest on the destination's tap, and
+    /// how many of those the guest answered there.
+    lost_went_in: u64,
+    lost_came_out: u64,
+    /// When a probe was lost: both taps, netpage's counters and the guest's own.
+    diagnostics: String,
 }
 
 impl Figures {
@@ -221,6 +227,7 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
     }
     let at_b = vw.mapped_packets(Host::B);
 
+    let capture = TapCapture::start(&vw.world, Host::B);
     let probe = IcmpProbe::spawn(
         &vw.world,
         Node::Client,
@@ -257,6 +264,7 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
     thread::sleep(AFTER);
     let icmp = probe.stop();
     let talk = talker.stop();
+    let seen = capture.stop().expect("the capture on host B's tap");
     let delay_line_lost = wan_before.zip(vw.delay_line_lost()).map(|(b, a)| a - b);
     eprintln!(
         "netpage migrate took {took:?}; stderr:\n{}",
@@ -292,6 +300,18 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
         tcp_lines: talk.lines,
         tcp_longest: talk.longest,
         delay_line_lost,
+        lost_went_in: seen.went_in(&icmp.probes.lost_seqs),
+        lost_came_out: seen.came_out(&icmp.probes.lost_seqs),
+        diagnostics: if icmp.probes.lost_seqs.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "{}{}{}",
+                vw.tap_diagnostics(Host::B),
+                vw.tap_diagnostics(Host::A),
+                vw.guest_counters()
+            )
+        },
     };
     figures.print();
     println!("probes: {}", figures.probes);
@@ -299,10 +319,13 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
         let seqs = &figures.probes.lost_seqs;
         let n = seqs.len().min(10);
         println!(
-            "lost probes: {:?}{}, sent at STOP + {:.2?} ms",
+            "lost probes: {:?}{}, sent at STOP + {:.2?} ms; {} went in to host B's tap, \
+             {} answered out of it",
             &seqs[..n],
             if seqs.len() > n { " ..." } else { "" },
-            &figures.lost_sent_after_stop_ms[..n]
+            &figures.lost_sent_after_stop_ms[..n],
+            figures.lost_went_in,
+            figures.lost_came_out,
         );
     }
     if let Some((why, when)) = &talk.failure {
@@ -586,9 +609,13 @@ fn assert_nothing_lost_outside_the_pause(f: &Figures, wan_ms: f64) {
     assert!(
         outside.is_empty(),
         "probes lost outside the pause (STOP - {in_flight} .. + {pause:.1} ms), sent at STOP + {outside:.2?} ms \
-         (switched {:.2?} ms before STOP): {}",
+         (switched {:.2?} ms before STOP): {}; of all lost, {} went in to host B's tap and \
+         {} were answered out of it\n{}",
         f.switch_to_stop_ms,
-        f.probes
+        f.probes,
+        f.lost_went_in,
+        f.lost_came_out,
+        f.diagnostics
     );
     if f.probes.lost > 0 {
         println!(

@@ -74,6 +74,13 @@ impl Capture {
             .count() as u64
     }
 
+    /// How many of the probes `seqs` the guest answered on this tap (a reply came out).
+    pub fn came_out(&self, seqs: &[u64]) -> u64 {
+        seqs.iter()
+            .filter(|&&q| self.seen.iter().any(|s| s.way == Way::Out && s.seq == q))
+            .count() as u64
+    }
+
     /// The first request in after `unix_ms` that the guest answered, and how long it
     /// took (`None` if none was answered).
     pub fn first_reply_after(&self, unix_ms: f64) -> Option<FirstReply> {
