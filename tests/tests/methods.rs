@@ -34,7 +34,7 @@ use netpage_tests::{
         bench::{self, Case, Driven, Order, Variant},
         boot_params, echo_line,
         mac_watch::{self, FromMac, MacWatch},
-        retrying_a_guest_crash, run_state,
+        retrying_a_guest_fault, run_state,
         stretch::{self, VXLAN},
         talk::Talker,
     },
@@ -416,7 +416,7 @@ fn switched_at_stop_loses_only_the_pause(method: Method) {
         return;
     }
     let _one = serial();
-    let m = retrying_a_guest_crash(|| migrate_with_traffic(method));
+    let m = retrying_a_guest_fault(|| migrate_with_traffic(method));
     let in_flight = match m.driven.switch_minus_stop_ms {
         Some(ms) if ms > 0.0 => {
             println!("note: the switch came after STOP (STOP -> switched {ms:.2} ms)");
@@ -453,7 +453,7 @@ fn l2_stretch_migration_reports_its_figures() {
         return;
     }
     let _one = serial();
-    let m = retrying_a_guest_crash(|| migrate_with_traffic(Method::L2Stretch));
+    let m = retrying_a_guest_fault(|| migrate_with_traffic(Method::L2Stretch));
     let Some(moved) = m.mac_at_source else {
         panic!("no frame from the guest's MAC reached the source host after RESUME");
     };

@@ -38,9 +38,11 @@ use netpage_tests::{
     openmetrics::Scrape,
     qemu::Qemu,
     vmworld::{
-        self, IcmpProbe, MigrateCall, TAP, TableSnapshot, VA, VmWorld, bench, boot_params,
-        downtime_limit, echo_line, migrate_by_qmp, migration_uri, query_migrate, ra,
-        retrying_a_guest_crash, run_state, set_capability, talk::Talker, tap_capture::TapCapture,
+        self, GUEST_LOSS, IcmpProbe, MigrateCall, TAP, TableSnapshot, VA, VmWorld, bench,
+        boot_params, downtime_limit, echo_line, migrate_by_qmp, migration_uri, query_migrate, ra,
+        retrying_a_guest_fault, run_state, set_capability,
+        talk::Talker,
+        tap_capture::{Capture, TapCapture},
     },
     wan::Wan,
     world::{Host, Node, ProbeReport},
@@ -137,7 +139,12 @@ struct Figures {
     /// how many of those the guest answered there.
     lost_went_in: u64,
     lost_came_out: u64,
-    /// When a probe was lost: both taps, netpage's counters and the guest's own.
+    /// QEMU's RESUME, ms since the Unix epoch.
+    resume_unix_ms: Option<f64>,
+    /// The probes' echoes seen on the destination's tap.
+    at_destination: Capture,
+    /// When a probe was lost: both taps, netpage's counters and the guest's own, before
+    /// the probes and after.
     diagnostics: String,
 }
 
@@ -227,6 +234,7 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
     }
     let at_b = vw.mapped_packets(Host::B);
 
+    let counters_before = vw.guest_counters();
     let capture = TapCapture::start(&vw.world, Host::B);
     let probe = IcmpProbe::spawn(
         &vw.world,
@@ -302,16 +310,18 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
         delay_line_lost,
         lost_went_in: seen.went_in(&icmp.probes.lost_seqs),
         lost_came_out: seen.came_out(&icmp.probes.lost_seqs),
+        resume_unix_ms: resume_unix,
         diagnostics: if icmp.probes.lost_seqs.is_empty() {
             String::new()
         } else {
             format!(
-                "{}{}{}",
+                "{}{}before the probes:\n{counters_before}after them:\n{}",
                 vw.tap_diagnostics(Host::B),
                 vw.tap_diagnostics(Host::A),
                 vw.guest_counters()
             )
         },
+        at_destination: seen,
     };
     figures.print();
     println!("probes: {}", figures.probes);
@@ -565,8 +575,10 @@ fn migrate_switch_at_stop_loses_nothing_outside_the_pause() {
         return;
     }
     let _one = serial();
-    let f = retrying_a_guest_crash(|| migrate_with_traffic("stop", Via::Nodes));
-    assert_nothing_lost_outside_the_pause(&f, 0.0);
+    retrying_a_guest_fault(|| {
+        let f = migrate_with_traffic("stop", Via::Nodes);
+        assert_nothing_lost_outside_the_pause(&f, 0.0);
+    });
 }
 
 /// The same migration through the directory on etcd (`netpage --etcd URL migrate`): the
@@ -579,8 +591,10 @@ fn migrate_through_the_directory_loses_nothing_outside_the_pause() {
         return;
     }
     let _one = serial();
-    let f = retrying_a_guest_crash(|| migrate_with_traffic("stop", Via::Directory));
-    assert_nothing_lost_outside_the_pause(&f, 0.0);
+    retrying_a_guest_fault(|| {
+        let f = migrate_with_traffic("stop", Via::Directory);
+        assert_nothing_lost_outside_the_pause(&f, 0.0);
+    });
 }
 
 /// No probe was lost before STOP (but those in flight as the guest paused) or after
@@ -600,12 +614,23 @@ fn assert_nothing_lost_outside_the_pause(f: &Figures, wan_ms: f64) {
     let pause = f
         .stop_to_resume_ms
         .expect("STOP -> RESUME of a completed migration");
-    let outside: Vec<f64> = f
-        .lost_sent_after_stop_ms
+    let (outside_seqs, outside): (Vec<u64>, Vec<f64>) = f
+        .probes
+        .lost_seqs
         .iter()
         .copied()
-        .filter(|&t| t < -in_flight || t > pause)
-        .collect();
+        .zip(f.lost_sent_after_stop_ms.iter().copied())
+        .filter(|&(_, t)| t < -in_flight || t > pause)
+        .unzip();
+    let resume = f.resume_unix_ms.expect("RESUME of a completed migration");
+    assert!(
+        !f.at_destination
+            .delivered_unanswered_after(&outside_seqs, resume),
+        "{GUEST_LOSS}: probes sent at STOP + {outside:.2?} ms (the pause {pause:.1} ms) went in \
+         to host B's tap intact after RESUME and were never answered: {}\n{}",
+        f.probes,
+        f.diagnostics
+    );
     assert!(
         outside.is_empty(),
         "probes lost outside the pause (STOP - {in_flight} .. + {pause:.1} ms), sent at STOP + {outside:.2?} ms \
@@ -661,11 +686,12 @@ fn migrate_over_a_wan_with_the_hold(more: &[&str]) {
         return;
     }
     let _one = serial();
-    let f = retrying_a_guest_crash(|| {
+    let f = retrying_a_guest_fault(|| {
         let vw = VmWorld::over_wan(Wan::delay(WAN_ONE_WAY));
-        migrate_in(vw, "stop", more, Via::Nodes)
+        let f = migrate_in(vw, "stop", more, Via::Nodes);
+        assert_nothing_lost_outside_the_pause(&f, WAN_ONE_WAY.as_secs_f64() * 1e3);
+        f
     });
-    assert_nothing_lost_outside_the_pause(&f, WAN_ONE_WAY.as_secs_f64() * 1e3);
     println!(
         "with the hold over the WAN: {} probes lost (switched {:?} ms before STOP; frames \
          the delay line itself lost: {:?})",
@@ -686,16 +712,17 @@ fn migrate_over_a_wan_switch_at_stop_without_the_hold_loses_only_what_came_befor
         return;
     }
     let _one = serial();
-    let f = retrying_a_guest_crash(|| {
+    let f = retrying_a_guest_fault(|| {
         let vw = VmWorld::over_wan(Wan::delay(WAN_ONE_WAY));
-        migrate_in(vw, "stop", &["--no-hold"], Via::Nodes)
+        let f = migrate_in(vw, "stop", &["--no-hold"], Via::Nodes);
+        assert!(
+            f.switch_to_stop_ms.is_none(),
+            "switched before STOP without the hold: {:?} ms",
+            f.switch_to_stop_ms
+        );
+        assert_nothing_lost_outside_the_pause(&f, WAN_ONE_WAY.as_secs_f64() * 1e3);
+        f
     });
-    assert!(
-        f.switch_to_stop_ms.is_none(),
-        "switched before STOP without the hold: {:?} ms",
-        f.switch_to_stop_ms
-    );
-    assert_nothing_lost_outside_the_pause(&f, WAN_ONE_WAY.as_secs_f64() * 1e3);
     println!(
         "without the hold, with forwarding: {} probes lost (STOP -> switched {:?} ms; \
          frames the delay line itself lost: {:?})",
@@ -711,7 +738,7 @@ fn migrate_switch_at_resume() {
         return;
     }
     let _one = serial();
-    let f = retrying_a_guest_crash(|| migrate_with_traffic("resume", Via::Nodes));
+    let f = retrying_a_guest_fault(|| migrate_with_traffic("resume", Via::Nodes));
     assert!(f.probes.received > 0, "no probe answered: {}", f.probes);
 }
 

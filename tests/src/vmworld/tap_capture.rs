@@ -48,6 +48,9 @@ pub struct Seen {
     pub seq: u64,
     /// The kernel's time of the frame on the tap, ms since the Unix epoch.
     pub unix_ms: f64,
+    /// Whether the frame is whole and its IPv4 header and ICMP checksums verify,
+    /// recomputed here.
+    pub intact: bool,
 }
 
 /// The guest's answer to the first request in after a moment.
@@ -79,6 +82,19 @@ impl Capture {
         seqs.iter()
             .filter(|&&q| self.seen.iter().any(|s| s.way == Way::Out && s.seq == q))
             .count() as u64
+    }
+
+    /// Whether every one of the probes `seqs` went in to the guest on this tap intact at
+    /// or after `unix_ms` and none was answered: what the network delivered after that
+    /// moment and the guest (or its hypervisor) lost. False for an empty `seqs`.
+    pub fn delivered_unanswered_after(&self, seqs: &[u64], unix_ms: f64) -> bool {
+        !seqs.is_empty()
+            && seqs.iter().all(|&q| {
+                self.seen
+                    .iter()
+                    .any(|s| s.way == Way::In && s.seq == q && s.intact && s.unix_ms >= unix_ms)
+                    && !self.seen.iter().any(|s| s.way == Way::Out && s.seq == q)
+            })
     }
 
     /// The first request in after `unix_ms` that the guest answered, and how long it
@@ -189,15 +205,15 @@ fn run(socket: &OwnedFd, stop: &AtomicBool) -> io::Result<Capture> {
     let mut capture = Capture::default();
     let mut buf = [0u8; 256];
     while let Some(meta) = stamp::recv_until(socket.as_raw_fd(), &mut buf, stop)? {
-        let (Some(at), Some((way, seq))) =
-            (meta.received_at, parse(&buf[..meta.len.min(buf.len())], VA))
-        else {
+        let frame = &buf[..meta.len.min(buf.len())];
+        let (Some(at), Some((way, seq))) = (meta.received_at, parse(frame, VA)) else {
             continue;
         };
         capture.seen.push(Seen {
             way,
             seq,
             unix_ms: at.as_secs_f64() * 1e3,
+            intact: meta.len <= buf.len() && intact(frame),
         });
     }
     Ok(capture)
@@ -224,12 +240,93 @@ fn parse(frame: &[u8], va: Ipv4Addr) -> Option<(Way, u64)> {
     }
 }
 
+/// Whether an IPv4 frame holds its whole datagram and both the IPv4 header checksum and
+/// the ICMP checksum over the datagram's payload verify.
+fn intact(frame: &[u8]) -> bool {
+    let Some(ip) = frame.get(14..).filter(|ip| ip.len() >= 20) else {
+        return false;
+    };
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if ihl < 20 || total < ihl || total > ip.len() {
+        return false;
+    }
+    ones_complement_sum(&ip[..ihl]) == 0xffff && ones_complement_sum(&ip[ihl..total]) == 0xffff
+}
+
+/// The folded 16-bit ones' complement sum of `data` (RFC 1071); 0xffff over a block that
+/// carries its own correct checksum.
+fn ones_complement_sum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn seen(way: Way, seq: u64, unix_ms: f64) -> Seen {
-        Seen { way, seq, unix_ms }
+        Seen {
+            way,
+            seq,
+            unix_ms,
+            intact: true,
+        }
+    }
+
+    #[test]
+    fn only_intact_unanswered_requests_after_the_moment_are_the_guests_loss() {
+        let mut c = Capture {
+            seen: vec![
+                seen(Way::In, 1, 90.0),
+                seen(Way::In, 2, 101.0),
+                seen(Way::In, 3, 102.0),
+                seen(Way::Out, 3, 110.0),
+            ],
+        };
+        assert!(c.delivered_unanswered_after(&[2], 100.0));
+        // Before the moment, answered, never seen, or none at all.
+        assert!(!c.delivered_unanswered_after(&[1], 100.0));
+        assert!(!c.delivered_unanswered_after(&[2, 3], 100.0));
+        assert!(!c.delivered_unanswered_after(&[2, 4], 100.0));
+        assert!(!c.delivered_unanswered_after(&[], 100.0));
+        c.seen[1].intact = false;
+        assert!(!c.delivered_unanswered_after(&[2], 100.0));
+    }
+
+    #[test]
+    fn a_frame_is_intact_only_whole_and_with_both_checksums_right() {
+        let mut f = vec![0u8; 14];
+        f[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        let mut ip = vec![
+            0x45, 0, 0, 44, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 1, 198, 19, 0, 10,
+        ];
+        let sum = !ones_complement_sum(&ip);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        let mut icmp = vec![ECHO_REQUEST, 0, 0, 0, 0x12, 0x34, 0, 7];
+        icmp.extend(42u64.to_be_bytes());
+        icmp.extend(*b"NPICMP01");
+        let sum = !ones_complement_sum(&icmp);
+        icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+        f.extend(&ip);
+        f.extend(&icmp);
+        assert!(intact(&f));
+        // Padding after the datagram is not part of it.
+        let mut padded = f.clone();
+        padded.extend([0xab; 6]);
+        assert!(intact(&padded));
+        assert!(!intact(&f[..f.len() - 1]));
+        for at in [14 + 8, 14 + 20 + 9] {
+            let mut bad = f.clone();
+            bad[at] ^= 1;
+            assert!(!intact(&bad), "a flipped bit at {at} went unnoticed");
+        }
     }
 
     #[test]
