@@ -316,21 +316,41 @@ pub enum Arrival {
     Pass,
 }
 
-/// Decides for an encapsulated packet that arrived at one of the node's locators, whose
-/// inner destination's VM is at `dst_at` (if the inner destination is a VA of an `encap`
-/// mapping) and whose inner source is a VA of one if `from_vm`; `here` says whether a
-/// locator is one of the node's.
+/// What an arriving packet of the encapsulation says of its inner addresses and of itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Arriving<'a, L> {
+    /// Where the inner destination's VM is, if the inner destination is a VA of an `encap`
+    /// mapping.
+    pub dst_at: Option<&'a L>,
+    /// Whether the inner source is a VA of an `encap` mapping.
+    pub from_vm: bool,
+    /// Whether the packet was forwarded already (see [`forwards`]).
+    pub forwarded: bool,
+    /// Whether a port of this node owns the inner destination's VM (`attach --vm`).
+    pub port_here: bool,
+}
+
+/// Decides for an encapsulated packet that arrived at one of the node's locators; `here`
+/// says whether a locator is one of the node's.
 ///
 /// A node decapsulates for its own VMs, and for what VMs send to destinations that are
 /// not VMs; nothing else, so that it is no open decapsulator. It does not require the
 /// outer source to be where its table has the sending VM: in a move, a VM sends from its
 /// new host before every node has switched (the physical network is trusted with the
 /// outer headers as it is with real addresses under paging).
-pub fn arrival<L>(dst_at: Option<&L>, from_vm: bool, here: impl Fn(&L) -> bool) -> Arrival {
-    match dst_at {
+///
+/// A packet whose VM is elsewhere by this node's table is forwarded there once. One that
+/// was forwarded already is decapsulated if the VM's port is on this node, else passed:
+/// while a switch reaches the nodes one by one, a switched old host forwards to the new
+/// host, whose table may still name the old one; the new host then delivers to the VM's
+/// port, where the packet waits for the VM as under paging.
+pub fn arrival<L>(a: Arriving<'_, L>, here: impl Fn(&L) -> bool) -> Arrival {
+    match a.dst_at {
         Some(d) if here(d) => Arrival::Decap,
-        Some(_) => Arrival::Forward,
-        None if from_vm => Arrival::Decap,
+        Some(_) if !a.forwarded => Arrival::Forward,
+        Some(_) if a.port_here => Arrival::Decap,
+        Some(_) => Arrival::Pass,
+        None if a.from_vm => Arrival::Decap,
         None => Arrival::Pass,
     }
 }
@@ -500,11 +520,31 @@ mod tests {
     #[test]
     fn a_node_decapsulates_only_for_its_vms_and_from_vms() {
         let here = |l: &u8| *l == 1;
-        assert_eq!(arrival(Some(&1), false, here), Arrival::Decap);
-        assert_eq!(arrival(Some(&2), false, here), Arrival::Forward);
-        assert_eq!(arrival(Some(&2), true, here), Arrival::Forward);
-        assert_eq!(arrival(None, true, here), Arrival::Decap);
-        assert_eq!(arrival(None, false, here), Arrival::Pass);
+        let a = |dst_at: Option<&'static u8>, from_vm, forwarded, port_here| {
+            arrival(
+                Arriving {
+                    dst_at,
+                    from_vm,
+                    forwarded,
+                    port_here,
+                },
+                here,
+            )
+        };
+        for (from_vm, forwarded, port_here) in [(false, false, false), (true, true, true)] {
+            assert_eq!(a(Some(&1), from_vm, forwarded, port_here), Arrival::Decap);
+        }
+        assert_eq!(a(Some(&2), false, false, false), Arrival::Forward);
+        assert_eq!(a(Some(&2), true, false, false), Arrival::Forward);
+        // A fresh packet for a VM the table puts elsewhere goes there, even from the
+        // host that still has its port (the old host, after its switch).
+        assert_eq!(a(Some(&2), false, false, true), Arrival::Forward);
+        // Forwarded once: delivered to the VM's port here, else passed; never again.
+        assert_eq!(a(Some(&2), false, true, true), Arrival::Decap);
+        assert_eq!(a(Some(&2), false, true, false), Arrival::Pass);
+        assert_eq!(a(None, true, false, false), Arrival::Decap);
+        assert_eq!(a(None, false, false, false), Arrival::Pass);
+        assert_eq!(a(None, false, true, true), Arrival::Pass);
         assert!(forwards(64) && !forwards(crate::forward::FORWARD_TTL));
     }
 }

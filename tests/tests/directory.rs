@@ -1020,8 +1020,9 @@ fn the_world_switched_through_the_directory_and_without_etcd() {
 /// Segmentation switched through the directory in the namespace world: every edge has its
 /// locators (node-local settings), the VM is mapped with method encap by one `map add
 /// --etcd`, and the demo's move is one `switch --etcd` to host B's locator. The agents
-/// apply it each at its own moment: while host A has switched and host B has not, what
-/// one forwards to the other is not opened there, and is lost. Probes are lost only then.
+/// apply it each at its own moment: while host A has switched and host B has not, host A
+/// forwards to host B, whose table still names host A; host B opens the packet because the
+/// VM's port is there, and no probe is lost, whichever node applies first.
 #[test]
 fn the_world_under_segmentation_switched_through_the_directory() {
     if etcd_missing() {
@@ -1065,14 +1066,15 @@ fn the_world_under_segmentation_switched_through_the_directory() {
         let n = all.iter().find(|n| n["node"] == node).unwrap();
         n["propagation_ms"].as_f64().unwrap()
     };
-    if report.lost > 0 {
-        assert!(
-            update_ms("hostA") <= update_ms("hostB"),
-            "lost though host B applied first: {report}\n{}",
-            world.diagnostics()
-        );
-    }
-    assert!(report.longest_loss_run < 100, "{report}");
+    println!(
+        "applied: host A after {:.1} ms, host B after {:.1} ms; forwarded by host A {}, by \
+         host B {}",
+        update_ms("hostA"),
+        update_ms("hostB"),
+        world.counter(Node::HostA, "forwarded"),
+        world.counter(Node::HostB, "forwarded"),
+    );
+    assert_eq!(report.lost, 0, "{report}\n{}", world.diagnostics());
     assert_eq!(report.strangers, 0, "{report}");
     for (name, pin) in &edges {
         assert_eq!(node_segments(pin), vec![(f.va, at_b)], "node {name}");

@@ -406,6 +406,10 @@ fn a_vms_packets_to_a_destination_that_is_no_vm_go_to_the_default_locator_at(hoo
     );
 }
 
+/// A packet of the encapsulation for a VM that moved is sent on to the VM's locator with
+/// the outer TTL 32, from its sender still (the forwarding node's kernel drops a packet
+/// from its own address as a martian); one forwarded already is not forwarded again, but opened if the VM's
+/// port is on this node.
 #[test]
 fn a_moved_vms_packets_are_forwarded_to_its_new_locator_once() {
     at_every_hook(a_moved_vms_packets_are_forwarded_to_its_new_locator_once_at);
@@ -431,7 +435,7 @@ fn a_moved_vms_packets_are_forwarded_to_its_new_locator_once_at(hook: Hook) {
             let mut w = inner[..12].to_vec();
             w.extend(ethertype(v6).to_be_bytes());
             w.extend(outer(
-                own(v6),
+                sender,
                 remote(v6),
                 &inner[14..],
                 true,
@@ -454,9 +458,22 @@ fn a_moved_vms_packets_are_forwarded_to_its_new_locator_once_at(hook: Hook) {
             run(&dp, hook, Side::Physical, &input),
             (hook.pass(), input.clone())
         );
+        // Unless the VM's port is here (the new host, its table not switched yet): then
+        // it is opened and delivered, once.
+        dp.own(vm, VM_PORT);
+        assert_eq!(
+            run(&dp, hook, Side::Physical, &input),
+            (hook.pass(), inner.clone()),
+            "v6 {v6}"
+        );
+        dp.disown(vm);
     }
     assert_eq!(dp.counters().get(Counter::Forwarded), 2);
+    assert_eq!(dp.counters().get(Counter::Decapsulated), 2);
 }
+
+/// The interface index the fixtures give the port that owns a VM.
+const VM_PORT: u32 = 7;
 
 /// The answer "fragmentation needed" (RFC 792, 1191) to the IPv4 frame `input`,
 /// announcing `mtu`: from the node's locator to the packet's source, quoting its header

@@ -1,17 +1,18 @@
 //! The physical side: an encapsulated packet for one of the node's locators loses its
 //! outer headers if it is for (or from) a VM of the segment tables, or, if its VM moved,
-//! is sent on to the new locator, once.
+//! is sent on to the new locator, once; forwarded already, it is opened where the VM's
+//! port is.
 
 use netpage_common::{
     counters::Counter,
     csum::fold,
     forward::FORWARD_TTL,
     proto::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP},
-    segment::{self, Arrival, GUE_PORT, Locator, SegConfig, UDP_HLEN},
+    segment::{self, Arrival, Arriving, GUE_PORT, Locator, SegConfig, UDP_HLEN},
 };
 
 use super::{Ctx, Loc, Segmented, headers::put, room};
-use crate::{maps::Addr, packet::Packet};
+use crate::{maps::Addr, owner::Owned, packet::Packet};
 
 /// The outer headers of an arriving packet of the encapsulation: their length, their
 /// family (4 or 6), the TTL or hop limit, and the UDP length.
@@ -75,10 +76,13 @@ pub fn arrive<const TC: bool>(ctx: Ctx, cfg: &SegConfig) -> Counter {
 fn try_arrive<const TC: bool>(ctx: Ctx, cfg: &SegConfig) -> Result<Counter, Counter> {
     let pkt = Packet::of_ctx::<TC>(ctx);
     let o = outer::<TC>(&pkt, cfg)?;
+    let forwarded = !segment::forwards(o.ttl);
     let at = ETH_HLEN + o.len + UDP_HLEN;
     let first = pkt.read::<1>(at)?[0];
-    // The locators of the inner destination and source, if they are VAs of encap mappings.
-    let (d, s, inner_type, v6) = match first >> 4 {
+    // The locators of the inner destination and source, if they are VAs of encap mappings,
+    // and, for a packet forwarded already, whether a port here owns the destination's VM
+    // (looked up only then).
+    let (d, s, port_here, inner_type, v6) = match first >> 4 {
         4 => {
             // SAFETY: checked by `field`.
             let h = unsafe { *pkt.field::<[u8; 20]>(at)? };
@@ -88,7 +92,8 @@ fn try_arrive<const TC: bool>(ctx: Ctx, cfg: &SegConfig) -> Result<Counter, Coun
             let src = [u32::from_ne_bytes([h[12], h[13], h[14], h[15]])];
             let dst = [u32::from_ne_bytes([h[16], h[17], h[18], h[19]])];
             let (d, s) = (<[u32; 1]>::locator(&dst), <[u32; 1]>::locator(&src));
-            (d, s, ETH_P_IP, false)
+            let port_here = forwarded && <[u32; 1]>::owner(&dst).is_some();
+            (d, s, port_here, ETH_P_IP, false)
         }
         6 => {
             // SAFETY: checked by `field`.
@@ -100,12 +105,19 @@ fn try_arrive<const TC: bool>(ctx: Ctx, cfg: &SegConfig) -> Result<Counter, Coun
             let src = [word(8), word(12), word(16), word(20)];
             let dst = [word(24), word(28), word(32), word(36)];
             let (d, s) = (<[u32; 4]>::locator(&dst), <[u32; 4]>::locator(&src));
-            (d, s, ETH_P_IPV6, true)
+            let port_here = forwarded && <[u32; 4]>::owner(&dst).is_some();
+            (d, s, port_here, ETH_P_IPV6, true)
         }
         _ => return Err(Counter::PassMalformed),
     };
     let dl = d.map(Loc::of);
-    match segment::arrival(dl.as_ref(), s.is_some(), |l| l.is_own(cfg)) {
+    let arriving = Arriving {
+        dst_at: dl.as_ref(),
+        from_vm: s.is_some(),
+        forwarded,
+        port_here,
+    };
+    match segment::arrival(arriving, |l| l.is_own(cfg)) {
         Arrival::Pass => Err(Counter::PassMiss),
         Arrival::Decap => {
             // Counted for the destination's mapping, else the source's.
@@ -117,7 +129,7 @@ fn try_arrive<const TC: bool>(ctx: Ctx, cfg: &SegConfig) -> Result<Counter, Coun
         }
         Arrival::Forward => {
             let to = d.ok_or(Counter::PassMiss)?;
-            Ok(forward(&pkt, cfg, &o, to, v6))
+            Ok(forward(&pkt, &o, to, v6))
         }
     }
 }
@@ -135,27 +147,20 @@ fn record(v6: bool, slot: u32, o: &Outer) {
 }
 
 /// Sends an encapsulated packet whose VM moved on to the VM's current locator `to` (its
-/// segment entry, as the decision found it), from this node's, once: it leaves with the
-/// outer TTL [`FORWARD_TTL`], and one that arrives with that much or less is passed
-/// untouched. An outer header of another family than the new locator's cannot be
+/// segment entry, as the decision found it), once: it leaves with the outer TTL
+/// [`FORWARD_TTL`], and the decision never forwards one that arrives with that much or
+/// less. Only the outer destination changes: the outer source stays the sender's, since
+/// the kernel, routing the packet on, drops one whose source is an address of its own
+/// node as a martian. An outer header of another family than the new locator's cannot be
 /// rewritten in place: the packet is passed. The outer headers are rewritten where they
 /// lie, at either hook.
 #[inline(never)]
-fn forward(pkt: &Packet, cfg: &SegConfig, o: &Outer, to: &Locator, v6: bool) -> Counter {
-    Counter::outcome(try_forward(pkt, cfg, o, to, v6))
+fn forward(pkt: &Packet, o: &Outer, to: &Locator, v6: bool) -> Counter {
+    Counter::outcome(try_forward(pkt, o, to, v6))
 }
 
 #[inline(always)]
-fn try_forward(
-    pkt: &Packet,
-    cfg: &SegConfig,
-    o: &Outer,
-    to: &Locator,
-    v6: bool,
-) -> Result<Counter, Counter> {
-    if !segment::forwards(o.ttl) {
-        return Err(Counter::PassMiss);
-    }
+fn try_forward(pkt: &Packet, o: &Outer, to: &Locator, v6: bool) -> Result<Counter, Counter> {
     let slot = to.slot;
     let to = Loc::of(to);
     if to.family != o.family {
@@ -166,7 +171,6 @@ fn try_forward(
         let mut h = pkt.read::<28>(ETH_HLEN)?;
         h[8] = FORWARD_TTL;
         h[10..12].fill(0);
-        h[12..16].copy_from_slice(&cfg.own4);
         h[16..20].copy_from_slice(&to.addr[..4]);
         let c = (!fold(segment::sum(&h[..20]))).to_be_bytes();
         h[10..12].copy_from_slice(&c);
@@ -176,7 +180,6 @@ fn try_forward(
     } else {
         let mut h = pkt.read::<48>(ETH_HLEN)?;
         h[7] = FORWARD_TTL;
-        h[8..24].copy_from_slice(&cfg.own6);
         h[24..40].copy_from_slice(&to.addr);
         h[46..48].fill(0);
         put(pkt, ETH_HLEN, &h)?;

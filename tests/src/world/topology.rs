@@ -71,16 +71,24 @@ pub fn routes(node: Node) -> &'static [&'static str] {
     }
 }
 
-/// Routes that send each host's site prefix straight over the host link.
+/// Routes that send each host's site prefix, and its locators, straight over the host
+/// link. A packet of the encapsulation that one host forwards to the other then does not
+/// cross the gateway, which may have sent it (as the default locator) and would drop it,
+/// coming back with its own address as source, as a martian: in a data center the edges
+/// are not transit routers either.
 pub fn host_link_routes(host: Host) -> &'static [&'static str] {
     match host {
         Host::A => &[
             "route add 198.18.20.0/24 via 198.18.5.2",
             "route add 2001:db8:20::/64 via 2001:db8:5::2",
+            "route add 198.18.4.2/32 via 198.18.5.2",
+            "route add 2001:db8:4::2/128 via 2001:db8:5::2",
         ],
         Host::B => &[
             "route add 198.18.10.0/24 via 198.18.5.1",
             "route add 2001:db8:10::/64 via 2001:db8:5::1",
+            "route add 198.18.3.2/32 via 198.18.5.1",
+            "route add 2001:db8:3::2/128 via 2001:db8:5::1",
         ],
     }
 }
