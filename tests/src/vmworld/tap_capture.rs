@@ -17,6 +17,7 @@ use std::{
 
 use super::{TAP, VA};
 use crate::{
+    verify,
     wan::stamp,
     world::{Host, World},
 };
@@ -251,20 +252,7 @@ fn intact(frame: &[u8]) -> bool {
     if ihl < 20 || total < ihl || total > ip.len() {
         return false;
     }
-    ones_complement_sum(&ip[..ihl]) == 0xffff && ones_complement_sum(&ip[ihl..total]) == 0xffff
-}
-
-/// The folded 16-bit ones' complement sum of `data` (RFC 1071); 0xffff over a block that
-/// carries its own correct checksum.
-fn ones_complement_sum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
+    verify::valid(&[&ip[..ihl]]) && verify::valid(&[&ip[ihl..total]])
 }
 
 #[cfg(test)]
@@ -307,12 +295,12 @@ mod tests {
         let mut ip = vec![
             0x45, 0, 0, 44, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 1, 198, 19, 0, 10,
         ];
-        let sum = !ones_complement_sum(&ip);
+        let sum = !verify::sum(&[&ip]);
         ip[10..12].copy_from_slice(&sum.to_be_bytes());
         let mut icmp = vec![ECHO_REQUEST, 0, 0, 0, 0x12, 0x34, 0, 7];
         icmp.extend(42u64.to_be_bytes());
         icmp.extend(*b"NPICMP01");
-        let sum = !ones_complement_sum(&icmp);
+        let sum = !verify::sum(&[&icmp]);
         icmp[2..4].copy_from_slice(&sum.to_be_bytes());
         f.extend(&ip);
         f.extend(&icmp);
