@@ -30,6 +30,7 @@ use serde::Serialize;
 
 pub use connect::{DEFAULT_REQUEST_TIMEOUT, EtcdOptions};
 use schema::{Keys, MapKey, NodeRecord, SCHEMA_VERSION, SchemaValue, encode};
+pub use segment::SegmentMove;
 pub use switch::{Committed, DirSwitched, Method, Reservation, laggards};
 #[cfg(test)]
 pub(crate) use view::view_with;

@@ -480,8 +480,7 @@ impl Classify for MigrateError {
             MigrateError::Op(o) => o.kind(),
             MigrateError::AlreadyThere { .. }
             | MigrateError::Mac(_)
-            | MigrateError::RecoverWithEtcd { .. }
-            | MigrateError::EncapOnDirectory { .. } => Kind::BadInput,
+            | MigrateError::RecoverWithEtcd { .. } => Kind::BadInput,
             MigrateError::NoSocket { .. } => Kind::NotFound,
             MigrateError::SourceNotRunning { .. }
             | MigrateError::DestinationNotWaiting { .. }
@@ -513,7 +512,6 @@ impl Classify for MigrateError {
                 put(out, "vm", vm);
                 put(out, "pid", pid);
             }
-            MigrateError::EncapOnDirectory { vm } => put(out, "vm", vm),
             _ => {}
         }
     }

@@ -220,10 +220,6 @@ pub enum MigrateError {
     StillRunning { vm: IpAddr, pid: u32 },
     #[error("the migration of {vm} switched the directory: recover it with --etcd")]
     RecoverWithEtcd { vm: IpAddr },
-    #[error(
-        "{vm} is mapped with method encap, which `migrate --etcd` does not handle yet: migrate it with --node for each node's pin directory, or with QEMU and then `netpage switch --etcd --vm {vm} --to LOCATOR`"
-    )]
-    EncapOnDirectory { vm: IpAddr },
     #[error("listening for SIGINT and SIGTERM")]
     Signals(#[source] std::io::Error),
 }

@@ -79,6 +79,15 @@ pub fn map_add(etcd: &Members, va: IpAddr, ra: IpAddr) -> i64 {
         .expect("the mapping just added")
 }
 
+/// `netpage --etcd URLS map add --vm VA --locator LOCATOR` (method encap); returns the
+/// segment key's revision.
+pub fn map_add_locator(etcd: &Members, va: IpAddr, locator: IpAddr) -> i64 {
+    let (va, locator) = (va.to_string(), locator.to_string());
+    netpage_etcd_json(etcd, &["map", "add", "--vm", &va, "--locator", &locator]);
+    etcd.mod_revision(&format!("/netpage/v1/map/seg/{va}"))
+        .expect("the mapping just added")
+}
+
 /// `netpage --etcd URLS --json switch --vm VA --to RA`, as a command to run or time.
 pub fn switch_command(etcd: &Members, va: IpAddr, ra: IpAddr) -> Command {
     let mut c = netpage_etcd(etcd);

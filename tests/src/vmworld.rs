@@ -230,6 +230,21 @@ impl VmWorld {
         }
     }
 
+    /// Whether the VA is mapped with method encap ([`VmWorld::segmented`]).
+    pub fn by_segmentation(&self) -> bool {
+        self.plumbing == Plumbing::Segments
+    }
+
+    /// The packets carried for the guest at `host` so far: translated by its mapping
+    /// under paging, decapsulated under segmentation.
+    pub fn carried_at(&self, host: Host) -> u64 {
+        if self.by_segmentation() {
+            self.world.counter(host.node(), "decapsulated")
+        } else {
+            self.mapped_packets(host)
+        }
+    }
+
     /// Points the gateway's host route to the VA at `host` (plain routing).
     pub fn route_va(&self, host: Host) {
         let via = host.uplink_addr(&V4).to_string();

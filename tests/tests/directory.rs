@@ -149,7 +149,8 @@ fn segments(list: &serde_json::Value) -> Vec<(IpAddr, IpAddr)> {
 
 /// A mapping of method encap goes through the directory to every node's segment table,
 /// moves on every node with a switch (one transaction), and leaves with a delete; a VA
-/// mapped one way cannot be mapped the other, and `migrate --etcd` refuses it clearly.
+/// mapped one way cannot be mapped the other, and a `migrate --etcd` that cannot reach its
+/// QEMUs changes nothing.
 #[test]
 fn encap_mappings_reach_every_node_through_the_directory() {
     if etcd_missing() {
@@ -241,9 +242,15 @@ fn encap_mappings_reach_every_node_through_the_directory() {
             "tcp:127.0.0.1:1",
         ],
     );
+    // A migration that cannot reach its QEMUs fails before it changes anything.
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("does not handle yet"), "{err}");
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("/nonexistent"), "{err}");
+    assert_eq!(
+        segments(&netpage_etcd_json(&etcd, &["map", "list"])),
+        vec![(vm, loc_b)]
+    );
+    everywhere(&set, vec![(vm, loc_b)]);
 
     netpage_etcd_json(&etcd, &["map", "del", "--vm", "198.19.0.20"]);
     let deadline = Instant::now() + CONVERGE;

@@ -32,7 +32,7 @@ use netpage::{
 };
 use netpage_tests::{
     bulk::{echo_bulk, tcp_csum_errors},
-    directory::{Agents, dir_options, map_add, netpage_etcd, netpage_etcd_json},
+    directory::{Agents, dir_options, map_add, map_add_locator, netpage_etcd, netpage_etcd_json},
     etcd::{self, Etcd},
     guest::ECHO_PORT,
     openmetrics::Scrape,
@@ -195,7 +195,12 @@ struct OnDirectory {
 impl OnDirectory {
     fn start(vw: &VmWorld) -> Self {
         let etcd = Etcd::new();
-        let revision = map_add(&etcd, VA.into(), ra(Host::A).into());
+        let at_a = vw.address_at(Host::A);
+        let revision = if vw.by_segmentation() {
+            map_add_locator(&etcd, VA.into(), at_a)
+        } else {
+            map_add(&etcd, VA.into(), at_a)
+        };
         let edges: Vec<(String, std::path::PathBuf)> = Node::EDGES
             .iter()
             .map(|n| (n.name().to_owned(), vw.world.pin_dir(*n)))
@@ -232,7 +237,7 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
     for i in 0..5 {
         echo_line(&mut stream, &format!("before the migration, line {i}\n"));
     }
-    let at_b = vw.mapped_packets(Host::B);
+    let at_b = vw.carried_at(Host::B);
 
     let counters_before = vw.guest_counters();
     let capture = TapCapture::start(&vw.world, Host::B);
@@ -260,13 +265,13 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
         DOWNTIME_LIMIT_MS,
     ];
     extra.extend(more);
+    let call = MigrateCall {
+        to: vw.address_at(Host::B).to_string(),
+        ..MigrateCall::usual(&src, &dst, Host::B)
+    };
     let out = match &directory {
-        None => vw.migrate(&src, &dst, Host::B, &extra),
-        Some(d) => vw.migrate_by(
-            netpage_etcd(&d.etcd),
-            &MigrateCall::usual(&src, &dst, Host::B),
-            &extra,
-        ),
+        None => vw.migrate_with(&call, &extra),
+        Some(d) => vw.migrate_by(netpage_etcd(&d.etcd), &call, &extra),
     };
     let took = started.elapsed();
     thread::sleep(AFTER);
@@ -355,10 +360,10 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
     }
     echo_line(&mut vw.echo_stream(), "a new connection\n");
     assert!(talk.lines > 0, "no line echoed during the migration");
-    let at_b_after = vw.mapped_packets(Host::B);
+    let at_b_after = vw.carried_at(Host::B);
     assert!(
         at_b_after > at_b,
-        "host B translated nothing for the guest ({at_b} -> {at_b_after})"
+        "host B carried nothing for the guest ({at_b} -> {at_b_after})"
     );
     assert_eq!(run_state(&src.qmp_path()), RunState::PostMigrate);
     assert_eq!(run_state(&dst.qmp_path()), RunState::Running);
@@ -397,6 +402,7 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
                 .count();
             assert_eq!(forwarded, 3, "FORWARDED marks in {:#}", report["timeline"]);
         }
+        Some(d) if vw.by_segmentation() => assert_segment_through_the_directory(&vw, d, &report),
         Some(d) => assert_through_the_directory(&vw, d, &report),
     }
     figures
@@ -472,18 +478,7 @@ fn assert_moved_and_drained(vw: &VmWorld) {
 /// that every edge's agent confirmed (each named in the timeline), RA_A's drain ends by
 /// its lease without a command, and the directory is consistent afterwards.
 fn assert_through_the_directory(vw: &VmWorld, d: &OnDirectory, report: &serde_json::Value) {
-    let marks: Vec<String> = report["timeline"]["marks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            format!(
-                "{} {}",
-                m["what"].as_str().unwrap(),
-                m["detail"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
+    let marks = timeline_marks(report);
     for what in ["RESERVED", "SWITCHED"] {
         assert!(
             marks
@@ -528,6 +523,62 @@ fn assert_through_the_directory(vw: &VmWorld, d: &OnDirectory, report: &serde_js
         serde_json::json!([{"vm": VA.to_string(), "real": ra(Host::B).to_string()}]),
         "{listed:#}"
     );
+}
+
+/// The report's timeline marks, each as "WHAT DETAIL".
+fn timeline_marks(report: &serde_json::Value) -> Vec<String> {
+    report["timeline"]["marks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {}",
+                m["what"].as_str().unwrap(),
+                m["detail"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// A migration of a VM mapped with method encap through the directory: nothing reserved,
+/// one switch transaction that every edge's agent confirmed, every edge's segment entry
+/// at host B's locator, and the directory consistent afterwards.
+fn assert_segment_through_the_directory(vw: &VmWorld, d: &OnDirectory, report: &serde_json::Value) {
+    let marks = timeline_marks(report);
+    assert!(
+        !marks.iter().any(|m| m.starts_with("RESERVED")),
+        "a reservation for a segment entry: {marks:#?}"
+    );
+    assert!(
+        marks
+            .iter()
+            .any(|m| m.starts_with("SWITCHED") && m.contains("at revision")),
+        "no SWITCHED transaction in the timeline: {marks:#?}"
+    );
+    for node in Node::EDGES {
+        let mark = format!("NODE {} V2R: confirmed", node.name());
+        assert!(
+            marks.iter().any(|m| m.starts_with(&mark)),
+            "no `{mark}` in the timeline: {marks:#?}"
+        );
+    }
+    assert!(report.get("unconfirmed").is_none(), "{report:#}");
+    let want = serde_json::json!([{
+        "vm": VA.to_string(),
+        "locator": vw.address_at(Host::B).to_string(),
+    }]);
+    for (node, t) in Node::EDGES.iter().zip(vw.tables()) {
+        assert_eq!(t.map_list["segment"], want, "{node:?}");
+        assert!(
+            t.reverse.is_empty() && t.drains.is_empty(),
+            "{node:?}: {t:?}"
+        );
+    }
+    let check = netpage_etcd_json(&d.etcd, &["check"]);
+    assert_eq!(check["findings"], serde_json::json!([]), "{check:#}");
+    let listed = netpage_etcd_json(&d.etcd, &["map", "list"]);
+    assert_eq!(listed["segment"], want, "{listed:#}");
 }
 
 /// Panics, saying so, if the guest's kernel died at the destination (see
@@ -597,6 +648,22 @@ fn migrate_through_the_directory_loses_nothing_outside_the_pause() {
     });
 }
 
+/// The same migration of a VM mapped with method encap (segmentation) through the
+/// directory: no reservation, the one switch transaction of its segment entry at the
+/// moment netpage chooses, every edge's agent applying and confirming it, and nothing
+/// lost outside the pause.
+#[test]
+fn migrate_by_segmentation_through_the_directory_loses_nothing_outside_the_pause() {
+    if skipped() || etcd_skipped() {
+        return;
+    }
+    let _one = serial();
+    retrying_a_guest_fault(|| {
+        let f = migrate_in(VmWorld::segmented(), "stop", &[], Via::Directory);
+        assert_nothing_lost_outside_the_pause(&f, 0.0);
+    });
+}
+
 /// No probe was lost before STOP (but those in flight as the guest paused) or after
 /// RESUME; those lost inside the pause are printed. When the switch came after STOP (a
 /// fallback, or `--no-hold`), what was in flight toward the source also counts as in
@@ -645,8 +712,8 @@ fn assert_nothing_lost_outside_the_pause(f: &Figures, wan_ms: f64) {
     if f.probes.lost > 0 {
         println!(
             "note: {} probes lost in flight as the guest paused or inside the hypervisor's \
-             pause, sent at STOP + {:.2?} ms",
-            f.probes.lost, f.lost_sent_after_stop_ms
+             pause, sent at STOP + {:.2?} ms; {} went in to host B's tap\n{}",
+            f.probes.lost, f.lost_sent_after_stop_ms, f.lost_went_in, f.diagnostics
         );
     }
 }

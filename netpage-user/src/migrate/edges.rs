@@ -14,7 +14,10 @@ use tokio::task::JoinHandle;
 use super::{MigrateError, NodeSwitch};
 use crate::{
     clock,
-    directory::{Confirmation, DirError, Directory, EtcdOptions, Reservation, laggards},
+    directory::{
+        Committed, Confirmation, DirError, Directory, EtcdOptions, Reservation, SegmentMove,
+        laggards,
+    },
     node::{self, Node, OpenNode},
     ops,
     table::{Drain, PageTable, TableError},
@@ -117,12 +120,17 @@ pub(super) enum Edges {
     Directory(Box<DirEdges>),
 }
 
-/// The directory, the migration's reservation in it, and the nodes' confirmations of
-/// its switch, heard in the background.
+/// The directory, the migration's reservation in it (or, for a VM mapped with method
+/// `encap`, its move made ready), and the nodes' confirmations of its switch, heard in
+/// the background.
 pub(super) struct DirEdges {
     dir: Directory,
     confirm: Duration,
     reservation: Option<Reservation>,
+    segment: Option<SegmentMove>,
+    /// How long reading the directory took, for a move of method `encap`: about what its
+    /// switch transaction takes.
+    segment_read: Duration,
     confirming: Option<Confirming>,
 }
 
@@ -173,6 +181,8 @@ impl Edges {
                 dir: Directory::connect(etcd).await?,
                 confirm: *confirm,
                 reservation: None,
+                segment: None,
+                segment_read: Duration::ZERO,
                 confirming: None,
             }))),
         }
@@ -193,9 +203,13 @@ impl Edges {
                 Ok(ops::locate(tables(), vm, to)?)
             }
             Edges::Directory(d) => {
+                let sent = Instant::now();
                 let view = d.dir.view().await?;
+                d.segment_read = sent.elapsed();
                 if view.read_seg(vm).is_some() {
-                    return Err(MigrateError::EncapOnDirectory { vm });
+                    let from = ops::segment::locate([("directory", &view)], vm, to)?;
+                    d.segment = Some(SegmentMove::new(view, vm, to)?);
+                    return Ok(from);
                 }
                 Ok(ops::check_switch(&view, vm, to)?)
             }
@@ -235,6 +249,8 @@ impl Edges {
                     format!("{to} -> {vm}"),
                 );
             }
+            // A mapping of method encap has no reverse entry to reserve, nor a drain.
+            Edges::Directory(d) if d.segment.is_some() => {}
             Edges::Directory(d) => {
                 let mut r = d.dir.reserve_move(vm, to, Some(d.confirm)).await?;
                 if let Err(e) = d.dir.grant_drain(&mut r, drain_until).await {
@@ -335,15 +351,15 @@ impl Edges {
                 }
             }
             Edges::Directory(d) => {
-                let r = d
-                    .reservation
-                    .as_ref()
-                    .ok_or("switching before the reservation")?;
-                let done = d
-                    .dir
-                    .commit_move(r, Some(drain_until))
-                    .await
-                    .map_err(|e| format!("{e:#}"))?;
+                let (done, late) = match (&d.segment, &d.reservation) {
+                    (Some(m), _) => (d.dir.commit_segment_move(m).await, Vec::new()),
+                    (None, Some(r)) => (
+                        d.dir.commit_move(r, Some(drain_until)).await,
+                        r.late.clone(),
+                    ),
+                    (None, None) => return Err("switching before the reservation".into()),
+                };
+                let done = done.map_err(|e| format!("{e:#}"))?;
                 timeline.mark(
                     done.sent + Duration::from_secs_f64(done.txn_ms / 1e3),
                     Source::Netpage,
@@ -353,17 +369,7 @@ impl Edges {
                         done.revision, done.txn_ms
                     ),
                 );
-                let mut dir = d.dir.clone();
-                let (confirm, late) = (d.confirm, r.late.clone());
-                let task = tokio::spawn(async move {
-                    dir.wait_applied(done.revision, confirm, done.sent, &late)
-                        .await
-                });
-                d.confirming = Some(Confirming {
-                    sent: done.sent,
-                    sent_unix: SystemTime::now() - done.sent.elapsed(),
-                    task,
-                });
+                d.hear_confirmations(done, late);
             }
         }
         Ok(out)
@@ -451,6 +457,19 @@ impl Edges {
                 {
                     return vec![format!("the directory: after switching back: {e:#}")];
                 }
+                if let (Edit::SwitchBack, Some(_)) = (edit, &d.segment) {
+                    // The next switch commits on the entry as it is now.
+                    let again = match d.dir.view().await {
+                        Ok(view) => SegmentMove::new(view, vm, to),
+                        Err(e) => Err(e),
+                    };
+                    match again {
+                        Ok(m) => d.segment = Some(m),
+                        Err(e) => {
+                            return vec![format!("the directory: after switching back: {e:#}")];
+                        }
+                    }
+                }
                 match d.dir.wait_applied(rev, d.confirm, sent, &[]).await {
                     Ok(c) => {
                         mark_confirmations(timeline, sent, &c, edit.name());
@@ -471,6 +490,7 @@ impl Edges {
     pub(super) fn switch_cost(&self) -> Duration {
         match self {
             Edges::Local(_) => Duration::ZERO,
+            Edges::Directory(d) if d.segment.is_some() => d.segment_read,
             Edges::Directory(d) => d.reservation.as_ref().map_or(Duration::ZERO, |r| r.txn),
         }
     }
@@ -510,6 +530,24 @@ impl Edges {
                     .map(|e| format!("node {}: ending the drain: {e}", dir.display()))
             })
             .collect()
+    }
+}
+
+impl DirEdges {
+    /// Hears the nodes' confirmations of the switch `done` in the background, not waiting
+    /// again for the nodes in `late`.
+    fn hear_confirmations(&mut self, done: Committed, late: Vec<String>) {
+        let mut dir = self.dir.clone();
+        let confirm = self.confirm;
+        let task = tokio::spawn(async move {
+            dir.wait_applied(done.revision, confirm, done.sent, &late)
+                .await
+        });
+        self.confirming = Some(Confirming {
+            sent: done.sent,
+            sent_unix: SystemTime::now() - done.sent.elapsed(),
+            task,
+        });
     }
 }
 
