@@ -459,11 +459,8 @@ impl Edges {
                 }
                 if let (Edit::SwitchBack, Some(_)) = (edit, &d.segment) {
                     // The next switch commits on the entry as it is now.
-                    let again = match d.dir.view().await {
-                        Ok(view) => SegmentMove::new(view, vm, to),
-                        Err(e) => Err(e),
-                    };
-                    match again {
+                    let again = d.dir.view().await;
+                    match again.and_then(|view| SegmentMove::new(view, vm, to)) {
                         Ok(m) => d.segment = Some(m),
                         Err(e) => {
                             return vec![format!("the directory: after switching back: {e:#}")];
