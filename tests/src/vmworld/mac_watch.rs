@@ -136,7 +136,8 @@ fn parse(frame: &[u8], mac: [u8; 6]) -> Option<FromMac> {
     })
 }
 
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
+/// The six bytes of a MAC address written `aa:bb:cc:dd:ee:ff`.
+pub(super) fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let bytes: Vec<u8> = s
         .split(':')
         .map(|b| u8::from_str_radix(b, 16).ok())

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use super::{TAP, VA};
+use super::{GUEST_MAC, TAP, VA, mac_watch::parse_mac};
 use crate::{
     verify,
     wan::stamp,
@@ -49,8 +49,8 @@ pub struct Seen {
     pub seq: u64,
     /// The kernel's time of the frame on the tap, ms since the Unix epoch.
     pub unix_ms: f64,
-    /// Whether the frame is whole and its IPv4 header and ICMP checksums verify,
-    /// recomputed here.
+    /// Whether the frame is whole, its IPv4 header and ICMP checksums verify (recomputed
+    /// here) and, for a request, it is addressed to the guest's MAC.
     pub intact: bool,
 }
 
@@ -203,6 +203,7 @@ pub(super) fn open(ifname: &str) -> io::Result<OwnedFd> {
 }
 
 fn run(socket: &OwnedFd, stop: &AtomicBool) -> io::Result<Capture> {
+    let guest = parse_mac(GUEST_MAC).expect("the guest's MAC");
     let mut capture = Capture::default();
     let mut buf = [0u8; 256];
     while let Some(meta) = stamp::recv_until(socket.as_raw_fd(), &mut buf, stop)? {
@@ -214,7 +215,7 @@ fn run(socket: &OwnedFd, stop: &AtomicBool) -> io::Result<Capture> {
             way,
             seq,
             unix_ms: at.as_secs_f64() * 1e3,
-            intact: meta.len <= buf.len() && intact(frame),
+            intact: meta.len <= buf.len() && intact(frame, way, guest),
         });
     }
     Ok(capture)
@@ -241,12 +242,16 @@ fn parse(frame: &[u8], va: Ipv4Addr) -> Option<(Way, u64)> {
     }
 }
 
-/// Whether an IPv4 frame holds its whole datagram and both the IPv4 header checksum and
-/// the ICMP checksum over the datagram's payload verify.
-fn intact(frame: &[u8]) -> bool {
+/// Whether an IPv4 frame holds its whole datagram, both the IPv4 header checksum and the
+/// ICMP checksum over the datagram's payload verify, and, going `way` in, it is addressed
+/// to the guest's MAC `guest` (the guest's NIC drops a frame for another).
+fn intact(frame: &[u8], way: Way, guest: [u8; 6]) -> bool {
     let Some(ip) = frame.get(14..).filter(|ip| ip.len() >= 20) else {
         return false;
     };
+    if way == Way::In && frame[..6] != guest {
+        return false;
+    }
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     if ihl < 20 || total < ihl || total > ip.len() {
@@ -289,8 +294,10 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_is_intact_only_whole_and_with_both_checksums_right() {
-        let mut f = vec![0u8; 14];
+    fn a_frame_is_intact_only_whole_to_the_guest_and_with_both_checksums_right() {
+        let guest = [0x52, 0x54, 0, 0x4e, 0x50, 0x0a];
+        let mut f = guest.to_vec();
+        f.extend([0u8; 8]);
         f[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
         let mut ip = vec![
             0x45, 0, 0, 44, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 1, 198, 19, 0, 10,
@@ -304,16 +311,23 @@ mod tests {
         icmp[2..4].copy_from_slice(&sum.to_be_bytes());
         f.extend(&ip);
         f.extend(&icmp);
-        assert!(intact(&f));
+        assert!(intact(&f, Way::In, guest));
         // Padding after the datagram is not part of it.
         let mut padded = f.clone();
         padded.extend([0xab; 6]);
-        assert!(intact(&padded));
-        assert!(!intact(&f[..f.len() - 1]));
+        assert!(intact(&padded, Way::In, guest));
+        assert!(!intact(&f[..f.len() - 1], Way::In, guest));
+        let mut elsewhere = f.clone();
+        elsewhere[5] ^= 1;
+        assert!(!intact(&elsewhere, Way::In, guest));
+        assert!(intact(&elsewhere, Way::Out, guest));
         for at in [14 + 8, 14 + 20 + 9] {
             let mut bad = f.clone();
             bad[at] ^= 1;
-            assert!(!intact(&bad), "a flipped bit at {at} went unnoticed");
+            assert!(
+                !intact(&bad, Way::In, guest),
+                "a flipped bit at {at} went unnoticed"
+            );
         }
     }
 
