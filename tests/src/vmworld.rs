@@ -269,6 +269,7 @@ impl VmWorld {
             ],
         );
         if plumbing == Plumbing::Segments {
+            world.route_locators_over_host_link();
             let default = Node::Gw.locator(&V4).to_string();
             for node in Node::EDGES {
                 let own = node.locator(&V4).to_string();

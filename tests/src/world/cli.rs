@@ -173,8 +173,10 @@ impl World {
     }
 
     /// Gives every edge its locators in both families (see [`Node::locator`]) and the
-    /// gateway's IPv4 locator as its default locator, for segmentation.
+    /// gateway's IPv4 locator as its default locator, for segmentation, and routes the
+    /// hosts' locators over the host link if there is one.
     pub fn set_locators(&self) {
+        self.route_locators_over_host_link();
         let default = Node::Gw.locator(&V4).to_string();
         for node in Node::EDGES {
             let (l4, l6) = (node.locator(&V4).to_string(), node.locator(&V6).to_string());

@@ -71,22 +71,34 @@ pub fn routes(node: Node) -> &'static [&'static str] {
     }
 }
 
-/// Routes that send each host's site prefix, and its locators, straight over the host
-/// link. A packet of the encapsulation that one host forwards to the other then does not
-/// cross the gateway, which may have sent it (as the default locator) and would drop it,
-/// coming back with its own address as source, as a martian: in a data center the edges
-/// are not transit routers either.
+/// Routes that send each host's site prefix straight over the host link.
 pub fn host_link_routes(host: Host) -> &'static [&'static str] {
     match host {
         Host::A => &[
             "route add 198.18.20.0/24 via 198.18.5.2",
             "route add 2001:db8:20::/64 via 2001:db8:5::2",
-            "route add 198.18.4.2/32 via 198.18.5.2",
-            "route add 2001:db8:4::2/128 via 2001:db8:5::2",
         ],
         Host::B => &[
             "route add 198.18.10.0/24 via 198.18.5.1",
             "route add 2001:db8:10::/64 via 2001:db8:5::1",
+        ],
+    }
+}
+
+/// Routes that send the other host's locators (its uplink addresses) straight over the
+/// host link, for segmentation. A packet of the encapsulation that one host forwards to
+/// the other then does not cross the gateway, which may have sent it (as the default
+/// locator) and would drop it, coming back with its own address as source, as a martian:
+/// in a data center the edges are not transit routers either. Only worlds under
+/// segmentation take them: the L2 stretch's tunnel between the same addresses needs the
+/// larger MTU of the uplinks.
+pub fn locator_routes(host: Host) -> &'static [&'static str] {
+    match host {
+        Host::A => &[
+            "route add 198.18.4.2/32 via 198.18.5.2",
+            "route add 2001:db8:4::2/128 via 2001:db8:5::2",
+        ],
+        Host::B => &[
             "route add 198.18.3.2/32 via 198.18.5.1",
             "route add 2001:db8:3::2/128 via 2001:db8:5::1",
         ],
@@ -224,6 +236,15 @@ impl World {
         ns.ip_batch(&port_lines(vm));
         ns.wait_up();
         self.ns(vm.node()).wait_up();
+    }
+
+    /// Routes each host's locators to the other over the host link, if the world has one
+    /// (see [`locator_routes`]).
+    pub fn route_locators_over_host_link(&self) {
+        if self.options.host_link {
+            self.batch(Node::HostA, locator_routes(Host::A));
+            self.batch(Node::HostB, locator_routes(Host::B));
+        }
     }
 
     fn batch(&self, node: Node, lines: &[&str]) {
