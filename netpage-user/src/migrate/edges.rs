@@ -207,8 +207,10 @@ impl Edges {
                 let view = d.dir.view().await?;
                 d.segment_read = sent.elapsed();
                 if view.read_seg(vm).is_some() {
-                    let from = ops::segment::locate([("directory", &view)], vm, to)?;
-                    d.segment = Some(SegmentMove::new(view, vm, to)?);
+                    // The move's own checks are `locate`'s, and it finds where the VM is.
+                    let m = SegmentMove::new(view, vm, to)?;
+                    let from = m.from;
+                    d.segment = Some(m);
                     return Ok(from);
                 }
                 Ok(ops::check_switch(&view, vm, to)?)
