@@ -135,10 +135,6 @@ struct Figures {
     /// Over a WAN: the frames the delay line itself lost on the probes' links.
     delay_line_lost: Option<u64>,
     passes: u64,
-    /// Of the lost probes: how many went in to the guest on the destination's tap, and
-    /// how many of those the guest answered there.
-    lost_went_in: u64,
-    lost_came_out: u64,
     /// QEMU's RESUME, ms since the Unix epoch.
     resume_unix_ms: Option<f64>,
     /// The probes' echoes seen on the destination's tap.
@@ -149,6 +145,16 @@ struct Figures {
 }
 
 impl Figures {
+    /// How many lost probes went in to the guest on the destination's tap.
+    fn lost_went_in(&self) -> u64 {
+        self.at_destination.went_in(&self.probes.lost_seqs)
+    }
+
+    /// How many lost probes the guest answered on the destination's tap.
+    fn lost_came_out(&self) -> u64 {
+        self.at_destination.came_out(&self.probes.lost_seqs)
+    }
+
     fn print(&self) {
         let gap = self.probes.largest_gap.as_secs_f64() * 1e3;
         let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
@@ -313,8 +319,6 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
         tcp_lines: talk.lines,
         tcp_longest: talk.longest,
         delay_line_lost,
-        lost_went_in: seen.went_in(&icmp.probes.lost_seqs),
-        lost_came_out: seen.came_out(&icmp.probes.lost_seqs),
         resume_unix_ms: resume_unix,
         diagnostics: if icmp.probes.lost_seqs.is_empty() {
             String::new()
@@ -339,8 +343,8 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
             &seqs[..n],
             if seqs.len() > n { " ..." } else { "" },
             &figures.lost_sent_after_stop_ms[..n],
-            figures.lost_went_in,
-            figures.lost_came_out,
+            figures.lost_went_in(),
+            figures.lost_came_out(),
         );
     }
     if let Some((why, when)) = &talk.failure {
@@ -705,15 +709,18 @@ fn assert_nothing_lost_outside_the_pause(f: &Figures, wan_ms: f64) {
          {} were answered out of it\n{}",
         f.switch_to_stop_ms,
         f.probes,
-        f.lost_went_in,
-        f.lost_came_out,
+        f.lost_went_in(),
+        f.lost_came_out(),
         f.diagnostics
     );
     if f.probes.lost > 0 {
         println!(
             "note: {} probes lost in flight as the guest paused or inside the hypervisor's \
              pause, sent at STOP + {:.2?} ms; {} went in to host B's tap\n{}",
-            f.probes.lost, f.lost_sent_after_stop_ms, f.lost_went_in, f.diagnostics
+            f.probes.lost,
+            f.lost_sent_after_stop_ms,
+            f.lost_went_in(),
+            f.diagnostics
         );
     }
 }
