@@ -113,7 +113,11 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Adds `n` mappings VM i -> RA (site 1, i) in one `apply` (many transactions: etcd takes
 /// 128 operations per transaction).
 fn apply_mappings(etcd: &Members, n: u32) {
-    let file = std::env::temp_dir().join(format!("np-dir-apply-{}.json", std::process::id()));
+    // One file per call: the tests of this binary run in parallel in one process.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file =
+        std::env::temp_dir().join(format!("np-dir-apply-{}-{call}.json", std::process::id()));
     let mapping: Vec<serde_json::Value> = (0..n)
         .map(|i| serde_json::json!({"vm": va(i).to_string(), "real": ra(1, i).to_string()}))
         .collect();
