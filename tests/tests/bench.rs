@@ -108,6 +108,17 @@ fn forward_smoke() {
             r.params
         );
     }
+    // The fast path's rows: every packet delivered was redirected by the program, none
+    // handed to the kernel's forwarding.
+    for r in rows.iter().filter(|r| r.measure == "forward_cpu_ns") {
+        let redirected = r.params.get("redirected_pct").and_then(|v| v.as_f64());
+        if r.variant.contains("fast path") {
+            let share = redirected.unwrap_or_else(|| panic!("{}: {:?}", r.variant, r.params));
+            assert!(share > 99.0, "{}: {share}% redirected", r.variant);
+        } else {
+            assert_eq!(redirected, None, "{}", r.variant);
+        }
+    }
     // One target line per netpage mode passing packets to the kernel, one for the fast
     // path with each sender.
     assert_eq!(targets::notes(&rows).len(), 4);

@@ -73,9 +73,13 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                  was offered) or the sender limited the row. The gateway's ingress veth \
                  receives in a NAPI thread (GRO on) pinned to CPU 1 at a real-time \
                  priority, so all the gateway's work (XDP, routing, nftables, \
-                 transmission) is on CPU 1. The receiver's port is down, so receiving costs \
-                 nothing: the gateway's egress veth frees and counts every packet it is \
-                 given. In the translating variants the gateway has no route to the VA, so \
+                 transmission) is on CPU 1. The receiver's veth drops every frame in an XDP \
+                 program, so it receives in NAPI and takes XDP frames as a NIC does (the \
+                 fast path's redirect reaches it); its NAPI thread runs on CPU 0 at a \
+                 real-time priority, so receiving costs CPU 1 nothing, and what it polled \
+                 is what was delivered; `params.redirected_pct` of the fast path's rows: the \
+                 share of the packets it handled that it redirected (the rest fell back to \
+                 the kernel). In the translating variants the gateway has no route to the VA, so \
                  only translated packets count; under segmentation (`netpage \
                  segmentation native`) the VA is mapped to the RA as its locator, and each \
                  packet leaves encapsulated (28 bytes more) and routed by the kernel. \

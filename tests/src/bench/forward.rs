@@ -2,7 +2,7 @@
 //! routing and two nftables translations of the same VA -> RA mapping.
 //!
 //! ```text
-//!  sender ── s0 ─ gNNN ── gateway ── g1 ─ r0 (down) ── receiver
+//!  sender ── s0 ─ gNNN ── gateway ── g1 ─ rNNN ── receiver (XDP_DROP)
 //!  10.1.0.2      10.1.0.1        10.2.0.1   10.2.0.2
 //! ```
 //!
@@ -16,11 +16,13 @@
 //! NAPI; threaded and pinned to CPU 1 at a real-time priority, so that it takes precedence
 //! over tasks as softirq work does), in every variant: XDP in native mode, the whole stack
 //! after it and the transmission to the receiver run there, so that CPU 1 does the
-//! gateway's work and nothing else of the bench. The receiver's port is down, so that
-//! receiving costs neither CPU anything: the gateway's egress veth frees each packet it is
-//! given at once and counts it (as a transmit drop of `g1`), and that count is what the
-//! receiver got. The gateway has no route to the VA in the translating variants, so a
-//! packet gets there only if it was translated.
+//! gateway's work and nothing else of the bench. The receiver's veth has an XDP program
+//! that drops every frame (see `live_frames::Sink`): with it the veth receives in NAPI and
+//! takes XDP frames, as a NIC does, so the fast path's `XDP_REDIRECT` reaches it. Its NAPI
+//! thread runs on CPU 0, the sender's, at a real-time priority, so that receiving costs the
+//! gateway's CPU nothing and no frame waits behind the sender; what it polled (its
+//! `rx_packets`) is what the receiver got. The gateway has no route to the VA in the
+//! translating variants, so a packet gets there only if it was translated.
 //!
 //! Variants, alternated in a rotated order in each repeat: plain routing of the VA, nftables
 //! stateful DNAT (+ SNAT for the way back), nftables stateless rewrite with `notrack`,
@@ -34,6 +36,7 @@ use std::{
     ffi::CString,
     io::Write as _,
     net::{IpAddr, Ipv4Addr},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::PathBuf,
     process::Stdio,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -44,7 +47,13 @@ use std::{
 use serde_json::json;
 
 use crate::{
-    bench::{BENCH_PINS, Config, live_frames::LiveFrames, note, report::Row, stats::Sorted},
+    bench::{
+        BENCH_PINS, Config,
+        live_frames::{LiveFrames, Sink},
+        note,
+        report::Row,
+        stats::Sorted,
+    },
     build::{frame4, udp},
     netns::{NetNs, assert_ok, check, output},
     pins::PinDirs,
@@ -205,6 +214,9 @@ pub struct Sample {
     pub cpu_ns: f64,
     /// Share of the sender CPU's time that was busy, in percent.
     pub sender_busy_pct: f64,
+    /// With the fast path: the packets it redirected, in percent of those it handled
+    /// (redirected, or left to the kernel's forwarding as a fallback).
+    pub redirected_pct: Option<f64>,
 }
 
 /// The three namespaces and the gateway's netpage node; everything is removed on drop.
@@ -215,12 +227,16 @@ pub struct Bed {
     rcv: NetNs,
     _pins: PinDirs,
     pin: PathBuf,
-    /// The gateway's ingress veth, named uniquely so its NAPI thread can be found.
+    /// The gateway's ingress veth and the receiver's, named uniquely so that their NAPI
+    /// threads can be found.
     ingress: String,
+    receiver: String,
+    /// The receiver's program, attached once the links are made; detached when the bed
+    /// goes.
+    sink: Option<Sink>,
     /// How the VA is mapped on the gateway now, if it is.
     mapped: Option<Mapping>,
-    /// Whether the fast path is on: its packets leave by `XDP_REDIRECT`, which the egress
-    /// veth (its peer down) frees without counting them, so the program's count is read.
+    /// Whether the fast path is on, so that its count of redirected packets is read.
     fast: bool,
 }
 
@@ -296,7 +312,7 @@ fn rows(cfg: &Config, sender: Sender, samples: &[Vec<Sample>]) -> Vec<Row> {
                 "sender"
             };
             // The range over the repeats, to judge how noisy the machine was.
-            let params = json!({
+            let mut params = json!({
                 "sender": sender.name(),
                 "limited_by": limited_by,
                 "payload_bytes": PAYLOAD.len(),
@@ -304,6 +320,10 @@ fn rows(cfg: &Config, sender: Sender, samples: &[Vec<Sample>]) -> Vec<Row> {
                 "min": round(s.min()),
                 "max": round(s.max()),
             });
+            let redirected: Vec<f64> = samples[k].iter().filter_map(|s| s.redirected_pct).collect();
+            if !redirected.is_empty() {
+                params["redirected_pct"] = json!(round(Sorted::new(redirected).median()));
+            }
             let name = variant_name(*v, sender);
             let mut row = Row::new(measure, &name, params, s.median(), unit).repeats(s.count());
             if k > 0 && base > 0.0 && s.median() > 0.0 {
@@ -342,13 +362,16 @@ impl Bed {
         let mut pins = PinDirs::new(BENCH_PINS, "fwd");
         let pin = pins.mount("gw");
         let ingress = format!("g{}", pid % 1_000_000);
-        let bed = Bed {
+        let receiver = format!("r{}", pid % 1_000_000);
+        let mut bed = Bed {
             snd,
             gw,
             rcv,
             _pins: pins,
             pin,
             ingress,
+            receiver,
+            sink: None,
             mapped: None,
             fast: false,
         };
@@ -356,8 +379,8 @@ impl Bed {
         bed
     }
 
-    fn wire(&self) {
-        let ing = self.ingress.as_str();
+    fn wire(&mut self) {
+        let (ing, rcv) = (self.ingress.as_str(), self.receiver.as_str());
         sysctl(&self.gw, "net/ipv4/ip_forward", "1");
         for ns in [&self.snd, &self.gw, &self.rcv] {
             sysctl(ns, "net/ipv4/conf/all/rp_filter", "0");
@@ -387,7 +410,7 @@ impl Bed {
             "veth",
             "peer",
             "name",
-            "r0",
+            rcv,
             "address",
             MAC_R0,
             "netns",
@@ -397,7 +420,7 @@ impl Bed {
             (&self.snd, "s0", "10.1.0.2/24"),
             (&self.gw, ing, "10.1.0.1/24"),
             (&self.gw, "g1", "10.2.0.1/24"),
-            (&self.rcv, "r0", "10.2.0.2/24"),
+            (&self.rcv, rcv, "10.2.0.2/24"),
         ] {
             // Checksums in the packet (translation updates them); and without TSO on the
             // sending side, a veth hands every packet to its peer's NAPI.
@@ -410,8 +433,7 @@ impl Bed {
         }
         // GRO gives the ingress veth a NAPI instance even without XDP; make it a thread.
         check(self.gw.command("ethtool").args(["-K", ing, "gro", "on"]));
-        let script = format!("echo 1 > /sys/class/net/{ing}/threaded");
-        check(self.gw.command("sh").args(["-c", &script]));
+        threaded_napi(&self.gw, ing);
         self.gw.ip(&[
             "neigh",
             "replace",
@@ -428,10 +450,15 @@ impl Bed {
         for ns in [&self.snd, &self.gw, &self.rcv] {
             ns.wait_up();
         }
-        // The receiver's port down: every packet the gateway sends is counted and freed at
-        // once by the veth, with no work on either CPU beyond the gateway's own.
-        self.rcv.ip(&["link", "set", "r0", "down"]);
-        self.napi_on_gateway_cpu();
+        // The sink gives the receiver its NAPI instance, a thread on the sender's CPU.
+        let sink = self
+            .rcv
+            .run(|| Sink::attach(ifindex(rcv)))
+            .expect("attach the receiver's XDP program");
+        self.sink = Some(sink);
+        threaded_napi(&self.rcv, rcv);
+        napi_on_cpu(rcv, SENDER_CPU);
+        napi_on_cpu(ing, GW_CPU);
     }
 
     /// Loads an nftables script in `ns`.
@@ -465,11 +492,9 @@ impl Bed {
         assert_ok(&out, &format!("netpage {}", args.join(" ")));
     }
 
-    /// Packets the fast path handed to the egress interface (0 when it is off).
-    fn redirected(&self) -> u64 {
-        if !self.fast {
-            return 0;
-        }
+    /// Packets the fast path redirected so far (its `fast_redirected` counter), and those
+    /// it handled: redirected, or left to the kernel (its `fast_fallback_*` counters).
+    fn fast_path_counts(&self) -> (u64, u64) {
         let out = output(
             self.gw
                 .command(netpage_bin())
@@ -479,9 +504,15 @@ impl Bed {
         );
         assert_ok(&out, "netpage --json stats");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
-        v["counters"]["fast_redirected"]
-            .as_u64()
-            .expect("fast_redirected counter")
+        let counters = v["counters"].as_object().expect("counters");
+        let count = |name: &str| counters.get(name).and_then(|c| c.as_u64()).unwrap_or(0);
+        let fallbacks: u64 = counters
+            .keys()
+            .filter(|k| k.starts_with("fast_fallback_"))
+            .map(|k| count(k))
+            .sum();
+        let redirected = count("fast_redirected");
+        (redirected, redirected + fallbacks)
     }
 
     /// Configures the gateway for `v`.
@@ -522,7 +553,7 @@ impl Bed {
             }
         }
         // Attaching may make the NAPI thread anew.
-        self.napi_on_gateway_cpu();
+        napi_on_cpu(&self.ingress, GW_CPU);
     }
 
     /// Undoes [`Bed::setup`] of `v`.
@@ -571,27 +602,6 @@ impl Bed {
         self.mapped = Some(how);
     }
 
-    /// Pins the ingress veth's NAPI thread to the gateway CPU at a real-time priority.
-    fn napi_on_gateway_cpu(&self) {
-        let prefix = format!("napi/{}-", self.ingress);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let pids = loop {
-            let pids = threads_named(&prefix);
-            if !pids.is_empty() {
-                break pids;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no NAPI thread {prefix}* on the gateway's ingress"
-            );
-            thread::sleep(Duration::from_millis(10));
-        };
-        for pid in pids {
-            pin_to_cpu(pid, GW_CPU);
-            realtime(pid);
-        }
-    }
-
     /// Runs the stream from `sender` for `time` after a warm-up and measures it.
     pub fn measure(&self, time: Duration, sender: Sender) -> Sample {
         let frame = frame4(&|a| a, SENDER, VA, 17, |s, d| udp(s, d, &PAYLOAD));
@@ -634,18 +644,21 @@ struct Snapshot {
     sent: u64,
     refused: u64,
     received: u64,
+    /// With the fast path: packets it redirected, and packets it handled.
+    fast: Option<(u64, u64)>,
     gw_cpu: CpuTimes,
     sender_cpu: CpuTimes,
 }
 
 impl Snapshot {
     fn take(bed: &Bed, counts: &SendCounts) -> Self {
-        let received = tx_dropped(&bed.gw, "g1") + bed.redirected();
+        let received = rx_packets(&bed.rcv, &bed.receiver);
         Self {
             at: Instant::now(),
             sent: counts.sent.load(Ordering::Relaxed),
             refused: counts.refused.load(Ordering::Relaxed),
             received,
+            fast: bed.fast.then(|| bed.fast_path_counts()),
             gw_cpu: CpuTimes::read(GW_CPU),
             sender_cpu: CpuTimes::read(SENDER_CPU),
         }
@@ -665,6 +678,10 @@ impl Snapshot {
             kernel_pct: share(gw.kernel(), gw.total()),
             cpu_ns: gw.kernel() as f64 * 1e9 / clock_ticks() / delivered.max(1) as f64,
             sender_busy_pct: share(snd.total() - snd.idle, snd.total()),
+            redirected_pct: self
+                .fast
+                .zip(before.fast)
+                .map(|(now, then)| share(now.0 - then.0, now.1 - then.1)),
         }
     }
 }
@@ -733,12 +750,11 @@ fn clock_ticks() -> f64 {
     hz as f64
 }
 
-/// Packets that veth `ifname` in `ns` freed instead of passing them to its peer (which is
-/// down).
-fn tx_dropped(ns: &NetNs, ifname: &str) -> u64 {
+/// Packets interface `ifname` of `ns` received.
+fn rx_packets(ns: &NetNs, ifname: &str) -> u64 {
     let json = ns.ip(&["-s", "-j", "link", "show", ifname]);
     let v: serde_json::Value = serde_json::from_str(&json).expect("ip -j output");
-    v[0]["stats64"]["tx"]["dropped"]
+    v[0]["stats64"]["rx"]["packets"]
         .as_u64()
         .unwrap_or_else(|| panic!("no rx packet count of {ifname}: {json}"))
 }
@@ -765,7 +781,7 @@ fn send(frame: &[u8], stop: &AtomicBool, counts: &SendCounts) {
     let (mut sent, mut refused) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: `msgs` holds BATCH messages whose buffers (`iov`, `frame`) outlive the call.
-        let n = unsafe { libc::sendmmsg(fd.0, msgs.as_mut_ptr(), BATCH as u32, 0) };
+        let n = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
         // A short count means the message after the last one sent was refused (the
         // gateway's queue was full); -1 that the first one was.
         if n >= 0 {
@@ -791,11 +807,7 @@ const FRAMES_PER_CALL: u32 = 262_144;
 fn send_frames(frame: &[u8], stop: &AtomicBool, counts: &SendCounts) {
     pin_to_cpu(0, SENDER_CPU);
     renice(0, NICE);
-    let name = CString::new("s0").unwrap();
-    // SAFETY: a NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert!(ifindex != 0, "no interface s0 in the sender namespace");
-    let frames = LiveFrames::new(ifindex, frame).expect("load the frame sender's program");
+    let frames = LiveFrames::new(ifindex("s0"), frame).expect("load the frame sender's program");
     let mut sent = 0u64;
     while !stop.load(Ordering::Relaxed) {
         frames
@@ -806,37 +818,23 @@ fn send_frames(frame: &[u8], stop: &AtomicBool, counts: &SendCounts) {
     }
 }
 
-/// A file descriptor closed on drop.
-struct Fd(libc::c_int);
-
-impl Drop for Fd {
-    fn drop(&mut self) {
-        // SAFETY: the descriptor is owned by this value.
-        unsafe { libc::close(self.0) };
-    }
-}
-
 /// A raw packet socket bound to `ifname` for sending only (protocol 0: it receives nothing).
-fn packet_socket(ifname: &str) -> Fd {
-    let name = CString::new(ifname).unwrap();
-    // SAFETY: a NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert!(
-        ifindex != 0,
-        "no interface {ifname} in the sender namespace"
-    );
+fn packet_socket(ifname: &str) -> OwnedFd {
+    let ifindex = ifindex(ifname);
     // SAFETY: plain socket creation.
-    let fd = Fd(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) });
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
     assert!(
-        fd.0 >= 0,
+        raw >= 0,
         "socket(AF_PACKET): {}",
         std::io::Error::last_os_error()
     );
+    // SAFETY: a new descriptor, owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let one: libc::c_int = 1;
     // SAFETY: an int option of the right size.
     let rc = unsafe {
         libc::setsockopt(
-            fd.0,
+            fd.as_raw_fd(),
             libc::SOL_PACKET,
             PACKET_QDISC_BYPASS,
             std::ptr::from_ref(&one).cast(),
@@ -856,7 +854,7 @@ fn packet_socket(ifname: &str) -> Fd {
     // SAFETY: `sll` is a sockaddr_ll of the size passed.
     let rc = unsafe {
         libc::bind(
-            fd.0,
+            fd.as_raw_fd(),
             std::ptr::from_ref(&sll).cast(),
             std::mem::size_of::<libc::sockaddr_ll>() as u32,
         )
@@ -920,6 +918,39 @@ fn threads_named(prefix: &str) -> Vec<libc::pid_t> {
         comm.starts_with(prefix).then_some(pid)
     })
     .collect()
+}
+
+/// Pins the NAPI threads of interface `ifname` to `cpu` at a real-time priority.
+fn napi_on_cpu(ifname: &str, cpu: usize) {
+    let prefix = format!("napi/{ifname}-");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let pids = loop {
+        let pids = threads_named(&prefix);
+        if !pids.is_empty() {
+            break pids;
+        }
+        assert!(Instant::now() < deadline, "no NAPI thread {prefix}*");
+        thread::sleep(Duration::from_millis(10));
+    };
+    for pid in pids {
+        pin_to_cpu(pid, cpu);
+        realtime(pid);
+    }
+}
+
+/// Makes interface `ifname` of `ns` poll in NAPI threads rather than in softirq.
+fn threaded_napi(ns: &NetNs, ifname: &str) {
+    let script = format!("echo 1 > /sys/class/net/{ifname}/threaded");
+    check(ns.command("sh").args(["-c", &script]));
+}
+
+/// The index of interface `ifname` in the calling thread's network namespace.
+fn ifindex(ifname: &str) -> u32 {
+    let name = CString::new(ifname).unwrap();
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(index != 0, "no interface {ifname}");
+    index
 }
 
 /// Writes a sysctl (a path under /proc/sys) inside `ns`.

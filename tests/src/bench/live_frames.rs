@@ -13,9 +13,13 @@
 //! about 30 instructions for a 106-byte frame, on the sender's CPU.
 //!
 //! The program is made of raw instructions and loaded with the `bpf` system call: it is a
-//! tool of the bench, not part of netpage's object.
+//! tool of the bench, not part of netpage's object. So is the bench's receiver, [`Sink`].
 
-use std::{ffi::CString, io, os::fd::RawFd};
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+};
 
 /// `bpf(2)` commands and constants (include/uapi/linux/bpf.h).
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -48,7 +52,8 @@ const ST_H: u8 = 0x6a;
 const ST_B: u8 = 0x72;
 const CALL: u8 = 0x85;
 const EXIT: u8 = 0x95;
-/// `XDP_DROP`, for a frame shorter than the one to write (none is).
+/// `XDP_DROP`: the sender's verdict for a frame shorter than the one to write (none is),
+/// and the sink's for every frame.
 const XDP_DROP: i32 = 1;
 
 /// The program: writes `frame` over the packet (which has its length), then
@@ -117,9 +122,61 @@ fn put_u64(attr: &mut [u8], at: usize, v: u64) {
     attr[at..at + 8].copy_from_slice(&v.to_ne_bytes());
 }
 
+/// Loads an XDP program of raw instructions `insns`, named `name` (at most 15 bytes).
+fn load_xdp(insns: &[u8], name: &[u8]) -> io::Result<OwnedFd> {
+    let license = CString::new("GPL").unwrap();
+    let mut attr = [0u8; 128];
+    // union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, and prog_name.
+    put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
+    put_u32(&mut attr, 4, (insns.len() / 8) as u32);
+    put_u64(&mut attr, 8, insns.as_ptr() as u64);
+    put_u64(&mut attr, 16, license.as_ptr() as u64);
+    attr[48..48 + name.len()].copy_from_slice(name);
+    bpf_fd(BPF_PROG_LOAD, &mut attr)
+}
+
+/// `bpf(cmd, attr)` for a command that makes a file descriptor.
+fn bpf_fd(cmd: libc::c_long, attr: &mut [u8]) -> io::Result<OwnedFd> {
+    let fd = bpf(cmd, attr)? as RawFd;
+    // SAFETY: the kernel just made this descriptor, and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The receiver of the forwarding bench: an XDP program that drops every frame, attached
+/// by a BPF link (native mode) to the receiver's veth. A veth with an XDP program receives
+/// in NAPI and takes XDP frames, which the fast path's `XDP_REDIRECT` needs, and counts
+/// every frame it polls in its `rx_packets`. Dropping at once keeps the receiver's own
+/// work small (it runs on the sender's CPU); the link is detached on drop.
+pub struct Sink {
+    _prog: OwnedFd,
+    _link: OwnedFd,
+}
+
+impl Sink {
+    /// Attaches the sink to interface `ifindex` of the calling thread's network namespace.
+    pub fn attach(ifindex: u32) -> io::Result<Self> {
+        let drop_all = [insn(MOV64_IMM, 0, 0, 0, XDP_DROP), insn(EXIT, 0, 0, 0, 0)].concat();
+        let prog = load_xdp(&drop_all, b"np_bench_sink")?;
+        let mut attr = [0u8; 64];
+        // union bpf_attr, BPF_LINK_CREATE: prog_fd, target_ifindex, attach_type, flags.
+        put_u32(&mut attr, 0, prog.as_raw_fd() as u32);
+        put_u32(&mut attr, 4, ifindex);
+        put_u32(&mut attr, 8, BPF_XDP);
+        let link = bpf_fd(BPF_LINK_CREATE, &mut attr)?;
+        Ok(Self {
+            _prog: prog,
+            _link: link,
+        })
+    }
+}
+
+/// `BPF_LINK_CREATE` and the attach type `BPF_XDP` (include/uapi/linux/bpf.h).
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_XDP: u32 = 37;
+
 /// The redirecting program, loaded, and the frame it sends.
 pub struct LiveFrames {
-    prog: RawFd,
+    prog: OwnedFd,
     frame: Vec<u8>,
 }
 
@@ -127,18 +184,8 @@ impl LiveFrames {
     /// Loads the program that redirects every frame to the interface `ifindex` of the
     /// calling thread's network namespace.
     pub fn new(ifindex: u32, frame: &[u8]) -> io::Result<Self> {
-        let insns = redirect_program(ifindex, frame);
-        let license = CString::new("GPL").unwrap();
-        let mut attr = [0u8; 128];
-        // union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license.
-        put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
-        put_u32(&mut attr, 4, (insns.len() / 8) as u32);
-        put_u64(&mut attr, 8, insns.as_ptr() as u64);
-        put_u64(&mut attr, 16, license.as_ptr() as u64);
-        attr[48..58].copy_from_slice(b"np_bench_s");
-        let prog = bpf(BPF_PROG_LOAD, &mut attr)? as RawFd;
         Ok(Self {
-            prog,
+            prog: load_xdp(&redirect_program(ifindex, frame), b"np_bench_s")?,
             frame: frame.to_vec(),
         })
     }
@@ -150,20 +197,13 @@ impl LiveFrames {
         // union bpf_attr, BPF_PROG_TEST_RUN: prog_fd, retval, data_size_in, data_size_out,
         // data_in, data_out, repeat, duration, ctx sizes and pointers, flags, cpu,
         // batch_size.
-        put_u32(&mut attr, 0, self.prog as u32);
+        put_u32(&mut attr, 0, self.prog.as_raw_fd() as u32);
         put_u32(&mut attr, 8, self.frame.len() as u32);
         put_u64(&mut attr, 16, self.frame.as_ptr() as u64);
         put_u32(&mut attr, 32, count);
         put_u32(&mut attr, 64, BPF_F_TEST_XDP_LIVE_FRAMES);
         put_u32(&mut attr, 72, BATCH);
         bpf(BPF_PROG_TEST_RUN, &mut attr).map(drop)
-    }
-}
-
-impl Drop for LiveFrames {
-    fn drop(&mut self) {
-        // SAFETY: the descriptor is owned by this value.
-        unsafe { libc::close(self.prog) };
     }
 }
 

@@ -7,8 +7,8 @@
 //! segmentation (`segmentation`: `--switch-at stop`, the VA mapped with method encap).
 //! Rows per run, then medians per variant against the hand-switched routes. Then the same
 //! over the WAN (`migration-wan` alone): the sites 20 ms apart, `stop` also without the
-//! hold, the guest's own first-reply latency after RESUME, and the nodes switched
-//! gateway first against destination host first.
+//! hold, segmentation too, the guest's own first-reply latency after RESUME, and the nodes
+//! switched gateway first against destination host first.
 
 use serde_json::json;
 
@@ -209,6 +209,7 @@ mod tests {
             ("stop-lead", Some("routes")),
             ("resume", Some("routes")),
             ("routes", None),
+            ("segmentation", Some("routes")),
             ("stop-no-hold@destination-first", Some("stop-no-hold")),
             ("stop-no-hold@source-first", Some("stop-no-hold")),
         ];
