@@ -206,32 +206,68 @@ fn a_node_with_a_locator_takes_either_hook_and_auto_chooses_xdp() {
 /// offload, TSO and GSO), 1 MiB each way between the client and the VM arrives intact under
 /// segmentation: the edges tunnel GSO packets whose segments fit whole, with their partial
 /// checksums, answer those whose segments do not, and open what arrives; neither end
-/// counts a checksum error. (The links after the senders have transmit offload off: the
-/// kernel segments and completes checksums behind the edges.)
-fn offloaded_tcp_through_tc_arrives_intact(f: &Addrs) {
+/// counts a checksum error.
+///
+/// `between`: how the link between the gateway and host A carries what the edges tunnel.
+/// [`Between::Segmented`]: with transmit offload off, so the kernel cuts a tunnelled GSO
+/// packet into its segments and completes their checksums on the way out, and the other
+/// edge opens segments. [`Between::Whole`]: with offloads on, so a tunnelled GSO packet
+/// crosses whole and the other edge's tc hook opens a whole GSO tunnel packet, which
+/// reaches its receiver whole (its segments cut, if at all, behind that edge).
+fn offloaded_tcp_through_tc_arrives_intact(f: &Addrs, between: Between) {
     let world = segment_world_with(f, f.va.is_ipv6(), &["--hook", "tc"]);
-    for (node, ifname) in [(Node::Client, "c0"), (Node::Vm, "eth0")] {
+    let mut offloaded = vec![(Node::Client, "c0"), (Node::Vm, "eth0")];
+    if between == Between::Whole {
+        offloaded.extend([(Node::Gw, "ga"), (Node::HostA, "a0")]);
+    }
+    for (node, ifname) in offloaded {
         world.exec_ok(
             node,
             "ethtool",
-            &["-K", ifname, "tx", "on", "tso", "on", "gso", "on"],
+            &[
+                "-K",
+                ifname,
+                "tx",
+                "on",
+                "tso",
+                "on",
+                "gso",
+                "on",
+                "tx-udp_tnl-segmentation",
+                "on",
+                "tx-udp_tnl-csum-segmentation",
+                "on",
+            ],
         );
     }
+    let edges_rx = || [rx(&world, Node::HostA, "a0"), rx(&world, Node::Gw, "ga")];
+    let rx_before = edges_rx();
     let before = [Node::Client, Node::Vm].map(|n| tcp_csum_errors(&world, n));
     let server = world.tcp_echo(Node::Vm, SocketAddr::new(f.va, PORT + 1));
     let took = echo_bulk(&world, server.addr(), 1 << 20)
         .unwrap_or_else(|e| panic!("{}: {e}\n{}", f.va, world.diagnostics()));
     let after = [Node::Client, Node::Vm].map(|n| tcp_csum_errors(&world, n));
     let counter = |node, name| world.counter(node, name);
+    // Bytes per frame each edge received from the other meanwhile.
+    let per_frame: Vec<f64> = edges_rx()
+        .iter()
+        .zip(&rx_before)
+        .map(|(now, then)| (now.0 - then.0) as f64 / (now.1 - then.1).max(1) as f64)
+        .collect();
     println!(
-        "{} through tc with offloads: 1 MiB each way in {took:.2?}; gateway encapsulated \
-         {}, answered {}; host A encapsulated {}, answered {}, decapsulated {}",
+        "{} through tc with offloads ({between:?} between the edges): 1 MiB each way in \
+         {took:.2?}; gateway encapsulated {}, answered {}, decapsulated {}; host A \
+         encapsulated {}, answered {}, decapsulated {}; bytes per frame received by host A \
+         {:.0}, by the gateway {:.0}",
         f.va,
         counter(Node::Gw, "encapsulated"),
         counter(Node::Gw, "answered_too_big"),
+        counter(Node::Gw, "decapsulated"),
         counter(Node::HostA, "encapsulated"),
         counter(Node::HostA, "answered_too_big"),
         counter(Node::HostA, "decapsulated"),
+        per_frame[0],
+        per_frame[1],
     );
     assert_eq!(before, after, "checksum errors at the client, the VM");
     for node in [Node::Gw, Node::HostA] {
@@ -241,21 +277,64 @@ fn offloaded_tcp_through_tc_arrives_intact(f: &Addrs) {
         // answers, completed on links without checksum offload, reached them.
         assert!(counter(node, "answered_too_big") > 0, "{node:?}");
     }
-    // The gateway tunnelled GSO packets whole, which the kernel cut into segments after
-    // it: host A opened more packets than the gateway made.
-    assert!(
-        counter(Node::Gw, "encapsulated") < counter(Node::HostA, "decapsulated"),
-        "no GSO packet went through the tunnel whole"
-    );
+    match between {
+        // The gateway tunnelled GSO packets whole, which the kernel cut into segments
+        // after it: host A opened more packets than the gateway made.
+        Between::Segmented => assert!(
+            counter(Node::Gw, "encapsulated") < counter(Node::HostA, "decapsulated"),
+            "no GSO packet went through the tunnel whole"
+        ),
+        // Each edge received tunnelled frames larger, on average, than the link's MTU:
+        // whole GSO tunnel packets, which it opened.
+        Between::Whole => {
+            for (at, bytes) in ["host A", "the gateway"].into_iter().zip(&per_frame) {
+                assert!(
+                    *bytes > 1500.0,
+                    "{at} received {bytes:.0} bytes per frame: no whole GSO packet"
+                );
+            }
+        }
+    }
     world.assert_hook(Node::HostA, "tc");
+}
+
+/// Bytes and frames interface `ifname` of `node` received so far.
+fn rx(world: &World, node: Node, ifname: &str) -> (u64, u64) {
+    let json = world.exec_ok(node, "ip", &["-s", "-j", "link", "show", ifname]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("ip -j output");
+    let rx = &v[0]["stats64"]["rx"];
+    let count = |what: &str| {
+        rx[what]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no rx {what} of {ifname}: {json}"))
+    };
+    (count("bytes"), count("packets"))
+}
+
+/// How the link between two edges carries a tunnelled GSO packet (see
+/// [`offloaded_tcp_through_tc_arrives_intact`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Between {
+    Segmented,
+    Whole,
 }
 
 #[test]
 fn offloaded_tcp_through_tc_arrives_intact_v4() {
-    offloaded_tcp_through_tc_arrives_intact(&V4);
+    offloaded_tcp_through_tc_arrives_intact(&V4, Between::Segmented);
 }
 
 #[test]
 fn offloaded_tcp_through_tc_arrives_intact_v6() {
-    offloaded_tcp_through_tc_arrives_intact(&V6);
+    offloaded_tcp_through_tc_arrives_intact(&V6, Between::Segmented);
+}
+
+#[test]
+fn offloaded_tcp_tunnelled_whole_between_tc_edges_arrives_intact_v4() {
+    offloaded_tcp_through_tc_arrives_intact(&V4, Between::Whole);
+}
+
+#[test]
+fn offloaded_tcp_tunnelled_whole_between_tc_edges_arrives_intact_v6() {
+    offloaded_tcp_through_tc_arrives_intact(&V6, Between::Whole);
 }
