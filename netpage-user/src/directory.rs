@@ -262,7 +262,8 @@ impl Directory {
 
     /// Runs `f` on a fresh view and commits what it wrote, trying again on a fresh view
     /// when another writer changed a key in between. Returns `f`'s result and the
-    /// revision of the change (the view's if nothing was written).
+    /// revision of the change (if nothing was written, the newest revision among the
+    /// entries read).
     pub async fn change<R>(
         &mut self,
         mut f: impl FnMut(&mut View) -> Result<R, OpError>,
@@ -271,7 +272,10 @@ impl Directory {
             let mut view = self.view().await?;
             let r = f(&mut view)?;
             if view.writes().next().is_none() {
-                return Ok((r, view.revision));
+                // Nothing to write: the nodes hold what was read once they applied its
+                // newest entry. Not the store's revision, which the nodes' own reports
+                // move on and which no node applies: a wait for it would never end.
+                return Ok((r, view.newest_entry_revision()));
             }
             if let Some(rev) = self.commit(&view).await? {
                 return Ok((r, rev));

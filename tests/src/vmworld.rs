@@ -221,6 +221,12 @@ impl VmWorld {
         Self::build(Plumbing::Segments, None)
     }
 
+    /// The segmented world ([`VmWorld::segmented`]) with its sites apart
+    /// ([`VmWorld::over_wan`]).
+    pub fn segmented_over_wan(wan: Wan) -> Self {
+        Self::build(Plumbing::Segments, Some(wan))
+    }
+
     /// Where the VA is mapped while the guest is at `host`: its real address there under
     /// paging, its locator under segmentation.
     pub fn address_at(&self, host: Host) -> IpAddr {
@@ -622,6 +628,7 @@ impl VmWorld {
         for args in [
             &["-s", "link", "show", TAP][..],
             &["neigh", "show", "dev", TAP],
+            &["-s", "neigh", "show"],
             &["route"],
         ] {
             let out = ns.exec("ip", args);
@@ -635,6 +642,12 @@ impl VmWorld {
         let out = ns.exec("tc", &["-s", "qdisc", "show", "dev", TAP]);
         d += &format!(
             "== host {host:?}: tc -s qdisc show dev {TAP}\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // Packets dropped while their next hop's address was being resolved.
+        let out = ns.exec("cat", &["/proc/net/stat/arp_cache", "/proc/net/stat/ndisc_cache"]);
+        d += &format!(
+            "== host {host:?}: neighbour caches (per CPU, hexadecimal)\n{}",
             String::from_utf8_lossy(&out.stdout)
         );
         let out = self.world.netpage(host.node(), &["stats"]);

@@ -390,6 +390,9 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
     let _ = std::fs::remove_file(&svg);
 
     match &directory {
+        None if vw.by_segmentation() => {
+            assert_segment_tables_at_b(&vw);
+        }
         // The drain of 1 s ended before `migrate` returned: RA_A is gone everywhere. Each
         // node's forwards from RA_A to RA_B are in the timeline.
         None => {
@@ -568,6 +571,12 @@ fn assert_segment_through_the_directory(vw: &VmWorld, d: &OnDirectory, report: &
         );
     }
     assert!(report.get("unconfirmed").is_none(), "{report:#}");
+    assert_segment_at_b(vw, d);
+}
+
+/// Every edge's segment entry puts the VM at host B's locator, with no reverse entry and
+/// no drain; returns that entry as `map list` gives it.
+fn assert_segment_tables_at_b(vw: &VmWorld) -> serde_json::Value {
     let want = serde_json::json!([{
         "vm": VA.to_string(),
         "locator": vw.address_at(Host::B).to_string(),
@@ -579,6 +588,13 @@ fn assert_segment_through_the_directory(vw: &VmWorld, d: &OnDirectory, report: &
             "{node:?}: {t:?}"
         );
     }
+    want
+}
+
+/// Every edge's segment entry, and the directory's, puts the VM at host B's locator, with
+/// no reverse entry and no drain anywhere, and `check` finds nothing.
+fn assert_segment_at_b(vw: &VmWorld, d: &OnDirectory) {
+    let want = assert_segment_tables_at_b(vw);
     let check = netpage_etcd_json(&d.etcd, &["check"]);
     assert_eq!(check["findings"], serde_json::json!([]), "{check:#}");
     let listed = netpage_etcd_json(&d.etcd, &["map", "list"]);
@@ -801,6 +817,28 @@ fn migrate_over_a_wan_switch_at_stop_without_the_hold_loses_only_what_came_befor
         "without the hold, with forwarding: {} probes lost (STOP -> switched {:?} ms; \
          frames the delay line itself lost: {:?})",
         f.probes.lost, f.stop_to_switch_ms, f.delay_line_lost
+    );
+}
+
+/// Segmentation over the WAN (the VA mapped with method encap, the sites
+/// [`WAN_ONE_WAY`] apart), `--switch-at stop` with the hold: nothing lost outside the
+/// pause, the TCP conversation intact, every edge's segment entry at host B's locator.
+#[test]
+fn migrate_by_segmentation_over_a_wan_loses_nothing_outside_the_pause() {
+    if skipped() {
+        return;
+    }
+    let _one = serial();
+    let f = retrying_a_guest_fault(|| {
+        let vw = VmWorld::segmented_over_wan(Wan::delay(WAN_ONE_WAY));
+        let f = migrate_in(vw, "stop", &[], Via::Nodes);
+        assert_nothing_lost_outside_the_pause(&f, WAN_ONE_WAY.as_secs_f64() * 1e3);
+        f
+    });
+    println!(
+        "segmentation over the WAN: {} probes lost (switched {:?} ms before STOP; frames \
+         the delay line itself lost: {:?})",
+        f.probes.lost, f.switch_to_stop_ms, f.delay_line_lost
     );
 }
 
@@ -1733,6 +1771,85 @@ fn a_killed_migrate_through_the_directory_is_undone_by_recover() {
     assert_source_restored(&vw, &mut src, &before, limit, "after --recover");
     assert_destination_exits(&mut dst, Duration::from_secs(10));
     assert_answers_at_source(&vw, "after --recover");
+}
+
+/// A VM mapped by segmentation: `netpage --etcd URL migrate --switch-at resume` killed
+/// with SIGKILL right after its switch transaction (the destination runs the guest: past
+/// the point of no return) leaves its record; `netpage --etcd URL migrate --recover`
+/// finishes the migration through the directory: every edge's segment entry at host B's
+/// locator (nothing reserved, nothing draining), the directory consistent, the record
+/// gone, and the guest answering at host B.
+#[test]
+fn a_migrate_by_segmentation_killed_after_the_switch_through_the_directory_is_finished_by_recover()
+{
+    if skipped() || etcd_skipped() {
+        return;
+    }
+    let _one = serial();
+    let vw = VmWorld::segmented();
+    let (src, dst) = boot_pair(&vw, 0);
+    let d = OnDirectory::start(&vw);
+    let at_b = vw.address_at(Host::B);
+    let call = MigrateCall {
+        to: at_b.to_string(),
+        ..MigrateCall::usual(&src, &dst, Host::B)
+    };
+    let mut child = spawn_migrate(
+        vw.migrate_command(
+            netpage_etcd(&d.etcd),
+            &call,
+            &[
+                "--switch-at",
+                "resume",
+                "--downtime-limit",
+                DOWNTIME_LIMIT_MS,
+            ],
+        ),
+        Stdio::null(),
+        Stdio::piped(),
+    );
+    use netpage::table::PageTable;
+    // Host B's agent applies the switch transaction: from then on, the directory has it.
+    let pin_b = vw.world.pin_dir(Node::HostB);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = netpage::node::Node::new(&pin_b)
+            .open()
+            .expect("host B's table");
+        if t.table.segment(VA.into()).expect("segment entry") == Some(at_b) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no switch within 60 s");
+        if child.try_wait().expect("netpage migrate").is_some() {
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("netpage migrate ended before its switch:\n{err}");
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    kill_migrate(&mut child);
+    let record = record_path(&vw);
+    assert!(record.exists(), "no record at {}", record.display());
+
+    let mut recover = netpage_etcd(&d.etcd);
+    recover
+        .args(["--json", "migrate", "--recover", "--vm", &VA.to_string()])
+        .arg("--state-dir")
+        .arg(vw.state_dir());
+    let out = netpage_tests::netns::output(&mut recover);
+    assert!(out.status.success(), "recover failed:\n{}", text(&out));
+    let report = json(&out);
+    print_timeline(&report);
+    assert_eq!(report["status"], "completed", "{report:#}");
+    assert_eq!(report["record_removed"], true, "{report:#}");
+    assert!(!record.exists());
+    assert_segment_at_b(&vw, &d);
+    assert_eq!(run_state(&dst.qmp_path()), RunState::Running);
+    assert!(
+        vw.world.ping(Node::Client, VA.into()),
+        "no answer at host B after --recover"
+    );
+    echo_line(&mut vw.echo_stream(), "after the recovery\n");
 }
 
 /// A source with post-copy on (`postcopy-ram`) is refused before anything changes: the

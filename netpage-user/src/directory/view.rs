@@ -98,6 +98,15 @@ impl View {
         }
     }
 
+    /// The newest revision that wrote one of the entries as read (0: none). A node that
+    /// applied it holds every entry as read, but for one deleted after it.
+    pub fn newest_entry_revision(&self) -> i64 {
+        let vms = self.vms.values().map(|r| r.mod_revision);
+        let ras = self.ras.values().map(|r| r.mod_revision);
+        let segs = self.segs.values().map(|r| r.mod_revision);
+        vms.chain(ras).chain(segs).max().unwrap_or(0)
+    }
+
     /// The keys whose revision as read a commit compares beyond the ones it writes: a
     /// VA's other key (`vm` for `seg`, `seg` for `vm`) when the VA's key is created, so
     /// that two writers who each found the VA free cannot map it by both methods.
@@ -434,6 +443,34 @@ mod tests {
         let writes: Vec<_> = v.writes().collect();
         assert_eq!(writes.len(), 2, "one write per key: {writes:?}");
         assert_eq!(ops::list(&v).unwrap().len(), 2);
+    }
+
+    /// A change that writes nothing is confirmed at the newest entry's revision, not at
+    /// the store's (read at 7, past the entries' 3 and 5).
+    #[test]
+    fn the_newest_entry_revision_is_that_of_the_last_entry_written() {
+        let keys = Keys::new("/t");
+        let (vm, real) = (ip("198.19.0.10"), ip("198.18.10.100"));
+        let kvs = [
+            (keys.vm(vm), encode(&VmValue { real }), 5),
+            (
+                keys.ra(real),
+                encode(&RaValue {
+                    vm,
+                    drain_until_ms: None,
+                }),
+                3,
+            ),
+        ];
+        let v = View::from_kvs(
+            &keys,
+            7,
+            kvs.iter()
+                .map(|(k, v, rev)| (k.as_bytes(), v.as_slice(), *rev, 0)),
+        )
+        .unwrap();
+        assert_eq!(v.newest_entry_revision(), 5);
+        assert_eq!(View::default().newest_entry_revision(), 0);
     }
 
     #[test]

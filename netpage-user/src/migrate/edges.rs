@@ -494,6 +494,15 @@ impl Edges {
         }
     }
 
+    /// Whether `vm` is mapped with method encap: a segment entry, which reserves nothing
+    /// and does not drain (a failure to read counts as no).
+    pub(super) async fn by_segmentation(&mut self, vm: IpAddr) -> bool {
+        match self {
+            Edges::Local(nodes) => matches!(nodes[0].1.table.segment(vm), Ok(Some(_))),
+            Edges::Directory(d) => d.dir.view().await.is_ok_and(|v| v.read_seg(vm).is_some()),
+        }
+    }
+
     /// Whether the edges end drains by themselves (the directory's leases, which every
     /// agent follows), so that a completed migration need not wait to end them.
     pub(super) fn drains_end_by_themselves(&self) -> bool {

@@ -138,13 +138,24 @@ pub async fn recover(
     let mut errors = Vec::new();
     let status = match fate {
         Fate::Destination => {
+            // A VM mapped with method encap has one entry, switched; nothing drains.
+            let drain = if edges.by_segmentation(vm).await {
+                Duration::ZERO
+            } else {
+                drain
+            };
             let edit = Edit::Finish { drain };
             errors.extend(edges.edit(edit, vm, from, to, &mut timeline).await);
+            let draining = if drain.is_zero() {
+                String::new()
+            } else {
+                format!(", {from} draining for {drain:?}")
+            };
             timeline.mark(
                 Instant::now(),
                 Source::Netpage,
                 "FINISHED",
-                format!("{vm} -> {to}, {from} draining for {drain:?}"),
+                format!("{vm} -> {to}{draining}"),
             );
             if !drain.is_zero() && !edges.drains_end_by_themselves() {
                 tokio::time::sleep(drain).await;

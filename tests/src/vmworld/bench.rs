@@ -94,12 +94,13 @@ impl Variant {
         Variant::Segmentation,
     ];
     /// The variants of the WAN's rounds.
-    pub const WAN: [Variant; 5] = [
+    pub const WAN: [Variant; 6] = [
         Variant::StopNoHold,
         Variant::Stop,
         Variant::StopLead,
         Variant::Resume,
         Variant::Routes,
+        Variant::Segmentation,
     ];
 
     pub fn name(self) -> &'static str {
@@ -443,7 +444,7 @@ fn measure(run: &mut MigrationRun) {
         (Variant::L2Stretch, None) => VmWorld::l2_stretch(),
         (Variant::L2Stretch, Some(_)) => panic!("the L2 stretch has no WAN world"),
         (Variant::Segmentation, None) => VmWorld::segmented(),
-        (Variant::Segmentation, Some(_)) => panic!("segmentation has no WAN world yet"),
+        (Variant::Segmentation, Some(w)) => VmWorld::segmented_over_wan(w),
         (_, None) => VmWorld::new(),
         (_, Some(w)) => VmWorld::over_wan(w),
     };
@@ -745,6 +746,7 @@ mod tests {
 
     #[test]
     fn the_wan_round_compares_every_variant_and_every_order_of_stop() {
+        assert!(Variant::WAN.contains(&Variant::Segmentation));
         let labels: Vec<String> = wan_cases().iter().map(Case::label).collect();
         assert_eq!(
             labels,
@@ -754,6 +756,7 @@ mod tests {
                 "stop-lead",
                 "resume",
                 "routes",
+                "segmentation",
                 "stop-no-hold@destination-first",
                 "stop-no-hold@source-first",
             ]

@@ -221,11 +221,33 @@ fn run(socket: &OwnedFd, stop: &AtomicBool) -> io::Result<Capture> {
     Ok(capture)
 }
 
-/// An ICMP echo to or from `va` in an Ethernet frame: which way, and the probe's sequence
-/// number.
-fn parse(frame: &[u8], va: Ipv4Addr) -> Option<(Way, u64)> {
+/// The UDP port of the encapsulation under segmentation (GUE variant 1: the UDP payload
+/// is the inner IP packet itself).
+const GUE_PORT: u16 = 6080;
+
+/// The IPv4 packet an Ethernet frame carries: its own, or the one inside when it is an
+/// IPv4 datagram of the encapsulation. Under segmentation the guest's packets are
+/// encapsulated by the tap's XDP hook, before a capture sees them.
+fn ipv4_packet(frame: &[u8]) -> Option<&[u8]> {
     let ip = frame.get(14..).filter(|ip| ip.len() >= 20)?;
-    if u16::from_be_bytes([frame[12], frame[13]]) != ETH_P_IP || ip[0] >> 4 != 4 || ip[9] != 1 {
+    if u16::from_be_bytes([frame[12], frame[13]]) != ETH_P_IP || ip[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    match ip.get(ihl..ihl + 8) {
+        Some(udp) if ip[9] == 17 && u16::from_be_bytes([udp[2], udp[3]]) == GUE_PORT => {
+            let inner = &ip[ihl + 8..];
+            (inner.len() >= 20 && inner[0] >> 4 == 4).then_some(inner)
+        }
+        _ => Some(ip),
+    }
+}
+
+/// An ICMP echo to or from `va` in an Ethernet frame (see [`ipv4_packet`]): which way,
+/// and the probe's sequence number.
+fn parse(frame: &[u8], va: Ipv4Addr) -> Option<(Way, u64)> {
+    let ip = ipv4_packet(frame)?;
+    if ip[9] != 1 {
         return None;
     }
     let ihl = usize::from(ip[0] & 0x0f) * 4;
@@ -242,11 +264,12 @@ fn parse(frame: &[u8], va: Ipv4Addr) -> Option<(Way, u64)> {
     }
 }
 
-/// Whether an IPv4 frame holds its whole datagram, both the IPv4 header checksum and the
-/// ICMP checksum over the datagram's payload verify, and, going `way` in, it is addressed
-/// to the guest's MAC `guest` (the guest's NIC drops a frame for another).
+/// Whether an Ethernet frame's IPv4 packet (see [`ipv4_packet`]) is whole, both its
+/// header checksum and the ICMP checksum over its payload verify (recomputed here) and,
+/// going `way` in, the frame is addressed to the guest's MAC `guest` (the guest's NIC
+/// drops a frame for another).
 fn intact(frame: &[u8], way: Way, guest: [u8; 6]) -> bool {
-    let Some(ip) = frame.get(14..).filter(|ip| ip.len() >= 20) else {
+    let Some(ip) = ipv4_packet(frame) else {
         return false;
     };
     if way == Way::In && frame[..6] != guest {
@@ -390,5 +413,20 @@ mod tests {
         assert_eq!(parse(&frame(ECHO_REQUEST, va, client), va), None);
         assert_eq!(parse(&frame(3, client, va), va), None);
         assert_eq!(parse(&frame(ECHO_REPLY, va, client)[..20], va), None);
+        // Under segmentation a reply leaves the tap encapsulated: outer IPv4, then UDP to
+        // the encapsulation's port, then the reply itself; to another port it is not one.
+        let tunnelled = |port: u16| {
+            let inner = &frame(ECHO_REPLY, va, client)[14..];
+            let mut f = frame(0, client, client)[..34].to_vec();
+            f[23] = 17;
+            f.extend(49152u16.to_be_bytes());
+            f.extend(port.to_be_bytes());
+            f.extend(((8 + inner.len()) as u16).to_be_bytes());
+            f.extend([0, 0]);
+            f.extend(inner);
+            f
+        };
+        assert_eq!(parse(&tunnelled(6080), va), Some((Way::Out, 42)));
+        assert_eq!(parse(&tunnelled(6081), va), None);
     }
 }

@@ -272,6 +272,35 @@ impl World {
             offload_off(ns, &[e.ifname]);
             ns.ip_batch(&end_lines(e));
         }
+        if wan.is_some() {
+            self.neighbours_across(a, b);
+            self.neighbours_across(b, a);
+        }
+    }
+
+    /// Gives end `a` of a link through the delay line a permanent neighbour entry for each
+    /// of `b`'s addresses. The delay line stands for the distance between sites, but a
+    /// node's next hop is local in a real site: resolved at once, and kept resolved by
+    /// the site's traffic. Resolving across the delay line would take its round trip,
+    /// while the kernel holds the first packets to that next hop in a queue that drops its
+    /// oldest when full (`unres_qlen_bytes`): a burst after an idle time, such as a
+    /// migrated guest's answers to what was queued for it during the pause, lost its first
+    /// packets there, a loss of the test world, not of the network it models.
+    fn neighbours_across(&self, a: &End, b: &End) {
+        let json = self.ns(b.node).ip(&["-j", "link", "show", b.ifname]);
+        let link: serde_json::Value = serde_json::from_str(&json).expect("ip -j link show");
+        let mac = link[0]["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no address of {}: {json}", b.ifname))
+            .to_owned();
+        let lines: Vec<String> = [b.v4, b.v6]
+            .iter()
+            .map(|addr| {
+                let addr = addr.split('/').next().expect("an address");
+                format!("neigh replace {addr} lladdr {mac} dev {} nud permanent", a.ifname)
+            })
+            .collect();
+        self.ns(a.node).ip_batch(&lines);
     }
 
     fn create_vm(&self, vm: Vm) {
