@@ -19,6 +19,7 @@
 //! spans the gateway and both hosts over VXLAN ([`stretch`]).
 
 pub mod bench;
+pub mod guest_echoes;
 mod icmp;
 pub mod mac_watch;
 pub mod stretch;
@@ -645,7 +646,10 @@ impl VmWorld {
             String::from_utf8_lossy(&out.stdout)
         );
         // Packets dropped while their next hop's address was being resolved.
-        let out = ns.exec("cat", &["/proc/net/stat/arp_cache", "/proc/net/stat/ndisc_cache"]);
+        let out = ns.exec(
+            "cat",
+            &["/proc/net/stat/arp_cache", "/proc/net/stat/ndisc_cache"],
+        );
         d += &format!(
             "== host {host:?}: neighbour caches (per CPU, hexadecimal)\n{}",
             String::from_utf8_lossy(&out.stdout)
@@ -826,8 +830,11 @@ pub fn migrate_by_qmp(src: &Qemu, uri: &str, downtime_limit_ms: u64) -> Migratio
 pub const GUEST_CRASH: &str = "the guest's kernel panicked at the destination";
 
 /// What a test says when every probe it lost outside the pause went in to the destination
-/// guest on its tap intact, after RESUME, and was never answered: lost past the network,
-/// in the hypervisor or the guest (see [`tap_capture::Capture::delivered_unanswered_after`]).
+/// guest on its tap intact, after RESUME, and was never answered (see
+/// [`tap_capture::Capture::delivered_unanswered_after`]), or when the guest's own counters
+/// say it took every probe and left the lost ones unanswered (see
+/// [`guest_echoes::GuestEchoes::explain`]): lost past the network, in the hypervisor or
+/// the guest.
 pub const GUEST_LOSS: &str =
     "the destination guest lost probes that reached its tap intact after RESUME";
 

@@ -39,8 +39,10 @@ use netpage_tests::{
     qemu::Qemu,
     vmworld::{
         self, GUEST_LOSS, IcmpProbe, MigrateCall, TAP, TableSnapshot, VA, VmWorld, bench,
-        boot_params, downtime_limit, echo_line, migrate_by_qmp, migration_uri, query_migrate, ra,
-        retrying_a_guest_fault, run_state, set_capability,
+        boot_params, downtime_limit, echo_line,
+        guest_echoes::GuestEchoes,
+        migrate_by_qmp, migration_uri, query_migrate, ra, retrying_a_guest_fault, run_state,
+        set_capability,
         talk::Talker,
         tap_capture::{Capture, TapCapture},
     },
@@ -139,6 +141,8 @@ struct Figures {
     resume_unix_ms: Option<f64>,
     /// The probes' echoes seen on the destination's tap.
     at_destination: Capture,
+    /// The guest's own echo counters over the probes (`None` if it did not serve them).
+    guest_echoes: Option<GuestEchoes>,
     /// When a probe was lost: both taps, netpage's counters and the guest's own, before
     /// the probes and after.
     diagnostics: String,
@@ -153,6 +157,13 @@ impl Figures {
     /// How many lost probes the guest answered on the destination's tap.
     fn lost_came_out(&self) -> u64 {
         self.at_destination.came_out(&self.probes.lost_seqs)
+    }
+
+    /// Whether the guest's own counters account for every lost probe: each reached it
+    /// and it left exactly the lost ones unanswered (see [`GuestEchoes`]).
+    fn lost_in_the_guest(&self) -> bool {
+        self.guest_echoes
+            .is_some_and(|g| g.explain(self.probes.sent, self.probes.lost))
     }
 
     fn print(&self) {
@@ -179,6 +190,16 @@ impl Figures {
             self.tcp_lines,
             self.tcp_longest.as_secs_f64() * 1e3,
         );
+        if let Some(g) = self.guest_echoes {
+            println!(
+                "figures: the guest took {} echo requests and sent {} replies ({} unanswered, \
+                 {} ICMP send errors)",
+                g.requests_in,
+                g.replies_out,
+                g.unanswered(),
+                g.send_errors
+            );
+        }
     }
 }
 
@@ -297,6 +318,10 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
     let report = json(&out);
     print_timeline(&report);
     assert_guest_alive(&dst, &report);
+    let counters_after = vw.guest_counters();
+    let guest_echoes = GuestEchoes::parse(&counters_after)
+        .zip(GuestEchoes::parse(&counters_before))
+        .map(|(after, before)| after.since(&before));
     let stop_unix = report["stop_unix_ms"].as_f64();
     let resume_unix = report["resume_unix_ms"].as_f64();
     let figures = Figures {
@@ -324,13 +349,13 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
             String::new()
         } else {
             format!(
-                "{}{}before the probes:\n{counters_before}after them:\n{}",
+                "{}{}before the probes:\n{counters_before}after them:\n{counters_after}",
                 vw.tap_diagnostics(Host::B),
                 vw.tap_diagnostics(Host::A),
-                vw.guest_counters()
             )
         },
         at_destination: seen,
+        guest_echoes,
     };
     figures.print();
     println!("probes: {}", figures.probes);
@@ -711,6 +736,17 @@ fn assert_nothing_lost_outside_the_pause(f: &Figures, wan_ms: f64) {
         .unzip();
     let resume = f.resume_unix_ms.expect("RESUME of a completed migration");
     assert!(
+        outside.is_empty() || !f.lost_in_the_guest(),
+        "{GUEST_LOSS}: probes sent at STOP + {outside:.2?} ms (the pause {pause:.1} ms) were \
+         lost, and the guest's own counters account for every lost probe: it took all {} \
+         and left exactly the {} lost unanswered ({:?}): {}\n{}",
+        f.probes.sent,
+        f.probes.lost,
+        f.guest_echoes,
+        f.probes,
+        f.diagnostics
+    );
+    assert!(
         !f.at_destination
             .delivered_unanswered_after(&outside_seqs, resume),
         "{GUEST_LOSS}: probes sent at STOP + {outside:.2?} ms (the pause {pause:.1} ms) went in \
@@ -732,10 +768,16 @@ fn assert_nothing_lost_outside_the_pause(f: &Figures, wan_ms: f64) {
     if f.probes.lost > 0 {
         println!(
             "note: {} probes lost in flight as the guest paused or inside the hypervisor's \
-             pause, sent at STOP + {:.2?} ms; {} went in to host B's tap\n{}",
+             pause, sent at STOP + {:.2?} ms; {} went in to host B's tap; the guest's own \
+             counters account for {}\n{}",
             f.probes.lost,
             f.lost_sent_after_stop_ms,
             f.lost_went_in(),
+            if f.lost_in_the_guest() {
+                "all of them"
+            } else {
+                "not all of them"
+            },
             f.diagnostics
         );
     }

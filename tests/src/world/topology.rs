@@ -297,7 +297,10 @@ impl World {
             .iter()
             .map(|addr| {
                 let addr = addr.split('/').next().expect("an address");
-                format!("neigh replace {addr} lladdr {mac} dev {} nud permanent", a.ifname)
+                format!(
+                    "neigh replace {addr} lladdr {mac} dev {} nud permanent",
+                    a.ifname
+                )
             })
             .collect();
         self.ns(a.node).ip_batch(&lines);
