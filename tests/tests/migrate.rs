@@ -29,6 +29,7 @@ use std::{
 use netpage::{
     directory::Directory,
     qmp::{MigrationStatus, RunState},
+    table::PageTable as _,
 };
 use netpage_tests::{
     bulk::{echo_bulk, tcp_csum_errors},
@@ -1501,27 +1502,11 @@ fn a_migrate_killed_after_the_switch_is_finished_by_recover() {
         Stdio::null(),
         Stdio::piped(),
     );
-    use netpage::table::PageTable;
     // Host B is switched last: once it maps the VA to RA_B, every node does.
     let (va, ra_b): (IpAddr, IpAddr) = (VA.into(), ra(Host::B).into());
-    let pin_b = vw.world.pin_dir(Node::HostB);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let t = netpage::node::Node::new(&pin_b)
-            .open()
-            .expect("host B's table");
-        if t.table.forward(va).expect("V2R") == Some(ra_b) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no switch within 60 s");
-        if child.try_wait().expect("netpage migrate").is_some() {
-            let mut err = String::new();
-            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-            panic!("netpage migrate ended before its switch:\n{err}");
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    kill_migrate(&mut child);
+    kill_once_host_b_switched(&vw, &mut child, |t| {
+        t.forward(va).expect("V2R") == Some(ra_b)
+    });
     let record = record_path(&vw);
     assert!(record.exists(), "no record at {}", record.display());
 
@@ -1538,6 +1523,33 @@ fn a_migrate_killed_after_the_switch_is_finished_by_recover() {
         "no answer at host B after --recover"
     );
     echo_line(&mut vw.echo_stream(), "after the recovery\n");
+}
+
+/// Waits, at most 60 s, until host B's table shows the switch (`switched`), then kills
+/// `netpage migrate` (`child`) with SIGKILL; fails if it ended before the switch.
+fn kill_once_host_b_switched(
+    vw: &VmWorld,
+    child: &mut Child,
+    switched: impl Fn(&netpage::table::BpfTable) -> bool,
+) {
+    let pin_b = vw.world.pin_dir(Node::HostB);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = netpage::node::Node::new(&pin_b)
+            .open()
+            .expect("host B's table");
+        if switched(&t.table) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no switch within 60 s");
+        if child.try_wait().expect("netpage migrate").is_some() {
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("netpage migrate ended before its switch:\n{err}");
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    kill_migrate(child);
 }
 
 /// A migration through the directory whose destination dies right after the switch
@@ -1850,26 +1862,10 @@ fn a_migrate_by_segmentation_killed_after_the_switch_through_the_directory_is_fi
         Stdio::null(),
         Stdio::piped(),
     );
-    use netpage::table::PageTable;
     // Host B's agent applies the switch transaction: from then on, the directory has it.
-    let pin_b = vw.world.pin_dir(Node::HostB);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let t = netpage::node::Node::new(&pin_b)
-            .open()
-            .expect("host B's table");
-        if t.table.segment(VA.into()).expect("segment entry") == Some(at_b) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no switch within 60 s");
-        if child.try_wait().expect("netpage migrate").is_some() {
-            let mut err = String::new();
-            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-            panic!("netpage migrate ended before its switch:\n{err}");
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    kill_migrate(&mut child);
+    kill_once_host_b_switched(&vw, &mut child, |t| {
+        t.segment(VA.into()).expect("segment entry") == Some(at_b)
+    });
     let record = record_path(&vw);
     assert!(record.exists(), "no record at {}", record.display());
 

@@ -101,15 +101,19 @@ fn run_rows(prefix: &str, r: &MigrationRun) -> Vec<Row> {
             rows.push(Row::new(&m("node_switch_minus_stop"), &label, p, *ms, "ms"));
         }
     }
-    if let Some(n) = r.lost_into_guest {
-        let p = params.clone();
-        rows.push(Row::new(
-            &m("lost_into_guest"),
-            &label,
-            p,
-            n as f64,
-            "probes",
-        ));
+    for (measure, n) in [
+        ("lost_into_guest", r.lost_into_guest),
+        ("unanswered_by_guest", r.unanswered_by_guest),
+    ] {
+        if let Some(n) = n {
+            rows.push(Row::new(
+                &m(measure),
+                &label,
+                params.clone(),
+                n as f64,
+                "probes",
+            ));
+        }
     }
     if let Some(n) = r.wan_lost {
         rows.push(Row::new(

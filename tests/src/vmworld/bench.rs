@@ -36,8 +36,8 @@ use netpage::qmp::{MigrationInfo, MigrationParameters, MigrationStatus, Qmp, Qmp
 use serde::Serialize;
 
 use super::{
-    IcmpProbe, MigrateCall, QEMU_TIMEOUT, VA, VmWorld, boot_params, migration_uri, runtime,
-    tap_capture::TapCapture,
+    IcmpProbe, MigrateCall, QEMU_TIMEOUT, VA, VmWorld, boot_params, guest_echoes::GuestEchoes,
+    migration_uri, runtime, tap_capture::TapCapture,
 };
 use crate::{
     netns::output,
@@ -259,6 +259,9 @@ pub struct MigrationRun {
     /// Of the probes lost, how many went in to the destination guest on its tap: lost in
     /// the hypervisor or the guest, after the network had delivered them.
     pub lost_into_guest: Option<u64>,
+    /// The probes the guest itself took and left unanswered, by its own counters (see
+    /// [`GuestEchoes`]): lost inside the guest.
+    pub unanswered_by_guest: Option<u64>,
 }
 
 impl MigrationRun {
@@ -285,6 +288,7 @@ impl MigrationRun {
             node_switch_minus_stop_ms: Vec::new(),
             wan_lost: None,
             lost_into_guest: None,
+            unanswered_by_guest: None,
         }
     }
 
@@ -339,6 +343,9 @@ impl fmt::Display for MigrationRun {
         }
         if let Some(n) = self.lost_into_guest {
             write!(f, ", lost after going in to the destination guest {n}")?;
+        }
+        if let Some(n) = self.unanswered_by_guest {
+            write!(f, ", left unanswered by the guest itself {n}")?;
         }
         if let Some(r) = &self.release {
             write!(
@@ -457,6 +464,7 @@ fn measure(run: &mut MigrationRun) {
         (0..5).any(|_| vw.world.ping(Node::Client, VA.into())),
         "the guest does not answer at host A"
     );
+    let echoes_before = GuestEchoes::parse(&vw.guest_counters());
     let probe = IcmpProbe::spawn(
         &vw.world,
         Node::Client,
@@ -469,6 +477,9 @@ fn measure(run: &mut MigrationRun) {
     thread::sleep(AFTER);
     let icmp = probe.stop();
     run.wan_lost = wan_before.zip(vw.delay_line_lost()).map(|(b, a)| a - b);
+    run.unanswered_by_guest = GuestEchoes::parse(&vw.guest_counters())
+        .zip(echoes_before)
+        .map(|(after, before)| after.since(&before).unanswered());
     let mut capture_failure = None;
     let capture = capture.stop();
     if let Ok(c) = &capture {
