@@ -64,6 +64,19 @@ impl NetNs {
         check(Command::new("ip").args(["-n", &self.name]).args(args))
     }
 
+    /// Bytes and packets interface `ifname` has received so far (`ip -s -j link show`).
+    pub fn rx_counts(&self, ifname: &str) -> (u64, u64) {
+        let json = self.ip(&["-s", "-j", "link", "show", ifname]);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("ip -j output");
+        let rx = &v[0]["stats64"]["rx"];
+        let count = |what: &str| {
+            rx[what]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no rx {what} of {ifname}: {json}"))
+        };
+        (count("bytes"), count("packets"))
+    }
+
     /// Waits until every interface but loopback is operationally up with its queue
     /// running (the kernel finishes raising a veth asynchronously, and drops what is sent
     /// before that).

@@ -240,7 +240,10 @@ fn offloaded_tcp_through_tc_arrives_intact(f: &Addrs, between: Between) {
             ],
         );
     }
-    let edges_rx = || [rx(&world, Node::HostA, "a0"), rx(&world, Node::Gw, "ga")];
+    let edges_rx = || {
+        [(Node::HostA, "a0"), (Node::Gw, "ga")]
+            .map(|(node, ifname)| world.ns(node).rx_counts(ifname))
+    };
     let rx_before = edges_rx();
     let before = [Node::Client, Node::Vm].map(|n| tcp_csum_errors(&world, n));
     let server = world.tcp_echo(Node::Vm, SocketAddr::new(f.va, PORT + 1));
@@ -296,19 +299,6 @@ fn offloaded_tcp_through_tc_arrives_intact(f: &Addrs, between: Between) {
         }
     }
     world.assert_hook(Node::HostA, "tc");
-}
-
-/// Bytes and frames interface `ifname` of `node` received so far.
-fn rx(world: &World, node: Node, ifname: &str) -> (u64, u64) {
-    let json = world.exec_ok(node, "ip", &["-s", "-j", "link", "show", ifname]);
-    let v: serde_json::Value = serde_json::from_str(&json).expect("ip -j output");
-    let rx = &v[0]["stats64"]["rx"];
-    let count = |what: &str| {
-        rx[what]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no rx {what} of {ifname}: {json}"))
-    };
-    (count("bytes"), count("packets"))
 }
 
 /// How the link between two edges carries a tunnelled GSO packet (see

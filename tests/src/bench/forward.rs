@@ -652,7 +652,7 @@ struct Snapshot {
 
 impl Snapshot {
     fn take(bed: &Bed, counts: &SendCounts) -> Self {
-        let received = rx_packets(&bed.rcv, &bed.receiver);
+        let received = bed.rcv.rx_counts(&bed.receiver).1;
         Self {
             at: Instant::now(),
             sent: counts.sent.load(Ordering::Relaxed),
@@ -748,15 +748,6 @@ fn clock_ticks() -> f64 {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     assert!(hz > 0, "sysconf(_SC_CLK_TCK)");
     hz as f64
-}
-
-/// Packets interface `ifname` of `ns` received.
-fn rx_packets(ns: &NetNs, ifname: &str) -> u64 {
-    let json = ns.ip(&["-s", "-j", "link", "show", ifname]);
-    let v: serde_json::Value = serde_json::from_str(&json).expect("ip -j output");
-    v[0]["stats64"]["rx"]["packets"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no rx packet count of {ifname}: {json}"))
 }
 
 /// `setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS)` (include/uapi/linux/if_packet.h): send
