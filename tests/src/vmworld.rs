@@ -645,15 +645,14 @@ impl VmWorld {
             "== host {host:?}: tc -s qdisc show dev {TAP}\n{}",
             String::from_utf8_lossy(&out.stdout)
         );
-        // Packets dropped while their next hop's address was being resolved.
-        let out = ns.exec(
-            "cat",
-            &["/proc/net/stat/arp_cache", "/proc/net/stat/ndisc_cache"],
-        );
-        d += &format!(
-            "== host {host:?}: neighbour caches (per CPU, hexadecimal)\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        // Packets dropped while their next hop's address was being resolved. The kernel
+        // keeps these counters for all namespaces together and shows them only in the
+        // first one (a namespace has no /proc/net/stat/arp_cache), where this runs.
+        for table in ["arp_cache", "ndisc_cache"] {
+            let path = format!("/proc/net/stat/{table}");
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| format!("{e}\n"));
+            d += &format!("== {path} (all namespaces, per CPU, hexadecimal)\n{text}");
+        }
         let out = self.world.netpage(host.node(), &["stats"]);
         d += &format!(
             "== host {host:?}: netpage stats\n{}",
