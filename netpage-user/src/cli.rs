@@ -437,6 +437,14 @@ pub struct MigrateArgs {
         conflicts_with = "no_hold"
     )]
     pub hold_lead: u64,
+    /// Leave what reaches the source after its pause in its tap. By default netpage takes
+    /// a duplicate of the source QEMU's tap descriptors (found through its QMP socket)
+    /// and, once the source has paused and every node has switched, reads that queue out
+    /// and sends each packet for the VM on to its new address: the packets in flight
+    /// toward the source at the switch, or everything sent during the pause with
+    /// `--switch-at resume`.
+    #[arg(long)]
+    pub no_salvage: bool,
     /// Run at the time-shared class instead of raising netpage's thread to SCHED_FIFO for
     /// the migration (it sleeps on QEMU's sockets and wakes at once on STOP, ahead of busy
     /// vCPU threads; without CAP_SYS_NICE it runs time-shared anyway, and says so).
@@ -497,6 +505,7 @@ impl MigrateArgs {
             timeout: self.timeout,
             drain: self.drain.drain,
             neighbour,
+            salvage: !self.no_salvage,
             state_dir: self.state_dir.clone(),
         }
     }

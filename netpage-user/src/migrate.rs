@@ -86,6 +86,7 @@ mod interrupt;
 mod neighbour;
 mod recover;
 mod report;
+mod salvage;
 pub mod tally;
 
 use crate::{
@@ -110,6 +111,8 @@ use interrupt::Interrupts;
 use neighbour::{guest_mac, neigh};
 pub use recover::{RecoverReport, recover};
 pub use report::{MigrateReport, NodeSwitch, Release};
+use salvage::Salvage;
+pub use salvage::{SalvageError, SalvageReport};
 
 /// When the page table switches to the destination.
 ///
@@ -171,6 +174,9 @@ pub struct MigrateOptions {
     /// How long the old real address keeps translating after completion.
     pub drain: Duration,
     pub neighbour: Option<Neighbour>,
+    /// Whether netpage reads the source's tap queue out once the source has paused and
+    /// its host has switched, and sends what it holds for the VM on (see `salvage`).
+    pub salvage: bool,
     /// Where the record of the migration in flight is kept (see [`intent`]).
     pub state_dir: PathBuf,
 }
@@ -310,6 +316,10 @@ struct Run {
     inconsistent: bool,
     /// Each node's `forwarded` counter when the migration started (this machine's nodes).
     forwarded_before: Vec<(String, u64)>,
+    /// The source's tap queues, held to be read out (`--no-salvage`: none).
+    salvage: Option<Salvage>,
+    /// What was salvaged (`None` with `--no-salvage`).
+    salvaged: Option<SalvageReport>,
 }
 
 /// Where the event loop ended.
@@ -374,6 +384,30 @@ impl Run {
         let neighbour = match &opts.neighbour {
             Some(n) => Some((n.clone(), guest_mac(&mut src, n).await?)),
             None => None,
+        };
+        let (salvage, salvaged) = if opts.salvage {
+            match Salvage::open(src.peer_pid()) {
+                Ok(s) => {
+                    let report = SalvageReport {
+                        taps: s.taps(),
+                        ..SalvageReport::default()
+                    };
+                    (Some(s), Some(report))
+                }
+                Err(e) => {
+                    let why = format!("{:#}", anyhow::Error::from(e));
+                    eprintln!(
+                        "netpage: warning: what reaches the source after its pause cannot be salvaged: {why}"
+                    );
+                    let report = SalvageReport {
+                        unavailable: Some(why),
+                        ..SalvageReport::default()
+                    };
+                    (None, Some(report))
+                }
+            }
+        } else {
+            (None, None)
         };
         let mut timeline = Timeline::new(start).showing(Progress::spinner(format!(
             "migrate {} to {}",
@@ -455,7 +489,16 @@ impl Run {
             intent,
             inconsistent: false,
             forwarded_before: Vec::new(),
+            salvage,
+            salvaged,
         };
+        if let Some(s) = &run.salvaged {
+            let detail = match &s.unavailable {
+                Some(why) => format!("unavailable: {why}"),
+                None => s.taps.join(", "),
+            };
+            run.mark(Source::Netpage, "SALVAGE", detail);
+        }
         run.forwarded_before = run.edges.forwarded();
         if let Some((n, mac)) = &run.neighbour {
             // A failure here is reported, not fatal: without the entry, the destination
@@ -621,6 +664,9 @@ impl Run {
                 {
                     return Step::Failed(why);
                 }
+                if self.switched && self.edges.switch_at_once() {
+                    self.salvage_now("STOP");
+                }
                 Step::Continue
             }
             ("RESUME", _) => {
@@ -668,6 +714,9 @@ impl Run {
                     && let Err(why) = self.switch_all().await
                 {
                     return Step::Failed(why);
+                }
+                if self.switched && self.edges.switch_at_once() {
+                    self.salvage_now("RESUME");
                 }
                 Step::Done
             }
@@ -790,6 +839,11 @@ impl Run {
             self.unconfirmed = c.unconfirmed;
             self.switched_at = c.last_update.or(self.switched_at);
         }
+        // Once every node names the destination, whatever the source's tap still holds
+        // goes there (through the directory, its nodes' confirmations say so).
+        if !failed && self.switched && self.unconfirmed.is_empty() {
+            self.salvage_now("COMPLETED");
+        }
         if error.is_none() && !self.unconfirmed.is_empty() {
             error = Some(format!(
                 "{} did not confirm the switch in time: the directory holds {} -> {}, and they converge when they return",
@@ -848,6 +902,7 @@ impl Run {
             passes: self.passes,
             switches: self.switches,
             unconfirmed: self.unconfirmed,
+            salvage: self.salvaged,
             timeline: {
                 self.timeline.shown();
                 self.timeline
@@ -869,6 +924,27 @@ impl Run {
         }
         self.drain(opts.drain).await;
         self.mark_forwarded();
+    }
+
+    /// Reads the source's tap queues out (see `salvage`): the source has paused and every
+    /// node names the destination. `when` names the moment, for the timeline.
+    fn salvage_now(&mut self, when: &str) {
+        let (Some(s), Some(report)) = (&self.salvage, &mut self.salvaged) else {
+            return;
+        };
+        let t = Instant::now();
+        let done = s.run(self.vm);
+        let us = t.elapsed().as_nanos() as f64 / 1e3;
+        for (tap, d, err) in done {
+            report.add(d);
+            let err = err.map_or(String::new(), |e| format!("; stopped: {e}"));
+            let detail = format!(
+                "{tap} at {when}: {} packets for {} sent on to {}, {} other frames dropped, {} not written{err} ({us:.0} us)",
+                d.resent, self.vm, self.to, d.dropped, d.failed
+            );
+            self.timeline
+                .mark(Instant::now(), Source::Netpage, "SALVAGED", detail);
+        }
     }
 
     /// Marks what each node of this machine forwarded since the migration started: packets

@@ -438,6 +438,8 @@ pub struct Qmp {
     greeting: Greeting,
     timeout: Duration,
     next_id: u64,
+    /// The process at the other end of the socket, if this one's pid namespace sees it.
+    peer_pid: Option<u32>,
 }
 
 impl Qmp {
@@ -471,6 +473,12 @@ impl Qmp {
         timeout: Duration,
         deadline: Instant,
     ) -> Result<Self, QmpError> {
+        let peer_pid = stream
+            .peer_cred()
+            .ok()
+            .and_then(|c| c.pid())
+            .and_then(|pid| u32::try_from(pid).ok())
+            .filter(|&pid| pid != 0);
         let (read, writer) = stream.into_split();
         let mut qmp = Self {
             path,
@@ -491,6 +499,7 @@ impl Qmp {
             },
             timeout,
             next_id: 0,
+            peer_pid,
         };
         let doing = "waiting for the greeting";
         loop {
@@ -512,6 +521,12 @@ impl Qmp {
     /// The socket this client talks to.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The QEMU process this client talks to (its socket's peer), unless it runs in a pid
+    /// namespace this one does not see.
+    pub fn peer_pid(&self) -> Option<u32> {
+        self.peer_pid
     }
 
     /// What QEMU said when the connection opened.

@@ -503,6 +503,12 @@ impl Edges {
         }
     }
 
+    /// Whether a switch has reached every table when [`Edges::switch`] returns (this
+    /// machine's nodes), rather than when the nodes confirm it (the directory's).
+    pub(super) fn switch_at_once(&self) -> bool {
+        matches!(self, Edges::Local(_))
+    }
+
     /// Whether the edges end drains by themselves (the directory's leases, which every
     /// agent follows), so that a completed migration need not wait to end them.
     pub(super) fn drains_end_by_themselves(&self) -> bool {

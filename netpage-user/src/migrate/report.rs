@@ -5,7 +5,7 @@ use std::{fmt, net::IpAddr};
 
 use serde::Serialize;
 
-use super::SwitchAt;
+use super::{SalvageReport, SwitchAt};
 use crate::{directory::Confirmation, failure::Kind, timeline::Timeline};
 
 /// One node's switch.
@@ -136,6 +136,9 @@ pub struct MigrateReport {
     /// (the directory keeps it; they converge when they return).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unconfirmed: Vec<String>,
+    /// What was read out of the source's tap after its pause and sent on (`None` with
+    /// `--no-salvage`).
+    pub salvage: Option<SalvageReport>,
     pub timeline: Timeline,
 }
 
@@ -222,6 +225,22 @@ impl fmt::Display for MigrateReport {
         }
         for s in &self.switches {
             writeln!(f, "  {s}")?;
+        }
+        match &self.salvage {
+            Some(SalvageReport {
+                unavailable: Some(why),
+                ..
+            }) => writeln!(f, "  no salvage of the source's tap: {why}")?,
+            Some(s) => writeln!(
+                f,
+                "  salvaged from the source's tap ({}): {} packets sent on to {}, {} other frames dropped, {} not written",
+                s.taps.join(", "),
+                s.resent,
+                self.to,
+                s.dropped,
+                s.failed
+            )?,
+            None => {}
         }
         writeln!(f, "timeline:")?;
         write!(f, "{}", self.timeline)
