@@ -7,7 +7,7 @@ use netpage::{
     attach::{Hook, Mode},
     directory::{EtcdOptions, schema::DEFAULT_PREFIX},
     loader::Side,
-    migrate::{EdgeSpec, MigrateOptions, Neighbour, SwitchAt, intent::DEFAULT_STATE_DIR},
+    migrate::{EdgeSpec, HoldMode, MigrateOptions, Neighbour, SwitchAt, intent::DEFAULT_STATE_DIR},
     node::DEFAULT_PIN_DIR,
 };
 use netpage_common::trace::DEFAULT_RATE;
@@ -420,23 +420,25 @@ pub struct MigrateArgs {
     /// during the pause is lost).
     #[arg(long, value_enum, default_value = "stop")]
     pub switch_at: SwitchAt,
-    /// With `--switch-at stop`: switch on hearing QEMU's STOP event instead of holding the
-    /// downtime limit and switching just before it. The client's gap is then QEMU's pause
-    /// alone, but what reaches the source between its pause and the switch (packets in
-    /// flight toward it) is lost unless the old site forwards it.
+    /// With `--switch-at stop`: hold QEMU's downtime limit at 1 ms, switch once the last
+    /// copy would fit --downtime-limit, then release it so that QEMU stops. What is sent
+    /// from the switch to the end of the pause waits at the destination, and a client's
+    /// gap grows by the time from the switch to STOP. The default only where the
+    /// source's tap cannot be salvaged (see --no-salvage); otherwise netpage switches on
+    /// hearing STOP and salvages what reached the source after its pause.
+    #[arg(long, conflicts_with = "no_hold")]
+    pub hold: bool,
+    /// With `--switch-at stop`: switch on hearing STOP even where the source's tap cannot
+    /// be salvaged; what reaches the source between its pause and the switch is then lost
+    /// (the old site forwards what reaches it after its switch).
     #[arg(long)]
     pub no_hold: bool,
-    /// With the hold: switch at least this long before releasing the downtime limit, so
-    /// that what the gateways sent toward the source before the switch reaches it before
-    /// it pauses. Over a WAN, the one-way delay from the gateways to the source plus a
-    /// margin; the client's gap grows by as much.
-    #[arg(
-        long,
-        value_name = "MS",
-        default_value = "0",
-        conflicts_with = "no_hold"
-    )]
-    pub hold_lead: u64,
+    /// With the hold (implies --hold): switch at least this long before releasing the
+    /// downtime limit, so that what the gateways sent toward the source before the switch
+    /// reaches it before it pauses. Over a WAN, the one-way delay from the gateways to
+    /// the source plus a margin; the client's gap grows by as much.
+    #[arg(long, value_name = "MS", conflicts_with = "no_hold")]
+    pub hold_lead: Option<u64>,
     /// Leave what reaches the source after its pause in its tap. By default netpage takes
     /// a duplicate of the source QEMU's tap descriptors (found through its QMP socket)
     /// and, once the source has paused and every node has switched, reads that queue out
@@ -498,8 +500,14 @@ impl MigrateArgs {
             uri: self.uri.clone().expect(required),
             edges,
             switch_at: self.switch_at,
-            hold: self.switch_at == SwitchAt::Stop && !self.no_hold,
-            hold_lead: Duration::from_millis(self.hold_lead),
+            hold: if self.hold || self.hold_lead.is_some() {
+                HoldMode::Always
+            } else if self.no_hold {
+                HoldMode::Never
+            } else {
+                HoldMode::Auto
+            },
+            hold_lead: Duration::from_millis(self.hold_lead.unwrap_or(0)),
             realtime: !self.no_realtime,
             downtime_limit_ms: self.downtime_limit,
             timeout: self.timeout,

@@ -134,6 +134,35 @@ pub enum SwitchAt {
     Resume,
 }
 
+/// With `--switch-at stop`: whether netpage holds QEMU's downtime limit and switches just
+/// before the pause, or switches on hearing STOP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldMode {
+    /// Switch on hearing STOP and salvage what the source's tap still holds; hold the
+    /// limit instead if the tap cannot be salvaged right after the switch (the default).
+    /// Through the directory it cannot: the switch reaches the nodes as their agents
+    /// apply it, and the salvage waits for their confirmations.
+    Auto,
+    /// Hold the limit and switch just before the pause (`--hold`, `--hold-lead`).
+    Always,
+    /// Switch on hearing STOP even if the tap cannot be salvaged (`--no-hold`): what
+    /// reaches the source after its pause and before its switch is then lost.
+    Never,
+}
+
+impl HoldMode {
+    /// Whether to hold, given whether the source's tap can be salvaged at once after the
+    /// switch on hearing STOP.
+    pub fn holds(self, salvage_at_stop: bool) -> bool {
+        match self {
+            HoldMode::Auto => !salvage_at_stop,
+            HoldMode::Always => true,
+            HoldMode::Never => false,
+        }
+    }
+}
+
 /// The neighbour entry to install at the destination host, so that packets for the guest
 /// go into its tap queue while it is paused instead of waiting for ARP. The entry is
 /// permanent: it stays after a completed migration (the guest keeps its MAC) and is
@@ -161,8 +190,8 @@ pub struct MigrateOptions {
     pub edges: EdgeSpec,
     pub switch_at: SwitchAt,
     /// With [`SwitchAt::Stop`]: whether netpage holds the downtime limit and switches just
-    /// before the pause (`true`), or switches on hearing STOP (`false`, `--no-hold`).
-    pub hold: bool,
+    /// before the pause, or switches on hearing STOP.
+    pub hold: HoldMode,
     /// With the hold: how long before releasing the limit netpage switches at least.
     pub hold_lead: Duration,
     /// Whether netpage's thread runs at SCHED_FIFO for the migration (see [`realtime`]).
@@ -297,6 +326,9 @@ struct Run {
     passes: u64,
     /// Polling while the downtime limit is held, until released (`--switch-at stop`).
     hold: Option<Hold>,
+    /// Whether netpage holds the downtime limit until it switches (`--switch-at stop`,
+    /// as [`HoldMode`] decided).
+    holds: bool,
     /// Whether the source's downtime limit is netpage's [`HOLD_MS`].
     held: bool,
     released_at: Option<Instant>,
@@ -456,6 +488,10 @@ impl Run {
             intent::remove(&intent);
             return Err(e);
         }
+        let holds = opts.switch_at == SwitchAt::Stop
+            && opts
+                .hold
+                .holds(salvage.is_some() && edges.switch_at_once());
         let mut run = Run {
             start,
             edges,
@@ -478,6 +514,7 @@ impl Run {
             resume: None,
             passes: 0,
             hold: None,
+            holds,
             held: false,
             released_at: None,
             limit_ms: opts.downtime_limit_ms,
@@ -585,10 +622,19 @@ impl Run {
     async fn start(&mut self, opts: &MigrateOptions) -> Result<(), QmpError> {
         self.src.enable_migration_events().await?;
         self.dst.enable_migration_events().await?;
-        if opts.switch_at == SwitchAt::Stop && !opts.hold {
-            self.mark(Source::Netpage, "NO HOLD", "switch on hearing STOP".into());
+        if opts.switch_at == SwitchAt::Stop && !self.holds {
+            let then = if self.salvage.is_some() {
+                ", then salvage the source's tap"
+            } else {
+                ""
+            };
+            self.mark(
+                Source::Netpage,
+                "NO HOLD",
+                format!("switch on hearing STOP{then}"),
+            );
         }
-        if opts.switch_at == SwitchAt::Stop && opts.hold {
+        if self.holds {
             let limit = match opts.downtime_limit_ms {
                 Some(ms) => ms,
                 None => self.src_limit_ms,
@@ -882,8 +928,9 @@ impl Run {
             from: self.from,
             to: self.to,
             switch_at: opts.switch_at,
-            hold: opts.switch_at == SwitchAt::Stop && opts.hold,
-            hold_lead_ms: (opts.switch_at == SwitchAt::Stop && opts.hold)
+            hold: self.holds,
+            hold_lead_ms: self
+                .holds
                 .then_some(opts.hold_lead.as_secs_f64() * 1e3),
             // Set by `migrate` once the thread is back in its own class.
             realtime: false,

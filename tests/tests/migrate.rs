@@ -148,6 +148,10 @@ struct Figures {
     /// with the switch, relative to STOP (the transaction comes first, the nodes' updates
     /// after it, one by one).
     node_updates_after_stop_ms: Option<(f64, f64)>,
+    /// The packets netpage salvaged from the source's tap and sent on (`None`: it did not
+    /// salvage), and whether it did so at STOP, right after the switch.
+    salvaged: Option<u64>,
+    salvaged_at_stop: bool,
     /// When a probe was lost: both taps, netpage's counters and the guest's own, before
     /// the probes and after.
     diagnostics: String,
@@ -329,8 +333,13 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
         .map(|(after, before)| after.since(&before));
     let stop_unix = report["stop_unix_ms"].as_f64();
     let resume_unix = report["resume_unix_ms"].as_f64();
+    let salvaged_at_stop = timeline_marks(&report)
+        .iter()
+        .any(|m| m.starts_with("SALVAGED") && m.contains(" at STOP:"));
     let figures = Figures {
         switch_at,
+        salvaged: report["salvage"]["resent"].as_u64(),
+        salvaged_at_stop,
         probes: icmp.probes.clone(),
         stop_to_resume_ms: report["stop_to_resume_ms"].as_f64(),
         stop_to_switch_ms: report["stop_to_switch_ms"].as_f64(),
@@ -408,7 +417,12 @@ fn migrate_in(vw: VmWorld, switch_at: &'static str, more: &[&str], via: Via) -> 
     assert_eq!(report["switch_at"], switch_at, "{report:#}");
     assert_eq!(report["realtime"], true, "{report:#}");
     assert_migration_metrics(&vw, &report);
-    let held = switch_at == "stop" && !more.contains(&"--no-hold");
+    // The hold when asked for, or as it comes where the source's tap cannot be salvaged
+    // at once after the switch: through the directory, or without the salvage.
+    let asked = |flags: &[&str]| more.iter().any(|a| flags.contains(a));
+    let held = switch_at == "stop"
+        && (asked(&["--hold", "--hold-lead"])
+            || (!asked(&["--no-hold"]) && (directory.is_some() || asked(&["--no-salvage"]))));
     assert_eq!(report["hold"], held, "{report:#}");
     assert_eq!(
         report["switches"].as_array().map(Vec::len),
@@ -775,7 +789,10 @@ fn migrate_by_segmentation_through_the_directory_loses_nothing_outside_the_pause
 /// flight: `wan_ms` more, the one-way delay between the sites.
 fn assert_nothing_lost_outside_the_pause(f: &Figures, wan_ms: f64) {
     let (first, last) = f.node_updates_after_stop_ms.unwrap_or((0.0, 0.0));
-    let in_flight = if f.switch_to_stop_ms.is_none() || last > 0.0 {
+    let in_flight = if f.salvaged_at_stop {
+        // What reached the source after its pause was read out of its tap and sent on.
+        IN_FLIGHT_MS
+    } else if f.switch_to_stop_ms.is_none() || last > 0.0 {
         println!(
             "note: the switch came after STOP (STOP -> switched {:?} ms, the last node's map \
              updated at STOP {last:+.1} ms)",
@@ -863,8 +880,8 @@ const WAN_HOLD_LEAD_MS: &str = "25";
 /// them to host B's real address, where they wait in the tap until RESUME. What is lost
 /// inside the pause is printed, with what the delay line itself lost.
 #[test]
-fn migrate_over_a_wan_switch_at_stop_loses_nothing() {
-    migrate_over_a_wan_with_the_hold(&[]);
+fn migrate_over_a_wan_switch_at_stop_with_the_hold_loses_nothing() {
+    migrate_over_a_wan_with_the_hold(&["--hold"]);
 }
 
 /// The same with `--hold-lead` [`WAN_HOLD_LEAD_MS`], the switch at least that long
@@ -895,34 +912,62 @@ fn migrate_over_a_wan_with_the_hold(more: &[&str]) {
     );
 }
 
-/// The same with `--no-hold`: every node switched on hearing STOP. The probes still in
-/// flight toward the paused source (sent up to the one-way delay before STOP) that reach
-/// host A after its switch are forwarded to host B's real address, where they wait in the
-/// tap until RESUME; only those that reach host A between STOP and its switch (the time
-/// netpage takes to hear STOP: 0.2 ms on a quiet machine, 6 ms under load) go to the
-/// paused source and are lost. The TCP conversation survives intact, nothing is lost
-/// outside that window or the pause, and the loss is printed (none in quiet runs).
+/// `--switch-at stop` as it comes over the WAN: every node switched on hearing STOP, then
+/// the source's tap salvaged. The probes still in flight toward the paused source (sent up
+/// to the one-way delay before STOP) that reach host A after its switch are forwarded to
+/// host B's real address; those that reached it between the pause and the switch are read
+/// out of its tap and sent on. All wait in host B's tap until RESUME: no probe is lost,
+/// and the TCP conversation survives intact. A loss the guest's own counters account for
+/// (its ICMP socket refusing replies) is retried once, as a guest fault.
 #[test]
-fn migrate_over_a_wan_switch_at_stop_without_the_hold_loses_only_what_came_before_the_switch() {
+fn migrate_over_a_wan_switch_at_stop_loses_nothing() {
     if skipped() {
         return;
     }
     let _one = serial();
     let f = retrying_a_guest_fault(|| {
         let vw = VmWorld::over_wan(Wan::delay(WAN_ONE_WAY));
-        let f = migrate_in(vw, "stop", &["--no-hold"], Via::Nodes);
+        let f = migrate_in(vw, "stop", &[], Via::Nodes);
         assert!(
             f.switch_to_stop_ms.is_none(),
             "switched before STOP without the hold: {:?} ms",
             f.switch_to_stop_ms
         );
-        assert_nothing_lost_outside_the_pause(&f, WAN_ONE_WAY.as_secs_f64() * 1e3);
+        assert!(f.salvaged_at_stop, "no salvage at STOP: {}", f.diagnostics);
+        assert_nothing_lost_outside_the_pause(&f, 0.0);
+        assert_nothing_lost(&f);
         f
     });
     println!(
-        "without the hold, with forwarding: {} probes lost (STOP -> switched {:?} ms; \
-         frames the delay line itself lost: {:?})",
-        f.probes.lost, f.stop_to_switch_ms, f.delay_line_lost
+        "switched on hearing STOP, forwarded and salvaged: {} probes lost (STOP -> switched \
+         {:?} ms; salvaged from host A's tap {:?}; frames the delay line itself lost: {:?})",
+        f.probes.lost, f.stop_to_switch_ms, f.salvaged, f.delay_line_lost
+    );
+}
+
+/// No probe was lost at all; a loss the guest's own counters account for is the guest's
+/// ([`GUEST_LOSS`], retried).
+fn assert_nothing_lost(f: &Figures) {
+    assert!(
+        f.probes.lost == 0 || !f.lost_in_the_guest(),
+        "{GUEST_LOSS}: {} probes lost inside the pause, and the guest's own counters account \
+         for every one ({:?}): {}\n{}",
+        f.probes.lost,
+        f.guest_echoes,
+        f.probes,
+        f.diagnostics
+    );
+    assert_eq!(
+        f.probes.lost, 0,
+        "probes lost, sent at STOP + {:.2?} ms (the pause {:?} ms; salvaged {:?}); {} went in to \
+         host B's tap and {} were answered out of it: {}\n{}",
+        f.lost_sent_after_stop_ms,
+        f.stop_to_resume_ms,
+        f.salvaged,
+        f.lost_went_in(),
+        f.lost_came_out(),
+        f.probes,
+        f.diagnostics
     );
 }
 
@@ -948,16 +993,70 @@ fn migrate_by_segmentation_over_a_wan_loses_nothing_outside_the_pause() {
     );
 }
 
-/// With the switch at RESUME, probes sent during the pause go to the stopped source and
-/// are lost, but the connection and the guest survive all the same.
+/// With the switch at RESUME, probes sent during the pause go to the paused source and
+/// wait in its tap; once the nodes have switched, netpage reads them out and sends them
+/// on to the guest at host B. Lost are at most those QEMU itself took from the tap as it
+/// paused (probes that reached the source as it paused), and the connection and the guest
+/// survive.
 #[test]
-fn migrate_switch_at_resume() {
+fn migrate_switch_at_resume_salvages_what_the_pause_sent_to_the_source() {
     if skipped() {
         return;
     }
     let _one = serial();
-    let f = retrying_a_guest_fault(|| migrate_with_traffic("resume", Via::Nodes));
-    assert!(f.probes.received > 0, "no probe answered: {}", f.probes);
+    let f = retrying_a_guest_fault(|| {
+        let f = migrate_with_traffic("resume", Via::Nodes);
+        assert_nothing_lost_outside_the_pause(&f, 0.0);
+        f
+    });
+    let pause = f.stop_to_resume_ms.expect("STOP -> RESUME");
+    let salvaged = f.salvaged.expect("the report's salvage");
+    // One probe a millisecond; the tap's queue holds more than the pause sends.
+    assert!(
+        salvaged as f64 >= pause * 0.8,
+        "salvaged {salvaged} of the probes of a {pause:.0} ms pause: {}",
+        f.diagnostics
+    );
+    // The guest, slowed by the last pass, may stop reading some milliseconds before STOP.
+    let near_stop = f
+        .lost_sent_after_stop_ms
+        .iter()
+        .all(|&t| (-FALLBACK_IN_FLIGHT_MS..=IN_FLIGHT_MS).contains(&t));
+    assert!(
+        near_stop,
+        "probes lost away from STOP, sent at STOP + {:.2?} ms: {}\n{}",
+        f.lost_sent_after_stop_ms, f.probes, f.diagnostics
+    );
+    println!(
+        "switch at RESUME, salvaged: {salvaged} packets sent on from host A's tap, {} probes \
+         lost (sent at STOP + {:.2?} ms) of a {pause:.0} ms pause",
+        f.probes.lost, f.lost_sent_after_stop_ms
+    );
+}
+
+/// The negative control of the salvage: with `--no-salvage` the probes sent during the
+/// pause stay in the paused source's tap and are lost, and the report has no salvage.
+#[test]
+fn migrate_switch_at_resume_without_the_salvage_loses_the_pause() {
+    if skipped() {
+        return;
+    }
+    let _one = serial();
+    let f = retrying_a_guest_fault(|| {
+        migrate_in(VmWorld::new(), "resume", &["--no-salvage"], Via::Nodes)
+    });
+    let pause = f.stop_to_resume_ms.expect("STOP -> RESUME");
+    assert_eq!(f.salvaged, None);
+    assert!(
+        f.probes.lost as f64 >= pause * 0.5,
+        "{} probes lost in a {pause:.0} ms pause without the salvage: {}",
+        f.probes.lost,
+        f.probes
+    );
+    println!(
+        "switch at RESUME without the salvage: {} probes lost in a {pause:.0} ms pause",
+        f.probes.lost
+    );
 }
 
 /// The negative control: the same migration by QMP alone, with no switch, leaves the
@@ -1443,7 +1542,7 @@ fn signal_during_a_migration(signal: libc::c_int, name: &str) {
     let child = spawn_migrate(
         vw.migrate_nodes_command(
             &MigrateCall::usual(&src, &dst, Host::B),
-            &["--timeout", "60"],
+            &["--hold", "--timeout", "60"],
         ),
         Stdio::piped(),
         Stdio::piped(),
@@ -1495,7 +1594,7 @@ fn a_killed_migrate_is_undone_by_recover() {
     let limit = downtime_limit(&src.qmp_path());
     let call = MigrateCall::usual(&src, &dst, Host::B);
     let mut child = spawn_migrate(
-        vw.migrate_nodes_command(&call, &["--timeout", "60"]),
+        vw.migrate_nodes_command(&call, &["--hold", "--timeout", "60"]),
         Stdio::null(),
         Stdio::null(),
     );

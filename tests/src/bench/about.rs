@@ -242,18 +242,22 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                 "The same migration with the sites {} ms apart (one way, the test world's \
                  delay line on every link between gateway and hosts and on the migration \
                  link; the client's link is not delayed); {} round(s), the cases taking \
-                 turns. `stop-no-hold`: `--switch-at stop --no-hold`, every node switched on \
-                 hearing STOP (what is in flight toward the paused source and reaches the old \
-                 site after its switch is forwarded to the new RA); `stop`: with the hold, \
-                 the switch just before the pause; `stop-lead`: the hold with `--hold-lead \
-                 {}` (the switch at least that many ms before the release); `resume`; \
+                 turns. `stop`: `--switch-at stop` as it comes, every node switched on hearing \
+                 STOP (what is in flight toward the paused source and reaches the old site \
+                 after its switch is forwarded to the new RA), then what the source's tap \
+                 holds salvaged and sent on; `stop-hold`: `--hold`, the downtime limit held \
+                 and the switch just before the pause; `stop-lead`: the hold with \
+                 `--hold-lead {}` (the switch at least that many ms before the release); \
+                 `stop-no-salvage`: `--no-hold --no-salvage`, the negative control of the \
+                 salvage; `resume` (its tap salvaged at RESUME) and `resume-no-salvage`; \
                  `routes`, switched by hand. Per run: probes lost, the largest gap, STOP to \
                  RESUME, the gap minus that pause, and the guest's own first-reply latency \
                  after RESUME, from a kernel-stamped capture on the destination tap (the first \
-                 probe in after RESUME to its reply out). `stop-no-hold@destination-first` and \
-                 `@source-first`: the same case with its `--node`s destination host, source \
-                 host, gateway, or source host, gateway, destination host, instead of gateway \
-                 first, compared with it; \
+                 probe in after RESUME to its reply out); `migration_wan_salvaged`, the \
+                 packets netpage read out of the source's tap and sent on. \
+                 `stop@destination-first` and `@source-first`: the same case with its \
+                 `--node`s destination host, source host, gateway, or source host, gateway, \
+                 destination host, instead of gateway first, compared with it; \
                  `migration_wan_node_switch_minus_stop` gives each node's V2R update against \
                  STOP; `migration_wan_delay_line_lost`, the frames the delay line itself lost \
                  on the links the probes take (a test instrument's loss, not the switch's).",

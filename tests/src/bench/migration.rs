@@ -104,6 +104,7 @@ fn run_rows(prefix: &str, r: &MigrationRun) -> Vec<Row> {
     for (measure, n) in [
         ("lost_into_guest", r.lost_into_guest),
         ("unanswered_by_guest", r.unanswered_by_guest),
+        ("salvaged", r.salvaged),
     ] {
         if let Some(n) = n {
             rows.push(Row::new(
@@ -208,14 +209,16 @@ mod tests {
             .map(|c| (c.label(), baseline_of(c).map(|b| b.label())))
             .collect();
         let want = [
-            ("stop-no-hold", Some("routes")),
             ("stop", Some("routes")),
+            ("stop-hold", Some("routes")),
             ("stop-lead", Some("routes")),
+            ("stop-no-salvage", Some("routes")),
             ("resume", Some("routes")),
+            ("resume-no-salvage", Some("routes")),
             ("routes", None),
             ("segmentation", Some("routes")),
-            ("stop-no-hold@destination-first", Some("stop-no-hold")),
-            ("stop-no-hold@source-first", Some("stop-no-hold")),
+            ("stop@destination-first", Some("stop")),
+            ("stop@source-first", Some("stop")),
         ];
         let want: Vec<(String, Option<String>)> = want
             .iter()

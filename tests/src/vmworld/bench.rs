@@ -1,24 +1,27 @@
 //! Migration figures for the benchmark: the same live migration of a real guest, again and
 //! again, while a client probes it every millisecond, in three ways of moving its traffic:
 //!
-//! - `stop`: `netpage migrate --switch-at stop` (every node switched just before the
-//!   source pauses; what is sent during the pause waits in the destination's tap queue);
-//! - `resume`: `netpage migrate --switch-at resume` (switched when the destination runs);
+//! - `stop`: `netpage migrate --switch-at stop` as it comes (every node switched on
+//!   hearing STOP, then what the source's tap still holds salvaged; what is sent during
+//!   the pause waits in the destination's tap queue);
+//! - `resume`: `netpage migrate --switch-at resume` (switched when the destination runs,
+//!   then the source's tap salvaged: what was sent during the pause);
 //! - `routes`: no netpage, the operator's way today: the gateway routes the VA as a /32
 //!   host route to host A, and when the destination QEMU announces RESUME (watched over
 //!   QMP) a script replaces it with one to host B (`ip -n GW route replace VA/32 via B`);
 //! - `l2-stretch`: no netpage nor routes to the VA, the industry's default: the guest's
 //!   segment stretched over VXLAN to both hosts and the gateway ([`super::stretch`]), the
 //!   guest's MAC moved by QEMU's announcement after the migration;
-//! - `stop-no-hold` (over the WAN): `--switch-at stop --no-hold`, every node switched on
-//!   hearing STOP, with no hold of the downtime limit;
-//! - `stop-lead` (over the WAN): the hold with `--hold-lead`, the switch at least the
-//!   one-way delay and a margin before the release.
+//! - over the WAN only: `stop-hold` (`--hold`: the downtime limit held, every node
+//!   switched just before the pause), `stop-lead` (the hold with `--hold-lead`, the switch
+//!   at least the one-way delay and a margin before the release), and the negative
+//!   controls without the salvage, `stop-no-salvage` (`--no-hold --no-salvage`) and
+//!   `resume-no-salvage`.
 //!
 //! Over the WAN ([`WAN_DELAY`] one way between sites) each run also captures the probes'
 //! echoes on the destination tap, for the guest's own first-reply latency after RESUME,
-//! and `stop-no-hold` runs with the nodes in two orders: gateway first, and destination
-//! host first.
+//! and `stop` runs with the nodes in three orders: gateway first, destination host first,
+//! and source host first.
 //!
 //! Each run has a world and guest of its own; a run that fails (a guest whose kernel
 //! panicked after the migration, which QEMU 7.2 under TCG sometimes causes, a migration
@@ -62,20 +65,27 @@ const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Variant {
-    /// `netpage migrate --switch-at stop`.
+    /// `netpage migrate --switch-at stop`: switched on hearing STOP, the source's tap
+    /// salvaged.
     Stop,
-    /// `netpage migrate --switch-at resume`.
+    /// `netpage migrate --switch-at resume`, the source's tap salvaged.
     Resume,
     /// Plain routing, the gateway's host route replaced at RESUME.
     Routes,
     /// The segment stretched over VXLAN, the MAC moved by QEMU's announcement.
     #[serde(rename = "l2-stretch")]
     L2Stretch,
-    /// `netpage migrate --switch-at stop --no-hold`: switched on hearing STOP.
-    StopNoHold,
+    /// `netpage migrate --switch-at stop --hold`: the downtime limit held, switched just
+    /// before the pause.
+    StopHold,
     /// `netpage migrate --switch-at stop --hold-lead` [`HOLD_LEAD_MS`]: the hold, the
     /// switch at least the WAN's one-way delay and a margin before the release.
     StopLead,
+    /// `netpage migrate --switch-at stop --no-hold --no-salvage`: switched on hearing STOP,
+    /// what reached the source's tap left there.
+    StopNoSalvage,
+    /// `netpage migrate --switch-at resume --no-salvage`.
+    ResumeNoSalvage,
     /// `netpage migrate --switch-at stop` with the VA mapped with method encap
     /// ([`VmWorld::segmented`]).
     Segmentation,
@@ -94,11 +104,13 @@ impl Variant {
         Variant::Segmentation,
     ];
     /// The variants of the WAN's rounds.
-    pub const WAN: [Variant; 6] = [
-        Variant::StopNoHold,
+    pub const WAN: [Variant; 8] = [
         Variant::Stop,
+        Variant::StopHold,
         Variant::StopLead,
+        Variant::StopNoSalvage,
         Variant::Resume,
+        Variant::ResumeNoSalvage,
         Variant::Routes,
         Variant::Segmentation,
     ];
@@ -109,8 +121,10 @@ impl Variant {
             Variant::Resume => "resume",
             Variant::Routes => "routes",
             Variant::L2Stretch => "l2-stretch",
-            Variant::StopNoHold => "stop-no-hold",
+            Variant::StopHold => "stop-hold",
             Variant::StopLead => "stop-lead",
+            Variant::StopNoSalvage => "stop-no-salvage",
+            Variant::ResumeNoSalvage => "resume-no-salvage",
             Variant::Segmentation => "segmentation",
         }
     }
@@ -120,9 +134,11 @@ impl Variant {
     pub fn args(self) -> &'static [&'static str] {
         match self {
             Variant::Stop | Variant::Segmentation => &["--switch-at", "stop"],
-            Variant::StopNoHold => &["--switch-at", "stop", "--no-hold"],
+            Variant::StopHold => &["--switch-at", "stop", "--hold"],
             Variant::StopLead => &["--switch-at", "stop", "--hold-lead", HOLD_LEAD_MS],
+            Variant::StopNoSalvage => &["--switch-at", "stop", "--no-hold", "--no-salvage"],
             Variant::Resume => &["--switch-at", "resume"],
+            Variant::ResumeNoSalvage => &["--switch-at", "resume", "--no-salvage"],
             Variant::Routes | Variant::L2Stretch => &[],
         }
     }
@@ -182,9 +198,9 @@ impl Case {
     }
 }
 
-/// The cases of one WAN round: every variant gateway first, then `stop-no-hold`
-/// destination host first and source host first (the order of the nodes' updates,
-/// microseconds apart, against the same case gateway first).
+/// The cases of one WAN round: every variant gateway first, then `stop` destination host
+/// first and source host first (the order of the nodes' updates, microseconds apart,
+/// against the same case gateway first).
 pub fn wan_cases() -> Vec<Case> {
     let wan = Some(WAN_DELAY);
     let mut cases: Vec<Case> = Variant::WAN
@@ -197,7 +213,7 @@ pub fn wan_cases() -> Vec<Case> {
         .collect();
     cases.extend(
         [Order::DestinationFirst, Order::SourceFirst].map(|order| Case {
-            variant: Variant::StopNoHold,
+            variant: Variant::Stop,
             order,
             wan,
         }),
@@ -262,6 +278,9 @@ pub struct MigrationRun {
     /// The probes the guest itself took and left unanswered, by its own counters (see
     /// [`GuestEchoes`]): lost inside the guest.
     pub unanswered_by_guest: Option<u64>,
+    /// The packets netpage salvaged from the source's tap and sent on (its report's
+    /// `salvage.resent`; `None` without the salvage).
+    pub salvaged: Option<u64>,
 }
 
 impl MigrationRun {
@@ -289,6 +308,7 @@ impl MigrationRun {
             wan_lost: None,
             lost_into_guest: None,
             unanswered_by_guest: None,
+            salvaged: None,
         }
     }
 
@@ -346,6 +366,9 @@ impl fmt::Display for MigrationRun {
         }
         if let Some(n) = self.unanswered_by_guest {
             write!(f, ", left unanswered by the guest itself {n}")?;
+        }
+        if let Some(n) = self.salvaged {
+            write!(f, ", salvaged from the source's tap {n}")?;
         }
         if let Some(r) = &self.release {
             write!(
@@ -440,6 +463,8 @@ pub struct Driven {
     pub release: Option<serde_json::Value>,
     /// Each node's V2R update, ms since the Unix epoch, in the order made.
     pub node_switch_unix_ms: Vec<(String, f64)>,
+    /// The packets salvaged from the source's tap, if netpage salvaged.
+    pub salvaged: Option<u64>,
 }
 
 fn measure(run: &mut MigrationRun) {
@@ -517,6 +542,7 @@ fn measure(run: &mut MigrationRun) {
     run.passes = driven.passes;
     run.failure = driven.failure.or(capture_failure);
     run.release = driven.release;
+    run.salvaged = driven.salvaged;
     if let (Some(stop), Some(first), Some(last)) = (
         driven.stop_unix_ms,
         icmp.probes.lost_seqs.first(),
@@ -584,6 +610,7 @@ fn by_netpage(vw: &VmWorld, src: &Qemu, dst: &Qemu, case: Case) -> Driven {
         resume_unix_ms: report["resume_unix_ms"].as_f64(),
         release: Some(report["release"].clone()).filter(|r| !r.is_null()),
         node_switch_unix_ms,
+        salvaged: report["salvage"]["resent"].as_u64(),
         failure: None,
     };
     if !out.status.success() {
@@ -690,6 +717,7 @@ async fn drive_qmp(src: &Qemu, dst: &Qemu, gw: Option<&str>) -> Result<Driven, Q
         resume_unix_ms: resume.map(|t| t.as_micros() as f64 / 1e3),
         release: None,
         node_switch_unix_ms: Vec::new(),
+        salvaged: None,
     })
 }
 
@@ -762,20 +790,23 @@ mod tests {
         assert_eq!(
             labels,
             [
-                "stop-no-hold",
                 "stop",
+                "stop-hold",
                 "stop-lead",
+                "stop-no-salvage",
                 "resume",
+                "resume-no-salvage",
                 "routes",
                 "segmentation",
-                "stop-no-hold@destination-first",
-                "stop-no-hold@source-first",
+                "stop@destination-first",
+                "stop@source-first",
             ]
         );
         assert!(wan_cases().iter().all(|c| c.wan == Some(WAN_DELAY)));
+        assert_eq!(Variant::StopHold.args(), ["--switch-at", "stop", "--hold"]);
         assert_eq!(
-            Variant::StopNoHold.args(),
-            ["--switch-at", "stop", "--no-hold"]
+            Variant::StopNoSalvage.args(),
+            ["--switch-at", "stop", "--no-hold", "--no-salvage"]
         );
         assert_eq!(
             Order::DestinationFirst.nodes(),
