@@ -7,7 +7,7 @@ use netpage::{
     attach::{Hook, Mode},
     directory::{EtcdOptions, schema::DEFAULT_PREFIX},
     loader::Side,
-    migrate::{EdgeSpec, HoldMode, MigrateOptions, Neighbour, SwitchAt, intent::DEFAULT_STATE_DIR},
+    migrate::{EdgeSpec, MigrateOptions, Neighbour, SwitchAt, intent::DEFAULT_STATE_DIR},
     node::DEFAULT_PIN_DIR,
 };
 use netpage_common::trace::DEFAULT_RATE;
@@ -420,23 +420,17 @@ pub struct MigrateArgs {
     /// during the pause is lost).
     #[arg(long, value_enum, default_value = "stop")]
     pub switch_at: SwitchAt,
-    /// With `--switch-at stop`: hold QEMU's downtime limit at 1 ms, switch once the last
-    /// copy would fit --downtime-limit, then release it so that QEMU stops. What is sent
-    /// from the switch to the end of the pause waits at the destination, and a client's
-    /// gap grows by the time from the switch to STOP. The default only where the
-    /// source's tap cannot be salvaged (see --no-salvage); otherwise netpage switches on
-    /// hearing STOP and salvages what reached the source after its pause.
-    #[arg(long, conflicts_with = "no_hold")]
-    pub hold: bool,
-    /// With `--switch-at stop`: switch on hearing STOP even where the source's tap cannot
-    /// be salvaged; what reaches the source between its pause and the switch is then lost
-    /// (the old site forwards what reaches it after its switch).
+    /// With `--switch-at stop`: switch on hearing QEMU's STOP event instead of holding the
+    /// downtime limit, switching, and pausing the source itself. The client's gap is then
+    /// QEMU's pause alone, but QEMU stops reading its tap a few milliseconds before STOP
+    /// (under TCG): what reaches the source then is salvaged from the tap after the
+    /// switch, except the packet QEMU itself took as it paused, which is lost.
     #[arg(long)]
     pub no_hold: bool,
-    /// With the hold (implies --hold): switch at least this long before releasing the
-    /// downtime limit, so that what the gateways sent toward the source before the switch
-    /// reaches it before it pauses. Over a WAN, the one-way delay from the gateways to
-    /// the source plus a margin; the client's gap grows by as much.
+    /// With the hold: switch at least this long before pausing the source. What was in
+    /// flight toward the source at the switch is forwarded by the old site anyway; the
+    /// lead lets it reach the running guest instead, and lengthens the client's gap as
+    /// much.
     #[arg(long, value_name = "MS", conflicts_with = "no_hold")]
     pub hold_lead: Option<u64>,
     /// Leave what reaches the source after its pause in its tap. By default netpage takes
@@ -500,13 +494,7 @@ impl MigrateArgs {
             uri: self.uri.clone().expect(required),
             edges,
             switch_at: self.switch_at,
-            hold: if self.hold || self.hold_lead.is_some() {
-                HoldMode::Always
-            } else if self.no_hold {
-                HoldMode::Never
-            } else {
-                HoldMode::Auto
-            },
+            hold: self.switch_at == SwitchAt::Stop && !self.no_hold,
             hold_lead: Duration::from_millis(self.hold_lead.unwrap_or(0)),
             realtime: !self.no_realtime,
             downtime_limit_ms: self.downtime_limit,

@@ -104,8 +104,8 @@ use crate::{
 use confirm::Fate;
 pub use edges::EdgeSpec;
 use edges::{Edges, Edit};
-pub use hold::{HOLD_MS, MAX_HELD_PASS, POLL, STOP_GRACE, TICK_LEAD};
-use hold::{Hold, Ticks};
+use hold::Hold;
+pub use hold::{HOLD_MS, MAX_HELD_PASS, POLL};
 use intent::{Intent, IntentError, RecordedEdges};
 use interrupt::Interrupts;
 use neighbour::{guest_mac, neigh};
@@ -134,35 +134,6 @@ pub enum SwitchAt {
     Resume,
 }
 
-/// With `--switch-at stop`: whether netpage holds QEMU's downtime limit and switches just
-/// before the pause, or switches on hearing STOP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HoldMode {
-    /// Switch on hearing STOP and salvage what the source's tap still holds; hold the
-    /// limit instead if the tap cannot be salvaged right after the switch (the default).
-    /// Through the directory it cannot: the switch reaches the nodes as their agents
-    /// apply it, and the salvage waits for their confirmations.
-    Auto,
-    /// Hold the limit and switch just before the pause (`--hold`, `--hold-lead`).
-    Always,
-    /// Switch on hearing STOP even if the tap cannot be salvaged (`--no-hold`): what
-    /// reaches the source after its pause and before its switch is then lost.
-    Never,
-}
-
-impl HoldMode {
-    /// Whether to hold, given whether the source's tap can be salvaged at once after the
-    /// switch on hearing STOP.
-    pub fn holds(self, salvage_at_stop: bool) -> bool {
-        match self {
-            HoldMode::Auto => !salvage_at_stop,
-            HoldMode::Always => true,
-            HoldMode::Never => false,
-        }
-    }
-}
-
 /// The neighbour entry to install at the destination host, so that packets for the guest
 /// go into its tap queue while it is paused instead of waiting for ARP. The entry is
 /// permanent: it stays after a completed migration (the guest keeps its MAC) and is
@@ -189,9 +160,10 @@ pub struct MigrateOptions {
     /// The page tables that switch: nodes of this machine, or the directory.
     pub edges: EdgeSpec,
     pub switch_at: SwitchAt,
-    /// With [`SwitchAt::Stop`]: whether netpage holds the downtime limit and switches just
-    /// before the pause, or switches on hearing STOP.
-    pub hold: HoldMode,
+    /// With [`SwitchAt::Stop`]: whether netpage holds the downtime limit, then switches and
+    /// pauses the source itself (`true`), or switches on hearing STOP (`false`,
+    /// `--no-hold`).
+    pub hold: bool,
     /// With the hold: how long before releasing the limit netpage switches at least.
     pub hold_lead: Duration,
     /// Whether netpage's thread runs at SCHED_FIFO for the migration (see [`realtime`]).
@@ -326,19 +298,19 @@ struct Run {
     passes: u64,
     /// Polling while the downtime limit is held, until released (`--switch-at stop`).
     hold: Option<Hold>,
-    /// Whether netpage holds the downtime limit until it switches (`--switch-at stop`,
-    /// as [`HoldMode`] decided).
+    /// Whether netpage holds the downtime limit until it switches (`--switch-at stop`
+    /// without `--no-hold`).
     holds: bool,
     /// Whether the source's downtime limit is netpage's [`HOLD_MS`].
     held: bool,
-    released_at: Option<Instant>,
+    /// Whether netpage paused the source (the hold's end): the destination then waits
+    /// for its `cont` once it has loaded the guest.
+    paused_source: bool,
     /// The limit to release (and to restore after a failure).
     limit_ms: Option<u64>,
     /// How long before the release netpage switches at least (`--hold-lead`).
     hold_lead: Duration,
     release: Option<Release>,
-    /// After a release with a switch: when netpage switches back unless STOP came.
-    grace: Option<Instant>,
     interrupts: Interrupts,
     /// The source's own downtime limit, put back after a rollback.
     src_limit_ms: u64,
@@ -488,10 +460,7 @@ impl Run {
             intent::remove(&intent);
             return Err(e);
         }
-        let holds = opts.switch_at == SwitchAt::Stop
-            && opts
-                .hold
-                .holds(salvage.is_some() && edges.switch_at_once());
+        let holds = opts.switch_at == SwitchAt::Stop && opts.hold;
         let mut run = Run {
             start,
             edges,
@@ -516,11 +485,10 @@ impl Run {
             hold: None,
             holds,
             held: false,
-            released_at: None,
+            paused_source: false,
             limit_ms: opts.downtime_limit_ms,
             hold_lead: opts.hold_lead,
             release: None,
-            grace: None,
             interrupts,
             src_limit_ms,
             intent,
@@ -566,7 +534,6 @@ impl Run {
         let (mut src_done, mut dst_done) = (false, false);
         while !(src_done && dst_done) {
             let poll_at = self.hold.as_ref().map(|h| h.next_poll);
-            let grace_at = self.grace;
             // Biased: an event already received (a STOP read while a poll waited for its
             // answer) is handled before anything else, so that a STOP during the hold
             // switches at once and no poll asks a QEMU busy with its last copy.
@@ -595,8 +562,6 @@ impl Run {
                 },
                 _ = tokio::time::sleep_until(poll_at.map_or(deadline, Into::into)),
                     if poll_at.is_some() => self.poll().await,
-                _ = tokio::time::sleep_until(grace_at.map_or(deadline, Into::into)),
-                    if grace_at.is_some() => self.switch_back().await,
                 sig = self.interrupts.next() => {
                     self.mark(Source::Netpage, sig, String::new());
                     Step::Failed(format!("interrupted by {sig}"))
@@ -645,7 +610,6 @@ impl Run {
             self.hold = Some(Hold {
                 next_poll: Instant::now() + POLL,
                 pass_began: Instant::now(),
-                ticks: Ticks::default(),
             });
             self.mark(
                 Source::Netpage,
@@ -686,19 +650,11 @@ impl Run {
                     return Step::GiveUp;
                 }
             }
-            // The pass a release with a switch ended: STOP must follow at once.
-            if self.switched
-                && self.stop.is_none()
-                && self.released_at.is_some_and(|r| e.received > r)
-            {
-                self.grace = Some(e.received + STOP_GRACE);
-            }
             return Step::Continue;
         }
         match (e.event.as_str(), e.migration_status()) {
             ("STOP", _) => {
                 self.stop = Some(e.timestamp);
-                self.grace = None;
                 // QEMU stopped with the limit held (its last copy fitted even that): no
                 // more questions until it has finished.
                 self.hold = None;
@@ -778,11 +734,27 @@ impl Run {
                     s.to_string().to_uppercase(),
                     String::new(),
                 );
-                if s == MigrationStatus::Completed {
-                    self.dst_loaded = true;
-                    Step::Done
-                } else {
-                    Step::Continue
+                if s != MigrationStatus::Completed {
+                    return Step::Continue;
+                }
+                self.dst_loaded = true;
+                if !self.paused_source {
+                    return Step::Done;
+                }
+                // A guest paused at the source stays paused at the destination: netpage
+                // paused it, so netpage runs it (RESUME follows).
+                match self.dst.cont().await {
+                    Ok(()) => {
+                        self.mark(
+                            Source::Netpage,
+                            "RUN",
+                            "the guest at the destination".into(),
+                        );
+                        Step::Continue
+                    }
+                    Err(e) => Step::Failed(format!(
+                        "running the guest at the destination (`cont`): {e}; it has the guest, paused"
+                    )),
                 }
             }
             _ => Step::Continue,
@@ -929,9 +901,7 @@ impl Run {
             to: self.to,
             switch_at: opts.switch_at,
             hold: self.holds,
-            hold_lead_ms: self
-                .holds
-                .then_some(opts.hold_lead.as_secs_f64() * 1e3),
+            hold_lead_ms: self.holds.then_some(opts.hold_lead.as_secs_f64() * 1e3),
             // Set by `migrate` once the thread is back in its own class.
             realtime: false,
             status: if failed { "failed" } else { "completed" }.into(),

@@ -66,8 +66,6 @@ pub struct Reservation {
     pub revision: i64,
     /// When etcd answered the reservation: the nodes' confirmations count from then.
     pub reserved_at: Instant,
-    /// How long the reservation's transaction took (a switch's takes about as long).
-    pub txn: Duration,
     /// The old address's drain lease, granted ahead of the switch (deadline, id).
     drain_lease: Option<(u64, i64)>,
     /// Each live node's confirmation of the reservation (if waited for).
@@ -182,7 +180,6 @@ impl Directory {
             to,
             revision: 0,
             reserved_at: Instant::now(),
-            txn: Duration::ZERO,
             drain_lease: None,
             confirmations: Vec::new(),
             late: Vec::new(),
@@ -193,13 +190,11 @@ impl Directory {
         if from == to {
             return Ok(r);
         }
-        let sent = Instant::now();
         (r.revision, r.created) = match r.view.read_ra(to) {
             Some(held) => (held.mod_revision, false),
             None => (self.reserve_txn(vm, to, vm_rev).await?, true),
         };
         r.reserved_at = Instant::now();
-        r.txn = r.reserved_at - sent;
         if let Some(timeout) = wait {
             let waited = self
                 .wait_applied(r.revision, timeout, r.reserved_at, &[])

@@ -42,9 +42,6 @@ pub enum EdgeSpec {
 /// table and on the directory.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Edit {
-    /// The VM back at its old address, which stops draining; the new address stays
-    /// reserved (QEMU went on with another pass after the switch).
-    SwitchBack,
     /// Everything back as it was: the VM at its old address, the new address's reverse
     /// entry removed.
     Rollback,
@@ -68,7 +65,7 @@ impl Edit {
         // A mapping of method encap: one segment entry, nothing reserved, nothing drains.
         if t.segment(vm)?.is_some() {
             let at = match self {
-                Edit::SwitchBack | Edit::Rollback => from,
+                Edit::Rollback => from,
                 Edit::Retire { .. } => return Ok(()),
                 Edit::Finish { .. } => to,
             };
@@ -78,15 +75,12 @@ impl Edit {
             return Ok(());
         }
         match self {
-            Edit::SwitchBack | Edit::Rollback => {
+            Edit::Rollback => {
                 if t.forward(vm)? != Some(from) {
                     t.set_forward(vm, from)?;
                 }
                 t.remove_drain(from)?;
-                if matches!(self, Edit::Rollback) {
-                    ops::remove_reverse_of(t, to, vm)?;
-                }
-                Ok(())
+                ops::remove_reverse_of(t, to, vm)
             }
             Edit::Retire { drain } => {
                 t.remove_drain(to)?;
@@ -106,7 +100,6 @@ impl Edit {
 
     fn name(self) -> &'static str {
         match self {
-            Edit::SwitchBack => "switching back",
             Edit::Rollback => "rolling back",
             Edit::Retire { .. } => "draining the old address",
             Edit::Finish { .. } => "finishing the switch",
@@ -128,9 +121,6 @@ pub(super) struct DirEdges {
     confirm: Duration,
     reservation: Option<Reservation>,
     segment: Option<SegmentMove>,
-    /// How long reading the directory took, for a move of method `encap`: about what its
-    /// switch transaction takes.
-    segment_read: Duration,
     confirming: Option<Confirming>,
 }
 
@@ -182,7 +172,6 @@ impl Edges {
                 confirm: *confirm,
                 reservation: None,
                 segment: None,
-                segment_read: Duration::ZERO,
                 confirming: None,
             }))),
         }
@@ -203,9 +192,7 @@ impl Edges {
                 Ok(ops::locate(tables(), vm, to)?)
             }
             Edges::Directory(d) => {
-                let sent = Instant::now();
                 let view = d.dir.view().await?;
-                d.segment_read = sent.elapsed();
                 if view.read_seg(vm).is_some() {
                     // The move's own checks are `locate`'s, and it finds where the VM is.
                     let m = SegmentMove::new(view, vm, to)?;
@@ -448,27 +435,6 @@ impl Edges {
                     Ok(((), rev)) => rev,
                     Err(e) => return vec![format!("the directory: {}: {e:#}", edit.name())],
                 };
-                if matches!(edit, Edit::SwitchBack) {
-                    // The switch taken back is no longer confirmed.
-                    if let Some(c) = d.confirming.take() {
-                        c.task.abort();
-                    }
-                }
-                if let (Edit::SwitchBack, Some(r)) = (edit, d.reservation.as_mut())
-                    && let Err(e) = d.dir.renew(r).await
-                {
-                    return vec![format!("the directory: after switching back: {e:#}")];
-                }
-                if let (Edit::SwitchBack, Some(_)) = (edit, &d.segment) {
-                    // The next switch commits on the entry as it is now.
-                    let again = d.dir.view().await;
-                    match again.and_then(|view| SegmentMove::new(view, vm, to)) {
-                        Ok(m) => d.segment = Some(m),
-                        Err(e) => {
-                            return vec![format!("the directory: after switching back: {e:#}")];
-                        }
-                    }
-                }
                 match d.dir.wait_applied(rev, d.confirm, sent, &[]).await {
                     Ok(c) => {
                         mark_confirmations(timeline, sent, &c, edit.name());
@@ -480,17 +446,6 @@ impl Edges {
                     Err(e) => vec![format!("the directory: {}: {e:#}", edit.name())],
                 }
             }
-        }
-    }
-
-    /// About how long a switch takes to reach the tables: nothing to speak of on this
-    /// machine's nodes, a transaction's round trip through the directory (as long as
-    /// the reservation's took).
-    pub(super) fn switch_cost(&self) -> Duration {
-        match self {
-            Edges::Local(_) => Duration::ZERO,
-            Edges::Directory(d) if d.segment.is_some() => d.segment_read,
-            Edges::Directory(d) => d.reservation.as_ref().map_or(Duration::ZERO, |r| r.txn),
         }
     }
 
@@ -650,15 +605,6 @@ mod tests {
         finish.apply(&mut w, vm, a, b, 5_000).unwrap();
         assert_eq!(w.forward(vm).unwrap(), Some(b));
         assert_eq!(w.drains().unwrap(), v.drains().unwrap());
-    }
-
-    #[test]
-    fn a_switch_back_keeps_the_reservation() {
-        let (mut v, vm, a, b) = switched();
-        Edit::SwitchBack.apply(&mut v, vm, a, b, 5_000).unwrap();
-        assert_maps(&v, vm, a);
-        assert_eq!(v.reverse(b).unwrap(), Some(vm), "B stays reserved");
-        assert!(v.drains().unwrap().is_empty(), "A no longer drains");
     }
 
     #[test]

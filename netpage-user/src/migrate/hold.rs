@@ -1,23 +1,17 @@
-//! Switching just before the source pauses (`--switch-at stop`): the downtime limit held
-//! at [`HOLD_MS`], QEMU's progress polled, and the limit released (after the switch) once
-//! the last copy fits, at QEMU's next bandwidth measurement. See the parent module's
-//! documentation for the whole mechanism.
+//! Switching just before the source pauses (`--switch-at stop` with the hold): the
+//! downtime limit held at [`HOLD_MS`], QEMU's progress polled, and once the last copy
+//! fits, every node switched and the source paused by netpage at once. See the parent
+//! module's documentation for the whole mechanism.
 
 use std::time::{Duration, Instant};
 
-use super::{Edit, Release, Run, Source, Step};
+use super::{Release, Run, Source, Step};
 use crate::qmp::{MigrationInfo, MigrationParameters, MigrationStatus, Qmp, QmpError};
 
 /// The downtime limit (ms) held while netpage waits to switch: no last copy fits in it.
 pub const HOLD_MS: u64 = 1;
 /// How often netpage asks QEMU for its progress while it holds the limit.
 pub const POLL: Duration = Duration::from_millis(10);
-/// How long before QEMU's next bandwidth measurement netpage releases the limit: enough
-/// for the polls' view of QEMU's rhythm to be off a little.
-pub const TICK_LEAD: Duration = Duration::from_millis(25);
-/// How long after the pass that a release ended QEMU may take to stop; QEMU stops within
-/// a millisecond of that pass's event when it stops at all.
-pub const STOP_GRACE: Duration = Duration::from_millis(50);
 /// The last pass during which netpage holds the limit: if no estimate fits by the time
 /// this pass begins, it releases the limit without switching.
 pub const MAX_HELD_PASS: u64 = 3;
@@ -50,46 +44,6 @@ pub(super) struct Hold {
     pub(super) next_poll: Instant,
     /// When the pass under way began (its MIGRATION_PASS event).
     pub(super) pass_began: Instant,
-    /// QEMU's measurement rhythm, seen in the answers to the polls.
-    pub(super) ticks: Ticks,
-}
-
-/// When QEMU measures its bandwidth (and applies a new downtime limit): about every
-/// 100 ms, at the end of a round of sending, which makes the period steady for one
-/// migration. The measured figures (`mbps`, `pages-per-second`) change at each one, so
-/// the polls see them.
-#[derive(Default)]
-pub(super) struct Ticks {
-    /// The figures of the last poll, and when it was answered.
-    last: Option<((u64, u64), Instant)>,
-    /// The last measurement seen: between the poll before the change and the poll that
-    /// saw it.
-    tick: Option<Instant>,
-    /// The last interval between two measurements seen.
-    period: Option<Duration>,
-}
-
-impl Ticks {
-    /// Records a poll's figures, answered at `now`.
-    pub(super) fn observe(&mut self, mbps: f64, pages_per_second: u64, now: Instant) {
-        let figures = (mbps.to_bits(), pages_per_second);
-        if let Some((before, at)) = self.last
-            && before != figures
-        {
-            let tick = at + (now - at) / 2;
-            if let Some(prev) = self.tick {
-                self.period = Some(tick - prev);
-            }
-            self.tick = Some(tick);
-        }
-        self.last = Some((figures, now));
-    }
-
-    /// How long until QEMU's next measurement, if its rhythm is known (zero if overdue).
-    pub(super) fn until_next(&self, now: Instant) -> Option<Duration> {
-        let due = self.tick? + self.period?;
-        Some(due.saturating_duration_since(now))
-    }
 }
 
 impl Run {
@@ -116,8 +70,8 @@ impl Run {
         }
     }
 
-    /// Asks the source for its progress while the limit is held, and releases the limit
-    /// (switching first) once the last copy would fit the limit asked for.
+    /// Asks the source for its progress while the limit is held, and once the last copy
+    /// would fit the limit asked for, switches and pauses the source.
     pub(super) async fn poll(&mut self) -> Step {
         let info = match self.src.query_migrate().await {
             Ok(info) => info,
@@ -134,81 +88,96 @@ impl Run {
         if info.status != Some(MigrationStatus::Active) {
             return Step::Continue;
         }
-        if let Some(ram) = &info.ram {
-            hold.ticks.observe(ram.mbps, ram.pages_per_second, now);
-        }
         let limit = self.limit_ms.unwrap_or(QEMU_DEFAULT_LIMIT_MS) as f64;
         match estimate_ms(&info, since_pass) {
-            // QEMU applies the new limit only at its next measurement: release just
-            // before it, so that the guest runs as briefly as possible after the switch
-            // (which starts earlier by what it takes: a transaction, through etcd).
-            Some(est)
-                if est <= limit
-                    && hold.ticks.until_next(now).is_none_or(|left| {
-                        left <= TICK_LEAD + self.edges.switch_cost() + self.hold_lead
-                    }) =>
-            {
-                self.release(&info, est, "estimate", true).await
-            }
+            Some(est) if est <= limit => self.switch_and_pause(&info, est).await,
             _ => Step::Continue,
         }
     }
 
-    /// Ends the hold: switches every node if `switch`, then raises the limit.
-    pub(super) async fn release(
+    /// Ends the hold once the last copy fits: switches every node, then pauses the
+    /// source itself (QMP `stop`). With the guest paused QEMU sends what is left of the
+    /// pass, which dirties no more, and completes: a pause of about the estimate. The
+    /// limit stays held until the migration has ended (a command sent during QEMU's last
+    /// copy would wait for its end); the destination, which does not run a guest paused
+    /// at the source by itself, is told to run it once it has loaded it.
+    async fn switch_and_pause(&mut self, info: &MigrationInfo, estimate_ms: f64) -> Step {
+        if let Err(why) = self.switch_all().await {
+            return Step::Failed(why);
+        }
+        // What the gateways sent toward the source before the switch reaches it before
+        // it pauses (`--hold-lead`).
+        if !self.hold_lead.is_zero() {
+            tokio::time::sleep(self.hold_lead).await;
+            self.mark(
+                Source::Netpage,
+                "LEAD",
+                format!("{:?} after the switch", self.hold_lead),
+            );
+        }
+        self.record_release(info, estimate_ms, "estimate", true);
+        match self.src.stop().await {
+            Ok(()) => {
+                self.paused_source = true;
+                self.mark(
+                    Source::Netpage,
+                    "PAUSED",
+                    format!("the source, after the switch (estimated pause {estimate_ms:.0} ms)"),
+                );
+                Step::Continue
+            }
+            // It stopped by itself: the STOP already sent, or its last copy under way.
+            Err(e) if e.is_timeout() => self.busy("the pause"),
+            Err(e) => Step::Failed(format!("pausing the source: {e}")),
+        }
+    }
+
+    /// Records the end of the hold for the report, and ends the polls.
+    fn record_release(
         &mut self,
         info: &MigrationInfo,
         estimate_ms: f64,
         reason: &'static str,
-        switch: bool,
-    ) -> Step {
-        if switch {
-            if let Err(why) = self.switch_all().await {
-                return Step::Failed(why);
-            }
-            // What the gateways sent toward the source before the switch reaches it
-            // before it pauses (`--hold-lead`); the limit stays held meanwhile.
-            if !self.hold_lead.is_zero() {
-                tokio::time::sleep(self.hold_lead).await;
-                self.mark(
-                    Source::Netpage,
-                    "LEAD",
-                    format!("{:?} after the switch", self.hold_lead),
-                );
-            }
-        }
+        switched: bool,
+    ) {
         let limit = self.limit_ms.unwrap_or(QEMU_DEFAULT_LIMIT_MS);
         let ram = info.ram.clone().unwrap_or_default();
         self.release = Some(Release {
             pass: self.passes,
-            switched: switch,
+            switched,
+            paused: switched,
             reason,
             remaining_bytes: ram.remaining,
             mbps: ram.mbps,
             estimate_ms,
             limit_ms: limit,
-            switched_back: false,
         });
         self.hold = None;
-        self.released_at = Some(Instant::now());
+    }
+
+    /// Ends the hold without a switch: raises the limit, so that QEMU stops by itself
+    /// (and netpage switches at STOP).
+    async fn release(
+        &mut self,
+        info: &MigrationInfo,
+        estimate_ms: f64,
+        reason: &'static str,
+    ) -> Step {
+        self.record_release(info, estimate_ms, reason, false);
+        let limit = self.limit_ms.unwrap_or(QEMU_DEFAULT_LIMIT_MS);
+        let ram = info.ram.clone().unwrap_or_default();
         self.mark(
             Source::Netpage,
             "RELEASED",
             format!(
-                "limit {limit} ms ({reason}: {:.1} MiB left at {:.0} Mbit/s, {estimate_ms:.0} ms){}",
+                "limit {limit} ms ({reason}: {:.1} MiB left at {:.0} Mbit/s, {estimate_ms:.0} ms); switch at STOP",
                 ram.remaining as f64 / (1 << 20) as f64,
                 ram.mbps,
-                if switch { "" } else { "; switch at STOP" }
             ),
         );
         eprintln!(
-            "netpage: downtime limit released to {limit} ms in pass {} ({reason}, estimated pause {estimate_ms:.0} ms){}",
+            "netpage: downtime limit released to {limit} ms in pass {} ({reason}, estimated pause {estimate_ms:.0} ms), switching at STOP",
             self.passes,
-            if switch {
-                " after the switch"
-            } else {
-                ", switching at STOP"
-            }
         );
         match self.set_limit(limit).await {
             Ok(()) => {
@@ -247,44 +216,7 @@ impl Run {
             .as_ref()
             .map_or(Duration::ZERO, |h| h.pass_began.elapsed());
         let est = estimate_ms(&info, since).unwrap_or(f64::NAN);
-        self.release(&info, est, "passes", false).await
-    }
-
-    /// QEMU went on with another pass after the release: puts every node back on the
-    /// source, which still runs the guest, and switches again at STOP.
-    pub(super) async fn switch_back(&mut self) -> Step {
-        self.grace = None;
-        if self.stop.is_some() || !self.switched {
-            return Step::Continue;
-        }
-        let (vm, from, to) = (self.vm, self.from, self.to);
-        let failed = self
-            .edges
-            .edit(Edit::SwitchBack, vm, from, to, &mut self.timeline)
-            .await;
-        self.switched = false;
-        self.switched_at = None;
-        self.switches.clear();
-        if let Some(r) = &mut self.release {
-            r.switched_back = true;
-        }
-        self.mark(
-            Source::Netpage,
-            "SWITCHED BACK",
-            format!("no STOP after pass {}: switch at STOP", self.passes),
-        );
-        eprintln!(
-            "netpage: QEMU went on with pass {} after the release: switched back, switching at STOP",
-            self.passes
-        );
-        if failed.is_empty() {
-            Step::Continue
-        } else {
-            Step::Failed(format!(
-                "switching {vm} back to {from} failed: {}",
-                failed.join("; ")
-            ))
-        }
+        self.release(&info, est, "passes").await
     }
 }
 
@@ -311,23 +243,6 @@ pub(super) fn estimate_ms(info: &MigrationInfo, since_pass: Duration) -> Option<
 mod tests {
     use super::*;
     use crate::qmp::RamStats;
-
-    #[test]
-    fn ticks_learn_qemus_rhythm_from_the_polls() {
-        let t0 = Instant::now();
-        let mut t = Ticks::default();
-        assert_eq!(t.until_next(t0), None, "no rhythm before two measurements");
-        // Polls every 10 ms; QEMU's figures change between the polls at 90 and 100 ms,
-        // and between those at 190 and 200 ms.
-        for i in 0..30u32 {
-            let now = t0 + Duration::from_millis(10 * u64::from(i));
-            t.observe(f64::from(i / 10), 0, now);
-        }
-        // Measurements at 95 and 195 ms: the next is due at 295 ms.
-        let at = |ms| t0 + Duration::from_millis(ms);
-        assert_eq!(t.until_next(at(290)), Some(Duration::from_millis(5)));
-        assert_eq!(t.until_next(at(300)), Some(Duration::ZERO), "overdue");
-    }
 
     #[test]
     fn the_estimate_adds_what_the_guest_dirtied_since_the_pass_began() {

@@ -67,23 +67,24 @@ impl fmt::Display for NodeSwitch {
     }
 }
 
-/// The moment netpage released the downtime limit it held (`--switch-at stop`).
+/// The moment netpage ended the hold of the downtime limit (`--switch-at stop`).
 #[derive(Clone, Debug, Serialize)]
 pub struct Release {
     /// The pass under way (QEMU's last MIGRATION_PASS).
     pub pass: u64,
     /// Whether the nodes were switched then (`false`: the fallback to a switch at STOP).
     pub switched: bool,
+    /// Whether netpage then paused the source itself (with the switch); else it raised
+    /// the limit and QEMU stopped by itself.
+    pub paused: bool,
     /// Why: `estimate` (the last copy fits the limit) or `passes` (none fitted in time).
     pub reason: &'static str,
     /// RAM still to send in the pass, and QEMU's measured bandwidth.
     pub remaining_bytes: u64,
     pub mbps: f64,
-    /// The pause netpage estimated, and the limit it released.
+    /// The pause netpage estimated, and the limit asked for.
     pub estimate_ms: f64,
     pub limit_ms: u64,
-    /// Whether netpage switched back because QEMU went on with another pass.
-    pub switched_back: bool,
 }
 
 /// How a migration ended.
@@ -207,21 +208,19 @@ impl fmt::Display for MigrateReport {
             writeln!(f, "  netpage ran time-shared (not at SCHED_FIFO)")?;
         }
         if let Some(r) = &self.release {
-            writeln!(
-                f,
-                "  downtime limit released to {} ms in pass {} ({}: estimated pause {:.0} ms){}",
-                r.limit_ms,
-                r.pass,
-                r.reason,
-                r.estimate_ms,
-                if r.switched_back {
-                    "; QEMU went on with another pass: switched back, then at STOP"
-                } else if r.switched {
-                    ""
-                } else {
-                    "; switched at STOP"
-                }
-            )?;
+            if r.paused {
+                writeln!(
+                    f,
+                    "  switched and paused the source in pass {} (estimated pause {:.0} ms, limit {} ms)",
+                    r.pass, r.estimate_ms, r.limit_ms
+                )?;
+            } else {
+                writeln!(
+                    f,
+                    "  downtime limit released to {} ms in pass {} ({}: estimated pause {:.0} ms); switched at STOP",
+                    r.limit_ms, r.pass, r.reason, r.estimate_ms,
+                )?;
+            }
         }
         for s in &self.switches {
             writeln!(f, "  {s}")?;

@@ -242,13 +242,12 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                 "The same migration with the sites {} ms apart (one way, the test world's \
                  delay line on every link between gateway and hosts and on the migration \
                  link; the client's link is not delayed); {} round(s), the cases taking \
-                 turns. `stop`: `--switch-at stop` as it comes, every node switched on hearing \
-                 STOP (what is in flight toward the paused source and reaches the old site \
-                 after its switch is forwarded to the new RA), then what the source's tap \
-                 holds salvaged and sent on; `stop-hold`: `--hold`, the downtime limit held \
-                 and the switch just before the pause; `stop-lead`: the hold with \
-                 `--hold-lead {}` (the switch at least that many ms before the release); \
-                 `stop-no-salvage`: `--no-hold --no-salvage`, the negative control of the \
+                 turns. `stop`: `--switch-at stop` as it comes, the downtime limit held until the \
+                 last copy fits, then every node switched and the source paused by netpage at \
+                 once (what is in flight toward the source and reaches the old site after its \
+                 switch is forwarded to the new RA); `stop-no-hold`: `--no-hold`, every node \
+                 switched on hearing STOP, then what the source's tap holds salvaged and sent \
+                 on; `stop-no-salvage`: `--no-hold --no-salvage`, the negative control of the \
                  salvage; `resume` (its tap salvaged at RESUME) and `resume-no-salvage`; \
                  `routes`, switched by hand. Per run: probes lost, the largest gap, STOP to \
                  RESUME, the gap minus that pause, and the guest's own first-reply latency \
@@ -263,7 +262,6 @@ pub fn sections(cfg: &Config) -> Vec<Section> {
                  on the links the probes take (a test instrument's loss, not the switch's).",
                 crate::vmworld::bench::WAN_DELAY.as_millis(),
                 cfg.migration_wan_rounds,
-                crate::vmworld::bench::HOLD_LEAD_MS,
             ),
             &[
                 "migration_wan_lost",

@@ -210,8 +210,7 @@ mod tests {
             .collect();
         let want = [
             ("stop", Some("routes")),
-            ("stop-hold", Some("routes")),
-            ("stop-lead", Some("routes")),
+            ("stop-no-hold", Some("routes")),
             ("stop-no-salvage", Some("routes")),
             ("resume", Some("routes")),
             ("resume-no-salvage", Some("routes")),

@@ -1,9 +1,9 @@
 //! Migration figures for the benchmark: the same live migration of a real guest, again and
 //! again, while a client probes it every millisecond, in three ways of moving its traffic:
 //!
-//! - `stop`: `netpage migrate --switch-at stop` as it comes (every node switched on
-//!   hearing STOP, then what the source's tap still holds salvaged; what is sent during
-//!   the pause waits in the destination's tap queue);
+//! - `stop`: `netpage migrate --switch-at stop` as it comes (the downtime limit held,
+//!   then every node switched and the source paused by netpage at once; what is sent
+//!   during the pause waits in the destination's tap queue);
 //! - `resume`: `netpage migrate --switch-at resume` (switched when the destination runs,
 //!   then the source's tap salvaged: what was sent during the pause);
 //! - `routes`: no netpage, the operator's way today: the gateway routes the VA as a /32
@@ -12,10 +12,9 @@
 //! - `l2-stretch`: no netpage nor routes to the VA, the industry's default: the guest's
 //!   segment stretched over VXLAN to both hosts and the gateway ([`super::stretch`]), the
 //!   guest's MAC moved by QEMU's announcement after the migration;
-//! - over the WAN only: `stop-hold` (`--hold`: the downtime limit held, every node
-//!   switched just before the pause), `stop-lead` (the hold with `--hold-lead`, the switch
-//!   at least the one-way delay and a margin before the release), and the negative
-//!   controls without the salvage, `stop-no-salvage` (`--no-hold --no-salvage`) and
+//! - over the WAN only: `stop-no-hold` (`--no-hold`: every node switched on hearing
+//!   STOP, then what the source's tap still holds salvaged), and the negative controls
+//!   without the salvage, `stop-no-salvage` (`--no-hold --no-salvage`) and
 //!   `resume-no-salvage`.
 //!
 //! Over the WAN ([`WAN_DELAY`] one way between sites) each run also captures the probes'
@@ -65,8 +64,7 @@ const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Variant {
-    /// `netpage migrate --switch-at stop`: switched on hearing STOP, the source's tap
-    /// salvaged.
+    /// `netpage migrate --switch-at stop`: the hold, then switched and paused by netpage.
     Stop,
     /// `netpage migrate --switch-at resume`, the source's tap salvaged.
     Resume,
@@ -75,12 +73,9 @@ pub enum Variant {
     /// The segment stretched over VXLAN, the MAC moved by QEMU's announcement.
     #[serde(rename = "l2-stretch")]
     L2Stretch,
-    /// `netpage migrate --switch-at stop --hold`: the downtime limit held, switched just
-    /// before the pause.
-    StopHold,
-    /// `netpage migrate --switch-at stop --hold-lead` [`HOLD_LEAD_MS`]: the hold, the
-    /// switch at least the WAN's one-way delay and a margin before the release.
-    StopLead,
+    /// `netpage migrate --switch-at stop --no-hold`: switched on hearing STOP, the
+    /// source's tap salvaged.
+    StopNoHold,
     /// `netpage migrate --switch-at stop --no-hold --no-salvage`: switched on hearing STOP,
     /// what reached the source's tap left there.
     StopNoSalvage,
@@ -90,9 +85,6 @@ pub enum Variant {
     /// ([`VmWorld::segmented`]).
     Segmentation,
 }
-
-/// The `--hold-lead` of [`Variant::StopLead`]: the WAN's one-way delay and 5 ms.
-pub const HOLD_LEAD_MS: &str = "25";
 
 impl Variant {
     /// The variants of the plain world's rounds.
@@ -104,10 +96,9 @@ impl Variant {
         Variant::Segmentation,
     ];
     /// The variants of the WAN's rounds.
-    pub const WAN: [Variant; 8] = [
+    pub const WAN: [Variant; 7] = [
         Variant::Stop,
-        Variant::StopHold,
-        Variant::StopLead,
+        Variant::StopNoHold,
         Variant::StopNoSalvage,
         Variant::Resume,
         Variant::ResumeNoSalvage,
@@ -121,8 +112,7 @@ impl Variant {
             Variant::Resume => "resume",
             Variant::Routes => "routes",
             Variant::L2Stretch => "l2-stretch",
-            Variant::StopHold => "stop-hold",
-            Variant::StopLead => "stop-lead",
+            Variant::StopNoHold => "stop-no-hold",
             Variant::StopNoSalvage => "stop-no-salvage",
             Variant::ResumeNoSalvage => "resume-no-salvage",
             Variant::Segmentation => "segmentation",
@@ -134,8 +124,7 @@ impl Variant {
     pub fn args(self) -> &'static [&'static str] {
         match self {
             Variant::Stop | Variant::Segmentation => &["--switch-at", "stop"],
-            Variant::StopHold => &["--switch-at", "stop", "--hold"],
-            Variant::StopLead => &["--switch-at", "stop", "--hold-lead", HOLD_LEAD_MS],
+            Variant::StopNoHold => &["--switch-at", "stop", "--no-hold"],
             Variant::StopNoSalvage => &["--switch-at", "stop", "--no-hold", "--no-salvage"],
             Variant::Resume => &["--switch-at", "resume"],
             Variant::ResumeNoSalvage => &["--switch-at", "resume", "--no-salvage"],
@@ -373,15 +362,13 @@ impl fmt::Display for MigrationRun {
         if let Some(r) = &self.release {
             write!(
                 f,
-                ", released in pass {} ({}{})",
+                ", hold ended in pass {} ({}{})",
                 r["pass"],
                 r["reason"].as_str().unwrap_or("?"),
-                if r["switched_back"] == true {
-                    ", switched back: fell back to STOP"
-                } else if r["switched"] == false {
-                    ", switched at STOP"
+                if r["paused"] == true {
+                    ", switched and paused the source"
                 } else {
-                    ""
+                    ", released, switched at STOP"
                 }
             )?;
         }
@@ -791,8 +778,7 @@ mod tests {
             labels,
             [
                 "stop",
-                "stop-hold",
-                "stop-lead",
+                "stop-no-hold",
                 "stop-no-salvage",
                 "resume",
                 "resume-no-salvage",
@@ -803,7 +789,10 @@ mod tests {
             ]
         );
         assert!(wan_cases().iter().all(|c| c.wan == Some(WAN_DELAY)));
-        assert_eq!(Variant::StopHold.args(), ["--switch-at", "stop", "--hold"]);
+        assert_eq!(
+            Variant::StopNoHold.args(),
+            ["--switch-at", "stop", "--no-hold"]
+        );
         assert_eq!(
             Variant::StopNoSalvage.args(),
             ["--switch-at", "stop", "--no-hold", "--no-salvage"]
