@@ -412,12 +412,12 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = parse_seconds)]
     pub confirm_timeout: Duration,
     /// When to switch: `stop` (just before the source pauses: netpage holds QEMU's downtime
-    /// limit at 1 ms, switches once the last copy would fit --downtime-limit, then releases
-    /// it so that QEMU stops; what is sent from the switch to the end of the pause waits at
-    /// the destination and nothing is lost, but a client's gap grows by the time from the
-    /// switch to STOP, some 25 ms, timed to QEMU's next bandwidth measurement, at most one
-    /// measurement period more) or `resume` (the destination runs: what is sent
-    /// during the pause is lost).
+    /// limit at 1 ms, and once the last copy would fit --downtime-limit it switches and
+    /// pauses the source itself; what is sent from the switch to the end of the pause
+    /// waits at the destination and nothing is lost, and a client's gap grows only by the
+    /// time the pause takes to begin, a millisecond or two) or `resume` (the destination
+    /// runs: what is sent during the pause waits in the source's tap until netpage
+    /// salvages it).
     #[arg(long, value_enum, default_value = "stop")]
     pub switch_at: SwitchAt,
     /// With `--switch-at stop`: switch on hearing QEMU's STOP event instead of holding the

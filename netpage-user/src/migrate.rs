@@ -3,15 +3,15 @@
 //!
 //! The order is that of `switch`, stretched over the migration: R2V[new RA] on every node
 //! before the migration starts, one V2R update per node just before the source pauses
-//! (`stop`) or when the destination runs (`resume`), and the old RA drained once the
-//! migration completed.
+//! (`stop`) or when the destination runs (`resume`), what the paused source's tap still
+//! holds sent on, and the old RA drained once the migration completed.
 //!
 //! # Switching before the source pauses
 //!
-//! QEMU announces its pause (STOP) only after it has paused the guest, so a switch made on
-//! hearing STOP comes too late for a packet that reached the source in that last
-//! millisecond: it sits in the source's tap and is never read. With `--switch-at stop`
-//! netpage therefore decides the moment of the pause itself:
+//! QEMU announces its pause (STOP) only after it has paused the guest, and under TCG it
+//! stops reading its tap some milliseconds earlier, as it begins to pause: a switch made on
+//! hearing STOP comes too late for what reached the source in between. With
+//! `--switch-at stop` netpage therefore decides the moment of the pause itself:
 //!
 //! 1. It starts the migration with QEMU's downtime limit held at [`HOLD_MS`], a pause no
 //!    real guest's last copy fits in, so QEMU keeps copying live and never stops on its own.
@@ -21,34 +21,35 @@
 //!    QEMU measured, known from the second pass on), over the bandwidth QEMU measured.
 //! 3. Once that fits the downtime limit asked for (`--downtime-limit`, else the source's
 //!    own, QEMU's default being 300 ms) it switches every node (one V2R update each) and
-//!    only then raises the limit. QEMU applies the new limit at its next bandwidth
-//!    measurement (every 100 ms or so), ends the pass at once since what remains now fits,
-//!    and stops and copies; that is, the pass ends where QEMU would have ended it with the
-//!    limit set from the start, a little later, with no pass added. QEMU's measured
-//!    figures change at each measurement, so the polls learn its rhythm, and netpage
-//!    waits (the guest still running at the source, nothing switched) until the next one
-//!    is at most [`TICK_LEAD`] away before it switches and releases.
+//!    at once pauses the source itself (QMP `stop`). With the guest paused QEMU sends what
+//!    is left, which no longer grows, and completes: a pause of about the estimate.
+//! 4. The destination keeps a guest that was paused at the source paused: once it has
+//!    loaded the guest netpage runs it (`cont`), and RESUME follows.
 //!
-//! From the switch to STOP the guest still runs at the source: packets sent meanwhile go
-//! to the destination and wait in its tap's queue (with `--dst-neigh`, and a queue long
-//! enough) until RESUME, while the source's replies to earlier packets still get through
-//! (the source host's V2R now gives the new RA, which every node's R2V translates). Nothing
-//! is lost, at a cost: the client's gap grows by the time from the switch to STOP (the
-//! report's `switch_to_stop_ms`): about [`TICK_LEAD`] when QEMU keeps its rhythm, up to
-//! one measurement period more when it does not.
+//! From the switch to STOP the guest still runs at the source for as long as the `stop`
+//! takes (a millisecond or two under TCG): packets sent meanwhile go to the destination
+//! and wait in its tap's queue (with `--dst-neigh`, and a queue long enough) until
+//! RESUME, while the source's replies to earlier packets still get through (the source
+//! host's V2R now gives the new RA, which every node's R2V translates). Packets already in
+//! flight toward the source at the switch reach its host after it and are forwarded to
+//! the new RA (see `netpage_common::forward`); what still reached the source's tap is
+//! salvaged (see `salvage`). Nothing is lost, and the client's gap grows only by the time
+//! from the switch to STOP (the report's `switch_to_stop_ms`). `--hold-lead` makes netpage
+//! wait that long between the switch and the pause, for what is in flight to reach the
+//! running guest rather than be forwarded.
 //!
-//! Over a WAN that lead must exceed the one-way delay from the gateways to the source: a
-//! packet a gateway sent toward the source just before the switch reaches it that much
-//! later, and is lost if the source has paused by then. `--hold-lead` makes netpage
-//! switch at least that long before it releases the limit (its polls aim at QEMU's next
-//! measurement that much earlier, and it waits that long after the switch).
+//! QEMU's own `downtime` counts from the start of its last copy, after netpage's pause
+//! began: the pause a client sees is the report's STOP to RESUME.
 //!
-//! If QEMU does not stop after the pass the release ended (the guest dirtied more than
-//! estimated), netpage switches back within [`STOP_GRACE`] and falls back to switching at
-//! STOP. It also stops holding, and falls back so, if no estimate fits by the end of the
-//! second live pass ([`MAX_HELD_PASS`]): QEMU 7.2 under TCG has been seen to deliver
-//! inconsistent guest memory after migrations of four passes or more, so netpage adds
-//! none. On failure the source's limit is set back to the one asked for.
+//! If no estimate fits by the time pass [`MAX_HELD_PASS`] begins, netpage raises the limit
+//! to the one asked for without switching, and switches on hearing STOP, as with
+//! `--no-hold`: QEMU 7.2 under TCG has been seen to deliver inconsistent guest memory
+//! after migrations of four passes or more, so netpage adds none. On failure the source's
+//! limit is set back to the one asked for.
+//!
+//! With `--no-hold` netpage switches on hearing STOP, then salvages the source's tap:
+//! the client's gap is QEMU's pause alone, but a packet QEMU took from its tap as it
+//! paused (it keeps it for a guest that never runs there again) is lost.
 //!
 //! # The point of no return
 //!
@@ -64,11 +65,11 @@
 //! else failed. Post-copy, where the destination runs the guest before the source has
 //! sent it all, is refused before anything changes.
 //!
-//! After the release (and with `--switch-at resume` throughout) netpage sends the source
-//! QEMU no command until the migration has ended: QEMU holds its big lock for the whole
-//! final stop-and-copy, so a command sent then would be answered only after it, and the
-//! STOP event queued behind that answer would be handled too late. While the limit is
-//! held QEMU cannot enter that phase, so its answers come at once.
+//! Once the hold has ended (and with `--no-hold` or `--switch-at resume` throughout)
+//! netpage sends the source QEMU no command until the migration has ended: QEMU holds its
+//! big lock for the whole final stop-and-copy, so a command sent then would be answered
+//! only after it, and the STOP event queued behind that answer would be handled too late.
+//! While the limit is held QEMU cannot enter that phase, so its answers come at once.
 
 use std::{
     net::IpAddr,
@@ -116,21 +117,21 @@ pub use salvage::{SalvageError, SalvageReport};
 
 /// When the page table switches to the destination.
 ///
-/// With `Stop`, [`MigrateOptions::hold`] says how: just before the pause, the downtime
-/// limit held (the default), or on hearing STOP (`--no-hold`), when packets already on
-/// their way to the paused source are lost unless the old site forwards them.
+/// With `Stop`, [`MigrateOptions::hold`] says how: just before the pause, which netpage
+/// then makes itself (the default), or on hearing STOP (`--no-hold`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SwitchAt {
     /// Just before the source pauses for its last copy, at a moment netpage chooses: it
-    /// holds QEMU's downtime limit low, switches once the last copy would fit the limit
-    /// asked for, then releases the limit so that QEMU stops (see the module's
-    /// documentation). Packets sent from the switch to the end of the pause wait in the
-    /// destination's tap queue and reach the guest when it resumes: none is lost, but the
-    /// client's gap grows by the time from the switch to STOP (`switch_to_stop_ms`).
+    /// holds QEMU's downtime limit low, and once the last copy would fit the limit asked
+    /// for it switches and pauses the source itself (see the module's documentation).
+    /// Packets sent from the switch to the end of the pause wait in the destination's tap
+    /// queue and reach the guest when it resumes: none is lost, and the client's gap grows
+    /// only by the time from the switch to STOP (`switch_to_stop_ms`).
     Stop,
     /// When the destination runs the guest: packets sent during the pause go to the
-    /// paused source and are lost.
+    /// paused source and wait in its tap, from which netpage salvages them once every
+    /// node has switched (lost with `--no-salvage`).
     Resume,
 }
 
@@ -666,7 +667,7 @@ impl Run {
                 {
                     return Step::Failed(why);
                 }
-                if self.switched && self.edges.switch_at_once() {
+                if self.switched && self.edges.known_applied() {
                     self.salvage_now("STOP");
                 }
                 Step::Continue
@@ -717,7 +718,7 @@ impl Run {
                 {
                     return Step::Failed(why);
                 }
-                if self.switched && self.edges.switch_at_once() {
+                if self.switched && self.edges.known_applied() {
                     self.salvage_now("RESUME");
                 }
                 Step::Done

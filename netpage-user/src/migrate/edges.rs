@@ -129,7 +129,29 @@ struct Confirming {
     sent: Instant,
     /// `sent` by the wall clock, which the nodes' reports use.
     sent_unix: SystemTime,
-    task: JoinHandle<Result<Vec<Confirmation>, DirError>>,
+    /// The wait, until awaited; then what it heard.
+    task: Option<JoinHandle<Result<Vec<Confirmation>, DirError>>>,
+    heard: Vec<Confirmation>,
+}
+
+impl Confirming {
+    /// The nodes' confirmations, waited for once.
+    async fn hear(&mut self) -> &[Confirmation] {
+        if let Some(task) = self.task.take() {
+            self.heard = match task.await {
+                Ok(Ok(cs)) => cs,
+                Ok(Err(e)) => {
+                    eprintln!("netpage: warning: hearing the nodes' confirmations: {e:#}");
+                    Vec::new()
+                }
+                Err(e) => {
+                    eprintln!("netpage: warning: hearing the nodes' confirmations: {e}");
+                    Vec::new()
+                }
+            };
+        }
+        &self.heard
+    }
 }
 
 /// The nodes' confirmations of the directory's switch.
@@ -364,24 +386,42 @@ impl Edges {
         Ok(out)
     }
 
+    /// Waits until every live node has applied the last switch: at once on this machine's
+    /// nodes, which `switch` updated itself; through the directory, until each node's
+    /// agent has confirmed it (or `--confirm-timeout` passed). Returns whether every node
+    /// has.
+    pub(super) async fn applied(&mut self) -> bool {
+        match self {
+            Edges::Local(_) => true,
+            Edges::Directory(d) => match &mut d.confirming {
+                Some(c) => {
+                    let heard = c.hear().await;
+                    !heard.is_empty() && laggards(heard).is_empty()
+                }
+                None => false,
+            },
+        }
+    }
+
+    /// Whether every live node is known to have applied the last switch (see
+    /// [`Edges::applied`]), without waiting.
+    pub(super) fn known_applied(&self) -> bool {
+        match self {
+            Edges::Local(_) => true,
+            Edges::Directory(d) => d.confirming.as_ref().is_some_and(|c| {
+                c.task.is_none() && !c.heard.is_empty() && laggards(&c.heard).is_empty()
+            }),
+        }
+    }
+
     /// The nodes' confirmations of the directory's last switch, once heard (`None` for
     /// this machine's nodes, or if nothing was switched), each marked in the timeline.
     pub(super) async fn confirmed(&mut self, timeline: &mut Timeline) -> Option<Confirmed> {
         let Edges::Directory(d) = self else {
             return None;
         };
-        let c = d.confirming.take()?;
-        let confirmations = match c.task.await {
-            Ok(Ok(cs)) => cs,
-            Ok(Err(e)) => {
-                eprintln!("netpage: warning: hearing the nodes' confirmations: {e:#}");
-                Vec::new()
-            }
-            Err(e) => {
-                eprintln!("netpage: warning: hearing the nodes' confirmations: {e}");
-                Vec::new()
-            }
-        };
+        let mut c = d.confirming.take()?;
+        let confirmations = c.hear().await.to_vec();
         mark_confirmations(timeline, c.sent, &confirmations, "V2R");
         let last_update = confirmations
             .iter()
@@ -458,12 +498,6 @@ impl Edges {
         }
     }
 
-    /// Whether a switch has reached every table when [`Edges::switch`] returns (this
-    /// machine's nodes), rather than when the nodes confirm it (the directory's).
-    pub(super) fn switch_at_once(&self) -> bool {
-        matches!(self, Edges::Local(_))
-    }
-
     /// Whether the edges end drains by themselves (the directory's leases, which every
     /// agent follows), so that a completed migration need not wait to end them.
     pub(super) fn drains_end_by_themselves(&self) -> bool {
@@ -515,7 +549,8 @@ impl DirEdges {
         self.confirming = Some(Confirming {
             sent: done.sent,
             sent_unix: SystemTime::now() - done.sent.elapsed(),
-            task,
+            task: Some(task),
+            heard: Vec::new(),
         });
     }
 }

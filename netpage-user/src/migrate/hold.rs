@@ -105,6 +105,17 @@ impl Run {
         if let Err(why) = self.switch_all().await {
             return Step::Failed(why);
         }
+        // Through the directory the switch reaches each node as its agent applies it:
+        // the source's host must have before the guest stops reading its tap.
+        if !self.edges.known_applied() {
+            let all = self.edges.applied().await;
+            let detail = if all {
+                "every node confirmed the switch"
+            } else {
+                "not every node confirmed the switch in time: pausing all the same"
+            };
+            self.mark(Source::Netpage, "APPLIED", detail.to_owned());
+        }
         // What the gateways sent toward the source before the switch reaches it before
         // it pauses (`--hold-lead`).
         if !self.hold_lead.is_zero() {
