@@ -165,7 +165,7 @@ pub struct MigrateOptions {
     /// pauses the source itself (`true`), or switches on hearing STOP (`false`,
     /// `--no-hold`).
     pub hold: bool,
-    /// With the hold: how long before releasing the limit netpage switches at least.
+    /// With the hold: how long netpage waits between the switch and its pause of the source.
     pub hold_lead: Duration,
     /// Whether netpage's thread runs at SCHED_FIFO for the migration (see [`realtime`]).
     pub realtime: bool,
@@ -299,17 +299,14 @@ struct Run {
     passes: u64,
     /// Polling while the downtime limit is held, until released (`--switch-at stop`).
     hold: Option<Hold>,
-    /// Whether netpage holds the downtime limit until it switches (`--switch-at stop`
-    /// without `--no-hold`).
-    holds: bool,
     /// Whether the source's downtime limit is netpage's [`HOLD_MS`].
     held: bool,
     /// Whether netpage paused the source (the hold's end): the destination then waits
     /// for its `cont` once it has loaded the guest.
     paused_source: bool,
-    /// The limit to release (and to restore after a failure).
+    /// The limit asked for: the last copy must fit it (and it is restored after the hold).
     limit_ms: Option<u64>,
-    /// How long before the release netpage switches at least (`--hold-lead`).
+    /// How long netpage waits between the switch and its pause of the source (`--hold-lead`).
     hold_lead: Duration,
     release: Option<Release>,
     interrupts: Interrupts,
@@ -461,7 +458,6 @@ impl Run {
             intent::remove(&intent);
             return Err(e);
         }
-        let holds = opts.switch_at == SwitchAt::Stop && opts.hold;
         let mut run = Run {
             start,
             edges,
@@ -484,7 +480,6 @@ impl Run {
             resume: None,
             passes: 0,
             hold: None,
-            holds,
             held: false,
             paused_source: false,
             limit_ms: opts.downtime_limit_ms,
@@ -588,7 +583,7 @@ impl Run {
     async fn start(&mut self, opts: &MigrateOptions) -> Result<(), QmpError> {
         self.src.enable_migration_events().await?;
         self.dst.enable_migration_events().await?;
-        if opts.switch_at == SwitchAt::Stop && !self.holds {
+        if opts.switch_at == SwitchAt::Stop && !opts.hold {
             let then = if self.salvage.is_some() {
                 ", then salvage the source's tap"
             } else {
@@ -600,7 +595,7 @@ impl Run {
                 format!("switch on hearing STOP{then}"),
             );
         }
-        if self.holds {
+        if opts.switch_at == SwitchAt::Stop && opts.hold {
             let limit = match opts.downtime_limit_ms {
                 Some(ms) => ms,
                 None => self.src_limit_ms,
@@ -615,7 +610,7 @@ impl Run {
             self.mark(
                 Source::Netpage,
                 "LIMIT HELD",
-                format!("{HOLD_MS} ms until the switch, then {limit} ms"),
+                format!("{HOLD_MS} ms until the last copy fits {limit} ms: then switch and pause"),
             );
         } else if let Some(ms) = opts.downtime_limit_ms {
             self.set_limit(ms).await?;
@@ -744,18 +739,9 @@ impl Run {
                 }
                 // A guest paused at the source stays paused at the destination: netpage
                 // paused it, so netpage runs it (RESUME follows).
-                match self.dst.cont().await {
-                    Ok(()) => {
-                        self.mark(
-                            Source::Netpage,
-                            "RUN",
-                            "the guest at the destination".into(),
-                        );
-                        Step::Continue
-                    }
-                    Err(e) => Step::Failed(format!(
-                        "running the guest at the destination (`cont`): {e}; it has the guest, paused"
-                    )),
+                match self.run_at_destination().await {
+                    Ok(()) => Step::Continue,
+                    Err(why) => Step::Failed(why),
                 }
             }
             _ => Step::Continue,
@@ -824,6 +810,9 @@ impl Run {
                         // Past the point of no return: the guest runs at the destination,
                         // so the table follows it there.
                         self.mark(Source::Netpage, "COMPLETED ANYWAY", format!("after: {why}"));
+                        if let Err(e) = self.run_at_destination().await {
+                            error = Some(e);
+                        }
                         self.complete(opts, &mut error).await;
                     }
                     Fate::Source(what) => {
@@ -901,8 +890,9 @@ impl Run {
             from: self.from,
             to: self.to,
             switch_at: opts.switch_at,
-            hold: self.holds,
-            hold_lead_ms: self.holds.then_some(opts.hold_lead.as_secs_f64() * 1e3),
+            hold: opts.switch_at == SwitchAt::Stop && opts.hold,
+            hold_lead_ms: (opts.switch_at == SwitchAt::Stop && opts.hold)
+                .then_some(opts.hold_lead.as_secs_f64() * 1e3),
             // Set by `migrate` once the thread is back in its own class.
             realtime: false,
             status: if failed { "failed" } else { "completed" }.into(),
@@ -942,6 +932,27 @@ impl Run {
         }
         self.drain(opts.drain).await;
         self.mark_forwarded();
+    }
+
+    /// Runs the guest at the destination (`cont`) if netpage paused it at the source and
+    /// the destination has loaded it but not run it yet.
+    async fn run_at_destination(&mut self) -> Result<(), String> {
+        if !self.paused_source || !self.dst_loaded || self.resume.is_some() {
+            return Ok(());
+        }
+        match self.dst.cont().await {
+            Ok(()) => {
+                self.mark(
+                    Source::Netpage,
+                    "RUN",
+                    "the guest at the destination".into(),
+                );
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "the destination has the guest, paused, and `cont` failed ({e}): run it there with `cont`"
+            )),
+        }
     }
 
     /// Reads the source's tap queues out (see `salvage`): the source has paused and every

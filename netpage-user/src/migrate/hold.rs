@@ -130,6 +130,9 @@ impl Run {
         match self.src.stop().await {
             Ok(()) => {
                 self.paused_source = true;
+                if let Some(r) = &mut self.release {
+                    r.paused = true;
+                }
                 self.mark(
                     Source::Netpage,
                     "PAUSED",
@@ -156,7 +159,7 @@ impl Run {
         self.release = Some(Release {
             pass: self.passes,
             switched,
-            paused: switched,
+            paused: false,
             reason,
             remaining_bytes: ram.remaining,
             mbps: ram.mbps,
