@@ -714,26 +714,24 @@ fn print_timeline(report: &serde_json::Value) {
     }
 }
 
-/// With the switch just before STOP (netpage holds the downtime limit, switches, then
-/// releases it), probes sent from the switch to the end of the pause wait in host B's tap
-/// queue and are answered after RESUME, while the source still answers those it got
-/// before: none is lost to the switch.
-///
-/// What happens inside the pause is the hypervisor's: in a few runs, QEMU 7.2 lost a run
-/// of the probes that reached the destination's tap at the end of the pause (after the
-/// state transfer, before RESUME), and when QEMU does not stop at the released limit
-/// netpage falls back to switching at STOP, where the probe in flight as the guest pauses
-/// is lost. Such losses are printed (the figures of many runs are the benchmark's); a
-/// probe lost before STOP or after RESUME fails the test.
 /// How long before STOP a probe may have been sent and still be in flight (on the links, in
 /// the source's tap) when the guest pauses.
 const IN_FLIGHT_MS: f64 = 2.0;
-/// The same when netpage fell back to switching at STOP (the nodes updated their maps after
-/// it): the guest, slowed by the last pass under TCG, may not have read probes that reached
-/// the source before it paused (up to 20 ms before, on a loaded machine), and a switch after
-/// STOP cannot save them.
+/// The same when the switch came after STOP (`--no-hold`, or a hold given up because no
+/// estimate fitted): QEMU stops reading its tap as it begins to pause, and keeps the first packet it
+/// takes after that for a guest that never runs there again; under TCG, on a loaded
+/// machine, that begins up to 20 ms before STOP.
 const FALLBACK_IN_FLIGHT_MS: f64 = 25.0;
 
+/// With the switch just before STOP (netpage holds the downtime limit, then switches and
+/// pauses the source itself), probes sent from the switch to the end of the pause wait in
+/// host B's tap queue and are answered after RESUME, while the source still answers those
+/// it got before: none is lost to the switch.
+///
+/// What happens inside the pause is the hypervisor's: in a few runs, QEMU 7.2 lost a run
+/// of the probes that reached the destination's tap at the end of the pause (after the
+/// state transfer, before RESUME). Such losses are printed (the figures of many runs are
+/// the benchmark's); a probe lost before STOP or after RESUME fails the test.
 #[test]
 fn migrate_switch_at_stop_loses_nothing_outside_the_pause() {
     if skipped() {

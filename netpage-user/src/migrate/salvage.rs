@@ -24,7 +24,10 @@
 //!   right to take its descriptors (CAP_SYS_PTRACE over it); else the migration goes on
 //!   without, and says why;
 //! - a packet whose source address is another VM's is refused by the tap's virtual side
-//!   (spoofed from this port).
+//!   (spoofed from this port);
+//! - a migration that fails after a salvage leaves the guest at the source: what was
+//!   salvaged went to the destination, which never runs it, and is lost there, as is
+//!   everything a switch at the pause sends there.
 
 mod frame;
 
