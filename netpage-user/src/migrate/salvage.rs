@@ -17,9 +17,11 @@
 //! another address) are dropped and counted: the source guest would never read them.
 //!
 //! Limits:
-//! - it reads the queue QEMU reads. After its pause QEMU still takes one packet from the
-//!   tap when it next polls (it keeps it for a guest that no longer runs there, and stops
-//!   polling), so a packet may still be lost if it comes before the salvage;
+//! - it reads the queue QEMU reads. QEMU stops delivering to the guest as soon as its run
+//!   state leaves `running`, before it pauses the vCPUs and announces STOP; the first
+//!   packet its main loop then reads from the tap it keeps in its own queue for a guest
+//!   that no longer runs there, and it stops polling the tap. That packet is lost unless
+//!   the switch came before the pause (the hold, which pauses the source itself);
 //! - it needs the source QEMU on this machine, in a pid namespace this one sees, and the
 //!   right to take its descriptors (CAP_SYS_PTRACE over it); else the migration goes on
 //!   without, and says why;
