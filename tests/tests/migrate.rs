@@ -872,23 +872,17 @@ const WAN_HOLD_LEAD_MS: &str = "25";
 /// once, as a guest fault.
 #[test]
 fn migrate_over_a_wan_switch_at_stop_loses_nothing() {
-    if skipped() {
-        return;
-    }
-    let _one = serial();
-    let f = retrying_a_guest_fault(|| {
-        let vw = VmWorld::over_wan(Wan::delay(WAN_ONE_WAY));
-        let f = migrate_in(vw, "stop", &[], Via::Nodes);
+    let Some(f) = over_a_wan(VmWorld::over_wan, &[], |f| {
         assert!(
             f.switch_to_stop_ms.is_some(),
             "the hold did not switch before STOP (STOP -> switched {:?} ms): {}",
             f.stop_to_switch_ms,
             f.diagnostics
         );
-        assert_nothing_lost_outside_the_pause(&f, WAN_ONE_WAY.as_secs_f64() * 1e3);
-        assert_nothing_lost(&f);
-        f
-    });
+        assert_nothing_lost(f);
+    }) else {
+        return;
+    };
     println!(
         "with the hold over the WAN: {} probes lost (switched {:?} ms before STOP, which \
          netpage paused; frames the delay line itself lost: {:?})",
@@ -901,16 +895,10 @@ fn migrate_over_a_wan_switch_at_stop_loses_nothing() {
 /// rather than being forwarded): no probe lost outside the pause.
 #[test]
 fn migrate_over_a_wan_switch_at_stop_with_the_hold_and_its_lead_loses_nothing() {
-    if skipped() {
+    let lead = ["--hold-lead", WAN_HOLD_LEAD_MS];
+    let Some(f) = over_a_wan(VmWorld::over_wan, &lead, |_| {}) else {
         return;
-    }
-    let _one = serial();
-    let f = retrying_a_guest_fault(|| {
-        let vw = VmWorld::over_wan(Wan::delay(WAN_ONE_WAY));
-        let f = migrate_in(vw, "stop", &["--hold-lead", WAN_HOLD_LEAD_MS], Via::Nodes);
-        assert_nothing_lost_outside_the_pause(&f, WAN_ONE_WAY.as_secs_f64() * 1e3);
-        f
-    });
+    };
     println!(
         "with the hold and its lead over the WAN: {} probes lost (switched {:?} ms before \
          STOP; frames the delay line itself lost: {:?})",
@@ -927,27 +915,41 @@ fn migrate_over_a_wan_switch_at_stop_with_the_hold_and_its_lead_loses_nothing() 
 /// printed.
 #[test]
 fn migrate_over_a_wan_switch_at_stop_without_the_hold_loses_only_what_qemu_took_as_it_paused() {
-    if skipped() {
-        return;
-    }
-    let _one = serial();
-    let f = retrying_a_guest_fault(|| {
-        let vw = VmWorld::over_wan(Wan::delay(WAN_ONE_WAY));
-        let f = migrate_in(vw, "stop", &["--no-hold"], Via::Nodes);
+    let Some(f) = over_a_wan(VmWorld::over_wan, &["--no-hold"], |f| {
         assert!(
             f.switch_to_stop_ms.is_none(),
             "switched before STOP without the hold: {:?} ms",
             f.switch_to_stop_ms
         );
         assert!(f.salvaged_at_stop, "no salvage at STOP: {}", f.diagnostics);
-        assert_nothing_lost_outside_the_pause(&f, WAN_ONE_WAY.as_secs_f64() * 1e3);
-        f
-    });
+    }) else {
+        return;
+    };
     println!(
         "without the hold, forwarded and salvaged: {} probes lost (STOP -> switched {:?} ms; \
          salvaged from host A's tap {:?}; frames the delay line itself lost: {:?})",
         f.probes.lost, f.stop_to_switch_ms, f.salvaged, f.delay_line_lost
     );
+}
+
+/// A migration with `--switch-at stop` and `more` in `world` (built with the sites
+/// [`WAN_ONE_WAY`] apart): no probe lost outside the pause (the TCP conversation is
+/// checked by [`migrate_in`]), and `check` holds. `None` when the test is skipped.
+fn over_a_wan(
+    world: fn(Wan) -> VmWorld,
+    more: &[&str],
+    check: impl Fn(&Figures),
+) -> Option<Figures> {
+    if skipped() {
+        return None;
+    }
+    let _one = serial();
+    Some(retrying_a_guest_fault(|| {
+        let f = migrate_in(world(Wan::delay(WAN_ONE_WAY)), "stop", more, Via::Nodes);
+        assert_nothing_lost_outside_the_pause(&f, WAN_ONE_WAY.as_secs_f64() * 1e3);
+        check(&f);
+        f
+    }))
 }
 
 /// No probe was lost at all; a loss the guest's own counters account for is the guest's
@@ -982,16 +984,9 @@ fn assert_nothing_lost(f: &Figures) {
 /// pause, the TCP conversation intact, every edge's segment entry at host B's locator.
 #[test]
 fn migrate_by_segmentation_over_a_wan_loses_nothing_outside_the_pause() {
-    if skipped() {
+    let Some(f) = over_a_wan(VmWorld::segmented_over_wan, &[], |_| {}) else {
         return;
-    }
-    let _one = serial();
-    let f = retrying_a_guest_fault(|| {
-        let vw = VmWorld::segmented_over_wan(Wan::delay(WAN_ONE_WAY));
-        let f = migrate_in(vw, "stop", &[], Via::Nodes);
-        assert_nothing_lost_outside_the_pause(&f, WAN_ONE_WAY.as_secs_f64() * 1e3);
-        f
-    });
+    };
     println!(
         "segmentation over the WAN: {} probes lost (switched {:?} ms before STOP; frames \
          the delay line itself lost: {:?})",
