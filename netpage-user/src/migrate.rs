@@ -20,9 +20,13 @@
 //!    this pass, plus what the guest has dirtied since the pass began (at the dirty rate
 //!    QEMU measured, known from the second pass on), over the bandwidth QEMU measured.
 //! 3. Once that fits the downtime limit asked for (`--downtime-limit`, else the source's
-//!    own, QEMU's default being 300 ms) it switches every node (one V2R update each) and
-//!    at once pauses the source itself (QMP `stop`). With the guest paused QEMU sends what
-//!    is left, which no longer grows, and completes: a pause of about the estimate.
+//!    own, QEMU's default being 300 ms) it switches every node (one V2R update each), waits
+//!    until QEMU has read what the source's tap still holds (the source's host sends it
+//!    nothing more; at most [`TAP_READ`], microseconds as a rule), and pauses the source
+//!    itself (QMP `stop`). With the guest paused QEMU sends what is left, which no longer
+//!    grows, and completes: a pause of about the estimate. Waiting for the tap matters:
+//!    QEMU keeps the first packet it reads once its guest no longer runs, for a guest
+//!    that never runs there again.
 //! 4. The destination keeps a guest that was paused at the source paused: once it has
 //!    loaded the guest netpage runs it (`cont`), and RESUME follows.
 //!
@@ -106,7 +110,7 @@ use confirm::Fate;
 pub use edges::EdgeSpec;
 use edges::{Edges, Edit};
 use hold::Hold;
-pub use hold::{HOLD_MS, MAX_HELD_PASS, POLL};
+pub use hold::{HOLD_MS, MAX_HELD_PASS, POLL, TAP_READ};
 use intent::{Intent, IntentError, RecordedEdges};
 use interrupt::Interrupts;
 use neighbour::{guest_mac, neigh};

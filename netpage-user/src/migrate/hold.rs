@@ -12,6 +12,10 @@ use crate::qmp::{MigrationInfo, MigrationParameters, MigrationStatus, Qmp, QmpEr
 pub const HOLD_MS: u64 = 1;
 /// How often netpage asks QEMU for its progress while it holds the limit.
 pub const POLL: Duration = Duration::from_millis(10);
+/// The longest netpage waits, after the switch, for QEMU to read what the source's tap
+/// holds before it pauses the source (QEMU reads within microseconds when it can; a
+/// guest whose receive ring is full makes it wait).
+pub const TAP_READ: Duration = Duration::from_millis(10);
 /// The last pass during which netpage holds the limit: if no estimate fits by the time
 /// this pass begins, it releases the limit without switching.
 pub const MAX_HELD_PASS: u64 = 3;
@@ -125,6 +129,21 @@ impl Run {
                 "LEAD",
                 format!("{:?} after the switch", self.hold_lead),
             );
+        }
+        // The source's host sends the tap nothing more; what it already holds, the guest
+        // reads before it pauses.
+        if let Some(s) = &self.salvage {
+            let t = Instant::now();
+            let read = s.wait_read(TAP_READ);
+            let us = t.elapsed().as_secs_f64() * 1e6;
+            let detail = if read {
+                format!("QEMU read what the source's tap held ({us:.0} us)")
+            } else {
+                format!(
+                    "the source's tap still holds packets after {TAP_READ:?}: pausing all the same"
+                )
+            };
+            self.mark(Source::Netpage, "TAP READ", detail);
         }
         self.record_release(info, estimate_ms, "estimate", true);
         match self.src.stop().await {

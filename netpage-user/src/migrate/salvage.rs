@@ -21,7 +21,8 @@
 //!   state leaves `running`, before it pauses the vCPUs and announces STOP; the first
 //!   packet its main loop then reads from the tap it keeps in its own queue for a guest
 //!   that no longer runs there, and it stops polling the tap. That packet is lost unless
-//!   the switch came before the pause (the hold, which pauses the source itself);
+//!   the switch came before the pause: the hold switches, waits until QEMU has read
+//!   what the tap held ([`Salvage::wait_read`]), and only then pauses the source;
 //! - it needs the source QEMU on this machine, in a pid namespace this one sees, and the
 //!   right to take its descriptors (CAP_SYS_PTRACE over it); else the migration goes on
 //!   without, and says why;
@@ -39,6 +40,7 @@ use std::{
     net::IpAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     path::PathBuf,
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
@@ -54,6 +56,8 @@ const FRAME_MAX: usize = 1 << 17;
 /// The most frames one salvage reads from one queue: a bound should anything written
 /// back come into the queue again.
 const FRAMES_MAX: u64 = 1 << 16;
+/// How often [`Salvage::wait_read`] looks at the queues.
+const SETTLE_POLL: Duration = Duration::from_micros(100);
 
 /// Why the source's taps cannot be salvaged.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +189,25 @@ impl Salvage {
         self.queues.iter().map(|q| q.tap.clone()).collect()
     }
 
+    /// Waits until every queue is empty (QEMU has read what the tap held), at most
+    /// `within`; returns whether they are. Called while the guest still runs, after the
+    /// source host's switch (which sends nothing more to the tap), so that a pause that
+    /// follows finds nothing for QEMU to take and keep (see the module's limits).
+    pub(super) fn wait_read(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if !self.queues.iter().any(Queue::holds_any) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            // Finer than the runtime's timer (a millisecond): this is a wait of
+            // microseconds, once per migration.
+            std::thread::sleep(SETTLE_POLL);
+        }
+    }
+
     /// Reads every queue out, writing each IP packet for `vm` back turned around; by tap,
     /// with the first error met.
     pub(super) fn run(&self, vm: IpAddr) -> Vec<(String, Salvaged, Option<io::Error>)> {
@@ -244,6 +267,18 @@ impl Queue {
             file,
             vnet_hdr,
         }))
+    }
+
+    /// Whether the queue holds a frame (the tap's `poll` says it is readable).
+    fn holds_any(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd of a descriptor this process owns, no wait.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n > 0 && p.revents & libc::POLLIN != 0
     }
 
     /// Reads this queue out (at most [`FRAMES_MAX`] frames).
