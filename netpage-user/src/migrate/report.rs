@@ -94,11 +94,11 @@ pub struct MigrateReport {
     pub from: IpAddr,
     pub to: IpAddr,
     pub switch_at: SwitchAt,
-    /// With `switch_at` stop: whether netpage held the downtime limit and switched just
-    /// before the pause (`false`: it switched on hearing STOP, `--no-hold`).
+    /// With `switch_at` stop: whether netpage held the downtime limit, then switched and
+    /// paused the source (`false`: it switched on hearing STOP, `--no-hold`).
     pub hold: bool,
-    /// With the hold: the least time netpage switches before it releases the limit
-    /// (`--hold-lead`).
+    /// With the hold: how long netpage waited between the switch and its pause of the
+    /// source (`--hold-lead`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold_lead_ms: Option<f64>,
     /// Whether netpage's thread ran at SCHED_FIFO through the migration (`--no-realtime`,
