@@ -415,9 +415,9 @@ pub struct MigrateArgs {
     /// limit at 1 ms, and once the last copy would fit --downtime-limit it switches and
     /// pauses the source itself; what is sent from the switch to the end of the pause
     /// waits at the destination and nothing is lost, and a client's gap grows only by the
-    /// time the pause takes to begin, a millisecond or two) or `resume` (the destination
-    /// runs: what is sent during the pause waits in the source's tap until netpage
-    /// salvages it).
+    /// time the pause takes to begin, a few milliseconds at most) or `resume` (the
+    /// destination runs: what is sent during the pause waits in the source's tap until
+    /// netpage salvages it).
     #[arg(long, value_enum, default_value = "stop")]
     pub switch_at: SwitchAt,
     /// With `--switch-at stop`: switch on hearing QEMU's STOP event instead of holding the

@@ -31,8 +31,8 @@
 //!    loaded the guest netpage runs it (`cont`), and RESUME follows.
 //!
 //! From the switch to STOP the guest still runs at the source for as long as the `stop`
-//! takes (a millisecond or two under TCG): packets sent meanwhile go to the destination
-//! and wait in its tap's queue (with `--dst-neigh`, and a queue long enough) until
+//! takes (a few milliseconds at most under TCG): packets sent meanwhile go to the
+//! destination and wait in its tap's queue (with `--dst-neigh`, and a queue long enough) until
 //! RESUME, while the source's replies to earlier packets still get through (the source
 //! host's V2R now gives the new RA, which every node's R2V translates). Packets already in
 //! flight toward the source at the switch reach its host after it and are forwarded to
