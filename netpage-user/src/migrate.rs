@@ -969,12 +969,9 @@ impl Run {
         let done = s.run(self.vm);
         let us = t.elapsed().as_nanos() as f64 / 1e3;
         for (tap, d, err) in done {
-            report.add(d);
+            report.total += d;
             let err = err.map_or(String::new(), |e| format!("; stopped: {e}"));
-            let detail = format!(
-                "{tap} at {when}: {} packets for {} sent on to {}, {} other frames dropped, {} not written{err} ({us:.0} us)",
-                d.resent, self.vm, self.to, d.dropped, d.failed
-            );
+            let detail = format!("{tap} at {when}: {d}{err} ({us:.0} us)");
             self.timeline
                 .mark(Instant::now(), Source::Netpage, "SALVAGED", detail);
         }

@@ -391,16 +391,12 @@ impl Edges {
     /// agent has confirmed it (or `--confirm-timeout` passed). Returns whether every node
     /// has.
     pub(super) async fn applied(&mut self) -> bool {
-        match self {
-            Edges::Local(_) => true,
-            Edges::Directory(d) => match &mut d.confirming {
-                Some(c) => {
-                    let heard = c.hear().await;
-                    !heard.is_empty() && laggards(heard).is_empty()
-                }
-                None => false,
-            },
+        if let Edges::Directory(d) = self
+            && let Some(c) = &mut d.confirming
+        {
+            c.hear().await;
         }
+        self.known_applied()
     }
 
     /// Whether every live node is known to have applied the last switch (see

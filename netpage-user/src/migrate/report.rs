@@ -232,12 +232,10 @@ impl fmt::Display for MigrateReport {
             }) => writeln!(f, "  no salvage of the source's tap: {why}")?,
             Some(s) => writeln!(
                 f,
-                "  salvaged from the source's tap ({}): {} packets sent on to {}, {} other frames dropped, {} not written",
+                "  salvaged from the source's tap ({}) toward {}: {}",
                 s.taps.join(", "),
-                s.resent,
                 self.to,
-                s.dropped,
-                s.failed
+                s.total
             )?,
             None => {}
         }

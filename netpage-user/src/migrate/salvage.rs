@@ -107,6 +107,14 @@ pub struct SalvageReport {
     /// Why there was nothing to read, if so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
+    /// What every salvage did, together.
+    #[serde(flatten)]
+    pub total: Salvaged,
+}
+
+/// What salvages did: of one queue, or of a whole migration.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Salvaged {
     /// IP packets for the VM written back, on their way to its new address.
     pub resent: u64,
     /// Frames of another kind, dropped.
@@ -115,16 +123,18 @@ pub struct SalvageReport {
     pub failed: u64,
 }
 
-/// What one salvage of one queue did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Salvaged {
-    pub resent: u64,
-    pub dropped: u64,
-    pub failed: u64,
+impl std::fmt::Display for Salvaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} packets for the VM sent on, {} other frames dropped, {} not written",
+            self.resent, self.dropped, self.failed
+        )
+    }
 }
 
-impl SalvageReport {
-    pub(super) fn add(&mut self, s: Salvaged) {
+impl std::ops::AddAssign for Salvaged {
+    fn add_assign(&mut self, s: Salvaged) {
         self.resent += s.resent;
         self.dropped += s.dropped;
         self.failed += s.failed;
