@@ -431,8 +431,13 @@ pub struct MigrateArgs {
     /// flight toward the source at the switch is forwarded by the old site anyway; the
     /// lead lets it reach the running guest instead, and lengthens the client's gap as
     /// much.
-    #[arg(long, value_name = "MS", conflicts_with = "no_hold")]
-    pub hold_lead: Option<u64>,
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value = "0",
+        conflicts_with = "no_hold"
+    )]
+    pub hold_lead: u64,
     /// Leave what reaches the source after its pause in its tap. By default netpage takes
     /// a duplicate of the source QEMU's tap descriptors (found through its QMP socket)
     /// and, once the source has paused and every node has switched, reads that queue out
@@ -495,7 +500,7 @@ impl MigrateArgs {
             edges,
             switch_at: self.switch_at,
             hold: self.switch_at == SwitchAt::Stop && !self.no_hold,
-            hold_lead: Duration::from_millis(self.hold_lead.unwrap_or(0)),
+            hold_lead: Duration::from_millis(self.hold_lead),
             realtime: !self.no_realtime,
             downtime_limit_ms: self.downtime_limit,
             timeout: self.timeout,

@@ -572,7 +572,6 @@ fn assert_through_the_directory(vw: &VmWorld, d: &OnDirectory, report: &serde_js
     );
 }
 
-/// The report's timeline marks, each as "WHAT DETAIL".
 /// From a report through the directory, when the first and the last node's agent
 /// updated its map with the switch, in ms after STOP: each node's confirmation mark
 /// (`NODE n V2R: confirmed after C ms, map updated after U ms`, at T) puts its update at
@@ -627,6 +626,7 @@ fn the_nodes_updates_are_placed_against_stop() {
     assert_eq!(node_updates_after_stop_ms(&serde_json::json!({})), None);
 }
 
+/// The report's timeline marks, each as "WHAT DETAIL".
 fn timeline_marks(report: &serde_json::Value) -> Vec<String> {
     report["timeline"]["marks"]
         .as_array()
@@ -718,9 +718,9 @@ fn print_timeline(report: &serde_json::Value) {
 /// the source's tap) when the guest pauses.
 const IN_FLIGHT_MS: f64 = 2.0;
 /// The same when the switch came after STOP (`--no-hold`, or a hold given up because no
-/// estimate fitted): QEMU stops reading its tap as it begins to pause, and keeps the first packet it
-/// takes after that for a guest that never runs there again; under TCG, on a loaded
-/// machine, that begins up to 20 ms before STOP.
+/// estimate fitted): QEMU stops reading its tap as it begins to pause, and keeps the
+/// first packet it takes after that for a guest that never runs there again; under TCG,
+/// on a loaded machine, that begins up to 20 ms before STOP.
 const FALLBACK_IN_FLIGHT_MS: f64 = 25.0;
 
 /// With the switch just before STOP (netpage holds the downtime limit, then switches and
@@ -1018,7 +1018,7 @@ fn migrate_switch_at_resume_salvages_what_the_pause_sent_to_the_source() {
         "salvaged {salvaged} of the probes of a {pause:.0} ms pause: {}",
         f.diagnostics
     );
-    // The guest, slowed by the last pass, may stop reading some milliseconds before STOP.
+    // QEMU stops reading its tap as it begins to pause, up to some milliseconds before STOP.
     let near_stop = f
         .lost_sent_after_stop_ms
         .iter()

@@ -165,17 +165,17 @@ impl Run {
         }
     }
 
-    /// Records the end of the hold for the report, and ends the polls.
+    /// Records the end of the hold for the report, and ends the polls; returns what it
+    /// recorded.
     fn record_release(
         &mut self,
         info: &MigrationInfo,
         estimate_ms: f64,
         reason: &'static str,
         switched: bool,
-    ) {
-        let limit = self.limit_ms.unwrap_or(QEMU_DEFAULT_LIMIT_MS);
+    ) -> Release {
         let ram = info.ram.clone().unwrap_or_default();
-        self.release = Some(Release {
+        let release = Release {
             pass: self.passes,
             switched,
             paused: false,
@@ -183,9 +183,11 @@ impl Run {
             remaining_bytes: ram.remaining,
             mbps: ram.mbps,
             estimate_ms,
-            limit_ms: limit,
-        });
+            limit_ms: self.limit_ms.unwrap_or(QEMU_DEFAULT_LIMIT_MS),
+        };
+        self.release = Some(release.clone());
         self.hold = None;
+        release
     }
 
     /// Ends the hold without a switch: raises the limit, so that QEMU stops by itself
@@ -196,16 +198,15 @@ impl Run {
         estimate_ms: f64,
         reason: &'static str,
     ) -> Step {
-        self.record_release(info, estimate_ms, reason, false);
-        let limit = self.limit_ms.unwrap_or(QEMU_DEFAULT_LIMIT_MS);
-        let ram = info.ram.clone().unwrap_or_default();
+        let r = self.record_release(info, estimate_ms, reason, false);
+        let limit = r.limit_ms;
         self.mark(
             Source::Netpage,
             "RELEASED",
             format!(
                 "limit {limit} ms ({reason}: {:.1} MiB left at {:.0} Mbit/s, {estimate_ms:.0} ms); switch at STOP",
-                ram.remaining as f64 / (1 << 20) as f64,
-                ram.mbps,
+                r.remaining_bytes as f64 / (1 << 20) as f64,
+                r.mbps,
             ),
         );
         eprintln!(
